@@ -1,0 +1,9 @@
+//! raftlog: a durable, Raft-replicated log service with snapshots, and a key-value
+//! cluster built on it.
+//!
+//! - [`raft`]: the consensus core, a pure deterministic state machine.
+//! - `storage` (workspace crate): the write-ahead log, stable store and snapshot files.
+
+pub mod raft;
+
+pub use storage;

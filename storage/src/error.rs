@@ -1,0 +1,132 @@
+//! The storage crate's one error type. Variants carry what an operator needs to act:
+//! which file, which offset, which index.
+
+use std::path::PathBuf;
+
+/// Result alias for the storage crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong in storage.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An operating-system I/O call failed.
+    #[error("I/O error {context} {}: {source}", path.display())]
+    Io {
+        /// What was being done, e.g. "fdatasync segment".
+        context: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Data on disk failed verification somewhere other than a torn tail: refusing to
+    /// guess what was lost.
+    #[error(
+        "corruption in {} at offset {offset}{}: {reason}; the log cannot be opened safely. \
+         Restore this node's data directory from a backup, or remove it and let the node \
+         rejoin as a new member",
+        file.display(),
+        index.map(|i| format!(" (near entry {i})")).unwrap_or_default()
+    )]
+    Corruption {
+        /// The damaged file.
+        file: PathBuf,
+        /// Byte offset of the damaged record within the file.
+        offset: u64,
+        /// The index of the entry expected there, when known.
+        index: Option<u64>,
+        /// What check failed.
+        reason: String,
+    },
+
+    /// A file does not start with the expected magic and version.
+    #[error("{} is not a raftlog {what} file: {reason}", file.display())]
+    BadHeader {
+        /// The offending file.
+        file: PathBuf,
+        /// "WAL segment", "snapshot", ...
+        what: &'static str,
+        /// What was found instead.
+        reason: String,
+    },
+
+    /// The entry was compacted into a snapshot.
+    #[error("entry {index} is compacted (the log starts at {first_index})")]
+    Compacted {
+        /// The index asked for.
+        index: u64,
+        /// The first index still in the log.
+        first_index: u64,
+    },
+
+    /// The entry is beyond the end of the log.
+    #[error("entry {index} is beyond the end of the log (last index {last_index})")]
+    Unavailable {
+        /// The index asked for.
+        index: u64,
+        /// The last index in the log.
+        last_index: u64,
+    },
+
+    /// An append did not continue the log where it ends.
+    #[error("append at index {got} does not follow the last index {last_index}")]
+    NonContiguous {
+        /// First index of the rejected batch.
+        got: u64,
+        /// Last index in the log.
+        last_index: u64,
+    },
+
+    /// The sled stable store failed.
+    #[error("stable store {}: {source}", path.display())]
+    Stable {
+        /// The sled directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: sled::Error,
+    },
+
+    /// A value in the stable store could not be decoded.
+    #[error(
+        "stable store {}: key {key:?} is corrupt ({reason}); refusing to start with defaults",
+        path.display()
+    )]
+    StableCorrupt {
+        /// The sled directory.
+        path: PathBuf,
+        /// The key whose value is bad.
+        key: String,
+        /// Why it could not be decoded.
+        reason: String,
+    },
+
+    /// A snapshot file failed its checksum or framing.
+    #[error("snapshot {} is corrupt: {reason}", file.display())]
+    SnapshotCorrupt {
+        /// The snapshot file.
+        file: PathBuf,
+        /// What check failed.
+        reason: String,
+    },
+
+    /// The WAL was closed (or its writer failed earlier and refuses further appends).
+    #[error("the write-ahead log is closed: {reason}")]
+    Closed {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Builds an [`Error::Io`] from a context, a path and an `io::Error`.
+    pub fn io(context: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            context,
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! TODO(snapshot): owned by the snapshot work in progress.

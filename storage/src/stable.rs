@@ -1,0 +1,1 @@
+//! TODO(stable): owned by the stable work in progress.

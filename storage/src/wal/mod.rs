@@ -1,0 +1,1 @@
+//! TODO(wal): owned by the WAL work in progress.
