@@ -19,8 +19,10 @@
 //! Time arrives as ticks; randomness as a seed in [`Config`].
 
 pub mod core;
+pub mod mem_storage;
 
 pub use self::core::RaftCore;
+pub use self::mem_storage::MemStorage;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
