@@ -35,6 +35,12 @@ impl<S: LogStorage> RaftCore<S> {
         &mut self._storage
     }
 
+    /// Consumes the core and returns its storage (the simulator models a crash by taking
+    /// the durable storage out of a dead core and building a new core from it).
+    pub fn into_storage(self) -> S {
+        self._storage
+    }
+
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
         todo!()
