@@ -118,6 +118,23 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+
+    /// The stable store belongs to another cluster or another node.
+    #[error(
+        "stable store {}: this data directory belongs to {what} {stored}, not {what} {expected}; \
+         point the node at its own data directory (or remove this one to join as a new member)",
+        path.display()
+    )]
+    IdentityMismatch {
+        /// The sled directory.
+        path: PathBuf,
+        /// "cluster" or "node".
+        what: &'static str,
+        /// The identity recorded in the store.
+        stored: String,
+        /// The identity this process was started with.
+        expected: String,
+    },
 }
 
 impl Error {
