@@ -1,0 +1,433 @@
+//! Opening a WAL directory: scan every segment, verify every record, rebuild the index,
+//! and repair what a crash may leave behind (and only that).
+//!
+//! What recovery does with the first bytes at an offset that are not the expected
+//! record (TigerBeetle-style case table):
+//!
+//! | where                     | what follows the damage            | outcome                           |
+//! |---------------------------|------------------------------------|-----------------------------------|
+//! | any segment               | zeros to the end of the file       | clean end of the segment          |
+//! | last segment              | no CRC-valid record                | torn tail: zeroed, fsynced, warn  |
+//! | last segment              | a CRC-valid record                 | `Error::Corruption`               |
+//! | not the last segment      | anything but zeros                 | `Error::Corruption`               |
+//! | a pending truncation mark | (entries >= mark)                  | dropped: the truncation completes |
+//!
+//! A torn tail is what a crash during an append leaves: the write never completed, so
+//! its fdatasync never returned and no entry in it was acknowledged. Damage with valid
+//! records after it cannot come from a crash (the log is written sequentially and each
+//! segment is synced before the next one is used), so refusing to open is the only way
+//! not to silently lose acknowledged entries. The one case this cannot tell apart: bit
+//! rot inside the very last record of the log looks exactly like a torn write of it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use super::fs::WalFs;
+use super::record::{
+    self, decode_record, DecodeError, Meta, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+};
+use super::segment::{
+    map_file, parse_segment_file_name, write_zeros, ActiveSegment, SegmentView, PREPARED_SUFFIX,
+};
+use crate::{Error, Result};
+
+/// Name of the metadata file (logical first index, pending truncation).
+pub const META_FILE: &str = "wal.meta";
+const META_TMP_FILE: &str = "wal.meta.tmp";
+
+/// What [`crate::wal::Wal::open`] found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Entries in the log after recovery (`last_index - first_index + 1`).
+    pub entries_recovered: u64,
+    /// Bytes of records scanned and CRC-checked, segment headers included.
+    pub bytes_scanned: u64,
+    /// Segment files in use after recovery.
+    pub segments: usize,
+    /// Where a torn tail was zeroed, if one was: file and byte offset.
+    pub tail_truncated_at: Option<(PathBuf, u64)>,
+    /// Segment files deleted because they were compacted or past a truncation.
+    pub segments_removed: usize,
+    /// Whether an interrupted `truncate_suffix` was completed.
+    pub truncation_completed: bool,
+}
+
+/// The state rebuilt from disk.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    pub first_index: u64,
+    pub last_index: u64,
+    pub segments: Vec<SegmentView>,
+    pub active: Option<ActiveSegment>,
+    pub report: RecoveryReport,
+}
+
+/// Writes the metadata file atomically: temp file, fdatasync, rename, directory fsync.
+/// After it returns the new metadata is durable; a crash before leaves the old one.
+pub(crate) fn write_meta(fs: &dyn WalFs, dir: &Path, meta: &Meta) -> Result<()> {
+    let tmp = dir.join(META_TMP_FILE);
+    match fs.remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove stale WAL metadata temp file", &tmp, e)),
+    }
+    let file = fs
+        .create_new(&tmp)
+        .map_err(|e| Error::io("create WAL metadata temp file", &tmp, e))?;
+    fs.write_all_at(&file, &record::encode_meta(meta), 0)
+        .map_err(|e| Error::io("write WAL metadata temp file", &tmp, e))?;
+    fs.sync_data(&file)
+        .map_err(|e| Error::io("fdatasync WAL metadata temp file", &tmp, e))?;
+    let path = dir.join(META_FILE);
+    fs.rename(&tmp, &path)
+        .map_err(|e| Error::io("rename WAL metadata file", &path, e))?;
+    fs.sync_dir(dir)
+        .map_err(|e| Error::io("fsync WAL directory", dir, e))
+}
+
+/// Whether every byte is zero. Folds 4 KiB chunks so the compiler vectorizes it.
+pub(crate) fn all_zero(buf: &[u8]) -> bool {
+    buf.chunks(4096)
+        .all(|chunk| chunk.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
+/// One past the last non-zero byte (0 if all zero).
+fn nonzero_end(buf: &[u8]) -> usize {
+    let mut end = buf.len();
+    while end > 0 {
+        let start = end.saturating_sub(4096);
+        let chunk = &buf[start..end];
+        if chunk.iter().fold(0u8, |acc, &b| acc | b) != 0 {
+            let last = chunk.iter().rposition(|&b| b != 0).unwrap_or(0);
+            return start + last + 1;
+        }
+        end = start;
+    }
+    0
+}
+
+/// Why a segment scan stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    /// Zeros from here to the end of the file.
+    Clean,
+    /// The next entry is at or past the pending truncation mark.
+    Fence,
+    /// Bytes that are not the expected record and not all zeros.
+    Damaged(String),
+}
+
+struct Scan {
+    offsets: Vec<u32>,
+    /// Offset just past the last good record.
+    end: usize,
+    stop: Stop,
+}
+
+/// Verifies records from the segment header on, until one is not the expected entry.
+fn scan_segment(map: &[u8], first_index: u64, fence: u64) -> Scan {
+    let mut offsets = Vec::with_capacity(map.len() / 256);
+    let mut off = SEGMENT_HEADER_BYTES;
+    let mut expected = first_index;
+    let stop = loop {
+        if fence != 0 && expected >= fence {
+            break Stop::Fence;
+        }
+        if off >= map.len() {
+            break Stop::Clean;
+        }
+        match decode_record(&map[off..]) {
+            Ok(h) if h.index == expected => {
+                offsets.push(off as u32);
+                off += h.record_len();
+                expected += 1;
+            }
+            Ok(h) => {
+                break Stop::Damaged(format!(
+                    "CRC-valid record of entry {} where entry {expected} belongs",
+                    h.index
+                ))
+            }
+            Err(DecodeError::Zeros) | Err(DecodeError::Truncated) if all_zero(&map[off..]) => {
+                break Stop::Clean
+            }
+            Err(DecodeError::Zeros) => {
+                break Stop::Damaged("zero record header followed by non-zero bytes".into())
+            }
+            Err(e) => break Stop::Damaged(e.describe()),
+        }
+    };
+    Scan {
+        offsets,
+        end: off,
+        stop,
+    }
+}
+
+/// The first CRC-valid record that starts in `[from, to)` and could belong to the log
+/// after `expected`: (offset, index).
+fn find_valid_record(map: &[u8], from: usize, to: usize, expected: u64) -> Option<(usize, u64)> {
+    // Any later record has an index in this range; checking it first rejects almost
+    // every offset without computing a CRC.
+    let index_max = expected + (to - from) as u64 / RECORD_HEADER_BYTES as u64 + 1;
+    for o in from..to {
+        let Some(h) = map.get(o..o + RECORD_HEADER_BYTES) else {
+            break;
+        };
+        if !(1..=3).contains(&h[24]) {
+            continue;
+        }
+        let mut idx = [0u8; 8];
+        idx.copy_from_slice(&h[16..24]);
+        let index = u64::from_le_bytes(idx);
+        if index < expected || index > index_max {
+            continue;
+        }
+        if decode_record(&map[o..]).is_ok() {
+            return Some((o, index));
+        }
+    }
+    None
+}
+
+/// Scans `dir` and rebuilds the log. See the module documentation for the rules.
+pub(crate) fn recover(dir: &Path, fs: &dyn WalFs) -> Result<Recovered> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create WAL directory", dir, e))?;
+    let mut report = RecoveryReport::default();
+
+    let mut found: Vec<(u64, PathBuf)> = Vec::new();
+    let listing = std::fs::read_dir(dir).map_err(|e| Error::io("list WAL directory", dir, e))?;
+    for dirent in listing {
+        let dirent = dirent.map_err(|e| Error::io("list WAL directory", dir, e))?;
+        let name = dirent.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let path = dir.join(name);
+        if name.ends_with(PREPARED_SUFFIX) || name == META_TMP_FILE {
+            // Leftovers of a preparation or metadata update that never completed.
+            fs.remove_file(&path)
+                .map_err(|e| Error::io("remove leftover WAL temp file", &path, e))?;
+        } else if let Some(first) = parse_segment_file_name(name) {
+            found.push((first, path));
+        }
+    }
+    found.sort();
+
+    let meta_path = dir.join(META_FILE);
+    let meta_found = match std::fs::read(&meta_path) {
+        Ok(bytes) => Some(
+            record::decode_meta(&bytes).map_err(|reason| Error::Corruption {
+                file: meta_path.clone(),
+                offset: 0,
+                index: None,
+                reason,
+            })?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io("read WAL metadata", &meta_path, e)),
+    };
+    let meta = meta_found.unwrap_or(Meta {
+        first_index: found.first().map_or(1, |s| s.0),
+        truncate_from: 0,
+    });
+    if meta.first_index == 0 {
+        return Err(Error::Corruption {
+            file: meta_path,
+            offset: 0,
+            index: None,
+            reason: "first index is 0 (indexes start at 1)".into(),
+        });
+    }
+    let fence = meta.truncate_from;
+    report.truncation_completed = fence != 0;
+
+    // Segments wholly below the logical first index were compacted; segments at or past
+    // a pending truncation mark are being truncated. Neither is scanned: a crash in the
+    // middle of deleting them must not turn into a corruption error.
+    let mut doomed: Vec<PathBuf> = Vec::new();
+    let mut keep: Vec<(u64, PathBuf)> = Vec::new();
+    for (i, (first, path)) in found.iter().enumerate() {
+        let next_first = found.get(i + 1).map(|s| s.0);
+        if next_first.is_some_and(|n| n <= meta.first_index) || (fence != 0 && *first >= fence) {
+            doomed.push(path.clone());
+        } else {
+            keep.push((*first, path.clone()));
+        }
+    }
+
+    let mut views: Vec<SegmentView> = Vec::new();
+    let mut last_file: Option<(File, u64)> = None;
+    let mut expected_next: Option<u64> = None;
+    for (i, (first, path)) in keep.iter().enumerate() {
+        let is_last = i + 1 == keep.len();
+        if let Some(expected) = expected_next {
+            if *first != expected {
+                return Err(Error::Corruption {
+                    file: path.clone(),
+                    offset: 0,
+                    index: Some(expected),
+                    reason: format!(
+                        "segment starts at entry {first} but the previous segment ends at entry {}",
+                        expected - 1
+                    ),
+                });
+            }
+        }
+        let file = fs
+            .open_rw(path)
+            .map_err(|e| Error::io("open WAL segment", path, e))?;
+        let map = map_file(&file, path, true)?;
+        let header_first =
+            record::decode_segment_header(&map).map_err(|reason| Error::BadHeader {
+                file: path.clone(),
+                what: "WAL segment",
+                reason,
+            })?;
+        if header_first != *first {
+            return Err(Error::BadHeader {
+                file: path.clone(),
+                what: "WAL segment",
+                reason: format!("header says first index {header_first}, file name says {first}"),
+            });
+        }
+        let scan = scan_segment(&map, *first, fence);
+        report.bytes_scanned += scan.end as u64;
+        let expected = *first + scan.offsets.len() as u64;
+        let mut zero_to = None;
+        match scan.stop {
+            Stop::Clean => {}
+            Stop::Fence => zero_to = Some(nonzero_end(&map).max(scan.end)),
+            Stop::Damaged(reason) => {
+                if !is_last {
+                    return Err(Error::Corruption {
+                        file: path.clone(),
+                        offset: scan.end as u64,
+                        index: Some(expected),
+                        reason: format!("{reason} (not the last segment)"),
+                    });
+                }
+                let tail_end = nonzero_end(&map).max(scan.end + 1);
+                if let Some((o, index)) = find_valid_record(&map, scan.end + 1, tail_end, expected)
+                {
+                    return Err(Error::Corruption {
+                        file: path.clone(),
+                        offset: scan.end as u64,
+                        index: Some(expected),
+                        reason: format!(
+                            "{reason}, yet a valid record of entry {index} follows at offset {o}"
+                        ),
+                    });
+                }
+                tracing::warn!(
+                    file = %path.display(),
+                    offset = scan.end,
+                    entry = expected,
+                    "WAL: torn tail ({reason}); zeroing {} bytes from offset {} of {}: \
+                     entries from {expected} on were never acknowledged",
+                    tail_end - scan.end,
+                    scan.end,
+                    path.display()
+                );
+                report.tail_truncated_at = Some((path.clone(), scan.end as u64));
+                zero_to = Some(tail_end);
+            }
+        }
+        if let Some(to) = zero_to {
+            if to > scan.end {
+                write_zeros(fs, &file, path, scan.end as u64, to as u64)?;
+                fs.sync_data(&file)
+                    .map_err(|e| Error::io("fdatasync WAL segment after zeroing", path, e))?;
+            }
+        }
+        expected_next = Some(expected);
+        if is_last {
+            last_file = Some((file, scan.end as u64));
+        }
+        views.push(SegmentView {
+            first_index: *first,
+            path: path.clone(),
+            map,
+            offsets: scan.offsets,
+        });
+    }
+
+    let first_index = meta.first_index;
+    let mut last_index = expected_next.map_or(first_index - 1, |e| e - 1);
+    if last_index < first_index - 1 {
+        // Compacted past the end of the log (a follower installed a snapshot) and the
+        // crash came before the old segments were deleted.
+        doomed.extend(views.drain(..).map(|v| v.path));
+        last_file = None;
+        last_index = first_index - 1;
+    } else if let Some(v) = views.first() {
+        if v.first_index > first_index {
+            return Err(Error::Corruption {
+                file: v.path.clone(),
+                offset: 0,
+                index: Some(first_index),
+                reason: format!(
+                    "the log starts at entry {first_index} but the first segment starts at {}",
+                    v.first_index
+                ),
+            });
+        }
+    }
+
+    report.segments_removed = doomed.len();
+    for path in &doomed {
+        match fs.remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove compacted or truncated segment", path, e)),
+        }
+    }
+    if !doomed.is_empty() {
+        fs.sync_dir(dir)
+            .map_err(|e| Error::io("fsync WAL directory", dir, e))?;
+    }
+    let settled = Meta {
+        first_index,
+        truncate_from: 0,
+    };
+    if meta_found != Some(settled) {
+        write_meta(fs, dir, &settled)?;
+    }
+
+    let active = match (last_file, views.last()) {
+        (Some((file, end)), Some(v)) => Some(ActiveSegment {
+            first_index: v.first_index,
+            file,
+            path: v.path.clone(),
+            write_offset: end,
+            capacity: v.map.len() as u64,
+        }),
+        _ => None,
+    };
+    report.entries_recovered = last_index + 1 - first_index;
+    report.segments = views.len();
+    Ok(Recovered {
+        first_index,
+        last_index,
+        segments: views,
+        active,
+        report,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonzero_end_finds_the_last_nonzero_byte() {
+        let mut buf = vec![0u8; 10_000];
+        assert_eq!(nonzero_end(&buf), 0);
+        buf[0] = 1;
+        assert_eq!(nonzero_end(&buf), 1);
+        buf[5000] = 9;
+        assert_eq!(nonzero_end(&buf), 5001);
+        buf[9999] = 9;
+        assert_eq!(nonzero_end(&buf), 10_000);
+        assert!(!all_zero(&buf));
+        assert!(all_zero(&buf[1..5000]));
+    }
+}
