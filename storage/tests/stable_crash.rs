@@ -66,7 +66,8 @@ fn run_child_and_kill(dir: &std::path::Path, kill_after_saves: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(60);
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
-        if let Some(term) = line.strip_prefix("saved ") {
+        // libtest prints "test NAME ... " without a newline before running a test.
+        if let Some((_, term)) = line.split_once("saved ") {
             last_acked = term.trim().parse().unwrap();
             seen += 1;
             if seen >= kill_after_saves {
