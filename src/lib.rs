@@ -5,5 +5,6 @@
 //! - `storage` (workspace crate): the write-ahead log, stable store and snapshot files.
 
 pub mod raft;
+pub mod transport;
 
 pub use storage;

@@ -1,0 +1,760 @@
+//! Wire format of the peer transport: the connection handshake and the message frames.
+//!
+//! Everything here is pure (no I/O), so it can be tested exhaustively and fuzzed: the
+//! decoders return an error for any input they do not accept and never panic, never
+//! allocate more than a small multiple of the bytes they were given.
+//!
+//! A connection is one-way for data: the dialing node sends a [`Handshake`], the
+//! accepting node answers with a [`HandshakeReply`], and from then on only the dialer
+//! sends frames, each carrying one bincode-encoded [`Envelope`]. Each node dials every
+//! peer it sends to, so a pair of nodes uses two connections.
+//!
+//! All integers in headers are little-endian.
+
+use bincode::error::DecodeError;
+
+use crate::raft::{Envelope, NodeId};
+
+/// Opens every handshake: "raftlog peer".
+pub const HANDSHAKE_MAGIC: [u8; 4] = *b"RLPR";
+/// Opens every handshake reply: "raftlog peer answer".
+pub const HANDSHAKE_REPLY_MAGIC: [u8; 4] = *b"RLPA";
+/// Bumped whenever the handshake or frame layout, or the encoding of [`Envelope`],
+/// changes incompatibly. Nodes refuse a peer speaking another version.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Fixed part of a handshake, before the cluster id.
+pub const HANDSHAKE_FIXED_BYTES: usize = 4 + 2 + 2 + 8 + 8;
+/// Longest cluster id a handshake carries; bounds what the acceptor reads before it
+/// has checked anything.
+pub const CLUSTER_ID_BYTES_MAX: usize = 1024;
+/// Size of a handshake reply.
+pub const HANDSHAKE_REPLY_BYTES: usize = 4 + 2 + 1 + 1;
+/// Size of a frame header.
+pub const FRAME_HEADER_BYTES: usize = 8;
+/// The largest frame body the length field can express.
+pub const FRAME_BYTES_LIMIT: u64 = u32::MAX as u64;
+
+/// The first message on a connection, sent by the dialing node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handshake {
+    /// Protocol version of the sender.
+    pub version: u16,
+    /// The cluster the sender belongs to; a node refuses peers of another cluster.
+    pub cluster_id: String,
+    /// The sender's node id; every frame on the connection must be `from` it.
+    pub from: NodeId,
+    /// The node the sender meant to reach; refused if the acceptor is someone else
+    /// (e.g. an address reused by another node after a membership change).
+    pub to: NodeId,
+}
+
+// handshake = | magic "RLPR" | version u16 | cluster_id_len u16 | from u64 | to u64 |
+//             | cluster_id (utf-8, cluster_id_len bytes) | crc32 u32 of everything before |
+impl Handshake {
+    /// Appends the encoded handshake to `out`. `cluster_id` must be at most
+    /// [`CLUSTER_ID_BYTES_MAX`] bytes (checked when the transport starts).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        assert!(
+            self.cluster_id.len() <= CLUSTER_ID_BYTES_MAX,
+            "cluster id of {} bytes exceeds {CLUSTER_ID_BYTES_MAX}",
+            self.cluster_id.len()
+        );
+        let start = out.len();
+        out.extend_from_slice(&HANDSHAKE_MAGIC);
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&(self.cluster_id.len() as u16).to_le_bytes());
+        out.extend_from_slice(&self.from.to_le_bytes());
+        out.extend_from_slice(&self.to.to_le_bytes());
+        out.extend_from_slice(self.cluster_id.as_bytes());
+        let crc = crc32fast::hash(&out[start..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Reads the fixed part of a handshake: checks the magic and returns how many more
+    /// bytes (cluster id and CRC) to read before calling [`Handshake::decode`].
+    pub fn remaining_len(fixed: &[u8; HANDSHAKE_FIXED_BYTES]) -> Result<usize, HandshakeError> {
+        if fixed[0..4] != HANDSHAKE_MAGIC {
+            return Err(HandshakeError::BadMagic {
+                found: [fixed[0], fixed[1], fixed[2], fixed[3]],
+            });
+        }
+        let cluster_id_len = usize::from(u16::from_le_bytes([fixed[6], fixed[7]]));
+        if cluster_id_len > CLUSTER_ID_BYTES_MAX {
+            return Err(HandshakeError::ClusterIdTooLong {
+                len: cluster_id_len,
+            });
+        }
+        Ok(cluster_id_len + 4)
+    }
+
+    /// Decodes a whole handshake: the fixed part followed by the `remaining_len` bytes.
+    pub fn decode(buf: &[u8]) -> Result<Handshake, HandshakeError> {
+        let fixed: &[u8; HANDSHAKE_FIXED_BYTES] = buf
+            .get(..HANDSHAKE_FIXED_BYTES)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(HandshakeError::Truncated { len: buf.len() })?;
+        let remaining = Handshake::remaining_len(fixed)?;
+        if buf.len() != HANDSHAKE_FIXED_BYTES + remaining {
+            return Err(HandshakeError::Truncated { len: buf.len() });
+        }
+        let (covered, crc_bytes) = buf.split_at(buf.len() - 4);
+        let stored = u32::from_le_bytes([crc_bytes[0], crc_bytes[1], crc_bytes[2], crc_bytes[3]]);
+        let computed = crc32fast::hash(covered);
+        if stored != computed {
+            return Err(HandshakeError::BadCrc { stored, computed });
+        }
+        let cluster_id = std::str::from_utf8(&covered[HANDSHAKE_FIXED_BYTES..])
+            .map_err(|_| HandshakeError::ClusterIdNotUtf8)?
+            .to_owned();
+        Ok(Handshake {
+            version: u16::from_le_bytes([buf[4], buf[5]]),
+            cluster_id,
+            from: u64::from_le_bytes(array8(&buf[8..16])),
+            to: u64::from_le_bytes(array8(&buf[16..24])),
+        })
+    }
+}
+
+fn array8(bytes: &[u8]) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    out.copy_from_slice(bytes);
+    out
+}
+
+/// The acceptor's verdict on a handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum HandshakeStatus {
+    /// Frames may follow.
+    Accepted = 0,
+    /// The acceptor speaks another protocol version (the reply carries it).
+    VersionMismatch = 1,
+    /// The dialer belongs to another cluster.
+    ClusterMismatch = 2,
+    /// The dialer's node id is not among the acceptor's peers.
+    UnknownSender = 3,
+    /// The acceptor is not the node the dialer meant to reach.
+    WrongReceiver = 4,
+}
+
+impl HandshakeStatus {
+    fn from_u8(byte: u8) -> Option<HandshakeStatus> {
+        match byte {
+            0 => Some(HandshakeStatus::Accepted),
+            1 => Some(HandshakeStatus::VersionMismatch),
+            2 => Some(HandshakeStatus::ClusterMismatch),
+            3 => Some(HandshakeStatus::UnknownSender),
+            4 => Some(HandshakeStatus::WrongReceiver),
+            _ => None,
+        }
+    }
+}
+
+/// The acceptor's answer to a [`Handshake`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HandshakeReply {
+    /// Protocol version of the acceptor.
+    pub version: u16,
+    /// Whether frames may follow.
+    pub status: HandshakeStatus,
+}
+
+// reply = | magic "RLPA" | version u16 | status u8 | reserved u8 (0) |
+impl HandshakeReply {
+    /// The encoded reply.
+    pub fn encode(&self) -> [u8; HANDSHAKE_REPLY_BYTES] {
+        let v = self.version.to_le_bytes();
+        let m = HANDSHAKE_REPLY_MAGIC;
+        [m[0], m[1], m[2], m[3], v[0], v[1], self.status as u8, 0]
+    }
+
+    /// Decodes a reply.
+    pub fn decode(buf: &[u8; HANDSHAKE_REPLY_BYTES]) -> Result<HandshakeReply, HandshakeError> {
+        if buf[0..4] != HANDSHAKE_REPLY_MAGIC {
+            return Err(HandshakeError::BadMagic {
+                found: [buf[0], buf[1], buf[2], buf[3]],
+            });
+        }
+        let status =
+            HandshakeStatus::from_u8(buf[6]).ok_or(HandshakeError::BadStatus { byte: buf[6] })?;
+        Ok(HandshakeReply {
+            version: u16::from_le_bytes([buf[4], buf[5]]),
+            status,
+        })
+    }
+}
+
+/// A handshake or reply that is not one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// The connection does not start with the raftlog magic: not a raftlog peer.
+    #[error("bad magic {found:02x?}: not a raftlog peer connection")]
+    BadMagic {
+        /// The four bytes found.
+        found: [u8; 4],
+    },
+    /// The cluster id is longer than [`CLUSTER_ID_BYTES_MAX`].
+    #[error("cluster id length {len} exceeds {CLUSTER_ID_BYTES_MAX} bytes")]
+    ClusterIdTooLong {
+        /// The length claimed.
+        len: usize,
+    },
+    /// The handshake has the wrong length.
+    #[error("truncated handshake ({len} bytes)")]
+    Truncated {
+        /// Bytes given.
+        len: usize,
+    },
+    /// The checksum does not match: the handshake was corrupted.
+    #[error("handshake checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    BadCrc {
+        /// CRC in the handshake.
+        stored: u32,
+        /// CRC of the bytes received.
+        computed: u32,
+    },
+    /// The cluster id is not UTF-8.
+    #[error("cluster id is not UTF-8")]
+    ClusterIdNotUtf8,
+    /// A reply carries an unknown status byte.
+    #[error("unknown handshake status {byte}")]
+    BadStatus {
+        /// The byte found.
+        byte: u8,
+    },
+}
+
+/// Bincode settings of frame bodies: variable-length integers, little-endian.
+fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+// frame = | len u32 | crc32 u32 | bincode(Envelope) (len bytes) |
+// `len` counts the body only; the CRC (crc32fast, IEEE) covers the body only. A corrupt
+// `len` is caught by the size limit or, failing that, by the CRC of the misframed body.
+/// Appends one frame carrying `envelope` to `out`, encoding straight into it (no
+/// intermediate buffer). Returns the frame's total size in bytes (header included).
+///
+/// On error (`envelope` larger than `max_frame_bytes`, which the receiver would refuse),
+/// `out` is left as it was.
+pub fn encode_frame(
+    envelope: &Envelope,
+    max_frame_bytes: u32,
+    out: &mut Vec<u8>,
+) -> Result<usize, EncodeFrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
+    if let Err(e) = bincode::serde::encode_into_std_write(envelope, out, bincode_config()) {
+        out.truncate(start);
+        return Err(EncodeFrameError::Encode(e.to_string()));
+    }
+    let body_len = out.len() - start - FRAME_HEADER_BYTES;
+    if body_len > max_frame_bytes as usize {
+        out.truncate(start);
+        return Err(EncodeFrameError::TooLarge {
+            len: body_len,
+            max: max_frame_bytes,
+        });
+    }
+    let crc = crc32fast::hash(&out[start + FRAME_HEADER_BYTES..]);
+    // `body_len <= max_frame_bytes`, a u32, so the cast is exact.
+    out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(out.len() - start)
+}
+
+/// Why an envelope could not be framed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeFrameError {
+    /// The encoded envelope exceeds the frame size limit; the receiver would drop the
+    /// connection. Lower the core's `max_msg_bytes`/`snapshot_chunk_bytes` or raise
+    /// `max_frame_bytes` on every node.
+    #[error("encoded envelope of {len} bytes exceeds max_frame_bytes {max}")]
+    TooLarge {
+        /// Body size.
+        len: usize,
+        /// The limit.
+        max: u32,
+    },
+    /// bincode refused the value.
+    #[error("bincode encoding failed: {0}")]
+    Encode(String),
+}
+
+/// The header of a frame whose length passed the size check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Body length.
+    pub len: u32,
+    /// CRC32 of the body.
+    pub crc: u32,
+}
+
+impl FrameHeader {
+    /// Parses a header and checks the length against `max_frame_bytes` before anyone
+    /// allocates room for the body.
+    pub fn parse(
+        header: &[u8; FRAME_HEADER_BYTES],
+        max_frame_bytes: u32,
+    ) -> Result<FrameHeader, FrameError> {
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len > max_frame_bytes {
+            return Err(FrameError::TooLarge {
+                len,
+                max: max_frame_bytes,
+            });
+        }
+        Ok(FrameHeader { len, crc })
+    }
+
+    /// Header plus body.
+    pub fn frame_len(&self) -> usize {
+        FRAME_HEADER_BYTES + self.len as usize
+    }
+}
+
+/// A frame that is garbage. The connection it came on cannot be trusted further.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix exceeds the limit (or the peer is not speaking this protocol).
+    #[error("frame length {len} exceeds max_frame_bytes {max}")]
+    TooLarge {
+        /// Length claimed.
+        len: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// The body does not match its checksum.
+    #[error("frame checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    BadCrc {
+        /// CRC in the header.
+        stored: u32,
+        /// CRC of the body received.
+        computed: u32,
+    },
+    /// The checksum matched but the body is not an envelope (a peer of another
+    /// version, or a bug in the sender).
+    #[error("frame body of {len} bytes does not decode: {reason}")]
+    Undecodable {
+        /// Body length.
+        len: u32,
+        /// bincode's complaint.
+        reason: String,
+    },
+    /// The envelope ends before the body does.
+    #[error("frame body of {len} bytes has {trailing} trailing bytes after the envelope")]
+    TrailingBytes {
+        /// Body length.
+        len: u32,
+        /// Bytes left over.
+        trailing: usize,
+    },
+}
+
+/// Decodes the frame at the start of `buf`.
+///
+/// Returns `Ok(None)` when `buf` does not yet hold a whole frame (read more, then call
+/// again; the length has been checked by then, so reserving room for it is safe),
+/// `Ok(Some((envelope, frame_len)))` when it does, and `Err` for garbage.
+pub fn decode_frame(
+    buf: &[u8],
+    max_frame_bytes: u32,
+) -> Result<Option<(Envelope, usize)>, FrameError> {
+    let Some(header) = buf.first_chunk::<FRAME_HEADER_BYTES>() else {
+        return Ok(None);
+    };
+    let header = FrameHeader::parse(header, max_frame_bytes)?;
+    let Some(body) = buf.get(FRAME_HEADER_BYTES..header.frame_len()) else {
+        return Ok(None);
+    };
+    let envelope = decode_body(&header, body)?;
+    Ok(Some((envelope, header.frame_len())))
+}
+
+/// Checks the CRC of a complete body and decodes the envelope in it.
+pub fn decode_body(header: &FrameHeader, body: &[u8]) -> Result<Envelope, FrameError> {
+    assert!(
+        body.len() == header.len as usize,
+        "body of {} bytes for a header claiming {}",
+        body.len(),
+        header.len
+    );
+    let computed = crc32fast::hash(body);
+    if computed != header.crc {
+        return Err(FrameError::BadCrc {
+            stored: header.crc,
+            computed,
+        });
+    }
+    let (envelope, used) = decode_envelope(body).map_err(|e| FrameError::Undecodable {
+        len: header.len,
+        reason: e.to_string(),
+    })?;
+    if used != body.len() {
+        return Err(FrameError::TrailingBytes {
+            len: header.len,
+            trailing: body.len() - used,
+        });
+    }
+    Ok(envelope)
+}
+
+/// Decodes an envelope with a bincode byte limit scaled to the body.
+///
+/// Why the limit: bincode decodes a `Bytes`/`String` by allocating the length its prefix
+/// claims *before* reading the bytes, so a 20-byte body claiming a 2^60-byte payload
+/// would abort the process. With a limit, bincode refuses claims beyond it first. It
+/// counts claimed bytes, not wire bytes: every integer claims its full width (a varint
+/// `u64` of 1 byte claims 8), so a genuine body claims at most 8x its length. The limit
+/// is the smallest power-of-16 tier at or above that, so a forged length can make us
+/// allocate at most ~128x the body, which the frame size limit already bounds.
+fn decode_envelope(body: &[u8]) -> Result<(Envelope, usize), DecodeError> {
+    let claim_bound = (body.len() as u64).saturating_mul(8).saturating_add(64);
+    macro_rules! tiers {
+        ($($limit:literal),*) => {
+            $(
+                if claim_bound <= $limit {
+                    return bincode::serde::decode_from_slice(
+                        body,
+                        bincode_config().with_limit::<$limit>(),
+                    );
+                }
+            )*
+        };
+    }
+    tiers!(
+        0x1000,         // 4 KiB: votes, heartbeats, responses
+        0x1_0000,       // 64 KiB
+        0x10_0000,      // 1 MiB
+        0x100_0000,     // 16 MiB
+        0x1000_0000,    // 256 MiB
+        0x1_0000_0000,  // 4 GiB
+        0x10_0000_0000  // 64 GiB: above 8x the largest body a u32 length allows
+    );
+    unreachable!("claim bound {claim_bound} above every tier for a body of u32 length")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{Entry, EntryKind, Member, Membership, Message, SnapshotMeta};
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    const MAX: u32 = 64 << 20;
+
+    /// One envelope of each shape; the snapshot chunk carries `snapshot_bytes` of data.
+    fn sample_envelopes(snapshot_bytes: usize) -> Vec<Envelope> {
+        let mut membership = Membership::default();
+        membership.members.insert(
+            1,
+            Member {
+                raft_addr: "127.0.0.1:7001".into(),
+                api_addr: "127.0.0.1:8001".into(),
+                voter: true,
+            },
+        );
+        let messages = vec![
+            Message::PreVote {
+                term: 3,
+                last_log_index: 10,
+                last_log_term: 2,
+            },
+            Message::RequestVoteResponse {
+                term: u64::MAX,
+                granted: true,
+            },
+            Message::AppendEntries {
+                term: 7,
+                prev_log_index: 100,
+                prev_log_term: 6,
+                entries: (101..112)
+                    .map(|index| Entry {
+                        index,
+                        term: 7,
+                        kind: EntryKind::Normal,
+                        payload: Bytes::from(vec![index as u8; index as usize % 17]),
+                    })
+                    .collect(),
+                leader_commit: 99,
+                read_ctx: 5,
+            },
+            Message::InstallSnapshot {
+                term: 9,
+                meta: SnapshotMeta {
+                    last_index: 1000,
+                    last_term: 8,
+                    membership,
+                },
+                offset: 1 << 20,
+                data: Bytes::from(
+                    (0..snapshot_bytes)
+                        .map(|i| (i % 251) as u8)
+                        .collect::<Vec<u8>>(),
+                ),
+                done: false,
+            },
+            Message::TimeoutNow { term: 1 },
+        ];
+        messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, message)| Envelope {
+                from: 1 + i as u64,
+                to: 100 + i as u64,
+                message,
+            })
+            .collect()
+    }
+
+    fn encode(env: &Envelope) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_frame(env, MAX, &mut out).expect("encodes");
+        out
+    }
+
+    #[test]
+    fn frames_round_trip_back_to_back_in_one_buffer() {
+        let envelopes = sample_envelopes(1 << 20);
+        let mut buf = Vec::new();
+        let mut lens = Vec::new();
+        for env in &envelopes {
+            lens.push(encode_frame(env, MAX, &mut buf).expect("encodes"));
+        }
+        assert_eq!(lens.iter().sum::<usize>(), buf.len());
+        let mut at = 0;
+        for (env, len) in envelopes.iter().zip(&lens) {
+            let (decoded, used) = decode_frame(&buf[at..], MAX)
+                .expect("valid")
+                .expect("complete");
+            assert_eq!(&decoded, env);
+            assert_eq!(used, *len);
+            at += used;
+        }
+        assert_eq!(at, buf.len());
+        assert_eq!(decode_frame(&buf[at..], MAX), Ok(None));
+    }
+
+    #[test]
+    fn every_strict_prefix_of_a_frame_is_incomplete() {
+        for env in sample_envelopes(1000).iter() {
+            let frame = encode(env);
+            for cut in 0..frame.len() {
+                assert_eq!(decode_frame(&frame[..cut], MAX), Ok(None), "cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn oversize_length_is_refused_from_the_header_alone() {
+        let header = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0];
+        assert_eq!(
+            decode_frame(&header, MAX),
+            Err(FrameError::TooLarge {
+                len: u32::MAX,
+                max: MAX
+            })
+        );
+        // The limit is inclusive: a body of exactly max bytes is fine, one more is not.
+        let env = &sample_envelopes(64)[0];
+        let frame = encode(env);
+        let body_len = (frame.len() - FRAME_HEADER_BYTES) as u32;
+        assert!(decode_frame(&frame, body_len)
+            .expect("at the limit")
+            .is_some());
+        assert_eq!(
+            decode_frame(&frame, body_len - 1),
+            Err(FrameError::TooLarge {
+                len: body_len,
+                max: body_len - 1
+            })
+        );
+    }
+
+    #[test]
+    fn encoder_refuses_an_envelope_over_the_limit_and_leaves_the_buffer_alone() {
+        let envelopes = sample_envelopes(2 << 20);
+        let snapshot = &envelopes[3];
+        let mut out = vec![1, 2, 3];
+        let err = encode_frame(snapshot, 1 << 20, &mut out).expect_err("too large");
+        assert!(matches!(err, EncodeFrameError::TooLarge { max, .. } if max == 1 << 20));
+        assert_eq!(out, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn flipping_any_bit_of_the_body_is_caught_by_the_crc() {
+        let frame = encode(&sample_envelopes(64)[2]);
+        for byte in FRAME_HEADER_BYTES..frame.len() {
+            for bit in 0..8 {
+                let mut bad = frame.clone();
+                bad[byte] ^= 1 << bit;
+                assert!(
+                    matches!(decode_frame(&bad, MAX), Err(FrameError::BadCrc { .. })),
+                    "flip of byte {byte} bit {bit} not caught"
+                );
+            }
+        }
+    }
+
+    /// A frame whose CRC is right but whose body claims a gigantic payload: bincode
+    /// would try to allocate it (and abort the process) without the decode limit.
+    #[test]
+    fn forged_payload_length_with_valid_crc_is_undecodable_not_an_allocation() {
+        let env = Envelope {
+            from: 1,
+            to: 2,
+            message: Message::InstallSnapshot {
+                term: 1,
+                meta: SnapshotMeta::default(),
+                offset: 0,
+                data: Bytes::from_static(b"abcd"),
+                done: true,
+            },
+        };
+        let body = bincode::serde::encode_to_vec(&env, bincode_config()).expect("encodes");
+        // The data length (4) is the varint just before the 4 data bytes; replace it with
+        // a u64 varint (tag 253) claiming 2^60 bytes.
+        let at = body.len() - 1 /* done */ - 4 /* data */ - 1 /* len */;
+        assert_eq!(body[at], 4, "layout assumption: 1-byte varint length");
+        let mut forged = body[..at].to_vec();
+        forged.push(253);
+        forged.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        forged.extend_from_slice(&body[at + 1..]);
+        let mut frame = (forged.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&crc32fast::hash(&forged).to_le_bytes());
+        frame.extend_from_slice(&forged);
+        assert!(matches!(
+            decode_frame(&frame, MAX),
+            Err(FrameError::Undecodable { .. })
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_inside_a_frame_are_garbage() {
+        let env = &sample_envelopes(64)[0];
+        let mut body = bincode::serde::encode_to_vec(env, bincode_config()).expect("encodes");
+        body.extend_from_slice(&[0, 0]);
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        frame.extend_from_slice(&body);
+        assert_eq!(
+            decode_frame(&frame, MAX),
+            Err(FrameError::TrailingBytes {
+                len: body.len() as u32,
+                trailing: 2
+            })
+        );
+    }
+
+    #[test]
+    fn handshake_round_trips_and_refuses_corruption() {
+        let hs = Handshake {
+            version: PROTOCOL_VERSION,
+            cluster_id: "raftlog-demo".into(),
+            from: 3,
+            to: u64::MAX,
+        };
+        let mut buf = Vec::new();
+        hs.encode(&mut buf);
+        let fixed: &[u8; HANDSHAKE_FIXED_BYTES] = buf[..HANDSHAKE_FIXED_BYTES].try_into().unwrap();
+        assert_eq!(
+            Handshake::remaining_len(fixed),
+            Ok(buf.len() - HANDSHAKE_FIXED_BYTES)
+        );
+        assert_eq!(Handshake::decode(&buf), Ok(hs));
+        for byte in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[byte] ^= 0x10;
+            assert!(
+                Handshake::decode(&bad).is_err(),
+                "flip of byte {byte} accepted"
+            );
+        }
+        assert!(Handshake::decode(&buf[..buf.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn handshake_reply_round_trips_for_every_status() {
+        for status in [
+            HandshakeStatus::Accepted,
+            HandshakeStatus::VersionMismatch,
+            HandshakeStatus::ClusterMismatch,
+            HandshakeStatus::UnknownSender,
+            HandshakeStatus::WrongReceiver,
+        ] {
+            let reply = HandshakeReply { version: 7, status };
+            assert_eq!(HandshakeReply::decode(&reply.encode()), Ok(reply));
+        }
+        let mut bad = HandshakeReply {
+            version: 1,
+            status: HandshakeStatus::Accepted,
+        }
+        .encode();
+        bad[6] = 99;
+        assert_eq!(
+            HandshakeReply::decode(&bad),
+            Err(HandshakeError::BadStatus { byte: 99 })
+        );
+    }
+
+    /// Exhaustive over short inputs: every 1- and 2-byte body behind a valid header
+    /// (so the CRC check passes and bincode sees the bytes).
+    #[test]
+    fn decode_never_panics_on_any_short_body() {
+        for len in 0..=2usize {
+            for n in 0..(1u32 << (8 * len)) {
+                let body = &n.to_le_bytes()[..len];
+                let mut frame = (len as u32).to_le_bytes().to_vec();
+                frame.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+                frame.extend_from_slice(body);
+                let _ = decode_frame(&frame, MAX);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Arbitrary bytes, raw: mostly oversize lengths and bad CRCs.
+        #[test]
+        fn decode_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_frame(&bytes, MAX);
+            let _ = Handshake::decode(&bytes);
+            if let Some(fixed) = bytes.first_chunk::<HANDSHAKE_FIXED_BYTES>() {
+                let _ = Handshake::remaining_len(fixed);
+            }
+            if let Some(reply) = bytes.first_chunk::<HANDSHAKE_REPLY_BYTES>() {
+                let _ = HandshakeReply::decode(reply);
+            }
+        }
+
+        /// Arbitrary bodies behind a correct header and CRC, so bincode itself is fuzzed.
+        #[test]
+        fn decode_never_panics_on_arbitrary_bodies_with_valid_crc(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+            frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+            frame.extend_from_slice(&body);
+            let _ = decode_frame(&frame, MAX);
+        }
+
+        /// Valid frames with a few bytes overwritten: near-misses reach deeper decoder paths.
+        #[test]
+        fn decode_never_panics_on_mutated_valid_bodies(
+            which in 0usize..5,
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+        ) {
+            let envs = sample_envelopes(100);
+            let env = &envs[which];
+            let mut body = bincode::serde::encode_to_vec(env, bincode_config()).expect("encodes");
+            for (at, value) in edits {
+                let i = at % body.len();
+                body[i] = value;
+            }
+            let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+            frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+            frame.extend_from_slice(&body);
+            let _ = decode_frame(&frame, MAX);
+        }
+    }
+}

@@ -1,0 +1,580 @@
+//! The peer transport: carries [`Envelope`]s between nodes over TCP.
+//!
+//! # Design
+//! - **Connections.** Each node dials every peer it sends to and keeps one long-lived
+//!   outbound connection per peer (`peer.rs`); it accepts peers' connections on its own
+//!   `raft_addr` (`server.rs`). A pair of nodes therefore uses two one-way connections,
+//!   so neither side's reads ever wait behind its writes.
+//! - **Handshake.** A connection opens with magic, protocol version, cluster id, the
+//!   dialer's node id and the id it means to reach ([`codec::Handshake`]); the acceptor
+//!   answers with a verdict. Another cluster, another version, a node id not among the
+//!   acceptor's peers, or the wrong receiver are refused, logged and counted.
+//! - **Frames.** `| len u32 | crc32 u32 | bincode(Envelope) |` ([`codec`]). An oversize
+//!   length, a bad CRC or an undecodable body is garbage: the acceptor logs it naming the
+//!   peer address, counts it and drops the connection. Nothing a peer sends can make a
+//!   node panic or allocate more than the frame size limit allows.
+//! - **Sending never blocks.** [`Transport::send`] is a synchronous `try_send` into a
+//!   bounded per-peer queue; the peer's task drains it, coalescing everything queued
+//!   into one buffer and one `write_all`. A dead or slow peer only fills its own queue:
+//!   further messages to it are dropped and counted (Raft tolerates message loss and
+//!   retransmits). Messages that arrive while the peer is unreachable (during a
+//!   reconnect backoff) are dropped too, so a peer coming back gets fresh messages,
+//!   not a backlog of stale ones.
+//! - **Reconnects** use exponential backoff (`backoff_min` doubling to `backoff_max`),
+//!   reset by every successful handshake. Link changes are logged once per change
+//!   (connected, lost, unreachable with a new reason), not once per retry.
+//! - **Ordering.** Envelopes to one peer arrive in the order sent, as long as its
+//!   connection stays up; across a reconnect some may be lost, never reordered.
+//!
+//! # Example
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use raftlog::transport::{Transport, TransportConfig};
+//! let peers = [(2, "127.0.0.1:7002".parse().unwrap())].into_iter().collect();
+//! let config = TransportConfig::new(1, "raftlog-demo", "127.0.0.1:7001".parse().unwrap(), peers);
+//! let (transport, mut inbound) = Transport::start(config).await?;
+//! // transport.send(envelope) for each outgoing message; inbound.recv().await for incoming.
+//! # let _ = inbound.recv().await;
+//! transport.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod codec;
+mod peer;
+mod server;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::raft::{Envelope, Message, NodeId};
+
+/// Settings of one node's transport.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// This node's id (positive).
+    pub id: NodeId,
+    /// Connections from nodes of another cluster are refused.
+    pub cluster_id: String,
+    /// Where to accept peers' connections (the node's `raft_addr`). Port 0 picks a free
+    /// port; [`Transport::local_addr`] tells which.
+    pub listen: SocketAddr,
+    /// Every peer: where to dial it, and the ids whose connections are accepted. May
+    /// include this node's own id, which is ignored. Replace with [`Transport::set_peers`].
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// The largest frame body accepted or sent, in bytes. Must be the same on every node
+    /// and above the core's `max_msg_bytes` and `snapshot_chunk_bytes` plus overhead.
+    pub max_frame_bytes: u32,
+    /// Capacity of each peer's outbound queue, in messages. When it is full, further
+    /// messages to that peer are dropped and counted.
+    pub queue_len: usize,
+    /// Capacity of the inbound channel returned by [`Transport::start`]. When it is full,
+    /// reading from the connections pauses (TCP back-pressure), nothing is dropped.
+    pub inbound_queue_len: usize,
+    /// A write batch stops taking queued messages once it holds this many bytes.
+    pub batch_bytes_max: usize,
+    /// How long a dial may take before it counts as failed.
+    pub connect_timeout: Duration,
+    /// How long either side waits for the other's handshake.
+    pub handshake_timeout: Duration,
+    /// First reconnect delay after a failed dial.
+    pub backoff_min: Duration,
+    /// The reconnect delay doubles up to this.
+    pub backoff_max: Duration,
+}
+
+impl TransportConfig {
+    /// Defaults: 64 MiB frames, queues of 4096 messages, 1 MiB write batches, 1 s dial
+    /// timeout, 5 s handshake timeout, backoff from 10 ms to 1 s.
+    pub fn new(
+        id: NodeId,
+        cluster_id: impl Into<String>,
+        listen: SocketAddr,
+        peers: BTreeMap<NodeId, SocketAddr>,
+    ) -> TransportConfig {
+        TransportConfig {
+            id,
+            cluster_id: cluster_id.into(),
+            listen,
+            peers,
+            max_frame_bytes: 64 << 20,
+            queue_len: 4096,
+            inbound_queue_len: 4096,
+            batch_bytes_max: 1 << 20,
+            connect_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_secs(1),
+        }
+    }
+
+    fn validate(&self) -> io::Result<()> {
+        let invalid = |what: String| {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid transport config: {what}"),
+            ))
+        };
+        if self.id == 0 {
+            return invalid("node id 0 is reserved (\"nobody\"); use a positive id".into());
+        }
+        if self.cluster_id.len() > codec::CLUSTER_ID_BYTES_MAX {
+            return invalid(format!(
+                "cluster_id is {} bytes, at most {} allowed",
+                self.cluster_id.len(),
+                codec::CLUSTER_ID_BYTES_MAX
+            ));
+        }
+        if self.max_frame_bytes < 1024 {
+            return invalid(format!(
+                "max_frame_bytes {} is below 1024",
+                self.max_frame_bytes
+            ));
+        }
+        if self.queue_len == 0 || self.inbound_queue_len == 0 {
+            return invalid("queue_len and inbound_queue_len must be positive".into());
+        }
+        if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
+            return invalid(format!(
+                "backoff_min {:?} must be positive and at most backoff_max {:?}",
+                self.backoff_min, self.backoff_max
+            ));
+        }
+        if let Some(id) = self.peers.keys().find(|id| **id == 0) {
+            return invalid(format!("peer id {id} is reserved; use positive ids"));
+        }
+        Ok(())
+    }
+}
+
+/// Why [`Transport::send`] did not queue a message. The message is dropped (and
+/// counted); Raft recovers by retransmitting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// `to` is not a known peer (or is this node itself).
+    #[error("no peer {to}: not in the transport's peer set")]
+    UnknownPeer {
+        /// The intended receiver.
+        to: NodeId,
+    },
+    /// The peer's queue is full: it is slow, unreachable or reconnecting.
+    #[error("queue to peer {to} is full; message dropped")]
+    QueueFull {
+        /// The intended receiver.
+        to: NodeId,
+    },
+    /// The transport was shut down.
+    #[error("transport is shut down")]
+    Shutdown,
+}
+
+/// Counters since start, for `/metrics`. All are monotonic except `peers_connected`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransportMetrics {
+    /// Frames written to peers.
+    pub frames_sent: u64,
+    /// Bytes written to peers (headers included).
+    pub sent_bytes: u64,
+    /// `write_all` calls; `frames_sent / write_batches` is the coalescing factor.
+    pub write_batches: u64,
+    /// Frames accepted from peers.
+    pub frames_received: u64,
+    /// Bytes of accepted frames (headers included).
+    pub received_bytes: u64,
+    /// Messages dropped because the peer's queue was full.
+    pub dropped_queue_full: u64,
+    /// Messages dropped because the receiver is not a known peer.
+    pub dropped_unknown_peer: u64,
+    /// Messages dropped because they arrived while the peer was unreachable.
+    pub dropped_disconnected: u64,
+    /// Messages lost in a batch whose write failed.
+    pub dropped_write_failed: u64,
+    /// Messages dropped because they encode to more than `max_frame_bytes`.
+    pub dropped_oversize: u64,
+    /// InstallSnapshot chunks among all the drops above (each is also counted there).
+    pub dropped_snapshot_chunks: u64,
+    /// Failed dials or handshakes (each retry counts).
+    pub connect_errors: u64,
+    /// Successful outbound handshakes.
+    pub connects: u64,
+    /// Inbound connections accepted by the listener (before their handshake).
+    pub connections_accepted: u64,
+    /// Inbound handshakes refused: other cluster, version or receiver, unknown node.
+    pub handshakes_refused: u64,
+    /// Garbage received: bad handshake, oversize length, bad CRC, undecodable body.
+    pub garbage_frames: u64,
+    /// Well-formed frames refused: envelope `from`/`to` not matching the handshake.
+    pub envelopes_refused: u64,
+    /// Peers whose outbound connection is up right now.
+    pub peers_connected: u64,
+}
+
+/// The live counters behind [`TransportMetrics`].
+#[derive(Default)]
+struct Counters {
+    frames_sent: AtomicU64,
+    sent_bytes: AtomicU64,
+    write_batches: AtomicU64,
+    frames_received: AtomicU64,
+    received_bytes: AtomicU64,
+    dropped_queue_full: AtomicU64,
+    dropped_unknown_peer: AtomicU64,
+    dropped_disconnected: AtomicU64,
+    dropped_write_failed: AtomicU64,
+    dropped_oversize: AtomicU64,
+    dropped_snapshot_chunks: AtomicU64,
+    connect_errors: AtomicU64,
+    connects: AtomicU64,
+    connections_accepted: AtomicU64,
+    handshakes_refused: AtomicU64,
+    garbage_frames: AtomicU64,
+    envelopes_refused: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Counters {
+    fn snapshot(&self) -> TransportMetrics {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        TransportMetrics {
+            frames_sent: get(&self.frames_sent),
+            sent_bytes: get(&self.sent_bytes),
+            write_batches: get(&self.write_batches),
+            frames_received: get(&self.frames_received),
+            received_bytes: get(&self.received_bytes),
+            dropped_queue_full: get(&self.dropped_queue_full),
+            dropped_unknown_peer: get(&self.dropped_unknown_peer),
+            dropped_disconnected: get(&self.dropped_disconnected),
+            dropped_write_failed: get(&self.dropped_write_failed),
+            dropped_oversize: get(&self.dropped_oversize),
+            dropped_snapshot_chunks: get(&self.dropped_snapshot_chunks),
+            connect_errors: get(&self.connect_errors),
+            connects: get(&self.connects),
+            connections_accepted: get(&self.connections_accepted),
+            handshakes_refused: get(&self.handshakes_refused),
+            garbage_frames: get(&self.garbage_frames),
+            envelopes_refused: get(&self.envelopes_refused),
+            peers_connected: 0,
+        }
+    }
+
+    /// Counts a dropped message. Snapshot chunks are big and their loss stalls a
+    /// follower's catch-up until the leader retries, so each one is also logged.
+    fn dropped(&self, counter: &AtomicU64, env: &Envelope, why: &str) {
+        bump(counter, 1);
+        if let Message::InstallSnapshot { offset, data, .. } = &env.message {
+            bump(&self.dropped_snapshot_chunks, 1);
+            tracing::warn!(
+                to = env.to,
+                offset,
+                chunk_bytes = data.len(),
+                "dropped an InstallSnapshot chunk: {why}"
+            );
+        }
+    }
+}
+
+/// The peer set as the acceptor sees it. `generation` changes on every update so that
+/// open inbound connections notice and re-check their peer.
+struct PeerSet {
+    addrs: RwLock<BTreeMap<NodeId, SocketAddr>>,
+    generation: AtomicU64,
+}
+
+impl PeerSet {
+    fn contains(&self, id: NodeId) -> bool {
+        read_lock(&self.addrs).contains_key(&id)
+    }
+}
+
+/// What every task of one transport shares.
+struct Shared {
+    id: NodeId,
+    cluster_id: String,
+    max_frame_bytes: u32,
+    batch_bytes_max: usize,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    peers: PeerSet,
+    counters: Counters,
+}
+
+/// One peer's outbound side, as [`Transport::send`] sees it.
+struct Outbound {
+    addr: SocketAddr,
+    queue: mpsc::Sender<Envelope>,
+    connected: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    queue_len: usize,
+    runtime: tokio::runtime::Handle,
+    outbound: RwLock<BTreeMap<NodeId, Outbound>>,
+    listener: Mutex<Option<JoinHandle<()>>>,
+    shut_down: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Tasks hold only `Arc<Shared>`, not `Inner`, so this runs when the last
+        // `Transport` handle goes, and stops them even without `shutdown()`.
+        if let Some(listener) = lock(&self.listener).take() {
+            listener.abort();
+        }
+        for (_, outbound) in std::mem::take(&mut *write_lock(&self.outbound)) {
+            outbound.task.abort();
+        }
+    }
+}
+
+/// A node's peer transport. Cheap to clone; all clones drive the same connections.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+/// One peer's state, for status pages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Peer id.
+    pub id: NodeId,
+    /// Where it is dialed.
+    pub addr: SocketAddr,
+    /// Whether the outbound connection is up (handshake accepted).
+    pub connected: bool,
+    /// Messages waiting in its queue.
+    pub queued: usize,
+}
+
+impl Transport {
+    /// Binds `config.listen`, starts accepting peers and dialing every peer in
+    /// `config.peers`. Returns the transport and the channel of envelopes received
+    /// (already checked: from a known peer of this cluster, addressed to this node).
+    ///
+    /// Must be called within a tokio runtime. Fails if the config is invalid or the
+    /// address cannot be bound.
+    pub async fn start(
+        config: TransportConfig,
+    ) -> io::Result<(Transport, mpsc::Receiver<Envelope>)> {
+        config.validate()?;
+        let listener = server::bind(config.listen).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "node {}: cannot listen for peers on {}: {e} (is another node running there?)",
+                    config.id, config.listen
+                ),
+            )
+        })?;
+        let local_addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            id: config.id,
+            cluster_id: config.cluster_id.clone(),
+            max_frame_bytes: config.max_frame_bytes,
+            batch_bytes_max: config.batch_bytes_max.max(1),
+            connect_timeout: config.connect_timeout,
+            handshake_timeout: config.handshake_timeout,
+            backoff_min: config.backoff_min,
+            backoff_max: config.backoff_max,
+            peers: PeerSet {
+                addrs: RwLock::new(BTreeMap::new()),
+                generation: AtomicU64::new(0),
+            },
+            counters: Counters::default(),
+        });
+        let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_queue_len);
+        let runtime = tokio::runtime::Handle::current();
+        let listener_task = runtime.spawn(server::run_listener(
+            Arc::clone(&shared),
+            listener,
+            inbound_tx,
+        ));
+        let transport = Transport {
+            inner: Arc::new(Inner {
+                shared,
+                local_addr,
+                queue_len: config.queue_len,
+                runtime,
+                outbound: RwLock::new(BTreeMap::new()),
+                listener: Mutex::new(Some(listener_task)),
+                shut_down: AtomicBool::new(false),
+            }),
+        };
+        transport.set_peers(config.peers);
+        tracing::info!(
+            id = config.id,
+            addr = %local_addr,
+            cluster_id = %config.cluster_id,
+            "peer transport listening"
+        );
+        Ok((transport, inbound_rx))
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.shared.id
+    }
+
+    /// Queues `env` for `env.to`. Never blocks and never waits for the network: when the
+    /// peer's queue is full or the peer is unknown, the message is dropped, counted and
+    /// reported in the result, which callers that rely on Raft's retransmission may
+    /// ignore.
+    pub fn send(&self, env: Envelope) -> Result<(), SendError> {
+        let counters = &self.inner.shared.counters;
+        let outbound = read_lock(&self.inner.outbound);
+        let to = env.to;
+        let Some(peer) = outbound.get(&to) else {
+            if self.inner.shut_down.load(Ordering::Relaxed) {
+                return Err(SendError::Shutdown);
+            }
+            counters.dropped(&counters.dropped_unknown_peer, &env, "unknown peer");
+            return Err(SendError::UnknownPeer { to });
+        };
+        match peer.queue.try_send(env) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(env)) => {
+                counters.dropped(&counters.dropped_queue_full, &env, "peer queue full");
+                Err(SendError::QueueFull { to })
+            }
+            // The peer's task ended: only after shutdown or removal of the peer.
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Shutdown),
+        }
+    }
+
+    /// Replaces the peer set: starts dialing new peers, redials peers whose address
+    /// changed, stops sending to removed ones, and from now on accepts connections only
+    /// from the ids in `peers` (open connections from removed ids are closed when they
+    /// next deliver). This node's own id, if present, is ignored.
+    pub fn set_peers(&self, mut peers: BTreeMap<NodeId, SocketAddr>) {
+        let shared = &self.inner.shared;
+        peers.remove(&shared.id);
+        peers.remove(&0);
+        if self.inner.shut_down.load(Ordering::Relaxed) {
+            return;
+        }
+        *write_lock(&shared.peers.addrs) = peers.clone();
+        shared.peers.generation.fetch_add(1, Ordering::Release);
+
+        let mut outbound = write_lock(&self.inner.outbound);
+        outbound.retain(|id, peer| {
+            let keep = peers.get(id) == Some(&peer.addr);
+            if !keep {
+                peer.task.abort();
+                tracing::info!(peer = id, addr = %peer.addr, "peer removed or moved; closing its connection");
+            }
+            keep
+        });
+        for (&id, &addr) in &peers {
+            if outbound.contains_key(&id) {
+                continue;
+            }
+            let (queue, rx) = mpsc::channel(self.inner.queue_len);
+            let connected = Arc::new(AtomicBool::new(false));
+            let task = self.inner.runtime.spawn(peer::run(
+                Arc::clone(shared),
+                id,
+                addr,
+                rx,
+                Arc::clone(&connected),
+            ));
+            outbound.insert(
+                id,
+                Outbound {
+                    addr,
+                    queue,
+                    connected,
+                    task,
+                },
+            );
+        }
+    }
+
+    /// The current peer set (without this node).
+    pub fn peers(&self) -> BTreeMap<NodeId, SocketAddr> {
+        read_lock(&self.inner.shared.peers.addrs).clone()
+    }
+
+    /// Each peer's link state.
+    pub fn peer_statuses(&self) -> Vec<PeerStatus> {
+        read_lock(&self.inner.outbound)
+            .iter()
+            .map(|(&id, peer)| PeerStatus {
+                id,
+                addr: peer.addr,
+                connected: peer.connected.load(Ordering::Relaxed),
+                queued: peer.queue.max_capacity() - peer.queue.capacity(),
+            })
+            .collect()
+    }
+
+    /// The counters, read now.
+    pub fn metrics(&self) -> TransportMetrics {
+        let mut metrics = self.inner.shared.counters.snapshot();
+        metrics.peers_connected = read_lock(&self.inner.outbound)
+            .values()
+            .filter(|peer| peer.connected.load(Ordering::Relaxed))
+            .count() as u64;
+        metrics
+    }
+
+    /// Stops accepting, closes every connection and ends every task; returns once they
+    /// have ended, so the listening port is free again. Later sends fail with
+    /// [`SendError::Shutdown`]; the inbound channel ends once the last connection task
+    /// has gone. Idempotent.
+    pub async fn shutdown(&self) {
+        self.inner.shut_down.store(true, Ordering::Relaxed);
+        let listener = lock(&self.inner.listener).take();
+        let outbound = std::mem::take(&mut *write_lock(&self.inner.outbound));
+        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        if let Some(listener) = listener {
+            listener.abort();
+            tasks.push(listener);
+        }
+        for (_, peer) in outbound {
+            peer.task.abort();
+            tasks.push(peer.task);
+        }
+        for task in tasks {
+            // An aborted task reports `JoinError::Cancelled`; a panicked one has
+            // already printed its panic. Either way it has ended, which is all we need.
+            let _ = task.await;
+        }
+        tracing::info!(id = self.inner.shared.id, "peer transport shut down");
+    }
+}
+
+/// Lock helpers: a panic while holding one of these locks leaves plain data (maps of
+/// handles) that is still consistent, so poisoning is ignored rather than propagated.
+fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests;

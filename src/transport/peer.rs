@@ -1,0 +1,259 @@
+//! The outbound side: one task per peer that dials it, handshakes, and drains the
+//! peer's queue onto the connection in coalesced batches.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::codec::{
+    self, Handshake, HandshakeError, HandshakeReply, HandshakeStatus, HANDSHAKE_REPLY_BYTES,
+    PROTOCOL_VERSION,
+};
+use super::{bump, Shared};
+use crate::raft::{Envelope, NodeId};
+
+/// Why a dial did not produce a usable connection.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("connect failed: {0}")]
+    Connect(std::io::Error),
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("handshake I/O failed: {0}")]
+    HandshakeIo(std::io::Error),
+    #[error("no handshake reply within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("bad handshake reply: {0}")]
+    BadReply(HandshakeError),
+    #[error("refused by the peer: {reason} (peer protocol version {version})")]
+    Refused { reason: &'static str, version: u16 },
+}
+
+impl ConnectError {
+    /// Failures that repeat with the same key are logged once, not on every retry.
+    fn log_key(&self) -> String {
+        match self {
+            ConnectError::Connect(e) | ConnectError::HandshakeIo(e) => format!("io:{:?}", e.kind()),
+            ConnectError::ConnectTimeout(_) => "connect-timeout".into(),
+            ConnectError::HandshakeTimeout(_) => "handshake-timeout".into(),
+            ConnectError::BadReply(_) => "bad-reply".into(),
+            ConnectError::Refused { reason, .. } => format!("refused:{reason}"),
+        }
+    }
+
+    /// A refusal or a non-raftlog peer means misconfiguration, not a node that is down.
+    fn is_misconfiguration(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::BadReply(_) | ConnectError::Refused { .. }
+        )
+    }
+}
+
+/// How a connected stretch ended.
+enum Ended {
+    /// The queue closed: the transport is shutting down or the peer was removed.
+    QueueClosed,
+    /// The connection failed; redial.
+    Lost(String),
+}
+
+/// Runs until the peer's queue closes (transport dropped) or the task is aborted
+/// (shutdown, peer removed or moved).
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    peer: NodeId,
+    addr: SocketAddr,
+    mut queue: mpsc::Receiver<Envelope>,
+    connected: Arc<AtomicBool>,
+) {
+    let mut backoff = shared.backoff_min;
+    // The last failure logged, so a peer that stays down is reported once.
+    let mut last_logged: Option<String> = None;
+    // Reused for every batch: no allocation per message or per write in steady state.
+    let mut buf: Vec<u8> = Vec::with_capacity(shared.batch_bytes_max.min(1 << 20) + 4096);
+    loop {
+        match connect(&shared, peer, addr).await {
+            Ok(stream) => {
+                bump(&shared.counters.connects, 1);
+                connected.store(true, Ordering::Relaxed);
+                tracing::info!(id = shared.id, peer, %addr, "peer connected");
+                backoff = shared.backoff_min;
+                last_logged = None;
+                let ended = pump(&shared, peer, addr, stream, &mut queue, &mut buf).await;
+                connected.store(false, Ordering::Relaxed);
+                match ended {
+                    Ended::QueueClosed => return,
+                    Ended::Lost(why) => {
+                        tracing::info!(id = shared.id, peer, %addr, "peer connection lost ({why}); reconnecting");
+                        // Redial at once: a single lost connection is usually a restart.
+                        continue;
+                    }
+                }
+            }
+            Err(e) => {
+                bump(&shared.counters.connect_errors, 1);
+                let key = e.log_key();
+                if last_logged.as_deref() != Some(key.as_str()) {
+                    if e.is_misconfiguration() {
+                        tracing::warn!(id = shared.id, peer, %addr, "cannot reach peer: {e}; retrying with backoff up to {:?}", shared.backoff_max);
+                    } else {
+                        tracing::info!(id = shared.id, peer, %addr, "peer unreachable: {e}; retrying with backoff up to {:?}", shared.backoff_max);
+                    }
+                    last_logged = Some(key);
+                } else {
+                    tracing::debug!(id = shared.id, peer, %addr, "peer still unreachable: {e}");
+                }
+            }
+        }
+        if !drop_during(&shared, &mut queue, backoff).await {
+            return;
+        }
+        backoff = (backoff * 2).min(shared.backoff_max);
+    }
+}
+
+/// Sleeps for `backoff`, dropping (and counting) whatever is queued meanwhile, so the
+/// peer gets fresh messages when it comes back rather than a stale backlog. Returns
+/// false if the queue closed.
+async fn drop_during(
+    shared: &Shared,
+    queue: &mut mpsc::Receiver<Envelope>,
+    backoff: Duration,
+) -> bool {
+    let sleep = tokio::time::sleep(backoff);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = &mut sleep => return true,
+            env = queue.recv() => match env {
+                Some(env) => shared.counters.dropped(&shared.counters.dropped_disconnected, &env, "peer unreachable"),
+                None => return false,
+            },
+        }
+    }
+}
+
+/// Dials `addr` and performs the handshake.
+async fn connect(
+    shared: &Shared,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> Result<TcpStream, ConnectError> {
+    let mut stream =
+        match tokio::time::timeout(shared.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(ConnectError::Connect(e)),
+            Err(_) => return Err(ConnectError::ConnectTimeout(shared.connect_timeout)),
+        };
+    // Batching happens above TCP (one write per drained queue); Nagle would only add
+    // latency to the heartbeat and vote messages Raft's timing depends on.
+    stream
+        .set_nodelay(true)
+        .map_err(ConnectError::HandshakeIo)?;
+    let mut hello = Vec::with_capacity(codec::HANDSHAKE_FIXED_BYTES + shared.cluster_id.len() + 4);
+    Handshake {
+        version: PROTOCOL_VERSION,
+        cluster_id: shared.cluster_id.clone(),
+        from: shared.id,
+        to: peer,
+    }
+    .encode(&mut hello);
+    let exchange = async {
+        stream.write_all(&hello).await?;
+        let mut reply = [0u8; HANDSHAKE_REPLY_BYTES];
+        stream.read_exact(&mut reply).await?;
+        Ok::<_, std::io::Error>(reply)
+    };
+    let reply = match tokio::time::timeout(shared.handshake_timeout, exchange).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => return Err(ConnectError::HandshakeIo(e)),
+        Err(_) => return Err(ConnectError::HandshakeTimeout(shared.handshake_timeout)),
+    };
+    let reply = HandshakeReply::decode(&reply).map_err(ConnectError::BadReply)?;
+    let reason = match reply.status {
+        HandshakeStatus::Accepted => return Ok(stream),
+        HandshakeStatus::VersionMismatch => "protocol version mismatch",
+        HandshakeStatus::ClusterMismatch => {
+            "cluster id mismatch (is it a node of another cluster?)"
+        }
+        HandshakeStatus::UnknownSender => "this node's id is not among its peers",
+        HandshakeStatus::WrongReceiver => "it is not the node id we dialed (stale address?)",
+    };
+    Err(ConnectError::Refused {
+        reason,
+        version: reply.version,
+    })
+}
+
+/// Moves queued envelopes onto the connection until it fails or the queue closes.
+///
+/// Each round waits for one envelope, then takes whatever else is already queued (up
+/// to `batch_bytes_max`), encodes it all into `buf` and writes it with one `write_all`:
+/// under load, many messages share a syscall and a TCP segment; when idle, a lone
+/// heartbeat goes out at once.
+async fn pump(
+    shared: &Shared,
+    peer: NodeId,
+    addr: SocketAddr,
+    stream: TcpStream,
+    queue: &mut mpsc::Receiver<Envelope>,
+    buf: &mut Vec<u8>,
+) -> Ended {
+    let counters = &shared.counters;
+    let (mut reader, mut writer) = stream.into_split();
+    // The acceptor never sends after its handshake reply, so a readable socket means it
+    // closed (EOF) or broke: noticing that here reports the loss at once instead of at
+    // the next write, which may be long after on an idle link.
+    let mut probe = [0u8; 1];
+    loop {
+        let first = tokio::select! {
+            env = queue.recv() => env,
+            read = reader.read(&mut probe) => {
+                return Ended::Lost(match read {
+                    Ok(0) => "closed by the peer".into(),
+                    Ok(_) => "peer sent unexpected bytes".into(),
+                    Err(e) => e.to_string(),
+                });
+            }
+        };
+        let Some(first) = first else {
+            return Ended::QueueClosed;
+        };
+        buf.clear();
+        let mut frames = 0u64;
+        let mut next = Some(first);
+        while let Some(env) = next.take() {
+            match codec::encode_frame(&env, shared.max_frame_bytes, buf) {
+                Ok(_) => frames += 1,
+                Err(e) => {
+                    tracing::warn!(id = shared.id, peer, %addr, "dropping a message that cannot be framed: {e}");
+                    counters.dropped(&counters.dropped_oversize, &env, "too large to frame");
+                }
+            }
+            if buf.len() < shared.batch_bytes_max {
+                next = queue.try_recv().ok();
+            }
+        }
+        if frames == 0 {
+            continue;
+        }
+        if let Err(e) = writer.write_all(buf).await {
+            bump(&counters.dropped_write_failed, frames);
+            return Ended::Lost(format!("write failed: {e}"));
+        }
+        bump(&counters.frames_sent, frames);
+        bump(&counters.sent_bytes, buf.len() as u64);
+        bump(&counters.write_batches, 1);
+        // One InstallSnapshot batch may have grown the buffer to many MiB; do not keep
+        // that per peer forever.
+        if buf.capacity() > 4 * shared.batch_bytes_max.max(1 << 20) {
+            *buf = Vec::with_capacity(shared.batch_bytes_max.min(1 << 20) + 4096);
+        }
+    }
+}

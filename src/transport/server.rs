@@ -1,0 +1,250 @@
+//! The inbound side: the listener on the node's `raft_addr` and one task per accepted
+//! connection that checks the handshake, then reads, verifies and delivers frames.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::codec::{
+    FrameHeader, Handshake, HandshakeReply, HandshakeStatus, FRAME_HEADER_BYTES,
+    HANDSHAKE_FIXED_BYTES, PROTOCOL_VERSION,
+};
+use super::{bump, Shared};
+use crate::raft::{Envelope, NodeId};
+
+/// Read buffer size for small frames; large frames reserve exactly what they need.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// Binds the listener. SO_REUSEADDR lets a restarted node listen again at once even
+/// while connections of its previous run linger in TIME_WAIT.
+pub(super) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Accepts connections until aborted. Connection tasks live in a `JoinSet` owned by
+/// this task, so aborting it (shutdown) aborts them all.
+pub(super) async fn run_listener(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    inbound: mpsc::Sender<Envelope>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    bump(&shared.counters.connections_accepted, 1);
+                    connections.spawn(serve(Arc::clone(&shared), stream, remote, inbound.clone()));
+                }
+                Err(e) => {
+                    // Typically EMFILE/ENFILE: back off a little instead of spinning;
+                    // the listener stays up and retries.
+                    tracing::warn!(id = shared.id, "accepting a peer connection failed: {e}; retrying in 50 ms");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            // Reap finished connection tasks so the set does not grow without bound.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// Serves one inbound connection until it closes, misbehaves, or its peer is removed.
+async fn serve(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    remote: SocketAddr,
+    inbound: mpsc::Sender<Envelope>,
+) {
+    let counters = &shared.counters;
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(id = shared.id, %remote, "set_nodelay failed: {e}");
+    }
+    let hello = match tokio::time::timeout(shared.handshake_timeout, read_handshake(&mut stream))
+        .await
+    {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(HandshakeFailure::Garbage(why))) => {
+            bump(&counters.garbage_frames, 1);
+            tracing::warn!(id = shared.id, %remote, "garbage instead of a peer handshake, closing: {why}");
+            return;
+        }
+        Ok(Err(HandshakeFailure::Io(e))) => {
+            tracing::debug!(id = shared.id, %remote, "connection closed during the handshake: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(id = shared.id, %remote, "no handshake within {:?}, closing", shared.handshake_timeout);
+            return;
+        }
+    };
+    let status = judge(&shared, &hello);
+    let reply = HandshakeReply {
+        version: PROTOCOL_VERSION,
+        status,
+    }
+    .encode();
+    if status != HandshakeStatus::Accepted {
+        bump(&counters.handshakes_refused, 1);
+        tracing::warn!(
+            id = shared.id,
+            %remote,
+            from = hello.from,
+            to = hello.to,
+            cluster_id = %hello.cluster_id,
+            version = hello.version,
+            "refused a peer connection: {status:?}"
+        );
+        // Best effort: tell the dialer why, so it can log it; then close.
+        let _ = tokio::time::timeout(shared.handshake_timeout, stream.write_all(&reply)).await;
+        return;
+    }
+    if let Err(e) = stream.write_all(&reply).await {
+        tracing::debug!(id = shared.id, %remote, "handshake reply failed: {e}");
+        return;
+    }
+    let peer = hello.from;
+    tracing::info!(id = shared.id, peer, %remote, "inbound peer connection accepted");
+    let why = read_frames(&shared, &mut stream, remote, peer, &inbound).await;
+    tracing::info!(id = shared.id, peer, %remote, "inbound peer connection closed: {why}");
+}
+
+/// The acceptor's checks, in order (a case table rather than nested ifs).
+fn judge(shared: &Shared, hello: &Handshake) -> HandshakeStatus {
+    if hello.version != PROTOCOL_VERSION {
+        HandshakeStatus::VersionMismatch
+    } else if hello.cluster_id != shared.cluster_id {
+        HandshakeStatus::ClusterMismatch
+    } else if hello.to != shared.id {
+        HandshakeStatus::WrongReceiver
+    } else if hello.from == shared.id || !shared.peers.contains(hello.from) {
+        HandshakeStatus::UnknownSender
+    } else {
+        HandshakeStatus::Accepted
+    }
+}
+
+enum HandshakeFailure {
+    Garbage(String),
+    Io(std::io::Error),
+}
+
+async fn read_handshake(stream: &mut TcpStream) -> Result<Handshake, HandshakeFailure> {
+    let mut buf = vec![0u8; HANDSHAKE_FIXED_BYTES];
+    stream
+        .read_exact(&mut buf)
+        .await
+        .map_err(HandshakeFailure::Io)?;
+    let fixed: &[u8; HANDSHAKE_FIXED_BYTES] = buf
+        .as_slice()
+        .try_into()
+        .map_err(|_| HandshakeFailure::Garbage("short handshake".into()))?;
+    // Checks the magic and bounds the cluster id before reading (or allocating) more.
+    let remaining =
+        Handshake::remaining_len(fixed).map_err(|e| HandshakeFailure::Garbage(e.to_string()))?;
+    buf.resize(HANDSHAKE_FIXED_BYTES + remaining, 0);
+    stream
+        .read_exact(&mut buf[HANDSHAKE_FIXED_BYTES..])
+        .await
+        .map_err(HandshakeFailure::Io)?;
+    Handshake::decode(&buf).map_err(|e| HandshakeFailure::Garbage(e.to_string()))
+}
+
+/// Reads frames and delivers their envelopes until something ends the connection;
+/// returns what did.
+async fn read_frames(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    remote: SocketAddr,
+    peer: NodeId,
+    inbound: &mpsc::Sender<Envelope>,
+) -> String {
+    let counters = &shared.counters;
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut generation = shared.peers.generation.load(Ordering::Acquire);
+    loop {
+        // Decode every complete frame in the buffer: one read often brings many.
+        while let Some(header) = buf.first_chunk::<FRAME_HEADER_BYTES>() {
+            let header = match FrameHeader::parse(header, shared.max_frame_bytes) {
+                Ok(header) => header,
+                Err(e) => return garbage(shared, remote, peer, &e.to_string()),
+            };
+            let frame_len = header.frame_len();
+            if buf.len() < frame_len {
+                // The length passed the limit check, so reserving it is bounded.
+                buf.reserve(frame_len - buf.len());
+                break;
+            }
+            let envelope =
+                match super::codec::decode_body(&header, &buf[FRAME_HEADER_BYTES..frame_len]) {
+                    Ok(envelope) => envelope,
+                    Err(e) => return garbage(shared, remote, peer, &e.to_string()),
+                };
+            buf.advance(frame_len);
+            if envelope.from != peer || envelope.to != shared.id {
+                bump(&counters.envelopes_refused, 1);
+                tracing::warn!(
+                    id = shared.id,
+                    peer,
+                    %remote,
+                    from = envelope.from,
+                    to = envelope.to,
+                    "envelope does not match the connection's handshake; closing"
+                );
+                return "envelope from/to mismatch".into();
+            }
+            bump(&counters.frames_received, 1);
+            bump(&counters.received_bytes, frame_len as u64);
+            if inbound.send(envelope).await.is_err() {
+                return "the node stopped receiving".into();
+            }
+        }
+        // A membership change may have removed this peer since the handshake.
+        let now = shared.peers.generation.load(Ordering::Acquire);
+        if now != generation {
+            generation = now;
+            if !shared.peers.contains(peer) {
+                return "peer removed from the peer set".into();
+            }
+        }
+        // A snapshot chunk may have grown the buffer to many MiB; do not keep that for
+        // the life of the connection.
+        if buf.is_empty() && buf.capacity() > 4 << 20 {
+            buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        }
+        if buf.capacity() - buf.len() < FRAME_HEADER_BYTES {
+            buf.reserve(READ_CHUNK_BYTES);
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) if buf.is_empty() => return "closed by the peer".into(),
+            Ok(0) => {
+                return format!(
+                    "closed by the peer in the middle of a frame ({} bytes unread)",
+                    buf.len()
+                )
+            }
+            Ok(_) => {}
+            Err(e) => return format!("read failed: {e}"),
+        }
+    }
+}
+
+fn garbage(shared: &Shared, remote: SocketAddr, peer: NodeId, what: &str) -> String {
+    bump(&shared.counters.garbage_frames, 1);
+    tracing::warn!(id = shared.id, peer, %remote, "garbage frame from peer, dropping the connection: {what}");
+    format!("garbage frame: {what}")
+}
