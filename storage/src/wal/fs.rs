@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// The filesystem operations the WAL's durability depends on.
 ///
@@ -82,7 +82,7 @@ impl WalFs for StdFs {
 pub struct CrashFs {
     ops: AtomicU64,
     crash_at: AtomicU64,
-    torn_write_bytes: usize,
+    torn_write_bytes: AtomicUsize,
 }
 
 impl CrashFs {
@@ -91,7 +91,7 @@ impl CrashFs {
         CrashFs {
             ops: AtomicU64::new(0),
             crash_at: AtomicU64::new(crash_at),
-            torn_write_bytes,
+            torn_write_bytes: AtomicUsize::new(torn_write_bytes),
         }
     }
 
@@ -103,6 +103,11 @@ impl CrashFs {
     /// Moves the crash point: operation number `crash_at` and later ones fail.
     pub fn set_crash_at(&self, crash_at: u64) {
         self.crash_at.store(crash_at, Ordering::SeqCst);
+    }
+
+    /// Sets how many leading bytes of the write at the crash point still land.
+    pub fn set_torn_write_bytes(&self, bytes: usize) {
+        self.torn_write_bytes.store(bytes, Ordering::SeqCst);
     }
 
     /// Counts an operation; `Err` if the crash point is reached.
@@ -130,13 +135,17 @@ impl WalFs for CrashFs {
     }
 
     fn write_all_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
-        if let Err(e) = self.step() {
-            let torn = self.torn_write_bytes.min(buf.len());
-            if torn > 0 && self.ops() == self.crash_at.load(Ordering::SeqCst) + 1 {
+        let op = self.ops.fetch_add(1, Ordering::SeqCst);
+        let crash_at = self.crash_at.load(Ordering::SeqCst);
+        if op >= crash_at {
+            let torn = self.torn_write_bytes.load(Ordering::SeqCst).min(buf.len());
+            if op == crash_at && torn > 0 {
                 // Only the write at the crash point is torn; later ones never start.
                 StdFs.write_all_at(file, &buf[..torn], offset)?;
             }
-            return Err(e);
+            return Err(io::Error::other(format!(
+                "injected crash at operation {op}"
+            )));
         }
         StdFs.write_all_at(file, buf, offset)
     }

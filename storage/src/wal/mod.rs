@@ -529,7 +529,7 @@ impl Wal {
         st.leader_active = false;
         let seqs = match (group.first(), group.last()) {
             (Some(a), Some(b)) => a.seq..=b.seq,
-            _ => 1..=0,
+            _ => unreachable!("lead is only called with a non-empty queue"),
         };
         let error = match result {
             Ok(()) => {

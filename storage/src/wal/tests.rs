@@ -430,8 +430,11 @@ fn crash_at_every_filesystem_operation_recovers_old_or_new_state() {
     }
 }
 
-/// Where each record of the log is on disk: (file, offset, length, index).
-fn record_locations(wal: &Wal) -> Vec<(PathBuf, u64, u64, u64)> {
+/// Where a record is on disk: (file, offset, length, index).
+type Location = (PathBuf, u64, u64, u64);
+
+/// Where each record of the log is on disk.
+fn record_locations(wal: &Wal) -> Vec<Location> {
     let view = wal.read_view();
     let mut out = Vec::new();
     for seg in &view.segments {
@@ -448,7 +451,7 @@ fn record_locations(wal: &Wal) -> Vec<(PathBuf, u64, u64, u64)> {
     out
 }
 
-fn build_log(dir: &Path, count: u64) -> (Vec<Entry>, Vec<(PathBuf, u64, u64, u64)>) {
+fn build_log(dir: &Path, count: u64) -> (Vec<Entry>, Vec<Location>) {
     let wal = Wal::open(dir, small(Arc::new(StdFs), false)).expect("open");
     let log: Vec<Entry> = (1..=count)
         .map(|i| entry(i, 1, (i % 23) as usize))
