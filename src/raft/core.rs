@@ -1,16 +1,95 @@
-//! The core state machine. (Skeleton: the public API other modules build against.)
+//! The core state machine: elections, replication, commitment, snapshots, reads and
+//! membership, driven entirely by the inputs of [`RaftCore`].
+
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 
+use super::log::RaftLog;
+use super::membership::{self, MembershipLog};
+use super::progress::{Progress, ProgressState};
+use super::quorum::{majority_value, VoteResult, VoteTally};
+use super::read_index::ReadQueue;
 use super::{
-    Config, Envelope, HardState, LogStorage, Membership, MembershipChange, NodeId, ProposeError,
-    ReadMode, Ready, SnapshotMeta, Status,
+    Config, Entry, EntryKind, Envelope, FailedRead, HardState, LogStorage, Membership,
+    MembershipChange, Message, NodeId, PlantedBug, ProposeError, ReadMode, ReadState, Ready, Role,
+    SnapshotChunk, SnapshotMeta, SoftState, Status,
 };
+
+/// SplitMix64 (Steele, Lea, Flood 2014): a tiny, well-mixed generator, seeded from the
+/// config so that runs are reproducible.
+#[derive(Clone, Debug)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// Where a message may go: at once, or only after the `Ready` it came with is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Send {
+    Now,
+    AfterPersist,
+}
 
 /// One Raft node's consensus state. See the module docs of [`crate::raft`].
 pub struct RaftCore<S: LogStorage> {
-    _config: Config,
-    _storage: S,
+    config: Config,
+    id: NodeId,
+    log: RaftLog<S>,
+    term: u64,
+    voted_for: Option<NodeId>,
+    /// Never `Role::Learner`: that is reported for a follower that is not a voter.
+    role: Role,
+    leader_id: Option<NodeId>,
+    membership: MembershipLog,
+    /// Voters of the configuration in effect (cached).
+    voters: Vec<NodeId>,
+    rng: SplitMix64,
+    /// Ticks since the core was created.
+    now: u64,
+    election_elapsed: u32,
+    randomized_election_timeout: u32,
+    heartbeat_elapsed: u32,
+    votes: VoteTally,
+
+    // Leader state.
+    progress: BTreeMap<NodeId, Progress>,
+    /// Index of the no-op this leader appended: once committed, the commit index is the
+    /// cluster's (Raft §5.4.2, thesis §6.4).
+    noop_index: u64,
+    /// Current ReadIndex round; every heartbeat starts a new one.
+    round: u64,
+    /// `(round, tick sent)` of recent rounds, for lease reads.
+    round_ticks: VecDeque<(u64, u64)>,
+    reads: ReadQueue,
+    /// Reads arrived that need a new round (sent in the next `take_ready`).
+    read_round_needed: bool,
+    /// New entries to send (batched until the next `take_ready`).
+    append_needed: bool,
+    /// The commit index advanced (followers learn it in the next `take_ready`).
+    commit_broadcast_needed: bool,
+    transferee: Option<NodeId>,
+    transfer_elapsed: u32,
+
+    // Follower state.
+    /// Snapshot being received: its meta and the offset expected next.
+    incoming_snapshot: Option<(SnapshotMeta, u64)>,
+
+    // Outputs.
+    msgs: Vec<Envelope>,
+    persisted_msgs: Vec<Envelope>,
+    snapshot_chunk: Option<SnapshotChunk>,
+    read_states: Vec<ReadState>,
+    failed_reads: Vec<FailedRead>,
+    prev_soft: SoftState,
+    prev_hard: HardState,
 }
 
 impl<S: LogStorage> RaftCore<S> {
@@ -18,101 +97,2468 @@ impl<S: LogStorage> RaftCore<S> {
     /// snapshot through `storage`. The membership is the latest configuration in the log,
     /// else the snapshot's, else `bootstrap` (the initial voters of a new cluster).
     pub fn new(config: Config, storage: S, hard_state: HardState, bootstrap: Membership) -> Self {
-        let _ = (hard_state, bootstrap);
-        RaftCore {
-            _config: config,
-            _storage: storage,
-        }
+        let snapshot = storage.snapshot_meta();
+        let base = if snapshot.last_index > 0 {
+            snapshot.membership.clone()
+        } else {
+            bootstrap
+        };
+        let log = RaftLog::new(storage);
+        let membership = restore_membership(&log, base);
+        let voters = membership.voters();
+        let prev_soft = SoftState {
+            role: Role::Follower,
+            leader_id: None,
+            term: hard_state.term,
+        };
+        let mut core = RaftCore {
+            id: config.id,
+            rng: SplitMix64(config.seed),
+            config,
+            log,
+            term: hard_state.term,
+            voted_for: hard_state.voted_for,
+            role: Role::Follower,
+            leader_id: None,
+            membership,
+            voters,
+            now: 0,
+            election_elapsed: 0,
+            randomized_election_timeout: 0,
+            heartbeat_elapsed: 0,
+            votes: VoteTally::default(),
+            progress: BTreeMap::new(),
+            noop_index: 0,
+            round: 0,
+            round_ticks: VecDeque::new(),
+            reads: ReadQueue::default(),
+            read_round_needed: false,
+            append_needed: false,
+            commit_broadcast_needed: false,
+            transferee: None,
+            transfer_elapsed: 0,
+            incoming_snapshot: None,
+            msgs: Vec::new(),
+            persisted_msgs: Vec::new(),
+            snapshot_chunk: None,
+            read_states: Vec::new(),
+            failed_reads: Vec::new(),
+            prev_soft,
+            prev_hard: hard_state,
+        };
+        core.prev_soft = core.soft_state();
+        core.reset_election_timer();
+        core
     }
 
     /// The storage the core reads from.
     pub fn storage(&self) -> &S {
-        &self._storage
+        &self.log.storage
     }
 
     /// Mutable access for the driver (to append, truncate, install snapshots).
     pub fn storage_mut(&mut self) -> &mut S {
-        &mut self._storage
+        &mut self.log.storage
     }
 
     /// Consumes the core and returns its storage (the simulator models a crash by taking
     /// the durable storage out of a dead core and building a new core from it).
     pub fn into_storage(self) -> S {
-        self._storage
+        self.log.storage
     }
 
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
-        todo!()
+        self.now += 1;
+        if self.role == Role::Leader {
+            self.tick_leader();
+        } else {
+            self.tick_election();
+        }
     }
 
     /// Handles a message from a peer.
     pub fn step(&mut self, envelope: Envelope) {
-        let _ = envelope;
-        todo!()
+        if envelope.to != self.id || envelope.from == self.id {
+            tracing::warn!(
+                id = self.id,
+                ?envelope,
+                "message not for this node, dropped"
+            );
+            return;
+        }
+        let from = envelope.from;
+        let msg = envelope.message;
+        if let Message::PreVoteResponse { term, granted } = msg {
+            self.handle_pre_vote_response(from, term, granted);
+            return;
+        }
+        let term = msg.term();
+        if term > self.term && !self.on_higher_term(from, &msg) {
+            return;
+        }
+        if term < self.term {
+            self.on_lower_term(from, &msg);
+            return;
+        }
+        self.dispatch(from, msg);
     }
 
     /// Appends a client command; returns its `(index, term)`. It is committed when an
     /// entry with this index and term appears in `Ready::committed_entries`.
     pub fn propose(&mut self, data: Bytes) -> Result<(u64, u64), ProposeError> {
-        let _ = data;
-        todo!()
+        self.check_can_propose()?;
+        Ok(self.append_as_leader(EntryKind::Normal, data))
     }
 
     /// Appends a membership change; `(index, term)` as for [`RaftCore::propose`].
+    ///
+    /// One change at a time (thesis §4.1), and only once this leader has committed an entry
+    /// of its own term (so that no change of an earlier leader can still be pending).
     pub fn propose_membership_change(
         &mut self,
         change: MembershipChange,
     ) -> Result<(u64, u64), ProposeError> {
-        let _ = change;
-        todo!()
+        self.check_can_propose()?;
+        if self.membership.latest_index() > self.log.commit() || !self.committed_own_term() {
+            return Err(ProposeError::MembershipChangePending);
+        }
+        let next = membership::apply_change(self.membership.current(), &change)?;
+        let payload = membership::encode_membership(&next);
+        Ok(self.append_as_leader(EntryKind::Membership, payload))
     }
 
-    /// Starts a leadership transfer to `to` (thesis §3.10).
+    /// Starts a leadership transfer to `to` (thesis §3.10): proposals are refused until it
+    /// ends; `to` is brought up to date and told to campaign at once. The transfer is
+    /// abandoned after an election timeout.
     pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), ProposeError> {
-        let _ = to;
-        todo!()
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader_hint: self.leader_id,
+            });
+        }
+        if to == self.id || self.transferee == Some(to) {
+            return Ok(());
+        }
+        if !self.membership.current().is_voter(to) {
+            return Err(ProposeError::InvalidMembershipChange(format!(
+                "cannot transfer leadership to node {to}: it is not a voter"
+            )));
+        }
+        self.transferee = Some(to);
+        self.transfer_elapsed = 0;
+        let caught_up = self
+            .progress
+            .get(&to)
+            .is_some_and(|pr| pr.match_index == self.log.last_index());
+        if caught_up {
+            self.send(to, Message::TimeoutNow { term: self.term }, Send::Now);
+        } else {
+            self.send_appends_to(to);
+        }
+        Ok(())
     }
 
     /// Requests a safe read point for the driver's read `ctx`; the answer arrives as a
     /// `ReadState` (or `FailedRead`) in a later `Ready`.
     pub fn read_index(&mut self, ctx: u64, mode: ReadMode) -> Result<(), ProposeError> {
-        let _ = (ctx, mode);
-        todo!()
+        if self.role != Role::Leader {
+            // The node forwards client reads to the leader.
+            self.failed_reads.push(FailedRead {
+                ctx,
+                leader_hint: self.leader_id,
+            });
+            return Ok(());
+        }
+        if !self.committed_own_term() {
+            // Thesis §6.4 step 1: the commit index is only known once an entry of this
+            // term has committed.
+            self.reads.wait_for_commit(ctx);
+            return Ok(());
+        }
+        let index = self.log.commit();
+        let without_quorum = self.config.planted_bug == Some(PlantedBug::ReadIndexWithoutQuorum);
+        let lease = mode == ReadMode::Lease && self.config.check_quorum && self.lease_valid();
+        if without_quorum || lease || self.voters == [self.id] {
+            self.read_states.push(ReadState { ctx, index });
+            return Ok(());
+        }
+        self.reads.push(ctx, index, self.round + 1);
+        self.read_round_needed = true;
+        Ok(())
     }
 
     /// The driver made durable everything in the `Ready`s taken so far up to the entry
     /// `(index, term)` (or installed the snapshot ending there).
     pub fn on_persisted(&mut self, index: u64, term: u64) {
-        let _ = (index, term);
-        todo!()
+        self.log.on_persisted(index, term);
+        if self.role == Role::Leader {
+            self.maybe_commit();
+        }
     }
 
     /// The driver applied every committed entry up to `index`.
     pub fn on_applied(&mut self, index: u64) {
-        let _ = index;
-        todo!()
+        assert!(
+            index <= self.log.commit(),
+            "applied index {index} beyond the commit index {}",
+            self.log.commit()
+        );
+        self.log.on_applied(index);
     }
 
     /// The driver snapshotted its state machine (and stored the snapshot so that
     /// `storage.snapshot_meta()` returns it); lagging followers may now be sent it.
     pub fn on_snapshot_taken(&mut self, meta: SnapshotMeta) {
-        let _ = meta;
-        todo!()
+        assert!(
+            meta.last_index <= self.log.applied().max(self.log.commit()),
+            "snapshot at {} is beyond the commit index {}",
+            meta.last_index,
+            self.log.commit()
+        );
+        // Transfers not yet started pick the newest snapshot up when they start; running
+        // ones notice when their chunk reads fail.
+        tracing::debug!(id = self.id, index = meta.last_index, "snapshot taken");
     }
 
     /// Whether `take_ready` would return anything.
     pub fn has_ready(&self) -> bool {
-        todo!()
+        let leader_work = self.role == Role::Leader
+            && (self.append_needed || self.read_round_needed || self.commit_broadcast_needed);
+        leader_work
+            || self.soft_state() != self.prev_soft
+            || self.hard_state() != self.prev_hard
+            || !self.msgs.is_empty()
+            || !self.persisted_msgs.is_empty()
+            || self.snapshot_chunk.is_some()
+            || self.log.has_entries_to_persist()
+            || self.log.has_entries_to_apply()
+            || !self.read_states.is_empty()
+            || !self.failed_reads.is_empty()
     }
 
     /// Takes the pending outputs. See [`Ready`] for how to handle them.
     pub fn take_ready(&mut self) -> Ready {
-        todo!()
+        if self.role == Role::Leader {
+            self.flush_leader();
+        }
+        let soft = self.soft_state();
+        let soft_state = (soft != self.prev_soft).then_some(soft);
+        self.prev_soft = soft;
+        let hard = self.hard_state();
+        let hard_state = (hard != self.prev_hard).then_some(hard);
+        self.prev_hard = hard;
+        self.log.take_pending_snapshot();
+        Ready {
+            soft_state,
+            messages: std::mem::take(&mut self.msgs),
+            snapshot_chunk: self.snapshot_chunk.take(),
+            entries: self.log.take_entries_to_persist(),
+            hard_state,
+            persisted_messages: std::mem::take(&mut self.persisted_msgs),
+            commit_index: self.log.commit(),
+            committed_entries: self.log.take_entries_to_apply(self.config.max_apply_bytes),
+            read_states: std::mem::take(&mut self.read_states),
+            failed_reads: std::mem::take(&mut self.failed_reads),
+        }
     }
 
     /// The current state, for status reports.
     pub fn status(&self) -> Status {
-        todo!()
+        Status {
+            id: self.id,
+            role: self.reported_role(),
+            term: self.term,
+            leader_id: self.leader_id,
+            commit_index: self.log.commit(),
+            applied_index: self.log.applied(),
+            last_log_index: self.log.last_index(),
+            snapshot_index: self.log.snapshot_index(),
+            membership: self.membership.current().clone(),
+        }
+    }
+
+    /// Term and vote, as they must be persisted.
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            voted_for: self.voted_for,
+        }
+    }
+
+    /// Role, leader and term.
+    pub fn soft_state(&self) -> SoftState {
+        SoftState {
+            role: self.reported_role(),
+            leader_id: self.leader_id,
+            term: self.term,
+        }
+    }
+
+    // ---- Time ----
+
+    fn tick_election(&mut self) {
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.randomized_election_timeout && self.promotable() {
+            self.campaign(self.config.pre_vote, false);
+        }
+    }
+
+    fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks {
+            self.heartbeat_elapsed = 0;
+            self.heartbeat_all();
+        }
+        if self.config.check_quorum && !self.quorum_recently_active() {
+            // Thesis §6.2: a leader cut off from a quorum steps down, so clients look
+            // elsewhere and its lease cannot outlive a new leader's election.
+            tracing::info!(
+                id = self.id,
+                term = self.term,
+                "CheckQuorum failed, stepping down"
+            );
+            self.become_follower(self.term, None);
+            return;
+        }
+        if self.transferee.is_some() {
+            self.transfer_elapsed += 1;
+            if self.transfer_elapsed >= self.config.election_timeout_ticks_max {
+                tracing::info!(id = self.id, to = ?self.transferee, "leadership transfer timed out");
+                self.transferee = None;
+            }
+        }
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        let (min, max) = (
+            self.config.election_timeout_ticks_min,
+            self.config.election_timeout_ticks_max,
+        );
+        let spread = u64::from(max.saturating_sub(min)).max(1);
+        self.randomized_election_timeout = min + (self.rng.next_u64() % spread) as u32;
+    }
+
+    // ---- Role changes ----
+
+    fn promotable(&self) -> bool {
+        self.membership.current().is_voter(self.id)
+    }
+
+    fn reported_role(&self) -> Role {
+        if self.role == Role::Follower && !self.promotable() {
+            Role::Learner
+        } else {
+            self.role
+        }
+    }
+
+    fn become_follower(&mut self, term: u64, leader: Option<NodeId>) {
+        if term > self.term {
+            self.term = term;
+            self.voted_for = None;
+        }
+        if self.role == Role::Leader {
+            self.progress.clear();
+            self.transferee = None;
+            self.reads.fail_all(leader, &mut self.failed_reads);
+            self.append_needed = false;
+            self.read_round_needed = false;
+            self.commit_broadcast_needed = false;
+        }
+        self.role = Role::Follower;
+        self.leader_id = leader;
+        self.votes = VoteTally::default();
+        self.reset_election_timer();
+    }
+
+    /// Starts an election: a PreVote round first (thesis §9.6) unless `pre_vote` is off or
+    /// this is a leadership transfer.
+    fn campaign(&mut self, pre_vote: bool, transfer: bool) {
+        self.reset_election_timer();
+        self.votes = VoteTally::default();
+        self.leader_id = None;
+        self.votes.record(self.id, true);
+        let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
+        if pre_vote {
+            self.role = Role::PreCandidate;
+            let msg = Message::PreVote {
+                term: self.term + 1,
+                last_log_index,
+                last_log_term,
+            };
+            self.send_to_voters(msg, Send::Now);
+        } else {
+            self.term += 1;
+            self.voted_for = Some(self.id);
+            self.role = Role::Candidate;
+            let msg = Message::RequestVote {
+                term: self.term,
+                last_log_index,
+                last_log_term,
+                leadership_transfer: transfer,
+            };
+            // The vote for itself must be durable before anyone counts on it.
+            self.send_to_voters(msg, Send::AfterPersist);
+        }
+        self.check_votes();
+    }
+
+    fn send_to_voters(&mut self, msg: Message, when: Send) {
+        for id in self.voters.clone() {
+            if id != self.id {
+                self.send(id, msg.clone(), when);
+            }
+        }
+    }
+
+    fn check_votes(&mut self) {
+        match self.votes.result(&self.voters) {
+            VoteResult::Won if self.role == Role::PreCandidate => self.campaign(false, false),
+            VoteResult::Won => self.become_leader(),
+            VoteResult::Lost => self.become_follower(self.term, None),
+            VoteResult::Pending => {}
+        }
+    }
+
+    fn become_leader(&mut self) {
+        assert!(
+            self.role == Role::Candidate,
+            "node {} becomes leader of term {} as {:?}",
+            self.id,
+            self.term,
+            self.role
+        );
+        self.role = Role::Leader;
+        self.leader_id = Some(self.id);
+        self.heartbeat_elapsed = 0;
+        self.progress.clear();
+        self.reset_progress();
+        // Raft §5.4.2 / thesis §6.4: an entry of this term commits the earlier ones and
+        // tells the leader the cluster's commit index.
+        self.noop_index = self.log.last_index() + 1;
+        self.append_as_leader(EntryKind::Noop, Bytes::new());
+        tracing::info!(id = self.id, term = self.term, "became leader");
+    }
+
+    /// Makes sure every member but this node has a progress entry, and only members.
+    fn reset_progress(&mut self) {
+        let next = self.log.last_index() + 1;
+        let now = self.now;
+        let members = &self.membership.current().members;
+        self.progress.retain(|id, _| members.contains_key(id));
+        for id in members.keys() {
+            if *id != self.id {
+                self.progress
+                    .entry(*id)
+                    .or_insert_with(|| Progress::new(next, now));
+            }
+        }
+    }
+
+    // ---- Messages ----
+
+    fn send(&mut self, to: NodeId, message: Message, when: Send) {
+        let env = Envelope {
+            from: self.id,
+            to,
+            message,
+        };
+        match when {
+            Send::Now => self.msgs.push(env),
+            Send::AfterPersist => self.persisted_msgs.push(env),
+        }
+    }
+
+    /// Whether a leader is known to be alive: votes are then ignored (thesis §4.2.3, the
+    /// leader lease that keeps removed or partitioned servers from disrupting).
+    fn in_lease(&self) -> bool {
+        self.config.check_quorum
+            && self.leader_id.is_some()
+            && (self.role == Role::Leader
+                || self.election_elapsed < self.config.election_timeout_ticks_min)
+    }
+
+    /// A message with a newer term. Returns whether to go on handling it.
+    fn on_higher_term(&mut self, from: NodeId, msg: &Message) -> bool {
+        match msg {
+            Message::PreVote { .. } => !self.in_lease(),
+            Message::RequestVote {
+                leadership_transfer,
+                ..
+            } => {
+                if self.in_lease() && !leadership_transfer {
+                    tracing::debug!(id = self.id, from, "vote request ignored: leader lease");
+                    return false;
+                }
+                self.become_follower(msg.term(), None);
+                true
+            }
+            Message::AppendEntries { .. }
+            | Message::InstallSnapshot { .. }
+            | Message::TimeoutNow { .. } => {
+                self.become_follower(msg.term(), Some(from));
+                true
+            }
+            _ => {
+                self.become_follower(msg.term(), None);
+                false
+            }
+        }
+    }
+
+    /// A message from an older term: tell a stale leader or candidate about the new term.
+    fn on_lower_term(&mut self, from: NodeId, msg: &Message) {
+        let term = self.term;
+        let reply = match msg {
+            Message::AppendEntries { .. } | Message::InstallSnapshot { .. } => {
+                Message::AppendEntriesResponse {
+                    term,
+                    success: false,
+                    match_index: 0,
+                    conflict_term: 0,
+                    conflict_index: 0,
+                    read_ctx: 0,
+                }
+            }
+            Message::PreVote { .. } => Message::PreVoteResponse {
+                term,
+                granted: false,
+            },
+            Message::RequestVote { .. } => Message::RequestVoteResponse {
+                term,
+                granted: false,
+            },
+            _ => return,
+        };
+        self.send(from, reply, Send::AfterPersist);
+    }
+
+    fn dispatch(&mut self, from: NodeId, msg: Message) {
+        match msg {
+            Message::PreVote {
+                term,
+                last_log_index,
+                last_log_term,
+            } => self.handle_vote_request(from, term, last_log_index, last_log_term, true),
+            Message::RequestVote {
+                term,
+                last_log_index,
+                last_log_term,
+                ..
+            } => self.handle_vote_request(from, term, last_log_index, last_log_term, false),
+            Message::RequestVoteResponse { granted, .. } => {
+                if self.role == Role::Candidate {
+                    self.votes.record(from, granted);
+                    self.check_votes();
+                }
+            }
+            Message::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+                read_ctx,
+                ..
+            } => {
+                if self.accept_leader(from) {
+                    let prev = (prev_log_index, prev_log_term);
+                    self.handle_append(from, prev, entries, leader_commit, read_ctx);
+                }
+            }
+            Message::AppendEntriesResponse {
+                success,
+                match_index,
+                conflict_term,
+                conflict_index,
+                read_ctx,
+                ..
+            } => {
+                if self.role == Role::Leader {
+                    let conflict = (conflict_term, conflict_index);
+                    self.handle_append_response(from, success, match_index, conflict, read_ctx);
+                }
+            }
+            Message::InstallSnapshot {
+                meta,
+                offset,
+                data,
+                done,
+                ..
+            } => {
+                if self.accept_leader(from) {
+                    self.handle_install_snapshot(from, meta, offset, data, done);
+                }
+            }
+            Message::InstallSnapshotResponse {
+                snapshot_last_index,
+                next_offset,
+                success,
+                ..
+            } => {
+                if self.role == Role::Leader {
+                    self.handle_snapshot_response(from, snapshot_last_index, next_offset, success);
+                }
+            }
+            Message::TimeoutNow { .. } => {
+                if self.role != Role::Leader && self.promotable() {
+                    tracing::info!(id = self.id, from, "TimeoutNow: campaigning at once");
+                    self.campaign(false, true);
+                }
+            }
+            Message::PreVoteResponse { .. } => {}
+        }
+    }
+
+    /// A leader of the current term spoke: follow it. Returns false if this node leads the
+    /// same term (two leaders in one term: election safety is already broken elsewhere).
+    fn accept_leader(&mut self, from: NodeId) -> bool {
+        if self.role == Role::Leader {
+            tracing::error!(
+                id = self.id,
+                from,
+                term = self.term,
+                "two leaders in one term; message ignored"
+            );
+            return false;
+        }
+        if self.role != Role::Follower || self.leader_id != Some(from) {
+            self.become_follower(self.term, Some(from));
+        }
+        self.election_elapsed = 0;
+        true
+    }
+
+    // ---- Elections ----
+
+    fn handle_vote_request(
+        &mut self,
+        from: NodeId,
+        term: u64,
+        last_log_index: u64,
+        last_log_term: u64,
+        pre_vote: bool,
+    ) {
+        let log_ok = self.config.planted_bug == Some(PlantedBug::VoteWithoutLogCheck)
+            || self.log.is_up_to_date(last_log_index, last_log_term);
+        let free = self.voted_for == Some(from)
+            || (self.voted_for.is_none() && self.leader_id.is_none())
+            || (pre_vote && term > self.term);
+        let granted = log_ok && free;
+        if pre_vote {
+            let term = if granted { term } else { self.term };
+            self.send(from, Message::PreVoteResponse { term, granted }, Send::Now);
+            return;
+        }
+        if granted {
+            self.voted_for = Some(from);
+            self.election_elapsed = 0;
+        }
+        let when = if self.config.planted_bug == Some(PlantedBug::VoteBeforePersist) {
+            Send::Now
+        } else {
+            // Raft Figure 2: the vote is on stable storage before the answer leaves.
+            Send::AfterPersist
+        };
+        let term = self.term;
+        self.send(from, Message::RequestVoteResponse { term, granted }, when);
+    }
+
+    fn handle_pre_vote_response(&mut self, from: NodeId, term: u64, granted: bool) {
+        if !granted && term > self.term {
+            self.become_follower(term, None);
+            return;
+        }
+        if self.role != Role::PreCandidate {
+            return;
+        }
+        // A grant is for the term we would campaign in; anything else is stale.
+        let current = if granted {
+            term == self.term + 1
+        } else {
+            term == self.term
+        };
+        if current {
+            self.votes.record(from, granted);
+            self.check_votes();
+        }
+    }
+
+    // ---- Replication, follower side ----
+
+    fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev: (u64, u64),
+        entries: Vec<Entry>,
+        leader_commit: u64,
+        read_ctx: u64,
+    ) {
+        let (mut prev_index, prev_term) = (prev.0, prev.1);
+        let commit = self.log.commit();
+        let mut entries = entries;
+        if prev_index < commit {
+            // The committed prefix matches the leader's log (Log Matching + Leader
+            // Completeness): skip the entries it covers.
+            let skip = (commit - prev_index).min(entries.len() as u64) as usize;
+            entries.drain(..skip);
+            if entries.is_empty() {
+                self.respond_append(from, true, commit, (0, 0), read_ctx);
+                return;
+            }
+            prev_index = commit;
+        } else if !self.log.matches(prev_index, prev_term) {
+            self.reject_append(from, prev_index, read_ctx);
+            return;
+        }
+        let last_new = prev_index + entries.len() as u64;
+        self.append_from_leader(&entries);
+        let new_commit = leader_commit.min(last_new);
+        if new_commit > self.log.commit() {
+            self.log.commit_to(new_commit);
+            self.membership.compact(new_commit);
+        }
+        self.respond_append(from, true, last_new, (0, 0), read_ctx);
+    }
+
+    fn append_from_leader(&mut self, entries: &[Entry]) {
+        let Some(first_new) = entries
+            .iter()
+            .position(|e| !self.log.matches(e.index, e.term))
+        else {
+            return;
+        };
+        let at = entries[first_new].index;
+        self.log.append_from_leader(entries);
+        let mut changed = self.membership.truncate_from(at);
+        for entry in &entries[first_new..] {
+            changed |= self.track_membership(entry);
+        }
+        if changed {
+            self.on_membership_changed();
+        }
+    }
+
+    /// Records a membership entry's configuration (it takes effect when appended).
+    fn track_membership(&mut self, entry: &Entry) -> bool {
+        if entry.kind != EntryKind::Membership {
+            return false;
+        }
+        match membership::decode_membership(&entry.payload) {
+            Ok(m) => {
+                self.membership.on_append(entry.index, m);
+                true
+            }
+            Err(e) => {
+                tracing::error!(
+                    id = self.id,
+                    index = entry.index,
+                    "{e}; configuration ignored"
+                );
+                false
+            }
+        }
+    }
+
+    fn reject_append(&mut self, from: NodeId, prev_index: u64, read_ctx: u64) {
+        let last = self.log.last_index();
+        let conflict = if prev_index > last {
+            (0, last + 1)
+        } else {
+            let term = self.log.term(prev_index).unwrap_or(0);
+            let first = self.log.first_index_of_term(prev_index, self.log.commit());
+            (term, first)
+        };
+        self.respond_append(from, false, last, conflict, read_ctx);
+    }
+
+    fn respond_append(
+        &mut self,
+        to: NodeId,
+        success: bool,
+        match_index: u64,
+        conflict: (u64, u64),
+        read_ctx: u64,
+    ) {
+        let msg = Message::AppendEntriesResponse {
+            term: self.term,
+            success,
+            match_index,
+            conflict_term: conflict.0,
+            conflict_index: conflict.1,
+            read_ctx,
+        };
+        // The answer vouches for entries (and the term) of this Ready: only once durable.
+        self.send(to, msg, Send::AfterPersist);
+    }
+
+    fn handle_install_snapshot(
+        &mut self,
+        from: NodeId,
+        meta: SnapshotMeta,
+        offset: u64,
+        data: Bytes,
+        done: bool,
+    ) {
+        let commit = self.log.commit();
+        if meta.last_index <= commit {
+            // Stale: the log already covers it. Tell the leader where we really are.
+            self.respond_append(from, true, commit, (0, 0), 0);
+            return;
+        }
+        if self.snapshot_chunk.is_some() {
+            // One chunk per Ready; the leader resends.
+            return;
+        }
+        let expected = match &self.incoming_snapshot {
+            Some((m, next)) if *m == meta => *next,
+            _ => 0,
+        };
+        let snapshot_last_index = meta.last_index;
+        if offset != 0 && offset != expected {
+            let msg = Message::InstallSnapshotResponse {
+                term: self.term,
+                snapshot_last_index,
+                next_offset: expected,
+                success: false,
+            };
+            self.send(from, msg, Send::AfterPersist);
+            return;
+        }
+        let next_offset = offset + data.len() as u64;
+        self.snapshot_chunk = Some(SnapshotChunk {
+            meta: meta.clone(),
+            offset,
+            data,
+            done,
+        });
+        if done {
+            self.incoming_snapshot = None;
+            self.restore_snapshot(meta);
+        } else {
+            self.incoming_snapshot = Some((meta, next_offset));
+        }
+        let msg = Message::InstallSnapshotResponse {
+            term: self.term,
+            snapshot_last_index,
+            next_offset,
+            success: true,
+        };
+        self.send(from, msg, Send::AfterPersist);
+    }
+
+    /// Raft §7: the snapshot replaces the log it covers (a matching suffix is kept).
+    fn restore_snapshot(&mut self, meta: SnapshotMeta) {
+        tracing::info!(id = self.id, index = meta.last_index, "installing snapshot");
+        let last_index = meta.last_index;
+        self.membership.restore(last_index, meta.membership.clone());
+        self.log.restore(meta);
+        self.on_membership_changed();
+    }
+
+    // ---- Replication, leader side ----
+
+    fn check_can_propose(&self) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader_hint: self.leader_id,
+            });
+        }
+        if self.transferee.is_some() {
+            return Err(ProposeError::TransferInProgress);
+        }
+        if self.log.last_index() - self.log.commit() >= self.config.max_uncommitted_entries {
+            return Err(ProposeError::Backpressure);
+        }
+        Ok(())
+    }
+
+    fn append_as_leader(&mut self, kind: EntryKind, payload: Bytes) -> (u64, u64) {
+        let entry = Entry {
+            index: self.log.last_index() + 1,
+            term: self.term,
+            kind,
+            payload,
+        };
+        let at = (entry.index, entry.term);
+        let changed = self.track_membership(&entry);
+        self.log.append_local(entry);
+        if changed {
+            self.on_membership_changed();
+        }
+        self.append_needed = true;
+        // A single voter commits as soon as its own write is durable.
+        self.maybe_commit();
+        at
+    }
+
+    fn on_membership_changed(&mut self) {
+        self.voters = self.membership.voters();
+        if self.role != Role::Leader {
+            return;
+        }
+        self.reset_progress();
+        if let Some(to) = self.transferee {
+            if !self.membership.current().is_voter(to) {
+                self.transferee = None;
+            }
+        }
+        // A smaller quorum may commit more.
+        self.maybe_commit();
+    }
+
+    /// Sends whatever `to` can take now (entries up to the window, or a snapshot chunk).
+    fn send_appends_to(&mut self, to: NodeId) {
+        while self.send_append(to) {}
+    }
+
+    /// Sends one AppendEntries to `to` if its progress allows; returns whether it did and
+    /// more could follow.
+    fn send_append(&mut self, to: NodeId) -> bool {
+        let max_inflight = self.config.max_inflight_msgs;
+        let Some(pr) = self.progress.get(&to) else {
+            return false;
+        };
+        if pr.is_paused(max_inflight) {
+            return false;
+        }
+        let probing = pr.state == ProgressState::Probe;
+        let next = pr.next_index;
+        let last = self.log.last_index();
+        if next > last && !probing {
+            return false;
+        }
+        let prev_term = self.log.term(next - 1);
+        let entries = self.log.entries(next, last + 1, self.config.max_msg_bytes);
+        let (Some(prev_log_term), Some(entries)) = (prev_term, entries) else {
+            // Compacted away (the driver compacts behind our back): send the snapshot.
+            self.start_snapshot(to);
+            return false;
+        };
+        let sent_to = entries.last().map_or(next - 1, |e| e.index);
+        let commit = self.log.commit();
+        let msg = Message::AppendEntries {
+            term: self.term,
+            prev_log_index: next - 1,
+            prev_log_term,
+            entries,
+            leader_commit: commit,
+            read_ctx: self.round,
+        };
+        let pr = self.progress.get_mut(&to).expect("progress checked above");
+        pr.on_sent(sent_to);
+        pr.commit_sent = pr.commit_sent.max(commit.min(sent_to));
+        self.send(to, msg, Send::Now);
+        !probing && sent_to < last
+    }
+
+    /// A heartbeat: an empty AppendEntries at the follower's match index, carrying
+    /// `min(commit, match)` so it never makes the follower commit what it has not verified.
+    fn send_heartbeat(&mut self, to: NodeId) {
+        let Some(pr) = self.progress.get_mut(&to) else {
+            return;
+        };
+        let (prev, prev_term) = match self.log.term(pr.match_index) {
+            Some(t) => (pr.match_index, t),
+            None => (0, 0),
+        };
+        let leader_commit = self.log.commit().min(prev);
+        pr.commit_sent = pr.commit_sent.max(leader_commit);
+        let msg = Message::AppendEntries {
+            term: self.term,
+            prev_log_index: prev,
+            prev_log_term: prev_term,
+            entries: Vec::new(),
+            leader_commit,
+            read_ctx: self.round,
+        };
+        self.send(to, msg, Send::Now);
+    }
+
+    /// Starts a new ReadIndex round and sends a heartbeat to everyone.
+    fn heartbeat_all(&mut self) {
+        self.new_round();
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for id in peers {
+            self.send_heartbeat(id);
+            self.on_heartbeat_tick(id);
+        }
+    }
+
+    /// Per-heartbeat housekeeping of one follower's replication.
+    fn on_heartbeat_tick(&mut self, id: NodeId) {
+        let now = self.now;
+        let stall_ticks = u64::from(self.config.heartbeat_interval_ticks) * 2;
+        let Some(pr) = self.progress.get_mut(&id) else {
+            return;
+        };
+        match &mut pr.state {
+            ProgressState::Probe => pr.probe_sent = false,
+            ProgressState::Replicate => {
+                // A pipeline that made no progress for a while lost a message: probe.
+                if !pr.inflight.is_empty() && now - pr.last_progress_tick >= stall_ticks {
+                    pr.become_probe();
+                }
+            }
+            ProgressState::Snapshot(t) => {
+                let stalled = t
+                    .in_flight_since
+                    .is_none_or(|since| now - since >= stall_ticks);
+                if stalled {
+                    self.send_snapshot_chunk(id);
+                }
+                return;
+            }
+        }
+        self.send_appends_to(id);
+    }
+
+    fn new_round(&mut self) {
+        self.round += 1;
+        self.round_ticks.push_back((self.round, self.now));
+        let horizon = u64::from(self.config.election_timeout_ticks_max) * 2;
+        while self
+            .round_ticks
+            .front()
+            .is_some_and(|(_, t)| t + horizon < self.now)
+        {
+            self.round_ticks.pop_front();
+        }
+    }
+
+    fn round_sent_tick(&self, round: u64) -> Option<u64> {
+        let pos = self
+            .round_ticks
+            .binary_search_by_key(&round, |(r, _)| *r)
+            .ok()?;
+        Some(self.round_ticks[pos].1)
+    }
+
+    /// The batched work of a leader, done when the driver takes a `Ready`.
+    fn flush_leader(&mut self) {
+        if std::mem::take(&mut self.append_needed) {
+            let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+            for id in peers {
+                self.send_appends_to(id);
+            }
+        }
+        if std::mem::take(&mut self.read_round_needed) {
+            self.heartbeat_all();
+            self.release_reads();
+        }
+        if std::mem::take(&mut self.commit_broadcast_needed) {
+            let commit = self.log.commit();
+            let behind: Vec<NodeId> = self
+                .progress
+                .iter()
+                .filter(|(_, pr)| pr.commit_sent < commit.min(pr.match_index))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in behind {
+                self.send_heartbeat(id);
+            }
+        }
+    }
+
+    fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        success: bool,
+        match_index: u64,
+        conflict: (u64, u64),
+        read_ctx: u64,
+    ) {
+        let last = self.log.last_index();
+        let now = self.now;
+        let acked_tick = self.round_sent_tick(read_ctx).map_or(0, |t| t + 1);
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.last_heard_tick = now;
+        if read_ctx > pr.acked_round {
+            pr.acked_round = read_ctx;
+            pr.acked_round_sent_tick = acked_tick;
+        }
+        let snapshotting = matches!(pr.state, ProgressState::Snapshot(_));
+        let next_index = pr.next_index;
+        if success {
+            assert!(
+                match_index <= last,
+                "node {from} acknowledged index {match_index} beyond the leader's last index {last}"
+            );
+            self.on_append_success(from, match_index);
+        } else if !snapshotting {
+            let hint = self.next_index_after_reject(next_index, conflict);
+            let pr = self
+                .progress
+                .get_mut(&from)
+                .expect("progress checked above");
+            pr.on_reject(hint);
+            self.send_appends_to(from);
+        }
+        if read_ctx > 0 {
+            self.release_reads();
+        }
+    }
+
+    fn on_append_success(&mut self, from: NodeId, match_index: u64) {
+        let now = self.now;
+        let last = self.log.last_index();
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        let advanced = pr.on_success(match_index, now);
+        match &pr.state {
+            ProgressState::Probe if pr.next_index == pr.match_index + 1 => pr.become_replicate(now),
+            ProgressState::Snapshot(t) if pr.match_index >= t.meta.last_index => {
+                pr.become_replicate(now)
+            }
+            _ => {}
+        }
+        let caught_up = pr.match_index == last;
+        if advanced {
+            self.maybe_commit();
+        }
+        if self.role != Role::Leader {
+            return;
+        }
+        if caught_up && self.transferee == Some(from) {
+            self.send(from, Message::TimeoutNow { term: self.term }, Send::Now);
+        }
+        self.send_appends_to(from);
+    }
+
+    /// Where to probe next after a rejection (Raft §5.3, the thesis's fast backtracking):
+    /// past the leader's last entry of the follower's conflicting term if it has that
+    /// term, else at the first index the follower holds of it.
+    fn next_index_after_reject(&self, next_index: u64, conflict: (u64, u64)) -> u64 {
+        let (conflict_term, conflict_index) = conflict;
+        if conflict_term == 0 {
+            return conflict_index;
+        }
+        let bound = next_index.saturating_sub(1);
+        match self.log.last_index_with_term_at_most(bound, conflict_term) {
+            Some(j) if self.log.term(j) == Some(conflict_term) => j + 1,
+            _ => conflict_index,
+        }
+    }
+
+    /// Raft §5.3/§5.4.2: the commit index advances to the highest index a quorum stores,
+    /// but only by counting replicas of an entry of the current term.
+    fn maybe_commit(&mut self) -> bool {
+        if self.role != Role::Leader {
+            return false;
+        }
+        let mut matched: Vec<u64> = self
+            .voters
+            .iter()
+            .map(|id| match self.progress.get(id) {
+                // The leader counts only what its own disk has (thesis §10.2.1).
+                None if *id == self.id => self.log.persisted(),
+                None => 0,
+                Some(pr) => pr.match_index,
+            })
+            .collect();
+        let index = majority_value(&mut matched);
+        if index <= self.log.commit() {
+            return false;
+        }
+        let old_term_ok = self.config.planted_bug == Some(PlantedBug::CommitOldTermByCount);
+        if self.log.term(index) != Some(self.term) && !old_term_ok {
+            return false;
+        }
+        self.log.commit_to(index);
+        self.on_commit_advanced();
+        true
+    }
+
+    fn on_commit_advanced(&mut self) {
+        let commit = self.log.commit();
+        self.membership.compact(commit);
+        self.commit_broadcast_needed = true;
+        if self.reads.has_waiting_for_commit() && self.committed_own_term() {
+            if self.voters == [self.id] {
+                self.reads.assign_waiting(commit, self.round);
+            } else {
+                self.reads.assign_waiting(commit, self.round + 1);
+                self.read_round_needed = true;
+            }
+            self.release_reads();
+        }
+        // Thesis §4.2.2: a leader that is no longer a voter steps down once the
+        // configuration without it is committed.
+        if !self.promotable() && self.membership.latest_index() <= commit {
+            tracing::info!(
+                id = self.id,
+                "removed from the configuration, stepping down"
+            );
+            self.become_follower(self.term, None);
+        }
+    }
+
+    fn committed_own_term(&self) -> bool {
+        self.role == Role::Leader && self.log.commit() >= self.noop_index
+    }
+
+    /// Releases the reads whose round a quorum of voters has acknowledged.
+    fn release_reads(&mut self) {
+        if self.reads.is_empty() {
+            return;
+        }
+        let mut acked: Vec<u64> = self
+            .voters
+            .iter()
+            .map(|id| match self.progress.get(id) {
+                None if *id == self.id => self.round,
+                None => 0,
+                Some(pr) => pr.acked_round,
+            })
+            .collect();
+        let round = majority_value(&mut acked);
+        self.reads.release(round, &mut self.read_states);
+    }
+
+    /// The leader lease: a quorum acknowledged a round sent less than
+    /// `election_timeout_ticks_min - lease_clock_drift_ticks` ago, so no other leader can
+    /// have been elected since (followers ignore votes for that long after hearing from us).
+    fn lease_valid(&self) -> bool {
+        let mut sent: Vec<u64> = self
+            .voters
+            .iter()
+            .map(|id| match self.progress.get(id) {
+                None if *id == self.id => self.now + 1,
+                None => 0,
+                Some(pr) => pr.acked_round_sent_tick,
+            })
+            .collect();
+        let since = majority_value(&mut sent);
+        let window = self
+            .config
+            .election_timeout_ticks_min
+            .saturating_sub(self.config.lease_clock_drift_ticks);
+        since > 0 && self.now + 1 < since + u64::from(window)
+    }
+
+    /// CheckQuorum: a quorum of voters was heard from within the last election timeout.
+    fn quorum_recently_active(&self) -> bool {
+        let mut heard: Vec<u64> = self
+            .voters
+            .iter()
+            .map(|id| match self.progress.get(id) {
+                None if *id == self.id => self.now,
+                None => 0,
+                Some(pr) => pr.last_heard_tick,
+            })
+            .collect();
+        if heard.is_empty() {
+            return true;
+        }
+        let at = majority_value(&mut heard);
+        self.now - at < u64::from(self.config.election_timeout_ticks_max)
+    }
+
+    // ---- Snapshots, leader side ----
+
+    fn start_snapshot(&mut self, to: NodeId) {
+        let meta = self.log.storage.snapshot_meta();
+        if meta.last_index == 0 {
+            tracing::error!(
+                id = self.id,
+                to,
+                first_index = self.log.first_index(),
+                "log compacted without a snapshot; cannot catch the follower up"
+            );
+            return;
+        }
+        if let Some(pr) = self.progress.get_mut(&to) {
+            tracing::info!(
+                id = self.id,
+                to,
+                index = meta.last_index,
+                "sending snapshot"
+            );
+            pr.become_snapshot(meta);
+            self.send_snapshot_chunk(to);
+        }
+    }
+
+    fn send_snapshot_chunk(&mut self, to: NodeId) {
+        let Some(pr) = self.progress.get(&to) else {
+            return;
+        };
+        let ProgressState::Snapshot(t) = &pr.state else {
+            return;
+        };
+        let (meta, offset) = (t.meta.clone(), t.offset);
+        let chunk =
+            self.log
+                .storage
+                .snapshot_chunk(&meta, offset, self.config.snapshot_chunk_bytes);
+        let (data, done) = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                let newest = self.log.storage.snapshot_meta();
+                tracing::info!(
+                    id = self.id,
+                    to,
+                    "snapshot {} unreadable ({e})",
+                    meta.last_index
+                );
+                if newest != meta && newest.last_index > 0 {
+                    // Replaced by a newer snapshot: start over with that one.
+                    if let Some(pr) = self.progress.get_mut(&to) {
+                        pr.become_snapshot(newest);
+                    }
+                    self.send_snapshot_chunk(to);
+                }
+                return;
+            }
+        };
+        let now = self.now;
+        if let Some(pr) = self.progress.get_mut(&to) {
+            if let ProgressState::Snapshot(t) = &mut pr.state {
+                t.in_flight_since = Some(now);
+                t.sent_end = offset + data.len() as u64;
+                t.done_sent = done;
+            }
+        }
+        let msg = Message::InstallSnapshot {
+            term: self.term,
+            meta,
+            offset,
+            data,
+            done,
+        };
+        self.send(to, msg, Send::Now);
+    }
+
+    fn handle_snapshot_response(
+        &mut self,
+        from: NodeId,
+        snapshot_last_index: u64,
+        next_offset: u64,
+        success: bool,
+    ) {
+        let now = self.now;
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.last_heard_tick = now;
+        let ProgressState::Snapshot(t) = &mut pr.state else {
+            return;
+        };
+        if t.meta.last_index != snapshot_last_index {
+            return;
+        }
+        if success && t.done_sent && next_offset == t.sent_end {
+            // Installed: the follower's log now starts after the snapshot.
+            pr.on_success(snapshot_last_index, now);
+            pr.become_replicate(now);
+            if pr.match_index > 0 {
+                self.maybe_commit();
+            }
+            self.send_appends_to(from);
+            return;
+        }
+        if !success || next_offset == t.sent_end {
+            t.offset = next_offset;
+            t.done_sent = false;
+            self.send_snapshot_chunk(from);
+        }
+    }
+}
+
+/// The latest configuration in the log, else `base`.
+fn restore_membership<S: LogStorage>(log: &RaftLog<S>, base: Membership) -> MembershipLog {
+    let mut membership = MembershipLog::new(base);
+    let mut next = log.first_index();
+    let end = log.last_index() + 1;
+    while next < end {
+        let Some(batch) = log.entries(next, end, 16 << 20) else {
+            break;
+        };
+        let Some(last) = batch.last() else {
+            break;
+        };
+        next = last.index + 1;
+        for entry in batch.iter().filter(|e| e.kind == EntryKind::Membership) {
+            match membership::decode_membership(&entry.payload) {
+                Ok(m) => membership.on_append(entry.index, m),
+                Err(e) => tracing::error!(index = entry.index, "{e}; configuration ignored"),
+            }
+        }
+    }
+    membership
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::test_cluster::{member, test_config, voters, Cluster};
+    use crate::raft::MemStorage;
+
+    fn ent(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            kind: EntryKind::Normal,
+            payload: Bytes::new(),
+        }
+    }
+
+    fn env(from: NodeId, to: NodeId, message: Message) -> Envelope {
+        Envelope { from, to, message }
+    }
+
+    /// A core whose storage holds entries of the given terms.
+    fn core_with(
+        id: NodeId,
+        peers: &[NodeId],
+        terms: &[u64],
+        term: u64,
+        tweak: impl Fn(&mut Config),
+    ) -> RaftCore<MemStorage> {
+        let mut storage = MemStorage::new();
+        let entries: Vec<Entry> = terms
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ent(i as u64 + 1, *t))
+            .collect();
+        storage.append(&entries);
+        let mut config = test_config(id);
+        tweak(&mut config);
+        let hs = HardState {
+            term,
+            voted_for: None,
+        };
+        RaftCore::new(config, storage, hs, voters(peers))
+    }
+
+    /// Takes a Ready and stores its entries (without reporting them durable).
+    fn take(core: &mut RaftCore<MemStorage>) -> Ready {
+        let rd = core.take_ready();
+        core.storage_mut().append(&rd.entries);
+        rd
+    }
+
+    fn tick_until(core: &mut RaftCore<MemStorage>, role: Role) {
+        for _ in 0..100 {
+            if core.status().role == role {
+                return;
+            }
+            core.tick();
+        }
+        panic!("never became {role:?}: {:?}", core.status());
+    }
+
+    /// Elects node 1 of `peers` by hand (PreVote off), persisting instantly.
+    fn leader_by_hand(peers: &[NodeId], terms: &[u64], term: u64) -> RaftCore<MemStorage> {
+        let mut core = core_with(1, peers, terms, term, |c| c.pre_vote = false);
+        tick_until(&mut core, Role::Candidate);
+        take(&mut core);
+        for &p in &peers[1..] {
+            let t = core.status().term;
+            core.step(env(
+                p,
+                1,
+                Message::RequestVoteResponse {
+                    term: t,
+                    granted: true,
+                },
+            ));
+        }
+        assert_eq!(core.status().role, Role::Leader);
+        core
+    }
+
+    fn append_response(term: u64, match_index: u64) -> Message {
+        Message::AppendEntriesResponse {
+            term,
+            success: true,
+            match_index,
+            conflict_term: 0,
+            conflict_index: 0,
+            read_ctx: 0,
+        }
+    }
+
+    // ---- Elections ----
+
+    #[test]
+    fn candidate_steps_down_on_higher_term() {
+        let mut core = core_with(1, &[1, 2, 3], &[], 0, |c| c.pre_vote = false);
+        tick_until(&mut core, Role::Candidate);
+        assert_eq!(core.status().term, 1);
+        take(&mut core);
+        let ae = Message::AppendEntries {
+            term: 5,
+            prev_log_index: 0,
+            prev_log_term: 0,
+            entries: vec![],
+            leader_commit: 0,
+            read_ctx: 0,
+        };
+        core.step(env(2, 1, ae));
+        let st = core.status();
+        assert_eq!(
+            (st.role, st.term, st.leader_id),
+            (Role::Follower, 5, Some(2))
+        );
+        let rd = take(&mut core);
+        assert_eq!(
+            rd.hard_state,
+            Some(HardState {
+                term: 5,
+                voted_for: None
+            })
+        );
+        assert_eq!(
+            rd.persisted_messages,
+            vec![env(1, 2, append_response(5, 0))]
+        );
+    }
+
+    #[test]
+    fn candidate_persists_own_vote_before_requesting_votes() {
+        let mut core = core_with(1, &[1, 2, 3], &[1], 1, |c| c.pre_vote = false);
+        tick_until(&mut core, Role::Candidate);
+        let rd = take(&mut core);
+        assert_eq!(
+            rd.hard_state,
+            Some(HardState {
+                term: 2,
+                voted_for: Some(1)
+            })
+        );
+        assert!(rd.messages.is_empty());
+        let rv = |to| {
+            env(
+                1,
+                to,
+                Message::RequestVote {
+                    term: 2,
+                    last_log_index: 1,
+                    last_log_term: 1,
+                    leadership_transfer: false,
+                },
+            )
+        };
+        assert_eq!(rd.persisted_messages, vec![rv(2), rv(3)]);
+    }
+
+    #[test]
+    fn vote_response_waits_for_persisted_vote() {
+        let mut core = core_with(2, &[1, 2, 3], &[1], 1, |_| {});
+        let rv = Message::RequestVote {
+            term: 2,
+            last_log_index: 1,
+            last_log_term: 1,
+            leadership_transfer: false,
+        };
+        core.step(env(1, 2, rv));
+        let rd = take(&mut core);
+        assert_eq!(
+            rd.hard_state,
+            Some(HardState {
+                term: 2,
+                voted_for: Some(1)
+            })
+        );
+        assert!(rd.messages.is_empty());
+        let granted = Message::RequestVoteResponse {
+            term: 2,
+            granted: true,
+        };
+        assert_eq!(rd.persisted_messages, vec![env(2, 1, granted)]);
+    }
+
+    #[test]
+    fn voter_rejects_candidate_with_stale_log() {
+        let mut core = core_with(2, &[1, 2, 3], &[1, 2], 2, |_| {});
+        let rv = Message::RequestVote {
+            term: 3,
+            last_log_index: 5,
+            last_log_term: 1,
+            leadership_transfer: false,
+        };
+        core.step(env(1, 2, rv));
+        let rd = take(&mut core);
+        assert_eq!(
+            rd.hard_state,
+            Some(HardState {
+                term: 3,
+                voted_for: None
+            })
+        );
+        let refused = Message::RequestVoteResponse {
+            term: 3,
+            granted: false,
+        };
+        assert_eq!(rd.persisted_messages, vec![env(2, 1, refused)]);
+    }
+
+    #[test]
+    fn voter_grants_only_one_candidate_per_term() {
+        let mut core = core_with(3, &[1, 2, 3], &[], 0, |_| {});
+        let rv = Message::RequestVote {
+            term: 1,
+            last_log_index: 0,
+            last_log_term: 0,
+            leadership_transfer: false,
+        };
+        core.step(env(1, 3, rv.clone()));
+        core.step(env(2, 3, rv));
+        let rd = take(&mut core);
+        let answers: Vec<bool> = rd
+            .persisted_messages
+            .iter()
+            .map(|m| {
+                matches!(
+                    m.message,
+                    Message::RequestVoteResponse { granted: true, .. }
+                )
+            })
+            .collect();
+        assert_eq!(answers, vec![true, false]);
+    }
+
+    #[test]
+    fn prevote_does_not_change_term_or_vote() {
+        let mut core = core_with(1, &[1, 2, 3], &[1], 1, |_| {});
+        tick_until(&mut core, Role::PreCandidate);
+        let rd = take(&mut core);
+        assert_eq!(rd.hard_state, None);
+        let pv = |to| {
+            env(
+                1,
+                to,
+                Message::PreVote {
+                    term: 2,
+                    last_log_index: 1,
+                    last_log_term: 1,
+                },
+            )
+        };
+        assert_eq!(rd.messages, vec![pv(2), pv(3)]);
+        assert!(rd.persisted_messages.is_empty());
+        core.step(env(
+            2,
+            1,
+            Message::PreVoteResponse {
+                term: 2,
+                granted: true,
+            },
+        ));
+        assert_eq!(core.status().role, Role::Candidate);
+        assert_eq!(core.status().term, 2);
+    }
+
+    #[test]
+    fn prevote_does_not_disrupt_stable_leader() {
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        let term = c.node(1).status().term;
+        c.isolate(3);
+        for _ in 0..200 {
+            c.node_mut(3).tick();
+            c.settle();
+        }
+        assert_eq!(
+            c.node(3).status().term,
+            term,
+            "pre-votes must not raise the term"
+        );
+        c.heal();
+        c.tick_all(50);
+        assert_eq!(c.leader(), Some(1));
+        assert_eq!(c.node(1).status().term, term);
+        assert_eq!(c.node(3).status().leader_id, Some(1));
+    }
+
+    #[test]
+    fn follower_ignores_votes_within_lease_unless_transfer() {
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        let term = c.node(1).status().term;
+        let rv = |transfer| Message::RequestVote {
+            term: term + 1,
+            last_log_index: 100,
+            last_log_term: term,
+            leadership_transfer: transfer,
+        };
+        c.node_mut(2).step(env(3, 2, rv(false)));
+        assert_eq!(c.node(2).status().term, term);
+        assert!(!c.node(2).has_ready());
+        c.node_mut(2).step(env(3, 2, rv(true)));
+        assert_eq!(c.node(2).status().term, term + 1);
+        assert_eq!(c.node(2).hard_state().voted_for, Some(3));
+    }
+
+    #[test]
+    fn check_quorum_leader_steps_down() {
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        c.isolate(1);
+        for _ in 0..19 {
+            c.node_mut(1).tick();
+        }
+        assert_eq!(c.node(1).status().role, Role::Leader);
+        for _ in 0..2 {
+            c.node_mut(1).tick();
+        }
+        assert_eq!(c.node(1).status().role, Role::Follower);
+    }
+
+    #[test]
+    fn cluster_elects_one_leader_and_replicates() {
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.tick_all(40);
+        let leader = c.leader().expect("a leader");
+        let (index, _) = c.propose(leader, b"x");
+        c.tick_all(3);
+        for id in [1, 2, 3] {
+            assert_eq!(
+                c.applied_payloads(id),
+                vec![Bytes::from_static(b"x")],
+                "node {id}"
+            );
+            assert_eq!(c.node(id).status().commit_index, index);
+        }
+    }
+
+    // ---- Replication ----
+
+    #[test]
+    fn follower_rejects_append_with_mismatched_prev() {
+        let mut core = core_with(2, &[1, 2, 3], &[1, 1, 1], 1, |_| {});
+        let ae = Message::AppendEntries {
+            term: 2,
+            prev_log_index: 3,
+            prev_log_term: 2,
+            entries: vec![ent(4, 2)],
+            leader_commit: 3,
+            read_ctx: 7,
+        };
+        core.step(env(1, 2, ae));
+        let rd = take(&mut core);
+        assert!(rd.entries.is_empty());
+        let reject = Message::AppendEntriesResponse {
+            term: 2,
+            success: false,
+            match_index: 3,
+            conflict_term: 1,
+            conflict_index: 1,
+            read_ctx: 7,
+        };
+        assert_eq!(rd.persisted_messages, vec![env(2, 1, reject)]);
+        assert_eq!(rd.commit_index, 0);
+    }
+
+    #[test]
+    fn follower_with_short_log_reports_its_end() {
+        let mut core = core_with(2, &[1, 2, 3], &[1], 1, |_| {});
+        let ae = Message::AppendEntries {
+            term: 1,
+            prev_log_index: 5,
+            prev_log_term: 1,
+            entries: vec![],
+            leader_commit: 0,
+            read_ctx: 0,
+        };
+        core.step(env(1, 2, ae));
+        let rd = take(&mut core);
+        let reject = Message::AppendEntriesResponse {
+            term: 1,
+            success: false,
+            match_index: 1,
+            conflict_term: 0,
+            conflict_index: 2,
+            read_ctx: 0,
+        };
+        assert_eq!(rd.persisted_messages, vec![env(2, 1, reject)]);
+    }
+
+    #[test]
+    fn follower_truncates_conflicting_suffix_and_commits_verified_prefix() {
+        let mut core = core_with(2, &[1, 2, 3], &[1, 1, 1, 1], 1, |_| {});
+        let ae = Message::AppendEntries {
+            term: 2,
+            prev_log_index: 2,
+            prev_log_term: 1,
+            entries: vec![ent(3, 2)],
+            leader_commit: 10,
+            read_ctx: 0,
+        };
+        core.step(env(1, 2, ae));
+        let rd = take(&mut core);
+        assert_eq!(rd.entries, vec![ent(3, 2)]);
+        assert_eq!(rd.commit_index, 3);
+        // Entry 3 is not durable yet: nothing beyond 2 is applied.
+        let applied: Vec<u64> = rd.committed_entries.iter().map(|e| e.index).collect();
+        assert_eq!(applied, vec![1, 2]);
+        assert_eq!(
+            rd.persisted_messages,
+            vec![env(2, 1, append_response(2, 3))]
+        );
+        core.storage_mut().append(&rd.entries);
+        core.on_persisted(3, 2);
+        core.on_applied(2);
+        let rd = take(&mut core);
+        assert_eq!(rd.committed_entries, vec![ent(3, 2)]);
+        assert_eq!(core.storage().last_index(), 3);
+    }
+
+    #[test]
+    fn leader_commits_only_current_term_entries_by_count() {
+        // Raft §5.4.2 / Figure 8: entry 2 of term 1 on a majority is not committed by
+        // counting; it commits with the leader's own entry 3.
+        let mut core = leader_by_hand(&[1, 2, 3], &[1, 1], 1);
+        assert_eq!(core.status().term, 2);
+        take(&mut core);
+        core.step(env(2, 1, append_response(2, 2)));
+        assert_eq!(core.status().commit_index, 0);
+        core.on_persisted(3, 2);
+        assert_eq!(core.status().commit_index, 0);
+        core.step(env(2, 1, append_response(2, 3)));
+        assert_eq!(core.status().commit_index, 3);
+    }
+
+    #[test]
+    fn planted_commit_old_term_by_count_commits_earlier_term() {
+        let mut core = core_with(1, &[1, 2, 3], &[1, 1], 1, |c| {
+            c.pre_vote = false;
+            c.planted_bug = Some(PlantedBug::CommitOldTermByCount);
+        });
+        tick_until(&mut core, Role::Candidate);
+        core.step(env(
+            2,
+            1,
+            Message::RequestVoteResponse {
+                term: 2,
+                granted: true,
+            },
+        ));
+        take(&mut core);
+        core.step(env(2, 1, append_response(2, 2)));
+        assert_eq!(core.status().commit_index, 2);
+    }
+
+    #[test]
+    fn leader_sends_appends_before_its_own_write_is_durable() {
+        let mut core = leader_by_hand(&[1, 2, 3], &[], 0);
+        let rd = take(&mut core);
+        // The no-op goes to the followers in `messages` while the leader persists it.
+        assert_eq!(rd.entries.len(), 1);
+        assert_eq!(rd.entries[0].kind, EntryKind::Noop);
+        let sent: Vec<NodeId> = rd.messages.iter().map(|m| m.to).collect();
+        assert_eq!(sent, vec![2, 3]);
+        assert!(rd.messages.iter().all(
+            |m| matches!(&m.message, Message::AppendEntries { entries, .. } if entries.len() == 1)
+        ));
+    }
+
+    #[test]
+    fn leader_counts_itself_only_up_to_persisted_index() {
+        let mut core = leader_by_hand(&[1, 2, 3, 4, 5], &[], 0);
+        take(&mut core);
+        core.step(env(2, 1, append_response(1, 1)));
+        core.step(env(3, 1, append_response(1, 1)));
+        // Two followers + an unpersisted leader are not three copies.
+        assert_eq!(core.status().commit_index, 0);
+        core.on_persisted(1, 1);
+        assert_eq!(core.status().commit_index, 1);
+    }
+
+    #[test]
+    fn heartbeat_carries_min_of_commit_and_match() {
+        let mut core = leader_by_hand(&[1, 2, 3], &[], 0);
+        take(&mut core);
+        core.on_persisted(1, 1);
+        core.step(env(2, 1, append_response(1, 1)));
+        assert_eq!(core.status().commit_index, 1);
+        take(&mut core);
+        for _ in 0..2 {
+            core.tick();
+        }
+        let rd = take(&mut core);
+        let to3 = rd
+            .messages
+            .iter()
+            .find(|m| m.to == 3)
+            .expect("heartbeat to 3");
+        match &to3.message {
+            Message::AppendEntries {
+                prev_log_index,
+                leader_commit,
+                entries,
+                ..
+            } => {
+                assert!(entries.is_empty() || *prev_log_index == 0);
+                assert_eq!(*leader_commit, 0, "node 3 has not verified entry 1");
+            }
+            m => panic!("unexpected {m:?}"),
+        }
+    }
+
+    #[test]
+    fn flow_control_limits_inflight_messages() {
+        let mut core = leader_by_hand(&[1, 2], &[], 0);
+        take(&mut core);
+        core.step(env(2, 1, append_response(1, 1)));
+        take(&mut core);
+        // Now replicating; window of 2 messages of at most one 100-byte entry each.
+        core.config.max_inflight_msgs = 2;
+        core.config.max_msg_bytes = 100;
+        for _ in 0..5 {
+            core.propose(Bytes::from(vec![0u8; 100])).unwrap();
+        }
+        let rd = take(&mut core);
+        let appends: Vec<usize> = rd
+            .messages
+            .iter()
+            .filter_map(|m| match &m.message {
+                Message::AppendEntries { entries, .. } if !entries.is_empty() => {
+                    Some(entries.len())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(appends, vec![1, 1]);
+        core.step(env(2, 1, append_response(1, 2)));
+        let rd = take(&mut core);
+        assert_eq!(rd.messages.len(), 1, "one slot freed, one more message");
+    }
+
+    #[test]
+    fn fast_backtracking_uses_conflict_term() {
+        // Leader: terms [1,1,2,2,3] + its no-op of term 4 at 6. Follower: term 2 up to 7.
+        let mut core = leader_by_hand(&[1, 2], &[1, 1, 2, 2, 3], 3);
+        let rd = take(&mut core);
+        assert!(matches!(
+            rd.messages[0].message,
+            Message::AppendEntries {
+                prev_log_index: 5,
+                prev_log_term: 3,
+                ..
+            }
+        ));
+        let reject = Message::AppendEntriesResponse {
+            term: 4,
+            success: false,
+            match_index: 7,
+            conflict_term: 2,
+            conflict_index: 3,
+            read_ctx: 0,
+        };
+        core.step(env(2, 1, reject));
+        let rd = take(&mut core);
+        match &rd.messages[..] {
+            [Envelope {
+                message:
+                    Message::AppendEntries {
+                        prev_log_index,
+                        prev_log_term,
+                        ..
+                    },
+                ..
+            }] => {
+                // The leader's last entry of term 2 is 4: probe right after it, not at 3.
+                assert_eq!((*prev_log_index, *prev_log_term), (4, 2));
+            }
+            other => panic!("expected one probe, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn lagging_follower_catches_up_after_partition() {
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        for _ in 0..5 {
+            c.propose(1, b"a");
+        }
+        c.isolate(3);
+        for _ in 0..50 {
+            c.node_mut(1).propose(Bytes::from_static(b"b")).unwrap();
+        }
+        c.settle();
+        c.heal();
+        c.tick_all(10);
+        assert_eq!(c.applied_payloads(3).len(), 55);
+        assert_eq!(c.applied[&3], c.applied[&1]);
+    }
+
+    #[test]
+    fn committed_entries_are_handed_out_once_in_order_within_max_apply_bytes() {
+        let mut c = Cluster::new(&[1], |cfg| cfg.max_apply_bytes = 70);
+        c.elect(1);
+        for _ in 0..10 {
+            c.node_mut(1)
+                .propose(Bytes::from_static(b"0123456789"))
+                .unwrap();
+        }
+        let rd = c.node_mut(1).take_ready();
+        assert!(rd.committed_entries.is_empty(), "nothing durable yet");
+        c.node_mut(1).storage_mut().append(&rd.entries);
+        c.node_mut(1).on_persisted(11, 1);
+        let rd = c.node_mut(1).take_ready();
+        let idx: Vec<u64> = rd.committed_entries.iter().map(|e| e.index).collect();
+        assert_eq!(idx, vec![2, 3]);
+        let rd = c.node_mut(1).take_ready();
+        let idx: Vec<u64> = rd.committed_entries.iter().map(|e| e.index).collect();
+        assert_eq!(idx, vec![4, 5]);
+    }
+
+    // ---- Reads ----
+
+    #[test]
+    fn read_index_waits_for_quorum() {
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        c.propose(1, b"x");
+        let commit = c.node(1).status().commit_index;
+        c.cut.insert((2, 1));
+        c.cut.insert((3, 1));
+        c.node_mut(1)
+            .read_index(42, ReadMode::Linearizable)
+            .unwrap();
+        c.settle();
+        assert!(c.read_states[&1].is_empty());
+        c.cut.remove(&(2, 1));
+        c.node_mut(1).tick();
+        c.node_mut(1).tick();
+        c.settle();
+        assert_eq!(
+            c.read_states[&1],
+            vec![ReadState {
+                ctx: 42,
+                index: commit
+            }]
+        );
+    }
+
+    #[test]
+    fn read_index_waits_for_commit_of_own_term() {
+        let mut core = leader_by_hand(&[1, 2, 3], &[], 0);
+        core.read_index(7, ReadMode::Linearizable).unwrap();
+        let rd = take(&mut core);
+        assert!(rd.read_states.is_empty());
+        core.on_persisted(1, 1);
+        core.step(env(2, 1, append_response(1, 1)));
+        let rd = take(&mut core);
+        assert!(
+            rd.read_states.is_empty(),
+            "needs a quorum round after the commit"
+        );
+        let round = rd
+            .messages
+            .iter()
+            .find_map(|m| match m.message {
+                Message::AppendEntries { read_ctx, .. } if m.to == 3 => Some(read_ctx),
+                _ => None,
+            })
+            .expect("heartbeat round");
+        let ack = Message::AppendEntriesResponse {
+            term: 1,
+            success: true,
+            match_index: 0,
+            conflict_term: 0,
+            conflict_index: 0,
+            read_ctx: round,
+        };
+        core.step(env(3, 1, ack));
+        assert_eq!(
+            take(&mut core).read_states,
+            vec![ReadState { ctx: 7, index: 1 }]
+        );
+    }
+
+    #[test]
+    fn planted_read_index_without_quorum_answers_at_once() {
+        let mut c = Cluster::new(&[1, 2, 3], |cfg| {
+            cfg.planted_bug = Some(PlantedBug::ReadIndexWithoutQuorum)
+        });
+        c.elect(1);
+        c.isolate(1);
+        c.node_mut(1).read_index(1, ReadMode::Linearizable).unwrap();
+        c.settle();
+        assert_eq!(c.read_states[&1].len(), 1);
+    }
+
+    #[test]
+    fn lease_read_is_served_while_quorum_recently_acked() {
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        c.tick_all(2);
+        c.node_mut(1).read_index(5, ReadMode::Lease).unwrap();
+        assert_eq!(c.node_mut(1).take_ready().read_states.len(), 1);
+        c.isolate(1);
+        for _ in 0..10 {
+            c.node_mut(1).tick();
+        }
+        c.settle();
+        c.node_mut(1).read_index(6, ReadMode::Lease).unwrap();
+        c.settle();
+        assert!(
+            !c.read_states[&1].iter().any(|r| r.ctx == 6),
+            "lease expired: the read needs a quorum round"
+        );
+    }
+
+    #[test]
+    fn follower_read_fails_with_leader_hint() {
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        c.node_mut(2).read_index(9, ReadMode::Linearizable).unwrap();
+        let rd = c.node_mut(2).take_ready();
+        assert_eq!(
+            rd.failed_reads,
+            vec![FailedRead {
+                ctx: 9,
+                leader_hint: Some(1)
+            }]
+        );
+    }
+
+    #[test]
+    fn pending_reads_fail_when_leadership_is_lost() {
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        c.isolate(1);
+        c.node_mut(1).read_index(3, ReadMode::Linearizable).unwrap();
+        c.settle();
+        c.tick_all(60);
+        assert_ne!(c.node(1).status().role, Role::Leader);
+        assert_eq!(
+            c.failed_reads[&1].iter().map(|f| f.ctx).collect::<Vec<_>>(),
+            vec![3]
+        );
+        assert!(c.read_states[&1].is_empty());
+    }
+
+    #[test]
+    fn single_voter_commits_after_persist_and_reads_at_once() {
+        let mut c = Cluster::new(&[1], |_| {});
+        c.elect(1);
+        c.propose(1, b"solo");
+        assert_eq!(c.applied_payloads(1), vec![Bytes::from_static(b"solo")]);
+        c.node_mut(1).read_index(1, ReadMode::Linearizable).unwrap();
+        let rd = c.node_mut(1).take_ready();
+        assert_eq!(rd.read_states, vec![ReadState { ctx: 1, index: 2 }]);
+    }
+
+    // ---- Snapshots ----
+
+    #[test]
+    fn lagging_follower_catches_up_by_snapshot_in_chunks() {
+        let mut c = Cluster::new(&[1, 2, 3], |cfg| cfg.snapshot_chunk_bytes = 4);
+        c.elect(1);
+        c.isolate(3);
+        for _ in 0..10 {
+            c.propose(1, b"v");
+        }
+        let applied = c.applied_index[&1];
+        let meta = c.snapshot(1, Bytes::from_static(b"0123456789"), applied);
+        assert!(c.node(1).storage().first_index() > 2);
+        c.heal();
+        c.tick_all(6);
+        let chunks: Vec<u64> = c
+            .sent
+            .iter()
+            .filter_map(|m| match &m.message {
+                Message::InstallSnapshot { offset, .. } if m.to == 3 => Some(*offset),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(chunks, vec![0, 4, 8]);
+        assert_eq!(c.node(3).storage().snapshot_meta(), meta);
+        assert_eq!(
+            c.node(3).storage().snapshot_data(),
+            &Bytes::from_static(b"0123456789")
+        );
+        c.propose(1, b"after");
+        c.tick_all(2);
+        assert_eq!(c.applied_index[&3], c.applied_index[&1]);
+        assert_eq!(c.applied_payloads(3), vec![Bytes::from_static(b"after")]);
+    }
+
+    #[test]
+    fn follower_rejects_snapshot_chunk_out_of_order() {
+        let mut core = core_with(2, &[1, 2, 3], &[], 0, |_| {});
+        let meta = SnapshotMeta {
+            last_index: 5,
+            last_term: 1,
+            membership: voters(&[1, 2, 3]),
+        };
+        let chunk = |offset, data: &'static [u8], done| Message::InstallSnapshot {
+            term: 1,
+            meta: meta.clone(),
+            offset,
+            data: Bytes::from_static(data),
+            done,
+        };
+        core.step(env(1, 2, chunk(0, b"ab", false)));
+        let rd = take(&mut core);
+        assert_eq!(rd.snapshot_chunk.as_ref().map(|c| c.offset), Some(0));
+        core.step(env(1, 2, chunk(4, b"ef", true)));
+        let rd = take(&mut core);
+        assert!(rd.snapshot_chunk.is_none());
+        let expect = Message::InstallSnapshotResponse {
+            term: 1,
+            snapshot_last_index: 5,
+            next_offset: 2,
+            success: false,
+        };
+        assert_eq!(rd.persisted_messages, vec![env(2, 1, expect)]);
+        core.step(env(1, 2, chunk(2, b"cd", true)));
+        let rd = take(&mut core);
+        assert!(rd.snapshot_chunk.unwrap().done);
+        assert_eq!(rd.commit_index, 5);
+        assert!(rd.committed_entries.is_empty());
+    }
+
+    #[test]
+    fn stale_snapshot_is_ignored() {
+        let mut core = core_with(2, &[1, 2, 3], &[1, 1, 1], 1, |_| {});
+        let ae = Message::AppendEntries {
+            term: 1,
+            prev_log_index: 3,
+            prev_log_term: 1,
+            entries: vec![],
+            leader_commit: 3,
+            read_ctx: 0,
+        };
+        core.step(env(1, 2, ae));
+        take(&mut core);
+        let snap = Message::InstallSnapshot {
+            term: 1,
+            meta: SnapshotMeta {
+                last_index: 2,
+                last_term: 1,
+                membership: voters(&[1, 2, 3]),
+            },
+            offset: 0,
+            data: Bytes::from_static(b"x"),
+            done: true,
+        };
+        core.step(env(1, 2, snap));
+        let rd = take(&mut core);
+        assert!(rd.snapshot_chunk.is_none());
+        assert_eq!(
+            rd.persisted_messages,
+            vec![env(2, 1, append_response(1, 3))]
+        );
+    }
+
+    // ---- Membership and transfer ----
+
+    fn add(id: NodeId, voter: bool) -> MembershipChange {
+        MembershipChange::AddOrUpdate {
+            id,
+            member: member(voter),
+        }
+    }
+
+    #[test]
+    fn membership_change_waits_for_previous_to_commit() {
+        let mut core = leader_by_hand(&[1, 2, 3], &[], 0);
+        assert_eq!(
+            core.propose_membership_change(add(4, false)),
+            Err(ProposeError::MembershipChangePending),
+            "before the leader's no-op commits"
+        );
+        take(&mut core);
+        core.on_persisted(1, 1);
+        core.step(env(2, 1, append_response(1, 1)));
+        assert_eq!(core.propose_membership_change(add(4, false)), Ok((2, 1)));
+        assert!(
+            core.status().membership.members.contains_key(&4),
+            "effective when appended"
+        );
+        assert_eq!(
+            core.propose_membership_change(add(5, false)),
+            Err(ProposeError::MembershipChangePending)
+        );
+    }
+
+    #[test]
+    fn learner_receives_log_but_does_not_count() {
+        let mut c = Cluster::new(&[1, 2], |_| {});
+        c.elect(1);
+        let learner = RaftCore::new(
+            test_config(3),
+            MemStorage::new(),
+            HardState::default(),
+            Membership::default(),
+        );
+        c.add(3, learner);
+        c.node_mut(1)
+            .propose_membership_change(add(3, false))
+            .unwrap();
+        c.settle();
+        c.tick_all(4);
+        c.propose(1, b"x");
+        c.tick_all(2);
+        assert_eq!(c.applied_payloads(3), vec![Bytes::from_static(b"x")]);
+        assert_eq!(c.node(3).status().role, Role::Learner);
+        // With node 2 gone, the learner's copy must not make a quorum.
+        c.isolate(2);
+        let (index, _) = c.propose(1, b"y");
+        c.tick_all(2);
+        assert!(c.node(1).status().commit_index < index);
+        for _ in 0..100 {
+            c.node_mut(3).tick();
+        }
+        assert_eq!(
+            c.node(3).status().role,
+            Role::Learner,
+            "learners never campaign"
+        );
+    }
+
+    #[test]
+    fn truncated_membership_entry_reverts_configuration() {
+        let mut core = core_with(2, &[1, 2, 3], &[1], 1, |_| {});
+        let mut m = voters(&[1, 2, 3]);
+        m.members.insert(4, member(true));
+        let cfg = Entry {
+            index: 2,
+            term: 1,
+            kind: EntryKind::Membership,
+            payload: membership::encode_membership(&m),
+        };
+        let ae = |term, prev_term, entries| Message::AppendEntries {
+            term,
+            prev_log_index: 1,
+            prev_log_term: prev_term,
+            entries,
+            leader_commit: 0,
+            read_ctx: 0,
+        };
+        core.step(env(1, 2, ae(1, 1, vec![cfg])));
+        assert!(core.status().membership.is_voter(4));
+        core.step(env(3, 2, ae(2, 1, vec![ent(2, 2)])));
+        assert!(!core.status().membership.members.contains_key(&4));
+    }
+
+    #[test]
+    fn removed_leader_steps_down_after_commit() {
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        c.tick_all(2);
+        let (index, _) = c
+            .node_mut(1)
+            .propose_membership_change(MembershipChange::Remove { id: 1 })
+            .unwrap();
+        assert_eq!(
+            c.node(1).status().role,
+            Role::Leader,
+            "leads until the change commits"
+        );
+        c.settle();
+        assert!(
+            c.node(2).status().commit_index >= index || c.node(1).status().commit_index >= index
+        );
+        assert_ne!(c.node(1).status().role, Role::Leader);
+        c.tick_all(60);
+        let leader = c.leader().expect("2 or 3 leads");
+        assert!(leader == 2 || leader == 3);
+        assert_eq!(
+            c.node(leader)
+                .status()
+                .membership
+                .voters()
+                .collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+    }
+
+    #[test]
+    fn leadership_transfer_hands_over() {
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        c.isolate(3);
+        c.propose(1, b"x");
+        c.heal();
+        c.node_mut(1).transfer_leadership(3).unwrap();
+        assert_eq!(
+            c.node_mut(1).propose(Bytes::from_static(b"y")),
+            Err(ProposeError::TransferInProgress)
+        );
+        c.tick_all(6);
+        assert_eq!(c.leader(), Some(3));
+        assert_eq!(c.node(1).status().leader_id, Some(3));
+    }
+
+    #[test]
+    fn leadership_transfer_aborts_after_election_timeout() {
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        c.cut.insert((1, 3));
+        c.node_mut(1).transfer_leadership(3).unwrap();
+        c.tick_all(21);
+        assert_eq!(c.leader(), Some(1));
+        c.cut.clear();
+        assert!(c.node_mut(1).propose(Bytes::from_static(b"y")).is_ok());
+    }
+
+    #[test]
+    fn restart_recovers_membership_from_log_and_snapshot() {
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        c.tick_all(2);
+        c.node_mut(1)
+            .propose_membership_change(add(4, false))
+            .unwrap();
+        c.settle();
+        c.restart(2, voters(&[1, 2, 3]));
+        assert!(c.node(2).status().membership.members.contains_key(&4));
+        let applied = c.applied_index[&1];
+        c.snapshot(1, Bytes::from_static(b"s"), applied);
+        c.restart(1, voters(&[1, 2, 3]));
+        let st = c.node(1).status();
+        assert!(st.membership.members.contains_key(&4));
+        assert_eq!((st.commit_index, st.applied_index), (applied, applied));
+    }
+
+    #[test]
+    fn planted_vote_without_log_check_grants_stale_candidate() {
+        let mut core = core_with(2, &[1, 2, 3], &[1, 2], 2, |c| {
+            c.planted_bug = Some(PlantedBug::VoteWithoutLogCheck)
+        });
+        let rv = Message::RequestVote {
+            term: 3,
+            last_log_index: 1,
+            last_log_term: 1,
+            leadership_transfer: false,
+        };
+        core.step(env(1, 2, rv));
+        let rd = take(&mut core);
+        let granted = Message::RequestVoteResponse {
+            term: 3,
+            granted: true,
+        };
+        assert_eq!(rd.persisted_messages, vec![env(2, 1, granted)]);
+    }
+
+    #[test]
+    fn planted_vote_before_persist_answers_in_messages() {
+        let mut core = core_with(2, &[1, 2, 3], &[], 0, |c| {
+            c.planted_bug = Some(PlantedBug::VoteBeforePersist)
+        });
+        let rv = Message::RequestVote {
+            term: 1,
+            last_log_index: 0,
+            last_log_term: 0,
+            leadership_transfer: false,
+        };
+        core.step(env(1, 2, rv));
+        let rd = take(&mut core);
+        assert!(rd.persisted_messages.is_empty());
+        let granted = Message::RequestVoteResponse {
+            term: 1,
+            granted: true,
+        };
+        assert_eq!(rd.messages, vec![env(2, 1, granted)]);
     }
 }

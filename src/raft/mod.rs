@@ -19,10 +19,18 @@
 //! Time arrives as ticks; randomness as a seed in [`Config`].
 
 pub mod core;
+mod log;
 pub mod mem_storage;
+pub mod membership;
+mod progress;
+mod quorum;
+mod read_index;
+#[cfg(test)]
+mod test_cluster;
 
 pub use self::core::RaftCore;
 pub use self::mem_storage::MemStorage;
+pub use self::membership::{decode_membership, encode_membership};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -57,6 +65,9 @@ pub struct Config {
     pub lease_clock_drift_ticks: u32,
     /// Seed of the core's own RNG (election timeouts).
     pub seed: u64,
+    /// Flow control: a leader refuses proposals ([`ProposeError::Backpressure`]) while
+    /// this many of its entries are uncommitted.
+    pub max_uncommitted_entries: u64,
     /// Test-only: switch on a deliberately broken rule so the simulator can prove it
     /// notices. Always `None` outside the `planted_*` tests.
     #[doc(hidden)]
@@ -80,6 +91,7 @@ impl Config {
             snapshot_chunk_bytes: 1 << 20,
             lease_clock_drift_ticks: 2,
             seed: id,
+            max_uncommitted_entries: 1 << 16,
             planted_bug: None,
         }
     }

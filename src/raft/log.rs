@@ -1,0 +1,478 @@
+//! The core's view of the log: durable entries read through [`LogStorage`], plus the
+//! unstable tail the driver has not yet reported durable, plus commit/apply bookkeeping.
+//!
+//! Index ranges, low to high:
+//! ```text
+//!   first_index-1 .. applied <= applying <= commit          (commit <= last_index)
+//!   storage: [first_index, unstable_offset)   unstable: [unstable_offset, last_index]
+//!   taken_to: last index handed out in a Ready;  persisted: last index reported durable
+//! ```
+//! Entries from `unstable_offset` on are always read from memory: the driver may hold older,
+//! conflicting entries there until it processes the `Ready` that truncates them.
+
+use super::{Entry, LogStorage, SnapshotMeta};
+
+/// Log state of one core.
+pub(crate) struct RaftLog<S: LogStorage> {
+    pub(crate) storage: S,
+    /// Entries not yet reported durable, starting at `unstable_offset`.
+    unstable: Vec<Entry>,
+    unstable_offset: u64,
+    /// A snapshot received from the leader that the driver has not yet reported installed;
+    /// while set, the log (as seen by the core) starts right after it.
+    pending_snapshot: Option<SnapshotMeta>,
+    /// Whether `pending_snapshot` was handed out in a Ready.
+    pending_snapshot_taken: bool,
+    /// Last index handed out to the driver in `Ready::entries`.
+    taken_to: u64,
+    /// Last index the driver reported durable. Invariant: `persisted <= taken_to`.
+    persisted: u64,
+    /// Invariant: `commit <= last_index()`; never decreases.
+    commit: u64,
+    /// Last index handed out in `Ready::committed_entries`. Invariant: `applying <= commit`.
+    applying: u64,
+    /// Last index the driver reported applied. Invariant: `applied <= applying`.
+    applied: u64,
+}
+
+impl<S: LogStorage> RaftLog<S> {
+    /// Restores from durable storage: everything in it is persisted; the snapshot is
+    /// committed and applied (the driver restores its state machine from it).
+    pub(crate) fn new(storage: S) -> RaftLog<S> {
+        let last = storage.last_index();
+        let snap = storage.snapshot_meta().last_index;
+        RaftLog {
+            storage,
+            unstable: Vec::new(),
+            unstable_offset: last + 1,
+            pending_snapshot: None,
+            pending_snapshot_taken: false,
+            taken_to: last,
+            persisted: last,
+            commit: snap,
+            applying: snap,
+            applied: snap,
+        }
+    }
+
+    pub(crate) fn first_index(&self) -> u64 {
+        match &self.pending_snapshot {
+            Some(meta) => meta.last_index + 1,
+            None => self.storage.first_index(),
+        }
+    }
+
+    pub(crate) fn last_index(&self) -> u64 {
+        match self.unstable.last() {
+            Some(e) => e.index,
+            None => self.unstable_offset - 1,
+        }
+    }
+
+    pub(crate) fn last_term(&self) -> u64 {
+        let last = self.last_index();
+        self.term(last).unwrap_or_else(|| {
+            panic!(
+                "log: no term for the last index {last} (first index {})",
+                self.first_index()
+            )
+        })
+    }
+
+    /// The term at `index`, if the core can still see it (also for `first_index() - 1`).
+    pub(crate) fn term(&self, index: u64) -> Option<u64> {
+        if index >= self.unstable_offset {
+            return self
+                .unstable
+                .get((index - self.unstable_offset) as usize)
+                .map(|e| e.term);
+        }
+        if let Some(meta) = &self.pending_snapshot {
+            return match index.cmp(&meta.last_index) {
+                std::cmp::Ordering::Less => None,
+                std::cmp::Ordering::Equal => Some(meta.last_term),
+                std::cmp::Ordering::Greater => self.storage.term(index).ok(),
+            };
+        }
+        if index == 0 {
+            return Some(0);
+        }
+        self.storage.term(index).ok()
+    }
+
+    pub(crate) fn matches(&self, index: u64, term: u64) -> bool {
+        self.term(index) == Some(term)
+    }
+
+    /// Whether a log ending at `(last_index, last_term)` is at least as up to date as
+    /// this one (Raft §5.4.1).
+    pub(crate) fn is_up_to_date(&self, last_index: u64, last_term: u64) -> bool {
+        let my_term = self.last_term();
+        last_term > my_term || (last_term == my_term && last_index >= self.last_index())
+    }
+
+    /// Entries in `[lo, hi)` up to `max_bytes` (at least one when `lo < hi`); `None` if
+    /// some of them are compacted (the caller sends a snapshot instead).
+    pub(crate) fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Option<Vec<Entry>> {
+        assert!(
+            hi <= self.last_index() + 1,
+            "log: entries [{lo}, {hi}) beyond the last index {}",
+            self.last_index()
+        );
+        if lo >= hi {
+            return Some(Vec::new());
+        }
+        if lo < self.first_index() {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        if lo < self.unstable_offset {
+            let stored_hi = hi.min(self.unstable_offset);
+            out = self.storage.entries(lo, stored_hi, max_bytes).ok()?;
+            size = out.iter().map(Entry::size_bytes).sum();
+            let complete = out.last().map(|e| e.index + 1) == Some(stored_hi);
+            if !complete || size >= max_bytes {
+                return Some(out);
+            }
+        }
+        let start = lo.max(self.unstable_offset);
+        let from = (start - self.unstable_offset) as usize;
+        let to = (hi - self.unstable_offset) as usize;
+        for entry in &self.unstable[from..to] {
+            size += entry.size_bytes();
+            if !out.is_empty() && size > max_bytes {
+                break;
+            }
+            out.push(entry.clone());
+        }
+        Some(out)
+    }
+
+    /// Appends entries the leader created (no truncation).
+    pub(crate) fn append_local(&mut self, entry: Entry) {
+        assert!(
+            entry.index == self.last_index() + 1,
+            "log: local append of entry {} after last index {}",
+            entry.index,
+            self.last_index()
+        );
+        self.unstable.push(entry);
+    }
+
+    /// Stores entries that follow `entries[0].index - 1` (which must already match),
+    /// skipping those already present and truncating from the first conflict (Raft §5.3).
+    /// Returns the index of the first conflict truncated, if any.
+    pub(crate) fn append_from_leader(&mut self, entries: &[Entry]) -> Option<u64> {
+        let first_new = entries
+            .iter()
+            .position(|e| !self.matches(e.index, e.term))?;
+        let new = &entries[first_new..];
+        let at = new[0].index;
+        assert!(
+            at > self.commit,
+            "log: entry {at} conflicts with the committed prefix (commit {})",
+            self.commit
+        );
+        let truncated = at <= self.last_index();
+        self.truncate_from(at);
+        self.unstable.extend_from_slice(new);
+        truncated.then_some(at)
+    }
+
+    /// Drops entries from `at` on (in memory only; the driver truncates when the next
+    /// `Ready` hands it entries starting at `at`).
+    fn truncate_from(&mut self, at: u64) {
+        if at >= self.unstable_offset {
+            self.unstable.truncate((at - self.unstable_offset) as usize);
+        } else {
+            self.unstable.clear();
+            self.unstable_offset = at;
+        }
+        self.taken_to = self.taken_to.min(at - 1);
+        self.persisted = self.persisted.min(at - 1);
+    }
+
+    /// Makes a snapshot from the leader the start of the log (Raft §7): if the log holds
+    /// its last entry, the entries after it are kept; otherwise the log is discarded.
+    pub(crate) fn restore(&mut self, meta: SnapshotMeta) {
+        assert!(
+            meta.last_index > self.commit,
+            "log: restoring a stale snapshot at {} (commit {})",
+            meta.last_index,
+            self.commit
+        );
+        let keep_suffix = self.matches(meta.last_index, meta.last_term);
+        if keep_suffix && meta.last_index >= self.unstable_offset {
+            let drop = (meta.last_index + 1 - self.unstable_offset) as usize;
+            self.unstable.drain(..drop);
+            self.unstable_offset = meta.last_index + 1;
+        } else if !keep_suffix {
+            self.unstable.clear();
+            self.unstable_offset = meta.last_index + 1;
+            self.persisted = self.persisted.min(meta.last_index);
+        }
+        self.taken_to = self.taken_to.max(meta.last_index);
+        self.commit = meta.last_index;
+        self.applying = self.applying.max(meta.last_index);
+        self.pending_snapshot = Some(meta);
+        self.pending_snapshot_taken = false;
+    }
+
+    /// The pending snapshot, once, for a `Ready`.
+    pub(crate) fn take_pending_snapshot(&mut self) -> bool {
+        let untaken = self.pending_snapshot.is_some() && !self.pending_snapshot_taken;
+        self.pending_snapshot_taken |= untaken;
+        untaken
+    }
+
+    /// Unstable entries not yet handed out.
+    pub(crate) fn has_entries_to_persist(&self) -> bool {
+        self.last_index() > self.taken_to
+    }
+
+    pub(crate) fn take_entries_to_persist(&mut self) -> Vec<Entry> {
+        if !self.has_entries_to_persist() {
+            return Vec::new();
+        }
+        let from = (self.taken_to + 1 - self.unstable_offset) as usize;
+        let out = self.unstable[from..].to_vec();
+        self.taken_to = self.last_index();
+        out
+    }
+
+    /// The driver made everything up to `(index, term)` durable. Stale reports (the entry
+    /// was truncated since) are ignored.
+    pub(crate) fn on_persisted(&mut self, index: u64, term: u64) {
+        if !self.matches(index, term) {
+            return;
+        }
+        // A report at or beyond a handed-out snapshot covers its installation too: the
+        // driver handles Readys in order.
+        if let Some(meta) = &self.pending_snapshot {
+            if self.pending_snapshot_taken && index >= meta.last_index {
+                let last = meta.last_index;
+                self.pending_snapshot = None;
+                self.applied = self.applied.max(last);
+                self.persisted = self.persisted.max(last);
+            }
+        }
+        let upto = index.min(self.taken_to);
+        self.persisted = self.persisted.max(upto);
+        if upto >= self.unstable_offset {
+            let drop = (upto + 1 - self.unstable_offset) as usize;
+            self.unstable.drain(..drop);
+            self.unstable_offset = upto + 1;
+        }
+    }
+
+    pub(crate) fn persisted(&self) -> u64 {
+        self.persisted
+    }
+
+    pub(crate) fn commit(&self) -> u64 {
+        self.commit
+    }
+
+    pub(crate) fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    pub(crate) fn commit_to(&mut self, index: u64) {
+        assert!(
+            index >= self.commit,
+            "log: commit index would go back from {} to {index}",
+            self.commit
+        );
+        assert!(
+            index <= self.last_index(),
+            "log: commit index {index} beyond the last index {}",
+            self.last_index()
+        );
+        self.commit = index;
+    }
+
+    /// Whether committed, durable entries wait to be handed out.
+    pub(crate) fn has_entries_to_apply(&self) -> bool {
+        self.commit.min(self.persisted) > self.applying
+    }
+
+    pub(crate) fn take_entries_to_apply(&mut self, max_bytes: u64) -> Vec<Entry> {
+        let hi = self.commit.min(self.persisted);
+        if hi <= self.applying {
+            return Vec::new();
+        }
+        let lo = self.applying + 1;
+        let out = self.entries(lo, hi + 1, max_bytes).unwrap_or_else(|| {
+            panic!(
+                "log: committed entries [{lo}, {hi}] not applied yet are compacted (first index {})",
+                self.first_index()
+            )
+        });
+        if let Some(last) = out.last() {
+            self.applying = last.index;
+        }
+        out
+    }
+
+    pub(crate) fn on_applied(&mut self, index: u64) {
+        assert!(
+            index <= self.applying,
+            "log: applied {index} reported beyond the entries handed out ({})",
+            self.applying
+        );
+        self.applied = self.applied.max(index);
+    }
+
+    pub(crate) fn snapshot_index(&self) -> u64 {
+        match &self.pending_snapshot {
+            Some(meta) => meta.last_index,
+            None => self.storage.snapshot_meta().last_index,
+        }
+    }
+
+    /// Index of the last entry with a term `<= term`, at or below `index` (terms never
+    /// decrease along the log, so a binary search works). `None` if compacted.
+    pub(crate) fn last_index_with_term_at_most(&self, index: u64, term: u64) -> Option<u64> {
+        let mut lo = self.first_index() - 1;
+        let mut hi = index.min(self.last_index());
+        if self.term(lo)? > term {
+            return None;
+        }
+        // Invariant: term(lo) <= term; answer in [lo, hi].
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if self.term(mid)? <= term {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        Some(lo)
+    }
+
+    /// The first index in `(floor, index]` whose term equals the term at `index`.
+    pub(crate) fn first_index_of_term(&self, index: u64, floor: u64) -> u64 {
+        let Some(term) = self.term(index) else {
+            return index;
+        };
+        let mut lo = floor.max(self.first_index() - 1) + 1;
+        let mut hi = index;
+        // Invariant: term(hi) == term; answer in [lo, hi].
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.term(mid) == Some(term) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        hi
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{EntryKind, MemStorage};
+    use bytes::Bytes;
+
+    fn ent(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            kind: EntryKind::Normal,
+            payload: Bytes::new(),
+        }
+    }
+
+    fn log_with(terms: &[u64]) -> RaftLog<MemStorage> {
+        let mut s = MemStorage::new();
+        let entries: Vec<Entry> = terms
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ent(i as u64 + 1, *t))
+            .collect();
+        s.append(&entries);
+        RaftLog::new(s)
+    }
+
+    #[test]
+    fn unstable_entries_are_readable_and_handed_out_once() {
+        let mut log = log_with(&[1, 1]);
+        log.append_local(ent(3, 2));
+        log.append_local(ent(4, 2));
+        assert_eq!(log.entries(2, 5, u64::MAX).unwrap().len(), 3);
+        assert_eq!(log.take_entries_to_persist(), vec![ent(3, 2), ent(4, 2)]);
+        assert!(log.take_entries_to_persist().is_empty());
+        assert_eq!(log.persisted(), 2);
+    }
+
+    #[test]
+    fn append_from_leader_truncates_conflict_in_storage() {
+        let mut log = log_with(&[1, 1, 1, 1]);
+        let at = log.append_from_leader(&[ent(2, 1), ent(3, 2)]);
+        assert_eq!(at, Some(3));
+        assert_eq!(log.last_index(), 3);
+        assert_eq!(log.term(3), Some(2));
+        assert_eq!(log.persisted(), 2);
+        assert_eq!(log.take_entries_to_persist(), vec![ent(3, 2)]);
+    }
+
+    #[test]
+    fn stale_persist_report_is_ignored_after_truncation() {
+        let mut log = log_with(&[1]);
+        log.append_from_leader(&[ent(2, 1), ent(3, 1)]);
+        log.take_entries_to_persist();
+        log.append_from_leader(&[ent(3, 2)]);
+        log.take_entries_to_persist();
+        log.on_persisted(3, 1);
+        assert_eq!(log.persisted(), 1);
+        log.on_persisted(3, 2);
+        assert_eq!(log.persisted(), 3);
+    }
+
+    #[test]
+    fn applies_only_committed_and_persisted_entries() {
+        let mut log = log_with(&[1, 1]);
+        log.append_local(ent(3, 1));
+        log.commit_to(3);
+        assert_eq!(log.take_entries_to_apply(u64::MAX).len(), 2);
+        let new = log.take_entries_to_persist();
+        log.storage.append(&new);
+        log.on_persisted(3, 1);
+        assert_eq!(log.take_entries_to_apply(u64::MAX), vec![ent(3, 1)]);
+        assert!(!log.has_entries_to_apply());
+    }
+
+    #[test]
+    fn binary_searches_find_term_boundaries() {
+        let log = log_with(&[1, 1, 2, 2, 2, 4]);
+        assert_eq!(log.last_index_with_term_at_most(6, 3), Some(5));
+        assert_eq!(log.last_index_with_term_at_most(6, 1), Some(2));
+        assert_eq!(log.last_index_with_term_at_most(6, 0), Some(0));
+        assert_eq!(log.first_index_of_term(5, 0), 3);
+        assert_eq!(log.first_index_of_term(5, 3), 4);
+    }
+
+    #[test]
+    fn restore_keeps_matching_suffix() {
+        let mut log = log_with(&[1, 1, 2, 2]);
+        log.restore(SnapshotMeta {
+            last_index: 3,
+            last_term: 2,
+            membership: Default::default(),
+        });
+        assert_eq!(
+            (log.first_index(), log.last_index(), log.commit()),
+            (4, 4, 3)
+        );
+        log.restore(SnapshotMeta {
+            last_index: 9,
+            last_term: 3,
+            membership: Default::default(),
+        });
+        assert_eq!((log.first_index(), log.last_index()), (10, 9));
+        assert_eq!(log.term(9), Some(3));
+    }
+}
