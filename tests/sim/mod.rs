@@ -1,0 +1,1864 @@
+//! A deterministic cluster simulator for the Raft core (in the manner of TigerBeetle's VOPR
+//! and FoundationDB's simulation): one `u64` seed drives the network (drop, duplicate,
+//! delay, reorder, symmetric and one-way partitions), the disks (write latency, slow disks,
+//! crashes that lose unfinished writes), the clocks (per-node tick rates), the clients
+//! (proposals and ReadIndex reads on leaders and non-leaders) and snapshots. After every
+//! step the checker's invariants must hold; after a faulty phase the cluster heals and must
+//! make progress within a bounded number of ticks.
+//!
+//! Everything is single-threaded and ordered: events sit in a priority queue keyed by
+//! (time, sequence number), containers are `Vec`/`BTreeMap`, and all randomness comes from
+//! SplitMix64 streams forked off the seed.
+
+#![allow(dead_code)]
+
+pub mod checker;
+pub mod kv;
+pub mod rng;
+pub mod storage;
+pub mod trace;
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use raftlog::raft::{
+    Config, Entry, Envelope, HardState, Member, Membership, Message, NodeId, PlantedBug,
+    ProposeError, RaftCore, ReadMode, Ready, Role, SnapshotChunk, SnapshotMeta, SoftState,
+};
+
+use checker::{violation, Check, Checker, LogView, Violation};
+use kv::{encode_write, Kv, KEYS};
+use rng::Rng;
+use storage::{Durable, SimStorage};
+use trace::{Ev, Msg, Trace};
+
+/// Simulated time units per nominal tick. Messages take a few units, disks one to a few
+/// dozen, so a tick is long compared to a round trip, as 10 ms ticks are on a LAN.
+const TICK_UNITS: u64 = 10;
+/// After healing, a leader must be elected and a new write applied everywhere within this
+/// many ticks (about 20 maximal election timeouts: PreVote rounds, split votes and a
+/// snapshot transfer to a node that was down all fit comfortably).
+pub const LIVENESS_TICKS: u64 = 400;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    pub seed: u64,
+    pub planted_bug: Option<PlantedBug>,
+    /// Events in the faulty phase.
+    pub fault_steps: u64,
+    /// Keep every event (replaying one seed) rather than the last `ring_events`.
+    pub keep_full_trace: bool,
+    pub ring_events: usize,
+}
+
+impl SimOptions {
+    pub fn new(seed: u64) -> SimOptions {
+        SimOptions {
+            seed,
+            planted_bug: None,
+            fault_steps: 3_000,
+            keep_full_trace: false,
+            ring_events: 300,
+        }
+    }
+}
+
+/// Figures from one run.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub nodes: usize,
+    pub steps: u64,
+    pub sim_time: u64,
+    pub trace_hash: u64,
+    pub leaders_elected: u64,
+    pub max_term: u64,
+    pub crashes: u64,
+    pub partitions: u64,
+    pub committed: u64,
+    pub acked_writes: u64,
+    pub reads_served: u64,
+    pub snapshots_taken: u64,
+    pub snapshots_installed: u64,
+    pub messages_delivered: u64,
+    pub messages_dropped: u64,
+    pub heal_to_converged_ticks: u64,
+}
+
+/// A run that broke an invariant (or panicked in the core).
+#[derive(Debug)]
+pub struct Failure {
+    pub seed: u64,
+    pub planted_bug: Option<PlantedBug>,
+    pub invariant: &'static str,
+    pub detail: String,
+    pub step: u64,
+    pub time: u64,
+    pub trace_tail: String,
+    pub stats: Stats,
+}
+
+impl Failure {
+    pub fn replay_command(&self) -> String {
+        replay_command(self.seed, self.planted_bug)
+    }
+
+    pub fn report(&self) -> String {
+        format!(
+            "simulation seed {seed} broke {inv} at step {step} (time {time}, {nodes} nodes{planted}):\n  {detail}\nreplay: {cmd}\nlast events:\n{tail}",
+            seed = self.seed,
+            inv = self.invariant,
+            step = self.step,
+            time = self.time,
+            nodes = self.stats.nodes,
+            planted = self
+                .planted_bug
+                .map(|b| format!(", planted bug {b:?}"))
+                .unwrap_or_default(),
+            detail = self.detail,
+            cmd = self.replay_command(),
+            tail = self.trace_tail,
+        )
+    }
+}
+
+pub fn replay_command(seed: u64, planted_bug: Option<PlantedBug>) -> String {
+    match planted_bug {
+        None => format!(
+            "RAFTLOG_SIM_SEED={seed} cargo test --release --test simulation -- --nocapture"
+        ),
+        Some(bug) => format!(
+            "RAFTLOG_SIM_SEED={seed} RAFTLOG_SIM_PLANTED={bug:?} cargo test --release --test simulation -- --nocapture"
+        ),
+    }
+}
+
+pub fn parse_planted(name: &str) -> Option<PlantedBug> {
+    match name {
+        "CommitOldTermByCount" => Some(PlantedBug::CommitOldTermByCount),
+        "VoteWithoutLogCheck" => Some(PlantedBug::VoteWithoutLogCheck),
+        "VoteBeforePersist" => Some(PlantedBug::VoteBeforePersist),
+        "ReadIndexWithoutQuorum" => Some(PlantedBug::ReadIndexWithoutQuorum),
+        _ => None,
+    }
+}
+
+/// Runs one seed to the end: faulty phase, heal, liveness phase, final convergence checks.
+pub fn run(options: &SimOptions) -> Result<Stats, Box<Failure>> {
+    run_traced(options).0
+}
+
+/// Runs one seed and also renders the kept trace (every event with `keep_full_trace`).
+pub fn run_traced(options: &SimOptions) -> (Result<Stats, Box<Failure>>, String) {
+    let mut sim = Sim::new(options);
+    let outcome = catch_unwind(AssertUnwindSafe(|| sim.run_loop()));
+    let result = match outcome {
+        Ok(result) => result,
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "(non-string panic)".to_string());
+            Err(violation(
+                "no panic",
+                format!("the core or the harness panicked: {text}"),
+            ))
+        }
+    };
+    sim.stats.steps = sim.steps;
+    sim.stats.sim_time = sim.now;
+    sim.stats.trace_hash = sim.trace.hash();
+    let trace = if options.keep_full_trace {
+        sim.trace.render()
+    } else {
+        String::new()
+    };
+    let result = match result {
+        Ok(()) => Ok(sim.stats.clone()),
+        Err(v) => Err(Box::new(Failure {
+            seed: options.seed,
+            planted_bug: options.planted_bug,
+            invariant: v.invariant,
+            detail: v.detail,
+            step: sim.steps,
+            time: sim.now,
+            trace_tail: sim.trace.render_tail(options.ring_events),
+            stats: sim.stats.clone(),
+        })),
+    };
+    (result, trace)
+}
+
+/// Per-seed knobs, drawn from the seed so that different seeds stress different things
+/// (swarm testing: a run with few crashes but many partitions finds other bugs than one
+/// with the opposite mix).
+#[derive(Clone, Debug)]
+struct Params {
+    nodes: usize,
+    drop_ppm: u64,
+    dup_ppm: u64,
+    delay_max: u64,
+    tail_ppm: u64,
+    tail_max: u64,
+    disk_delay_max: u64,
+    fault_interval: u64,
+    w_crash: u64,
+    w_partition: u64,
+    w_storm: u64,
+    w_slow_disk: u64,
+    crash_down_max: u64,
+    partition_max: u64,
+    client_interval: u64,
+    read_pct: u64,
+    snapshot_pct: u64,
+    transfer_pct: u64,
+    snapshot_gap: u64,
+    snapshot_trailing: u64,
+    pre_vote: bool,
+    check_quorum: bool,
+    heartbeat: u32,
+    election_min: u32,
+    max_msg_bytes: u64,
+    max_inflight: usize,
+    max_apply_bytes: u64,
+    snapshot_chunk_bytes: u64,
+}
+
+impl Params {
+    fn draw(rng: &mut Rng) -> Params {
+        let election_min = rng.range(8, 16) as u32;
+        Params {
+            nodes: if rng.below(2) == 0 { 3 } else { 5 },
+            drop_ppm: rng.pick(&[0, 10_000, 50_000, 150_000]),
+            dup_ppm: rng.pick(&[0, 10_000, 50_000]),
+            delay_max: rng.range(2, 25),
+            tail_ppm: rng.pick(&[0, 10_000, 40_000]),
+            tail_max: rng.range(30, 400),
+            disk_delay_max: rng.range(2, 20),
+            fault_interval: rng.range(20, 300),
+            w_crash: rng.range(0, 10),
+            w_partition: rng.range(0, 10),
+            w_storm: rng.range(0, 3),
+            w_slow_disk: rng.range(0, 3),
+            crash_down_max: rng.pick(&[30, 200, 1500]),
+            partition_max: rng.pick(&[200, 800, 3000]),
+            client_interval: rng.range(3, 25),
+            read_pct: rng.range(20, 60),
+            snapshot_pct: rng.range(2, 12),
+            transfer_pct: rng.pick(&[0, 0, 1, 3]),
+            snapshot_gap: rng.range(2, 30),
+            snapshot_trailing: rng.range(0, 6),
+            pre_vote: rng.below(5) != 0,
+            check_quorum: rng.below(5) != 0,
+            heartbeat: rng.range(1, 4) as u32,
+            election_min,
+            max_msg_bytes: rng.range(33, 400),
+            max_inflight: rng.range(1, 8) as usize,
+            max_apply_bytes: rng.range(33, 600),
+            snapshot_chunk_bytes: rng.pick(&[16, 40, 1 << 20]),
+        }
+    }
+}
+
+/// One disk write: everything a `Ready` asked to persist, with the messages that wait for it.
+struct Batch {
+    snapshot_chunk: Option<SnapshotChunk>,
+    entries: Vec<Entry>,
+    hard_state: Option<HardState>,
+    persisted_messages: Vec<Envelope>,
+}
+
+struct PendingRead {
+    key: u8,
+    floor: u64,
+    /// Asked while the node was not leader: it had to refuse, so serving it is a bug.
+    must_refuse: bool,
+    index: Option<u64>,
+}
+
+struct Proposal {
+    term: u64,
+    value: u64,
+}
+
+struct Node {
+    id: NodeId,
+    /// `None` while crashed.
+    core: Option<RaftCore<SimStorage>>,
+    durable: Rc<RefCell<Durable>>,
+    /// Incremented at each crash; events of an earlier life are ignored.
+    life: u64,
+    disk: VecDeque<Batch>,
+    disk_free_at: u64,
+    slow_disk_until: u64,
+    tick_period: u64,
+    kv: Kv,
+    role: Role,
+    term: u64,
+    leader: Option<NodeId>,
+    commit: u64,
+    /// Latest hard state handed out (durable or pending).
+    hard_state: HardState,
+    view: LogView,
+    proposals: BTreeMap<u64, Proposal>,
+    reads: BTreeMap<u64, PendingRead>,
+}
+
+impl Node {
+    fn up(&self) -> bool {
+        self.core.is_some()
+    }
+}
+
+enum Event {
+    Tick { node: usize, life: u64 },
+    Deliver { env: Envelope },
+    DiskDone { node: usize, life: u64 },
+    Client,
+    Fault,
+    HealPartition { generation: u64 },
+    StormEnd { generation: u64 },
+    Restart { node: usize, life: u64 },
+}
+
+struct Queued {
+    time: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time, self.seq) == (other.time, other.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.time, self.seq).cmp(&(other.time, other.seq))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Faulty,
+    Liveness,
+}
+
+struct Sim {
+    options: SimOptions,
+    params: Params,
+    net_rng: Rng,
+    disk_rng: Rng,
+    fault_rng: Rng,
+    client_rng: Rng,
+    core_seed_rng: Rng,
+    now: u64,
+    seq: u64,
+    steps: u64,
+    queue: BinaryHeap<Reverse<Queued>>,
+    nodes: Vec<Node>,
+    membership: Membership,
+    /// blocked[from][to]: messages on that link are lost.
+    blocked: Vec<Vec<bool>>,
+    partition_generation: u64,
+    storm_generation: u64,
+    storm_drop_ppm: u64,
+    phase: Phase,
+    heal_time: u64,
+    /// First value proposed after healing; liveness holds once a write with a value at
+    /// least this is applied on every node.
+    liveness_value: u64,
+    liveness_index: Option<u64>,
+    next_value: u64,
+    next_ctx: u64,
+    checker: Checker,
+    trace: Trace,
+    stats: Stats,
+}
+
+impl Sim {
+    fn new(options: &SimOptions) -> Sim {
+        let mut root = Rng::new(options.seed);
+        let params = Params::draw(&mut root.fork());
+        let mut node_rng = root.fork();
+        let n = params.nodes;
+        let mut membership = Membership::default();
+        for id in 1..=n as u64 {
+            membership.members.insert(
+                id,
+                Member {
+                    raft_addr: format!("sim-{id}:raft"),
+                    api_addr: format!("sim-{id}:api"),
+                    voter: true,
+                },
+            );
+        }
+        let nodes = (1..=n as u64)
+            .map(|id| Node {
+                id,
+                core: None,
+                durable: Rc::new(RefCell::new(Durable::new())),
+                life: 0,
+                disk: VecDeque::new(),
+                disk_free_at: 0,
+                slow_disk_until: 0,
+                tick_period: node_rng.range(TICK_UNITS - 1, TICK_UNITS + 2),
+                kv: Kv::default(),
+                role: Role::Follower,
+                term: 0,
+                leader: None,
+                commit: 0,
+                hard_state: HardState::default(),
+                view: LogView {
+                    offset: 1,
+                    ..LogView::default()
+                },
+                proposals: BTreeMap::new(),
+                reads: BTreeMap::new(),
+            })
+            .collect();
+        let mut stats = Stats {
+            nodes: n,
+            ..Stats::default()
+        };
+        stats.nodes = n;
+        Sim {
+            options: options.clone(),
+            net_rng: root.fork(),
+            disk_rng: root.fork(),
+            fault_rng: root.fork(),
+            client_rng: root.fork(),
+            core_seed_rng: root.fork(),
+            params,
+            now: 0,
+            seq: 0,
+            steps: 0,
+            queue: BinaryHeap::new(),
+            nodes,
+            membership,
+            blocked: vec![vec![false; n]; n],
+            partition_generation: 0,
+            storm_generation: 0,
+            storm_drop_ppm: 0,
+            phase: Phase::Faulty,
+            heal_time: 0,
+            liveness_value: u64::MAX,
+            liveness_index: None,
+            next_value: 1,
+            next_ctx: 1,
+            checker: Checker::default(),
+            trace: Trace::new(options.ring_events.max(1), options.keep_full_trace),
+            stats,
+        }
+    }
+
+    fn schedule(&mut self, delay: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse(Queued {
+            time: self.now + delay,
+            seq: self.seq,
+            event,
+        }));
+    }
+
+    fn record(&mut self, ev: Ev) {
+        self.trace.record(self.now, self.steps, ev);
+    }
+
+    fn config(&mut self, id: NodeId) -> Config {
+        let p = &self.params;
+        let mut config = Config::new(id);
+        config.election_timeout_ticks_min = p.election_min;
+        config.election_timeout_ticks_max = p.election_min * 2;
+        config.heartbeat_interval_ticks = p.heartbeat;
+        config.pre_vote = p.pre_vote;
+        config.check_quorum = p.check_quorum;
+        config.max_inflight_msgs = p.max_inflight;
+        config.max_msg_bytes = p.max_msg_bytes;
+        config.max_apply_bytes = p.max_apply_bytes;
+        config.snapshot_chunk_bytes = p.snapshot_chunk_bytes;
+        config.seed = self.core_seed_rng.next_u64();
+        config.planted_bug = self.options.planted_bug;
+        config
+    }
+
+    fn run_loop(&mut self) -> Check {
+        for i in 0..self.nodes.len() {
+            self.start_node(i)?;
+        }
+        self.schedule(1, Event::Client);
+        self.schedule(1, Event::Fault);
+        while let Some(Reverse(item)) = self.queue.pop() {
+            self.now = item.time;
+            self.steps += 1;
+            self.dispatch(item.event)?;
+            self.check_step()?;
+            match self.phase {
+                Phase::Faulty if self.steps >= self.options.fault_steps => self.heal()?,
+                Phase::Liveness => {
+                    if self.converged() {
+                        self.stats.heal_to_converged_ticks =
+                            (self.now - self.heal_time) / TICK_UNITS;
+                        return self.check_convergence();
+                    }
+                    if self.now > self.heal_time + LIVENESS_TICKS * TICK_UNITS {
+                        return Err(self.liveness_failure());
+                    }
+                }
+                Phase::Faulty => {}
+            }
+        }
+        Err(violation("liveness", "the event queue ran dry".to_string()))
+    }
+
+    fn dispatch(&mut self, event: Event) -> Check {
+        match event {
+            Event::Tick { node, life } => {
+                if self.nodes[node].life != life || !self.nodes[node].up() {
+                    return Ok(());
+                }
+                self.record(Ev::Tick {
+                    node: self.nodes[node].id,
+                });
+                self.core(node).tick();
+                self.handle_ready(node)?;
+                let period = self.nodes[node].tick_period;
+                self.schedule(period, Event::Tick { node, life });
+                Ok(())
+            }
+            Event::Deliver { env } => self.deliver(env),
+            Event::DiskDone { node, life } => {
+                if self.nodes[node].life != life || !self.nodes[node].up() {
+                    return Ok(());
+                }
+                self.disk_done(node)
+            }
+            Event::Client => {
+                self.client_step()?;
+                let gap = self.client_rng.range(1, 2 * self.params.client_interval);
+                self.schedule(gap, Event::Client);
+                Ok(())
+            }
+            Event::Fault => {
+                if self.phase != Phase::Faulty {
+                    return Ok(());
+                }
+                self.fault_step()?;
+                let gap = self.fault_rng.range(1, 2 * self.params.fault_interval);
+                self.schedule(gap, Event::Fault);
+                Ok(())
+            }
+            Event::HealPartition { generation } => {
+                if generation == self.partition_generation {
+                    self.heal_partition();
+                }
+                Ok(())
+            }
+            Event::StormEnd { generation } => {
+                if generation == self.storm_generation {
+                    self.storm_drop_ppm = 0;
+                }
+                Ok(())
+            }
+            Event::Restart { node, life } => {
+                if self.nodes[node].life == life && !self.nodes[node].up() {
+                    self.start_node(node)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn core(&mut self, i: usize) -> &mut RaftCore<SimStorage> {
+        self.nodes[i]
+            .core
+            .as_mut()
+            .expect("the harness only drives nodes that are up")
+    }
+
+    // ---------------------------------------------------------------- node lifecycle
+
+    /// Builds a core from durable state only, as a real node does after a power cut:
+    /// the durable log and snapshot, the durable hard state, the bootstrap membership.
+    fn start_node(&mut self, i: usize) -> Check {
+        let id = self.nodes[i].id;
+        let config = self.config(id);
+        let membership = self.membership.clone();
+        let durable_rc = self.nodes[i].durable.clone();
+        let durable = durable_rc.borrow();
+        let hard_state = durable.hard_state;
+        let kv = if durable.snap_meta.last_index == 0 {
+            Kv::default()
+        } else {
+            Kv::decode(&durable.snap_data).map_err(|e| {
+                violation(
+                    "snapshot decodes",
+                    format!("node {id} durable snapshot: {e}"),
+                )
+            })?
+        };
+        let view = LogView {
+            snap_index: durable.snap_meta.last_index,
+            snap_term: durable.snap_meta.last_term,
+            offset: durable.offset,
+            terms: durable.log.iter().map(|e| e.term).collect(),
+        };
+        let (last_index, snap) = (durable.last_index(), durable.snap_meta.last_index);
+        drop(durable);
+        let node = &mut self.nodes[i];
+        self.checker.check_snapshot_state(
+            id,
+            kv.applied,
+            kv.applied_term,
+            kv.chain,
+            "restarted from",
+        )?;
+        if kv.applied != snap {
+            return Err(violation(
+                "snapshot decodes",
+                format!(
+                    "node {id}: snapshot meta says index {snap}, its state machine is at {}",
+                    kv.applied
+                ),
+            ));
+        }
+        let storage = SimStorage {
+            durable: node.durable.clone(),
+        };
+        node.core = Some(RaftCore::new(config, storage, hard_state, membership));
+        node.kv = kv;
+        node.view = view;
+        node.role = Role::Follower;
+        node.term = hard_state.term;
+        node.leader = None;
+        node.commit = 0;
+        node.hard_state = hard_state;
+        node.disk.clear();
+        node.disk_free_at = self.now;
+        let life = node.life;
+        self.record(Ev::Restart {
+            node: id,
+            term: hard_state.term,
+            voted_for: hard_state.voted_for,
+            last_index,
+            snap,
+        });
+        let first_tick = 1 + self.fault_rng.below(self.nodes[i].tick_period);
+        self.schedule(first_tick, Event::Tick { node: i, life });
+        self.handle_ready(i)
+    }
+
+    /// Power cut: the core and every write still in flight to the disk are gone.
+    fn crash(&mut self, i: usize, down_for: u64) {
+        let node = &mut self.nodes[i];
+        if node.core.is_none() {
+            return;
+        }
+        node.core = None;
+        node.life += 1;
+        // The write at the head of the queue may be torn: the snapshot chunk and a prefix of
+        // its entries reached the disk (the WAL), the hard state (a separate store) only if
+        // every entry did. Anything after it is lost whole.
+        let torn = match node.disk.pop_front() {
+            Some(batch) if self.disk_rng.below(2) == 0 => Some(batch),
+            Some(batch) => {
+                node.disk.push_front(batch);
+                None
+            }
+            None => None,
+        };
+        let lost = node.disk.len();
+        node.disk.clear();
+        if let Some(batch) = torn {
+            let mut durable = node.durable.borrow_mut();
+            if let Some(chunk) = batch.snapshot_chunk {
+                // A bad chunk was reported when the Ready was taken.
+                let _ = persist_chunk_bytes(&mut durable, &chunk);
+            }
+            let keep = self.disk_rng.below(batch.entries.len() as u64 + 1) as usize;
+            // A gap here would have been reported when the Ready was taken.
+            let _ = durable.append(&batch.entries[..keep]);
+            if keep == batch.entries.len() && self.disk_rng.below(2) == 0 {
+                if let Some(hs) = batch.hard_state {
+                    durable.hard_state = hs;
+                }
+            }
+        }
+        node.proposals.clear();
+        node.reads.clear();
+        node.role = Role::Follower;
+        let (id, life) = (node.id, node.life);
+        self.stats.crashes += 1;
+        self.record(Ev::Crash {
+            node: id,
+            lost_writes: lost,
+        });
+        self.schedule(down_for.max(1), Event::Restart { node: i, life });
+    }
+
+    // ---------------------------------------------------------------- Ready handling
+
+    /// Drains the core's outputs, handling each `Ready` in field order (see `Ready`).
+    fn handle_ready(&mut self, i: usize) -> Check {
+        for _ in 0..1000 {
+            let Some(core) = self.nodes[i].core.as_mut() else {
+                return Ok(());
+            };
+            if !core.has_ready() {
+                return Ok(());
+            }
+            let ready = core.take_ready();
+            if ready.is_empty() {
+                // has_ready() may be conservative (a leader with nothing left to send).
+                return Ok(());
+            }
+            self.process_ready(i, ready)?;
+        }
+        Err(violation(
+            "ready contract",
+            format!(
+                "node {}: still has a Ready after 1000 rounds",
+                self.nodes[i].id
+            ),
+        ))
+    }
+
+    fn process_ready(&mut self, i: usize, ready: Ready) -> Check {
+        let id = self.nodes[i].id;
+        let became_leader = match ready.soft_state {
+            Some(soft) => self.on_soft_state(i, soft)?,
+            None => false,
+        };
+        for env in ready.messages {
+            self.send(i, env, false)?;
+        }
+        if let Some(chunk) = &ready.snapshot_chunk {
+            self.check_snapshot_chunk(i, chunk)?;
+        }
+        if !ready.entries.is_empty() {
+            self.check_and_view_entries(i, &ready.entries)?;
+        }
+        if let Some(hs) = ready.hard_state {
+            self.check_hard_state(i, hs)?;
+        }
+        let has_write = ready.snapshot_chunk.is_some()
+            || !ready.entries.is_empty()
+            || ready.hard_state.is_some();
+        if has_write {
+            self.record(Ev::Persist {
+                node: id,
+                entries: (
+                    ready.entries.first().map_or(0, |e| e.index),
+                    ready.entries.last().map_or(0, |e| e.index),
+                ),
+                last_term: ready.entries.last().map_or(0, |e| e.term),
+                hard_state: ready.hard_state.map(|h| (h.term, h.voted_for)),
+                snap: ready
+                    .snapshot_chunk
+                    .as_ref()
+                    .map(|c| (c.meta.last_index, c.offset, c.done)),
+            });
+        }
+        if has_write || !ready.persisted_messages.is_empty() {
+            let batch = Batch {
+                snapshot_chunk: ready.snapshot_chunk,
+                entries: ready.entries,
+                hard_state: ready.hard_state,
+                persisted_messages: ready.persisted_messages,
+            };
+            self.enqueue_write(i, batch, has_write)?;
+        }
+        self.on_commit_index(i, ready.commit_index)?;
+        if !ready.committed_entries.is_empty() {
+            self.apply(i, &ready.committed_entries)?;
+        }
+        for rs in ready.read_states {
+            self.on_read_state(i, rs.ctx, rs.index)?;
+        }
+        for failed in ready.failed_reads {
+            if self.nodes[i].reads.remove(&failed.ctx).is_some() {
+                self.record(Ev::ReadFailed {
+                    node: id,
+                    ctx: failed.ctx,
+                });
+            }
+        }
+        self.serve_reads(i)?;
+        if became_leader {
+            let node = &self.nodes[i];
+            self.checker
+                .check_leader_completeness_on_elect(node.id, node.term, &node.view)?;
+        }
+        Ok(())
+    }
+
+    /// Returns whether the node just became leader.
+    fn on_soft_state(&mut self, i: usize, soft: SoftState) -> Result<bool, Violation> {
+        let node = &mut self.nodes[i];
+        let id = node.id;
+        if soft.term < node.term {
+            return Err(violation(
+                "term monotonic",
+                format!(
+                    "node {id} went from term {} back to term {}",
+                    node.term, soft.term
+                ),
+            ));
+        }
+        let was_leader = node.role == Role::Leader && node.term == soft.term;
+        node.role = soft.role;
+        node.term = soft.term;
+        node.leader = soft.leader_id;
+        self.record(Ev::Role {
+            node: id,
+            role: trace::role_name(soft.role),
+            term: soft.term,
+            leader: soft.leader_id,
+        });
+        self.stats.max_term = self.stats.max_term.max(soft.term);
+        if soft.role == Role::Leader {
+            if soft.leader_id != Some(id) {
+                return Err(violation(
+                    "soft state",
+                    format!(
+                        "node {id} is leader of term {} but names {:?} as leader",
+                        soft.term, soft.leader_id
+                    ),
+                ));
+            }
+            self.checker.check_election_safety(id, soft.term)?;
+            if !was_leader {
+                self.stats.leaders_elected += 1;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn check_snapshot_chunk(&mut self, i: usize, chunk: &SnapshotChunk) -> Check {
+        let node = &mut self.nodes[i];
+        if chunk.done {
+            if chunk.meta.last_index < node.kv.applied {
+                return Err(violation(
+                    "applied index monotonic",
+                    format!(
+                        "node {} was handed snapshot {} to install, behind its applied index {}",
+                        node.id, chunk.meta.last_index, node.kv.applied
+                    ),
+                ));
+            }
+            node.view
+                .install_snapshot(chunk.meta.last_index, chunk.meta.last_term);
+        }
+        Ok(())
+    }
+
+    /// Log matching on every entry a node is about to append, plus the rules a `Ready`'s
+    /// entries follow: consecutive, no gap, no rewrite of committed entries, no term from
+    /// the future.
+    fn check_and_view_entries(&mut self, i: usize, entries: &[Entry]) -> Check {
+        let node = &self.nodes[i];
+        let id = node.id;
+        let first = entries[0].index;
+        let last = entries[entries.len() - 1].index;
+        for pair in entries.windows(2) {
+            if pair[1].index != pair[0].index + 1 || pair[1].term < pair[0].term {
+                return Err(violation(
+                    "ready contract",
+                    format!(
+                        "node {id}: Ready entries go from (index {}, term {}) to (index {}, term {})",
+                        pair[0].index, pair[0].term, pair[1].index, pair[1].term
+                    ),
+                ));
+            }
+        }
+        if first == 0 || first > node.view.last_index() + 1 {
+            return Err(violation(
+                "ready contract",
+                format!(
+                    "node {id}: Ready entries start at {first} but the log ends at {}: a gap",
+                    node.view.last_index()
+                ),
+            ));
+        }
+        if entries[entries.len() - 1].term > node.term {
+            return Err(violation(
+                "term monotonic",
+                format!(
+                    "node {id} in term {} appends an entry of later term {}",
+                    node.term,
+                    entries[entries.len() - 1].term
+                ),
+            ));
+        }
+        // The lowest index whose entry changes or disappears.
+        let mut changed = None;
+        for index in first..=node.view.last_index().max(last) {
+            let new_term = entries.get((index - first) as usize).map(|e| e.term);
+            let old_term = if index <= node.view.last_index() {
+                node.view.term(index)
+            } else {
+                None
+            };
+            if index <= node.view.last_index() && old_term != new_term {
+                changed = Some(index);
+                break;
+            }
+        }
+        let protected = node.commit.max(node.kv.applied);
+        if let Some(index) = changed {
+            if index <= protected {
+                return Err(violation(
+                    "committed entries are never rewritten",
+                    format!(
+                        "node {id} (commit {}, applied {}) truncates its log from index {index} to append {first}..={last}",
+                        node.commit, node.kv.applied
+                    ),
+                ));
+            }
+        }
+        let mut prev_term = node.view.term(first - 1);
+        for entry in entries {
+            self.checker
+                .check_log_matching(id, entry, prev_term, "appending")?;
+            prev_term = Some(entry.term);
+        }
+        self.nodes[i].view.append(entries);
+        Ok(())
+    }
+
+    /// A vote is never changed within a term; terms never decrease.
+    fn check_hard_state(&mut self, i: usize, hs: HardState) -> Check {
+        let node = &mut self.nodes[i];
+        let old = node.hard_state;
+        if hs.term < old.term {
+            return Err(violation(
+                "term monotonic",
+                format!(
+                    "node {} persists term {} after term {}",
+                    node.id, hs.term, old.term
+                ),
+            ));
+        }
+        if hs.term == old.term && old.voted_for.is_some() && hs.voted_for != old.voted_for {
+            return Err(violation(
+                "one vote per term",
+                format!(
+                    "node {} voted for {:?} in term {} and now persists a vote for {:?}",
+                    node.id, old.voted_for, hs.term, hs.voted_for
+                ),
+            ));
+        }
+        node.hard_state = hs;
+        Ok(())
+    }
+
+    fn enqueue_write(&mut self, i: usize, batch: Batch, has_write: bool) -> Check {
+        if !has_write && self.nodes[i].disk.is_empty() {
+            // Nothing to wait for: the messages' dependencies are all durable already.
+            for env in batch.persisted_messages {
+                self.send(i, env, true)?;
+            }
+            return Ok(());
+        }
+        let node = &mut self.nodes[i];
+        let delay = if has_write {
+            let max = if self.now < node.slow_disk_until {
+                self.params.disk_delay_max * 10
+            } else {
+                self.params.disk_delay_max
+            };
+            self.disk_rng.range(1, max + 1)
+        } else {
+            0
+        };
+        let done_at = (self.now + delay).max(node.disk_free_at);
+        node.disk_free_at = done_at;
+        node.disk.push_back(batch);
+        let life = node.life;
+        let wait = done_at - self.now;
+        self.schedule(wait, Event::DiskDone { node: i, life });
+        Ok(())
+    }
+
+    /// The oldest write of node `i` reached the disk.
+    fn disk_done(&mut self, i: usize) -> Check {
+        let Some(batch) = self.nodes[i].disk.pop_front() else {
+            return Err(violation(
+                "harness",
+                "disk completion without a write".to_string(),
+            ));
+        };
+        let id = self.nodes[i].id;
+        let mut persisted: Vec<(u64, u64)> = Vec::new();
+        if let Some(chunk) = batch.snapshot_chunk {
+            if let Some(done) = self.persist_snapshot_chunk(i, chunk)? {
+                persisted.push(done);
+            }
+        }
+        if !batch.entries.is_empty() {
+            let last = batch.entries[batch.entries.len() - 1].clone();
+            self.nodes[i]
+                .durable
+                .borrow_mut()
+                .append(&batch.entries)
+                .map_err(|e| violation("ready contract", format!("node {id}: {e}")))?;
+            persisted.push((last.index, last.term));
+        }
+        if let Some(hs) = batch.hard_state {
+            self.nodes[i].durable.borrow_mut().hard_state = hs;
+        }
+        let durable = self.nodes[i].durable.borrow();
+        let ev = Ev::Durable {
+            node: id,
+            last_index: durable.last_index(),
+            hard_state: (durable.hard_state.term, durable.hard_state.voted_for),
+        };
+        drop(durable);
+        self.record(ev);
+        for (index, term) in persisted {
+            self.core(i).on_persisted(index, term);
+        }
+        for env in batch.persisted_messages {
+            self.send(i, env, true)?;
+        }
+        self.handle_ready(i)
+    }
+
+    /// Persists one received snapshot chunk; on the last one installs the snapshot (the
+    /// state machine is restored from its bytes) and returns its (index, term).
+    fn persist_snapshot_chunk(
+        &mut self,
+        i: usize,
+        chunk: SnapshotChunk,
+    ) -> Result<Option<(u64, u64)>, Violation> {
+        let id = self.nodes[i].id;
+        let installed = {
+            let mut durable = self.nodes[i].durable.borrow_mut();
+            persist_chunk_bytes(&mut durable, &chunk)
+                .map_err(|e| violation("ready contract", format!("node {id}: {e}")))?
+        };
+        let Some(bytes) = installed else {
+            return Ok(None);
+        };
+        let meta = chunk.meta;
+        let kv = Kv::decode(&bytes).map_err(|e| {
+            violation(
+                "snapshot decodes",
+                format!("node {id}: received snapshot {}: {e}", meta.last_index),
+            )
+        })?;
+        if kv.applied != meta.last_index || kv.applied_term != meta.last_term {
+            return Err(violation(
+                "snapshot decodes",
+                format!(
+                    "node {id}: snapshot meta (index {}, term {}) but its state is at (index {}, term {})",
+                    meta.last_index, meta.last_term, kv.applied, kv.applied_term
+                ),
+            ));
+        }
+        self.checker.check_snapshot_state(
+            id,
+            kv.applied,
+            kv.applied_term,
+            kv.chain,
+            "installed",
+        )?;
+        Checker::check_applied_monotonic(
+            id,
+            self.nodes[i].kv.applied,
+            kv.applied,
+            "a snapshot install",
+        )?;
+        self.nodes[i].kv = kv;
+        self.stats.snapshots_installed += 1;
+        self.record(Ev::SnapshotInstalled {
+            node: id,
+            index: meta.last_index,
+            term: meta.last_term,
+        });
+        Ok(Some((meta.last_index, meta.last_term)))
+    }
+
+    fn on_commit_index(&mut self, i: usize, commit: u64) -> Check {
+        let node = &mut self.nodes[i];
+        Checker::check_commit_monotonic(node.id, node.commit, commit)?;
+        if commit > node.view.last_index() {
+            return Err(violation(
+                "commit index within log",
+                format!(
+                    "node {} reports commit index {commit} beyond its last log index {}",
+                    node.id,
+                    node.view.last_index()
+                ),
+            ));
+        }
+        if commit != node.commit {
+            node.commit = commit;
+            let id = node.id;
+            self.record(Ev::Commit {
+                node: id,
+                index: commit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies committed entries: each must be the next one, durable locally, and the same
+    /// entry every other node applied at that index.
+    fn apply(&mut self, i: usize, entries: &[Entry]) -> Check {
+        let id = self.nodes[i].id;
+        let from = entries[0].index;
+        for entry in entries {
+            let node = &mut self.nodes[i];
+            Checker::check_applied_monotonic(id, node.kv.applied, entry.index, "apply")?;
+            if entry.index > node.commit {
+                return Err(violation(
+                    "apply only committed",
+                    format!(
+                        "node {id} applies index {} above its commit index {}",
+                        entry.index, node.commit
+                    ),
+                ));
+            }
+            {
+                let durable = node.durable.borrow();
+                let stored = durable.entry(entry.index);
+                if stored != Some(entry) {
+                    return Err(violation(
+                        "applied entries are durable",
+                        format!(
+                            "node {id} applies (index {}, term {}) but its durable log has {:?} there",
+                            entry.index,
+                            entry.term,
+                            stored.map(|e| (e.index, e.term))
+                        ),
+                    ));
+                }
+            }
+            node.kv.apply(entry);
+            let (term, chain) = (node.term, node.kv.chain);
+            let first_apply = self
+                .checker
+                .check_state_machine_safety(id, term, entry, chain)?;
+            if first_apply {
+                self.stats.committed += 1;
+                let leaders: Vec<(NodeId, u64, &LogView)> = self
+                    .nodes
+                    .iter()
+                    .filter(|n| n.up() && n.role == Role::Leader)
+                    .map(|n| (n.id, n.term, &n.view))
+                    .collect();
+                self.checker
+                    .check_leader_completeness_on_commit(entry.index, &leaders)?;
+                if let Some((_, value)) = self.checker.canon[(entry.index - 1) as usize].write {
+                    if value >= self.liveness_value && self.liveness_index.is_none() {
+                        self.liveness_index = Some(entry.index);
+                    }
+                }
+            }
+            self.check_proposal_outcome(i, entry)?;
+        }
+        let last = entries[entries.len() - 1].clone();
+        self.record(Ev::Apply {
+            node: id,
+            from,
+            to: last.index,
+            last_term: last.term,
+        });
+        self.core(i).on_applied(last.index);
+        Ok(())
+    }
+
+    /// A proposal is acknowledged when the node that accepted it applies its (index, term).
+    fn check_proposal_outcome(&mut self, i: usize, entry: &Entry) -> Check {
+        let node = &mut self.nodes[i];
+        let id = node.id;
+        // Proposals at or below the applied index that were skipped (by a snapshot) are
+        // of unknown outcome.
+        while let Some((&index, _)) = node.proposals.first_key_value() {
+            if index >= entry.index {
+                break;
+            }
+            node.proposals.remove(&index);
+        }
+        let Some(proposal) = node.proposals.remove(&entry.index) else {
+            return Ok(());
+        };
+        if proposal.term != entry.term {
+            return Ok(()); // overwritten by another leader: not acknowledged, not lost
+        }
+        if entry.payload
+            != encode_write(entry.payload.first().copied().unwrap_or(0), proposal.value)
+        {
+            return Err(violation(
+                "log matching",
+                format!(
+                    "node {id} accepted write {} at (index {}, term {}) but applied another entry there",
+                    proposal.value, entry.index, entry.term
+                ),
+            ));
+        }
+        self.checker
+            .record_ack(id, proposal.value, entry.index, self.now)?;
+        self.stats.acked_writes += 1;
+        self.record(Ev::Ack {
+            node: id,
+            value: proposal.value,
+            index: entry.index,
+        });
+        Ok(())
+    }
+
+    fn on_read_state(&mut self, i: usize, ctx: u64, index: u64) -> Check {
+        let node = &mut self.nodes[i];
+        let id = node.id;
+        let Some(read) = node.reads.get_mut(&ctx) else {
+            return Err(violation(
+                "read contract",
+                format!("node {id} returned a ReadState for read {ctx}, which it was not asked (in this life) or already answered"),
+            ));
+        };
+        if read.must_refuse {
+            return Err(violation(
+                "non-leaders refuse reads",
+                format!("node {id} accepted read {ctx} while not leader and then served it at index {index}"),
+            ));
+        }
+        read.index = Some(index);
+        self.record(Ev::ReadIndex {
+            node: id,
+            ctx,
+            index,
+        });
+        Ok(())
+    }
+
+    /// Serves every read whose index the state machine has reached.
+    fn serve_reads(&mut self, i: usize) -> Check {
+        let node = &mut self.nodes[i];
+        if node.reads.is_empty() {
+            return Ok(());
+        }
+        let applied = node.kv.applied;
+        let ready: Vec<u64> = node
+            .reads
+            .iter()
+            .filter(|(_, r)| r.index.is_some_and(|x| x <= applied))
+            .map(|(ctx, _)| *ctx)
+            .collect();
+        for ctx in ready {
+            let node = &mut self.nodes[i];
+            let read = node.reads.remove(&ctx).expect("collected above");
+            let value = node.kv.keys[read.key as usize];
+            let id = node.id;
+            self.checker
+                .check_read_linearizable(id, ctx, read.key, read.floor, applied, value, self.now)?;
+            self.stats.reads_served += 1;
+            self.record(Ev::ReadDone {
+                node: id,
+                ctx,
+                applied,
+                value: value.0,
+            });
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- network
+
+    fn send(&mut self, i: usize, env: Envelope, after_persist: bool) -> Check {
+        let id = self.nodes[i].id;
+        let n = self.nodes.len() as u64;
+        if env.from != id || env.to == id || env.to == 0 || env.to > n {
+            return Err(violation(
+                "message contract",
+                format!("node {id} sent a message from {} to {}", env.from, env.to),
+            ));
+        }
+        if let Message::AppendEntries {
+            prev_log_term,
+            entries,
+            ..
+        } = &env.message
+        {
+            let mut prev = Some(*prev_log_term);
+            for entry in entries {
+                self.checker
+                    .check_log_matching(id, entry, prev, "sending AppendEntries")?;
+                prev = Some(entry.term);
+            }
+        }
+        let msg = Msg::of(&env.message);
+        self.record(Ev::Send {
+            from: env.from,
+            to: env.to,
+            msg,
+            after_persist,
+        });
+        let drop_ppm = if self.phase == Phase::Faulty {
+            self.params.drop_ppm.max(self.storm_drop_ppm)
+        } else {
+            0
+        };
+        if self.net_rng.chance_ppm(drop_ppm) {
+            self.stats.messages_dropped += 1;
+            self.record(Ev::Drop {
+                from: env.from,
+                to: env.to,
+                msg,
+                why: "lost",
+            });
+            return Ok(());
+        }
+        if self.net_rng.chance_ppm(self.params.dup_ppm) {
+            let delay = self.message_delay();
+            self.schedule(delay, Event::Deliver { env: env.clone() });
+        }
+        let delay = self.message_delay();
+        self.schedule(delay, Event::Deliver { env });
+        Ok(())
+    }
+
+    fn message_delay(&mut self) -> u64 {
+        if self.phase == Phase::Faulty && self.net_rng.chance_ppm(self.params.tail_ppm) {
+            self.net_rng.range(1, self.params.tail_max)
+        } else {
+            self.net_rng.range(1, self.params.delay_max + 1)
+        }
+    }
+
+    fn deliver(&mut self, env: Envelope) -> Check {
+        let from = (env.from - 1) as usize;
+        let to = (env.to - 1) as usize;
+        let msg = Msg::of(&env.message);
+        let why = if self.blocked[from][to] {
+            Some("partitioned")
+        } else if !self.nodes[to].up() {
+            Some("receiver down")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            self.stats.messages_dropped += 1;
+            self.record(Ev::Drop {
+                from: env.from,
+                to: env.to,
+                msg,
+                why,
+            });
+            return Ok(());
+        }
+        self.stats.messages_delivered += 1;
+        self.record(Ev::Deliver {
+            from: env.from,
+            to: env.to,
+            msg,
+        });
+        self.core(to).step(env);
+        self.handle_ready(to)
+    }
+
+    // ---------------------------------------------------------------- clients
+
+    /// A node to send a client request to: usually one that believes it leads (any term:
+    /// a deposed leader that has not noticed must refuse or answer correctly), sometimes
+    /// the newest leader, sometimes anybody.
+    fn pick_target(&mut self) -> Option<usize> {
+        let up: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].up())
+            .collect();
+        if up.is_empty() {
+            return None;
+        }
+        let leaders: Vec<usize> = up
+            .iter()
+            .copied()
+            .filter(|&i| self.nodes[i].role == Role::Leader)
+            .collect();
+        let roll = self.client_rng.below(100);
+        if !leaders.is_empty() && roll < 45 {
+            return Some(self.client_rng.pick(&leaders));
+        }
+        if !leaders.is_empty() && roll < 85 {
+            return leaders.iter().copied().max_by_key(|&i| self.nodes[i].term);
+        }
+        Some(self.client_rng.pick(&up))
+    }
+
+    fn client_step(&mut self) -> Check {
+        let roll = self.client_rng.below(100);
+        if roll < self.params.snapshot_pct {
+            return self.take_snapshot();
+        }
+        let Some(i) = self.pick_target() else {
+            return Ok(());
+        };
+        if roll < self.params.snapshot_pct + self.params.transfer_pct {
+            return self.transfer_leadership(i);
+        }
+        if roll < self.params.snapshot_pct + self.params.transfer_pct + self.params.read_pct {
+            self.client_read(i)
+        } else {
+            self.client_write(i)
+        }
+    }
+
+    /// An operator moves leadership (thesis §3.10): TimeoutNow makes a node campaign
+    /// without PreVote, which races with everything else going on.
+    fn transfer_leadership(&mut self, i: usize) -> Check {
+        let n = self.nodes.len() as u64;
+        let to = self.client_rng.range(1, n + 1);
+        let id = self.nodes[i].id;
+        let result = self.core(i).transfer_leadership(to);
+        self.record(Ev::Transfer {
+            node: id,
+            to,
+            result: result.clone().map_err(|e| format!("{e}")),
+        });
+        self.handle_ready(i)
+    }
+
+    fn client_write(&mut self, i: usize) -> Check {
+        let value = self.next_value;
+        self.next_value += 1;
+        let key = self.client_rng.below(KEYS as u64) as u8;
+        let id = self.nodes[i].id;
+        let was_leader = self.nodes[i].role == Role::Leader;
+        self.checker.proposed.insert(value, (key, self.now));
+        let result = self.core(i).propose(encode_write(key, value));
+        self.record(Ev::Propose {
+            node: id,
+            value,
+            key,
+            result: result.clone().map_err(|e| format!("{e}")),
+        });
+        match result {
+            Ok((index, term)) => {
+                if !was_leader {
+                    return Err(violation(
+                        "non-leaders refuse proposals",
+                        format!("node {id} (role {:?}) accepted a proposal at (index {index}, term {term})", self.nodes[i].role),
+                    ));
+                }
+                let node = &mut self.nodes[i];
+                if term != node.term {
+                    return Err(violation(
+                        "proposal term",
+                        format!(
+                            "leader {id} of term {} returned term {term} for a proposal",
+                            node.term
+                        ),
+                    ));
+                }
+                node.proposals.insert(index, Proposal { term, value });
+                self.handle_ready(i)
+            }
+            Err(ProposeError::NotLeader { .. }) | Err(ProposeError::Backpressure) => {
+                self.handle_ready(i)
+            }
+            Err(ProposeError::TransferInProgress) => self.handle_ready(i),
+            Err(other) => Err(violation(
+                "propose contract",
+                format!("node {id}: a plain proposal failed with {other}"),
+            )),
+        }
+    }
+
+    fn client_read(&mut self, i: usize) -> Check {
+        let ctx = self.next_ctx;
+        self.next_ctx += 1;
+        let key = self.client_rng.below(KEYS as u64) as u8;
+        let id = self.nodes[i].id;
+        let is_leader = self.nodes[i].role == Role::Leader;
+        let floor = self.checker.read_floor;
+        let result = self.core(i).read_index(ctx, ReadMode::Linearizable);
+        self.record(Ev::ReadStart {
+            node: id,
+            ctx,
+            key,
+            floor,
+            result: result.clone().map_err(|e| format!("{e}")),
+        });
+        if result.is_ok() {
+            self.nodes[i].reads.insert(
+                ctx,
+                PendingRead {
+                    key,
+                    floor,
+                    must_refuse: !is_leader,
+                    index: None,
+                },
+            );
+        }
+        self.handle_ready(i)
+    }
+
+    /// The driver snapshots a node's state machine and compacts its log, keeping a few
+    /// trailing entries (so some lagging followers catch up from the log, others by
+    /// InstallSnapshot).
+    fn take_snapshot(&mut self) -> Check {
+        let up: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].up())
+            .collect();
+        if up.is_empty() {
+            return Ok(());
+        }
+        let i = self.client_rng.pick(&up);
+        let trailing = self.client_rng.below(self.params.snapshot_trailing + 1);
+        let node = &mut self.nodes[i];
+        let id = node.id;
+        let mut durable = node.durable.borrow_mut();
+        if node.kv.applied < durable.snap_meta.last_index + self.params.snapshot_gap {
+            return Ok(());
+        }
+        let meta = SnapshotMeta {
+            last_index: node.kv.applied,
+            last_term: node.kv.applied_term,
+            membership: self.membership.clone(),
+        };
+        durable.snap_meta = meta.clone();
+        durable.snap_data = node.kv.encode();
+        let compact_to = node
+            .kv
+            .applied
+            .saturating_sub(trailing)
+            .min(durable.last_index());
+        durable.compact_to(compact_to);
+        drop(durable);
+        // A received snapshot still on its way to the disk may be newer than this one.
+        if meta.last_index > node.view.snap_index {
+            node.view.snap_index = meta.last_index;
+            node.view.snap_term = meta.last_term;
+        }
+        node.view.compact_to(compact_to);
+        self.stats.snapshots_taken += 1;
+        self.record(Ev::SnapshotTaken {
+            node: id,
+            index: meta.last_index,
+            term: meta.last_term,
+            compact_to,
+        });
+        self.core(i).on_snapshot_taken(meta);
+        self.handle_ready(i)
+    }
+
+    // ---------------------------------------------------------------- faults
+
+    fn fault_step(&mut self) -> Check {
+        let p = self.params.clone();
+        let total = p.w_crash + p.w_partition + p.w_storm + p.w_slow_disk;
+        if total == 0 {
+            return Ok(());
+        }
+        let mut roll = self.fault_rng.below(total);
+        if roll < p.w_crash {
+            return self.fault_crash();
+        }
+        roll -= p.w_crash;
+        if roll < p.w_partition {
+            self.fault_partition();
+            return Ok(());
+        }
+        roll -= p.w_partition;
+        if roll < p.w_storm {
+            self.storm_generation += 1;
+            self.storm_drop_ppm = self.fault_rng.pick(&[300_000, 700_000, 1_000_000]);
+            let until = self.fault_rng.range(20, 400);
+            let generation = self.storm_generation;
+            self.record(Ev::NetStorm {
+                drop_ppm: self.storm_drop_ppm,
+                until: self.now + until,
+            });
+            self.schedule(until, Event::StormEnd { generation });
+            return Ok(());
+        }
+        let i = self.fault_rng.below(self.nodes.len() as u64) as usize;
+        let until = self.now + self.fault_rng.range(50, 1000);
+        self.nodes[i].slow_disk_until = until;
+        let id = self.nodes[i].id;
+        self.record(Ev::SlowDisk { node: id, until });
+        Ok(())
+    }
+
+    /// Crashes a node: often the leader, often one with writes still in flight to its disk
+    /// (a vote or entries it may already have acknowledged if the core is wrong), otherwise
+    /// anyone. Down for a short or a long time.
+    fn fault_crash(&mut self) -> Check {
+        let up: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].up())
+            .collect();
+        if up.is_empty() {
+            return Ok(());
+        }
+        let leaders: Vec<usize> = up
+            .iter()
+            .copied()
+            .filter(|&i| self.nodes[i].role == Role::Leader)
+            .collect();
+        let writing: Vec<usize> = up
+            .iter()
+            .copied()
+            .filter(|&i| !self.nodes[i].disk.is_empty())
+            .collect();
+        let roll = self.fault_rng.below(100);
+        let victim = if roll < 35 && !leaders.is_empty() {
+            self.fault_rng.pick(&leaders)
+        } else if roll < 75 && !writing.is_empty() {
+            self.fault_rng.pick(&writing)
+        } else {
+            self.fault_rng.pick(&up)
+        };
+        let down_for = if self.fault_rng.below(2) == 0 {
+            self.fault_rng.range(1, 30)
+        } else {
+            self.fault_rng.range(1, self.params.crash_down_max)
+        };
+        self.crash(victim, down_for);
+        Ok(())
+    }
+
+    // The partition is a matrix; index loops say what they do more plainly than iterators.
+    #[allow(clippy::needless_range_loop)]
+    fn fault_partition(&mut self) {
+        let n = self.nodes.len();
+        let mut blocked = vec![vec![false; n]; n];
+        let kind = self.fault_rng.below(4);
+        let leader = (0..n).find(|&i| self.nodes[i].up() && self.nodes[i].role == Role::Leader);
+        match kind {
+            // Isolate one node (often the leader) in both directions.
+            0 => {
+                let victim = match leader {
+                    Some(l) if self.fault_rng.below(3) != 0 => l,
+                    _ => self.fault_rng.below(n as u64) as usize,
+                };
+                for j in 0..n {
+                    if j != victim {
+                        blocked[victim][j] = true;
+                        blocked[j][victim] = true;
+                    }
+                }
+            }
+            // Split into two random groups.
+            1 => {
+                let side: Vec<bool> = (0..n).map(|_| self.fault_rng.below(2) == 0).collect();
+                for a in 0..n {
+                    for b in 0..n {
+                        if side[a] != side[b] {
+                            blocked[a][b] = true;
+                        }
+                    }
+                }
+            }
+            // One-way: a node can send but not receive, or receive but not send.
+            2 => {
+                let victim = match leader {
+                    Some(l) if self.fault_rng.below(2) == 0 => l,
+                    _ => self.fault_rng.below(n as u64) as usize,
+                };
+                let outgoing = self.fault_rng.below(2) == 0;
+                for j in 0..n {
+                    if j != victim {
+                        if outgoing {
+                            blocked[victim][j] = true;
+                        } else {
+                            blocked[j][victim] = true;
+                        }
+                    }
+                }
+            }
+            // Random individual links, one direction each.
+            _ => {
+                for a in 0..n {
+                    for b in 0..n {
+                        if a != b && self.fault_rng.below(3) == 0 {
+                            blocked[a][b] = true;
+                        }
+                    }
+                }
+            }
+        }
+        self.blocked = blocked;
+        self.partition_generation += 1;
+        self.stats.partitions += 1;
+        let list = self.blocked_links();
+        self.record(Ev::Partition { blocked: list });
+        let duration = self.fault_rng.range(20, self.params.partition_max);
+        let generation = self.partition_generation;
+        self.schedule(duration, Event::HealPartition { generation });
+    }
+
+    fn blocked_links(&self) -> Vec<(NodeId, NodeId)> {
+        let mut list = Vec::new();
+        for (a, row) in self.blocked.iter().enumerate() {
+            for (b, &x) in row.iter().enumerate() {
+                if x {
+                    list.push((a as u64 + 1, b as u64 + 1));
+                }
+            }
+        }
+        list
+    }
+
+    fn heal_partition(&mut self) {
+        let n = self.nodes.len();
+        self.blocked = vec![vec![false; n]; n];
+        self.record(Ev::Heal);
+    }
+
+    /// End of the faulty phase: every node up, no partitions, no loss, healthy disks.
+    fn heal(&mut self) -> Check {
+        self.phase = Phase::Liveness;
+        self.heal_time = self.now;
+        self.liveness_value = self.next_value;
+        self.record(Ev::Phase { name: "heal" });
+        self.heal_partition();
+        self.partition_generation += 1;
+        self.storm_generation += 1;
+        self.storm_drop_ppm = 0;
+        for i in 0..self.nodes.len() {
+            self.nodes[i].slow_disk_until = 0;
+            if !self.nodes[i].up() {
+                self.start_node(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn converged(&self) -> bool {
+        let Some(index) = self.liveness_index else {
+            return false;
+        };
+        self.nodes.iter().all(|n| n.kv.applied >= index)
+    }
+
+    fn liveness_failure(&self) -> Violation {
+        let states: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "node {}: {:?} term {} leader {:?} commit {} applied {} log {}..={}",
+                    n.id,
+                    n.role,
+                    n.term,
+                    n.leader,
+                    n.commit,
+                    n.kv.applied,
+                    n.view.first_index(),
+                    n.view.last_index()
+                )
+            })
+            .collect();
+        violation(
+            "liveness",
+            format!(
+                "{LIVENESS_TICKS} ticks after healing, no write proposed after the heal is applied on every node (first such write committed at {:?}); {}",
+                self.liveness_index,
+                states.join("; ")
+            ),
+        )
+    }
+
+    /// After convergence: every acknowledged write is in every node's state machine, and
+    /// every node's state equals the applied history at its applied index.
+    fn check_convergence(&self) -> Check {
+        for node in &self.nodes {
+            let canon = &self.checker.canon[(node.kv.applied - 1) as usize];
+            if canon.chain != node.kv.chain {
+                return Err(violation(
+                    "state machine safety",
+                    format!(
+                        "node {} ends at index {} with a state that differs from the history",
+                        node.id, node.kv.applied
+                    ),
+                ));
+            }
+            // Writes acknowledged after the heal may still be on their way; the ones
+            // before the liveness write must be everywhere.
+            let upto = self.liveness_index.unwrap_or(0);
+            for (value, &(index, _)) in &self.checker.acked {
+                if index > upto {
+                    continue;
+                }
+                if index > node.kv.applied {
+                    return Err(violation(
+                        "acknowledged writes survive",
+                        format!("node {} ends at applied index {} without acknowledged write {value} at index {index}", node.id, node.kv.applied),
+                    ));
+                }
+                if self.checker.canon[(index - 1) as usize].write.map(|w| w.1) != Some(*value) {
+                    return Err(violation(
+                        "acknowledged writes survive",
+                        format!("acknowledged write {value} at index {index} is not in the applied history"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Cheap per-step checks over every node.
+    fn check_step(&self) -> Check {
+        for node in &self.nodes {
+            if !node.up() {
+                continue;
+            }
+            // Invariant: applied <= commit <= last log index (etcd log.go).
+            if node.kv.applied > node.commit.max(node.view.snap_index) {
+                return Err(violation(
+                    "applied <= committed",
+                    format!(
+                        "node {} applied {} but its commit index is {}",
+                        node.id, node.kv.applied, node.commit
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes a received snapshot chunk to the durable partial snapshot; with `done`, installs
+/// the assembled snapshot and returns its bytes.
+fn persist_chunk_bytes(
+    durable: &mut Durable,
+    chunk: &SnapshotChunk,
+) -> Result<Option<Bytes>, String> {
+    if chunk.offset == 0 {
+        durable.partial = Some((chunk.meta.clone(), Vec::new()));
+    }
+    let Some((meta, data)) = durable.partial.as_mut() else {
+        return Err(format!(
+            "snapshot chunk at offset {} with no transfer started",
+            chunk.offset
+        ));
+    };
+    if *meta != chunk.meta || data.len() as u64 != chunk.offset {
+        return Err(format!(
+            "snapshot chunk ({}, offset {}) does not continue the transfer ({}, {} bytes so far)",
+            chunk.meta.last_index,
+            chunk.offset,
+            meta.last_index,
+            data.len()
+        ));
+    }
+    data.extend_from_slice(&chunk.data);
+    if !chunk.done {
+        return Ok(None);
+    }
+    let bytes = Bytes::from(std::mem::take(data));
+    durable.install_snapshot(chunk.meta.clone(), bytes.clone());
+    Ok(Some(bytes))
+}
