@@ -907,6 +907,15 @@ impl<S: LogStorage> RaftCore<S> {
             self.respond_append(from, true, commit, (0, 0), 0);
             return;
         }
+        if self.log.matches(meta.last_index, meta.last_term) {
+            // Raft §7: the log already holds the snapshot's last entry, so it is retained
+            // and the snapshot is not needed; the entries up to it are committed.
+            self.incoming_snapshot = None;
+            self.log.commit_to(meta.last_index);
+            self.membership.compact(meta.last_index);
+            self.respond_append(from, true, meta.last_index, (0, 0), 0);
+            return;
+        }
         if self.snapshot_chunk.is_some() {
             // One chunk per Ready; the leader resends.
             return;
@@ -951,8 +960,7 @@ impl<S: LogStorage> RaftCore<S> {
     /// Raft §7: the snapshot replaces the log it covers (a matching suffix is kept).
     fn restore_snapshot(&mut self, meta: SnapshotMeta) {
         tracing::info!(id = self.id, index = meta.last_index, "installing snapshot");
-        let last_index = meta.last_index;
-        self.membership.restore(last_index, meta.membership.clone());
+        self.membership.restore(meta.membership.clone());
         self.log.restore(meta);
         self.on_membership_changed();
     }
@@ -2347,6 +2355,31 @@ mod tests {
         assert_eq!(
             rd.persisted_messages,
             vec![env(2, 1, append_response(1, 3))]
+        );
+    }
+
+    #[test]
+    fn snapshot_the_log_already_holds_only_advances_commit() {
+        let mut core = core_with(2, &[1, 2, 3], &[1, 1, 1], 1, |_| {});
+        let snap = Message::InstallSnapshot {
+            term: 1,
+            meta: SnapshotMeta {
+                last_index: 2,
+                last_term: 1,
+                membership: voters(&[1, 2, 3]),
+            },
+            offset: 0,
+            data: Bytes::from_static(b"x"),
+            done: true,
+        };
+        core.step(env(1, 2, snap));
+        let rd = take(&mut core);
+        assert!(rd.snapshot_chunk.is_none());
+        assert_eq!(rd.commit_index, 2);
+        assert_eq!(rd.committed_entries, vec![ent(1, 1), ent(2, 1)]);
+        assert_eq!(
+            rd.persisted_messages,
+            vec![env(2, 1, append_response(1, 2))]
         );
     }
 

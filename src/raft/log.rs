@@ -132,7 +132,7 @@ impl<S: LogStorage> RaftLog<S> {
             out = self.storage.entries(lo, stored_hi, max_bytes).ok()?;
             size = out.iter().map(Entry::size_bytes).sum();
             let complete = out.last().map(|e| e.index + 1) == Some(stored_hi);
-            if !complete || size >= max_bytes {
+            if !complete || size >= max_bytes || stored_hi == hi {
                 return Some(out);
             }
         }
@@ -193,8 +193,10 @@ impl<S: LogStorage> RaftLog<S> {
         self.persisted = self.persisted.min(at - 1);
     }
 
-    /// Makes a snapshot from the leader the start of the log (Raft §7): if the log holds
-    /// its last entry, the entries after it are kept; otherwise the log is discarded.
+    /// Makes a snapshot from the leader the start of the log (Raft §7) when the log does
+    /// not hold its last entry: the whole log is discarded. (A log that holds it is kept;
+    /// the caller only advances the commit index then, so that a persistence report can
+    /// never be mistaken for the snapshot's installation.)
     pub(crate) fn restore(&mut self, meta: SnapshotMeta) {
         assert!(
             meta.last_index > self.commit,
@@ -202,17 +204,17 @@ impl<S: LogStorage> RaftLog<S> {
             meta.last_index,
             self.commit
         );
-        let keep_suffix = self.matches(meta.last_index, meta.last_term);
-        if keep_suffix && meta.last_index >= self.unstable_offset {
-            let drop = (meta.last_index + 1 - self.unstable_offset) as usize;
-            self.unstable.drain(..drop);
-            self.unstable_offset = meta.last_index + 1;
-        } else if !keep_suffix {
-            self.unstable.clear();
-            self.unstable_offset = meta.last_index + 1;
-            self.persisted = self.persisted.min(meta.last_index);
-        }
-        self.taken_to = self.taken_to.max(meta.last_index);
+        assert!(
+            !self.matches(meta.last_index, meta.last_term),
+            "log: restoring snapshot ({}, term {}) that the log already holds",
+            meta.last_index,
+            meta.last_term
+        );
+        self.unstable.clear();
+        self.unstable_offset = meta.last_index + 1;
+        self.persisted = self.persisted.min(meta.last_index);
+        // Nothing after the snapshot has been handed out in this log's history.
+        self.taken_to = meta.last_index;
         self.commit = meta.last_index;
         self.applying = self.applying.max(meta.last_index);
         self.pending_snapshot = Some(meta);
@@ -247,8 +249,9 @@ impl<S: LogStorage> RaftLog<S> {
         if !self.matches(index, term) {
             return;
         }
-        // A report at or beyond a handed-out snapshot covers its installation too: the
-        // driver handles Readys in order.
+        // A matching report at or beyond the snapshot's last entry can only be for the
+        // snapshot's Ready or a later one (the discarded log did not hold that entry, and
+        // by Log Matching no entry after it either), so it covers the installation.
         if let Some(meta) = &self.pending_snapshot {
             if self.pending_snapshot_taken && index >= meta.last_index {
                 let last = meta.last_index;
@@ -456,23 +459,39 @@ mod tests {
     }
 
     #[test]
-    fn restore_keeps_matching_suffix() {
+    fn restore_discards_the_log_and_waits_for_install_report() {
         let mut log = log_with(&[1, 1, 2, 2]);
-        log.restore(SnapshotMeta {
-            last_index: 3,
-            last_term: 2,
-            membership: Default::default(),
-        });
-        assert_eq!(
-            (log.first_index(), log.last_index(), log.commit()),
-            (4, 4, 3)
-        );
-        log.restore(SnapshotMeta {
+        log.append_from_leader(&[ent(5, 2)]);
+        log.take_entries_to_persist();
+        let meta = SnapshotMeta {
             last_index: 9,
             last_term: 3,
             membership: Default::default(),
-        });
-        assert_eq!((log.first_index(), log.last_index()), (10, 9));
+        };
+        log.restore(meta);
+        assert_eq!(
+            (log.first_index(), log.last_index(), log.commit()),
+            (10, 9, 9)
+        );
         assert_eq!(log.term(9), Some(3));
+        assert!(log.take_entries_to_persist().is_empty());
+        // The report for the earlier Ready (entry 5) does not cover the install.
+        log.on_persisted(5, 2);
+        assert_eq!(log.applied(), 0);
+        assert!(log.take_pending_snapshot());
+        log.on_persisted(9, 3);
+        assert_eq!((log.applied(), log.persisted()), (9, 9));
+    }
+
+    #[test]
+    fn entries_ending_inside_the_stored_part_do_not_read_unstable() {
+        let mut log = log_with(&[1, 1, 1]);
+        log.append_local(ent(4, 1));
+        let got = log.entries(2, 3, u64::MAX).unwrap();
+        assert_eq!(got, vec![ent(2, 1)]);
+        let got = log.entries(1, 4, u64::MAX).unwrap();
+        assert_eq!(got.len(), 3);
+        log.commit_to(4);
+        assert_eq!(log.take_entries_to_apply(u64::MAX).len(), 3);
     }
 }

@@ -106,11 +106,10 @@ impl MembershipLog {
         before != self.changes.len()
     }
 
-    /// A snapshot up to `last_index` with `membership` became the base; configurations
-    /// from entries after it stay.
-    pub(crate) fn restore(&mut self, last_index: u64, membership: Membership) {
+    /// A snapshot replaced the whole log: its configuration is the only one.
+    pub(crate) fn restore(&mut self, membership: Membership) {
         self.base = membership;
-        self.changes.retain(|(i, _)| *i > last_index);
+        self.changes.clear();
     }
 
     /// Drops configurations superseded by a committed one, keeping memory bounded.
