@@ -4,6 +4,7 @@
 //! - [`raft`]: the consensus core, a pure deterministic state machine.
 //! - `storage` (workspace crate): the write-ahead log, stable store and snapshot files.
 
+pub mod config;
 pub mod raft;
 pub mod transport;
 

@@ -1,0 +1,927 @@
+//! The cluster file, `config.json`: parsed, then validated before anything touches disk.
+//!
+//! Shape and defaults are in API.md ("Cluster file"). Every problem is reported as one line
+//! naming the file and the field, e.g.
+//! `config.json: nodes."2".api_addr: duplicate address 127.0.0.1:8001 (also nodes."1".api_addr)`;
+//! the CLI prints it and exits with status 2.
+//!
+//! The file is first read into a small JSON tree that keeps object keys in order and
+//! refuses duplicate keys (serde_json's `Value` would silently keep the last one, so two
+//! `"1"` entries under `nodes` would quietly merge), then walked with the field path in
+//! hand, so each message can say exactly where the problem is. Unknown fields are refused
+//! at every level (the equivalent of serde's `deny_unknown_fields`).
+//!
+//! A relative `data_dir` is relative to the working directory, as etcd's `--data-dir` is.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use storage::{Member, Membership, NodeId};
+
+/// Default of `data_dir`.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// Default of `heartbeat_interval_ms`.
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 50;
+/// Default of `election_timeout_ms`.
+pub const DEFAULT_ELECTION_TIMEOUT_MS: (u64, u64) = (150, 300);
+/// Default of `snapshot_threshold`.
+pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = 10_000;
+/// Default of `snapshot_trailing_entries`.
+pub const DEFAULT_SNAPSHOT_TRAILING_ENTRIES: u64 = 5_000;
+
+const TOP_LEVEL_FIELDS: &[&str] = &[
+    "cluster_id",
+    "nodes",
+    "data_dir",
+    "heartbeat_interval_ms",
+    "election_timeout_ms",
+    "snapshot_threshold",
+    "snapshot_trailing_entries",
+];
+const NODE_FIELDS: &[&str] = &["raft_addr", "api_addr"];
+
+/// A configuration problem. `Display` is the single line to show the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read the cluster file: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not well-formed JSON.
+    #[error("{}: malformed JSON at line {line} column {column}: {message}", path.display())]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        column: usize,
+        /// serde_json's description.
+        message: String,
+    },
+    /// A field is missing, unknown, of the wrong type, or has a value that is not allowed.
+    #[error("{}: {field}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Where in the file, e.g. `nodes."2".api_addr` (empty for the whole document).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A member's addresses as configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeAddrs {
+    /// Peer transport address (Raft messages).
+    pub raft_addr: SocketAddr,
+    /// Client HTTP API address.
+    pub api_addr: SocketAddr,
+}
+
+/// A validated cluster file. Built only by [`ClusterConfig::parse`]/[`ClusterConfig::load`],
+/// so every value satisfies the rules in API.md.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    path: PathBuf,
+    cluster_id: String,
+    // Invariant: non-empty; ids positive; the 2 × len addresses pairwise distinct.
+    nodes: BTreeMap<NodeId, NodeAddrs>,
+    data_dir: PathBuf,
+    heartbeat_interval_ms: u64,
+    // Invariant: heartbeat_interval_ms < election_timeout_ms.0 < election_timeout_ms.1.
+    election_timeout_ms: (u64, u64),
+    snapshot_threshold: u64,
+    snapshot_trailing_entries: u64,
+}
+
+impl ClusterConfig {
+    /// Reads and validates the cluster file at `path`.
+    pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        ClusterConfig::parse(&text, path)
+    }
+
+    /// Validates `text`; `path` is only used to name the file in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<ClusterConfig, ConfigError> {
+        let json: Json = serde_json::from_str(text).map_err(|e| syntax(path, &e))?;
+        Parser { path }.config(&json)
+    }
+
+    /// Checks that `id` (from `--id`) names a member of `nodes`.
+    pub fn validate_node_id(&self, id: NodeId) -> Result<(), ConfigError> {
+        if self.nodes.contains_key(&id) {
+            return Ok(());
+        }
+        let known: Vec<String> = self.nodes.keys().map(|k| k.to_string()).collect();
+        Err(ConfigError::Invalid {
+            path: self.path.clone(),
+            field: "nodes".to_string(),
+            message: format!(
+                "node id {id} (from --id) is not in the cluster; configured ids: {}",
+                known.join(", ")
+            ),
+        })
+    }
+
+    /// The file this configuration came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The cluster's name; a data directory is tied to it.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// The initial voters, by id.
+    pub fn nodes(&self) -> &BTreeMap<NodeId, NodeAddrs> {
+        &self.nodes
+    }
+
+    /// One node's addresses.
+    pub fn node(&self, id: NodeId) -> Option<&NodeAddrs> {
+        self.nodes.get(&id)
+    }
+
+    /// The directory holding every node's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Replaces `data_dir` (the `--data-dir` flag).
+    pub fn with_data_dir(mut self, data_dir: impl Into<PathBuf>) -> ClusterConfig {
+        self.data_dir = data_dir.into();
+        self
+    }
+
+    /// Where node `id` keeps its data: `<data_dir>/node-<id>`.
+    pub fn node_data_dir(&self, id: NodeId) -> PathBuf {
+        self.data_dir.join(format!("node-{id}"))
+    }
+
+    /// The initial membership: every configured node, as a voter.
+    pub fn membership(&self) -> Membership {
+        Membership {
+            members: self
+                .nodes
+                .iter()
+                .map(|(&id, addrs)| {
+                    (
+                        id,
+                        Member {
+                            raft_addr: addrs.raft_addr.to_string(),
+                            api_addr: addrs.api_addr.to_string(),
+                            voter: true,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// `heartbeat_interval_ms`.
+    pub fn heartbeat_interval_ms(&self) -> u64 {
+        self.heartbeat_interval_ms
+    }
+
+    /// `heartbeat_interval_ms` as a duration.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// `election_timeout_ms` as `(min, max)`; min < max, and heartbeat < min.
+    pub fn election_timeout_ms(&self) -> (u64, u64) {
+        self.election_timeout_ms
+    }
+
+    /// `election_timeout_ms` as durations `(min, max)`.
+    pub fn election_timeout(&self) -> (Duration, Duration) {
+        (
+            Duration::from_millis(self.election_timeout_ms.0),
+            Duration::from_millis(self.election_timeout_ms.1),
+        )
+    }
+
+    /// Entries applied since the last snapshot that trigger a new one.
+    pub fn snapshot_threshold(&self) -> u64 {
+        self.snapshot_threshold
+    }
+
+    /// Entries kept in the log behind a snapshot.
+    pub fn snapshot_trailing_entries(&self) -> u64 {
+        self.snapshot_trailing_entries
+    }
+
+    /// The configuration as cluster-file JSON (all fields explicit), e.g. for `raftlog
+    /// cluster` to write the file it generated. Parsing it gives back an equal config.
+    pub fn to_json(&self) -> String {
+        let nodes: serde_json::Map<String, serde_json::Value> = self
+            .nodes
+            .iter()
+            .map(|(id, a)| {
+                (
+                    id.to_string(),
+                    serde_json::json!({
+                        "raft_addr": a.raft_addr.to_string(),
+                        "api_addr": a.api_addr.to_string(),
+                    }),
+                )
+            })
+            .collect();
+        let value = serde_json::json!({
+            "cluster_id": self.cluster_id,
+            "nodes": nodes,
+            "data_dir": self.data_dir.to_string_lossy(),
+            "heartbeat_interval_ms": self.heartbeat_interval_ms,
+            "election_timeout_ms": [self.election_timeout_ms.0, self.election_timeout_ms.1],
+            "snapshot_threshold": self.snapshot_threshold,
+            "snapshot_trailing_entries": self.snapshot_trailing_entries,
+        });
+        // Serializing a `Value` cannot fail (string keys only).
+        serde_json::to_string_pretty(&value).unwrap_or_default()
+    }
+}
+
+fn syntax(path: &Path, e: &serde_json::Error) -> ConfigError {
+    // serde_json appends " at line L column C" to data errors; we report them separately.
+    let full = e.to_string();
+    let message = match full.rfind(" at line ") {
+        Some(i) => full[..i].to_string(),
+        None => full,
+    };
+    ConfigError::Syntax {
+        path: path.to_path_buf(),
+        line: e.line(),
+        column: e.column(),
+        message,
+    }
+}
+
+/// A JSON document that keeps object keys in order and refuses duplicate keys.
+#[derive(Debug)]
+enum Json {
+    Null,
+    Bool(bool),
+    Number(serde_json::Number),
+    String(String),
+    Array(Vec<Json>),
+    Object(Vec<(String, Json)>),
+}
+
+impl Json {
+    fn describe(&self) -> String {
+        match self {
+            Json::Null => "null".to_string(),
+            Json::Bool(b) => b.to_string(),
+            Json::Number(n) => n.to_string(),
+            Json::String(s) => format!("the string {s:?}"),
+            Json::Array(_) => "an array".to_string(),
+            Json::Object(_) => "an object".to_string(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Json, D::Error> {
+        deserializer.deserialize_any(JsonVisitor)
+    }
+}
+
+struct JsonVisitor;
+
+impl<'de> Visitor<'de> for JsonVisitor {
+    type Value = Json;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Json, E> {
+        Ok(Json::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Json, E> {
+        Ok(Json::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Json, E> {
+        Ok(Json::Number(v.into()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Json, E> {
+        serde_json::Number::from_f64(v)
+            .map(Json::Number)
+            .ok_or_else(|| E::custom("number is not finite"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Json, E> {
+        Ok(Json::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Json, E> {
+        Ok(Json::String(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Json::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        let mut entries: Vec<(String, Json)> = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if entries.iter().any(|(k, _)| *k == key) {
+                return Err(de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            let value = map.next_value()?;
+            entries.push((key, value));
+        }
+        Ok(Json::Object(entries))
+    }
+}
+
+/// Walks a [`Json`] document into a [`ClusterConfig`], naming fields in errors.
+struct Parser<'a> {
+    path: &'a Path,
+}
+
+impl Parser<'_> {
+    fn err(&self, field: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn config(&self, json: &Json) -> Result<ClusterConfig, ConfigError> {
+        let fields = self.object(json, "(top level)", TOP_LEVEL_FIELDS)?;
+        let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+
+        let cluster_id = match get("cluster_id") {
+            None => return Err(self.err("cluster_id", "missing (required)")),
+            Some(v) => self.string(v, "cluster_id")?,
+        };
+        if cluster_id.trim().is_empty() {
+            return Err(self.err("cluster_id", "must not be empty"));
+        }
+        let nodes = match get("nodes") {
+            None => return Err(self.err("nodes", "missing (required)")),
+            Some(v) => self.nodes(v)?,
+        };
+        let data_dir = match get("data_dir") {
+            None => PathBuf::from(DEFAULT_DATA_DIR),
+            Some(v) => {
+                let s = self.string(v, "data_dir")?;
+                if s.is_empty() {
+                    return Err(self.err("data_dir", "must not be empty"));
+                }
+                PathBuf::from(s)
+            }
+        };
+        let heartbeat_interval_ms = match get("heartbeat_interval_ms") {
+            None => DEFAULT_HEARTBEAT_INTERVAL_MS,
+            Some(v) => self.positive(v, "heartbeat_interval_ms")?,
+        };
+        let election_timeout_ms = match get("election_timeout_ms") {
+            None => DEFAULT_ELECTION_TIMEOUT_MS,
+            Some(v) => self.election_timeout(v)?,
+        };
+        // Raft §5.2/§9.3: heartbeats must arrive well within the election timeout, or
+        // followers start elections against a healthy leader.
+        if heartbeat_interval_ms >= election_timeout_ms.0 {
+            return Err(self.err(
+                "heartbeat_interval_ms",
+                format!(
+                    "{heartbeat_interval_ms} must be less than the minimum election timeout {} \
+                     (election_timeout_ms)",
+                    election_timeout_ms.0
+                ),
+            ));
+        }
+        let snapshot_threshold = match get("snapshot_threshold") {
+            None => DEFAULT_SNAPSHOT_THRESHOLD,
+            Some(v) => self.positive(v, "snapshot_threshold")?,
+        };
+        let snapshot_trailing_entries = match get("snapshot_trailing_entries") {
+            None => DEFAULT_SNAPSHOT_TRAILING_ENTRIES,
+            Some(v) => self.unsigned(v, "snapshot_trailing_entries")?,
+        };
+        Ok(ClusterConfig {
+            path: self.path.to_path_buf(),
+            cluster_id,
+            nodes,
+            data_dir,
+            heartbeat_interval_ms,
+            election_timeout_ms,
+            snapshot_threshold,
+            snapshot_trailing_entries,
+        })
+    }
+
+    /// The entries of an object, refusing fields not in `allowed`.
+    fn object<'j>(
+        &self,
+        json: &'j Json,
+        field: &str,
+        allowed: &[&str],
+    ) -> Result<&'j [(String, Json)], ConfigError> {
+        let Json::Object(entries) = json else {
+            return Err(self.err(
+                field,
+                format!("expected an object, got {}", json.describe()),
+            ));
+        };
+        for (key, _) in entries {
+            if !allowed.contains(&key.as_str()) {
+                let at = if field == "(top level)" {
+                    key.clone()
+                } else {
+                    format!("{field}.{key}")
+                };
+                return Err(self.err(
+                    &at,
+                    format!("unknown field; expected one of: {}", allowed.join(", ")),
+                ));
+            }
+        }
+        Ok(entries)
+    }
+
+    fn string(&self, json: &Json, field: &str) -> Result<String, ConfigError> {
+        match json {
+            Json::String(s) => Ok(s.clone()),
+            other => Err(self.err(
+                field,
+                format!("expected a string, got {}", other.describe()),
+            )),
+        }
+    }
+
+    fn unsigned(&self, json: &Json, field: &str) -> Result<u64, ConfigError> {
+        match json {
+            Json::Number(n) => n.as_u64().ok_or_else(|| {
+                self.err(field, format!("expected a non-negative integer, got {n}"))
+            }),
+            other => Err(self.err(
+                field,
+                format!("expected a non-negative integer, got {}", other.describe()),
+            )),
+        }
+    }
+
+    fn positive(&self, json: &Json, field: &str) -> Result<u64, ConfigError> {
+        match json {
+            Json::Number(n) => match n.as_u64() {
+                Some(v) if v > 0 => Ok(v),
+                _ => Err(self.err(field, format!("expected a positive integer, got {n}"))),
+            },
+            other => Err(self.err(
+                field,
+                format!("expected a positive integer, got {}", other.describe()),
+            )),
+        }
+    }
+
+    fn election_timeout(&self, json: &Json) -> Result<(u64, u64), ConfigError> {
+        const FIELD: &str = "election_timeout_ms";
+        let Json::Array(items) = json else {
+            return Err(self.err(
+                FIELD,
+                format!(
+                    "expected [min, max] in milliseconds, got {}",
+                    json.describe()
+                ),
+            ));
+        };
+        if items.len() != 2 {
+            return Err(self.err(
+                FIELD,
+                format!(
+                    "expected [min, max] in milliseconds, got an array of {} elements",
+                    items.len()
+                ),
+            ));
+        }
+        let min = self.positive(&items[0], "election_timeout_ms[0]")?;
+        let max = self.positive(&items[1], "election_timeout_ms[1]")?;
+        if min >= max {
+            return Err(self.err(
+                FIELD,
+                format!("minimum {min} must be less than maximum {max}"),
+            ));
+        }
+        Ok((min, max))
+    }
+
+    fn nodes(&self, json: &Json) -> Result<BTreeMap<NodeId, NodeAddrs>, ConfigError> {
+        let Json::Object(entries) = json else {
+            return Err(self.err(
+                "nodes",
+                format!(
+                    "expected an object of node id -> addresses, got {}",
+                    json.describe()
+                ),
+            ));
+        };
+        if entries.is_empty() {
+            return Err(self.err("nodes", "must name at least one node"));
+        }
+        let mut nodes = BTreeMap::new();
+        // Addresses seen so far, with the field that used them, in file order.
+        let mut seen: Vec<(SocketAddr, String)> = Vec::new();
+        for (key, value) in entries {
+            let at = format!("nodes.{key:?}");
+            let id = parse_node_id(key).map_err(|m| self.err(&at, m))?;
+            if nodes.contains_key(&id) {
+                return Err(self.err(&at, format!("node id {id} appears twice")));
+            }
+            let fields = self.object(value, &at, NODE_FIELDS)?;
+            let mut addr = |name: &str| -> Result<SocketAddr, ConfigError> {
+                let field = format!("{at}.{name}");
+                let Some((_, v)) = fields.iter().find(|(k, _)| k == name) else {
+                    return Err(self.err(&field, "missing (required)"));
+                };
+                let text = self.string(v, &field)?;
+                let parsed: SocketAddr = text.parse().map_err(|_| {
+                    self.err(&field, format!("{text:?} is not an IP:port socket address"))
+                })?;
+                if parsed.port() == 0 {
+                    return Err(self.err(&field, format!("{text:?}: port 0 is not allowed")));
+                }
+                if let Some((_, other)) = seen.iter().find(|(a, _)| *a == parsed) {
+                    return Err(
+                        self.err(&field, format!("duplicate address {parsed} (also {other})"))
+                    );
+                }
+                seen.push((parsed, field));
+                Ok(parsed)
+            };
+            let raft_addr = addr("raft_addr")?;
+            let api_addr = addr("api_addr")?;
+            nodes.insert(
+                id,
+                NodeAddrs {
+                    raft_addr,
+                    api_addr,
+                },
+            );
+        }
+        Ok(nodes)
+    }
+}
+
+/// Node ids are positive integers written in plain decimal: no sign, no leading zeros
+/// (so `"01"` and `"1"` cannot name the same node twice), no spaces.
+fn parse_node_id(key: &str) -> Result<NodeId, String> {
+    let bad = || {
+        format!(
+            "node id {key:?} is not a positive integer in decimal (e.g. \"1\"); ids are the keys \
+             of nodes"
+        )
+    };
+    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    if key == "0" || key.chars().all(|c| c == '0') {
+        return Err(format!(
+            "node id {key:?}: ids must be positive (0 means nobody)"
+        ));
+    }
+    if key.starts_with('0') {
+        return Err(format!(
+            "node id {key:?} has leading zeros; write it as plain decimal"
+        ));
+    }
+    key.parse::<NodeId>()
+        .map_err(|_| format!("node id {key:?} is too large (ids fit in 64 bits)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
+        ClusterConfig::parse(text, Path::new("config.json"))
+    }
+
+    /// The error line for `text`, asserting it is one line naming the file.
+    fn error(text: &str) -> String {
+        let msg = parse(text).unwrap_err().to_string();
+        assert!(msg.starts_with("config.json: "), "{msg}");
+        assert!(!msg.contains('\n'), "not one line: {msg}");
+        msg
+    }
+
+    const MINIMAL: &str = r#"{
+        "cluster_id": "c",
+        "nodes": {
+            "1": { "raft_addr": "127.0.0.1:7001", "api_addr": "127.0.0.1:8001" },
+            "2": { "raft_addr": "127.0.0.1:7002", "api_addr": "127.0.0.1:8002" }
+        }
+    }"#;
+
+    /// `MINIMAL` with `extra` inserted as additional top-level fields.
+    fn with(extra: &str) -> String {
+        MINIMAL.replacen(
+            "\"cluster_id\": \"c\",",
+            &format!("\"cluster_id\": \"c\", {extra},"),
+            1,
+        )
+    }
+
+    #[test]
+    fn repository_config_json_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.json");
+        let cfg = ClusterConfig::load(&path).unwrap();
+        assert_eq!(cfg.cluster_id(), "raftlog-demo");
+        assert_eq!(
+            cfg.nodes().keys().copied().collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert_eq!(
+            cfg.node(2).unwrap().api_addr,
+            "127.0.0.1:8002".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(cfg.election_timeout_ms(), (150, 300));
+        assert_eq!(cfg.node_data_dir(3), Path::new("./data/node-3"));
+        let m = cfg.membership();
+        assert_eq!(m.voters().collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(m.members[&1].raft_addr, "127.0.0.1:7001");
+        cfg.validate_node_id(3).unwrap();
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let cfg = parse(MINIMAL).unwrap();
+        assert_eq!(cfg.data_dir(), Path::new(DEFAULT_DATA_DIR));
+        assert_eq!(cfg.heartbeat_interval_ms(), 50);
+        assert_eq!(cfg.heartbeat_interval(), Duration::from_millis(50));
+        assert_eq!(cfg.election_timeout_ms(), (150, 300));
+        assert_eq!(cfg.snapshot_threshold(), 10_000);
+        assert_eq!(cfg.snapshot_trailing_entries(), 5_000);
+        assert_eq!(cfg.path(), Path::new("config.json"));
+    }
+
+    #[test]
+    fn explicit_values_override_defaults() {
+        let cfg = parse(&with(
+            r#""data_dir": "/var/lib/raftlog", "heartbeat_interval_ms": 20,
+               "election_timeout_ms": [100, 200], "snapshot_threshold": 7,
+               "snapshot_trailing_entries": 0"#,
+        ))
+        .unwrap();
+        assert_eq!(cfg.node_data_dir(2), Path::new("/var/lib/raftlog/node-2"));
+        assert_eq!(cfg.heartbeat_interval_ms(), 20);
+        assert_eq!(
+            cfg.election_timeout(),
+            (Duration::from_millis(100), Duration::from_millis(200))
+        );
+        assert_eq!(cfg.snapshot_threshold(), 7);
+        assert_eq!(cfg.snapshot_trailing_entries(), 0);
+        let cfg = cfg.with_data_dir("/tmp/x");
+        assert_eq!(cfg.node_data_dir(1), Path::new("/tmp/x/node-1"));
+    }
+
+    #[test]
+    fn to_json_round_trips() {
+        let cfg = parse(&with(r#""heartbeat_interval_ms": 20"#)).unwrap();
+        assert_eq!(parse(&cfg.to_json()).unwrap(), cfg);
+    }
+
+    #[test]
+    fn duplicate_address_names_both_fields() {
+        let msg = error(
+            r#"{"cluster_id": "c", "nodes": {
+                "1": {"raft_addr": "127.0.0.1:7001", "api_addr": "127.0.0.1:8001"},
+                "2": {"raft_addr": "127.0.0.1:7002", "api_addr": "127.0.0.1:8001"}}}"#,
+        );
+        assert_eq!(
+            msg,
+            r#"config.json: nodes."2".api_addr: duplicate address 127.0.0.1:8001 (also nodes."1".api_addr)"#
+        );
+        // raft and api address of the same node.
+        let msg = error(
+            r#"{"cluster_id": "c", "nodes": {
+                "1": {"raft_addr": "127.0.0.1:7001", "api_addr": "127.0.0.1:7001"}}}"#,
+        );
+        assert!(
+            msg.contains(
+                r#"nodes."1".api_addr: duplicate address 127.0.0.1:7001 (also nodes."1".raft_addr)"#
+            ),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_at_every_level() {
+        let msg = error(&with(r#""colour": "blue""#));
+        assert!(
+            msg.starts_with("config.json: colour: unknown field"),
+            "{msg}"
+        );
+        let msg = error(
+            r#"{"cluster_id": "c", "nodes": {
+                "1": {"raft_addr": "127.0.0.1:7001", "api_addr": "127.0.0.1:8001", "voter": true}}}"#,
+        );
+        assert!(
+            msg.starts_with(r#"config.json: nodes."1".voter: unknown field; expected one of: raft_addr, api_addr"#),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn malformed_json_reports_line_and_column() {
+        let msg = error("{\n  \"cluster_id\": \"c\",\n  \"nodes\": {,}\n}");
+        assert!(
+            msg.starts_with("config.json: malformed JSON at line 3 column"),
+            "{msg}"
+        );
+        let msg = error("");
+        assert!(msg.contains("malformed JSON"), "{msg}");
+        let msg = error(r#"["not", "an", "object"]"#);
+        assert!(msg.contains("expected an object, got an array"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_json_keys_are_refused() {
+        let msg = error(
+            r#"{"cluster_id": "c", "nodes": {
+                "1": {"raft_addr": "127.0.0.1:7001", "api_addr": "127.0.0.1:8001"},
+                "1": {"raft_addr": "127.0.0.1:7002", "api_addr": "127.0.0.1:8002"}}}"#,
+        );
+        assert!(msg.contains(r#"duplicate key "1""#), "{msg}");
+        let msg = error(&with(r#""cluster_id": "d""#));
+        assert!(msg.contains(r#"duplicate key "cluster_id""#), "{msg}");
+    }
+
+    #[test]
+    fn bad_node_ids_are_refused() {
+        for (key, expect) in [
+            ("0", "ids must be positive"),
+            ("00", "ids must be positive"),
+            ("abc", "not a positive integer"),
+            ("-1", "not a positive integer"),
+            (" 1", "not a positive integer"),
+            ("", "not a positive integer"),
+            ("01", "leading zeros"),
+            ("99999999999999999999", "too large"),
+        ] {
+            let text = format!(
+                r#"{{"cluster_id": "c", "nodes": {{
+                    "{key}": {{"raft_addr": "127.0.0.1:7001", "api_addr": "127.0.0.1:8001"}}}}}}"#
+            );
+            let msg = error(&text);
+            assert!(
+                msg.starts_with(&format!("config.json: nodes.{key:?}: ")) && msg.contains(expect),
+                "{key:?}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn id_not_in_nodes_is_refused() {
+        let cfg = parse(MINIMAL).unwrap();
+        let msg = cfg.validate_node_id(4).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "config.json: nodes: node id 4 (from --id) is not in the cluster; configured ids: 1, 2"
+        );
+        assert!(cfg.validate_node_id(0).is_err());
+        cfg.validate_node_id(2).unwrap();
+    }
+
+    #[test]
+    fn missing_and_mistyped_fields_are_named() {
+        let cases = [
+            (
+                r#"{"nodes": {}}"#,
+                "config.json: cluster_id: missing (required)",
+            ),
+            (
+                r#"{"cluster_id": "c"}"#,
+                "config.json: nodes: missing (required)",
+            ),
+            (
+                r#"{"cluster_id": "", "nodes": {}}"#,
+                "config.json: cluster_id: must not be empty",
+            ),
+            (
+                r#"{"cluster_id": 5, "nodes": {}}"#,
+                "config.json: cluster_id: expected a string, got 5",
+            ),
+            (
+                r#"{"cluster_id": "c", "nodes": {}}"#,
+                "config.json: nodes: must name at least one node",
+            ),
+            (
+                r#"{"cluster_id": "c", "nodes": []}"#,
+                "config.json: nodes: expected an object of node id -> addresses, got an array",
+            ),
+            (
+                r#"{"cluster_id": "c", "nodes": {"1": {"raft_addr": "127.0.0.1:7001"}}}"#,
+                r#"config.json: nodes."1".api_addr: missing (required)"#,
+            ),
+            (
+                r#"{"cluster_id": "c", "nodes": {"1": {"raft_addr": "localhost:7001", "api_addr": "127.0.0.1:8001"}}}"#,
+                r#"config.json: nodes."1".raft_addr: "localhost:7001" is not an IP:port socket address"#,
+            ),
+            (
+                r#"{"cluster_id": "c", "nodes": {"1": {"raft_addr": "127.0.0.1:0", "api_addr": "127.0.0.1:8001"}}}"#,
+                r#"config.json: nodes."1".raft_addr: "127.0.0.1:0": port 0 is not allowed"#,
+            ),
+            (
+                r#"{"cluster_id": "c", "nodes": {"1": "127.0.0.1:7001"}}"#,
+                r#"config.json: nodes."1": expected an object, got the string "127.0.0.1:7001""#,
+            ),
+        ];
+        for (text, expect) in cases {
+            assert_eq!(error(text), expect, "{text}");
+        }
+    }
+
+    #[test]
+    fn timing_rules_are_enforced() {
+        let cases = [
+            (
+                r#""heartbeat_interval_ms": 0"#,
+                "config.json: heartbeat_interval_ms: expected a positive integer, got 0",
+            ),
+            (
+                r#""heartbeat_interval_ms": -5"#,
+                "config.json: heartbeat_interval_ms: expected a positive integer, got -5",
+            ),
+            (
+                r#""heartbeat_interval_ms": 2.5"#,
+                "config.json: heartbeat_interval_ms: expected a positive integer, got 2.5",
+            ),
+            (
+                r#""heartbeat_interval_ms": "50""#,
+                r#"config.json: heartbeat_interval_ms: expected a positive integer, got the string "50""#,
+            ),
+            (
+                r#""heartbeat_interval_ms": 150"#,
+                "config.json: heartbeat_interval_ms: 150 must be less than the minimum election timeout 150 (election_timeout_ms)",
+            ),
+            (
+                r#""election_timeout_ms": [300, 150]"#,
+                "config.json: election_timeout_ms: minimum 300 must be less than maximum 150",
+            ),
+            (
+                r#""election_timeout_ms": [200, 200]"#,
+                "config.json: election_timeout_ms: minimum 200 must be less than maximum 200",
+            ),
+            (
+                r#""election_timeout_ms": [150]"#,
+                "config.json: election_timeout_ms: expected [min, max] in milliseconds, got an array of 1 elements",
+            ),
+            (
+                r#""election_timeout_ms": 150"#,
+                "config.json: election_timeout_ms: expected [min, max] in milliseconds, got 150",
+            ),
+            (
+                r#""election_timeout_ms": [0, 150]"#,
+                "config.json: election_timeout_ms[0]: expected a positive integer, got 0",
+            ),
+            (
+                r#""snapshot_threshold": 0"#,
+                "config.json: snapshot_threshold: expected a positive integer, got 0",
+            ),
+            (
+                r#""snapshot_trailing_entries": -1"#,
+                "config.json: snapshot_trailing_entries: expected a non-negative integer, got -1",
+            ),
+            (
+                r#""data_dir": null"#,
+                "config.json: data_dir: expected a string, got null",
+            ),
+            (r#""data_dir": """#, "config.json: data_dir: must not be empty"),
+        ];
+        for (extra, expect) in cases {
+            assert_eq!(error(&with(extra)), expect, "{extra}");
+        }
+    }
+
+    #[test]
+    fn unreadable_file_is_reported_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope.json");
+        let msg = ClusterConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            msg.starts_with(&format!("{}: cannot read", path.display())),
+            "{msg}"
+        );
+    }
+}
