@@ -113,11 +113,8 @@ fn hard_state_survives_sigkill() {
             hs.term >= acked,
             "round {round}: acknowledged term {acked} lost, store has {hs:?}"
         );
-        // At most one save can have been in flight when the child died.
-        assert!(
-            hs.term <= acked + 1,
-            "round {round}: {hs:?} after ack {acked}"
-        );
+        // The child kept saving (and its reports queued in the pipe) until the kill
+        // landed, so the store may be ahead of the last report we read; never behind.
         assert_eq!(
             hs.voted_for,
             Some(vote_for(hs.term)),
