@@ -4,7 +4,11 @@
 //! - [`raft`]: the consensus core, a pure deterministic state machine.
 //! - `storage` (workspace crate): the write-ahead log, stable store and snapshot files.
 
+pub mod api;
+pub mod cli;
 pub mod config;
+pub mod kv;
+pub mod node;
 pub mod raft;
 pub mod transport;
 

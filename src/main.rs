@@ -1,4 +1,3 @@
 fn main() {
-    eprintln!("raftlog: the node is not built yet");
-    std::process::exit(2);
+    std::process::exit(raftlog::cli::run());
 }

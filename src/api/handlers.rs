@@ -1,0 +1,502 @@
+//! One handler per endpoint of API.md.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use storage::{EntryKind, Membership};
+
+use super::{forward, ApiError, ApiState};
+use crate::kv::{Applied, Command, KvCommand, KvResponse, RequestId};
+use crate::node::RequestError;
+use crate::raft::{ReadMode, Role};
+
+type ApiResult = Result<Response, ApiError>;
+
+const KEY_BYTES_MAX: usize = 1024;
+
+/// The key is the rest of the path after `/v1/kv/`, percent-decoded to raw bytes (keys need
+/// not be UTF-8).
+fn key_from_uri(uri: &Uri) -> Result<Bytes, ApiError> {
+    let raw = uri.path().strip_prefix("/v1/kv/").unwrap_or("");
+    let key = percent_decode(raw)?;
+    if key.is_empty() || key.len() > KEY_BYTES_MAX {
+        return Err(ApiError::bad_request(format!(
+            "a key must be 1 to {KEY_BYTES_MAX} bytes after percent-decoding; got {} bytes",
+            key.len()
+        )));
+    }
+    Ok(Bytes::from(key))
+}
+
+fn percent_decode(raw: &str) -> Result<Vec<u8>, ApiError> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(byte) => out.push(byte),
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "bad percent-encoding in the key at byte {i}: '%' must be followed by two hex digits"
+                )))
+            }
+        }
+        i += 3;
+    }
+    Ok(out)
+}
+
+fn request_id(headers: &HeaderMap) -> Result<Option<RequestId>, ApiError> {
+    let Some(value) = headers.get("request-id") else {
+        return Ok(None);
+    };
+    let parsed = value.to_str().ok().and_then(RequestId::parse);
+    match parsed {
+        Some(id) => Ok(Some(id)),
+        None => Err(ApiError::bad_request(
+            "Request-Id must be '<client-id>:<sequence>' with a decimal sequence",
+        )),
+    }
+}
+
+async fn read_body(state: &ApiState, body: Body) -> Result<Bytes, ApiError> {
+    let limit = state.options.value_bytes_max;
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let cause = e.into_inner();
+        if cause.is::<http_body_util::LengthLimitError>() {
+            ApiError::too_large(format!(
+                "the request body exceeds the {limit}-byte limit for values"
+            ))
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {cause}"))
+        }
+    })
+}
+
+fn path_and_query(uri: &Uri) -> String {
+    uri.path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_else(|| uri.path().to_string())
+}
+
+struct ClientWrite<'a> {
+    method: Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    body: Bytes,
+}
+
+/// Proposes `command` and waits for its outcome; forwards to the leader when this node
+/// does not lead (nothing was proposed here, so forwarding cannot duplicate it).
+async fn write(
+    state: &ApiState,
+    command: KvCommand,
+    origin: ClientWrite<'_>,
+) -> Result<Result<(u64, KvResponse), Response>, ApiError> {
+    let command = Command {
+        request_id: request_id(origin.headers)?,
+        body: command.encode().into(),
+    };
+    match state
+        .node
+        .write(command.encode().into(), state.options.request_timeout)
+        .await
+    {
+        Ok((index, applied)) => {
+            let (index, response) = match applied {
+                Applied::Fresh(response) => (index, response),
+                Applied::Duplicate { response, index } => (index, response),
+                Applied::Stale => {
+                    return Err(ApiError::conflict(
+                        "this Request-Id is older than the client's latest request; its outcome is no longer known",
+                    ))
+                }
+                Applied::Invalid => return Err(ApiError::internal("the command did not decode when applied")),
+            };
+            match KvResponse::decode(&response) {
+                Some(response) => Ok(Ok((index, response))),
+                None => Err(ApiError::internal("the state machine's answer did not decode")),
+            }
+        }
+        Err(RequestError::NotLeader(leader)) => Ok(Err(forward::to_leader(
+            state,
+            leader,
+            origin.method,
+            &path_and_query(origin.uri),
+            origin.headers,
+            origin.body,
+            false,
+        )
+        .await)),
+        Err(e) => Err(write_error(e)),
+    }
+}
+
+fn write_error(error: RequestError) -> ApiError {
+    match error {
+        RequestError::NotLeader(_) => ApiError::no_leader("no leader is known right now; nothing was proposed"),
+        RequestError::Stopped => ApiError::no_leader("the node is stopping; nothing was proposed; retry on another node"),
+        RequestError::NotCommitted => ApiError::no_leader(
+            "leadership changed before the write committed; it was not applied and never will be; safe to retry",
+        ),
+        RequestError::Unknown => ApiError::timeout(
+            "the write was proposed but its outcome is not known yet; it may or may not take effect (retry with the same Request-Id to find out)",
+        ),
+        RequestError::Refused(message) => ApiError::no_leader(message),
+    }
+}
+
+/// `PUT /v1/kv/{key}`.
+pub async fn put_key(State(state): State<Arc<ApiState>>, uri: Uri, headers: HeaderMap, body: Body) -> ApiResult {
+    let key = key_from_uri(&uri)?;
+    let value = read_body(&state, body).await?;
+    let origin = ClientWrite {
+        method: Method::PUT,
+        uri: &uri,
+        headers: &headers,
+        body: value.clone(),
+    };
+    Ok(match write(&state, KvCommand::Put { key, value }, origin).await? {
+        Ok((index, _)) => Json(json!({ "index": index })).into_response(),
+        Err(forwarded) => forwarded,
+    })
+}
+
+/// `DELETE /v1/kv/{key}`.
+pub async fn delete_key(State(state): State<Arc<ApiState>>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    let key = key_from_uri(&uri)?;
+    let origin = ClientWrite {
+        method: Method::DELETE,
+        uri: &uri,
+        headers: &headers,
+        body: Bytes::new(),
+    };
+    Ok(match write(&state, KvCommand::Delete { key }, origin).await? {
+        Ok((index, KvResponse::Delete { deleted })) => Json(json!({ "index": index, "deleted": deleted })).into_response(),
+        Ok((_, other)) => return Err(ApiError::internal(format!("unexpected answer to a delete: {other:?}"))),
+        Err(forwarded) => forwarded,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CasBody {
+    key: String,
+    #[serde(default)]
+    expected: Option<String>,
+    #[serde(default)]
+    value: Option<String>,
+}
+
+/// `POST /v1/cas`.
+pub async fn cas(State(state): State<Arc<ApiState>>, uri: Uri, headers: HeaderMap, body: Body) -> ApiResult {
+    let raw = read_body(&state, body).await?;
+    let parsed: CasBody = serde_json::from_slice(&raw).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the CAS body must be JSON {{\"key\": string, \"expected\": string|null, \"value\": string|null}}: {e}"
+        ))
+    })?;
+    if parsed.key.is_empty() || parsed.key.len() > KEY_BYTES_MAX {
+        return Err(ApiError::bad_request(format!("a key must be 1 to {KEY_BYTES_MAX} bytes")));
+    }
+    let command = KvCommand::Cas {
+        key: Bytes::from(parsed.key.into_bytes()),
+        expected: parsed.expected.map(|s| Bytes::from(s.into_bytes())),
+        value: parsed.value.map(|s| Bytes::from(s.into_bytes())),
+    };
+    let origin = ClientWrite {
+        method: Method::POST,
+        uri: &uri,
+        headers: &headers,
+        body: raw,
+    };
+    Ok(match write(&state, command, origin).await? {
+        Ok((index, KvResponse::Cas { succeeded, current })) => Json(json!({
+            "succeeded": succeeded,
+            "current": current.map(|c| String::from_utf8_lossy(&c).into_owned()),
+            "index": index,
+        }))
+        .into_response(),
+        Ok((_, other)) => return Err(ApiError::internal(format!("unexpected answer to a CAS: {other:?}"))),
+        Err(forwarded) => forwarded,
+    })
+}
+
+#[derive(Deserialize)]
+pub struct ReadParams {
+    consistency: Option<String>,
+}
+
+/// `GET /v1/kv/{key}?consistency=linearizable|lease|stale`.
+pub async fn get_key(
+    State(state): State<Arc<ApiState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(params): Query<ReadParams>,
+) -> ApiResult {
+    let key = key_from_uri(&uri)?;
+    let mode = match params.consistency.as_deref() {
+        None | Some("linearizable") => Some(ReadMode::Linearizable),
+        Some("lease") => Some(ReadMode::Lease),
+        Some("stale") => None,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "consistency must be linearizable, lease or stale, not {other:?}"
+            )))
+        }
+    };
+    if let Some(mode) = mode {
+        match state.node.read_barrier(mode, state.options.request_timeout).await {
+            Ok(_) => {}
+            Err(RequestError::NotLeader(leader)) => {
+                return Ok(forward::to_leader(
+                    &state,
+                    leader,
+                    Method::GET,
+                    &path_and_query(&uri),
+                    &headers,
+                    Bytes::new(),
+                    true,
+                )
+                .await)
+            }
+            Err(RequestError::Unknown) => {
+                return Err(ApiError::timeout("could not confirm leadership in time for a linearizable read; retry"))
+            }
+            Err(e) => return Err(write_error(e)),
+        }
+    }
+    // Read the value and the applied index under one lock so the index names the state
+    // the value came from.
+    let (value, index) = {
+        let state_machine = state.node.state.read().unwrap_or_else(|p| p.into_inner());
+        (state_machine.state.get(&key), state.node.applied_index())
+    };
+    let index_header = HeaderValue::from(index);
+    match value {
+        Some(value) => Ok((
+            StatusCode::OK,
+            [
+                ("x-raft-index", index_header),
+                ("content-type", HeaderValue::from_static("application/octet-stream")),
+            ],
+            value,
+        )
+            .into_response()),
+        None => {
+            let mut response = ApiError::not_found(format!("key {:?} is not set", String::from_utf8_lossy(&key))).into_response();
+            response.headers_mut().insert("x-raft-index", index_header);
+            Ok(response)
+        }
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+        Role::PreCandidate | Role::Candidate => "candidate",
+        Role::Learner => "learner",
+    }
+}
+
+fn members_json(membership: &Membership) -> Value {
+    Value::Array(
+        membership
+            .members
+            .iter()
+            .map(|(id, m)| json!({ "id": id, "raft_addr": m.raft_addr, "api_addr": m.api_addr, "voter": m.voter }))
+            .collect(),
+    )
+}
+
+/// `GET /v1/status`.
+pub async fn status(State(state): State<Arc<ApiState>>) -> ApiResult {
+    let status = state.node.status().await.map_err(write_error)?;
+    Ok(Json(json!({
+        "id": status.id,
+        "role": role_name(status.role),
+        "term": status.term,
+        "leader_id": status.leader_id,
+        "commit_index": status.commit_index,
+        "applied_index": status.applied_index,
+        "last_log_index": status.last_log_index,
+        "snapshot_index": status.snapshot_index,
+        "members": members_json(&status.membership),
+    }))
+    .into_response())
+}
+
+/// `GET /v1/members`.
+pub async fn members(State(state): State<Arc<ApiState>>) -> ApiResult {
+    let membership = state.node.membership();
+    Ok(Json(json!({ "members": members_json(&membership) })).into_response())
+}
+
+/// Membership changes and leadership transfer are served by a later release.
+pub async fn membership_change_unsupported() -> ApiError {
+    ApiError::not_implemented(
+        "membership changes and leadership transfer are not available in this version of raftlog",
+    )
+}
+
+#[derive(Deserialize)]
+pub struct LogParams {
+    from: Option<u64>,
+    limit: Option<u64>,
+}
+
+const LOG_LIMIT_MAX: u64 = 10_000;
+
+/// `GET /v1/log?from=N&limit=M`: entries still in the log.
+pub async fn log(State(state): State<Arc<ApiState>>, Query(params): Query<LogParams>) -> ApiResult {
+    let wal = &state.node.log.wal;
+    let first = wal.first_index();
+    let last = wal.last_index();
+    let from = params.from.unwrap_or(first).max(first);
+    let limit = params.limit.unwrap_or(100).min(LOG_LIMIT_MAX);
+    if from > last || limit == 0 {
+        return Ok(Json(json!([])).into_response());
+    }
+    let hi = (from + limit).min(last + 1);
+    let entries = wal
+        .entries(from, hi, u64::MAX)
+        .map_err(|e| ApiError::internal(format!("cannot read the log: {e}")))?;
+    let rendered: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            json!({
+                "index": e.index,
+                "term": e.term,
+                "kind": match e.kind {
+                    EntryKind::Normal => "normal",
+                    EntryKind::Noop => "noop",
+                    EntryKind::Membership => "membership",
+                },
+                "data": describe_entry(e.kind, &e.payload),
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(rendered)).into_response())
+}
+
+fn describe_entry(kind: EntryKind, payload: &[u8]) -> Value {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match kind {
+        EntryKind::Noop => Value::Null,
+        EntryKind::Membership => {
+            match bincode::serde::decode_from_slice::<Membership, _>(payload, bincode::config::standard()) {
+                Ok((membership, _)) => members_json(&membership),
+                Err(_) => Value::String(format!("<{} undecodable bytes>", payload.len())),
+            }
+        }
+        EntryKind::Normal => {
+            let Some(command) = Command::decode(payload) else {
+                return Value::String(format!("<{} undecodable bytes>", payload.len()));
+            };
+            let request_id = command
+                .request_id
+                .as_ref()
+                .map(|r| format!("{}:{}", r.client, r.sequence));
+            match KvCommand::decode(&command.body) {
+                Some(KvCommand::Put { key, value }) => {
+                    json!({"op": "put", "key": text(&key), "value": text(&value), "request_id": request_id})
+                }
+                Some(KvCommand::Delete { key }) => json!({"op": "delete", "key": text(&key), "request_id": request_id}),
+                Some(KvCommand::Cas { key, expected, value }) => json!({
+                    "op": "cas", "key": text(&key),
+                    "expected": expected.map(|b| text(&b)), "value": value.map(|b| text(&b)),
+                    "request_id": request_id,
+                }),
+                None => Value::String(format!("<{} undecodable bytes>", command.body.len())),
+            }
+        }
+    }
+}
+
+/// `POST /v1/snapshot`.
+pub async fn snapshot(State(state): State<Arc<ApiState>>) -> ApiResult {
+    match state.node.snapshot().await {
+        Ok(index) => Ok(Json(json!({ "snapshot_index": index })).into_response()),
+        Err(message) => Err(ApiError::internal(format!("snapshot failed: {message}"))),
+    }
+}
+
+/// `GET /healthz`.
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Unknown paths.
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no such endpoint: {}", uri.path()))
+}
+
+/// `GET /metrics` in the Prometheus text format.
+pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    let m = &state.node.metrics;
+    let t = state.node.transport.metrics();
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP raftlog_{name} {help}\n# TYPE raftlog_{name} counter\nraftlog_{name} {value}");
+    };
+    counter("proposals_total", "Client writes proposed to the Raft log.", m.proposals.get());
+    counter("proposals_refused_total", "Proposals refused (not leader, back-pressure).", m.proposals_refused.get());
+    counter("entries_applied_total", "Entries applied to the state machine.", m.entries_applied.get());
+    counter("wal_appends_total", "WAL appends (one fdatasync each).", m.wal_appends.get());
+    counter("wal_entries_total", "Entries written to the WAL.", m.wal_entries.get());
+    counter("wal_bytes_total", "Entry bytes written to the WAL.", m.wal_bytes.get());
+    counter("wal_append_microseconds_total", "Time spent in WAL appends.", m.wal_append_micros.get());
+    counter("snapshots_taken_total", "Snapshots of the state machine taken locally.", m.snapshots_taken.get());
+    counter("snapshot_bytes_written_total", "Snapshot bytes written locally.", m.snapshot_bytes_written.get());
+    counter("snapshot_milliseconds_total", "Time spent writing snapshots.", m.snapshot_millis.get());
+    counter("snapshots_installed_total", "Snapshots received from a leader and installed.", m.snapshots_installed.get());
+    counter("snapshot_bytes_received_total", "Snapshot bytes received from a leader.", m.snapshot_bytes_received.get());
+    counter("reads_total", "Linearizable and lease reads served.", m.reads.get());
+    counter("elections_total", "Elections started by this node.", m.elections.get());
+    counter("transport_frames_sent_total", "Peer frames sent.", t.frames_sent);
+    counter("transport_frames_received_total", "Peer frames received.", t.frames_received);
+    counter("transport_bytes_sent_total", "Peer bytes sent.", t.sent_bytes);
+    counter("transport_bytes_received_total", "Peer bytes received.", t.received_bytes);
+    counter(
+        "transport_dropped_total",
+        "Peer messages dropped (full queue, unknown or disconnected peer, failed write, oversize).",
+        t.dropped_queue_full
+            + t.dropped_unknown_peer
+            + t.dropped_disconnected
+            + t.dropped_write_failed
+            + t.dropped_oversize,
+    );
+    counter("transport_snapshot_chunks_dropped_total", "InstallSnapshot chunks dropped.", t.dropped_snapshot_chunks);
+    counter("transport_connect_errors_total", "Failed dials to peers.", t.connect_errors);
+    counter("transport_garbage_frames_total", "Frames refused as garbage.", t.garbage_frames);
+    counter("transport_handshakes_refused_total", "Peer handshakes refused (wrong cluster or unknown node).", t.handshakes_refused);
+    let _ = writeln!(
+        out,
+        "# HELP raftlog_snapshot_last_bytes Size of the last snapshot taken.\n# TYPE raftlog_snapshot_last_bytes gauge\nraftlog_snapshot_last_bytes {}",
+        m.snapshot_last_bytes.get()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP raftlog_applied_index Highest applied log index.\n# TYPE raftlog_applied_index gauge\nraftlog_applied_index {}",
+        state.node.applied_index()
+    );
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}

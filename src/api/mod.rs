@@ -1,0 +1,120 @@
+//! The client API: HTTP/1.1 with keep-alive, as specified in `shared/API.md`.
+//!
+//! Any node accepts any request. A follower forwards writes and linearizable reads to the
+//! leader and relays the answer ([`forward`]); `stale` reads are served locally.
+
+mod error;
+mod forward;
+mod handlers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use axum::Router;
+
+pub use self::error::ApiError;
+use crate::kv::KvStore;
+use crate::node::Node;
+
+/// Limits and timeouts of the API.
+#[derive(Clone, Debug)]
+pub struct ApiOptions {
+    /// Largest accepted value (and request body), bytes.
+    pub value_bytes_max: usize,
+    /// How long a write or a linearizable read may wait before `504 timeout`.
+    pub request_timeout: Duration,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        ApiOptions {
+            value_bytes_max: 1 << 20,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What every handler can reach.
+pub struct ApiState {
+    /// The node.
+    pub node: Node<KvStore>,
+    /// Limits.
+    pub options: ApiOptions,
+    /// Client for forwarding to the leader (keeps connections alive).
+    pub client: reqwest::Client,
+}
+
+/// The header that names the leader on every answer.
+pub const LEADER_HEADER: &str = "x-raft-leader";
+/// The header a forwarded request carries, so it is never forwarded twice.
+pub const FORWARDED_HEADER: &str = "x-raftlog-forwarded-by";
+
+/// Builds the router.
+pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
+    let client = reqwest::Client::builder()
+        .timeout(options.request_timeout + Duration::from_secs(1))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new());
+    let state = Arc::new(ApiState {
+        node,
+        options,
+        client,
+    });
+    Router::new()
+        .route(
+            "/v1/kv/{*key}",
+            put(handlers::put_key)
+                .get(handlers::get_key)
+                .delete(handlers::delete_key),
+        )
+        .route("/v1/cas", post(handlers::cas))
+        .route("/v1/status", get(handlers::status))
+        .route("/v1/log", get(handlers::log))
+        .route("/v1/snapshot", post(handlers::snapshot))
+        .route(
+            "/v1/members",
+            get(handlers::members).post(handlers::membership_change_unsupported),
+        )
+        .route(
+            "/v1/members/{id}",
+            axum::routing::delete(handlers::membership_change_unsupported),
+        )
+        .route(
+            "/v1/leader/transfer",
+            post(handlers::membership_change_unsupported),
+        )
+        .route("/metrics", get(handlers::metrics))
+        .route("/healthz", get(handlers::healthz))
+        .fallback(handlers::not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), leader_header))
+        .with_state(state)
+}
+
+/// Adds `X-Raft-Leader` to every answer when a leader is known (a forwarded answer
+/// already carries the leader's own view).
+async fn leader_header(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    if !response.headers().contains_key(LEADER_HEADER) {
+        if let Some(leader) = state.node.leader_hint() {
+            if let Ok(value) = HeaderValue::from_str(&leader.to_string()) {
+                response.headers_mut().insert(LEADER_HEADER, value);
+            }
+        }
+    }
+    response
+}
+
+/// Serves the API on `listener` until the process exits.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: Node<KvStore>,
+    options: ApiOptions,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(node, options)).await
+}

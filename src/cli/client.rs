@@ -1,0 +1,309 @@
+//! Client commands: one HTTP request to a node (or to each node, for `status`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::{Target, EXIT_FAILED, EXIT_USAGE};
+use crate::config::ClusterConfig;
+
+/// What the user asked for.
+#[derive(Debug)]
+pub enum Op {
+    Put { key: String, value: String },
+    Get { key: String, consistency: String },
+    Delete { key: String },
+    Cas { key: String, expected: Option<String>, value: Option<String> },
+    Status,
+    Log { from: Option<u64>, limit: u64 },
+    MembersList,
+    MembersAdd { id: u64, raft_addr: String, api_addr: String, voter: bool },
+    MembersRemove { id: u64 },
+    LeaderTransfer { id: u64 },
+    Snapshot,
+}
+
+/// Builds a CAS from the positional arguments and flags.
+pub fn cas_op(
+    key: String,
+    expected: Option<String>,
+    new: Option<String>,
+    expect_absent: bool,
+    delete: bool,
+) -> Result<Op, String> {
+    // Positionals fill EXPECTED first, so with --expect-absent a single value is the new one.
+    let (expected, new) = match (expect_absent, expected, new) {
+        (true, Some(value), None) => (None, Some(value)),
+        (true, None, None) => (None, None),
+        (true, Some(_), Some(_)) => return Err("--expect-absent takes no EXPECTED value".into()),
+        (false, None, _) => return Err("give EXPECTED (or --expect-absent)".into()),
+        (false, expected, new) => (expected, new),
+        (true, None, Some(_)) => return Err("unreachable argument order".into()),
+    };
+    match (delete, &new) {
+        (true, Some(_)) => Err("--delete takes no NEW value".into()),
+        (false, None) => Err("give NEW (or --delete)".into()),
+        _ => Ok(Op::Cas {
+            key,
+            expected,
+            value: new,
+        }),
+    }
+}
+
+/// Runs `op` and returns the exit status.
+pub fn run(target: Target, op: Op) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("raftlog: cannot start the async runtime: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let addrs = match addresses(&target) {
+        Ok(addrs) => addrs,
+        Err(message) => {
+            eprintln!("{message}");
+            return EXIT_USAGE;
+        }
+    };
+    runtime.block_on(async move {
+        let client = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
+            Ok(client) => client,
+            Err(e) => {
+                eprintln!("raftlog: cannot build an HTTP client: {e}");
+                return EXIT_FAILED;
+            }
+        };
+        match op {
+            Op::Status => status(&client, &addrs, target.json).await,
+            op => single(&client, &addrs, op, target.json).await,
+        }
+    })
+}
+
+/// `--addr` alone, or every node of `--config` (default ./config.json).
+fn addresses(target: &Target) -> Result<Vec<String>, String> {
+    if let Some(addr) = &target.addr {
+        return Ok(vec![addr.clone()]);
+    }
+    let path = target.config.clone().unwrap_or_else(|| PathBuf::from("config.json"));
+    let config = ClusterConfig::load(Path::new(&path)).map_err(|e| {
+        format!("{e}\n(give --addr HOST:PORT of a node, or --config FILE with the cluster's nodes)")
+    })?;
+    Ok(config.nodes().values().map(|n| n.api_addr.to_string()).collect())
+}
+
+fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for byte in key.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn request(client: &reqwest::Client, addr: &str, op: &Op) -> reqwest::RequestBuilder {
+    let url = |path: &str| format!("http://{addr}{path}");
+    match op {
+        Op::Put { key, value } => client.put(url(&format!("/v1/kv/{}", encode_key(key)))).body(value.clone()),
+        Op::Get { key, consistency } => client.get(url(&format!(
+            "/v1/kv/{}?consistency={}",
+            encode_key(key),
+            encode_key(consistency)
+        ))),
+        Op::Delete { key } => client.delete(url(&format!("/v1/kv/{}", encode_key(key)))),
+        Op::Cas { key, expected, value } => client
+            .post(url("/v1/cas"))
+            .json(&json!({"key": key, "expected": expected, "value": value})),
+        Op::Status => client.get(url("/v1/status")),
+        Op::Log { from, limit } => {
+            let from = from.map(|f| format!("&from={f}")).unwrap_or_default();
+            client.get(url(&format!("/v1/log?limit={limit}{from}")))
+        }
+        Op::MembersList => client.get(url("/v1/members")),
+        Op::MembersAdd { id, raft_addr, api_addr, voter } => client
+            .post(url("/v1/members"))
+            .json(&json!({"id": id, "raft_addr": raft_addr, "api_addr": api_addr, "voter": voter})),
+        Op::MembersRemove { id } => client.delete(url(&format!("/v1/members/{id}"))),
+        Op::LeaderTransfer { id } => client.post(url("/v1/leader/transfer")).json(&json!({"to": id})),
+        Op::Snapshot => client.post(url("/v1/snapshot")),
+    }
+}
+
+/// Sends `op` to the first node that answers (a node that answers with an error is an
+/// answer: writes are not retried elsewhere, which could apply them twice).
+async fn single(client: &reqwest::Client, addrs: &[String], op: Op, as_json: bool) -> i32 {
+    let mut last_error = String::new();
+    for addr in addrs {
+        let response = match request(client, addr, &op).send().await {
+            Ok(response) => response,
+            Err(e) if e.is_connect() => {
+                last_error = format!("cannot connect to {addr}: {e}");
+                continue;
+            }
+            Err(e) => {
+                eprintln!("raftlog: request to {addr} failed: {e}");
+                return EXIT_FAILED;
+            }
+        };
+        return print_answer(&op, response, as_json).await;
+    }
+    eprintln!("raftlog: no node answered ({last_error}); is the cluster running?");
+    EXIT_FAILED
+}
+
+async fn print_answer(op: &Op, response: reqwest::Response, as_json: bool) -> i32 {
+    let status = response.status();
+    let index = response
+        .headers()
+        .get("x-raft-index")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = match response.bytes().await {
+        Ok(body) => body,
+        Err(e) => {
+            eprintln!("raftlog: the answer was cut off: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    if !status.is_success() {
+        let message = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| {
+                let code = v["error"]["code"].as_str()?.to_string();
+                let message = v["error"]["message"].as_str()?.to_string();
+                Some(format!("{code}: {message}"))
+            })
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        if as_json {
+            println!("{}", String::from_utf8_lossy(&body));
+        }
+        eprintln!("raftlog: {} ({status})", message);
+        return EXIT_FAILED;
+    }
+    if let Op::Get { .. } = op {
+        if as_json {
+            println!(
+                "{}",
+                json!({"value": String::from_utf8_lossy(&body), "index": index.and_then(|i| i.parse::<u64>().ok())})
+            );
+        } else {
+            println!("{}", String::from_utf8_lossy(&body));
+        }
+        return 0;
+    }
+    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if as_json {
+        println!("{value}");
+        return 0;
+    }
+    print_human(op, &value);
+    0
+}
+
+fn print_human(op: &Op, value: &Value) {
+    match op {
+        Op::Put { .. } => println!("OK (index {})", value["index"]),
+        Op::Delete { .. } => {
+            let deleted = value["deleted"].as_bool().unwrap_or(false);
+            println!("{} (index {})", if deleted { "deleted" } else { "not found" }, value["index"]);
+        }
+        Op::Cas { .. } => {
+            let current = value["current"].as_str().map(|s| format!("{s:?}")).unwrap_or("(absent)".into());
+            if value["succeeded"].as_bool().unwrap_or(false) {
+                println!("swapped: now {current} (index {})", value["index"]);
+            } else {
+                println!("not swapped: the value is {current}");
+            }
+        }
+        Op::Log { .. } => {
+            for entry in value.as_array().into_iter().flatten() {
+                println!(
+                    "{:>8} term {:<4} {:<10} {}",
+                    cell(&entry["index"]),
+                    cell(&entry["term"]),
+                    cell(&entry["kind"]),
+                    entry["data"]
+                );
+            }
+        }
+        Op::MembersList | Op::MembersAdd { .. } | Op::MembersRemove { .. } => {
+            let members = value["members"].as_array().cloned().unwrap_or_default();
+            println!("{:<6} {:<22} {:<22} voter", "id", "raft_addr", "api_addr");
+            for m in members {
+                println!(
+                    "{:<6} {:<22} {:<22} {}",
+                    cell(&m["id"]),
+                    cell(&m["raft_addr"]),
+                    cell(&m["api_addr"]),
+                    cell(&m["voter"])
+                );
+            }
+        }
+        Op::Snapshot => println!("snapshot at index {}", value["snapshot_index"]),
+        _ => println!("{value}"),
+    }
+}
+
+/// A JSON value as a table cell (`Value`'s Display ignores width and quotes strings).
+fn cell(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// `status`: ask every node and print one row each.
+async fn status(client: &reqwest::Client, addrs: &[String], as_json: bool) -> i32 {
+    let mut rows = Vec::new();
+    let mut reachable = 0;
+    for addr in addrs {
+        let answer = match client.get(format!("http://{addr}/v1/status")).send().await {
+            Ok(response) if response.status().is_success() => response.json::<Value>().await.ok(),
+            _ => None,
+        };
+        if answer.is_some() {
+            reachable += 1;
+        }
+        rows.push((addr.clone(), answer));
+    }
+    if as_json {
+        let all: Vec<Value> = rows
+            .iter()
+            .map(|(addr, s)| s.clone().unwrap_or_else(|| json!({"api_addr": addr, "error": "unreachable"})))
+            .collect();
+        println!("{}", Value::Array(all));
+    } else {
+        println!(
+            "{:<4} {:<22} {:<10} {:>6} {:>10} {:>10} {:>8} {:>8}",
+            "id", "api_addr", "role", "term", "commit", "applied", "snapshot", "leader"
+        );
+        for (addr, s) in &rows {
+            match s {
+                Some(s) => println!(
+                    "{:<4} {:<22} {:<10} {:>6} {:>10} {:>10} {:>8} {:>8}",
+                    cell(&s["id"]),
+                    addr,
+                    cell(&s["role"]),
+                    cell(&s["term"]),
+                    cell(&s["commit_index"]),
+                    cell(&s["applied_index"]),
+                    cell(&s["snapshot_index"]),
+                    cell(&s["leader_id"])
+                ),
+                None => println!("{:<4} {:<22} unreachable", "?", addr),
+            }
+        }
+    }
+    if reachable == 0 {
+        eprintln!("raftlog: no node answered; is the cluster running?");
+        return EXIT_FAILED;
+    }
+    0
+}

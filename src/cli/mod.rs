@@ -1,0 +1,257 @@
+//! The command line (clap). Exit status: 0 success, 1 operation failed, 2 usage or
+//! configuration error.
+
+mod client;
+mod cluster;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit status of a failed operation.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit status of a usage or configuration error.
+pub const EXIT_USAGE: i32 = 2;
+
+/// raftlog: a durable, Raft-replicated log and key-value store.
+#[derive(Parser, Debug)]
+#[command(name = "raftlog", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where a client command sends its request.
+#[derive(Args, Debug, Clone)]
+pub struct Target {
+    /// A node's API address, e.g. 127.0.0.1:8001.
+    #[arg(long, global = true)]
+    addr: Option<String>,
+    /// A cluster file: try each node in turn (default: ./config.json when --addr is absent).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one node.
+    Serve {
+        /// The cluster file.
+        #[arg(long, default_value = "config.json")]
+        config: PathBuf,
+        /// This node's id (a key of `nodes` in the cluster file).
+        #[arg(long)]
+        id: u64,
+        /// Override the data directory (default: <data_dir>/node-<id> from the file).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run a whole local cluster as child processes, for trying raftlog out.
+    Cluster {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// The cluster file to take addresses and settings from.
+        #[arg(long, default_value = "config.json")]
+        config: PathBuf,
+    },
+    /// Set KEY to VALUE.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print the value of KEY.
+    Get {
+        /// The key.
+        key: String,
+        /// linearizable (default), lease or stale.
+        #[arg(long, default_value = "linearizable")]
+        consistency: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete KEY.
+    Delete {
+        /// The key.
+        key: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Compare-and-swap: set KEY to NEW if it is EXPECTED.
+    Cas {
+        /// The key.
+        key: String,
+        /// The value the key must have (omit with --expect-absent).
+        expected: Option<String>,
+        /// The new value (omit with --delete).
+        new: Option<String>,
+        /// The key must be absent.
+        #[arg(long)]
+        expect_absent: bool,
+        /// Delete the key instead of setting it.
+        #[arg(long)]
+        delete: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show every node: role, term, commit and applied index, leader.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show log entries still in a node's log.
+    Log {
+        /// First index.
+        #[arg(long)]
+        from: Option<u64>,
+        /// How many entries.
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Cluster membership.
+    Members {
+        #[command(subcommand)]
+        action: MembersAction,
+    },
+    /// Leadership.
+    Leader {
+        #[command(subcommand)]
+        action: LeaderAction,
+    },
+    /// Snapshot the state machine of the node asked and compact its log.
+    Snapshot {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MembersAction {
+    /// List members.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Add a member.
+    Add {
+        /// Its id.
+        id: u64,
+        /// Its raft address.
+        raft_addr: String,
+        /// Its API address.
+        api_addr: String,
+        /// Add as a non-voting learner.
+        #[arg(long)]
+        learner: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove a member.
+    Remove {
+        /// Its id.
+        id: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LeaderAction {
+    /// Hand leadership to node ID.
+    Transfer {
+        /// The new leader.
+        id: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Parses the command line, runs the command, and returns the process exit status.
+pub fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { 0 };
+        }
+    };
+    match cli.command {
+        Command::Serve {
+            config,
+            id,
+            data_dir,
+        } => serve::run(&config, id, data_dir),
+        Command::Cluster { nodes, config } => cluster::run(&config, nodes),
+        Command::Put { key, value, target } => client::run(target, client::Op::Put { key, value }),
+        Command::Get {
+            key,
+            consistency,
+            target,
+        } => client::run(target, client::Op::Get { key, consistency }),
+        Command::Delete { key, target } => client::run(target, client::Op::Delete { key }),
+        Command::Cas {
+            key,
+            expected,
+            new,
+            expect_absent,
+            delete,
+            target,
+        } => match client::cas_op(key, expected, new, expect_absent, delete) {
+            Ok(op) => client::run(target, op),
+            Err(message) => {
+                eprintln!("raftlog cas: {message}");
+                EXIT_USAGE
+            }
+        },
+        Command::Status { target } => client::run(target, client::Op::Status),
+        Command::Log {
+            from,
+            limit,
+            target,
+        } => client::run(target, client::Op::Log { from, limit }),
+        Command::Members { action } => match action {
+            MembersAction::List { target } => client::run(target, client::Op::MembersList),
+            MembersAction::Add {
+                id,
+                raft_addr,
+                api_addr,
+                learner,
+                target,
+            } => client::run(
+                target,
+                client::Op::MembersAdd {
+                    id,
+                    raft_addr,
+                    api_addr,
+                    voter: !learner,
+                },
+            ),
+            MembersAction::Remove { id, target } => client::run(target, client::Op::MembersRemove { id }),
+        },
+        Command::Leader {
+            action: LeaderAction::Transfer { id, target },
+        } => client::run(target, client::Op::LeaderTransfer { id }),
+        Command::Snapshot { target } => client::run(target, client::Op::Snapshot),
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` overrides the default level (info).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,301 @@
+//! The apply thread: applies committed entries to the state machine, answers the clients
+//! waiting on them, restores installed snapshots, and takes snapshots in the background.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use storage::{Entry, EntryKind, Membership, SnapshotMeta};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::log_storage::DurableLog;
+use super::{Event, Metrics};
+use crate::kv::{Applied, Replicated, StateMachine};
+
+/// What a client waiting on a proposal learns.
+#[derive(Debug)]
+pub enum WriteOutcome {
+    /// Committed and applied at `index`.
+    Applied {
+        /// The log index.
+        index: u64,
+        /// The state machine's answer.
+        applied: Applied,
+    },
+    /// Another entry committed at the proposal's index: it never will.
+    Superseded,
+    /// A snapshot replaced the log around the proposal: its outcome is unknown here.
+    Unknown,
+}
+
+/// A client waiting for the entry it proposed at some index.
+pub struct PendingWrite {
+    /// The term the entry was proposed in; a different term at that index means it lost.
+    pub term: u64,
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<WriteOutcome>,
+}
+
+/// Proposals waiting to be applied, by index.
+pub type PendingWrites = Arc<Mutex<BTreeMap<u64, PendingWrite>>>;
+
+/// Work for the apply thread, in log order.
+pub enum ApplyJob {
+    /// Committed entries, in index order.
+    Entries(Vec<Entry>),
+    /// A snapshot from the leader was installed: load it.
+    Restore(SnapshotMeta),
+    /// Take a snapshot now (`POST /v1/snapshot`); the reply carries its index.
+    TakeSnapshot(oneshot::Sender<Result<u64, String>>),
+    /// A background snapshot finished (or failed).
+    SnapshotDone(Result<SnapshotMeta, String>),
+}
+
+pub(super) struct Applier<S: StateMachine> {
+    pub state: Arc<RwLock<Replicated<S>>>,
+    pub log: Arc<DurableLog>,
+    pub pending: PendingWrites,
+    pub applied_tx: watch::Sender<u64>,
+    pub events: mpsc::UnboundedSender<Event>,
+    pub jobs_tx: mpsc::UnboundedSender<ApplyJob>,
+    pub metrics: Arc<Metrics>,
+    pub snapshot_threshold: u64,
+    pub snapshot_trailing_entries: u64,
+    /// Membership as of `applied_index` (what a snapshot taken now records).
+    pub membership: Membership,
+    pub applied_index: u64,
+    pub applied_term: u64,
+    pub last_snapshot_index: u64,
+    pub snapshot_in_progress: bool,
+    pub snapshot_waiters: Vec<oneshot::Sender<Result<u64, String>>>,
+}
+
+impl<S: StateMachine> Applier<S> {
+    pub fn run(mut self, mut jobs: mpsc::UnboundedReceiver<ApplyJob>) {
+        while let Some(job) = jobs.blocking_recv() {
+            match job {
+                ApplyJob::Entries(entries) => self.apply_entries(entries),
+                ApplyJob::Restore(meta) => {
+                    if let Err(message) = self.restore(&meta) {
+                        tracing::error!("{message}");
+                        let _ = self.events.send(Event::Fatal(message));
+                        return;
+                    }
+                }
+                ApplyJob::TakeSnapshot(reply) => {
+                    self.snapshot_waiters.push(reply);
+                    self.start_snapshot();
+                }
+                ApplyJob::SnapshotDone(result) => self.snapshot_done(result),
+            }
+        }
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>) {
+        let Some(last) = entries.last().map(|e| (e.index, e.term)) else {
+            return;
+        };
+        let mut outcomes = Vec::with_capacity(entries.len());
+        {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            for entry in &entries {
+                // Invariant: entries arrive exactly once, in order (the core hands them out so).
+                assert_eq!(
+                    entry.index,
+                    self.applied_index + 1,
+                    "apply: entry {} does not follow applied index {}",
+                    entry.index,
+                    self.applied_index
+                );
+                self.applied_index = entry.index;
+                let applied = match entry.kind {
+                    EntryKind::Normal => Some(state.apply(entry.index, &entry.payload)),
+                    EntryKind::Noop => None,
+                    EntryKind::Membership => {
+                        match bincode::serde::decode_from_slice::<Membership, _>(
+                            &entry.payload,
+                            bincode::config::standard(),
+                        ) {
+                            Ok((membership, _)) => self.membership = membership,
+                            Err(e) => tracing::error!(
+                                index = entry.index,
+                                "membership entry does not decode: {e}"
+                            ),
+                        }
+                        None
+                    }
+                };
+                outcomes.push((entry.index, entry.term, applied));
+            }
+        }
+        self.applied_term = last.1;
+        self.answer_clients(outcomes);
+        self.metrics.entries_applied.add(entries.len() as u64);
+        let _ = self.applied_tx.send(self.applied_index);
+        let _ = self.events.send(Event::Applied {
+            index: self.applied_index,
+        });
+        if self.applied_index - self.last_snapshot_index >= self.snapshot_threshold {
+            self.start_snapshot();
+        }
+    }
+
+    fn answer_clients(&mut self, outcomes: Vec<(u64, u64, Option<Applied>)>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for (index, term, applied) in outcomes {
+            let Some(waiter) = pending.remove(&index) else {
+                continue;
+            };
+            let outcome = match applied {
+                Some(applied) if waiter.term == term => WriteOutcome::Applied { index, applied },
+                _ => WriteOutcome::Superseded,
+            };
+            let _ = waiter.reply.send(outcome);
+        }
+    }
+
+    fn restore(&mut self, meta: &SnapshotMeta) -> Result<(), String> {
+        let started = Instant::now();
+        let mut reader = self
+            .log
+            .snapshots
+            .open_reader(meta)
+            .map_err(|e| format!("cannot open installed snapshot {}: {e}", meta.last_index))?;
+        {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            state.restore(&mut reader).map_err(|e| {
+                format!(
+                    "cannot restore the state machine from snapshot {}: {e}",
+                    meta.last_index
+                )
+            })?;
+        }
+        self.applied_index = meta.last_index;
+        self.applied_term = meta.last_term;
+        self.last_snapshot_index = meta.last_index;
+        self.membership = meta.membership.clone();
+        // Proposals the snapshot jumped over may or may not be in it.
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let covered: Vec<u64> = pending.range(..=meta.last_index).map(|(i, _)| *i).collect();
+        for index in covered {
+            if let Some(waiter) = pending.remove(&index) {
+                let _ = waiter.reply.send(WriteOutcome::Unknown);
+            }
+        }
+        drop(pending);
+        let _ = self.applied_tx.send(self.applied_index);
+        let _ = self.events.send(Event::Applied {
+            index: self.applied_index,
+        });
+        tracing::info!(
+            last_index = meta.last_index,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "state machine restored from snapshot"
+        );
+        Ok(())
+    }
+
+    /// Freezes the state (O(1): the map is persistent) and writes it on another thread, so
+    /// applying carries on while the snapshot is written.
+    fn start_snapshot(&mut self) {
+        if self.snapshot_in_progress {
+            return;
+        }
+        if self.applied_index == self.last_snapshot_index {
+            let index = self.applied_index;
+            for waiter in self.snapshot_waiters.drain(..) {
+                let _ = waiter.send(Ok(index));
+            }
+            return;
+        }
+        self.snapshot_in_progress = true;
+        let frozen = self.state.read().unwrap_or_else(|p| p.into_inner()).snapshot();
+        let meta = SnapshotMeta {
+            last_index: self.applied_index,
+            last_term: self.applied_term,
+            membership: self.membership.clone(),
+        };
+        let log = self.log.clone();
+        let jobs = self.jobs_tx.clone();
+        let metrics = self.metrics.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let result = write_snapshot(&log, meta, &frozen);
+            if let Ok((meta, bytes)) = &result {
+                metrics.record_snapshot(*bytes, started.elapsed());
+                tracing::info!(
+                    last_index = meta.last_index,
+                    bytes,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "snapshot taken"
+                );
+            }
+            let _ = jobs.send(ApplyJob::SnapshotDone(result.map(|(meta, _)| meta)));
+        });
+    }
+
+    fn snapshot_done(&mut self, result: Result<SnapshotMeta, String>) {
+        self.snapshot_in_progress = false;
+        match result {
+            Ok(meta) => {
+                self.last_snapshot_index = self.last_snapshot_index.max(meta.last_index);
+                self.log.set_snapshot_meta(meta.clone());
+                let compact_upto = meta
+                    .last_index
+                    .saturating_sub(self.snapshot_trailing_entries);
+                let _ = self.events.send(Event::SnapshotTaken {
+                    meta: meta.clone(),
+                    compact_upto,
+                });
+                for waiter in self.snapshot_waiters.drain(..) {
+                    let _ = waiter.send(Ok(meta.last_index));
+                }
+            }
+            Err(message) => {
+                tracing::error!("{message}");
+                for waiter in self.snapshot_waiters.drain(..) {
+                    let _ = waiter.send(Err(message.clone()));
+                }
+            }
+        }
+        // Waiters that arrived during the write want a snapshot at least that recent.
+        if !self.snapshot_waiters.is_empty() {
+            self.start_snapshot();
+        }
+    }
+}
+
+fn write_snapshot(
+    log: &DurableLog,
+    meta: SnapshotMeta,
+    frozen: &crate::kv::ReplicatedSnapshot,
+) -> Result<(SnapshotMeta, u64), String> {
+    let index = meta.last_index;
+    let fail = |e: &dyn std::fmt::Display| format!("cannot write snapshot {index}: {e}");
+    let mut writer = log.snapshots.begin(meta).map_err(|e| fail(&e))?;
+    let mut counting = CountingWriter {
+        inner: &mut writer,
+        bytes: 0,
+    };
+    frozen.write_to(&mut counting).map_err(|e| fail(&e))?;
+    let bytes = counting.bytes;
+    let meta = writer.finish().map_err(|e| fail(&e))?;
+    Ok((meta, bytes))
+}
+
+struct CountingWriter<'a, W: std::io::Write> {
+    inner: &'a mut W,
+    bytes: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for CountingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,273 @@
+//! The persistence thread: makes each `Ready`'s entries, hard state and snapshot chunks
+//! durable, then sends the messages that depend on them and tells the raft loop.
+//!
+//! Group commit: while one fsync runs, the raft loop keeps producing `Ready`s; the next
+//! round drains every queued job and writes them with one WAL append (one fdatasync),
+//! whatever the number of client proposals behind them. A slow disk therefore slows only
+//! what depends on it: the raft loop (heartbeats, replication to followers) never waits.
+
+use std::sync::Arc;
+
+use storage::snapshot::SnapshotReceiver;
+use storage::stable::StableStore;
+use storage::{Entry, HardState, SnapshotMeta};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+use super::log_storage::DurableLog;
+use super::{apply::ApplyJob, Event};
+use crate::raft::{Envelope, SnapshotChunk};
+use crate::transport::Transport;
+
+/// One `Ready`'s worth of work for the persistence thread, in the order it must happen.
+pub struct WriteJob {
+    /// A snapshot chunk from the leader.
+    pub snapshot_chunk: Option<SnapshotChunk>,
+    /// Entries to append (truncating a conflicting suffix first).
+    pub entries: Vec<Entry>,
+    /// Term and vote.
+    pub hard_state: Option<HardState>,
+    /// Messages to send once all of the above is durable.
+    pub messages: Vec<Envelope>,
+}
+
+/// Most entry bytes one WAL append carries; beyond ~1 MiB a bigger group commit only adds
+/// latency.
+const GROUP_COMMIT_BYTES_MAX: u64 = 1 << 20;
+
+enum ChunkOutcome {
+    Accepted,
+    Installed { index: u64, term: u64 },
+    Rejected,
+}
+
+fn abandon(receiving: &mut Option<(SnapshotMeta, SnapshotReceiver)>) {
+    if let Some((meta, receiver)) = receiving.take() {
+        if let Err(e) = receiver.abort() {
+            tracing::warn!("cannot remove the abandoned transfer of snapshot {}: {e}", meta.last_index);
+        }
+    }
+}
+
+pub(super) struct Writer {
+    pub log: Arc<DurableLog>,
+    pub stable: Arc<StableStore>,
+    pub transport: Transport,
+    pub events: UnboundedSender<Event>,
+    pub apply: UnboundedSender<ApplyJob>,
+    pub metrics: Arc<super::Metrics>,
+}
+
+struct Round {
+    batch: Vec<Entry>,
+    batch_bytes: u64,
+    hard_state: Option<HardState>,
+    messages: Vec<Envelope>,
+    persisted: Option<(u64, u64)>,
+}
+
+impl Writer {
+    /// Runs until the raft loop drops its sender. A storage error is fatal for the node:
+    /// after a failed fsync nothing can be acknowledged safely (the page cache may have
+    /// dropped the dirty pages), so the node reports it and stops.
+    pub fn run(mut self, mut jobs: UnboundedReceiver<WriteJob>) {
+        let mut receiving: Option<(SnapshotMeta, SnapshotReceiver)> = None;
+        while let Some(first) = jobs.blocking_recv() {
+            let mut pending = vec![first];
+            while let Ok(job) = jobs.try_recv() {
+                pending.push(job);
+            }
+            if let Err(message) = self.write_round(pending, &mut receiving) {
+                tracing::error!("{message}");
+                let _ = self.events.send(Event::Fatal(message));
+                return;
+            }
+        }
+    }
+
+    fn write_round(
+        &mut self,
+        jobs: Vec<WriteJob>,
+        receiving: &mut Option<(SnapshotMeta, SnapshotReceiver)>,
+    ) -> Result<(), String> {
+        let mut round = Round {
+            batch: Vec::new(),
+            batch_bytes: 0,
+            hard_state: None,
+            messages: Vec::new(),
+            persisted: None,
+        };
+        for job in jobs {
+            let mut messages = job.messages;
+            if let Some(chunk) = job.snapshot_chunk {
+                self.flush(&mut round)?;
+                match self.receive_chunk(chunk, receiving)? {
+                    ChunkOutcome::Accepted => {}
+                    ChunkOutcome::Installed { index, term } => round.persisted = Some((index, term)),
+                    ChunkOutcome::Rejected => {
+                        // Never acknowledge a chunk that is not on disk; the leader
+                        // retries the transfer.
+                        messages.retain(|m| !matches!(m.message, crate::raft::Message::InstallSnapshotResponse { .. }));
+                    }
+                }
+            }
+            if let Some(first) = job.entries.first() {
+                self.make_room(&mut round, first.index)?;
+                round.persisted = job.entries.last().map(|e| (e.index, e.term));
+                for entry in job.entries {
+                    round.batch_bytes += entry.size_bytes();
+                    round.batch.push(entry);
+                }
+                if round.batch_bytes >= GROUP_COMMIT_BYTES_MAX {
+                    self.flush(&mut round)?;
+                }
+            }
+            if job.hard_state.is_some() {
+                round.hard_state = job.hard_state;
+            }
+            round.messages.extend(messages);
+        }
+        self.flush(&mut round)?;
+        if let Some(hard_state) = round.hard_state {
+            self.stable
+                .save_hard_state(&hard_state)
+                .map_err(|e| format!("cannot persist term and vote: {e}; stopping the node"))?;
+        }
+        for envelope in round.messages.drain(..) {
+            let _ = self.transport.send(envelope);
+        }
+        if let Some((index, term)) = round.persisted {
+            let _ = self.events.send(Event::Persisted { index, term });
+        }
+        Ok(())
+    }
+
+    /// Prepares to append at `index`: a conflicting suffix (Raft §5.3) is dropped from the
+    /// pending batch, or from the WAL once the batch is out of the way.
+    fn make_room(&mut self, round: &mut Round, index: u64) -> Result<(), String> {
+        if let Some(batch_first) = round.batch.first().map(|e| e.index) {
+            if index > batch_first {
+                round.batch.truncate((index - batch_first) as usize);
+                round.batch_bytes = round.batch.iter().map(Entry::size_bytes).sum();
+                return Ok(());
+            }
+            round.batch.clear();
+            round.batch_bytes = 0;
+        }
+        if index <= self.log.wal.last_index() {
+            tracing::info!(index, "truncating a conflicting log suffix");
+            self.log
+                .wal
+                .truncate_suffix(index)
+                .map_err(|e| format!("cannot truncate the log from {index}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, round: &mut Round) -> Result<(), String> {
+        if round.batch.is_empty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        self.log
+            .wal
+            .append(&round.batch)
+            .map_err(|e| format!("cannot append to the write-ahead log: {e}; stopping the node"))?;
+        self.metrics.record_wal_append(
+            round.batch.len() as u64,
+            round.batch_bytes,
+            started.elapsed(),
+        );
+        round.batch.clear();
+        round.batch_bytes = 0;
+        Ok(())
+    }
+
+    /// Writes one InstallSnapshot chunk; on the last one installs the snapshot. A chunk that
+    /// cannot be written or fails its checksum abandons the transfer (the data came from
+    /// the network; it is no reason to stop the node).
+    fn receive_chunk(
+        &mut self,
+        chunk: SnapshotChunk,
+        receiving: &mut Option<(SnapshotMeta, SnapshotReceiver)>,
+    ) -> Result<ChunkOutcome, String> {
+        if chunk.offset == 0 {
+            abandon(receiving);
+            tracing::info!(
+                last_index = chunk.meta.last_index,
+                last_term = chunk.meta.last_term,
+                "receiving a snapshot from the leader"
+            );
+            match self.log.snapshots.begin_receive(chunk.meta.clone()) {
+                Ok(receiver) => *receiving = Some((chunk.meta.clone(), receiver)),
+                Err(e) => {
+                    tracing::warn!("cannot start receiving snapshot {}: {e}", chunk.meta.last_index);
+                    return Ok(ChunkOutcome::Rejected);
+                }
+            }
+        }
+        let written = match receiving.as_mut() {
+            Some((meta, receiver)) if *meta == chunk.meta => receiver.write_chunk(chunk.offset, &chunk.data),
+            _ => {
+                tracing::warn!(
+                    offset = chunk.offset,
+                    last_index = chunk.meta.last_index,
+                    "snapshot chunk for no transfer in progress; dropped"
+                );
+                return Ok(ChunkOutcome::Rejected);
+            }
+        };
+        if let Err(e) = written {
+            tracing::warn!("snapshot transfer abandoned: {e}");
+            abandon(receiving);
+            return Ok(ChunkOutcome::Rejected);
+        }
+        self.metrics.add_snapshot_bytes_received(chunk.data.len() as u64);
+        if !chunk.done {
+            return Ok(ChunkOutcome::Accepted);
+        }
+        let Some((meta, receiver)) = receiving.take() else {
+            return Ok(ChunkOutcome::Rejected);
+        };
+        if let Err(e) = receiver.finish() {
+            tracing::warn!("received snapshot {} failed verification: {e}", meta.last_index);
+            return Ok(ChunkOutcome::Rejected);
+        }
+        self.install(&meta)?;
+        Ok(ChunkOutcome::Installed {
+            index: meta.last_index,
+            term: meta.last_term,
+        })
+    }
+
+    /// The snapshot file is durable: make the log agree with it (Raft §7: keep a suffix that
+    /// matches, else discard the whole log), then hand the state machine to the apply thread.
+    fn install(&mut self, meta: &SnapshotMeta) -> Result<(), String> {
+        reconcile_log_with_snapshot(&self.log, meta)?;
+        self.log.set_snapshot_meta(meta.clone());
+        self.metrics.snapshots_installed.inc();
+        tracing::info!(
+            last_index = meta.last_index,
+            last_term = meta.last_term,
+            "installed a snapshot from the leader"
+        );
+        let _ = self.apply.send(ApplyJob::Restore(meta.clone()));
+        Ok(())
+    }
+}
+
+/// Makes the WAL start right after `meta` unless it holds a suffix matching it. Used when
+/// installing a received snapshot and on startup (a crash may fall between the two steps).
+pub fn reconcile_log_with_snapshot(log: &DurableLog, meta: &SnapshotMeta) -> Result<(), String> {
+    let wal = &log.wal;
+    let matches = wal.last_index() >= meta.last_index
+        && wal.first_index() <= meta.last_index
+        && wal.term(meta.last_index).ok() == Some(meta.last_term);
+    let fail = |e: storage::Error| format!("cannot compact the log to snapshot {}: {e}", meta.last_index);
+    if !matches && wal.last_index() >= wal.first_index() {
+        wal.truncate_suffix(wal.first_index()).map_err(fail)?;
+    }
+    if wal.first_index() <= meta.last_index {
+        wal.compact_prefix(meta.last_index).map_err(fail)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,327 @@
+//! Process-level test harness: real `raftlog serve` processes on 127.0.0.1, free ports,
+//! temporary data directories, and a small HTTP client.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// The binary under test.
+pub fn raftlog_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_raftlog"))
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// One node process.
+pub struct NodeProc {
+    pub id: u64,
+    pub api_addr: String,
+    pub raft_addr: String,
+    pub child: Mutex<Option<Child>>,
+    pub log_path: PathBuf,
+}
+
+/// A cluster of real processes; every process is killed on drop.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub nodes: BTreeMap<u64, NodeProc>,
+    pub client: reqwest::Client,
+}
+
+/// Settings that tests change.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    pub nodes: u64,
+    pub snapshot_threshold: u64,
+    pub snapshot_trailing_entries: u64,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec {
+            nodes: 3,
+            snapshot_threshold: 10_000,
+            snapshot_trailing_entries: 5_000,
+        }
+    }
+}
+
+impl Cluster {
+    /// Writes a config with free ports and starts every node.
+    pub fn start(spec: ClusterSpec) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut nodes_json = serde_json::Map::new();
+        let mut nodes = BTreeMap::new();
+        for id in 1..=spec.nodes {
+            let raft_addr = format!("127.0.0.1:{}", free_port());
+            let api_addr = format!("127.0.0.1:{}", free_port());
+            nodes_json.insert(id.to_string(), json!({"raft_addr": raft_addr, "api_addr": api_addr}));
+            nodes.insert(
+                id,
+                NodeProc {
+                    id,
+                    api_addr,
+                    raft_addr,
+                    child: Mutex::new(None),
+                    log_path: dir.path().join(format!("node-{id}.log")),
+                },
+            );
+        }
+        let config = json!({
+            "cluster_id": "test-cluster",
+            "nodes": Value::Object(nodes_json),
+            "data_dir": dir.path().join("data"),
+            "snapshot_threshold": spec.snapshot_threshold,
+            "snapshot_trailing_entries": spec.snapshot_trailing_entries,
+        });
+        let config_path = dir.path().join("config.json");
+        std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let cluster = Cluster {
+            dir,
+            config_path,
+            nodes,
+            client,
+        };
+        for id in 1..=spec.nodes {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    /// Starts (or restarts) node `id` on its data directory.
+    pub fn spawn(&self, id: u64) {
+        let node = &self.nodes[&id];
+        let mut slot = node.child.lock().unwrap();
+        assert!(slot.is_none(), "node {id} is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)
+            .unwrap();
+        let child = Command::new(raftlog_bin())
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .args(["--id", &id.to_string()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn raftlog serve");
+        *slot = Some(child);
+    }
+
+    /// Sends `signal` to node `id`'s process.
+    pub fn signal(&self, id: u64, signal: i32) {
+        let slot = self.nodes[&id].child.lock().unwrap();
+        let child = slot.as_ref().expect("node is running");
+        // SAFETY: kill(2) on a child we spawned and have not reaped.
+        let rc = unsafe { libc::kill(child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", child.id());
+    }
+
+    /// SIGKILLs node `id` and reaps it.
+    pub fn kill(&self, id: u64) {
+        let taken = self.nodes[&id].child.lock().unwrap().take();
+        if let Some(mut child) = taken {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs node `id` and waits for a clean exit (status 0).
+    pub fn terminate(&self, id: u64) -> std::process::ExitStatus {
+        let taken = self.nodes[&id].child.lock().unwrap().take();
+        let mut child = taken.expect("node is running");
+        // SAFETY: as in `signal`.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("node {id} did not exit within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn api(&self, id: u64) -> &str {
+        &self.nodes[&id].api_addr
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .values()
+            .filter(|n| n.child.lock().unwrap().is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// `GET /v1/status` of node `id`, if it answers.
+    pub async fn status(&self, id: u64) -> Option<Value> {
+        let url = format!("http://{}/v1/status", self.api(id));
+        let response = self
+            .client
+            .get(url)
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
+            .ok()?;
+        response.json().await.ok()
+    }
+
+    /// Waits until some running node reports itself leader and the others agree; returns it.
+    pub async fn wait_for_leader(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut leaders = Vec::new();
+            for id in self.running() {
+                if let Some(s) = self.status(id).await {
+                    if s["role"] == "leader" {
+                        leaders.push((s["term"].as_u64().unwrap_or(0), id));
+                    }
+                }
+            }
+            leaders.sort();
+            if let Some((_, id)) = leaders.last() {
+                return *id;
+            }
+            if Instant::now() > deadline {
+                panic!("no leader within {within:?}\n{}", self.logs_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last lines of every node's log, for failure messages.
+    pub fn logs_tail(&self) -> String {
+        let mut out = String::new();
+        for node in self.nodes.values() {
+            let text = std::fs::read_to_string(&node.log_path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(25)..];
+            out.push_str(&format!("--- node {} ({}) ---\n{}\n", node.id, node.log_path.display(), tail.join("\n")));
+        }
+        out
+    }
+
+    pub async fn put(&self, id: u64, key: &str, value: &str) -> Result<Value, (u16, String)> {
+        let url = format!("http://{}/v1/kv/{key}", self.api(id));
+        answer(self.client.put(url).body(value.to_string()).send().await).await
+    }
+
+    pub async fn put_with_id(&self, id: u64, key: &str, value: &str, request_id: &str) -> Result<Value, (u16, String)> {
+        let url = format!("http://{}/v1/kv/{key}", self.api(id));
+        answer(
+            self.client
+                .put(url)
+                .header("Request-Id", request_id)
+                .body(value.to_string())
+                .send()
+                .await,
+        )
+        .await
+    }
+
+    /// `GET /v1/kv/{key}`: `Ok(Some(value))`, `Ok(None)` for 404, `Err` otherwise.
+    pub async fn get(&self, id: u64, key: &str, consistency: &str) -> Result<Option<String>, (u16, String)> {
+        let url = format!("http://{}/v1/kv/{key}?consistency={consistency}", self.api(id));
+        let response = self.client.get(url).send().await.map_err(|e| (0, e.to_string()))?;
+        let status = response.status().as_u16();
+        let body = response.text().await.map_err(|e| (0, e.to_string()))?;
+        match status {
+            200 => Ok(Some(body)),
+            404 => Ok(None),
+            _ => Err((status, body)),
+        }
+    }
+
+    pub async fn delete(&self, id: u64, key: &str) -> Result<Value, (u16, String)> {
+        let url = format!("http://{}/v1/kv/{key}", self.api(id));
+        answer(self.client.delete(url).send().await).await
+    }
+
+    pub async fn cas(&self, id: u64, key: &str, expected: Option<&str>, value: Option<&str>) -> Result<Value, (u16, String)> {
+        let url = format!("http://{}/v1/cas", self.api(id));
+        let body = json!({"key": key, "expected": expected, "value": value});
+        answer(self.client.post(url).json(&body).send().await).await
+    }
+
+    /// Writes `key` until some node acknowledges it (retrying 503s); panics after `within`.
+    pub async fn put_eventually(&self, key: &str, value: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            for id in self.running() {
+                match self.put(id, key, value).await {
+                    Ok(v) => return v,
+                    Err(e) => last = format!("{e:?}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no node acknowledged {key}={value} within {within:?}: {last}\n{}", self.logs_tail());
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join("data").join(format!("node-{id}"))
+    }
+}
+
+pub async fn answer(result: reqwest::Result<reqwest::Response>) -> Result<Value, (u16, String)> {
+    let response = result.map_err(|e| (0, e.to_string()))?;
+    let status = response.status().as_u16();
+    let body = response.text().await.map_err(|e| (0, e.to_string()))?;
+    if status == 200 {
+        serde_json::from_str(&body).map_err(|e| (status, format!("{e}: {body}")))
+    } else {
+        Err((status, body))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            let taken = node.child.get_mut().map(|c| c.take()).unwrap_or(None);
+            if let Some(mut child) = taken {
+                // SAFETY: resume a stopped child so that SIGKILL is delivered promptly.
+                unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Total size of the files under `dir`.
+pub fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => total += dir_size(&path),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
