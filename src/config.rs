@@ -341,10 +341,8 @@ impl<'de> Visitor<'de> for JsonVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
         let mut entries: Vec<(String, Json)> = Vec::new();
+        // Duplicates are kept here and refused by `Parser`, which knows the field path.
         while let Some(key) = map.next_key::<String>()? {
-            if entries.iter().any(|(k, _)| *k == key) {
-                return Err(de::Error::custom(format!("duplicate key {key:?}")));
-            }
             let value = map.next_value()?;
             entries.push((key, value));
         }
@@ -444,17 +442,20 @@ impl Parser<'_> {
                 format!("expected an object, got {}", json.describe()),
             ));
         };
-        for (key, _) in entries {
+        for (i, (key, _)) in entries.iter().enumerate() {
+            let at = if field == "(top level)" {
+                key.clone()
+            } else {
+                format!("{field}.{key}")
+            };
             if !allowed.contains(&key.as_str()) {
-                let at = if field == "(top level)" {
-                    key.clone()
-                } else {
-                    format!("{field}.{key}")
-                };
                 return Err(self.err(
                     &at,
                     format!("unknown field; expected one of: {}", allowed.join(", ")),
                 ));
+            }
+            if entries[..i].iter().any(|(k, _)| k == key) {
+                return Err(self.err(&at, "appears twice"));
             }
         }
         Ok(entries)
@@ -762,9 +763,14 @@ mod tests {
                 "1": {"raft_addr": "127.0.0.1:7001", "api_addr": "127.0.0.1:8001"},
                 "1": {"raft_addr": "127.0.0.1:7002", "api_addr": "127.0.0.1:8002"}}}"#,
         );
-        assert!(msg.contains(r#"duplicate key "1""#), "{msg}");
+        assert_eq!(msg, r#"config.json: nodes."1": node id 1 appears twice"#);
         let msg = error(&with(r#""cluster_id": "d""#));
-        assert!(msg.contains(r#"duplicate key "cluster_id""#), "{msg}");
+        assert_eq!(msg, "config.json: cluster_id: appears twice");
+        let msg = error(
+            r#"{"cluster_id": "c", "nodes": {"1": {"raft_addr": "127.0.0.1:7001",
+                "api_addr": "127.0.0.1:8001", "api_addr": "127.0.0.1:8002"}}}"#,
+        );
+        assert_eq!(msg, r#"config.json: nodes."1".api_addr: appears twice"#);
     }
 
     #[test]
