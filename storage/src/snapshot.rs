@@ -1486,6 +1486,41 @@ mod tests {
         assert!(store.read_chunk(&wrong, 0, 10).is_err());
     }
 
+    /// Throughput of writing (incl. fsync + rename), verifying and transferring a 64 MiB
+    /// snapshot. Run with
+    /// `cargo test -p storage --release --lib snapshot::tests::measure -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn measure_snapshot_throughput() {
+        use std::time::Instant;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path().join("a")).unwrap();
+        let other = SnapshotStore::open(dir.path().join("b")).unwrap();
+        let total = 64 * 1024 * 1024u64;
+        let chunk = payload(1, 1024 * 1024);
+        let mib = total as f64 / (1024.0 * 1024.0);
+        let start = Instant::now();
+        let mut w = store.begin(meta(1, 1)).unwrap();
+        for _ in 0..total / chunk.len() as u64 {
+            w.write_chunk(&chunk).unwrap();
+        }
+        let m = w.finish().unwrap();
+        let write = start.elapsed();
+        let start = Instant::now();
+        store.verify(&m).unwrap();
+        let verify = start.elapsed();
+        let start = Instant::now();
+        transfer(&store, &other, &m, 1024 * 1024).unwrap();
+        let xfer = start.elapsed();
+        println!(
+            "64 MiB snapshot: write+fsync+rename {:.0} MiB/s, verify {:.0} MiB/s, \
+             transfer (1 MiB read_chunk -> receiver) {:.0} MiB/s",
+            mib / write.as_secs_f64(),
+            mib / verify.as_secs_f64(),
+            mib / xfer.as_secs_f64()
+        );
+    }
+
     #[test]
     fn file_names_parse_strictly() {
         assert_eq!(
