@@ -169,6 +169,15 @@ pub enum SendError {
         /// The intended receiver.
         to: NodeId,
     },
+    /// The envelope's `from` is not this node: the receiver would refuse it and drop
+    /// the whole connection, so it is not sent. A bug in the caller.
+    #[error("envelope from node {from} handed to the transport of node {id}")]
+    NotFromThisNode {
+        /// The envelope's sender.
+        from: NodeId,
+        /// This node.
+        id: NodeId,
+    },
     /// The transport was shut down.
     #[error("transport is shut down")]
     Shutdown,
@@ -189,7 +198,8 @@ pub struct TransportMetrics {
     pub received_bytes: u64,
     /// Messages dropped because the peer's queue was full.
     pub dropped_queue_full: u64,
-    /// Messages dropped because the receiver is not a known peer.
+    /// Messages dropped because the receiver is not a known peer (or the sender is not
+    /// this node).
     pub dropped_unknown_peer: u64,
     /// Messages dropped because they arrived while the peer was unreachable.
     pub dropped_disconnected: u64,
@@ -197,7 +207,8 @@ pub struct TransportMetrics {
     pub dropped_write_failed: u64,
     /// Messages dropped because they encode to more than `max_frame_bytes`.
     pub dropped_oversize: u64,
-    /// InstallSnapshot chunks among all the drops above (each is also counted there).
+    /// InstallSnapshot chunks among the drops above, except write failures (each is
+    /// also counted in its own reason's counter, and logged).
     pub dropped_snapshot_chunks: u64,
     /// Failed dials or handshakes (each retry counts).
     pub connect_errors: u64,
@@ -439,6 +450,11 @@ impl Transport {
     /// ignore.
     pub fn send(&self, env: Envelope) -> Result<(), SendError> {
         let counters = &self.inner.shared.counters;
+        let id = self.inner.shared.id;
+        if env.from != id {
+            counters.dropped(&counters.dropped_unknown_peer, &env, "not from this node");
+            return Err(SendError::NotFromThisNode { from: env.from, id });
+        }
         let outbound = read_lock(&self.inner.outbound);
         let to = env.to;
         let Some(peer) = outbound.get(&to) else {
