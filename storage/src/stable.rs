@@ -143,6 +143,10 @@ struct WriteState {
     generation: u64,
     /// The witness file, open for writing, once it exists.
     witness: Option<File>,
+    /// Set when a write failed after reaching sled: what is on disk is then unknown (after a
+    /// failed fsync Linux may drop the dirty pages and report success next time), so every
+    /// later write is refused until the node restarts and recovery re-checks the store.
+    failed: Option<String>,
 }
 
 /// The sled-backed stable store. `Send + Sync`; every `save_*`/`set_*` returns only after
@@ -199,6 +203,7 @@ impl StableStore {
                 synced_dir_entries: Vec::new(),
                 generation: 0,
                 witness: None,
+                failed: None,
             }),
             syncs: SyncCounters::default(),
         };
@@ -376,6 +381,13 @@ impl StableStore {
 
     /// Applies `items` in one atomic sled batch, then makes it durable.
     fn write_durably(&self, state: &mut WriteState, items: &[(&str, Vec<u8>)]) -> Result<()> {
+        if let Some(reason) = &state.failed {
+            return Err(Error::io(
+                "write to stable store refused after an earlier failure; restart the node",
+                &self.path,
+                std::io::Error::other(reason.clone()),
+            ));
+        }
         let mut batch = sled::Batch::default();
         let generation = state.generation + 1;
         batch.insert(KEY_GENERATION, encode(KEY_GENERATION, &generation)?);
@@ -393,12 +405,19 @@ impl StableStore {
         for (key, value) in items {
             batch.insert(key.as_bytes(), value.as_slice());
         }
-        self.db
+        let result = self
+            .db
             .apply_batch(batch)
-            .map_err(|source| self.sled_err(source))?;
-        self.make_durable(state)?;
-        state.generation = generation;
-        self.write_witness(state)
+            .map_err(|source| self.sled_err(source))
+            .and_then(|()| self.make_durable(state))
+            .and_then(|()| {
+                state.generation = generation;
+                self.write_witness(state)
+            });
+        if let Err(e) = &result {
+            state.failed = Some(e.to_string());
+        }
+        result
     }
 
     /// Records `state.generation` in the witness file, durably.
@@ -1157,6 +1176,29 @@ mod tests {
             matches!(&err, Error::StableCorrupt { key, .. } if key == WITNESS_FILE),
             "{err}"
         );
+    }
+
+    #[test]
+    fn writes_are_refused_after_a_failed_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let store = StableStore::open(&path).unwrap();
+        store.bind_identity("c", 1).unwrap();
+        // Make the witness update fail: replace the open witness handle with a read-only one.
+        store.lock_write().witness = Some(File::open(path.join(WITNESS_FILE)).unwrap());
+        let hs = HardState {
+            term: 2,
+            voted_for: Some(1),
+        };
+        let first = store.save_hard_state(&hs).unwrap_err();
+        assert!(first.to_string().contains("witness"), "{first}");
+        let err = store.save_membership(&membership(&[1])).unwrap_err();
+        assert!(err.to_string().contains("restart the node"), "{err}");
+        drop(store);
+        // After a restart the store is checked and usable again; the failed write landed
+        // in sled (it was not acknowledged, so either outcome is allowed).
+        let store = StableStore::open(&path).unwrap();
+        store.save_membership(&membership(&[1])).unwrap();
     }
 
     #[test]
