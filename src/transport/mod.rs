@@ -50,7 +50,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 use crate::raft::{Envelope, Message, NodeId};
@@ -318,6 +318,19 @@ struct Shared {
     backoff_max: Duration,
     peers: PeerSet,
     counters: Counters,
+    /// Wakes a peer's outbound task out of its reconnect backoff. Poked when that peer
+    /// dials us: it is evidently up again, and without the poke a restarted node could
+    /// wait up to `backoff_max` to hear from us, long enough to start an election.
+    redial: RwLock<BTreeMap<NodeId, Arc<Notify>>>,
+}
+
+impl Shared {
+    /// `peer` just proved it is up: redial it now if we are backing off.
+    fn poke_redial(&self, peer: NodeId) {
+        if let Some(redial) = read_lock(&self.redial).get(&peer) {
+            redial.notify_one();
+        }
+    }
 }
 
 /// One peer's outbound side, as [`Transport::send`] sees it.
@@ -405,6 +418,7 @@ impl Transport {
                 generation: AtomicU64::new(0),
             },
             counters: Counters::default(),
+            redial: RwLock::new(BTreeMap::new()),
         });
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_queue_len);
         let runtime = tokio::runtime::Handle::current();
@@ -490,10 +504,12 @@ impl Transport {
         shared.peers.generation.fetch_add(1, Ordering::Release);
 
         let mut outbound = write_lock(&self.inner.outbound);
+        let mut redial = write_lock(&shared.redial);
         outbound.retain(|id, peer| {
             let keep = peers.get(id) == Some(&peer.addr);
             if !keep {
                 peer.task.abort();
+                redial.remove(id);
                 tracing::info!(peer = id, addr = %peer.addr, "peer removed or moved; closing its connection");
             }
             keep
@@ -504,12 +520,17 @@ impl Transport {
             }
             let (queue, rx) = mpsc::channel(self.inner.queue_len);
             let connected = Arc::new(AtomicBool::new(false));
+            let poke = Arc::new(Notify::new());
+            redial.insert(id, Arc::clone(&poke));
             let task = self.inner.runtime.spawn(peer::run(
                 Arc::clone(shared),
-                id,
-                addr,
+                peer::Link {
+                    peer: id,
+                    addr,
+                    connected: Arc::clone(&connected),
+                    redial: poke,
+                },
                 rx,
-                Arc::clone(&connected),
             ));
             outbound.insert(
                 id,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::codec::{
     self, Handshake, HandshakeError, HandshakeReply, HandshakeStatus, HANDSHAKE_REPLY_BYTES,
@@ -63,15 +63,27 @@ enum Ended {
     Lost(String),
 }
 
+/// Which peer an outbound task serves, and its handles shared with the transport.
+pub(super) struct Link {
+    /// The peer's id.
+    pub peer: NodeId,
+    /// Where to dial it.
+    pub addr: SocketAddr,
+    /// Set while the connection is up (handshake accepted).
+    pub connected: Arc<AtomicBool>,
+    /// Notified when the peer dialed us: cut the backoff short.
+    pub redial: Arc<Notify>,
+}
+
 /// Runs until the peer's queue closes (transport dropped) or the task is aborted
 /// (shutdown, peer removed or moved).
-pub(super) async fn run(
-    shared: Arc<Shared>,
-    peer: NodeId,
-    addr: SocketAddr,
-    mut queue: mpsc::Receiver<Envelope>,
-    connected: Arc<AtomicBool>,
-) {
+pub(super) async fn run(shared: Arc<Shared>, link: Link, mut queue: mpsc::Receiver<Envelope>) {
+    let Link {
+        peer,
+        addr,
+        connected,
+        redial,
+    } = link;
     let mut backoff = shared.backoff_min;
     // The last failure logged, so a peer that stays down is reported once.
     let mut last_logged: Option<String> = None;
@@ -90,6 +102,9 @@ pub(super) async fn run(
                 match ended {
                     Ended::QueueClosed => return,
                     Ended::Lost(why) => {
+                        // A poke from while the link was up is stale: only one that
+                        // comes during the coming backoff says the peer is back.
+                        discard_poke(&redial);
                         tracing::info!(id = shared.id, peer, %addr, "peer connection lost ({why}); reconnecting");
                         // Redial at once: a single lost connection is usually a restart.
                         continue;
@@ -111,29 +126,50 @@ pub(super) async fn run(
                 }
             }
         }
-        if !drop_during(&shared, &mut queue, backoff).await {
-            return;
+        match drop_during(&shared, &mut queue, &redial, backoff).await {
+            Backoff::Elapsed => backoff = (backoff * 2).min(shared.backoff_max),
+            Backoff::Poked => {
+                tracing::debug!(id = shared.id, peer, %addr, "peer dialed us; redialing it now");
+                backoff = shared.backoff_min;
+            }
+            Backoff::QueueClosed => return,
         }
-        backoff = (backoff * 2).min(shared.backoff_max);
     }
 }
 
+/// Consumes a pending poke, if any.
+fn discard_poke(redial: &Notify) {
+    let pending = redial.notified();
+    tokio::pin!(pending);
+    // `enable` takes a stored permit if there is one; the future is then dropped.
+    pending.as_mut().enable();
+}
+
+/// How a backoff ended.
+enum Backoff {
+    Elapsed,
+    /// The peer dialed us, so it is up: redial at once.
+    Poked,
+    QueueClosed,
+}
+
 /// Sleeps for `backoff`, dropping (and counting) whatever is queued meanwhile, so the
-/// peer gets fresh messages when it comes back rather than a stale backlog. Returns
-/// false if the queue closed.
+/// peer gets fresh messages when it comes back rather than a stale backlog.
 async fn drop_during(
     shared: &Shared,
     queue: &mut mpsc::Receiver<Envelope>,
+    redial: &Notify,
     backoff: Duration,
-) -> bool {
+) -> Backoff {
     let sleep = tokio::time::sleep(backoff);
     tokio::pin!(sleep);
     loop {
         tokio::select! {
-            _ = &mut sleep => return true,
+            _ = &mut sleep => return Backoff::Elapsed,
+            _ = redial.notified() => return Backoff::Poked,
             env = queue.recv() => match env {
                 Some(env) => shared.counters.dropped(&shared.counters.dropped_disconnected, &env, "peer unreachable"),
-                None => return false,
+                None => return Backoff::QueueClosed,
             },
         }
     }

@@ -119,6 +119,7 @@ async fn serve(
     }
     let peer = hello.from;
     tracing::info!(id = shared.id, peer, %remote, "inbound peer connection accepted");
+    shared.poke_redial(peer);
     let why = read_frames(&shared, &mut stream, remote, peer, &inbound).await;
     tracing::info!(id = shared.id, peer, %remote, "inbound peer connection closed: {why}");
 }

@@ -281,6 +281,60 @@ async fn reconnects_after_the_peer_restarts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_that_dials_us_is_redialed_without_waiting_out_the_backoff() {
+    // 1 backs off 3 s after every failed dial; 2's own dial to 1 must cut that short.
+    let backoff = Duration::from_secs(3);
+    let (a, _a_rx) = start_with(1, CLUSTER, localhost(), BTreeMap::new(), |c| {
+        c.backoff_min = backoff;
+        c.backoff_max = backoff;
+    })
+    .await;
+    let (b, mut b_rx) = start(2, BTreeMap::from([(1, a.local_addr())])).await;
+    let b_addr = b.local_addr();
+    a.set_peers(BTreeMap::from([(2, b_addr)]));
+    a.send(numbered(1, 2, 0, Bytes::new())).expect("queued");
+    recv_n(&mut b_rx, 1).await;
+
+    b.shutdown().await;
+    drop(b_rx);
+    // 1 notices, redials at once, is refused, and starts its 3 s backoff.
+    eventually("1's redial of the stopped 2 fails", || {
+        a.metrics().connect_errors >= 1
+    })
+    .await;
+    let restarted = Instant::now();
+    let (b2, mut b2_rx) = start_with(
+        2,
+        CLUSTER,
+        b_addr,
+        BTreeMap::from([(1, a.local_addr())]),
+        |_| {},
+    )
+    .await;
+    let mut seq = 1;
+    loop {
+        let _ = a.send(numbered(1, 2, seq, Bytes::new()));
+        seq += 1;
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(10), b2_rx.recv()).await {
+            break;
+        }
+        // Half the backoff: waiting it out would take the whole of it (less the few
+        // ms between the failed dial and the restart).
+        assert!(
+            restarted.elapsed() < backoff / 2,
+            "1 waited out its backoff instead of redialing when 2 dialed it"
+        );
+    }
+    assert_eq!(
+        a.metrics().connect_errors,
+        1,
+        "no second failed dial was needed"
+    );
+    a.shutdown().await;
+    b2.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_of_another_cluster_is_refused() {
     let (a, _a_rx) = start_with(1, "alpha", localhost(), BTreeMap::new(), |_| {}).await;
     let (b, mut b_rx) = start_with(
