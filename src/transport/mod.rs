@@ -83,6 +83,10 @@ pub struct TransportConfig {
     pub connect_timeout: Duration,
     /// How long either side waits for the other's handshake.
     pub handshake_timeout: Duration,
+    /// A batch write that takes longer than this declares the connection dead and
+    /// redials: it catches peers that vanished without closing the connection (a host
+    /// crash, a partition), which TCP itself would notice only after many minutes.
+    pub write_timeout: Duration,
     /// First reconnect delay after a failed dial.
     pub backoff_min: Duration,
     /// The reconnect delay doubles up to this.
@@ -91,7 +95,7 @@ pub struct TransportConfig {
 
 impl TransportConfig {
     /// Defaults: 64 MiB frames, queues of 4096 messages, 1 MiB write batches, 1 s dial
-    /// timeout, 5 s handshake timeout, backoff from 10 ms to 1 s.
+    /// timeout, 5 s handshake timeout, 20 s write timeout, backoff from 10 ms to 1 s.
     pub fn new(
         id: NodeId,
         cluster_id: impl Into<String>,
@@ -109,6 +113,7 @@ impl TransportConfig {
             batch_bytes_max: 1 << 20,
             connect_timeout: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(20),
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_secs(1),
         }
@@ -314,6 +319,7 @@ struct Shared {
     batch_bytes_max: usize,
     connect_timeout: Duration,
     handshake_timeout: Duration,
+    write_timeout: Duration,
     backoff_min: Duration,
     backoff_max: Duration,
     peers: PeerSet,
@@ -411,6 +417,7 @@ impl Transport {
             batch_bytes_max: config.batch_bytes_max.max(1),
             connect_timeout: config.connect_timeout,
             handshake_timeout: config.handshake_timeout,
+            write_timeout: config.write_timeout,
             backoff_min: config.backoff_min,
             backoff_max: config.backoff_max,
             peers: PeerSet {

@@ -279,9 +279,20 @@ async fn pump(
         if frames == 0 {
             continue;
         }
-        if let Err(e) = writer.write_all(buf).await {
-            bump(&counters.dropped_write_failed, frames);
-            return Ended::Lost(format!("write failed: {e}"));
+        match tokio::time::timeout(shared.write_timeout, writer.write_all(buf)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                bump(&counters.dropped_write_failed, frames);
+                return Ended::Lost(format!("write failed: {e}"));
+            }
+            Err(_) => {
+                bump(&counters.dropped_write_failed, frames);
+                return Ended::Lost(format!(
+                    "a write of {} bytes made no headway for {:?}",
+                    buf.len(),
+                    shared.write_timeout
+                ));
+            }
         }
         bump(&counters.frames_sent, frames);
         bump(&counters.sent_bytes, buf.len() as u64);
