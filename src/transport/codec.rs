@@ -122,7 +122,7 @@ fn array8(bytes: &[u8]) -> [u8; 8] {
 }
 
 /// The acceptor's verdict on a handshake.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum HandshakeStatus {
     /// Frames may follow.

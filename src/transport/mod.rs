@@ -328,6 +328,8 @@ struct Shared {
     /// dials us: it is evidently up again, and without the poke a restarted node could
     /// wait up to `backoff_max` to hear from us, long enough to start an election.
     redial: RwLock<BTreeMap<NodeId, Arc<Notify>>>,
+    /// Rate limit of the acceptor's refusal warnings.
+    refusals: server::RefusalLog,
 }
 
 impl Shared {
@@ -426,6 +428,7 @@ impl Transport {
             },
             counters: Counters::default(),
             redial: RwLock::new(BTreeMap::new()),
+            refusals: server::RefusalLog::default(),
         });
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_queue_len);
         let runtime = tokio::runtime::Handle::current();

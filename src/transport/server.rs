@@ -1,10 +1,12 @@
 //! The inbound side: the listener on the node's `raft_addr` and one task per accepted
 //! connection that checks the handshake, then reads, verifies and delivers frames.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -100,15 +102,22 @@ async fn serve(
     .encode();
     if status != HandshakeStatus::Accepted {
         bump(&counters.handshakes_refused, 1);
-        tracing::warn!(
-            id = shared.id,
-            %remote,
-            from = hello.from,
-            to = hello.to,
-            cluster_id = %hello.cluster_id,
-            version = hello.version,
-            "refused a peer connection: {status:?}"
-        );
+        // A misconfigured node redials every backoff_max; warn once a minute per
+        // (sender, verdict), not on every attempt.
+        if shared.refusals.should_warn(hello.from, status) {
+            tracing::warn!(
+                id = shared.id,
+                %remote,
+                from = hello.from,
+                to = hello.to,
+                cluster_id = %hello.cluster_id,
+                version = hello.version,
+                "refused a peer connection: {status:?} (repeats within {:?} are logged at debug)",
+                RefusalLog::QUIET
+            );
+        } else {
+            tracing::debug!(id = shared.id, %remote, from = hello.from, "refused a peer connection again: {status:?}");
+        }
         // Best effort: tell the dialer why, so it can log it; then close.
         let _ = tokio::time::timeout(shared.handshake_timeout, stream.write_all(&reply)).await;
         return;
@@ -122,6 +131,37 @@ async fn serve(
     shared.poke_redial(peer);
     let why = read_frames(&shared, &mut stream, remote, peer, &inbound).await;
     tracing::info!(id = shared.id, peer, %remote, "inbound peer connection closed: {why}");
+}
+
+/// Remembers when each kind of refusal was last logged at warn level.
+#[derive(Default)]
+pub(super) struct RefusalLog {
+    last_warned: Mutex<HashMap<(NodeId, HandshakeStatus), Instant>>,
+}
+
+impl RefusalLog {
+    /// How long repeats of one refusal stay at debug level.
+    const QUIET: Duration = Duration::from_secs(60);
+    /// Bounds the map if many distinct ids knock.
+    const ENTRIES_MAX: usize = 1024;
+
+    fn should_warn(&self, from: NodeId, status: HandshakeStatus) -> bool {
+        let mut last = self
+            .last_warned
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        if let Some(at) = last.get(&(from, status)) {
+            if now.duration_since(*at) < Self::QUIET {
+                return false;
+            }
+        }
+        if last.len() >= Self::ENTRIES_MAX {
+            last.clear();
+        }
+        last.insert((from, status), now);
+        true
+    }
 }
 
 /// The acceptor's checks, in order (a case table rather than nested ifs).
@@ -248,4 +288,31 @@ fn garbage(shared: &Shared, remote: SocketAddr, peer: NodeId, what: &str) -> Str
     bump(&shared.counters.garbage_frames, 1);
     tracing::warn!(id = shared.id, peer, %remote, "garbage frame from peer, dropping the connection: {what}");
     format!("garbage frame: {what}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_warn_once_per_sender_and_verdict_within_the_quiet_period() {
+        let log = RefusalLog::default();
+        assert!(log.should_warn(7, HandshakeStatus::ClusterMismatch));
+        assert!(!log.should_warn(7, HandshakeStatus::ClusterMismatch));
+        assert!(log.should_warn(7, HandshakeStatus::UnknownSender));
+        assert!(log.should_warn(8, HandshakeStatus::ClusterMismatch));
+        assert!(!log.should_warn(8, HandshakeStatus::ClusterMismatch));
+        // Once the quiet period has passed, the same refusal warns again.
+        {
+            let mut last = log.last_warned.lock().unwrap();
+            let at = last
+                .get_mut(&(7, HandshakeStatus::ClusterMismatch))
+                .unwrap();
+            match at.checked_sub(RefusalLog::QUIET) {
+                Some(earlier) => *at = earlier,
+                None => return, // the clock started less than a minute ago
+            }
+        }
+        assert!(log.should_warn(7, HandshakeStatus::ClusterMismatch));
+    }
 }
