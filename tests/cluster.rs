@@ -27,26 +27,52 @@ fn three_nodes_elect_a_leader_and_serve_through_every_node() {
         // Writes through every node (followers forward), linearizable reads through every node.
         for id in 1..=3u64 {
             let key = format!("key-{id}");
-            let written = cluster.put(id, &key, &format!("value-{id}")).await.unwrap_or_else(|e| {
-                panic!("put via node {id} failed: {e:?}\n{}", cluster.logs_tail())
-            });
+            let written = cluster
+                .put(id, &key, &format!("value-{id}"))
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("put via node {id} failed: {e:?}\n{}", cluster.logs_tail())
+                });
             assert!(written["index"].as_u64().unwrap() > 0, "{written}");
         }
         for reader in 1..=3u64 {
             for id in 1..=3u64 {
-                let value = cluster.get(reader, &format!("key-{id}"), "linearizable").await.unwrap();
-                assert_eq!(value.as_deref(), Some(format!("value-{id}").as_str()), "read via node {reader}");
+                let value = cluster
+                    .get(reader, &format!("key-{id}"), "linearizable")
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    value.as_deref(),
+                    Some(format!("value-{id}").as_str()),
+                    "read via node {reader}"
+                );
             }
         }
-        assert_eq!(cluster.get(2, "absent", "linearizable").await.unwrap(), None);
+        assert_eq!(
+            cluster.get(2, "absent", "linearizable").await.unwrap(),
+            None
+        );
 
         // CAS semantics.
-        let mismatch = cluster.cas(1, "key-1", Some("wrong"), Some("x")).await.unwrap();
+        let mismatch = cluster
+            .cas(1, "key-1", Some("wrong"), Some("x"))
+            .await
+            .unwrap();
         assert_eq!(mismatch["succeeded"], false);
         assert_eq!(mismatch["current"], "value-1");
-        let swapped = cluster.cas(2, "key-1", Some("value-1"), Some("swapped")).await.unwrap();
+        let swapped = cluster
+            .cas(2, "key-1", Some("value-1"), Some("swapped"))
+            .await
+            .unwrap();
         assert_eq!(swapped["succeeded"], true);
-        assert_eq!(cluster.get(3, "key-1", "linearizable").await.unwrap().as_deref(), Some("swapped"));
+        assert_eq!(
+            cluster
+                .get(3, "key-1", "linearizable")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("swapped")
+        );
         let create = cluster.cas(3, "fresh", None, Some("new")).await.unwrap();
         assert_eq!(create["succeeded"], true);
         let create_again = cluster.cas(1, "fresh", None, Some("newer")).await.unwrap();
@@ -66,18 +92,35 @@ fn three_nodes_elect_a_leader_and_serve_through_every_node() {
         // Stale reads are served locally and eventually catch up.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let all = futures_util::future::join_all((1..=3u64).map(|id| cluster.get(id, "key-3", "stale"))).await;
-            if all.iter().all(|v| v.as_ref().ok().and_then(|v| v.as_deref()) == Some("value-3")) {
+            let all = futures_util::future::join_all(
+                (1..=3u64).map(|id| cluster.get(id, "key-3", "stale")),
+            )
+            .await;
+            if all
+                .iter()
+                .all(|v| v.as_ref().ok().and_then(|v| v.as_deref()) == Some("value-3"))
+            {
                 break;
             }
-            assert!(Instant::now() < deadline, "stale reads never converged: {all:?}");
+            assert!(
+                Instant::now() < deadline,
+                "stale reads never converged: {all:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
 
         // Every answer names the leader.
-        let response = cluster.client.get(format!("http://{}/v1/status", cluster.api(1))).send().await.unwrap();
+        let response = cluster
+            .client
+            .get(format!("http://{}/v1/status", cluster.api(1)))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(
-            response.headers().get("x-raft-leader").and_then(|v| v.to_str().ok()),
+            response
+                .headers()
+                .get("x-raft-leader")
+                .and_then(|v| v.to_str().ok()),
             Some(leader.to_string().as_str())
         );
         let status: serde_json::Value = response.json().await.unwrap();
@@ -91,13 +134,29 @@ fn request_id_makes_a_retried_write_apply_once() {
     runtime().block_on(async {
         let cluster = Cluster::start(ClusterSpec::default());
         cluster.wait_for_leader(Duration::from_secs(10)).await;
-        let first = cluster.put_with_id(1, "k", "one", "client-a:1").await.unwrap();
+        let first = cluster
+            .put_with_id(1, "k", "one", "client-a:1")
+            .await
+            .unwrap();
         cluster.put(2, "k", "two").await.unwrap();
         // The retry answers with the first outcome and does not overwrite "two".
-        let retry = cluster.put_with_id(3, "k", "one", "client-a:1").await.unwrap();
+        let retry = cluster
+            .put_with_id(3, "k", "one", "client-a:1")
+            .await
+            .unwrap();
         assert_eq!(retry["index"], first["index"]);
-        assert_eq!(cluster.get(1, "k", "linearizable").await.unwrap().as_deref(), Some("two"));
-        let malformed = cluster.put_with_id(1, "k", "x", "no-sequence").await.unwrap_err();
+        assert_eq!(
+            cluster
+                .get(1, "k", "linearizable")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("two")
+        );
+        let malformed = cluster
+            .put_with_id(1, "k", "x", "no-sequence")
+            .await
+            .unwrap_err();
         assert_eq!(malformed.0, 400, "{malformed:?}");
     });
 }
@@ -110,7 +169,12 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         let base = format!("http://{}", cluster.api(leader));
         let client = &cluster.client;
 
-        let bad_json = client.post(format!("{base}/v1/cas")).body("{not json").send().await.unwrap();
+        let bad_json = client
+            .post(format!("{base}/v1/cas"))
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(bad_json.status().as_u16(), 400);
         let body: serde_json::Value = bad_json.json().await.unwrap();
         assert_eq!(body["error"]["code"], "bad_request");
@@ -141,19 +205,43 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
             .unwrap();
         assert_eq!(exactly_max.status().as_u16(), 200);
 
-        let bad_percent = client.get(format!("{base}/v1/kv/a%zz")).send().await.unwrap();
+        let bad_percent = client
+            .get(format!("{base}/v1/kv/a%zz"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(bad_percent.status().as_u16(), 400);
         let long_key = "k".repeat(1025);
-        let too_long = client.put(format!("{base}/v1/kv/{long_key}")).body("v").send().await.unwrap();
+        let too_long = client
+            .put(format!("{base}/v1/kv/{long_key}"))
+            .body("v")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(too_long.status().as_u16(), 400);
-        let bad_consistency = client.get(format!("{base}/v1/kv/a?consistency=sometimes")).send().await.unwrap();
+        let bad_consistency = client
+            .get(format!("{base}/v1/kv/a?consistency=sometimes"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(bad_consistency.status().as_u16(), 400);
-        let no_route = client.get(format!("{base}/v2/nothing")).send().await.unwrap();
+        let no_route = client
+            .get(format!("{base}/v2/nothing"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(no_route.status().as_u16(), 404);
 
         // Percent-encoded keys round-trip as bytes.
         cluster.put(leader, "a%2Fb%20c", "slashed").await.unwrap();
-        assert_eq!(cluster.get(leader, "a%2Fb%20c", "linearizable").await.unwrap().as_deref(), Some("slashed"));
+        assert_eq!(
+            cluster
+                .get(leader, "a%2Fb%20c", "linearizable")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("slashed")
+        );
 
         // Garbage on every raft port: dropped with a log line, nodes keep serving.
         for node in cluster.nodes.values() {
@@ -162,13 +250,29 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
             let _ = stream.write_all(&[0xffu8; 4096]);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        cluster.put_eventually("after-garbage", "ok", Duration::from_secs(5)).await;
+        cluster
+            .put_eventually("after-garbage", "ok", Duration::from_secs(5))
+            .await;
         for id in 1..=3u64 {
-            assert_eq!(cluster.get(id, "after-garbage", "linearizable").await.unwrap().as_deref(), Some("ok"));
+            assert_eq!(
+                cluster
+                    .get(id, "after-garbage", "linearizable")
+                    .await
+                    .unwrap()
+                    .as_deref(),
+                Some("ok")
+            );
         }
         let health = client.get(format!("{base}/healthz")).send().await.unwrap();
         assert_eq!(health.status().as_u16(), 200);
-        let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        let metrics = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(metrics.contains("raftlog_proposals_total"), "{metrics}");
     });
 }
@@ -212,8 +316,15 @@ fn malformed_config_exits_2_with_one_line_and_writes_nothing() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{what}: {stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{what}: expected one line, got {stderr}");
-        assert!(stderr.contains("config.json"), "{what}: the error must name the file: {stderr}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{what}: expected one line, got {stderr}"
+        );
+        assert!(
+            stderr.contains("config.json"),
+            "{what}: the error must name the file: {stderr}"
+        );
         assert!(!data.exists(), "{what}: nothing may be written to disk");
     }
 }
@@ -253,7 +364,11 @@ impl Load {
                 }
             }));
         }
-        Load { acknowledged, stop, tasks }
+        Load {
+            acknowledged,
+            stop,
+            tasks,
+        }
     }
 
     async fn finish(self) -> BTreeMap<String, String> {
@@ -280,7 +395,12 @@ async fn check_all_readable(cluster: &Cluster, acknowledged: &BTreeMap<String, S
 }
 
 /// Writes through `via` until one is acknowledged; returns how long it took.
-async fn time_to_first_write(cluster: &Cluster, via: u64, key: &str, within: Duration) -> Option<Duration> {
+async fn time_to_first_write(
+    cluster: &Cluster,
+    via: u64,
+    key: &str,
+    within: Duration,
+) -> Option<Duration> {
     let started = Instant::now();
     while started.elapsed() < within {
         if cluster.put(via, key, "probe").await.is_ok() {
@@ -320,7 +440,11 @@ fn leader_sigkill_under_load_loses_no_acknowledged_write() {
 }
 
 async fn term_of(cluster: &Cluster, id: u64) -> u64 {
-    cluster.status(id).await.and_then(|s| s["term"].as_u64()).unwrap_or(0)
+    cluster
+        .status(id)
+        .await
+        .and_then(|s| s["term"].as_u64())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -328,7 +452,9 @@ fn sigstopped_follower_rejoins_without_an_election() {
     runtime().block_on(async {
         let cluster = Arc::new(Cluster::start(ClusterSpec::default()));
         let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-        cluster.put_eventually("before", "1", Duration::from_secs(5)).await;
+        cluster
+            .put_eventually("before", "1", Duration::from_secs(5))
+            .await;
         let term_before = term_of(&cluster, leader).await;
         let follower = (1..=3).find(|id| *id != leader).unwrap();
         let other = (1..=3).find(|id| *id != leader && *id != follower).unwrap();
@@ -349,15 +475,28 @@ fn sigstopped_follower_rejoins_without_an_election() {
         // The resumed follower catches up and serves stale reads of what it missed.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            if cluster.get(follower, &format!("during-{n}"), "stale").await.ok().flatten().is_some() {
+            if cluster
+                .get(follower, &format!("during-{n}"), "stale")
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+            {
                 break;
             }
-            assert!(Instant::now() < deadline, "the resumed follower never caught up\n{}", cluster.logs_tail());
+            assert!(
+                Instant::now() < deadline,
+                "the resumed follower never caught up\n{}",
+                cluster.logs_tail()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         // PreVote: it did not depose the leader nor raise the term.
-        assert_eq!(cluster.wait_for_leader(Duration::from_secs(1)).await, leader);
+        assert_eq!(
+            cluster.wait_for_leader(Duration::from_secs(1)).await,
+            leader
+        );
         for id in 1..=3 {
             assert_eq!(
                 term_of(&cluster, id).await,
@@ -374,7 +513,9 @@ fn sigstopped_leader_is_replaced_and_acknowledges_nothing_it_loses() {
     runtime().block_on(async {
         let cluster = Arc::new(Cluster::start(ClusterSpec::default()));
         let old_leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-        cluster.put_eventually("before", "1", Duration::from_secs(5)).await;
+        cluster
+            .put_eventually("before", "1", Duration::from_secs(5))
+            .await;
 
         // Writes sent straight to the leader just before and during its pause.
         let mut in_flight = Vec::new();
@@ -393,8 +534,14 @@ fn sigstopped_leader_is_replaced_and_acknowledges_nothing_it_loses() {
         let served = time_to_first_write(&cluster, survivor, "after-pause", Duration::from_secs(5))
             .await
             .unwrap_or_else(|| panic!("no new leader within 5 s\n{}", cluster.logs_tail()));
-        eprintln!("SIGSTOP of the leader -> first acknowledged write: {:?}", stopped_at.elapsed());
-        assert!(served < Duration::from_millis(1500), "new leader took {served:?}");
+        eprintln!(
+            "SIGSTOP of the leader -> first acknowledged write: {:?}",
+            stopped_at.elapsed()
+        );
+        assert!(
+            served < Duration::from_millis(1500),
+            "new leader took {served:?}"
+        );
         let new_leader = cluster.wait_for_leader(Duration::from_secs(2)).await;
         assert_ne!(new_leader, old_leader);
 
@@ -406,7 +553,10 @@ fn sigstopped_leader_is_replaced_and_acknowledges_nothing_it_loses() {
             if role.as_ref().is_some_and(|r| r != "leader") {
                 break;
             }
-            assert!(Instant::now() < deadline, "the resumed old leader did not step down: {role:?}");
+            assert!(
+                Instant::now() < deadline,
+                "the resumed old leader did not step down: {role:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Every write it answered 200 is truly committed; the rest were 503 or 504.
@@ -414,7 +564,11 @@ fn sigstopped_leader_is_replaced_and_acknowledges_nothing_it_loses() {
             let (key, result) = task.await.unwrap();
             match result {
                 Ok(_) => assert_eq!(
-                    cluster.get(new_leader, &key, "linearizable").await.unwrap().as_deref(),
+                    cluster
+                        .get(new_leader, &key, "linearizable")
+                        .await
+                        .unwrap()
+                        .as_deref(),
                     Some("v"),
                     "{key} was acknowledged by the paused leader but is lost"
                 ),
@@ -437,7 +591,10 @@ fn rolling_restart_and_whole_cluster_kill_keep_every_acknowledged_write() {
         for id in 1..=3 {
             tokio::time::sleep(Duration::from_millis(400)).await;
             let status = cluster.terminate(id);
-            assert!(status.success(), "node {id} exited with {status} on SIGTERM");
+            assert!(
+                status.success(),
+                "node {id} exited with {status} on SIGTERM"
+            );
             tokio::time::sleep(Duration::from_millis(300)).await;
             cluster.spawn(id);
             cluster.wait_for_leader(Duration::from_secs(10)).await;
@@ -451,7 +608,11 @@ fn rolling_restart_and_whole_cluster_kill_keep_every_acknowledged_write() {
         for id in 1..=3 {
             cluster.spawn(id);
         }
-        assert!(acknowledged.len() > 50, "too little progress: {}", acknowledged.len());
+        assert!(
+            acknowledged.len() > 50,
+            "too little progress: {}",
+            acknowledged.len()
+        );
         check_all_readable(&cluster, &acknowledged).await;
     });
 }

@@ -38,8 +38,10 @@ pub async fn to_leader(
         .into_response();
     }
     let Some(leader) = leader.filter(|l| *l != state.node.id) else {
-        return ApiError::no_leader("no leader is known right now; nothing was proposed; retry shortly")
-            .into_response();
+        return ApiError::no_leader(
+            "no leader is known right now; nothing was proposed; retry shortly",
+        )
+        .into_response();
     };
     let Some(api_addr) = state
         .node
@@ -48,8 +50,10 @@ pub async fn to_leader(
         .get(&leader)
         .map(|m| m.api_addr.clone())
     else {
-        return ApiError::no_leader(format!("leader {leader} is not in this node's membership; retry shortly"))
-            .into_response();
+        return ApiError::no_leader(format!(
+            "leader {leader} is not in this node's membership; retry shortly"
+        ))
+        .into_response();
     };
     let url = format!("http://{api_addr}{path_and_query}");
     let mut request = state
@@ -106,7 +110,9 @@ async fn relay(answer: reqwest::Response) -> Response {
     }
     match answer.bytes().await {
         Ok(body) => (status, headers, Body::from(body)).into_response(),
-        Err(e) => ApiError::timeout(format!("the leader's answer was cut off: {e}; the outcome is unknown"))
-            .into_response(),
+        Err(e) => ApiError::timeout(format!(
+            "the leader's answer was cut off: {e}; the outcome is unknown"
+        ))
+        .into_response(),
     }
 }

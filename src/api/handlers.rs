@@ -132,7 +132,9 @@ async fn write(
             };
             match KvResponse::decode(&response) {
                 Some(response) => Ok(Ok((index, response))),
-                None => Err(ApiError::internal("the state machine's answer did not decode")),
+                None => Err(ApiError::internal(
+                    "the state machine's answer did not decode",
+                )),
             }
         }
         Err(RequestError::NotLeader(leader)) => Ok(Err(forward::to_leader(
@@ -164,7 +166,12 @@ fn write_error(error: RequestError) -> ApiError {
 }
 
 /// `PUT /v1/kv/{key}`.
-pub async fn put_key(State(state): State<Arc<ApiState>>, uri: Uri, headers: HeaderMap, body: Body) -> ApiResult {
+pub async fn put_key(
+    State(state): State<Arc<ApiState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     let key = key_from_uri(&uri)?;
     let value = read_body(&state, body).await?;
     let origin = ClientWrite {
@@ -173,14 +180,20 @@ pub async fn put_key(State(state): State<Arc<ApiState>>, uri: Uri, headers: Head
         headers: &headers,
         body: value.clone(),
     };
-    Ok(match write(&state, KvCommand::Put { key, value }, origin).await? {
-        Ok((index, _)) => Json(json!({ "index": index })).into_response(),
-        Err(forwarded) => forwarded,
-    })
+    Ok(
+        match write(&state, KvCommand::Put { key, value }, origin).await? {
+            Ok((index, _)) => Json(json!({ "index": index })).into_response(),
+            Err(forwarded) => forwarded,
+        },
+    )
 }
 
 /// `DELETE /v1/kv/{key}`.
-pub async fn delete_key(State(state): State<Arc<ApiState>>, uri: Uri, headers: HeaderMap) -> ApiResult {
+pub async fn delete_key(
+    State(state): State<Arc<ApiState>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult {
     let key = key_from_uri(&uri)?;
     let origin = ClientWrite {
         method: Method::DELETE,
@@ -188,11 +201,19 @@ pub async fn delete_key(State(state): State<Arc<ApiState>>, uri: Uri, headers: H
         headers: &headers,
         body: Bytes::new(),
     };
-    Ok(match write(&state, KvCommand::Delete { key }, origin).await? {
-        Ok((index, KvResponse::Delete { deleted })) => Json(json!({ "index": index, "deleted": deleted })).into_response(),
-        Ok((_, other)) => return Err(ApiError::internal(format!("unexpected answer to a delete: {other:?}"))),
-        Err(forwarded) => forwarded,
-    })
+    Ok(
+        match write(&state, KvCommand::Delete { key }, origin).await? {
+            Ok((index, KvResponse::Delete { deleted })) => {
+                Json(json!({ "index": index, "deleted": deleted })).into_response()
+            }
+            Ok((_, other)) => {
+                return Err(ApiError::internal(format!(
+                    "unexpected answer to a delete: {other:?}"
+                )))
+            }
+            Err(forwarded) => forwarded,
+        },
+    )
 }
 
 #[derive(Deserialize)]
@@ -206,7 +227,12 @@ struct CasBody {
 }
 
 /// `POST /v1/cas`.
-pub async fn cas(State(state): State<Arc<ApiState>>, uri: Uri, headers: HeaderMap, body: Body) -> ApiResult {
+pub async fn cas(
+    State(state): State<Arc<ApiState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     let raw = read_body(&state, body).await?;
     let parsed: CasBody = serde_json::from_slice(&raw).map_err(|e| {
         ApiError::bad_request(format!(
@@ -214,7 +240,9 @@ pub async fn cas(State(state): State<Arc<ApiState>>, uri: Uri, headers: HeaderMa
         ))
     })?;
     if parsed.key.is_empty() || parsed.key.len() > KEY_BYTES_MAX {
-        return Err(ApiError::bad_request(format!("a key must be 1 to {KEY_BYTES_MAX} bytes")));
+        return Err(ApiError::bad_request(format!(
+            "a key must be 1 to {KEY_BYTES_MAX} bytes"
+        )));
     }
     let command = KvCommand::Cas {
         key: Bytes::from(parsed.key.into_bytes()),
@@ -234,7 +262,11 @@ pub async fn cas(State(state): State<Arc<ApiState>>, uri: Uri, headers: HeaderMa
             "index": index,
         }))
         .into_response(),
-        Ok((_, other)) => return Err(ApiError::internal(format!("unexpected answer to a CAS: {other:?}"))),
+        Ok((_, other)) => {
+            return Err(ApiError::internal(format!(
+                "unexpected answer to a CAS: {other:?}"
+            )))
+        }
         Err(forwarded) => forwarded,
     })
 }
@@ -263,7 +295,11 @@ pub async fn get_key(
         }
     };
     if let Some(mode) = mode {
-        match state.node.read_barrier(mode, state.options.request_timeout).await {
+        match state
+            .node
+            .read_barrier(mode, state.options.request_timeout)
+            .await
+        {
             Ok(_) => {}
             Err(RequestError::NotLeader(leader)) => {
                 return Ok(forward::to_leader(
@@ -278,7 +314,9 @@ pub async fn get_key(
                 .await)
             }
             Err(RequestError::Unknown) => {
-                return Err(ApiError::timeout("could not confirm leadership in time for a linearizable read; retry"))
+                return Err(ApiError::timeout(
+                    "could not confirm leadership in time for a linearizable read; retry",
+                ))
             }
             Err(e) => return Err(write_error(e)),
         }
@@ -295,13 +333,20 @@ pub async fn get_key(
             StatusCode::OK,
             [
                 ("x-raft-index", index_header),
-                ("content-type", HeaderValue::from_static("application/octet-stream")),
+                (
+                    "content-type",
+                    HeaderValue::from_static("application/octet-stream"),
+                ),
             ],
             value,
         )
             .into_response()),
         None => {
-            let mut response = ApiError::not_found(format!("key {:?} is not set", String::from_utf8_lossy(&key))).into_response();
+            let mut response = ApiError::not_found(format!(
+                "key {:?} is not set",
+                String::from_utf8_lossy(&key)
+            ))
+            .into_response();
             response.headers_mut().insert("x-raft-index", index_header);
             Ok(response)
         }
@@ -402,7 +447,10 @@ fn describe_entry(kind: EntryKind, payload: &[u8]) -> Value {
     match kind {
         EntryKind::Noop => Value::Null,
         EntryKind::Membership => {
-            match bincode::serde::decode_from_slice::<Membership, _>(payload, bincode::config::standard()) {
+            match bincode::serde::decode_from_slice::<Membership, _>(
+                payload,
+                bincode::config::standard(),
+            ) {
                 Ok((membership, _)) => members_json(&membership),
                 Err(_) => Value::String(format!("<{} undecodable bytes>", payload.len())),
             }
@@ -419,8 +467,14 @@ fn describe_entry(kind: EntryKind, payload: &[u8]) -> Value {
                 Some(KvCommand::Put { key, value }) => {
                     json!({"op": "put", "key": text(&key), "value": text(&value), "request_id": request_id})
                 }
-                Some(KvCommand::Delete { key }) => json!({"op": "delete", "key": text(&key), "request_id": request_id}),
-                Some(KvCommand::Cas { key, expected, value }) => json!({
+                Some(KvCommand::Delete { key }) => {
+                    json!({"op": "delete", "key": text(&key), "request_id": request_id})
+                }
+                Some(KvCommand::Cas {
+                    key,
+                    expected,
+                    value,
+                }) => json!({
                     "op": "cas", "key": text(&key),
                     "expected": expected.map(|b| text(&b)), "value": value.map(|b| text(&b)),
                     "request_id": request_id,
@@ -455,26 +509,101 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     let t = state.node.transport.metrics();
     let mut out = String::new();
     let mut counter = |name: &str, help: &str, value: u64| {
-        let _ = writeln!(out, "# HELP raftlog_{name} {help}\n# TYPE raftlog_{name} counter\nraftlog_{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP raftlog_{name} {help}\n# TYPE raftlog_{name} counter\nraftlog_{name} {value}"
+        );
     };
-    counter("proposals_total", "Client writes proposed to the Raft log.", m.proposals.get());
-    counter("proposals_refused_total", "Proposals refused (not leader, back-pressure).", m.proposals_refused.get());
-    counter("entries_applied_total", "Entries applied to the state machine.", m.entries_applied.get());
-    counter("wal_appends_total", "WAL appends (one fdatasync each).", m.wal_appends.get());
-    counter("wal_entries_total", "Entries written to the WAL.", m.wal_entries.get());
-    counter("wal_bytes_total", "Entry bytes written to the WAL.", m.wal_bytes.get());
-    counter("wal_append_microseconds_total", "Time spent in WAL appends.", m.wal_append_micros.get());
-    counter("snapshots_taken_total", "Snapshots of the state machine taken locally.", m.snapshots_taken.get());
-    counter("snapshot_bytes_written_total", "Snapshot bytes written locally.", m.snapshot_bytes_written.get());
-    counter("snapshot_milliseconds_total", "Time spent writing snapshots.", m.snapshot_millis.get());
-    counter("snapshots_installed_total", "Snapshots received from a leader and installed.", m.snapshots_installed.get());
-    counter("snapshot_bytes_received_total", "Snapshot bytes received from a leader.", m.snapshot_bytes_received.get());
-    counter("reads_total", "Linearizable and lease reads served.", m.reads.get());
-    counter("elections_total", "Elections started by this node.", m.elections.get());
-    counter("transport_frames_sent_total", "Peer frames sent.", t.frames_sent);
-    counter("transport_frames_received_total", "Peer frames received.", t.frames_received);
-    counter("transport_bytes_sent_total", "Peer bytes sent.", t.sent_bytes);
-    counter("transport_bytes_received_total", "Peer bytes received.", t.received_bytes);
+    counter(
+        "proposals_total",
+        "Client writes proposed to the Raft log.",
+        m.proposals.get(),
+    );
+    counter(
+        "proposals_refused_total",
+        "Proposals refused (not leader, back-pressure).",
+        m.proposals_refused.get(),
+    );
+    counter(
+        "entries_applied_total",
+        "Entries applied to the state machine.",
+        m.entries_applied.get(),
+    );
+    counter(
+        "wal_appends_total",
+        "WAL appends (one fdatasync each).",
+        m.wal_appends.get(),
+    );
+    counter(
+        "wal_entries_total",
+        "Entries written to the WAL.",
+        m.wal_entries.get(),
+    );
+    counter(
+        "wal_bytes_total",
+        "Entry bytes written to the WAL.",
+        m.wal_bytes.get(),
+    );
+    counter(
+        "wal_append_microseconds_total",
+        "Time spent in WAL appends.",
+        m.wal_append_micros.get(),
+    );
+    counter(
+        "snapshots_taken_total",
+        "Snapshots of the state machine taken locally.",
+        m.snapshots_taken.get(),
+    );
+    counter(
+        "snapshot_bytes_written_total",
+        "Snapshot bytes written locally.",
+        m.snapshot_bytes_written.get(),
+    );
+    counter(
+        "snapshot_milliseconds_total",
+        "Time spent writing snapshots.",
+        m.snapshot_millis.get(),
+    );
+    counter(
+        "snapshots_installed_total",
+        "Snapshots received from a leader and installed.",
+        m.snapshots_installed.get(),
+    );
+    counter(
+        "snapshot_bytes_received_total",
+        "Snapshot bytes received from a leader.",
+        m.snapshot_bytes_received.get(),
+    );
+    counter(
+        "reads_total",
+        "Linearizable and lease reads served.",
+        m.reads.get(),
+    );
+    counter(
+        "elections_total",
+        "Elections started by this node.",
+        m.elections.get(),
+    );
+    counter(
+        "transport_frames_sent_total",
+        "Peer frames sent.",
+        t.frames_sent,
+    );
+    counter(
+        "transport_frames_received_total",
+        "Peer frames received.",
+        t.frames_received,
+    );
+    counter(
+        "transport_bytes_sent_total",
+        "Peer bytes sent.",
+        t.sent_bytes,
+    );
+    counter(
+        "transport_bytes_received_total",
+        "Peer bytes received.",
+        t.received_bytes,
+    );
     counter(
         "transport_dropped_total",
         "Peer messages dropped (full queue, unknown or disconnected peer, failed write, oversize).",
@@ -484,10 +613,26 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
             + t.dropped_write_failed
             + t.dropped_oversize,
     );
-    counter("transport_snapshot_chunks_dropped_total", "InstallSnapshot chunks dropped.", t.dropped_snapshot_chunks);
-    counter("transport_connect_errors_total", "Failed dials to peers.", t.connect_errors);
-    counter("transport_garbage_frames_total", "Frames refused as garbage.", t.garbage_frames);
-    counter("transport_handshakes_refused_total", "Peer handshakes refused (wrong cluster or unknown node).", t.handshakes_refused);
+    counter(
+        "transport_snapshot_chunks_dropped_total",
+        "InstallSnapshot chunks dropped.",
+        t.dropped_snapshot_chunks,
+    );
+    counter(
+        "transport_connect_errors_total",
+        "Failed dials to peers.",
+        t.connect_errors,
+    );
+    counter(
+        "transport_garbage_frames_total",
+        "Frames refused as garbage.",
+        t.garbage_frames,
+    );
+    counter(
+        "transport_handshakes_refused_total",
+        "Peer handshakes refused (wrong cluster or unknown node).",
+        t.handshakes_refused,
+    );
     let _ = writeln!(
         out,
         "# HELP raftlog_snapshot_last_bytes Size of the last snapshot taken.\n# TYPE raftlog_snapshot_last_bytes gauge\nraftlog_snapshot_last_bytes {}",

@@ -98,7 +98,11 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
 
 /// Adds `X-Raft-Leader` to every answer when a leader is known (a forwarded answer
 /// already carries the leader's own view).
-async fn leader_header(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
+async fn leader_header(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let mut response = next.run(request).await;
     if !response.headers().contains_key(LEADER_HEADER) {
         if let Some(leader) = state.node.leader_hint() {

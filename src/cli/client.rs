@@ -11,17 +11,42 @@ use crate::config::ClusterConfig;
 /// What the user asked for.
 #[derive(Debug)]
 pub enum Op {
-    Put { key: String, value: String },
-    Get { key: String, consistency: String },
-    Delete { key: String },
-    Cas { key: String, expected: Option<String>, value: Option<String> },
+    Put {
+        key: String,
+        value: String,
+    },
+    Get {
+        key: String,
+        consistency: String,
+    },
+    Delete {
+        key: String,
+    },
+    Cas {
+        key: String,
+        expected: Option<String>,
+        value: Option<String>,
+    },
     Status,
-    Log { from: Option<u64>, limit: u64 },
+    Log {
+        from: Option<u64>,
+        limit: u64,
+    },
     MembersList,
-    MembersAdd { id: u64, raft_addr: String, api_addr: String, voter: bool },
-    MembersRemove { id: u64 },
-    LeaderTransfer { id: u64 },
+    MembersAdd {
+        id: u64,
+        raft_addr: String,
+        api_addr: String,
+        voter: bool,
+    },
+    MembersRemove {
+        id: u64,
+    },
+    LeaderTransfer {
+        id: u64,
+    },
     Snapshot,
+    Bench(super::bench::BenchArgs),
 }
 
 /// Builds a CAS from the positional arguments and flags.
@@ -54,7 +79,10 @@ pub fn cas_op(
 
 /// Runs `op` and returns the exit status.
 pub fn run(target: Target, op: Op) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("raftlog: cannot start the async runtime: {e}");
@@ -69,7 +97,10 @@ pub fn run(target: Target, op: Op) -> i32 {
         }
     };
     runtime.block_on(async move {
-        let client = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
+        let client = match reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+        {
             Ok(client) => client,
             Err(e) => {
                 eprintln!("raftlog: cannot build an HTTP client: {e}");
@@ -78,6 +109,7 @@ pub fn run(target: Target, op: Op) -> i32 {
         };
         match op {
             Op::Status => status(&client, &addrs, target.json).await,
+            Op::Bench(args) => super::bench::run(&client, &addrs, args, target.json).await,
             op => single(&client, &addrs, op, target.json).await,
         }
     })
@@ -88,11 +120,18 @@ fn addresses(target: &Target) -> Result<Vec<String>, String> {
     if let Some(addr) = &target.addr {
         return Ok(vec![addr.clone()]);
     }
-    let path = target.config.clone().unwrap_or_else(|| PathBuf::from("config.json"));
+    let path = target
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("config.json"));
     let config = ClusterConfig::load(Path::new(&path)).map_err(|e| {
         format!("{e}\n(give --addr HOST:PORT of a node, or --config FILE with the cluster's nodes)")
     })?;
-    Ok(config.nodes().values().map(|n| n.api_addr.to_string()).collect())
+    Ok(config
+        .nodes()
+        .values()
+        .map(|n| n.api_addr.to_string())
+        .collect())
 }
 
 fn encode_key(key: &str) -> String {
@@ -110,14 +149,20 @@ fn encode_key(key: &str) -> String {
 fn request(client: &reqwest::Client, addr: &str, op: &Op) -> reqwest::RequestBuilder {
     let url = |path: &str| format!("http://{addr}{path}");
     match op {
-        Op::Put { key, value } => client.put(url(&format!("/v1/kv/{}", encode_key(key)))).body(value.clone()),
+        Op::Put { key, value } => client
+            .put(url(&format!("/v1/kv/{}", encode_key(key))))
+            .body(value.clone()),
         Op::Get { key, consistency } => client.get(url(&format!(
             "/v1/kv/{}?consistency={}",
             encode_key(key),
             encode_key(consistency)
         ))),
         Op::Delete { key } => client.delete(url(&format!("/v1/kv/{}", encode_key(key)))),
-        Op::Cas { key, expected, value } => client
+        Op::Cas {
+            key,
+            expected,
+            value,
+        } => client
             .post(url("/v1/cas"))
             .json(&json!({"key": key, "expected": expected, "value": value})),
         Op::Status => client.get(url("/v1/status")),
@@ -126,12 +171,20 @@ fn request(client: &reqwest::Client, addr: &str, op: &Op) -> reqwest::RequestBui
             client.get(url(&format!("/v1/log?limit={limit}{from}")))
         }
         Op::MembersList => client.get(url("/v1/members")),
-        Op::MembersAdd { id, raft_addr, api_addr, voter } => client
+        Op::MembersAdd {
+            id,
+            raft_addr,
+            api_addr,
+            voter,
+        } => client
             .post(url("/v1/members"))
             .json(&json!({"id": id, "raft_addr": raft_addr, "api_addr": api_addr, "voter": voter})),
         Op::MembersRemove { id } => client.delete(url(&format!("/v1/members/{id}"))),
-        Op::LeaderTransfer { id } => client.post(url("/v1/leader/transfer")).json(&json!({"to": id})),
+        Op::LeaderTransfer { id } => client
+            .post(url("/v1/leader/transfer"))
+            .json(&json!({"to": id})),
         Op::Snapshot => client.post(url("/v1/snapshot")),
+        Op::Bench(_) => client.get(url("/v1/status")),
     }
 }
 
@@ -211,10 +264,17 @@ fn print_human(op: &Op, value: &Value) {
         Op::Put { .. } => println!("OK (index {})", value["index"]),
         Op::Delete { .. } => {
             let deleted = value["deleted"].as_bool().unwrap_or(false);
-            println!("{} (index {})", if deleted { "deleted" } else { "not found" }, value["index"]);
+            println!(
+                "{} (index {})",
+                if deleted { "deleted" } else { "not found" },
+                value["index"]
+            );
         }
         Op::Cas { .. } => {
-            let current = value["current"].as_str().map(|s| format!("{s:?}")).unwrap_or("(absent)".into());
+            let current = value["current"]
+                .as_str()
+                .map(|s| format!("{s:?}"))
+                .unwrap_or("(absent)".into());
             if value["succeeded"].as_bool().unwrap_or(false) {
                 println!("swapped: now {current} (index {})", value["index"]);
             } else {
@@ -276,7 +336,10 @@ async fn status(client: &reqwest::Client, addrs: &[String], as_json: bool) -> i3
     if as_json {
         let all: Vec<Value> = rows
             .iter()
-            .map(|(addr, s)| s.clone().unwrap_or_else(|| json!({"api_addr": addr, "error": "unreachable"})))
+            .map(|(addr, s)| {
+                s.clone()
+                    .unwrap_or_else(|| json!({"api_addr": addr, "error": "unreachable"}))
+            })
             .collect();
         println!("{}", Value::Array(all));
     } else {

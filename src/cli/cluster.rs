@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,9 @@ fn plan(config: &ClusterConfig, count: usize) -> Vec<Planned> {
         })
         .collect();
     let max_id = config.nodes().keys().max().copied().unwrap_or(0);
-    let port = |f: fn(&crate::config::NodeAddrs) -> u16| config.nodes().values().map(f).max().unwrap_or(7000);
+    let port = |f: fn(&crate::config::NodeAddrs) -> u16| {
+        config.nodes().values().map(f).max().unwrap_or(7000)
+    };
     let (raft_port, api_port) = (port(|n| n.raft_addr.port()), port(|n| n.api_addr.port()));
     for extra in 1..=count.saturating_sub(nodes.len()) as u64 {
         nodes.push(Planned {
@@ -64,7 +66,10 @@ pub fn run(config_path: &Path, count: usize) -> i32 {
     let cluster_file = data_dir.join("cluster.json");
     let mut file_nodes = serde_json::Map::new();
     for n in &nodes {
-        file_nodes.insert(n.id.to_string(), json!({"raft_addr": n.raft_addr, "api_addr": n.api_addr}));
+        file_nodes.insert(
+            n.id.to_string(),
+            json!({"raft_addr": n.raft_addr, "api_addr": n.api_addr}),
+        );
     }
     let file = json!({
         "cluster_id": config.cluster_id(),
@@ -77,7 +82,10 @@ pub fn run(config_path: &Path, count: usize) -> i32 {
     });
     let text = serde_json::to_string_pretty(&file).unwrap_or_default();
     if let Err(e) = std::fs::write(&cluster_file, text) {
-        eprintln!("raftlog cluster: cannot write {}: {e}", cluster_file.display());
+        eprintln!(
+            "raftlog cluster: cannot write {}: {e}",
+            cluster_file.display()
+        );
         return EXIT_FAILED;
     }
     let mut children = BTreeMap::new();
@@ -93,7 +101,12 @@ pub fn run(config_path: &Path, count: usize) -> i32 {
             }
         }
     }
-    println!("raftlog cluster \"{}\": {} nodes, data under {}", config.cluster_id(), nodes.len(), data_dir.display());
+    println!(
+        "raftlog cluster \"{}\": {} nodes, data under {}",
+        config.cluster_id(),
+        nodes.len(),
+        data_dir.display()
+    );
     for n in &nodes {
         println!(
             "  node {}: api http://{}  raft {}  log {}",
@@ -103,7 +116,10 @@ pub fn run(config_path: &Path, count: usize) -> i32 {
             data_dir.join(format!("node-{}.log", n.id)).display()
         );
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("raftlog cluster: cannot start the async runtime: {e}");
@@ -117,14 +133,17 @@ pub fn run(config_path: &Path, count: usize) -> i32 {
 }
 
 fn spawn_node(cluster_file: &Path, data_dir: &Path, id: u64) -> Result<Child, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the raftlog executable: {e}"))?;
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the raftlog executable: {e}"))?;
     let log_path = data_dir.join(format!("node-{id}.log"));
     let log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-    let log_err = log.try_clone().map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
     let mut command = Command::new(exe);
     command
         .arg("serve")
@@ -147,7 +166,9 @@ fn spawn_node(cluster_file: &Path, data_dir: &Path, id: u64) -> Result<Child, St
             });
         }
     }
-    command.spawn().map_err(|e| format!("cannot start node {id}: {e}"))
+    command
+        .spawn()
+        .map_err(|e| format!("cannot start node {id}: {e}"))
 }
 
 fn stop_all(children: &mut BTreeMap<u64, Child>) {
@@ -173,7 +194,11 @@ fn stop_all(children: &mut BTreeMap<u64, Child>) {
     }
 }
 
-async fn supervise(nodes: &[Planned], children: &mut BTreeMap<u64, Child>, cluster_file: &PathBuf) -> i32 {
+async fn supervise(
+    nodes: &[Planned],
+    children: &mut BTreeMap<u64, Child>,
+    cluster_file: &Path,
+) -> i32 {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
@@ -197,7 +222,10 @@ async fn supervise(nodes: &[Planned], children: &mut BTreeMap<u64, Child>, clust
     demo(&client, nodes, leader).await;
     println!();
     println!("Try it (in another terminal):");
-    println!("  raftlog put greeting hello --config {}", cluster_file.display());
+    println!(
+        "  raftlog put greeting hello --config {}",
+        cluster_file.display()
+    );
     println!("  raftlog get greeting --config {}", cluster_file.display());
     println!("  raftlog status --config {}", cluster_file.display());
     println!("Ctrl-C stops the cluster.");
@@ -220,7 +248,9 @@ async fn supervise(nodes: &[Planned], children: &mut BTreeMap<u64, Child>, clust
 async fn sigterm() {
     #[cfg(unix)]
     {
-        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             term.recv().await;
             return;
         }
@@ -254,7 +284,11 @@ async fn find_leader(client: &reqwest::Client, nodes: &[Planned]) -> Option<u64>
 /// Shows replication at work: write through a follower, read back from another node.
 async fn demo(client: &reqwest::Client, nodes: &[Planned], leader: u64) {
     let writer = nodes.iter().find(|n| n.id != leader).unwrap_or(&nodes[0]);
-    let reader = nodes.iter().rev().find(|n| n.id != writer.id).unwrap_or(&nodes[0]);
+    let reader = nodes
+        .iter()
+        .rev()
+        .find(|n| n.id != writer.id)
+        .unwrap_or(&nodes[0]);
     let put = client
         .put(format!("http://{}/v1/kv/hello", writer.api_addr))
         .body("world")
@@ -266,7 +300,11 @@ async fn demo(client: &reqwest::Client, nodes: &[Planned], leader: u64) {
             println!("PUT hello=world via node {}: {body}", writer.id);
         }
         Ok(r) => {
-            println!("PUT hello=world via node {} answered {}", writer.id, r.status());
+            println!(
+                "PUT hello=world via node {} answered {}",
+                writer.id,
+                r.status()
+            );
             return;
         }
         Err(e) => {
@@ -274,7 +312,11 @@ async fn demo(client: &reqwest::Client, nodes: &[Planned], leader: u64) {
             return;
         }
     }
-    match client.get(format!("http://{}/v1/kv/hello", reader.api_addr)).send().await {
+    match client
+        .get(format!("http://{}/v1/kv/hello", reader.api_addr))
+        .send()
+        .await
+    {
         Ok(r) => {
             let index = r
                 .headers()
@@ -283,7 +325,10 @@ async fn demo(client: &reqwest::Client, nodes: &[Planned], leader: u64) {
                 .unwrap_or("?")
                 .to_string();
             let body = r.text().await.unwrap_or_default();
-            println!("GET hello via node {} (linearizable, index {index}): {body}", reader.id);
+            println!(
+                "GET hello via node {} (linearizable, index {index}): {body}",
+                reader.id
+            );
         }
         Err(e) => println!("GET hello via node {} failed: {e}", reader.id),
     }

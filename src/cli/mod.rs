@@ -1,6 +1,7 @@
 //! The command line (clap). Exit status: 0 success, 1 operation failed, 2 usage or
 //! configuration error.
 
+mod bench;
 mod client;
 mod cluster;
 mod serve;
@@ -133,6 +134,13 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Measure write throughput and latency against a running cluster.
+    Bench {
+        #[command(flatten)]
+        args: bench::BenchArgs,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -236,12 +244,15 @@ pub fn run() -> i32 {
                     voter: !learner,
                 },
             ),
-            MembersAction::Remove { id, target } => client::run(target, client::Op::MembersRemove { id }),
+            MembersAction::Remove { id, target } => {
+                client::run(target, client::Op::MembersRemove { id })
+            }
         },
         Command::Leader {
             action: LeaderAction::Transfer { id, target },
         } => client::run(target, client::Op::LeaderTransfer { id }),
         Command::Snapshot { target } => client::run(target, client::Op::Snapshot),
+        Command::Bench { args, target } => client::run(target, client::Op::Bench(args)),
     }
 }
 

@@ -13,10 +13,17 @@ use crate::node::{self, NodeOptions};
 const TICK: Duration = Duration::from_millis(10);
 
 /// Builds the node's options from the cluster file; nothing touches the disk yet.
-pub fn node_options(config: &ClusterConfig, id: u64, data_dir: Option<PathBuf>) -> Result<NodeOptions, String> {
+pub fn node_options(
+    config: &ClusterConfig,
+    id: u64,
+    data_dir: Option<PathBuf>,
+) -> Result<NodeOptions, String> {
     config.validate_node_id(id).map_err(|e| e.to_string())?;
     let Some(me) = config.node(id) else {
-        return Err(format!("{}: node {id} is not in nodes", config.path().display()));
+        return Err(format!(
+            "{}: node {id} is not in nodes",
+            config.path().display()
+        ));
     };
     Ok(NodeOptions {
         id,
@@ -50,7 +57,10 @@ pub fn run(config_path: &Path, id: u64, data_dir: Option<PathBuf>) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("raftlog serve: cannot start the async runtime: {e}");
@@ -66,7 +76,10 @@ async fn serve(options: NodeOptions) -> i32 {
     let node = match node::start(options, KvStore::new()).await {
         Ok(node) => node,
         Err(e) => {
-            eprintln!("raftlog serve: cannot start node (data in {}): {e}", data_dir.display());
+            eprintln!(
+                "raftlog serve: cannot start node (data in {}): {e}",
+                data_dir.display()
+            );
             return EXIT_FAILED;
         }
     };

@@ -33,7 +33,7 @@ use storage::wal::{Wal, WalOptions};
 use storage::{Membership, NodeId, SnapshotMeta};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use self::apply::{ApplyJob, Applier, PendingWrite, PendingWrites, WriteOutcome};
+use self::apply::{Applier, ApplyJob, PendingWrite, PendingWrites, WriteOutcome};
 use self::log_storage::{DurableLog, NodeLogStorage};
 use self::writer::{WriteJob, Writer};
 use crate::kv::{Replicated, StateMachine};
@@ -70,9 +70,17 @@ pub struct NodeOptions {
 /// Things the persistence and apply threads tell the raft loop.
 #[derive(Debug)]
 pub(crate) enum Event {
-    Persisted { index: u64, term: u64 },
-    Applied { index: u64 },
-    SnapshotTaken { meta: SnapshotMeta, compact_upto: u64 },
+    Persisted {
+        index: u64,
+        term: u64,
+    },
+    Applied {
+        index: u64,
+    },
+    SnapshotTaken {
+        meta: SnapshotMeta,
+        compact_upto: u64,
+    },
     Fatal(String),
 }
 
@@ -180,9 +188,7 @@ impl Metrics {
 
     fn record_snapshot(&self, bytes: u64, elapsed: Duration) {
         self.snapshots_taken.inc();
-        self.snapshot_last_bytes
-            .0
-            .store(bytes, Ordering::Relaxed);
+        self.snapshot_last_bytes.0.store(bytes, Ordering::Relaxed);
         self.snapshot_bytes_written.add(bytes);
         self.snapshot_millis.add(elapsed.as_millis() as u64);
     }
@@ -292,9 +298,44 @@ impl<S: StateMachine> Node<S> {
         }
     }
 
+    /// Proposes one command for the state machine (no client session) and waits until it is
+    /// applied; returns its log index and the state machine's response.
+    pub async fn propose(
+        &self,
+        command: &[u8],
+        timeout: Duration,
+    ) -> Result<(u64, Vec<u8>), RequestError> {
+        let wrapped = crate::kv::Command {
+            request_id: None,
+            body: Bytes::copy_from_slice(command),
+        };
+        match self.write(wrapped.encode().into(), timeout).await? {
+            (index, crate::kv::Applied::Fresh(response)) => Ok((index, response)),
+            (index, crate::kv::Applied::Duplicate { response, .. }) => Ok((index, response)),
+            (_, other) => Err(RequestError::Refused(format!(
+                "the command was not applied: {other:?}"
+            ))),
+        }
+    }
+
+    /// Reads the state machine after a linearizable read barrier.
+    pub async fn read<T>(
+        &self,
+        timeout: Duration,
+        read: impl FnOnce(&S) -> T,
+    ) -> Result<T, RequestError> {
+        self.read_barrier(ReadMode::Linearizable, timeout).await?;
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        Ok(read(&state.state))
+    }
+
     /// Waits until a read in `mode` is safe and returns the index it may be served at (the
     /// state machine then has applied at least that index).
-    pub async fn read_barrier(&self, mode: ReadMode, timeout: Duration) -> Result<u64, RequestError> {
+    pub async fn read_barrier(
+        &self,
+        mode: ReadMode,
+        timeout: Duration,
+    ) -> Result<u64, RequestError> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::Read { mode, reply })
@@ -308,7 +349,10 @@ impl<S: StateMachine> Node<S> {
         };
         let mut applied = self.applied.clone();
         let reached = tokio::time::timeout(timeout, async move {
-            applied.wait_for(|applied| *applied >= index).await.map(|_| ())
+            applied
+                .wait_for(|applied| *applied >= index)
+                .await
+                .map(|_| ())
         })
         .await;
         match reached {
@@ -382,7 +426,8 @@ fn core_config(options: &NodeOptions) -> raft::Config {
     let mut config = raft::Config::new(options.id);
     config.heartbeat_interval_ticks = ticks(options.heartbeat_interval);
     config.election_timeout_ticks_min = ticks(options.election_timeout.0);
-    config.election_timeout_ticks_max = ticks(options.election_timeout.1).max(config.election_timeout_ticks_min + 1);
+    config.election_timeout_ticks_max =
+        ticks(options.election_timeout.1).max(config.election_timeout_ticks_min + 1);
     // Each process draws its own timeouts; a time-derived seed keeps restarted nodes from
     // repeating the same sequence. Determinism matters only in the simulator.
     config.seed = options.id
@@ -395,14 +440,28 @@ fn core_config(options: &NodeOptions) -> raft::Config {
 
 /// Opens the node's storage, recovers, and starts all its activities. Returns the client
 /// handle; the node runs until the process exits.
-pub async fn start<S: StateMachine>(options: NodeOptions, state_machine: S) -> Result<Node<S>, StartError> {
+pub async fn start<S: StateMachine>(
+    options: NodeOptions,
+    state_machine: S,
+) -> Result<Node<S>, StartError> {
     let dir = &options.data_dir;
     std::fs::create_dir_all(dir)
         .map_err(|e| storage::Error::io("create data directory", dir, e))?;
     let stable = Arc::new(StableStore::open(dir.join("stable"))?);
-    stable.bind_identity(&options.cluster_id, options.id)?;
-    let snapshots = SnapshotStore::open(&dir.join("snapshots"))?;
+    let snapshots = SnapshotStore::open(dir.join("snapshots"))?;
     let wal = Wal::open(&dir.join("wal"), WalOptions::default())?;
+    if stable.is_fresh() && (wal.last_index() > 0 || snapshots.latest()?.is_some()) {
+        // The log survived but the term and vote did not: restarting at term 0 could let
+        // this node vote twice in a term. Refuse rather than guess.
+        return Err(StartError::Inconsistent(format!(
+            "{}: the stable store (term, vote, membership) is missing or empty but the log \
+             holds entries up to {}; the node cannot know whom it voted for. Restore the \
+             data directory from a backup, or remove it and re-add this node as a new member",
+            dir.display(),
+            wal.last_index()
+        )));
+    }
+    stable.bind_identity(&options.cluster_id, options.id)?;
     let bootstrap = match stable.membership()? {
         Some(membership) => membership,
         None => {
@@ -426,7 +485,8 @@ pub async fn start<S: StateMachine>(options: NodeOptions, state_machine: S) -> R
                 snapshot_meta.last_index
             )));
         }
-        writer::reconcile_log_with_snapshot(&log, &snapshot_meta).map_err(StartError::Inconsistent)?;
+        writer::reconcile_log_with_snapshot(&log, &snapshot_meta)
+            .map_err(StartError::Inconsistent)?;
     }
 
     let metrics = Arc::new(Metrics::default());
@@ -440,20 +500,34 @@ pub async fn start<S: StateMachine>(options: NodeOptions, state_machine: S) -> R
                 snapshot_meta.last_index
             ))
         })?;
-        tracing::info!(last_index = snapshot_meta.last_index, "restored state machine from snapshot");
+        tracing::info!(
+            last_index = snapshot_meta.last_index,
+            "restored state machine from snapshot"
+        );
     }
 
     let storage = NodeLogStorage(log.clone());
-    let core = RaftCore::new(core_config(&options), storage, hard_state, bootstrap.clone());
+    let core = RaftCore::new(
+        core_config(&options),
+        storage,
+        hard_state,
+        bootstrap.clone(),
+    );
     let initial_membership = core.status().membership;
     let peers = raft_peers(&initial_membership);
-    let transport_config = TransportConfig::new(options.id, options.cluster_id.clone(), options.raft_addr, peers);
-    let (transport, inbound) = Transport::start(transport_config)
-        .await
-        .map_err(|source| StartError::Transport {
-            addr: options.raft_addr,
-            source,
-        })?;
+    let transport_config = TransportConfig::new(
+        options.id,
+        options.cluster_id.clone(),
+        options.raft_addr,
+        peers,
+    );
+    let (transport, inbound) =
+        Transport::start(transport_config)
+            .await
+            .map_err(|source| StartError::Transport {
+                addr: options.raft_addr,
+                source,
+            })?;
 
     let state = Arc::new(RwLock::new(replicated));
     let (applied_tx, applied_rx) = watch::channel(snapshot_meta.last_index);
@@ -711,7 +785,11 @@ impl RaftLoop {
         }
         if let Some(first) = ready.entries.first() {
             self.log.hide_from(first.index);
-            if ready.entries.iter().any(|e| e.kind == storage::EntryKind::Membership) {
+            if ready
+                .entries
+                .iter()
+                .any(|e| e.kind == storage::EntryKind::Membership)
+            {
                 self.refresh_membership();
             }
         }
@@ -728,7 +806,9 @@ impl RaftLoop {
             });
         }
         if !ready.committed_entries.is_empty() {
-            let _ = self.apply_tx.send(ApplyJob::Entries(ready.committed_entries));
+            let _ = self
+                .apply_tx
+                .send(ApplyJob::Entries(ready.committed_entries));
         }
         for read in ready.read_states {
             if let Some(reply) = self.pending_reads.remove(&read.ctx) {

@@ -65,7 +65,10 @@ impl Cluster {
         for id in 1..=spec.nodes {
             let raft_addr = format!("127.0.0.1:{}", free_port());
             let api_addr = format!("127.0.0.1:{}", free_port());
-            nodes_json.insert(id.to_string(), json!({"raft_addr": raft_addr, "api_addr": api_addr}));
+            nodes_json.insert(
+                id.to_string(),
+                json!({"raft_addr": raft_addr, "api_addr": api_addr}),
+            );
             nodes.insert(
                 id,
                 NodeProc {
@@ -217,7 +220,12 @@ impl Cluster {
             let text = std::fs::read_to_string(&node.log_path).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(25)..];
-            out.push_str(&format!("--- node {} ({}) ---\n{}\n", node.id, node.log_path.display(), tail.join("\n")));
+            out.push_str(&format!(
+                "--- node {} ({}) ---\n{}\n",
+                node.id,
+                node.log_path.display(),
+                tail.join("\n")
+            ));
         }
         out
     }
@@ -227,7 +235,13 @@ impl Cluster {
         answer(self.client.put(url).body(value.to_string()).send().await).await
     }
 
-    pub async fn put_with_id(&self, id: u64, key: &str, value: &str, request_id: &str) -> Result<Value, (u16, String)> {
+    pub async fn put_with_id(
+        &self,
+        id: u64,
+        key: &str,
+        value: &str,
+        request_id: &str,
+    ) -> Result<Value, (u16, String)> {
         let url = format!("http://{}/v1/kv/{key}", self.api(id));
         answer(
             self.client
@@ -241,9 +255,22 @@ impl Cluster {
     }
 
     /// `GET /v1/kv/{key}`: `Ok(Some(value))`, `Ok(None)` for 404, `Err` otherwise.
-    pub async fn get(&self, id: u64, key: &str, consistency: &str) -> Result<Option<String>, (u16, String)> {
-        let url = format!("http://{}/v1/kv/{key}?consistency={consistency}", self.api(id));
-        let response = self.client.get(url).send().await.map_err(|e| (0, e.to_string()))?;
+    pub async fn get(
+        &self,
+        id: u64,
+        key: &str,
+        consistency: &str,
+    ) -> Result<Option<String>, (u16, String)> {
+        let url = format!(
+            "http://{}/v1/kv/{key}?consistency={consistency}",
+            self.api(id)
+        );
+        let response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| (0, e.to_string()))?;
         let status = response.status().as_u16();
         let body = response.text().await.map_err(|e| (0, e.to_string()))?;
         match status {
@@ -258,7 +285,13 @@ impl Cluster {
         answer(self.client.delete(url).send().await).await
     }
 
-    pub async fn cas(&self, id: u64, key: &str, expected: Option<&str>, value: Option<&str>) -> Result<Value, (u16, String)> {
+    pub async fn cas(
+        &self,
+        id: u64,
+        key: &str,
+        expected: Option<&str>,
+        value: Option<&str>,
+    ) -> Result<Value, (u16, String)> {
         let url = format!("http://{}/v1/cas", self.api(id));
         let body = json!({"key": key, "expected": expected, "value": value});
         answer(self.client.post(url).json(&body).send().await).await
@@ -277,7 +310,10 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("no node acknowledged {key}={value} within {within:?}: {last}\n{}", self.logs_tail());
+        panic!(
+            "no node acknowledged {key}={value} within {within:?}: {last}\n{}",
+            self.logs_tail()
+        );
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
