@@ -1,7 +1,7 @@
 //! Deterministic simulation of Raft clusters under hostile faults (see `tests/sim/mod.rs`).
 //!
 //! Default run (`cargo test --release --test simulation`): 2,000 seeds, each a 3- or
-//! 5-node cluster driven through 3,000 faulty steps, then healed and required to make
+//! 5-node cluster driven through 20,000 faulty steps (events), then healed and required to make
 //! progress; split over four tests so they run in parallel. Plus determinism and the
 //! `planted_*` tests, which switch on a deliberately broken rule in the core and require the
 //! simulator to catch it.
@@ -58,7 +58,7 @@ fn run_part(part: u64) {
     let mut failures = Vec::new();
     let (mut seeds, mut steps, mut leaders, mut acked, mut reads, mut installs) =
         (0, 0, 0, 0, 0, 0);
-    let mut worst_converge = 0;
+    let mut worst_converge = (0, 0);
     for seed in (base + part..base + total).step_by(PARTS as usize) {
         seeds += 1;
         match run(&options(seed)) {
@@ -68,7 +68,9 @@ fn run_part(part: u64) {
                 acked += stats.acked_writes;
                 reads += stats.reads_served;
                 installs += stats.snapshots_installed;
-                worst_converge = worst_converge.max(stats.heal_to_converged_ticks);
+                if stats.heal_to_converged_ticks > worst_converge.0 {
+                    worst_converge = (stats.heal_to_converged_ticks, seed);
+                }
             }
             Err(failure) => {
                 eprintln!("{}", failure.report());
@@ -83,9 +85,11 @@ fn run_part(part: u64) {
     eprintln!(
         "part {part}: {seeds} seeds, {steps} steps in {secs:.1}s ({:.0} seeds/min, {:.0} steps/s); \
          {leaders} leaders elected, {acked} writes acknowledged, {reads} reads served, \
-         {installs} snapshots installed; slowest convergence after heal: {worst_converge} ticks",
+         {installs} snapshots installed; slowest convergence after heal: {} ticks (seed {})",
         seeds as f64 * 60.0 / secs,
-        steps as f64 / secs
+        steps as f64 / secs,
+        worst_converge.0,
+        worst_converge.1
     );
     if !failures.is_empty() {
         let summary: Vec<String> = failures
@@ -174,6 +178,7 @@ const SAFETY: &[&str] = &[
     "acknowledged write",
     "acknowledged writes survive",
     "one vote per term",
+    "durable before acknowledged",
 ];
 
 /// Runs seeds with `bug` planted in every core until the checker reports a violation;
@@ -238,4 +243,72 @@ fn planted_vote_before_persist() {
 #[test]
 fn planted_read_index_without_quorum() {
     find_planted(PlantedBug::ReadIndexWithoutQuorum, 2_000);
+}
+
+/// How often each planted bug is caught, over `RAFTLOG_SIM_SEEDS` seeds (default 200) each:
+/// a measure of how hostile the fault schedules are. Not run by default:
+/// `cargo test --release --test simulation planted_detection_rates -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn planted_detection_rates() {
+    let seeds = env_u64("RAFTLOG_SIM_SEEDS").unwrap_or(200);
+    let only = std::env::var("RAFTLOG_SIM_PLANTED").ok();
+    for bug in [
+        PlantedBug::CommitOldTermByCount,
+        PlantedBug::VoteWithoutLogCheck,
+        PlantedBug::VoteBeforePersist,
+        PlantedBug::ReadIndexWithoutQuorum,
+    ] {
+        if only
+            .as_deref()
+            .is_some_and(|name| parse_planted(name) != Some(bug))
+        {
+            continue;
+        }
+        let started = Instant::now();
+        let mut by_invariant: std::collections::BTreeMap<&str, u64> = Default::default();
+        let mut triggered = 0;
+        for seed in 1_000_000..1_000_000 + seeds {
+            let mut options = options(seed);
+            options.planted_bug = Some(bug);
+            options.ring_events = 1;
+            let invariant = match run(&options) {
+                Ok(stats) => {
+                    triggered += u64::from(stats.old_term_commits > 0);
+                    "(none)"
+                }
+                Err(failure) => {
+                    if std::env::var("RAFTLOG_SIM_VERBOSE").is_ok() {
+                        eprintln!(
+                            "  {bug:?} seed {seed} ({} nodes, {}): {}",
+                            failure.stats.nodes, failure.stats.profile, failure.invariant
+                        );
+                    }
+                    failure.invariant
+                }
+            };
+            *by_invariant.entry(invariant).or_default() += 1;
+        }
+        eprintln!(
+            "{bug:?}: {seeds} seeds in {:.1}s: {by_invariant:?} (passing seeds where a leader committed an old-term entry: {triggered})",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Per-seed figures, to tune the fault schedules:
+/// `cargo test --release --test simulation seed_stats -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn seed_stats() {
+    let seeds = env_u64("RAFTLOG_SIM_SEEDS").unwrap_or(20);
+    for seed in 1_000_000..1_000_000 + seeds {
+        match run(&options(seed)) {
+            Ok(s) => eprintln!(
+                "seed {seed}: {} {} nodes, time {} ({} ticks), leaders {}, max term {}, crashes {}, partitions {}, committed {}, acked {}, reads {}, installs {}, delivered {}, dropped {}",
+                s.profile, s.nodes, s.sim_time, s.sim_time / 10, s.leaders_elected, s.max_term, s.crashes, s.partitions, s.committed, s.acked_writes, s.reads_served, s.snapshots_installed, s.messages_delivered, s.messages_dropped
+            ),
+            Err(f) => eprintln!("seed {seed}: {} {}", f.invariant, f.detail),
+        }
+    }
 }

@@ -40,9 +40,11 @@ use trace::{Ev, Msg, Trace};
 /// dozen, so a tick is long compared to a round trip, as 10 ms ticks are on a LAN.
 const TICK_UNITS: u64 = 10;
 /// After healing, a leader must be elected and a new write applied everywhere within this
-/// many ticks (about 20 maximal election timeouts: PreVote rounds, split votes and a
-/// snapshot transfer to a node that was down all fit comfortably).
-pub const LIVENESS_TICKS: u64 = 400;
+/// many ticks (about 20 maximal election timeouts). The slowest seeds are those with one
+/// entry per message and one message in flight, where the new leader first replicates the
+/// uncommitted backlog of earlier leaders (up to `max_uncommitted` each) one round trip at
+/// a time; 2,000 default seeds need at most about 330.
+pub const LIVENESS_TICKS: u64 = 600;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -61,7 +63,7 @@ impl SimOptions {
         SimOptions {
             seed,
             planted_bug: None,
-            fault_steps: 3_000,
+            fault_steps: 20_000,
             keep_full_trace: false,
             ring_events: 300,
         }
@@ -72,6 +74,8 @@ impl SimOptions {
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     pub nodes: usize,
+    /// Which family of fault schedules the seed drew.
+    pub profile: &'static str,
     pub steps: u64,
     pub sim_time: u64,
     pub trace_hash: u64,
@@ -87,6 +91,9 @@ pub struct Stats {
     pub messages_delivered: u64,
     pub messages_dropped: u64,
     pub heal_to_converged_ticks: u64,
+    /// Times a leader advanced its commit index to an entry of an earlier term (never, in
+    /// a correct core: Raft §5.4.2).
+    pub old_term_commits: u64,
 }
 
 /// A run that broke an invariant (or panicked in the core).
@@ -207,11 +214,28 @@ struct Params {
     tail_max: u64,
     disk_delay_max: u64,
     fault_interval: u64,
+    calm_max: u64,
+    burst_max: u64,
     w_crash: u64,
     w_partition: u64,
     w_storm: u64,
     w_slow_disk: u64,
+    w_pause: u64,
+    /// Chance of a crash right after a node grants a vote, acknowledges an append or (as
+    /// leader) sends entries: the moments where acting before persisting loses data.
+    crash_after_send_ppm: u64,
     crash_down_max: u64,
+    /// Chance of isolating a leader right after it accepts a write or advances its commit
+    /// index.
+    isolate_ppm: u64,
+    /// Chance of a crash right after granting a vote (it must have been durable).
+    crash_after_vote_ppm: u64,
+    /// Election timeouts are drawn from `[min, min + spread)`: a small spread makes
+    /// candidates collide (split votes, two candidates in one term).
+    election_spread: u32,
+    /// Share of ordinary crashes aimed at a leader.
+    leader_crash_pct: u64,
+    profile: &'static str,
     partition_max: u64,
     client_interval: u64,
     read_pct: u64,
@@ -225,6 +249,9 @@ struct Params {
     election_min: u32,
     max_msg_bytes: u64,
     max_inflight: usize,
+    /// Backpressure: with one entry per message and one message in flight, a leader that
+    /// accepted thousands of writes needs more than the liveness bound to replicate them.
+    max_uncommitted: u64,
     max_apply_bytes: u64,
     snapshot_chunk_bytes: u64,
 }
@@ -232,7 +259,7 @@ struct Params {
 impl Params {
     fn draw(rng: &mut Rng) -> Params {
         let election_min = rng.range(8, 16) as u32;
-        Params {
+        let mut p = Params {
             nodes: if rng.below(2) == 0 { 3 } else { 5 },
             drop_ppm: rng.pick(&[0, 10_000, 50_000, 150_000]),
             dup_ppm: rng.pick(&[0, 10_000, 50_000]),
@@ -240,11 +267,15 @@ impl Params {
             tail_ppm: rng.pick(&[0, 10_000, 40_000]),
             tail_max: rng.range(30, 400),
             disk_delay_max: rng.range(2, 20),
-            fault_interval: rng.range(20, 300),
+            fault_interval: rng.pick(&[15, 40, 100, 300]),
+            calm_max: rng.pick(&[2, 300, 1_000, 3_000]),
+            burst_max: rng.pick(&[200, 1_000, 5_000]),
             w_crash: rng.range(0, 10),
             w_partition: rng.range(0, 10),
             w_storm: rng.range(0, 3),
             w_slow_disk: rng.range(0, 3),
+            w_pause: rng.range(0, 4),
+            crash_after_send_ppm: rng.pick(&[0, 0, 3_000, 10_000]),
             crash_down_max: rng.pick(&[30, 200, 1500]),
             partition_max: rng.pick(&[200, 800, 3000]),
             client_interval: rng.range(3, 25),
@@ -257,11 +288,55 @@ impl Params {
             check_quorum: rng.below(5) != 0,
             heartbeat: rng.range(1, 4) as u32,
             election_min,
-            max_msg_bytes: rng.range(33, 400),
+            // Often one entry per message, so a new leader's no-op travels apart from the
+            // older entries before it (the Figure 8 interleavings need that).
+            max_msg_bytes: rng.pick(&[40, 40, 100, 400, 4_000]),
             max_inflight: rng.range(1, 8) as usize,
+            max_uncommitted: rng.pick(&[8, 32, 128]),
             max_apply_bytes: rng.range(33, 600),
             snapshot_chunk_bytes: rng.pick(&[16, 40, 1 << 20]),
+            leader_crash_pct: 35,
+            isolate_ppm: rng.pick(&[0, 0, 10_000]),
+            crash_after_vote_ppm: rng.pick(&[0, 0, 50_000, 200_000]),
+            election_spread: if rng.below(4) == 0 { 3 } else { election_min },
+            profile: "mixed",
+        };
+        match rng.below(10) {
+            // 6.824's Figure8Unreliable: leaders crash soon after accepting writes and come
+            // back quickly, one entry per message, so old-term entries spread without the new
+            // leader's no-op; also where a vote or ack sent before it is durable gets lost.
+            0..=2 => {
+                p.profile = "figure8";
+                p.w_crash = 10;
+                p.w_partition = rng.range(0, 3);
+                p.w_storm = 0;
+                p.w_pause = 0;
+                p.leader_crash_pct = 80;
+                p.crash_after_send_ppm = rng.pick(&[10_000, 30_000]);
+                p.crash_down_max = rng.pick(&[30, 100, 300]);
+                p.max_msg_bytes = 40;
+                p.isolate_ppm = rng.pick(&[30_000, 100_000]);
+                p.partition_max = rng.pick(&[200, 800]);
+                p.max_inflight = rng.range(1, 3) as usize;
+                p.drop_ppm = rng.pick(&[50_000, 150_000]);
+                p.tail_ppm = 40_000;
+                p.client_interval = rng.range(2, 8);
+                p.fault_interval = rng.pick(&[30, 80, 200]);
+            }
+            // Partitions and paused processes: deposed leaders that do not know it yet,
+            // with plenty of reads sent their way.
+            3..=5 => {
+                p.profile = "partitions";
+                p.w_crash = rng.range(0, 2);
+                p.w_partition = 10;
+                p.w_pause = rng.range(2, 8);
+                p.crash_after_send_ppm = 0;
+                p.read_pct = rng.range(40, 70);
+                p.partition_max = rng.pick(&[400, 1_500, 4_000]);
+            }
+            _ => {}
         }
+        p
     }
 }
 
@@ -296,6 +371,7 @@ struct Node {
     disk: VecDeque<Batch>,
     disk_free_at: u64,
     slow_disk_until: u64,
+    paused_until: u64,
     tick_period: u64,
     kv: Kv,
     role: Role,
@@ -316,14 +392,36 @@ impl Node {
 }
 
 enum Event {
-    Tick { node: usize, life: u64 },
-    Deliver { env: Envelope },
-    DiskDone { node: usize, life: u64 },
+    Tick {
+        node: usize,
+        life: u64,
+    },
+    Deliver {
+        env: Envelope,
+    },
+    DiskDone {
+        node: usize,
+        life: u64,
+    },
     Client,
     Fault,
-    HealPartition { generation: u64 },
-    StormEnd { generation: u64 },
-    Restart { node: usize, life: u64 },
+    HealPartition {
+        generation: u64,
+    },
+    StormEnd {
+        generation: u64,
+    },
+    Restart {
+        node: usize,
+        life: u64,
+    },
+    /// A crash aimed at an interesting moment (just after a node answered a vote or an
+    /// append, or a leader sent entries).
+    Crash {
+        node: usize,
+        life: u64,
+        down_for: u64,
+    },
 }
 
 struct Queued {
@@ -375,6 +473,8 @@ struct Sim {
     storm_generation: u64,
     storm_drop_ppm: u64,
     phase: Phase,
+    /// End of the current burst of faults.
+    burst_until: u64,
     heal_time: u64,
     /// First value proposed after healing; liveness holds once a write with a value at
     /// least this is applied on every node.
@@ -413,6 +513,7 @@ impl Sim {
                 disk: VecDeque::new(),
                 disk_free_at: 0,
                 slow_disk_until: 0,
+                paused_until: 0,
                 tick_period: node_rng.range(TICK_UNITS - 1, TICK_UNITS + 2),
                 kv: Kv::default(),
                 role: Role::Follower,
@@ -430,6 +531,7 @@ impl Sim {
             .collect();
         let mut stats = Stats {
             nodes: n,
+            profile: params.profile,
             ..Stats::default()
         };
         stats.nodes = n;
@@ -452,6 +554,7 @@ impl Sim {
             storm_generation: 0,
             storm_drop_ppm: 0,
             phase: Phase::Faulty,
+            burst_until: 0,
             heal_time: 0,
             liveness_value: u64::MAX,
             liveness_index: None,
@@ -480,11 +583,12 @@ impl Sim {
         let p = &self.params;
         let mut config = Config::new(id);
         config.election_timeout_ticks_min = p.election_min;
-        config.election_timeout_ticks_max = p.election_min * 2;
+        config.election_timeout_ticks_max = p.election_min + p.election_spread;
         config.heartbeat_interval_ticks = p.heartbeat;
         config.pre_vote = p.pre_vote;
         config.check_quorum = p.check_quorum;
         config.max_inflight_msgs = p.max_inflight;
+        config.max_uncommitted_entries = p.max_uncommitted;
         config.max_msg_bytes = p.max_msg_bytes;
         config.max_apply_bytes = p.max_apply_bytes;
         config.snapshot_chunk_bytes = p.snapshot_chunk_bytes;
@@ -528,6 +632,10 @@ impl Sim {
                 if self.nodes[node].life != life || !self.nodes[node].up() {
                     return Ok(());
                 }
+                if let Some(wait) = self.paused_for(node) {
+                    self.schedule(wait, Event::Tick { node, life });
+                    return Ok(());
+                }
                 self.record(Ev::Tick {
                     node: self.nodes[node].id,
                 });
@@ -542,6 +650,12 @@ impl Sim {
                 if self.nodes[node].life != life || !self.nodes[node].up() {
                     return Ok(());
                 }
+                if let Some(wait) = self.paused_for(node) {
+                    // The write is durable, but the paused process learns it only later;
+                    // re-queued in order, so completions stay FIFO.
+                    self.schedule(wait, Event::DiskDone { node, life });
+                    return Ok(());
+                }
                 self.disk_done(node)
             }
             Event::Client => {
@@ -552,6 +666,15 @@ impl Sim {
             }
             Event::Fault => {
                 if self.phase != Phase::Faulty {
+                    return Ok(());
+                }
+                // Faults come in bursts separated by calm spells, so that leaders get
+                // elected and replicate between disruptions (Figure 8 needs both).
+                if self.now >= self.burst_until {
+                    let calm = self.fault_rng.range(1, self.params.calm_max);
+                    let burst = self.fault_rng.range(50, self.params.burst_max);
+                    self.burst_until = self.now + calm + burst;
+                    self.schedule(calm, Event::Fault);
                     return Ok(());
                 }
                 self.fault_step()?;
@@ -568,6 +691,16 @@ impl Sim {
             Event::StormEnd { generation } => {
                 if generation == self.storm_generation {
                     self.storm_drop_ppm = 0;
+                }
+                Ok(())
+            }
+            Event::Crash {
+                node,
+                life,
+                down_for,
+            } => {
+                if self.phase == Phase::Faulty && self.nodes[node].life == life {
+                    self.crash(node, down_for);
                 }
                 Ok(())
             }
@@ -646,6 +779,7 @@ impl Sim {
         node.hard_state = hard_state;
         node.disk.clear();
         node.disk_free_at = self.now;
+        node.paused_until = 0;
         let life = node.life;
         self.record(Ev::Restart {
             node: id,
@@ -1106,11 +1240,25 @@ impl Sim {
         }
         if commit != node.commit {
             node.commit = commit;
-            let id = node.id;
+            let (id, leader) = (node.id, node.role == Role::Leader);
+            if leader && node.view.term(commit) != Some(node.term) {
+                self.stats.old_term_commits += 1;
+            }
             self.record(Ev::Commit {
                 node: id,
                 index: commit,
             });
+            // A leader dying right after it advanced its commit index, before followers
+            // hear of it (Figure 8 needs the next leader to be chosen in that window).
+            if leader
+                && self.in_burst()
+                && self.fault_rng.chance_ppm(self.params.crash_after_send_ppm)
+            {
+                self.schedule_crash_soon(i);
+            }
+            if leader && self.in_burst() && self.fault_rng.chance_ppm(self.params.isolate_ppm) {
+                self.isolate(i);
+            }
         }
         Ok(())
     }
@@ -1300,6 +1448,7 @@ impl Sim {
                 prev = Some(entry.term);
             }
         }
+        self.check_durable_before_acknowledged(i, &env, after_persist)?;
         let msg = Msg::of(&env.message);
         self.record(Ev::Send {
             from: env.from,
@@ -1307,6 +1456,22 @@ impl Sim {
             msg,
             after_persist,
         });
+        let crash_ppm = match &env.message {
+            Message::RequestVoteResponse { granted: true, .. } => self
+                .params
+                .crash_after_send_ppm
+                .max(self.params.crash_after_vote_ppm),
+            Message::AppendEntriesResponse { success: true, .. } => {
+                self.params.crash_after_send_ppm
+            }
+            Message::AppendEntries { entries, .. } if !entries.is_empty() => {
+                self.params.crash_after_send_ppm
+            }
+            _ => 0,
+        };
+        if crash_ppm > 0 && self.in_burst() && self.fault_rng.chance_ppm(crash_ppm) {
+            self.schedule_crash_soon(i);
+        }
         let drop_ppm = if self.phase == Phase::Faulty {
             self.params.drop_ppm.max(self.storm_drop_ppm)
         } else {
@@ -1331,12 +1496,105 @@ impl Sim {
         Ok(())
     }
 
+    fn in_burst(&self) -> bool {
+        self.phase == Phase::Faulty && self.now < self.burst_until
+    }
+
+    /// What a message acknowledges must already be on the sender's disk (Raft Figure 2:
+    /// "updated on stable storage before responding to RPCs"): a successful append answer's
+    /// `match_index`, a granted vote. (Under the planted `VoteBeforePersist` the vote check is
+    /// off, so that test shows the fault schedules turn the bug into two leaders in one term.)
+    fn check_durable_before_acknowledged(
+        &self,
+        i: usize,
+        env: &Envelope,
+        after_persist: bool,
+    ) -> Check {
+        let node = &self.nodes[i];
+        let durable = node.durable.borrow();
+        match env.message {
+            Message::AppendEntriesResponse {
+                success: true,
+                match_index,
+                ..
+            } => {
+                // Sent at once (not after this Ready's write), the answer may only cover
+                // what is durable already and will not be rewritten by that write. (A
+                // view without the index means a newer snapshot is on its way to disk.)
+                let durable_term = durable.term(match_index);
+                let view_term = node.view.term(match_index);
+                let covered = match_index <= durable.snap_meta.last_index
+                    || (durable_term.is_some()
+                        && (after_persist || view_term.is_none() || view_term == durable_term));
+                if !covered {
+                    return Err(violation(
+                        "durable before acknowledged",
+                        format!(
+                            "node {} acknowledges match index {match_index} to {} but its disk has {:?} there (durable log {}..={}, snapshot {}; its log has term {:?})",
+                            node.id,
+                            env.to,
+                            durable.term(match_index),
+                            durable.first_index(),
+                            durable.last_index(),
+                            durable.snap_meta.last_index,
+                            node.view.term(match_index)
+                        ),
+                    ));
+                }
+            }
+            Message::RequestVoteResponse {
+                granted: true,
+                term,
+            } if self.options.planted_bug != Some(PlantedBug::VoteBeforePersist) => {
+                let hs = durable.hard_state;
+                if hs.term != term || hs.voted_for != Some(env.to) {
+                    return Err(violation(
+                        "durable before acknowledged",
+                        format!(
+                            "node {} grants its vote in term {term} to {} but its disk has term {} vote {:?}",
+                            node.id, env.to, hs.term, hs.voted_for
+                        ),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A crash within a few units, often with a quick restart: a vote or an
+    /// acknowledgement sent before it was durable is forgotten while its recipient still
+    /// counts on it.
+    fn schedule_crash_soon(&mut self, i: usize) {
+        let delay = self.fault_rng.below(4);
+        let down_for = if self.fault_rng.below(2) == 0 {
+            self.fault_rng.range(1, 15)
+        } else {
+            self.fault_rng.range(15, 200)
+        };
+        let life = self.nodes[i].life;
+        self.schedule(
+            delay,
+            Event::Crash {
+                node: i,
+                life,
+                down_for,
+            },
+        );
+    }
+
     fn message_delay(&mut self) -> u64 {
         if self.phase == Phase::Faulty && self.net_rng.chance_ppm(self.params.tail_ppm) {
             self.net_rng.range(1, self.params.tail_max)
         } else {
             self.net_rng.range(1, self.params.delay_max + 1)
         }
+    }
+
+    /// How long node `i` stays paused (SIGSTOP, a long GC pause), if it is.
+    fn paused_for(&self, i: usize) -> Option<u64> {
+        let until = self.nodes[i].paused_until;
+        (until > self.now).then(|| until - self.now)
     }
 
     fn deliver(&mut self, env: Envelope) -> Check {
@@ -1360,6 +1618,13 @@ impl Sim {
             });
             return Ok(());
         }
+        if let Some(wait) = self.paused_for(to) {
+            // Queued in the socket buffer until the process runs again, in arrival order
+            // give or take a few units.
+            let jitter = self.net_rng.below(5);
+            self.schedule(wait + jitter, Event::Deliver { env });
+            return Ok(());
+        }
         self.stats.messages_delivered += 1;
         self.record(Ev::Deliver {
             from: env.from,
@@ -1377,7 +1642,7 @@ impl Sim {
     /// the newest leader, sometimes anybody.
     fn pick_target(&mut self) -> Option<usize> {
         let up: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].up())
+            .filter(|&i| self.nodes[i].up() && self.nodes[i].paused_until <= self.now)
             .collect();
         if up.is_empty() {
             return None;
@@ -1463,7 +1728,14 @@ impl Sim {
                     ));
                 }
                 node.proposals.insert(index, Proposal { term, value });
-                self.handle_ready(i)
+                self.handle_ready(i)?;
+                // Cut the leader off right after it accepted a write: the AppendEntries
+                // still in flight are lost, so the entry stays on this node only and a
+                // later leader writes a different one at its index (Figure 8 (b)).
+                if self.in_burst() && self.fault_rng.chance_ppm(self.params.isolate_ppm) {
+                    self.isolate(i);
+                }
+                Ok(())
             }
             Err(ProposeError::NotLeader { .. }) | Err(ProposeError::Backpressure) => {
                 self.handle_ready(i)
@@ -1558,7 +1830,7 @@ impl Sim {
 
     fn fault_step(&mut self) -> Check {
         let p = self.params.clone();
-        let total = p.w_crash + p.w_partition + p.w_storm + p.w_slow_disk;
+        let total = p.w_crash + p.w_partition + p.w_storm + p.w_slow_disk + p.w_pause;
         if total == 0 {
             return Ok(());
         }
@@ -1584,11 +1856,42 @@ impl Sim {
             self.schedule(until, Event::StormEnd { generation });
             return Ok(());
         }
+        roll -= p.w_storm;
+        if roll < p.w_pause {
+            return self.fault_pause();
+        }
         let i = self.fault_rng.below(self.nodes.len() as u64) as usize;
         let until = self.now + self.fault_rng.range(50, 1000);
         self.nodes[i].slow_disk_until = until;
         let id = self.nodes[i].id;
         self.record(Ev::SlowDisk { node: id, until });
+        Ok(())
+    }
+
+    /// Pauses a process (SIGSTOP, a long GC pause): no ticks, no message handling, no
+    /// disk callbacks until it resumes, when it finds everything queued up. A paused leader
+    /// that resumes still believing it leads is what ReadIndex's quorum round is for.
+    fn fault_pause(&mut self) -> Check {
+        let candidates: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].up() && self.nodes[i].paused_until <= self.now)
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let leaders: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|&i| self.nodes[i].role == Role::Leader)
+            .collect();
+        let i = if !leaders.is_empty() && self.fault_rng.below(3) != 0 {
+            self.fault_rng.pick(&leaders)
+        } else {
+            self.fault_rng.pick(&candidates)
+        };
+        let until = self.now + self.fault_rng.range(20, 600);
+        self.nodes[i].paused_until = until;
+        let id = self.nodes[i].id;
+        self.record(Ev::Pause { node: id, until });
         Ok(())
     }
 
@@ -1613,9 +1916,10 @@ impl Sim {
             .filter(|&i| !self.nodes[i].disk.is_empty())
             .collect();
         let roll = self.fault_rng.below(100);
-        let victim = if roll < 35 && !leaders.is_empty() {
+        let leader_pct = self.params.leader_crash_pct;
+        let victim = if roll < leader_pct && !leaders.is_empty() {
             self.fault_rng.pick(&leaders)
-        } else if roll < 75 && !writing.is_empty() {
+        } else if roll < leader_pct + 40 && !writing.is_empty() {
             self.fault_rng.pick(&writing)
         } else {
             self.fault_rng.pick(&up)
@@ -1633,6 +1937,9 @@ impl Sim {
     #[allow(clippy::needless_range_loop)]
     fn fault_partition(&mut self) {
         let n = self.nodes.len();
+        if self.blocked.iter().flatten().any(|&b| b) {
+            return; // one partition at a time; it heals on its own timer
+        }
         let mut blocked = vec![vec![false; n]; n];
         let kind = self.fault_rng.below(4);
         let leader = (0..n).find(|&i| self.nodes[i].up() && self.nodes[i].role == Role::Leader);
@@ -1699,6 +2006,28 @@ impl Sim {
         self.schedule(duration, Event::HealPartition { generation });
     }
 
+    /// Isolates node `i` in both directions now (messages in flight to and from it are
+    /// lost), unless another partition is in force.
+    fn isolate(&mut self, i: usize) {
+        if self.blocked.iter().flatten().any(|&b| b) {
+            return;
+        }
+        let n = self.nodes.len();
+        for j in 0..n {
+            if j != i {
+                self.blocked[i][j] = true;
+                self.blocked[j][i] = true;
+            }
+        }
+        self.partition_generation += 1;
+        self.stats.partitions += 1;
+        let list = self.blocked_links();
+        self.record(Ev::Partition { blocked: list });
+        let duration = self.fault_rng.range(20, self.params.partition_max);
+        let generation = self.partition_generation;
+        self.schedule(duration, Event::HealPartition { generation });
+    }
+
     fn blocked_links(&self) -> Vec<(NodeId, NodeId)> {
         let mut list = Vec::new();
         for (a, row) in self.blocked.iter().enumerate() {
@@ -1729,6 +2058,7 @@ impl Sim {
         self.storm_drop_ppm = 0;
         for i in 0..self.nodes.len() {
             self.nodes[i].slow_disk_until = 0;
+            self.nodes[i].paused_until = 0;
             if !self.nodes[i].up() {
                 self.start_node(i)?;
             }

@@ -276,6 +276,10 @@ pub enum Ev {
         drop_ppm: u64,
         until: u64,
     },
+    Pause {
+        node: NodeId,
+        until: u64,
+    },
     SlowDisk {
         node: NodeId,
         until: u64,
