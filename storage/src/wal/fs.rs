@@ -26,6 +26,8 @@ pub trait WalFs: Send + Sync + Debug {
     fn write_all_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()>;
     /// `fdatasync`: the file's data (and the size, if it changed) are durable.
     fn sync_data(&self, file: &File) -> io::Result<()>;
+    /// `fallocate`: reserves `[0, len)` (reading as zeros) without writing it.
+    fn allocate(&self, file: &File, len: u64) -> io::Result<()>;
     /// Atomically renames `from` to `to` (same directory).
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Unlinks a file.
@@ -57,6 +59,18 @@ impl WalFs for StdFs {
 
     fn sync_data(&self, file: &File) -> io::Result<()> {
         file.sync_data()
+    }
+
+    fn allocate(&self, file: &File, len: u64) -> io::Result<()> {
+        use std::os::unix::io::AsRawFd;
+        let len =
+            libc::off_t::try_from(len).map_err(|_| io::Error::other("length overflows off_t"))?;
+        // SAFETY: fallocate on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -153,6 +167,11 @@ impl WalFs for CrashFs {
     fn sync_data(&self, file: &File) -> io::Result<()> {
         self.step()?;
         StdFs.sync_data(file)
+    }
+
+    fn allocate(&self, file: &File, len: u64) -> io::Result<()> {
+        self.step()?;
+        StdFs.allocate(file, len)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

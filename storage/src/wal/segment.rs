@@ -9,7 +9,10 @@
 //! already-written blocks is 1.7-2x faster than after extending a file (the extent and
 //! size updates cost a journal commit each time); `fallocate` alone does not help
 //! because unwritten extents still need conversion. So a new segment is written full of
-//! zeros and synced once, by a background thread, before the log needs it.
+//! zeros and synced once, by a background thread, before the log needs it. The
+//! exception is a workload of large syncs (over [`LARGE_SYNC_BYTES`] on average): it is
+//! bound by disk bandwidth, the zeros would double the bytes written, and the extent
+//! conversion is small next to the data, so its segments are only `fallocate`d.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -144,12 +147,26 @@ pub fn write_zeros(fs: &dyn WalFs, file: &File, path: &Path, from: u64, to: u64)
     Ok(())
 }
 
-/// Creates `path` as a file of `size_bytes` zeros, synced: a prepared segment.
-pub fn prepare_file(fs: &dyn WalFs, path: &Path, size_bytes: u64) -> Result<File> {
+/// Appends that write at least this many bytes per fdatasync (on average) are bound by
+/// disk bandwidth rather than sync latency: for them, writing 64 MiB of zeros ahead
+/// doubles the bytes written, so segments are only `fallocate`d.
+pub const LARGE_SYNC_BYTES: u64 = 256 << 10;
+
+/// Creates `path` as a file of `size_bytes` zeros, synced: a prepared segment. With
+/// `allocate_only`, the zeros are reserved with `fallocate` instead of written.
+pub fn prepare_file(
+    fs: &dyn WalFs,
+    path: &Path,
+    size_bytes: u64,
+    allocate_only: bool,
+) -> Result<File> {
     let file = fs
         .create_new(path)
         .map_err(|e| Error::io("create prepared segment", path, e))?;
-    write_zeros(fs, &file, path, 0, size_bytes)?;
+    let allocated = allocate_only && fs.allocate(&file, size_bytes).is_ok();
+    if !allocated {
+        write_zeros(fs, &file, path, 0, size_bytes)?;
+    }
     fs.sync_data(&file)
         .map_err(|e| Error::io("fdatasync prepared segment", path, e))?;
     Ok(file)
@@ -224,6 +241,8 @@ pub struct Preparer {
     dir: PathBuf,
     size_bytes: u64,
     counter: AtomicU64,
+    /// Moving average of bytes written per fdatasync, kept by the appender.
+    bytes_per_sync: Arc<AtomicU64>,
     shared: Arc<PreparerShared>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -237,6 +256,7 @@ impl Preparer {
             dir,
             size_bytes,
             counter: AtomicU64::new(0),
+            bytes_per_sync: Arc::new(AtomicU64::new(0)),
             shared: Arc::new(PreparerShared {
                 state: Mutex::new(PreparerState::default()),
                 cond: Condvar::new(),
@@ -258,6 +278,7 @@ impl Preparer {
         let shared = Arc::clone(&self.shared);
         let fs = Arc::clone(&self.fs);
         let size = self.size_bytes;
+        let bytes_per_sync = Arc::clone(&self.bytes_per_sync);
         // Paths are handed out up front by the thread itself; keep a private counter
         // range so the appender's synchronous preparations never collide with it.
         let dir = self.dir.clone();
@@ -281,7 +302,8 @@ impl Preparer {
                     }
                     let path = dir.join(format!("{n:08}{PREPARED_SUFFIX}"));
                     n += 1;
-                    let result = prepare_file(fs.as_ref(), &path, size);
+                    let large = bytes_per_sync.load(Ordering::Relaxed) >= LARGE_SYNC_BYTES;
+                    let result = prepare_file(fs.as_ref(), &path, size, large);
                     let mut st = lock(&shared.state);
                     st.busy = false;
                     match result {
@@ -331,8 +353,16 @@ impl Preparer {
         }
         let size = size_bytes.max(self.size_bytes);
         let path = self.next_path();
-        let file = prepare_file(self.fs.as_ref(), &path, size)?;
+        let large = self.bytes_per_sync.load(Ordering::Relaxed) >= LARGE_SYNC_BYTES;
+        let file = prepare_file(self.fs.as_ref(), &path, size, large)?;
         Ok((path, file, size))
+    }
+
+    /// Records that one fdatasync covered `bytes`, to choose how to prepare segments.
+    pub fn note_sync(&self, bytes: u64) {
+        let avg = self.bytes_per_sync.load(Ordering::Relaxed);
+        self.bytes_per_sync
+            .store(avg - avg / 8 + bytes / 8, Ordering::Relaxed);
     }
 
     /// Stops the background thread and deletes a prepared file nobody took.

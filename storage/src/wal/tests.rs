@@ -642,3 +642,15 @@ fn gap_between_segments_is_corruption() {
         other => panic!("expected corruption, got {other:?}"),
     }
 }
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = open_small(dir.path());
+    match Wal::open(dir.path(), small(Arc::new(StdFs), false)) {
+        Err(Error::Io { path, .. }) => assert!(path.ends_with("wal.lock")),
+        other => panic!("second open: {other:?}"),
+    }
+    drop(wal);
+    open_small(dir.path());
+}
