@@ -77,6 +77,9 @@ pub struct RaftCore<S: LogStorage> {
     commit_broadcast_needed: bool,
     transferee: Option<NodeId>,
     transfer_elapsed: u32,
+    /// A TimeoutNow went out this term: its target may win an election that ignores our
+    /// lease, so lease reads are off until the next term.
+    timeout_now_sent: bool,
 
     // Follower state.
     /// Snapshot being received: its meta and the offset expected next.
@@ -137,6 +140,7 @@ impl<S: LogStorage> RaftCore<S> {
             commit_broadcast_needed: false,
             transferee: None,
             transfer_elapsed: 0,
+            timeout_now_sent: false,
             incoming_snapshot: None,
             msgs: Vec::new(),
             persisted_msgs: Vec::new(),
@@ -252,7 +256,7 @@ impl<S: LogStorage> RaftCore<S> {
             .get(&to)
             .is_some_and(|pr| pr.match_index == self.log.last_index());
         if caught_up {
-            self.send(to, Message::TimeoutNow { term: self.term }, Send::Now);
+            self.send_timeout_now(to);
         } else {
             self.send_appends_to(to);
         }
@@ -532,6 +536,7 @@ impl<S: LogStorage> RaftCore<S> {
         );
         self.role = Role::Leader;
         self.leader_id = Some(self.id);
+        self.timeout_now_sent = false;
         self.heartbeat_elapsed = 0;
         self.progress.clear();
         self.reset_progress();
@@ -803,41 +808,47 @@ impl<S: LogStorage> RaftCore<S> {
             // Completeness): skip the entries it covers.
             let skip = (commit - prev_index).min(entries.len() as u64) as usize;
             entries.drain(..skip);
-            if entries.is_empty() {
-                self.respond_append(from, true, commit, (0, 0), read_ctx);
-                return;
-            }
             prev_index = commit;
         } else if !self.log.matches(prev_index, prev_term) {
             self.reject_append(from, prev_index, read_ctx);
             return;
         }
         let last_new = prev_index + entries.len() as u64;
-        self.append_from_leader(&entries);
+        let appended = self.append_from_leader(entries);
         let new_commit = leader_commit.min(last_new);
         if new_commit > self.log.commit() {
             self.log.commit_to(new_commit);
             self.membership.compact(new_commit);
         }
-        self.respond_append(from, true, last_new, (0, 0), read_ctx);
+        if appended || self.hard_state() != self.prev_hard {
+            // The answer vouches for entries (or the term) of this Ready: only once durable.
+            self.respond_append(from, true, last_new, (0, 0), read_ctx, Send::AfterPersist);
+        } else {
+            // Nothing new to make durable (a heartbeat, a duplicate): answer at once so a
+            // slow disk delays no leadership confirmation, claiming only what is durable.
+            let durable = last_new.min(self.log.persisted());
+            self.respond_append(from, true, durable, (0, 0), read_ctx, Send::Now);
+        }
     }
 
-    fn append_from_leader(&mut self, entries: &[Entry]) {
+    /// Appends the entries the log does not hold yet; returns whether there were any.
+    fn append_from_leader(&mut self, mut entries: Vec<Entry>) -> bool {
         let Some(first_new) = entries
             .iter()
             .position(|e| !self.log.matches(e.index, e.term))
         else {
-            return;
+            return false;
         };
-        let at = entries[first_new].index;
-        self.log.append_from_leader(entries);
-        let mut changed = self.membership.truncate_from(at);
-        for entry in &entries[first_new..] {
+        let new = entries.split_off(first_new);
+        let mut changed = self.membership.truncate_from(new[0].index);
+        for entry in &new {
             changed |= self.track_membership(entry);
         }
+        self.log.append_new(new);
         if changed {
             self.on_membership_changed();
         }
+        true
     }
 
     /// Records a membership entry's configuration (it takes effect when appended).
@@ -870,7 +881,13 @@ impl<S: LogStorage> RaftCore<S> {
             let first = self.log.first_index_of_term(prev_index, self.log.commit());
             (term, first)
         };
-        self.respond_append(from, false, last, conflict, read_ctx);
+        // A rejection vouches for nothing durable; only a term change must land first.
+        let when = if self.hard_state() == self.prev_hard {
+            Send::Now
+        } else {
+            Send::AfterPersist
+        };
+        self.respond_append(from, false, last, conflict, read_ctx, when);
     }
 
     fn respond_append(
@@ -880,6 +897,7 @@ impl<S: LogStorage> RaftCore<S> {
         match_index: u64,
         conflict: (u64, u64),
         read_ctx: u64,
+        when: Send,
     ) {
         let msg = Message::AppendEntriesResponse {
             term: self.term,
@@ -889,8 +907,7 @@ impl<S: LogStorage> RaftCore<S> {
             conflict_index: conflict.1,
             read_ctx,
         };
-        // The answer vouches for entries (and the term) of this Ready: only once durable.
-        self.send(to, msg, Send::AfterPersist);
+        self.send(to, msg, when);
     }
 
     fn handle_install_snapshot(
@@ -904,7 +921,7 @@ impl<S: LogStorage> RaftCore<S> {
         let commit = self.log.commit();
         if meta.last_index <= commit {
             // Stale: the log already covers it. Tell the leader where we really are.
-            self.respond_append(from, true, commit, (0, 0), 0);
+            self.respond_append(from, true, commit, (0, 0), 0, Send::AfterPersist);
             return;
         }
         if self.log.matches(meta.last_index, meta.last_term) {
@@ -913,7 +930,7 @@ impl<S: LogStorage> RaftCore<S> {
             self.incoming_snapshot = None;
             self.log.commit_to(meta.last_index);
             self.membership.compact(meta.last_index);
-            self.respond_append(from, true, meta.last_index, (0, 0), 0);
+            self.respond_append(from, true, meta.last_index, (0, 0), 0, Send::AfterPersist);
             return;
         }
         if self.snapshot_chunk.is_some() {
@@ -1014,6 +1031,11 @@ impl<S: LogStorage> RaftCore<S> {
         }
         // A smaller quorum may commit more.
         self.maybe_commit();
+    }
+
+    fn send_timeout_now(&mut self, to: NodeId) {
+        self.timeout_now_sent = true;
+        self.send(to, Message::TimeoutNow { term: self.term }, Send::Now);
     }
 
     /// Sends whatever `to` can take now (entries up to the window, or a snapshot chunk).
@@ -1232,7 +1254,7 @@ impl<S: LogStorage> RaftCore<S> {
             return;
         }
         if caught_up && self.transferee == Some(from) {
-            self.send(from, Message::TimeoutNow { term: self.term }, Send::Now);
+            self.send_timeout_now(from);
         }
         self.send_appends_to(from);
     }
@@ -1331,6 +1353,9 @@ impl<S: LogStorage> RaftCore<S> {
     /// `election_timeout_ticks_min - lease_clock_drift_ticks` ago, so no other leader can
     /// have been elected since (followers ignore votes for that long after hearing from us).
     fn lease_valid(&self) -> bool {
+        if self.transferee.is_some() || self.timeout_now_sent {
+            return false;
+        }
         let mut sent: Vec<u64> = self
             .voters
             .iter()
@@ -1884,7 +1909,8 @@ mod tests {
             conflict_index: 2,
             read_ctx: 0,
         };
-        assert_eq!(rd.persisted_messages, vec![env(2, 1, reject)]);
+        // Same term, nothing to persist: the rejection goes out at once.
+        assert_eq!(rd.messages, vec![env(2, 1, reject)]);
     }
 
     #[test]
@@ -2115,6 +2141,53 @@ mod tests {
         let rd = c.node_mut(1).take_ready();
         let idx: Vec<u64> = rd.committed_entries.iter().map(|e| e.index).collect();
         assert_eq!(idx, vec![4, 5]);
+    }
+
+    #[test]
+    fn heartbeat_response_does_not_wait_for_persistence() {
+        let mut core = core_with(2, &[1, 2, 3], &[1, 1], 1, |_| {});
+        let ae = |entries: Vec<Entry>, prev: u64, ctx| Message::AppendEntries {
+            term: 1,
+            prev_log_index: prev,
+            prev_log_term: 1,
+            entries,
+            leader_commit: 2,
+            read_ctx: ctx,
+        };
+        core.step(env(1, 2, ae(vec![ent(3, 1)], 2, 1)));
+        let rd = core.take_ready();
+        assert_eq!(rd.entries, vec![ent(3, 1)]);
+        assert!(
+            rd.messages.is_empty(),
+            "acknowledging entry 3 waits for its write"
+        );
+        // A heartbeat while entry 3 is still being written: answered at once, claiming
+        // only the durable prefix.
+        core.step(env(1, 2, ae(vec![], 3, 2)));
+        let rd = core.take_ready();
+        let now = Message::AppendEntriesResponse {
+            term: 1,
+            success: true,
+            match_index: 2,
+            conflict_term: 0,
+            conflict_index: 0,
+            read_ctx: 2,
+        };
+        assert_eq!(rd.messages, vec![env(2, 1, now)]);
+        assert!(rd.persisted_messages.is_empty());
+    }
+
+    #[test]
+    fn lease_reads_stop_once_timeout_now_is_sent() {
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        c.tick_all(2);
+        c.cut.insert((1, 3));
+        c.node_mut(1).transfer_leadership(3).unwrap();
+        c.tick_all(21);
+        assert_eq!(c.leader(), Some(1));
+        c.node_mut(1).read_index(77, ReadMode::Lease).unwrap();
+        assert!(c.node_mut(1).take_ready().read_states.is_empty());
     }
 
     // ---- Reads ----

@@ -160,24 +160,21 @@ impl<S: LogStorage> RaftLog<S> {
         self.unstable.push(entry);
     }
 
-    /// Stores entries that follow `entries[0].index - 1` (which must already match),
-    /// skipping those already present and truncating from the first conflict (Raft §5.3).
-    /// Returns the index of the first conflict truncated, if any.
-    pub(crate) fn append_from_leader(&mut self, entries: &[Entry]) -> Option<u64> {
-        let first_new = entries
-            .iter()
-            .position(|e| !self.matches(e.index, e.term))?;
-        let new = &entries[first_new..];
-        let at = new[0].index;
+    /// Stores entries from the leader that are not in the log yet; `new[0].index - 1` must
+    /// already match. A conflicting suffix from `new[0].index` is dropped first (Raft §5.3).
+    pub(crate) fn append_new(&mut self, new: Vec<Entry>) {
+        let Some(first) = new.first() else {
+            return;
+        };
+        let at = first.index;
         assert!(
-            at > self.commit,
-            "log: entry {at} conflicts with the committed prefix (commit {})",
-            self.commit
+            at > self.commit && at <= self.last_index() + 1,
+            "log: new entries at {at} conflict with the committed prefix (commit {}) or leave a gap (last {})",
+            self.commit,
+            self.last_index()
         );
-        let truncated = at <= self.last_index();
         self.truncate_from(at);
-        self.unstable.extend_from_slice(new);
-        truncated.then_some(at)
+        self.unstable.extend(new);
     }
 
     /// Drops entries from `at` on (in memory only; the driver truncates when the next
@@ -212,7 +209,9 @@ impl<S: LogStorage> RaftLog<S> {
         );
         self.unstable.clear();
         self.unstable_offset = meta.last_index + 1;
-        self.persisted = self.persisted.min(meta.last_index);
+        // Durable entries beyond the old commit index may conflict with the snapshot;
+        // until the install is reported only the committed prefix is known to match.
+        self.persisted = self.persisted.min(self.commit);
         // Nothing after the snapshot has been handed out in this log's history.
         self.taken_to = meta.last_index;
         self.commit = meta.last_index;
@@ -414,8 +413,7 @@ mod tests {
     #[test]
     fn append_from_leader_truncates_conflict_in_storage() {
         let mut log = log_with(&[1, 1, 1, 1]);
-        let at = log.append_from_leader(&[ent(2, 1), ent(3, 2)]);
-        assert_eq!(at, Some(3));
+        log.append_new(vec![ent(3, 2)]);
         assert_eq!(log.last_index(), 3);
         assert_eq!(log.term(3), Some(2));
         assert_eq!(log.persisted(), 2);
@@ -425,9 +423,9 @@ mod tests {
     #[test]
     fn stale_persist_report_is_ignored_after_truncation() {
         let mut log = log_with(&[1]);
-        log.append_from_leader(&[ent(2, 1), ent(3, 1)]);
+        log.append_new(vec![ent(2, 1), ent(3, 1)]);
         log.take_entries_to_persist();
-        log.append_from_leader(&[ent(3, 2)]);
+        log.append_new(vec![ent(3, 2)]);
         log.take_entries_to_persist();
         log.on_persisted(3, 1);
         assert_eq!(log.persisted(), 1);
@@ -461,7 +459,7 @@ mod tests {
     #[test]
     fn restore_discards_the_log_and_waits_for_install_report() {
         let mut log = log_with(&[1, 1, 2, 2]);
-        log.append_from_leader(&[ent(5, 2)]);
+        log.append_new(vec![ent(5, 2)]);
         log.take_entries_to_persist();
         let meta = SnapshotMeta {
             last_index: 9,
@@ -475,9 +473,10 @@ mod tests {
         );
         assert_eq!(log.term(9), Some(3));
         assert!(log.take_entries_to_persist().is_empty());
+        assert_eq!(log.persisted(), 0, "entries 1..4 are not the snapshot's");
         // The report for the earlier Ready (entry 5) does not cover the install.
         log.on_persisted(5, 2);
-        assert_eq!(log.applied(), 0);
+        assert_eq!((log.applied(), log.persisted()), (0, 0));
         assert!(log.take_pending_snapshot());
         log.on_persisted(9, 3);
         assert_eq!((log.applied(), log.persisted()), (9, 9));
