@@ -474,17 +474,20 @@ pub async fn start<S: StateMachine>(
     // The newest snapshot that verifies; an older one is good enough if the log covers the gap.
     let snapshot_meta = snapshots.latest_verified()?.unwrap_or_default();
     let log = Arc::new(DurableLog::new(wal, snapshots, snapshot_meta.clone()));
+    // Checked with or without a snapshot: a compacted log whose snapshot files are all
+    // gone must not start from an empty state machine either.
+    if log.wal.first_index() > snapshot_meta.last_index + 1 {
+        return Err(StartError::Inconsistent(format!(
+            "{}: the log starts at entry {} but the newest usable snapshot ends at {}{}: \
+             entries in between are lost. Restore the data directory from a backup, or \
+             remove it and re-add this node as a new member",
+            dir.display(),
+            log.wal.first_index(),
+            snapshot_meta.last_index,
+            skipped_snapshots(&log.snapshots, &snapshot_meta)
+        )));
+    }
     if snapshot_meta.last_index > 0 {
-        if log.wal.first_index() > snapshot_meta.last_index + 1 {
-            return Err(StartError::Inconsistent(format!(
-                "{}: the log starts at entry {} but the newest usable snapshot ends at {}: \
-                 entries in between are lost. Restore the data directory from a backup, or \
-                 remove it and re-add this node as a new member",
-                dir.display(),
-                log.wal.first_index(),
-                snapshot_meta.last_index
-            )));
-        }
         writer::reconcile_log_with_snapshot(&log, &snapshot_meta)
             .map_err(StartError::Inconsistent)?;
     }
@@ -602,6 +605,35 @@ pub async fn start<S: StateMachine>(
         membership,
         fatal: fatal_rx,
     })
+}
+
+/// Names the snapshot files newer than `used` that startup skipped because they failed
+/// verification (the reason is in the log line above), for the error that follows.
+fn skipped_snapshots(snapshots: &SnapshotStore, used: &SnapshotMeta) -> String {
+    let used_name = snapshots
+        .file_path(used.last_index, used.last_term)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut skipped: Vec<String> = std::fs::read_dir(snapshots.dir())
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                // Names are zero-padded `snap-<index>-<term>.snap`: newer sorts later.
+                .filter(|n| n.starts_with("snap-") && n.ends_with(".snap") && *n > used_name)
+                .collect()
+        })
+        .unwrap_or_default();
+    if skipped.is_empty() {
+        return String::new();
+    }
+    skipped.sort();
+    let paths: Vec<String> = skipped
+        .iter()
+        .map(|n| snapshots.dir().join(n).display().to_string())
+        .collect();
+    format!(" (newer snapshot {} failed verification)", paths.join(", "))
 }
 
 fn raft_peers(membership: &Membership) -> BTreeMap<NodeId, SocketAddr> {
