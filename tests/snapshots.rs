@@ -292,8 +292,8 @@ fn restarted_follower_catches_up_through_install_snapshot() {
         c.kill(follower);
 
         const KEYS: u64 = 50_000;
+        const MORE: u64 = 10_000;
         put_all(&c, "k", 0..KEYS, 32, Duration::from_secs(120)).await;
-        let commit = leader_commit(&c).await;
         let leader = c.wait_for_leader(Duration::from_secs(10)).await;
         let leader_snapshot = status_u64(&c, leader, "snapshot_index").await.unwrap();
         // The leader compacted far past where the follower stopped: only a snapshot helps.
@@ -302,8 +302,13 @@ fn restarted_follower_catches_up_through_install_snapshot() {
             "the leader took no snapshot over {KEYS} writes (snapshot_index {leader_snapshot})"
         );
 
+        // Writes go on while the follower catches up.
         c.spawn(follower);
-        let m = wait_installed(&c, follower, Duration::from_secs(60)).await;
+        let (_, m) = tokio::join!(
+            put_all(&c, "more", 0..MORE, 32, Duration::from_secs(60)),
+            wait_installed(&c, follower, Duration::from_secs(60)),
+        );
+        let commit = leader_commit(&c).await;
         assert!(
             metric(&m, "raftlog_snapshot_bytes_received_total") > 0,
             "{m:?}"
@@ -315,6 +320,7 @@ fn restarted_follower_catches_up_through_install_snapshot() {
             "follower snapshot_index {snapshot_index} after installing"
         );
         check_stale(&c, follower, "k", (0..KEYS).collect(), 32).await;
+        check_stale(&c, follower, "more", (0..MORE).collect(), 32).await;
         assert_eq!(c.get(follower, "absent-key", "stale").await, Ok(None));
     });
 }
@@ -349,20 +355,28 @@ fn snapshot_transfer_survives_sigkill_of_receiver_then_sender() {
         // Phase 1: a big state (~160 MiB) so that a transfer takes long enough to interrupt.
         const BIG: u64 = 10_000;
         const BIG_LEN: usize = 16 * 1024;
+        const AFTER: u64 = 3000;
         put_all(&c, "big", 0..BIG, BIG_LEN, Duration::from_secs(150)).await;
 
         // Kill the receiver in the middle of the install.
         c.spawn(follower);
         let received = wait_mid_transfer(&c, follower, Duration::from_secs(30)).await;
         c.kill(follower);
+        let left_behind: Vec<String> =
+            snapshot_files(&c, follower).into_iter().filter(|n| n.ends_with(".tmp")).collect();
         eprintln!(
             "killed receiver {follower} after {received} bytes; snapshot dir {:?} (before: {old_snapshots:?})",
             snapshot_files(&c, follower)
         );
+        assert!(!left_behind.is_empty(), "a transfer killed midway left no temp file: not in the middle?");
 
-        // It restarts on its previous state, and the phase-0 data is there at once.
+        // It restarts on its previous state, and the phase-0 data is there at once; the
+        // partial transfer's temp file is removed.
         c.spawn(follower);
         wait_up(&c, follower, Duration::from_secs(15)).await;
+        let now = snapshot_files(&c, follower);
+        let stale: Vec<&String> = left_behind.iter().filter(|n| now.contains(n)).collect();
+        assert!(stale.is_empty(), "temp files of the killed transfer survived the restart: {stale:?}");
         let applied = status_u64(&c, follower, "applied_index").await.unwrap();
         assert!(applied >= 1000, "follower restarted without its previous snapshot (applied {applied})\n{}", c.logs_tail());
 
@@ -375,21 +389,28 @@ fn snapshot_transfer_survives_sigkill_of_receiver_then_sender() {
 
         let new_leader = c.wait_for_leader(Duration::from_secs(15)).await;
         assert_ne!(new_leader, old_leader);
-        put_all(&c, "after", 0..200, 16, Duration::from_secs(30)).await;
+        // Writes go on while the new leader sends its snapshot: it takes new ones (threshold
+        // 1000, ~160 MiB each) and prunes old ones under the transfer, which must still end.
+        tokio::join!(
+            put_all(&c, "after", 0..AFTER, 16, Duration::from_secs(60)),
+            wait_installed(&c, follower, Duration::from_secs(120)),
+        );
         let commit = leader_commit(&c).await;
-        wait_installed(&c, follower, Duration::from_secs(90)).await;
         wait_applied(&c, follower, commit, Duration::from_secs(60)).await;
-        let garbage: Vec<String> = snapshot_files(&c, follower).into_iter().filter(|n| n.ends_with(".tmp")).collect();
-        assert!(garbage.is_empty(), "temp files left after the install: {garbage:?}");
+        // Temp files now may only be snapshots being written or received right now (the
+        // follower snapshots too): none of the killed transfer's.
+        let now = snapshot_files(&c, follower);
+        let stale: Vec<&String> = left_behind.iter().filter(|n| now.contains(n)).collect();
+        assert!(stale.is_empty(), "temp files of the killed transfer are back: {stale:?}");
 
         check_stale(&c, follower, "small", (0..2500).collect(), 16).await;
         check_stale(&c, follower, "big", sample(0..BIG, 7), BIG_LEN).await;
-        check_stale(&c, follower, "after", (0..200).collect(), 16).await;
+        check_stale(&c, follower, "after", (0..AFTER).collect(), 16).await;
 
         // The old leader rejoins and converges too.
         c.spawn(old_leader);
         wait_applied(&c, old_leader, commit, Duration::from_secs(60)).await;
-        check_stale(&c, old_leader, "after", (0..200).collect(), 16).await;
+        check_stale(&c, old_leader, "after", (0..AFTER).collect(), 16).await;
         check_stale(&c, old_leader, "big", sample(0..BIG, 97), BIG_LEN).await;
     });
 }
@@ -545,39 +566,72 @@ fn corrupt_newest_snapshot_without_log_cover_is_refused_naming_the_file() {
         // No trailing entries: the WAL starts right after the newest snapshot.
         let c = single_node_with_two_snapshots(0).await;
         let corrupted = corrupt_newest_snapshot(&c, 1);
-        c.spawn(1);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let status = loop {
-            let exited = c.nodes[&1]
-                .child
-                .lock()
-                .unwrap()
-                .as_mut()
-                .unwrap()
-                .try_wait()
-                .unwrap();
-            if let Some(status) = exited {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the node started on a corrupt snapshot without log cover\n{}",
-                c.logs_tail()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let log = node_log(&c, 1);
-        let last_line = log
-            .lines()
-            .rev()
-            .find(|l| l.contains("raftlog serve"))
-            .unwrap_or("");
-        assert_eq!(status.code(), Some(1), "exit status; log:\n{log}");
+        let (status, line) = spawn_expecting_exit(&c, 1);
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "exit status; last line {line:?}\n{}",
+            c.logs_tail()
+        );
         assert!(
-            last_line.contains(&corrupted),
-            "the error must name the corrupt file {corrupted}: {last_line:?}\nlog:\n{log}"
+            line.contains(&corrupted),
+            "the error must name the corrupt file {corrupted}: {line:?}\n{}",
+            c.logs_tail()
+        );
+
+        // With every snapshot gone, the compacted log must not start from an empty state.
+        for name in snapshot_files(&c, 1) {
+            std::fs::remove_file(c.data_dir(1).join("snapshots").join(name)).unwrap();
+        }
+        let (status, line) = spawn_expecting_exit(&c, 1);
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "exit status; last line {line:?}\n{}",
+            c.logs_tail()
+        );
+        assert!(
+            line.contains("the log starts at entry"),
+            "{line:?}\n{}",
+            c.logs_tail()
         );
     });
+}
+
+/// Starts node `id`, expects it to exit within 15 s, and returns its exit status and the
+/// last `raftlog serve:` line it printed.
+fn spawn_expecting_exit(c: &Cluster, id: u64) -> (std::process::ExitStatus, String) {
+    c.spawn(id);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        let exited = {
+            let mut slot = c.nodes[&id].child.lock().unwrap();
+            match slot.as_mut().unwrap().try_wait().unwrap() {
+                Some(status) => {
+                    slot.take();
+                    Some(status)
+                }
+                None => None,
+            }
+        };
+        if let Some(status) = exited {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {id} started on damaged storage instead of refusing\n{}",
+            c.logs_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = node_log(c, id);
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("raftlog serve"))
+        .unwrap_or("")
+        .to_string();
+    (status, line)
 }
 
 /// Over a long run with a small threshold, every node's data directory stays under a bound
@@ -764,7 +818,8 @@ fn pid_of(c: &Cluster, id: u64) -> u32 {
 /// Snapshot transfer benchmark (ignored; run by hand, see docs/BENCHMARKS.md):
 /// `RAFTLOG_BENCH_STATE_MIB=1024 cargo test --release --test snapshots -- --ignored --nocapture snapshot_transfer_bench`
 ///
-/// Builds a state of `RAFTLOG_BENCH_STATE_MIB` MiB (default 256) of 64 KiB values in a
+/// Builds a state of `RAFTLOG_BENCH_STATE_MIB` MiB (default 256) of
+/// `RAFTLOG_BENCH_VALUE_BYTES`-byte values (default 64 KiB) in a
 /// 3-node cluster with one node down, snapshots it on the leader with no trailing entries,
 /// then brings the stopped node back with an empty data directory and measures the
 /// InstallSnapshot transfer: its rate, and the RSS growth of sender and receiver during it
@@ -776,8 +831,11 @@ fn snapshot_transfer_bench() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(256);
-    const VALUE_LEN: usize = 64 * 1024;
-    let values = state_mib * 1024 * 1024 / VALUE_LEN as u64;
+    let value_len: usize = std::env::var("RAFTLOG_BENCH_VALUE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64 * 1024);
+    let values = state_mib * 1024 * 1024 / value_len as u64;
     runtime().block_on(async {
         let c = Cluster::start(ClusterSpec {
             nodes: 3,
@@ -789,7 +847,7 @@ fn snapshot_transfer_bench() {
         let receiver = (1..=3).find(|&id| id != leader).unwrap();
         c.kill(receiver);
         let started = Instant::now();
-        put_all(&c, "b", 0..values, VALUE_LEN, Duration::from_secs(1200)).await;
+        put_all(&c, "b", 0..values, value_len, Duration::from_secs(1200)).await;
         let load_secs = started.elapsed().as_secs_f64();
         let leader = c.wait_for_leader(Duration::from_secs(10)).await;
         let started = Instant::now();
@@ -833,7 +891,7 @@ fn snapshot_transfer_bench() {
         let secs = (done - first_byte.unwrap_or(done)).as_secs_f64().max(1e-3);
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         eprintln!(
-            "BENCH state {state_mib} MiB ({values} x {VALUE_LEN} B), load {load_secs:.1} s, snapshot {:.0} MiB in {snapshot_secs:.1} s",
+            "BENCH state {state_mib} MiB ({values} x {value_len} B), load {load_secs:.1} s, snapshot {:.0} MiB in {snapshot_secs:.1} s",
             mib(snapshot_bytes)
         );
         eprintln!(
@@ -852,6 +910,6 @@ fn snapshot_transfer_bench() {
         );
         let commit = leader_commit(&c).await;
         wait_applied(&c, receiver, commit, Duration::from_secs(300)).await;
-        check_stale(&c, receiver, "b", sample(0..values, 101), VALUE_LEN).await;
+        check_stale(&c, receiver, "b", sample(0..values, 101), value_len).await;
     });
 }
