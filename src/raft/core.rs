@@ -412,7 +412,7 @@ impl<S: LogStorage> RaftCore<S> {
         self.heartbeat_elapsed += 1;
         if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks {
             self.heartbeat_elapsed = 0;
-            self.heartbeat_all();
+            self.heartbeat_all(true);
         }
         if self.config.check_quorum && !self.quorum_recently_active() {
             // Thesis §6.2: a leader cut off from a quorum steps down, so clients look
@@ -1106,13 +1106,16 @@ impl<S: LogStorage> RaftCore<S> {
         self.send(to, msg, Send::Now);
     }
 
-    /// Starts a new ReadIndex round and sends a heartbeat to everyone.
-    fn heartbeat_all(&mut self) {
+    /// Starts a new ReadIndex round and sends a heartbeat to everyone; on the heartbeat
+    /// tick (not for read rounds) also retries stalled replication.
+    fn heartbeat_all(&mut self, tick: bool) {
         self.new_round();
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         for id in peers {
             self.send_heartbeat(id);
-            self.on_heartbeat_tick(id);
+            if tick {
+                self.on_heartbeat_tick(id);
+            }
         }
     }
 
@@ -1174,7 +1177,7 @@ impl<S: LogStorage> RaftCore<S> {
             }
         }
         if std::mem::take(&mut self.read_round_needed) {
-            self.heartbeat_all();
+            self.heartbeat_all(false);
             self.release_reads();
         }
         if std::mem::take(&mut self.commit_broadcast_needed) {
