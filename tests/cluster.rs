@@ -8,7 +8,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{Cluster, ClusterSpec};
+use support::{retry_unavailable, Cluster, ClusterSpec};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -27,8 +27,8 @@ fn three_nodes_elect_a_leader_and_serve_through_every_node() {
         // Writes through every node (followers forward), linearizable reads through every node.
         for id in 1..=3u64 {
             let key = format!("key-{id}");
-            let written = cluster
-                .put(id, &key, &format!("value-{id}"))
+            let value = format!("value-{id}");
+            let written = retry_unavailable(|| cluster.put(id, &key, &value))
                 .await
                 .unwrap_or_else(|e| {
                     panic!("put via node {id} failed: {e:?}\n{}", cluster.logs_tail())
@@ -37,8 +37,8 @@ fn three_nodes_elect_a_leader_and_serve_through_every_node() {
         }
         for reader in 1..=3u64 {
             for id in 1..=3u64 {
-                let value = cluster
-                    .get(reader, &format!("key-{id}"), "linearizable")
+                let key = format!("key-{id}");
+                let value = retry_unavailable(|| cluster.get(reader, &key, "linearizable"))
                     .await
                     .unwrap();
                 assert_eq!(
@@ -49,45 +49,65 @@ fn three_nodes_elect_a_leader_and_serve_through_every_node() {
             }
         }
         assert_eq!(
-            cluster.get(2, "absent", "linearizable").await.unwrap(),
+            retry_unavailable(|| cluster.get(2, "absent", "linearizable"))
+                .await
+                .unwrap(),
             None
         );
 
         // CAS semantics.
-        let mismatch = cluster
-            .cas(1, "key-1", Some("wrong"), Some("x"))
+        let mismatch = retry_unavailable(|| cluster.cas(1, "key-1", Some("wrong"), Some("x")))
             .await
             .unwrap();
         assert_eq!(mismatch["succeeded"], false);
         assert_eq!(mismatch["current"], "value-1");
-        let swapped = cluster
-            .cas(2, "key-1", Some("value-1"), Some("swapped"))
-            .await
-            .unwrap();
+        let swapped =
+            retry_unavailable(|| cluster.cas(2, "key-1", Some("value-1"), Some("swapped")))
+                .await
+                .unwrap();
         assert_eq!(swapped["succeeded"], true);
         assert_eq!(
-            cluster
-                .get(3, "key-1", "linearizable")
+            retry_unavailable(|| cluster.get(3, "key-1", "linearizable"))
                 .await
                 .unwrap()
                 .as_deref(),
             Some("swapped")
         );
-        let create = cluster.cas(3, "fresh", None, Some("new")).await.unwrap();
+        let create = retry_unavailable(|| cluster.cas(3, "fresh", None, Some("new")))
+            .await
+            .unwrap();
         assert_eq!(create["succeeded"], true);
-        let create_again = cluster.cas(1, "fresh", None, Some("newer")).await.unwrap();
+        let create_again = retry_unavailable(|| cluster.cas(1, "fresh", None, Some("newer")))
+            .await
+            .unwrap();
         assert_eq!(create_again["succeeded"], false);
-        let cas_delete = cluster.cas(1, "fresh", Some("new"), None).await.unwrap();
+        let cas_delete = retry_unavailable(|| cluster.cas(1, "fresh", Some("new"), None))
+            .await
+            .unwrap();
         assert_eq!(cas_delete["succeeded"], true);
-        assert_eq!(cluster.get(1, "fresh", "linearizable").await.unwrap(), None);
+        assert_eq!(
+            retry_unavailable(|| cluster.get(1, "fresh", "linearizable"))
+                .await
+                .unwrap(),
+            None
+        );
 
         // Delete semantics.
-        let deleted = cluster.delete(3, "key-2").await.unwrap();
+        let deleted = retry_unavailable(|| cluster.delete(3, "key-2"))
+            .await
+            .unwrap();
         assert_eq!(deleted["deleted"], true);
-        let again = cluster.delete(1, "key-2").await.unwrap();
+        let again = retry_unavailable(|| cluster.delete(1, "key-2"))
+            .await
+            .unwrap();
         assert_eq!(again["deleted"], false);
         assert!(again["index"].as_u64().unwrap() > deleted["index"].as_u64().unwrap());
-        assert_eq!(cluster.get(2, "key-2", "linearizable").await.unwrap(), None);
+        assert_eq!(
+            retry_unavailable(|| cluster.get(2, "key-2", "linearizable"))
+                .await
+                .unwrap(),
+            None
+        );
 
         // Stale reads are served locally and eventually catch up.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -134,27 +154,25 @@ fn request_id_makes_a_retried_write_apply_once() {
     runtime().block_on(async {
         let cluster = Cluster::start(ClusterSpec::default());
         cluster.wait_for_leader(Duration::from_secs(10)).await;
-        let first = cluster
-            .put_with_id(1, "k", "one", "client-a:1")
+        let first = retry_unavailable(|| cluster.put_with_id(1, "k", "one", "client-a:1"))
             .await
             .unwrap();
-        cluster.put(2, "k", "two").await.unwrap();
+        retry_unavailable(|| cluster.put(2, "k", "two"))
+            .await
+            .unwrap();
         // The retry answers with the first outcome and does not overwrite "two".
-        let retry = cluster
-            .put_with_id(3, "k", "one", "client-a:1")
+        let retry = retry_unavailable(|| cluster.put_with_id(3, "k", "one", "client-a:1"))
             .await
             .unwrap();
         assert_eq!(retry["index"], first["index"]);
         assert_eq!(
-            cluster
-                .get(1, "k", "linearizable")
+            retry_unavailable(|| cluster.get(1, "k", "linearizable"))
                 .await
                 .unwrap()
                 .as_deref(),
             Some("two")
         );
-        let malformed = cluster
-            .put_with_id(1, "k", "x", "no-sequence")
+        let malformed = retry_unavailable(|| cluster.put_with_id(1, "k", "x", "no-sequence"))
             .await
             .unwrap_err();
         assert_eq!(malformed.0, 400, "{malformed:?}");
@@ -197,13 +215,26 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         let body: serde_json::Value = oversize.json().await.unwrap();
         assert_eq!(body["error"]["code"], "too_large");
 
-        let exactly_max = client
-            .put(format!("{base}/v1/kv/big"))
-            .body(vec![b'x'; 1 << 20])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(exactly_max.status().as_u16(), 200);
+        // 503 means nothing was proposed (a leader change under load): retry, as a client would.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let exactly_max = loop {
+            let response = client
+                .put(format!("{base}/v1/kv/big"))
+                .body(vec![b'x'; 1 << 20])
+                .send()
+                .await
+                .unwrap();
+            if response.status().as_u16() != 503 || Instant::now() > deadline {
+                break response;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            exactly_max.status().as_u16(),
+            200,
+            "{:?}",
+            exactly_max.text().await
+        );
 
         let bad_percent = client
             .get(format!("{base}/v1/kv/a%zz"))
@@ -233,7 +264,9 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
         assert_eq!(no_route.status().as_u16(), 404);
 
         // Percent-encoded keys round-trip as bytes.
-        cluster.put(leader, "a%2Fb%20c", "slashed").await.unwrap();
+        cluster
+            .put_eventually("a%2Fb%20c", "slashed", Duration::from_secs(10))
+            .await;
         assert_eq!(
             cluster
                 .get(leader, "a%2Fb%20c", "linearizable")

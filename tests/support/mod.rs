@@ -361,3 +361,22 @@ pub fn dir_size(dir: &Path) -> u64 {
     }
     total
 }
+
+/// Repeats `attempt` while it answers 503 (`no_leader`: nothing was proposed, safe to retry,
+/// e.g. during a leader change on a loaded machine), for up to 10 s.
+pub async fn retry_unavailable<T, F, Fut>(attempt: F) -> Result<T, (u16, String)>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, (u16, String)>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match attempt().await {
+            Err((503, body)) if Instant::now() < deadline => {
+                let _ = body;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}
