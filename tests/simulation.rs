@@ -59,6 +59,7 @@ fn run_part(part: u64) {
     let (mut seeds, mut steps, mut leaders, mut acked, mut reads, mut installs) =
         (0, 0, 0, 0, 0, 0);
     let mut worst_converge = (0, 0);
+    let mut memberships = 0;
     for seed in (base + part..base + total).step_by(PARTS as usize) {
         seeds += 1;
         match run(&options(seed)) {
@@ -68,6 +69,7 @@ fn run_part(part: u64) {
                 acked += stats.acked_writes;
                 reads += stats.reads_served;
                 installs += stats.snapshots_installed;
+                memberships += stats.membership_changes;
                 if stats.heal_to_converged_ticks > worst_converge.0 {
                     worst_converge = (stats.heal_to_converged_ticks, seed);
                 }
@@ -85,7 +87,7 @@ fn run_part(part: u64) {
     eprintln!(
         "part {part}: {seeds} seeds, {steps} steps in {secs:.1}s ({:.0} seeds/min, {:.0} steps/s); \
          {leaders} leaders elected, {acked} writes acknowledged, {reads} reads served, \
-         {installs} snapshots installed; slowest convergence after heal: {} ticks (seed {})",
+         {installs} snapshots installed, {memberships} membership changes committed; slowest convergence after heal: {} ticks (seed {})",
         seeds as f64 * 60.0 / secs,
         steps as f64 / secs,
         worst_converge.0,

@@ -243,6 +243,38 @@ impl Checker {
         Ok(())
     }
 
+    /// Log matching between two whole logs (durable + unstable), the periodic
+    /// cross-check of the incremental per-entry check: below the highest index where the
+    /// two agree on the term, they agree everywhere both still hold entries.
+    pub fn check_log_matching_pair(a: NodeId, va: &LogView, b: NodeId, vb: &LogView) -> Check {
+        let lo = va.first_index().max(vb.first_index()).max(1);
+        let hi = va.last_index().min(vb.last_index());
+        if lo > hi {
+            return Ok(());
+        }
+        let mut agree = hi;
+        while va.term(agree).is_none() || va.term(agree) != vb.term(agree) {
+            if agree == lo {
+                return Ok(());
+            }
+            agree -= 1;
+        }
+        for index in lo..agree {
+            if va.term(index) != vb.term(index) {
+                return Err(violation(
+                    "log matching",
+                    format!(
+                        "nodes {a} and {b} both hold (index {agree}, term {:?}) but differ at index {index}: terms {:?} and {:?}",
+                        va.term(agree),
+                        va.term(index),
+                        vb.term(index)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Leader completeness, checked when an entry first becomes known committed: every node
     /// leading a later term already holds it.
     pub fn check_leader_completeness_on_commit(

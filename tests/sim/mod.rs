@@ -26,8 +26,9 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use raftlog::raft::{
-    Config, Entry, Envelope, HardState, Member, Membership, Message, NodeId, PlantedBug,
-    ProposeError, RaftCore, ReadMode, Ready, Role, SnapshotChunk, SnapshotMeta, SoftState,
+    decode_membership, Config, Entry, EntryKind, Envelope, HardState, Member, Membership,
+    MembershipChange, Message, NodeId, PlantedBug, ProposeError, RaftCore, ReadMode, Ready, Role,
+    SnapshotChunk, SnapshotMeta, SoftState,
 };
 
 use checker::{violation, Check, Checker, LogView, Violation};
@@ -36,6 +37,8 @@ use rng::Rng;
 use storage::{Durable, SimStorage};
 use trace::{Ev, Msg, Trace};
 
+/// Every this many steps, the whole-cluster cross-checks run (`Sim::check_full`).
+const FULL_CHECK_STEPS: u64 = 128;
 /// Simulated time units per nominal tick. Messages take a few units, disks one to a few
 /// dozen, so a tick is long compared to a round trip, as 10 ms ticks are on a LAN.
 const TICK_UNITS: u64 = 10;
@@ -43,8 +46,9 @@ const TICK_UNITS: u64 = 10;
 /// many ticks (about 20 maximal election timeouts). The slowest seeds are those with one
 /// entry per message and one message in flight, where the new leader first replicates the
 /// uncommitted backlog of earlier leaders (up to `max_uncommitted` each) one round trip at
-/// a time; 2,000 default seeds need at most about 330.
-pub const LIVENESS_TICKS: u64 = 600;
+/// a time, and those with a narrow election timeout range and no PreVote, where five
+/// candidates split the vote again and again; 22,000 seeds needed at most 495.
+pub const LIVENESS_TICKS: u64 = 1_000;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -94,6 +98,8 @@ pub struct Stats {
     /// Times a leader advanced its commit index to an entry of an earlier term (never, in
     /// a correct core: Raft §5.4.2).
     pub old_term_commits: u64,
+    /// Membership entries committed (applied somewhere).
+    pub membership_changes: u64,
 }
 
 /// A run that broke an invariant (or panicked in the core).
@@ -233,6 +239,10 @@ struct Params {
     /// Election timeouts are drawn from `[min, min + spread)`: a small spread makes
     /// candidates collide (split votes, two candidates in one term).
     election_spread: u32,
+    /// Share of client steps that add, promote or remove a member (thesis §4.1).
+    membership_pct: u64,
+    /// Nodes beyond the initial voters, started as non-members, for membership changes.
+    spare_nodes: usize,
     /// Share of ordinary crashes aimed at a leader.
     leader_crash_pct: u64,
     profile: &'static str,
@@ -296,9 +306,11 @@ impl Params {
             max_apply_bytes: rng.range(33, 600),
             snapshot_chunk_bytes: rng.pick(&[16, 40, 1 << 20]),
             leader_crash_pct: 35,
+            membership_pct: rng.pick(&[0, 0, 2, 5]),
+            spare_nodes: 0,
             isolate_ppm: rng.pick(&[0, 0, 10_000]),
             crash_after_vote_ppm: rng.pick(&[0, 0, 50_000, 200_000]),
-            election_spread: if rng.below(4) == 0 { 3 } else { election_min },
+            election_spread: if rng.below(4) == 0 { 5 } else { election_min },
             profile: "mixed",
         };
         match rng.below(10) {
@@ -336,6 +348,9 @@ impl Params {
             }
             _ => {}
         }
+        if p.membership_pct > 0 {
+            p.spare_nodes = 2;
+        }
         p
     }
 }
@@ -372,6 +387,8 @@ struct Node {
     disk_free_at: u64,
     slow_disk_until: u64,
     paused_until: u64,
+    /// Removed from the cluster and shut down for good (liveness phase).
+    retired: bool,
     tick_period: u64,
     kv: Kv,
     role: Role,
@@ -466,7 +483,10 @@ struct Sim {
     steps: u64,
     queue: BinaryHeap<Reverse<Queued>>,
     nodes: Vec<Node>,
+    /// The initial voters (bootstrap membership).
     membership: Membership,
+    /// index -> membership, for every membership entry in the applied history.
+    applied_memberships: BTreeMap<u64, Membership>,
     /// blocked[from][to]: messages on that link are lost.
     blocked: Vec<Vec<bool>>,
     partition_generation: u64,
@@ -504,7 +524,8 @@ impl Sim {
                 },
             );
         }
-        let nodes = (1..=n as u64)
+        let total = n + params.spare_nodes;
+        let nodes = (1..=total as u64)
             .map(|id| Node {
                 id,
                 core: None,
@@ -514,6 +535,7 @@ impl Sim {
                 disk_free_at: 0,
                 slow_disk_until: 0,
                 paused_until: 0,
+                retired: false,
                 tick_period: node_rng.range(TICK_UNITS - 1, TICK_UNITS + 2),
                 kv: Kv::default(),
                 role: Role::Follower,
@@ -549,7 +571,8 @@ impl Sim {
             queue: BinaryHeap::new(),
             nodes,
             membership,
-            blocked: vec![vec![false; n]; n],
+            applied_memberships: BTreeMap::new(),
+            blocked: vec![vec![false; total]; total],
             partition_generation: 0,
             storm_generation: 0,
             storm_drop_ppm: 0,
@@ -608,12 +631,16 @@ impl Sim {
             self.steps += 1;
             self.dispatch(item.event)?;
             self.check_step()?;
+            if self.steps % FULL_CHECK_STEPS == 0 {
+                self.check_full()?;
+            }
             match self.phase {
                 Phase::Faulty if self.steps >= self.options.fault_steps => self.heal()?,
                 Phase::Liveness => {
                     if self.converged() {
                         self.stats.heal_to_converged_ticks =
                             (self.now - self.heal_time) / TICK_UNITS;
+                        self.check_full()?;
                         return self.check_convergence();
                     }
                     if self.now > self.heal_time + LIVENESS_TICKS * TICK_UNITS {
@@ -705,7 +732,10 @@ impl Sim {
                 Ok(())
             }
             Event::Restart { node, life } => {
-                if self.nodes[node].life == life && !self.nodes[node].up() {
+                if self.nodes[node].life == life
+                    && !self.nodes[node].up()
+                    && !self.nodes[node].retired
+                {
                     self.start_node(node)?;
                 }
                 Ok(())
@@ -1302,6 +1332,16 @@ impl Sim {
                 .check_state_machine_safety(id, term, entry, chain)?;
             if first_apply {
                 self.stats.committed += 1;
+                if entry.kind == EntryKind::Membership {
+                    let membership = decode_membership(&entry.payload).map_err(|e| {
+                        violation(
+                            "membership entry decodes",
+                            format!("node {id} applied index {}: {e}", entry.index),
+                        )
+                    })?;
+                    self.applied_memberships.insert(entry.index, membership);
+                    self.stats.membership_changes += 1;
+                }
                 let leaders: Vec<(NodeId, u64, &LogView)> = self
                     .nodes
                     .iter()
@@ -1422,6 +1462,16 @@ impl Sim {
             });
         }
         Ok(())
+    }
+
+    /// The configuration in effect at `index` of the applied history: the latest
+    /// membership entry at or before it, else the bootstrap voters.
+    fn membership_at(&self, index: u64) -> Membership {
+        self.applied_memberships
+            .range(..=index)
+            .next_back()
+            .map(|(_, m)| m.clone())
+            .unwrap_or_else(|| self.membership.clone())
     }
 
     // ---------------------------------------------------------------- network
@@ -1673,6 +1723,12 @@ impl Sim {
         if roll < self.params.snapshot_pct + self.params.transfer_pct {
             return self.transfer_leadership(i);
         }
+        if self.phase == Phase::Faulty
+            && self.params.membership_pct > 0
+            && self.client_rng.below(100) < self.params.membership_pct
+        {
+            return self.change_membership(i);
+        }
         if roll < self.params.snapshot_pct + self.params.transfer_pct + self.params.read_pct {
             self.client_read(i)
         } else {
@@ -1692,6 +1748,65 @@ impl Sim {
             to,
             result: result.clone().map_err(|e| format!("{e}")),
         });
+        self.handle_ready(i)
+    }
+
+    /// One single-server change (thesis §4.1) on node `i`'s view of the configuration:
+    /// add a spare node (as voter or learner), promote a learner, or remove a member
+    /// (possibly the leader itself), keeping between 2 and 5 voters.
+    fn change_membership(&mut self, i: usize) -> Check {
+        let current = self.core(i).status().membership;
+        let total = self.nodes.len() as u64;
+        let voters = current.voters().count();
+        let outsiders: Vec<u64> = (1..=total)
+            .filter(|id| !current.members.contains_key(id))
+            .collect();
+        let learners: Vec<u64> = current.learners().collect();
+        let members: Vec<u64> = current.members.keys().copied().collect();
+        let member = |id: u64, voter: bool| Member {
+            raft_addr: format!("sim-{id}:raft"),
+            api_addr: format!("sim-{id}:api"),
+            voter,
+        };
+        let change = match self.client_rng.below(3) {
+            0 if !outsiders.is_empty() => {
+                let id = self.client_rng.pick(&outsiders);
+                let voter = voters < 5 && self.client_rng.below(2) == 0;
+                MembershipChange::AddOrUpdate {
+                    id,
+                    member: member(id, voter),
+                }
+            }
+            1 if !learners.is_empty() && voters < 5 => {
+                let id = self.client_rng.pick(&learners);
+                MembershipChange::AddOrUpdate {
+                    id,
+                    member: member(id, true),
+                }
+            }
+            _ if members.len() > 2 => {
+                let id = self.client_rng.pick(&members);
+                if current.is_voter(id) && voters <= 2 {
+                    return Ok(());
+                }
+                MembershipChange::Remove { id }
+            }
+            _ => return Ok(()),
+        };
+        let id = self.nodes[i].id;
+        let was_leader = self.nodes[i].role == Role::Leader;
+        let result = self.core(i).propose_membership_change(change.clone());
+        self.record(Ev::Membership {
+            node: id,
+            change: format!("{change:?}"),
+            result: result.clone().map_err(|e| format!("{e}")),
+        });
+        if result.is_ok() && !was_leader {
+            return Err(violation(
+                "non-leaders refuse proposals",
+                format!("node {id} accepted membership change {change:?} while not leader"),
+            ));
+        }
         self.handle_ready(i)
     }
 
@@ -1789,6 +1904,8 @@ impl Sim {
         }
         let i = self.client_rng.pick(&up);
         let trailing = self.client_rng.below(self.params.snapshot_trailing + 1);
+        // The configuration in effect at the snapshot's last entry (Raft §7).
+        let membership = self.membership_at(self.nodes[i].kv.applied);
         let node = &mut self.nodes[i];
         let id = node.id;
         let mut durable = node.durable.borrow_mut();
@@ -1798,7 +1915,7 @@ impl Sim {
         let meta = SnapshotMeta {
             last_index: node.kv.applied,
             last_term: node.kv.applied_term,
-            membership: self.membership.clone(),
+            membership,
         };
         durable.snap_meta = meta.clone();
         durable.snap_data = node.kv.encode();
@@ -2056,11 +2173,27 @@ impl Sim {
         self.partition_generation += 1;
         self.storm_generation += 1;
         self.storm_drop_ppm = 0;
+        // Nodes in no configuration anyone still has are shut down for good, as an
+        // operator would; a removed node left running can disrupt elections forever when
+        // neither PreVote nor CheckQuorum is on (thesis §4.2.3), which is not a core bug.
+        // Every node restarts first, so that its log's latest configuration counts.
         for i in 0..self.nodes.len() {
             self.nodes[i].slow_disk_until = 0;
             self.nodes[i].paused_until = 0;
             if !self.nodes[i].up() {
                 self.start_node(i)?;
+            }
+        }
+        let mut keep = self.membership_at(u64::MAX);
+        for node in &self.nodes {
+            if let Some(core) = &node.core {
+                keep.members.extend(core.status().membership.members);
+            }
+        }
+        for i in 0..self.nodes.len() {
+            if !keep.members.contains_key(&self.nodes[i].id) {
+                self.nodes[i].retired = true;
+                self.crash(i, 1);
             }
         }
         Ok(())
@@ -2070,7 +2203,11 @@ impl Sim {
         let Some(index) = self.liveness_index else {
             return false;
         };
-        self.nodes.iter().all(|n| n.kv.applied >= index)
+        let members = self.membership_at(index);
+        self.nodes
+            .iter()
+            .filter(|n| members.members.contains_key(&n.id))
+            .all(|n| n.kv.applied >= index)
     }
 
     fn liveness_failure(&self) -> Violation {
@@ -2104,7 +2241,11 @@ impl Sim {
     /// After convergence: every acknowledged write is in every node's state machine, and
     /// every node's state equals the applied history at its applied index.
     fn check_convergence(&self) -> Check {
+        let members = self.membership_at(self.liveness_index.unwrap_or(0));
         for node in &self.nodes {
+            if node.kv.applied == 0 || !members.members.contains_key(&node.id) {
+                continue;
+            }
             let canon = &self.checker.canon[(node.kv.applied - 1) as usize];
             if canon.chain != node.kv.chain {
                 return Err(violation(
@@ -2134,6 +2275,23 @@ impl Sim {
                         format!("acknowledged write {value} at index {index} is not in the applied history"),
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole-cluster checks that the per-step ones maintain incrementally, as a
+    /// cross-check: log matching between every pair of live nodes, and leader completeness
+    /// for every current leader.
+    fn check_full(&self) -> Check {
+        let live: Vec<&Node> = self.nodes.iter().filter(|n| n.up()).collect();
+        for (k, a) in live.iter().enumerate() {
+            for b in &live[k + 1..] {
+                Checker::check_log_matching_pair(a.id, &a.view, b.id, &b.view)?;
+            }
+            if a.role == Role::Leader {
+                self.checker
+                    .check_leader_completeness_on_elect(a.id, a.term, &a.view)?;
             }
         }
         Ok(())

@@ -276,6 +276,11 @@ pub enum Ev {
         drop_ppm: u64,
         until: u64,
     },
+    Membership {
+        node: NodeId,
+        change: String,
+        result: Result<(u64, u64), String>,
+    },
     Pause {
         node: NodeId,
         until: u64,
