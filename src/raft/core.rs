@@ -422,7 +422,7 @@ impl<S: LogStorage> RaftCore<S> {
                 term = self.term,
                 "CheckQuorum failed, stepping down"
             );
-            self.become_follower(self.term, None);
+            self.become_follower(self.term, None, "lost CheckQuorum");
             return;
         }
         if self.transferee.is_some() {
@@ -458,12 +458,14 @@ impl<S: LogStorage> RaftCore<S> {
         }
     }
 
-    fn become_follower(&mut self, term: u64, leader: Option<NodeId>) {
+    fn become_follower(&mut self, term: u64, leader: Option<NodeId>, why: &'static str) {
+        let was_leader = self.role == Role::Leader;
+        let changed = self.role != Role::Follower || self.leader_id != leader || term > self.term;
         if term > self.term {
             self.term = term;
             self.voted_for = None;
         }
-        if self.role == Role::Leader {
+        if was_leader {
             self.progress.clear();
             self.transferee = None;
             self.reads.fail_all(leader, &mut self.failed_reads);
@@ -474,7 +476,15 @@ impl<S: LogStorage> RaftCore<S> {
         self.role = Role::Follower;
         self.leader_id = leader;
         self.votes = VoteTally::default();
-        self.reset_election_timer();
+        // Raft Figure 2: only hearing from a leader (or granting a vote) resets the election
+        // timer. A vote request with a newer term must not, or a candidate that cannot win
+        // keeps the electable voters from ever timing out.
+        if leader.is_some() || was_leader {
+            self.reset_election_timer();
+        }
+        if changed {
+            tracing::info!(id = self.id, term = self.term, leader = ?leader, "became follower: {why}");
+        }
     }
 
     /// Starts an election: a PreVote round first (thesis §9.6) unless `pre_vote` is off or
@@ -486,6 +496,7 @@ impl<S: LogStorage> RaftCore<S> {
         self.votes.record(self.id, true);
         let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
         if pre_vote {
+            tracing::info!(id = self.id, term = self.term, "became pre-candidate");
             self.role = Role::PreCandidate;
             let msg = Message::PreVote {
                 term: self.term + 1,
@@ -497,6 +508,7 @@ impl<S: LogStorage> RaftCore<S> {
             self.term += 1;
             self.voted_for = Some(self.id);
             self.role = Role::Candidate;
+            tracing::info!(id = self.id, term = self.term, transfer, "became candidate");
             let msg = Message::RequestVote {
                 term: self.term,
                 last_log_index,
@@ -521,7 +533,7 @@ impl<S: LogStorage> RaftCore<S> {
         match self.votes.result(&self.voters) {
             VoteResult::Won if self.role == Role::PreCandidate => self.campaign(false, false),
             VoteResult::Won => self.become_leader(),
-            VoteResult::Lost => self.become_follower(self.term, None),
+            VoteResult::Lost => self.become_follower(self.term, None, "lost the election"),
             VoteResult::Pending => {}
         }
     }
@@ -588,7 +600,13 @@ impl<S: LogStorage> RaftCore<S> {
     /// A message with a newer term. Returns whether to go on handling it.
     fn on_higher_term(&mut self, from: NodeId, msg: &Message) -> bool {
         match msg {
-            Message::PreVote { .. } => !self.in_lease(),
+            Message::PreVote { .. } => {
+                let lease = self.in_lease();
+                if lease {
+                    tracing::debug!(id = self.id, from, "pre-vote ignored: leader lease");
+                }
+                !lease
+            }
             Message::RequestVote {
                 leadership_transfer,
                 ..
@@ -597,17 +615,17 @@ impl<S: LogStorage> RaftCore<S> {
                     tracing::debug!(id = self.id, from, "vote request ignored: leader lease");
                     return false;
                 }
-                self.become_follower(msg.term(), None);
+                self.become_follower(msg.term(), None, "vote request with a higher term");
                 true
             }
             Message::AppendEntries { .. }
             | Message::InstallSnapshot { .. }
             | Message::TimeoutNow { .. } => {
-                self.become_follower(msg.term(), Some(from));
+                self.become_follower(msg.term(), Some(from), "leader of a higher term");
                 true
             }
             _ => {
-                self.become_follower(msg.term(), None);
+                self.become_follower(msg.term(), None, "higher term seen in a response");
                 false
             }
         }
@@ -627,14 +645,20 @@ impl<S: LogStorage> RaftCore<S> {
                     read_ctx: 0,
                 }
             }
-            Message::PreVote { .. } => Message::PreVoteResponse {
-                term,
-                granted: false,
-            },
-            Message::RequestVote { .. } => Message::RequestVoteResponse {
-                term,
-                granted: false,
-            },
+            Message::PreVote { .. } => {
+                tracing::debug!(id = self.id, from, "pre-vote refused: stale term");
+                Message::PreVoteResponse {
+                    term,
+                    granted: false,
+                }
+            }
+            Message::RequestVote { .. } => {
+                tracing::debug!(id = self.id, from, "vote refused: stale term");
+                Message::RequestVoteResponse {
+                    term,
+                    granted: false,
+                }
+            }
             _ => return,
         };
         self.send(from, reply, Send::AfterPersist);
@@ -729,7 +753,7 @@ impl<S: LogStorage> RaftCore<S> {
             return false;
         }
         if self.role != Role::Follower || self.leader_id != Some(from) {
-            self.become_follower(self.term, Some(from));
+            self.become_follower(self.term, Some(from), "heard from the leader");
         }
         self.election_elapsed = 0;
         true
@@ -751,6 +775,24 @@ impl<S: LogStorage> RaftCore<S> {
             || (self.voted_for.is_none() && self.leader_id.is_none())
             || (pre_vote && term > self.term);
         let granted = log_ok && free;
+        let kind = if pre_vote { "pre-vote" } else { "vote" };
+        if granted {
+            tracing::info!(id = self.id, term, candidate = from, "{kind} granted");
+        } else {
+            let why = if !log_ok {
+                "candidate's log is not up to date".to_string()
+            } else if let Some(v) = self.voted_for {
+                format!("already voted for {v} in term {}", self.term)
+            } else {
+                format!("following leader {:?}", self.leader_id)
+            };
+            tracing::debug!(
+                id = self.id,
+                term,
+                candidate = from,
+                "{kind} refused: {why}"
+            );
+        }
         if pre_vote {
             let term = if granted { term } else { self.term };
             self.send(from, Message::PreVoteResponse { term, granted }, Send::Now);
@@ -772,7 +814,7 @@ impl<S: LogStorage> RaftCore<S> {
 
     fn handle_pre_vote_response(&mut self, from: NodeId, term: u64, granted: bool) {
         if !granted && term > self.term {
-            self.become_follower(term, None);
+            self.become_follower(term, None, "pre-vote refused with a higher term");
             return;
         }
         if self.role != Role::PreCandidate {
@@ -1326,7 +1368,7 @@ impl<S: LogStorage> RaftCore<S> {
                 id = self.id,
                 "removed from the configuration, stepping down"
             );
-            self.become_follower(self.term, None);
+            self.become_follower(self.term, None, "removed from the configuration");
         }
     }
 
@@ -1732,6 +1774,28 @@ mod tests {
             granted: false,
         };
         assert_eq!(rd.persisted_messages, vec![env(2, 1, refused)]);
+    }
+
+    #[test]
+    fn refused_vote_request_does_not_reset_election_timer() {
+        let mut core = core_with(2, &[1, 2, 3], &[1, 2], 2, |c| c.pre_vote = false);
+        for _ in 0..5 {
+            core.tick();
+        }
+        let timeout = core.randomized_election_timeout;
+        let rv = Message::RequestVote {
+            term: 3,
+            last_log_index: 1,
+            last_log_term: 1,
+            leadership_transfer: false,
+        };
+        core.step(env(1, 2, rv));
+        assert_eq!(core.status().term, 3);
+        assert_eq!(
+            (core.election_elapsed, core.randomized_election_timeout),
+            (5, timeout),
+            "Raft Figure 2: only a granted vote or the leader resets the timer"
+        );
     }
 
     #[test]
