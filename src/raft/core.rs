@@ -294,6 +294,12 @@ impl<S: LogStorage> RaftCore<S> {
 
     /// The driver made durable everything in the `Ready`s taken so far up to the entry
     /// `(index, term)` (or installed the snapshot ending there).
+    ///
+    /// Reports are matched against the log by `(index, term)`: a report for an entry that a
+    /// later `Ready` truncated is ignored, and a report at or beyond a handed-out snapshot
+    /// covers its installation. Call it after each `Ready` with entries (the last entry)
+    /// or with a `done` snapshot chunk (the snapshot's last index and term, or the last
+    /// entry of that `Ready`); a `Ready` with only a hard state needs no report.
     pub fn on_persisted(&mut self, index: u64, term: u64) {
         self.log.on_persisted(index, term);
         if self.role == Role::Leader {
@@ -1055,8 +1061,10 @@ impl<S: LogStorage> RaftCore<S> {
             self.on_membership_changed();
         }
         self.append_needed = true;
-        // A single voter commits as soon as its own write is durable.
-        self.maybe_commit();
+        if self.voters.len() <= 1 {
+            // A lone voter commits on its own write; others commit on acknowledgements.
+            self.maybe_commit();
+        }
         at
     }
 

@@ -295,8 +295,9 @@ pub struct SnapshotChunk {
     /// The bytes.
     pub data: Bytes,
     /// Last chunk: once durable, the driver installs the snapshot (restores its state
-    /// machine from it, drops log entries up to `meta.last_index` unless the core kept
-    /// them, see [`Ready::snapshot_chunk`]) before applying anything later.
+    /// machine from it and discards its log: the core only accepts a snapshot whose last
+    /// entry its log does not hold, Raft §7) before applying anything later, then calls
+    /// [`RaftCore::on_persisted`]`(meta.last_index, meta.last_term)`.
     pub done: bool,
 }
 
