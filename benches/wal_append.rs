@@ -5,6 +5,9 @@
 //!   bytes with a bare `pwrite` + `fdatasync` into a file written full of zeros and
 //!   synced beforehand (the best any log can do on this disk); `sled/...` inserts the
 //!   batch into sled 0.34 and calls `flush`.
+//! - `RAFTLOG_WAL_PAIRED=1 cargo bench --bench wal_append`: instead of the above,
+//!   alternate WAL and raw iterations pairwise and print median ratios (see
+//!   `paired_report`).
 //! - `wal_recovery`: reopening a log of 256 B entries (1 GiB; 16 MiB under `--test`)
 //!   with a warm page cache; throughput in bytes scanned.
 //!
@@ -17,7 +20,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use storage::wal::record::encode_record;
 use storage::wal::{Wal, WalOptions};
 use storage::{Entry, EntryKind};
@@ -125,19 +128,7 @@ fn bench_wal(c: &mut Criterion) {
             for e in batch(1, count, &payload) {
                 encode_record(&e, &mut encoded);
             }
-            let path = dir.path().join("raw.dat");
-            let file = File::options()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .expect("create raw file");
-            let zeros = vec![0u8; 1 << 20];
-            for chunk in 0..raw_file_bytes() >> 20 {
-                file.write_all_at(&zeros, chunk << 20)
-                    .expect("zero raw file");
-            }
-            file.sync_data().expect("sync raw file");
+            let file = prepared_raw_file(&dir.path().join("raw.dat"), raw_file_bytes());
             let mut offset = 0u64;
             group.bench_function(BenchmarkId::new("raw", &id), |b| {
                 b.iter(|| {
@@ -224,5 +215,99 @@ fn bench_recovery(c: &mut Criterion) {
     group.finish();
 }
 
+/// A raw baseline file: `bytes` of zeros, written and synced.
+fn prepared_raw_file(path: &std::path::Path, bytes: u64) -> File {
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .expect("create raw file");
+    let zeros = vec![0u8; 1 << 20];
+    for chunk in 0..bytes >> 20 {
+        file.write_all_at(&zeros, chunk << 20)
+            .expect("zero raw file");
+    }
+    file.sync_data().expect("sync raw file");
+    file
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// `RAFTLOG_WAL_PAIRED=1`: on a shared disk whose fdatasync latency drifts by 2x within
+/// a minute, criterion's one-benchmark-after-the-other figures give noisy ratios. This
+/// alternates one WAL append and one raw write+fdatasync of the same bytes, so both
+/// see the same disk, and prints the median of each and their ratio.
+fn paired_report() {
+    let seconds: f64 = std::env::var("RAFTLOG_WAL_PAIRED_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
+    println!("\npaired WAL vs raw (medians over alternating iterations, {seconds} s each)");
+    println!("| payload x batch | wal median | raw median | wal/raw throughput | pairs |");
+    println!("|---|---|---|---|---|");
+    for payload_bytes in PAYLOADS_BYTES {
+        let payload = Bytes::from(vec![0xA5u8; payload_bytes]);
+        for count in BATCHES {
+            let dir = bench_dir();
+            let wal = Wal::open(&dir.path().join("wal"), wal_options()).expect("open WAL");
+            let mut encoded = Vec::new();
+            for e in batch(1, count, &payload) {
+                encode_record(&e, &mut encoded);
+            }
+            let raw = prepared_raw_file(&dir.path().join("raw.dat"), raw_file_bytes());
+            let entry_bytes = (payload_bytes + 25) as u64;
+            let (mut next, mut offset) = (1u64, 0u64);
+            let (mut wal_times, mut raw_times) = (Vec::new(), Vec::new());
+            let started = Instant::now();
+            let mut pair = 0u64;
+            while started.elapsed().as_secs_f64() < seconds || pair < 10 {
+                for leg in 0..2 {
+                    // Alternate which goes first so neither always follows the other.
+                    if (leg + pair) % 2 == 0 {
+                        let entries = batch(next, count, &payload);
+                        let t = Instant::now();
+                        wal.append(&entries).expect("append");
+                        wal_times.push(t.elapsed());
+                        next += count;
+                        if (next - wal.first_index()) * entry_bytes > WAL_KEEP_BYTES {
+                            wal.compact_prefix(next - 1).expect("compact");
+                        }
+                    } else {
+                        if offset + encoded.len() as u64 > raw_file_bytes() {
+                            offset = 0;
+                        }
+                        let t = Instant::now();
+                        raw.write_all_at(&encoded, offset).expect("raw write");
+                        raw.sync_data().expect("raw fdatasync");
+                        raw_times.push(t.elapsed());
+                        offset += encoded.len() as u64;
+                    }
+                }
+                pair += 1;
+            }
+            let (w, r) = (median(&mut wal_times), median(&mut raw_times));
+            println!(
+                "| {payload_bytes} B x {count} | {:.3} ms | {:.3} ms | **{:.2}** | {pair} |",
+                w.as_secs_f64() * 1e3,
+                r.as_secs_f64() * 1e3,
+                r.as_secs_f64() / w.as_secs_f64()
+            );
+            wal.close().expect("close");
+        }
+    }
+}
+
 criterion_group!(benches, bench_wal, bench_recovery);
-criterion_main!(benches);
+
+fn main() {
+    if std::env::var_os("RAFTLOG_WAL_PAIRED").is_some() && !test_mode() {
+        paired_report();
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -43,8 +43,8 @@
 
 pub mod fs;
 pub mod record;
-pub mod recovery;
-pub mod segment;
+mod recovery;
+mod segment;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};

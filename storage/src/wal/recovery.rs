@@ -21,6 +21,10 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use memmap2::Mmap;
 
 use super::fs::WalFs;
 use super::record::{
@@ -190,6 +194,62 @@ fn find_valid_record(map: &[u8], from: usize, to: usize, expected: u64) -> Optio
     None
 }
 
+/// A segment opened, mapped, header-checked and scanned.
+type Loaded = Result<(File, Mmap, Scan)>;
+
+fn load_segment(fs: &dyn WalFs, first: u64, path: &Path, fence: u64) -> Loaded {
+    let file = fs
+        .open_rw(path)
+        .map_err(|e| Error::io("open WAL segment", path, e))?;
+    let map = map_file(&file, path, true)?;
+    let header_first = record::decode_segment_header(&map).map_err(|reason| Error::BadHeader {
+        file: path.to_path_buf(),
+        what: "WAL segment",
+        reason,
+    })?;
+    if header_first != first {
+        return Err(Error::BadHeader {
+            file: path.to_path_buf(),
+            what: "WAL segment",
+            reason: format!("header says first index {header_first}, file name says {first}"),
+        });
+    }
+    let scan = scan_segment(&map, first, fence);
+    Ok((file, map, scan))
+}
+
+/// Loads every segment, on as many threads as there are cores: verifying the CRC of
+/// every record is what bounds recovery, and segments verify independently. What the
+/// results mean (contiguity, torn tails) is decided afterwards, in order.
+fn load_segments(fs: &dyn WalFs, keep: &[(u64, PathBuf)], fence: u64) -> Vec<Option<Loaded>> {
+    let slots: Vec<Mutex<Option<Loaded>>> = keep.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some((first, path)) = keep.get(i) else {
+            break;
+        };
+        let loaded = load_segment(fs, *first, path, fence);
+        *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(loaded);
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(keep.len());
+    std::thread::scope(|scope| {
+        for _ in 1..threads {
+            // If a thread cannot start, the others (at least this one) do its share.
+            let _ = std::thread::Builder::new()
+                .name("wal-recover".into())
+                .spawn_scoped(scope, work);
+        }
+        work();
+    });
+    slots
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .collect()
+}
+
 /// Scans `dir` and rebuilds the log. See the module documentation for the rules.
 pub(crate) fn recover(dir: &Path, fs: &dyn WalFs) -> Result<Recovered> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create WAL directory", dir, e))?;
@@ -254,6 +314,7 @@ pub(crate) fn recover(dir: &Path, fs: &dyn WalFs) -> Result<Recovered> {
         }
     }
 
+    let mut loaded = load_segments(fs, &keep, fence);
     let mut views: Vec<SegmentView> = Vec::new();
     let mut last_file: Option<(File, u64)> = None;
     let mut expected_next: Option<u64> = None;
@@ -272,24 +333,10 @@ pub(crate) fn recover(dir: &Path, fs: &dyn WalFs) -> Result<Recovered> {
                 });
             }
         }
-        let file = fs
-            .open_rw(path)
-            .map_err(|e| Error::io("open WAL segment", path, e))?;
-        let map = map_file(&file, path, true)?;
-        let header_first =
-            record::decode_segment_header(&map).map_err(|reason| Error::BadHeader {
-                file: path.clone(),
-                what: "WAL segment",
-                reason,
-            })?;
-        if header_first != *first {
-            return Err(Error::BadHeader {
-                file: path.clone(),
-                what: "WAL segment",
-                reason: format!("header says first index {header_first}, file name says {first}"),
-            });
-        }
-        let scan = scan_segment(&map, *first, fence);
+        let Some(result) = loaded[i].take() else {
+            unreachable!("segment {} was not loaded", path.display());
+        };
+        let (file, map, scan) = result?;
         report.bytes_scanned += scan.end as u64;
         let expected = *first + scan.offsets.len() as u64;
         let mut zero_to = None;

@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 use memmap2::{Mmap, MmapOptions};
 
 use super::fs::WalFs;
-use super::record::{self, RECORD_HEADER_BYTES};
+use super::record;
 use crate::{Error, Result};
 
 /// Suffix of segment files.
@@ -208,11 +208,6 @@ pub fn activate(
         capacity,
     };
     Ok((active, view))
-}
-
-/// The smallest segment that holds a header and one record of `payload_len` bytes.
-pub fn min_segment_bytes(payload_len: usize) -> u64 {
-    (record::SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES + payload_len) as u64
 }
 
 #[derive(Debug, Default)]
