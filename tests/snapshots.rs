@@ -322,6 +322,20 @@ fn restarted_follower_catches_up_through_install_snapshot() {
         check_stale(&c, follower, "k", (0..KEYS).collect(), 32).await;
         check_stale(&c, follower, "more", (0..MORE).collect(), 32).await;
         assert_eq!(c.get(follower, "absent-key", "stale").await, Ok(None));
+        // The sending side counts what it streamed.
+        let mut sent = 0;
+        let mut bytes_sent = 0;
+        for id in (1..=3).filter(|&id| id != follower) {
+            if let Some(m) = metrics(&c, id).await {
+                sent += metric(&m, "raftlog_snapshots_sent_total");
+                bytes_sent += metric(&m, "raftlog_snapshot_bytes_sent_total");
+            }
+        }
+        assert!(sent >= 1, "no node counted a snapshot sent");
+        assert!(
+            bytes_sent >= metric(&m, "raftlog_snapshot_bytes_received_total"),
+            "{bytes_sent} bytes counted sent, fewer than the follower received: {m:?}"
+        );
     });
 }
 
@@ -554,6 +568,12 @@ fn corrupt_newest_snapshot_falls_back_when_the_log_covers_the_gap() {
         );
         wait_applied(&c, 1, corrupted_index, Duration::from_secs(20)).await;
         check_stale(&c, 1, "k", (0..2500).collect(), 24).await;
+        // The damaged file is set aside (kept for inspection, never counted by retention).
+        let files = snapshot_files(&c, 1);
+        assert!(
+            files.contains(&format!("{corrupted}.corrupt")) && !files.contains(&corrupted),
+            "{corrupted} should have been renamed to .corrupt: {files:?}"
+        );
         // The node keeps working and takes fresh snapshots.
         put_all(&c, "more", 0..1200, 24, Duration::from_secs(30)).await;
         check_stale(&c, 1, "more", (0..1200).collect(), 24).await;

@@ -570,6 +570,16 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         m.snapshots_installed.get(),
     );
     counter(
+        "snapshots_sent_total",
+        "Snapshots streamed completely to followers.",
+        m.snapshots_sent.get(),
+    );
+    counter(
+        "snapshot_bytes_sent_total",
+        "Snapshot bytes streamed to followers.",
+        m.snapshot_bytes_sent.get(),
+    );
+    counter(
         "snapshot_bytes_received_total",
         "Snapshot bytes received from a leader.",
         m.snapshot_bytes_received.get(),

@@ -172,6 +172,10 @@ pub struct Metrics {
     pub snapshots_installed: Counter,
     /// Snapshot bytes received from a leader.
     pub snapshot_bytes_received: Counter,
+    /// Snapshots streamed completely to a follower (last chunk sent).
+    pub snapshots_sent: Counter,
+    /// Snapshot bytes streamed to followers.
+    pub snapshot_bytes_sent: Counter,
     /// Linearizable or lease reads served.
     pub reads: Counter,
     /// Elections this node started.
@@ -491,6 +495,9 @@ pub async fn start<S: StateMachine>(
         writer::reconcile_log_with_snapshot(&log, &snapshot_meta)
             .map_err(StartError::Inconsistent)?;
     }
+    // Any newer snapshot failed verification and the log covers for it: set it aside so
+    // retention never deletes the snapshot this node now relies on in its favor.
+    log.snapshots.quarantine_newer_than(&snapshot_meta)?;
 
     let metrics = Arc::new(Metrics::default());
     let mut replicated = Replicated::new(state_machine);
@@ -813,6 +820,20 @@ impl RaftLoop {
             self.on_soft_state(soft);
         }
         for envelope in ready.messages {
+            if let raft::Message::InstallSnapshot { meta, data, done, offset, .. } = &envelope.message {
+                self.metrics.snapshot_bytes_sent.add(data.len() as u64);
+                if *done {
+                    self.metrics.snapshots_sent.inc();
+                    tracing::info!(
+                        to = envelope.to,
+                        last_index = meta.last_index,
+                        bytes = offset + data.len() as u64,
+                        "sent the last chunk of a snapshot"
+                    );
+                } else if *offset == 0 {
+                    tracing::info!(to = envelope.to, last_index = meta.last_index, "sending a snapshot");
+                }
+            }
             let _ = self.transport.send(envelope);
         }
         if let Some(first) = ready.entries.first() {

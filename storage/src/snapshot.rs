@@ -304,6 +304,35 @@ impl SnapshotStore {
         Ok(ids)
     }
 
+    /// Renames every snapshot newer than `kept` to `<name>.corrupt`, so that retention
+    /// (which keeps the newest `keep` snapshots) never deletes `kept` in favor of files that
+    /// failed verification, while the damaged files stay for an operator to inspect. Call it
+    /// once a node has chosen `kept` after the newer ones failed [`SnapshotStore::verify`].
+    /// Returns the new paths.
+    pub fn quarantine_newer_than(&self, kept: &SnapshotMeta) -> Result<Vec<PathBuf>> {
+        let mut moved = Vec::new();
+        for (index, term) in self.snapshot_ids()? {
+            if (index, term) <= (kept.last_index, kept.last_term) {
+                continue;
+            }
+            let path = self.file_path(index, term);
+            let mut target = path.clone().into_os_string();
+            target.push(".corrupt");
+            let target = PathBuf::from(target);
+            std::fs::rename(&path, &target)
+                .map_err(|e| Error::io("quarantine a corrupt snapshot", &path, e))?;
+            tracing::warn!(
+                file = %target.display(),
+                "snapshot failed verification; renamed so it is never used or counted"
+            );
+            moved.push(target);
+        }
+        if !moved.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(moved)
+    }
+
     /// Deletes snapshots beyond the newest `keep`, never `spare`. Returns whether any went.
     fn prune(&self, spare: Option<(u64, u64)>) -> Result<bool> {
         let mut removed = false;
@@ -1270,6 +1299,28 @@ mod tests {
             "{err}"
         );
         assert_eq!(store.list().unwrap(), vec![new]);
+    }
+
+    #[test]
+    fn quarantined_snapshots_no_longer_count_toward_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path()).unwrap();
+        let good = write(&store, meta(40, 1), &payload(5, 100_000));
+        write(&store, meta(50, 2), &payload(6, 100_000));
+        flip(&store.file_path(50, 2), 50_000);
+        assert_eq!(store.latest_verified().unwrap(), Some(good.clone()));
+        let moved = store.quarantine_newer_than(&good).unwrap();
+        assert_eq!(moved.len(), 1);
+        assert!(moved[0].to_string_lossy().ends_with(".snap.corrupt"));
+        assert_eq!(store.list().unwrap(), vec![good.clone()]);
+        // The next snapshot must not push the good one out in favor of the damaged one.
+        let next = write(&store, meta(60, 2), &payload(7, 100_000));
+        assert_eq!(store.list().unwrap(), vec![next, good]);
+        assert!(moved[0].exists(), "the damaged file is kept for inspection");
+        // Reopening leaves the quarantined file alone.
+        let reopened = SnapshotStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.list().unwrap().len(), 2);
+        assert!(moved[0].exists());
     }
 
     #[test]
