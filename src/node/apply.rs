@@ -209,7 +209,11 @@ impl<S: StateMachine> Applier<S> {
             return;
         }
         self.snapshot_in_progress = true;
-        let frozen = self.state.read().unwrap_or_else(|p| p.into_inner()).snapshot();
+        let frozen = self
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot();
         let meta = SnapshotMeta {
             last_index: self.applied_index,
             last_term: self.applied_term,

@@ -67,7 +67,9 @@ impl DurableLog {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding this lock already aborted the node's invariants; keep going
     // with the data, which is plain metadata and always consistent between statements.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The [`LogStorage`] handed to the core.

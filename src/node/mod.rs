@@ -820,7 +820,14 @@ impl RaftLoop {
             self.on_soft_state(soft);
         }
         for envelope in ready.messages {
-            if let raft::Message::InstallSnapshot { meta, data, done, offset, .. } = &envelope.message {
+            if let raft::Message::InstallSnapshot {
+                meta,
+                data,
+                done,
+                offset,
+                ..
+            } = &envelope.message
+            {
                 self.metrics.snapshot_bytes_sent.add(data.len() as u64);
                 if *done {
                     self.metrics.snapshots_sent.inc();
@@ -831,7 +838,11 @@ impl RaftLoop {
                         "sent the last chunk of a snapshot"
                     );
                 } else if *offset == 0 {
-                    tracing::info!(to = envelope.to, last_index = meta.last_index, "sending a snapshot");
+                    tracing::info!(
+                        to = envelope.to,
+                        last_index = meta.last_index,
+                        "sending a snapshot"
+                    );
                 }
             }
             let _ = self.transport.send(envelope);

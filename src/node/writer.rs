@@ -43,7 +43,10 @@ enum ChunkOutcome {
 fn abandon(receiving: &mut Option<(SnapshotMeta, SnapshotReceiver)>) {
     if let Some((meta, receiver)) = receiving.take() {
         if let Err(e) = receiver.abort() {
-            tracing::warn!("cannot remove the abandoned transfer of snapshot {}: {e}", meta.last_index);
+            tracing::warn!(
+                "cannot remove the abandoned transfer of snapshot {}: {e}",
+                meta.last_index
+            );
         }
     }
 }
@@ -102,11 +105,18 @@ impl Writer {
                 self.flush(&mut round)?;
                 match self.receive_chunk(chunk, receiving)? {
                     ChunkOutcome::Accepted => {}
-                    ChunkOutcome::Installed { index, term } => round.persisted = Some((index, term)),
+                    ChunkOutcome::Installed { index, term } => {
+                        round.persisted = Some((index, term))
+                    }
                     ChunkOutcome::Rejected => {
                         // Never acknowledge a chunk that is not on disk; the leader
                         // retries the transfer.
-                        messages.retain(|m| !matches!(m.message, crate::raft::Message::InstallSnapshotResponse { .. }));
+                        messages.retain(|m| {
+                            !matches!(
+                                m.message,
+                                crate::raft::Message::InstallSnapshotResponse { .. }
+                            )
+                        });
                     }
                 }
             }
@@ -200,13 +210,18 @@ impl Writer {
             match self.log.snapshots.begin_receive(chunk.meta.clone()) {
                 Ok(receiver) => *receiving = Some((chunk.meta.clone(), receiver)),
                 Err(e) => {
-                    tracing::warn!("cannot start receiving snapshot {}: {e}", chunk.meta.last_index);
+                    tracing::warn!(
+                        "cannot start receiving snapshot {}: {e}",
+                        chunk.meta.last_index
+                    );
                     return Ok(ChunkOutcome::Rejected);
                 }
             }
         }
         let written = match receiving.as_mut() {
-            Some((meta, receiver)) if *meta == chunk.meta => receiver.write_chunk(chunk.offset, &chunk.data),
+            Some((meta, receiver)) if *meta == chunk.meta => {
+                receiver.write_chunk(chunk.offset, &chunk.data)
+            }
             _ => {
                 tracing::warn!(
                     offset = chunk.offset,
@@ -221,7 +236,8 @@ impl Writer {
             abandon(receiving);
             return Ok(ChunkOutcome::Rejected);
         }
-        self.metrics.add_snapshot_bytes_received(chunk.data.len() as u64);
+        self.metrics
+            .add_snapshot_bytes_received(chunk.data.len() as u64);
         if !chunk.done {
             return Ok(ChunkOutcome::Accepted);
         }
@@ -229,7 +245,10 @@ impl Writer {
             return Ok(ChunkOutcome::Rejected);
         };
         if let Err(e) = receiver.finish() {
-            tracing::warn!("received snapshot {} failed verification: {e}", meta.last_index);
+            tracing::warn!(
+                "received snapshot {} failed verification: {e}",
+                meta.last_index
+            );
             return Ok(ChunkOutcome::Rejected);
         }
         self.install(&meta)?;
@@ -262,7 +281,12 @@ pub fn reconcile_log_with_snapshot(log: &DurableLog, meta: &SnapshotMeta) -> Res
     let matches = wal.last_index() >= meta.last_index
         && wal.first_index() <= meta.last_index
         && wal.term(meta.last_index).ok() == Some(meta.last_term);
-    let fail = |e: storage::Error| format!("cannot compact the log to snapshot {}: {e}", meta.last_index);
+    let fail = |e: storage::Error| {
+        format!(
+            "cannot compact the log to snapshot {}: {e}",
+            meta.last_index
+        )
+    };
     if !matches && wal.last_index() >= wal.first_index() {
         wal.truncate_suffix(wal.first_index()).map_err(fail)?;
     }

@@ -102,12 +102,18 @@ pub struct Membership {
 impl Membership {
     /// Ids of the members that vote.
     pub fn voters(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.members.iter().filter(|(_, m)| m.voter).map(|(id, _)| *id)
+        self.members
+            .iter()
+            .filter(|(_, m)| m.voter)
+            .map(|(id, _)| *id)
     }
 
     /// Ids of the members that do not vote.
     pub fn learners(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.members.iter().filter(|(_, m)| !m.voter).map(|(id, _)| *id)
+        self.members
+            .iter()
+            .filter(|(_, m)| !m.voter)
+            .map(|(id, _)| *id)
     }
 
     /// Whether `id` is a voting member.
