@@ -99,28 +99,8 @@ enum Request {
     },
 }
 
-/// What `GET /v1/status` reports.
-#[derive(Clone, Debug)]
-pub struct NodeStatus {
-    /// This node.
-    pub id: NodeId,
-    /// Its role.
-    pub role: Role,
-    /// Current term.
-    pub term: u64,
-    /// The leader it knows of.
-    pub leader_id: Option<NodeId>,
-    /// Commit index.
-    pub commit_index: u64,
-    /// Applied index.
-    pub applied_index: u64,
-    /// Last log index.
-    pub last_log_index: u64,
-    /// Latest snapshot's last index.
-    pub snapshot_index: u64,
-    /// The membership in effect.
-    pub membership: Membership,
-}
+/// What `GET /v1/status` reports: the core's own status.
+pub type NodeStatus = raft::Status;
 
 /// A counter exported on `/metrics`.
 #[derive(Default)]
@@ -799,18 +779,7 @@ impl RaftLoop {
                 }
             }
             Request::Status { reply } => {
-                let status = self.core.status();
-                let _ = reply.send(NodeStatus {
-                    id: status.id,
-                    role: status.role,
-                    term: status.term,
-                    leader_id: status.leader_id,
-                    commit_index: status.commit_index,
-                    applied_index: status.applied_index,
-                    last_log_index: status.last_log_index,
-                    snapshot_index: status.snapshot_index,
-                    membership: status.membership,
-                });
+                let _ = reply.send(self.core.status());
             }
         }
     }
