@@ -527,7 +527,7 @@ fn sigstopped_follower_rejoins_without_an_election() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         // PreVote: it did not depose the leader nor raise the term.
         assert_eq!(
-            cluster.wait_for_leader(Duration::from_secs(1)).await,
+            cluster.wait_for_leader(Duration::from_secs(3)).await,
             leader
         );
         for id in 1..=3 {

@@ -15,10 +15,24 @@ pub fn raftlog_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_raftlog"))
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, never handed out twice by this test process.
+///
+/// Asking the kernel for port 0 and releasing it is not enough: tests run in parallel, and
+/// two clusters could be given the same port before either node binds it, after which one
+/// test talks to the other's nodes. Ports come from a process-wide counter below the
+/// kernel's ephemeral range (so outgoing connections never take them), offset by the pid so
+/// that leftovers of another run are unlikely to sit there, and each is checked bindable.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 64) * 160;
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % 2_000;
+        let port = (base + offset) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One node process.
