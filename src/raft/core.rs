@@ -1581,17 +1581,8 @@ fn restore_membership<S: LogStorage>(log: &RaftLog<S>, base: Membership) -> Memb
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::test_cluster::{member, test_config, voters, Cluster};
+    use crate::raft::test_cluster::{ent, member, test_config, voters, Cluster};
     use crate::raft::MemStorage;
-
-    fn ent(index: u64, term: u64) -> Entry {
-        Entry {
-            index,
-            term,
-            kind: EntryKind::Normal,
-            payload: Bytes::new(),
-        }
-    }
 
     fn env(from: NodeId, to: NodeId, message: Message) -> Envelope {
         Envelope { from, to, message }

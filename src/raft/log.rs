@@ -376,17 +376,8 @@ impl<S: LogStorage> RaftLog<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::{EntryKind, MemStorage};
-    use bytes::Bytes;
-
-    fn ent(index: u64, term: u64) -> Entry {
-        Entry {
-            index,
-            term,
-            kind: EntryKind::Normal,
-            payload: Bytes::new(),
-        }
-    }
+    use crate::raft::test_cluster::ent;
+    use crate::raft::MemStorage;
 
     fn log_with(terms: &[u64]) -> RaftLog<MemStorage> {
         let mut s = MemStorage::new();

@@ -278,3 +278,13 @@ impl Cluster {
         self.nodes.insert(id, core);
     }
 }
+
+/// An empty normal entry at `(index, term)`, for tests that only care about positions.
+pub fn ent(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        kind: EntryKind::Normal,
+        payload: Bytes::new(),
+    }
+}
