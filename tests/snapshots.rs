@@ -94,15 +94,44 @@ async fn put_all(
     value_len: usize,
     within: Duration,
 ) {
-    let deadline = Instant::now() + within;
-    let leader = AtomicU64::new(c.wait_for_leader(Duration::from_secs(10)).await);
     let started = Instant::now();
     let count = range.end - range.start;
+    put_each(c, range, |i| key_of(prefix, i), value_len, within).await;
+    eprintln!(
+        "wrote {count} x {value_len} B under {prefix:?} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Like `put_all`, but key number `i` is written to key `i % keys` (value still from `i`).
+async fn put_all_cycling(c: &Cluster, range: std::ops::Range<u64>, keys: u64, value_len: usize) {
+    put_each(
+        c,
+        range,
+        |i| key_of("cyc", i % keys),
+        value_len,
+        Duration::from_secs(300),
+    )
+    .await;
+}
+
+/// Writes `value_of(i)` to `key(i)` for every `i` in `range`, as `put_all` describes.
+async fn put_each(
+    c: &Cluster,
+    range: std::ops::Range<u64>,
+    key: impl Fn(u64) -> String,
+    value_len: usize,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    let leader = AtomicU64::new(c.wait_for_leader(Duration::from_secs(10)).await);
+    let count = range.end - range.start;
+    let key = &key;
     let failures: Vec<String> = futures_util::stream::iter(range)
         .map(|i| {
             let leader = &leader;
             async move {
-                let key = key_of(prefix, i);
+                let key = key(i);
                 let value = value_of(i, value_len);
                 let mut last = String::new();
                 while Instant::now() < deadline {
@@ -131,10 +160,6 @@ async fn put_all(
         failures.len(),
         &failures[..failures.len().min(5)],
         c.logs_tail()
-    );
-    eprintln!(
-        "wrote {count} x {value_len} B under {prefix:?} in {:.1} s",
-        started.elapsed().as_secs_f64()
     );
 }
 
@@ -746,45 +771,6 @@ fn data_directories_stay_bounded_over_a_long_run() {
         }
         eprintln!("peak data dir sizes {peak:?}, bound {BOUND}");
     });
-}
-
-/// Like `put_all`, but key number `i` is written to key `i % keys` (value still from `i`).
-async fn put_all_cycling(c: &Cluster, range: std::ops::Range<u64>, keys: u64, value_len: usize) {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let leader = AtomicU64::new(c.wait_for_leader(Duration::from_secs(10)).await);
-    let failures: Vec<String> = futures_util::stream::iter(range)
-        .map(|i| {
-            let leader = &leader;
-            async move {
-                let key = key_of("cyc", i % keys);
-                let value = value_of(i, value_len);
-                let mut last = String::new();
-                while Instant::now() < deadline {
-                    let target = leader.load(Ordering::Relaxed);
-                    let url = format!("http://{}/v1/kv/{key}", c.api(target));
-                    match support::answer(c.client.put(url).body(value.clone()).send().await).await
-                    {
-                        Ok(_) => return None,
-                        Err(e) => last = format!("via node {target}: {e:?}"),
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    if let Some(l) = current_leader(c).await {
-                        leader.store(l, Ordering::Relaxed);
-                    }
-                }
-                Some(format!("{key}: {last}"))
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .filter_map(|r| async move { r })
-        .collect()
-        .await;
-    assert!(
-        failures.is_empty(),
-        "writes never acknowledged: {:?}\n{}",
-        &failures[..failures.len().min(5)],
-        c.logs_tail()
-    );
 }
 
 fn describe_dir(dir: &std::path::Path) -> String {
