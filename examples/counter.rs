@@ -69,6 +69,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         election_timeout: (Duration::from_millis(150), Duration::from_millis(300)),
         snapshot_threshold: 10_000,
         snapshot_trailing_entries: 5_000,
+        // A demo log: small preallocated segments.
+        wal_segment_bytes: 4 << 20,
         tick: Duration::from_millis(10),
     };
     let node = node::start(options, Counter::default()).await?;

@@ -32,6 +32,11 @@ pub const DEFAULT_ELECTION_TIMEOUT_MS: (u64, u64) = (150, 300);
 pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = 10_000;
 /// Default of `snapshot_trailing_entries`.
 pub const DEFAULT_SNAPSHOT_TRAILING_ENTRIES: u64 = 5_000;
+/// Default of `wal_segment_bytes` (the WAL's own default).
+pub const DEFAULT_WAL_SEGMENT_BYTES: u64 = 64 << 20;
+/// Accepted range of `wal_segment_bytes`: below 1 MiB a busy log rolls segments (two
+/// extra syncs each) too often; above 1 GiB one segment is more disk than most logs need.
+pub const WAL_SEGMENT_BYTES_RANGE: std::ops::RangeInclusive<u64> = (1 << 20)..=(1 << 30);
 
 const TOP_LEVEL_FIELDS: &[&str] = &[
     "cluster_id",
@@ -41,6 +46,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "election_timeout_ms",
     "snapshot_threshold",
     "snapshot_trailing_entries",
+    "wal_segment_bytes",
 ];
 const NODE_FIELDS: &[&str] = &["raft_addr", "api_addr"];
 
@@ -103,6 +109,7 @@ pub struct ClusterConfig {
     election_timeout_ms: (u64, u64),
     snapshot_threshold: u64,
     snapshot_trailing_entries: u64,
+    wal_segment_bytes: u64,
 }
 
 impl ClusterConfig {
@@ -226,6 +233,12 @@ impl ClusterConfig {
         self.snapshot_trailing_entries
     }
 
+    /// Size of each WAL segment file. Segments are preallocated, so a node's log takes
+    /// a few of them on disk even when nearly empty.
+    pub fn wal_segment_bytes(&self) -> u64 {
+        self.wal_segment_bytes
+    }
+
     /// The configuration as cluster-file JSON (all fields explicit), e.g. for `raftlog
     /// cluster` to write the file it generated. Parsing it gives back an equal config.
     pub fn to_json(&self) -> String {
@@ -250,6 +263,7 @@ impl ClusterConfig {
             "election_timeout_ms": [self.election_timeout_ms.0, self.election_timeout_ms.1],
             "snapshot_threshold": self.snapshot_threshold,
             "snapshot_trailing_entries": self.snapshot_trailing_entries,
+            "wal_segment_bytes": self.wal_segment_bytes,
         });
         // Serializing a `Value` cannot fail (string keys only).
         serde_json::to_string_pretty(&value).unwrap_or_default()
@@ -417,6 +431,23 @@ impl Parser<'_> {
             None => DEFAULT_SNAPSHOT_TRAILING_ENTRIES,
             Some(v) => self.unsigned(v, "snapshot_trailing_entries")?,
         };
+        let wal_segment_bytes = match get("wal_segment_bytes") {
+            None => DEFAULT_WAL_SEGMENT_BYTES,
+            Some(v) => {
+                let bytes = self.positive(v, "wal_segment_bytes")?;
+                if !WAL_SEGMENT_BYTES_RANGE.contains(&bytes) {
+                    return Err(self.err(
+                        "wal_segment_bytes",
+                        format!(
+                            "{bytes} is outside {}..={} (1 MiB to 1 GiB)",
+                            WAL_SEGMENT_BYTES_RANGE.start(),
+                            WAL_SEGMENT_BYTES_RANGE.end()
+                        ),
+                    ));
+                }
+                bytes
+            }
+        };
         Ok(ClusterConfig {
             path: self.path.to_path_buf(),
             cluster_id,
@@ -426,6 +457,7 @@ impl Parser<'_> {
             election_timeout_ms,
             snapshot_threshold,
             snapshot_trailing_entries,
+            wal_segment_bytes,
         })
     }
 
@@ -673,6 +705,7 @@ mod tests {
         assert_eq!(cfg.election_timeout_ms(), (150, 300));
         assert_eq!(cfg.snapshot_threshold(), 10_000);
         assert_eq!(cfg.snapshot_trailing_entries(), 5_000);
+        assert_eq!(cfg.wal_segment_bytes(), 64 << 20);
         assert_eq!(cfg.path(), Path::new("config.json"));
     }
 
@@ -681,7 +714,7 @@ mod tests {
         let cfg = parse(&with(
             r#""data_dir": "/var/lib/raftlog", "heartbeat_interval_ms": 20,
                "election_timeout_ms": [100, 200], "snapshot_threshold": 7,
-               "snapshot_trailing_entries": 0"#,
+               "snapshot_trailing_entries": 0, "wal_segment_bytes": 4194304"#,
         ))
         .unwrap();
         assert_eq!(cfg.node_data_dir(2), Path::new("/var/lib/raftlog/node-2"));
@@ -692,6 +725,7 @@ mod tests {
         );
         assert_eq!(cfg.snapshot_threshold(), 7);
         assert_eq!(cfg.snapshot_trailing_entries(), 0);
+        assert_eq!(cfg.wal_segment_bytes(), 4 << 20);
         let cfg = cfg.with_data_dir("/tmp/x");
         assert_eq!(cfg.node_data_dir(1), Path::new("/tmp/x/node-1"));
     }
@@ -908,6 +942,18 @@ mod tests {
             (
                 r#""snapshot_trailing_entries": -1"#,
                 "config.json: snapshot_trailing_entries: expected a non-negative integer, got -1",
+            ),
+            (
+                r#""wal_segment_bytes": 65536"#,
+                "config.json: wal_segment_bytes: 65536 is outside 1048576..=1073741824 (1 MiB to 1 GiB)",
+            ),
+            (
+                r#""wal_segment_bytes": 2147483648"#,
+                "config.json: wal_segment_bytes: 2147483648 is outside 1048576..=1073741824 (1 MiB to 1 GiB)",
+            ),
+            (
+                r#""wal_segment_bytes": "64MiB""#,
+                r#"config.json: wal_segment_bytes: expected a positive integer, got the string "64MiB""#,
             ),
             (
                 r#""data_dir": null"#,

@@ -311,6 +311,7 @@ fn restarted_follower_catches_up_through_install_snapshot() {
             nodes: 3,
             snapshot_threshold: 1000,
             snapshot_trailing_entries: 500,
+            ..ClusterSpec::default()
         });
         let leader = c.wait_for_leader(Duration::from_secs(10)).await;
         let follower = (1..=3).find(|&id| id != leader).unwrap();
@@ -375,6 +376,7 @@ fn snapshot_transfer_survives_sigkill_of_receiver_then_sender() {
             nodes: 3,
             snapshot_threshold: 1000,
             snapshot_trailing_entries: 500,
+            ..ClusterSpec::default()
         });
         let leader = c.wait_for_leader(Duration::from_secs(10)).await;
         let follower = (1..=3).find(|&id| id != leader).unwrap();
@@ -463,6 +465,7 @@ fn restart_loads_the_snapshot_and_replays_the_log_after_it() {
             nodes: 1,
             snapshot_threshold: 1000,
             snapshot_trailing_entries: 500,
+            ..ClusterSpec::default()
         });
         put_all(&c, "k", 0..3500, 24, Duration::from_secs(60)).await;
         // After the last snapshot: overwrite some keys, delete others.
@@ -556,6 +559,7 @@ async fn single_node_with_two_snapshots(trailing: u64) -> Cluster {
         nodes: 1,
         snapshot_threshold: 1000,
         snapshot_trailing_entries: trailing,
+        ..ClusterSpec::default()
     });
     put_all(&c, "k", 0..2500, 24, Duration::from_secs(60)).await;
     let response = c
@@ -692,9 +696,9 @@ fn data_directories_stay_bounded_over_a_long_run() {
     const TRAILING: u64 = 1000;
     const KEYS: u64 = 4000;
     const VALUE_LEN: usize = 1024;
-    // storage::wal::WalOptions::default().segment_size_bytes_max: preallocated, so a
-    // segment counts in full from its creation.
-    const SEGMENT: u64 = 64 << 20;
+    // `wal_segment_bytes`, small so that the bound is tight: segments are preallocated,
+    // so a segment counts in full from its creation.
+    const SEGMENT: u64 = 4 << 20;
     // Entries the WAL can hold: the trailing ones kept behind a snapshot, up to a threshold
     // of new ones before the next snapshot, and one more threshold while that snapshot is
     // written and compaction runs. Whole segments: those entries may straddle
@@ -729,6 +733,7 @@ fn data_directories_stay_bounded_over_a_long_run() {
             nodes: 3,
             snapshot_threshold: THRESHOLD,
             snapshot_trailing_entries: TRAILING,
+            wal_segment_bytes: SEGMENT,
         });
         c.wait_for_leader(Duration::from_secs(10)).await;
         let mut peak = BTreeMap::new();
@@ -848,6 +853,7 @@ fn snapshot_transfer_bench() {
             // One snapshot, taken on request once everything is written.
             snapshot_threshold: 1 << 40,
             snapshot_trailing_entries: 0,
+            ..ClusterSpec::default()
         });
         let leader = c.wait_for_leader(Duration::from_secs(10)).await;
         let receiver = (1..=3).find(|&id| id != leader).unwrap();

@@ -79,6 +79,7 @@ pub fn run(config_path: &Path, count: usize) -> i32 {
         "election_timeout_ms": [config.election_timeout_ms().0, config.election_timeout_ms().1],
         "snapshot_threshold": config.snapshot_threshold(),
         "snapshot_trailing_entries": config.snapshot_trailing_entries(),
+        "wal_segment_bytes": config.wal_segment_bytes(),
     });
     let text = serde_json::to_string_pretty(&file).unwrap_or_default();
     if let Err(e) = std::fs::write(&cluster_file, text) {

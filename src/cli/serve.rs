@@ -35,6 +35,7 @@ pub fn node_options(
         heartbeat_interval: config.heartbeat_interval(),
         election_timeout: config.election_timeout(),
         snapshot_threshold: config.snapshot_threshold(),
+        wal_segment_bytes: config.wal_segment_bytes(),
         snapshot_trailing_entries: config.snapshot_trailing_entries(),
         tick: TICK,
     })

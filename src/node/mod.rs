@@ -63,6 +63,8 @@ pub struct NodeOptions {
     pub snapshot_threshold: u64,
     /// Entries kept in the log behind a snapshot.
     pub snapshot_trailing_entries: u64,
+    /// Size of each WAL segment file.
+    pub wal_segment_bytes: u64,
     /// The core's clock period.
     pub tick: Duration,
 }
@@ -433,7 +435,13 @@ pub async fn start<S: StateMachine>(
         .map_err(|e| storage::Error::io("create data directory", dir, e))?;
     let stable = Arc::new(StableStore::open(dir.join("stable"))?);
     let snapshots = SnapshotStore::open(dir.join("snapshots"))?;
-    let wal = Wal::open(&dir.join("wal"), WalOptions::default())?;
+    let wal = Wal::open(
+        &dir.join("wal"),
+        WalOptions {
+            segment_size_bytes_max: options.wal_segment_bytes,
+            ..WalOptions::default()
+        },
+    )?;
     if stable.is_fresh() && (wal.last_index() > 0 || snapshots.latest()?.is_some()) {
         // The log survived but the term and vote did not: restarting at term 0 could let
         // this node vote twice in a term. Refuse rather than guess.

@@ -58,6 +58,7 @@ pub struct ClusterSpec {
     pub nodes: u64,
     pub snapshot_threshold: u64,
     pub snapshot_trailing_entries: u64,
+    pub wal_segment_bytes: u64,
 }
 
 impl Default for ClusterSpec {
@@ -66,6 +67,7 @@ impl Default for ClusterSpec {
             nodes: 3,
             snapshot_threshold: 10_000,
             snapshot_trailing_entries: 5_000,
+            wal_segment_bytes: 64 << 20,
         }
     }
 }
@@ -100,6 +102,7 @@ impl Cluster {
             "data_dir": dir.path().join("data"),
             "snapshot_threshold": spec.snapshot_threshold,
             "snapshot_trailing_entries": spec.snapshot_trailing_entries,
+            "wal_segment_bytes": spec.wal_segment_bytes,
         });
         let config_path = dir.path().join("config.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
