@@ -702,10 +702,12 @@ fn data_directories_stay_bounded_over_a_long_run() {
     // Entries the WAL can hold: the trailing ones kept behind a snapshot, up to a threshold
     // of new ones before the next snapshot, and one more threshold while that snapshot is
     // written and compaction runs. Whole segments: those entries may straddle
-    // ceil(bytes / SEGMENT) + 1 segments, plus one prepared ahead.
+    // ceil(bytes / SEGMENT) + 1 segments, plus one prepared ahead, plus the freed ones
+    // kept for reuse.
     const ENTRY: u64 = VALUE_LEN as u64 + 64;
     const LIVE_WAL: u64 = (TRAILING + 2 * THRESHOLD) * ENTRY;
-    const WAL_BOUND: u64 = (LIVE_WAL.div_ceil(SEGMENT) + 2) * SEGMENT;
+    const WAL_BOUND: u64 =
+        (LIVE_WAL.div_ceil(SEGMENT) + 2 + storage::wal::RECYCLED_SEGMENTS_MAX as u64) * SEGMENT;
     // Two retained snapshots of the state (KEYS values, key and framing overhead), plus one
     // being written or received (a temp file).
     const STATE: u64 = KEYS * (VALUE_LEN as u64 + 64);
@@ -773,6 +775,17 @@ fn data_directories_stay_bounded_over_a_long_run() {
                 metric(&m, "raftlog_snapshots_taken_total") >= writes / THRESHOLD / 2,
                 "node {id} took too few snapshots over {writes} writes: {m:?}"
             );
+            // Compacted segments come back as new ones instead of new files being written.
+            let (new, recycled) = (
+                metric(&m, "raftlog_wal_segments_new_total"),
+                metric(&m, "raftlog_wal_segments_recycled_total"),
+            );
+            assert!(
+                recycled > new,
+                "node {id} started {new} WAL segments in new files and only {recycled} in \
+                 recycled ones"
+            );
+            eprintln!("node {id}: WAL segments {new} new, {recycled} recycled");
         }
         eprintln!("peak data dir sizes {peak:?}, bound {BOUND}");
     });

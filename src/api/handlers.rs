@@ -550,6 +550,16 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         m.wal_append_micros.get(),
     );
     counter(
+        "wal_segments_new_total",
+        "WAL segments started in new (zero-filled or fallocated) files.",
+        m.wal_segments_new.get(),
+    );
+    counter(
+        "wal_segments_recycled_total",
+        "WAL segments started in files freed by compaction (no new file written).",
+        m.wal_segments_recycled.get(),
+    );
+    counter(
         "snapshots_taken_total",
         "Snapshots of the state machine taken locally.",
         m.snapshots_taken.get(),

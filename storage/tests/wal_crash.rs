@@ -2,7 +2,10 @@
 //! threads (group commit) and prints every index as soon as its append returns; the
 //! parent SIGKILLs it at a random moment, reopens the log and checks that every printed
 //! index is there with its payload. Repeated on the same directory, so later rounds
-//! also recover from kills during recovery, segment preparation and rolling.
+//! also recover from kills during recovery, segment preparation and rolling. A fifth
+//! thread compacts the log as a node does after snapshots, so kills also land while
+//! freed segments are recycled and while appends go into recycled segments (whose old
+//! records are still on disk past the end of the log).
 //!
 //! The child is this test binary re-executed with `RAFTLOG_WAL_CRASH_DIR` set, running
 //! only `crash_child`. `RAFTLOG_SOAK=1` runs 500 rounds instead of 60.
@@ -20,11 +23,14 @@ use storage::{Entry, EntryKind};
 
 const DIR_ENV: &str = "RAFTLOG_WAL_CRASH_DIR";
 const APPENDER_THREADS: usize = 4;
+/// The child's compactor keeps about this many entries (under two segments), so
+/// even short rounds free segments to recycle.
+const KEEP_ENTRIES: u64 = 300;
 
 fn options() -> WalOptions {
     WalOptions {
         // Small segments so kills land while rolling and preparing segments too.
-        segment_size_bytes_max: 128 << 10,
+        segment_size_bytes_max: 32 << 10,
         ..WalOptions::default()
     }
 }
@@ -44,6 +50,9 @@ fn crash_child() {
     let Some(dir) = std::env::var_os(DIR_ENV) else {
         return;
     };
+    // The test harness has printed "test crash_child ... " without a newline: end that
+    // line first, or the child's first line would be glued to it and not be parsed.
+    println!();
     let wal = Arc::new(Wal::open(Path::new(&dir), options()).expect("child: open WAL"));
     let threads: Vec<_> = (0..APPENDER_THREADS)
         .map(|t| {
@@ -75,6 +84,25 @@ fn crash_child() {
             })
         })
         .collect();
+    let compactor = std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(3));
+        let last = wal.last_index();
+        if last < wal.first_index() + 2 * KEEP_ENTRIES {
+            continue;
+        }
+        let upto = last - KEEP_ENTRIES;
+        // Announced before it starts: the log may begin anywhere up to here after a kill.
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "compact {upto}").expect("child: print");
+        out.flush().expect("child: flush");
+        drop(out);
+        wal.compact_prefix(upto).expect("child: compact");
+        let recycled = wal.segment_stats().recycled;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "recycled {recycled}").expect("child: print");
+        out.flush().expect("child: flush");
+    });
+    let _ = compactor.join();
     for t in threads {
         let _ = t.join();
     }
@@ -103,6 +131,8 @@ fn sigkill_loses_no_acknowledged_append() {
     let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(std::process::id());
     let mut acked_total = 0usize;
     let mut highest_acked = 0u64;
+    let mut compact_intent_max = 0u64;
+    let mut recycled_total = 0u64;
     let started = Instant::now();
     for round in 0..rounds {
         let mut child = Command::new(&exe)
@@ -114,7 +144,7 @@ fn sigkill_loses_no_acknowledged_append() {
             .expect("spawn child");
         let stdout = child.stdout.take().expect("child stdout");
         let reader = std::thread::spawn(move || {
-            let mut acked = Vec::new();
+            let (mut acked, mut compact_intent, mut recycled) = (Vec::new(), 0u64, 0u64);
             let mut reader = BufReader::new(stdout);
             let mut line = Vec::new();
             loop {
@@ -128,26 +158,36 @@ fn sigkill_loses_no_acknowledged_append() {
                     break;
                 };
                 let text = String::from_utf8_lossy(text);
-                if let Some(n) = text.strip_prefix("ack ") {
-                    if let Ok(index) = n.trim().parse::<u64>() {
-                        acked.push(index);
-                    }
+                let number = |prefix: &str| text.strip_prefix(prefix)?.trim().parse::<u64>().ok();
+                if let Some(index) = number("ack ") {
+                    acked.push(index);
+                } else if let Some(upto) = number("compact ") {
+                    compact_intent = compact_intent.max(upto);
+                } else if let Some(n) = number("recycled ") {
+                    recycled = recycled.max(n);
                 }
             }
-            acked
+            (acked, compact_intent, recycled)
         });
         // Kill anywhere from during open/recovery to well into appending.
         let delay_ms = 5 + next_random(&mut rng) % 120;
         std::thread::sleep(Duration::from_millis(delay_ms));
         child.kill().expect("SIGKILL child");
         child.wait().expect("reap child");
-        let acked = reader.join().expect("reader thread");
+        let (acked, compact_intent, recycled) = reader.join().expect("reader thread");
+        compact_intent_max = compact_intent_max.max(compact_intent);
+        recycled_total += recycled;
 
         let wal = Wal::open(dir.path(), options()).unwrap_or_else(|e| {
             panic!("round {round}: reopen after SIGKILL at {delay_ms} ms failed: {e}")
         });
-        let last = wal.last_index();
-        for &index in &acked {
+        let (first, last) = (wal.first_index(), wal.last_index());
+        assert!(
+            first - 1 <= compact_intent_max,
+            "round {round}: the log starts at {first}, but nothing past {compact_intent_max} \
+             was ever compacted"
+        );
+        for &index in acked.iter().filter(|&&index| index >= first) {
             assert!(
                 index <= last,
                 "round {round}: acknowledged entry {index} lost (log ends at {last})"
@@ -172,12 +212,17 @@ fn sigkill_loses_no_acknowledged_append() {
             "round {round}: log shrank below {highest_acked}"
         );
         highest_acked = highest_acked.max(acked.iter().copied().max().unwrap_or(0));
-        acked_total += acked.len();
+        acked_total += acked.iter().filter(|&&index| index >= first).count();
         drop(wal);
     }
     eprintln!(
-        "{rounds} SIGKILL rounds, {acked_total} acknowledged entries checked, in {:?}",
+        "{rounds} SIGKILL rounds, {acked_total} acknowledged entries checked, \
+         {recycled_total} segments recycled, in {:?}",
         started.elapsed()
+    );
+    assert!(
+        recycled_total > 0,
+        "no child ever recycled a segment: the test did not exercise recycling"
     );
     assert!(
         acked_total > rounds,

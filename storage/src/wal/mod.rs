@@ -2,15 +2,18 @@
 //!
 //! # Write path
 //! 1. [`Wal::append`] checks the batch continues the log, encodes it (outside any
-//!    lock) and queues it.
+//!    lock; large payloads are not copied, `batch.rs`) and queues it.
 //! 2. If no append is writing right now, this one becomes the *leader*: it takes every
 //!    queued batch (up to [`WalOptions::group_commit_bytes_max`]), writes them with one
-//!    `pwrite` and one `fdatasync`, publishes the new entries to readers and wakes the
+//!    `pwritev` and one `fdatasync`, publishes the new entries to readers and wakes the
 //!    followers whose batches it wrote (group commit, as in RocksDB's write groups).
 //! 3. Otherwise it waits; an append returns only once its entries are durable.
-//! 4. When a record does not fit the active segment, the leader syncs what it wrote,
-//!    takes a zero-filled segment prepared in the background, writes its header and
-//!    renames it into place (`segment.rs`).
+//! 4. Each write carries an end marker (zeros) after its records, and each record's CRC
+//!    is salted with its segment's salt (`record.rs`), so the end of the log is found
+//!    even in a recycled segment full of older records.
+//! 5. When a record does not fit the active segment, the leader syncs what it wrote,
+//!    takes a recycled segment (or a zero-filled one prepared in the background),
+//!    writes its header and renames it into place (`segment.rs`).
 //!
 //! # Read path
 //! An in-memory index maps each index to (segment, offset); records are read from
@@ -41,20 +44,24 @@
 //! # }
 //! ```
 
+mod batch;
 pub mod fs;
 pub mod record;
 mod recovery;
 mod segment;
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use fs::{CrashFs, StdFs, WalFs};
 pub use recovery::RecoveryReport;
+pub use segment::{SegmentStats, RECYCLED_SEGMENTS_MAX};
 
+use batch::EncodedBatch;
 use record::{Meta, PAYLOAD_BYTES_MAX, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
-use segment::{lock, ActiveSegment, Preparer, SegmentView};
+use segment::{lock, ActiveSegment, Preparer, SegmentView, END_MARKER_BYTES};
 
 use crate::{Entry, Error, Result};
 
@@ -97,11 +104,38 @@ struct Pending {
     /// Order of arrival; batches become durable in this order.
     seq: u64,
     first_index: u64,
-    /// The encoded records, back to back.
-    buf: Vec<u8>,
-    /// Length of each record in `buf`.
-    record_lens: Vec<u32>,
+    batch: EncodedBatch,
 }
+
+/// Where the next record to write is: (batch in the group, record in the batch).
+type Cursor = (usize, usize);
+
+/// `at`, or the first record after it if `at` is past the end of its batch.
+fn skip_done(group: &[Pending], mut at: Cursor) -> Cursor {
+    while at.0 < group.len() && at.1 >= group[at.0].batch.len() {
+        at = (at.0 + 1, 0);
+    }
+    at
+}
+
+/// The records from `from` up to (not including) `to`, as (batch, records of it).
+fn run_ranges(group: &[Pending], from: Cursor, to: Cursor) -> Vec<(usize, std::ops::Range<usize>)> {
+    (from.0..group.len().min(to.0 + 1))
+        .map(|i| {
+            let lo = if i == from.0 { from.1 } else { 0 };
+            let hi = if i == to.0 {
+                to.1
+            } else {
+                group[i].batch.len()
+            };
+            (i, lo..hi)
+        })
+        .filter(|(_, r)| !r.is_empty())
+        .collect()
+}
+
+/// The end marker written after every run of records.
+static END_MARKER: [u8; END_MARKER_BYTES] = [0; END_MARKER_BYTES];
 
 /// The appenders' rendezvous.
 #[derive(Debug)]
@@ -124,9 +158,9 @@ struct WriterState {
 #[derive(Debug)]
 struct Io {
     active: Option<ActiveSegment>,
-    scratch: Vec<u8>,
-    /// Offsets (in the active segment) of the records in `scratch`.
-    scratch_offsets: Vec<u32>,
+    /// Offsets (in the active segment) of the records being written; kept to reuse
+    /// its allocation.
+    run_offsets: Vec<u32>,
 }
 
 /// What readers see.
@@ -184,7 +218,8 @@ impl View {
                 reason,
             }
         };
-        let entry = record::decode_entry(bytes).map_err(|e| corruption(e.describe()))?;
+        let salt = self.segment(index).salt;
+        let entry = record::decode_entry(bytes, salt).map_err(|e| corruption(e.describe()))?;
         if entry.index != index {
             return Err(corruption(format!("record holds entry {}", entry.index)));
         }
@@ -295,8 +330,7 @@ impl Wal {
             cond: Condvar::new(),
             io: Mutex::new(Io {
                 active: recovered.active,
-                scratch: Vec::new(),
-                scratch_offsets: Vec::new(),
+                run_offsets: Vec::new(),
             }),
             view: RwLock::new(View {
                 first_index: recovered.first_index,
@@ -317,6 +351,11 @@ impl Wal {
     /// What recovery found when this log was opened.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.report
+    }
+
+    /// How many segments were started in new files and in recycled ones so far.
+    pub fn segment_stats(&self) -> SegmentStats {
+        self.preparer.stats()
     }
 
     fn read_view(&self) -> RwLockReadGuard<'_, View> {
@@ -396,12 +435,12 @@ impl Wal {
     /// returns once they are durable. Concurrent appends are written and synced
     /// together. [`Error::NonContiguous`] if the batch does not continue the log.
     pub fn append(&self, entries: &[Entry]) -> Result<()> {
-        let (buf, record_lens) = self.encode(entries)?;
+        let batch = self.encode(entries)?;
         let Some(first) = entries.first() else {
             return Ok(());
         };
         let mut st = lock(&self.state);
-        let seq = self.enqueue(&mut st, first.index, entries.len() as u64, buf, record_lens)?;
+        let seq = self.enqueue(&mut st, first.index, batch)?;
         self.wait_durable(st, seq)
     }
 
@@ -416,26 +455,19 @@ impl Wal {
         let mut st = lock(&self.state);
         let next = st.last_queued + 1;
         let entries = build(next);
-        let (buf, record_lens) = self.encode(&entries)?;
+        let batch = self.encode(&entries)?;
         if entries.is_empty() {
             return Ok(next..=next - 1);
         }
         let count = entries.len() as u64;
         let first_index = entries[0].index;
-        let seq = self.enqueue(&mut st, first_index, count, buf, record_lens)?;
+        let seq = self.enqueue(&mut st, first_index, batch)?;
         self.wait_durable(st, seq)?;
         Ok(first_index..=first_index + count - 1)
     }
 
     /// Queues an encoded batch; its sequence number, or why it cannot be appended.
-    fn enqueue(
-        &self,
-        st: &mut WriterState,
-        first_index: u64,
-        count: u64,
-        buf: Vec<u8>,
-        record_lens: Vec<u32>,
-    ) -> Result<u64> {
+    fn enqueue(&self, st: &mut WriterState, first_index: u64, batch: EncodedBatch) -> Result<u64> {
         if let Some(reason) = &st.failed {
             return Err(Error::Closed {
                 reason: reason.clone(),
@@ -447,24 +479,22 @@ impl Wal {
                 last_index: st.last_queued,
             });
         }
-        st.last_queued = first_index + count - 1;
+        st.last_queued = first_index + batch.len() as u64 - 1;
         let seq = st.next_seq;
         st.next_seq += 1;
         st.queue.push_back(Pending {
             seq,
             first_index,
-            buf,
-            record_lens,
+            batch,
         });
         Ok(seq)
     }
 
-    /// Checks a batch is internally consecutive and encodes it: (records, lengths).
-    fn encode(&self, entries: &[Entry]) -> Result<(Vec<u8>, Vec<u32>)> {
+    /// Checks a batch is internally consecutive and encodes it.
+    fn encode(&self, entries: &[Entry]) -> Result<EncodedBatch> {
         let Some(first) = entries.first() else {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(EncodedBatch::default());
         };
-        let mut bytes = 0usize;
         for (i, e) in entries.iter().enumerate() {
             if e.index != first.index + i as u64 {
                 return Err(Error::NonContiguous {
@@ -483,16 +513,8 @@ impl Wal {
                     ),
                 ));
             }
-            bytes += record::record_len(e.payload.len());
         }
-        let mut buf = Vec::with_capacity(bytes);
-        let mut record_lens = Vec::with_capacity(entries.len());
-        for e in entries {
-            let before = buf.len();
-            record::encode_record(e, &mut buf);
-            record_lens.push((buf.len() - before) as u32);
-        }
-        Ok((buf, record_lens))
+        Ok(EncodedBatch::encode(entries))
     }
 
     /// Waits until batch `seq` is durable, leading group commits while nobody else is.
@@ -542,17 +564,17 @@ impl Wal {
         let mut group: Vec<Pending> = Vec::new();
         let mut bytes = 0usize;
         while let Some(p) = st.queue.front() {
-            if !group.is_empty() && bytes + p.buf.len() > self.group_commit_bytes_max {
+            if !group.is_empty() && bytes + p.batch.bytes() > self.group_commit_bytes_max {
                 break;
             }
-            bytes += p.buf.len();
+            bytes += p.batch.bytes();
             if let Some(p) = st.queue.pop_front() {
                 group.push(p);
             }
         }
         drop(st);
 
-        let result = self.write_group(&group);
+        let result = self.write_group(&mut group);
 
         let mut st = lock(&self.state);
         st.leader_active = false;
@@ -580,81 +602,84 @@ impl Wal {
         (st, error)
     }
 
-    /// Writes the records of `group` into the active segment (rolling to new segments as
-    /// needed), fdatasyncs and publishes them.
-    fn write_group(&self, group: &[Pending]) -> Result<()> {
+    /// Writes the records of `group` into the active segment, rolling to new segments as
+    /// needed: each run of records that fits one segment is one write and one fdatasync,
+    /// and is published before the next segment starts.
+    fn write_group(&self, group: &mut [Pending]) -> Result<()> {
         let mut io = lock(&self.io);
         let io = &mut *io;
-        io.scratch.clear();
-        io.scratch_offsets.clear();
-        if let ([p], Some(active)) = (group, io.active.as_mut()) {
-            if active.remaining() >= p.buf.len() as u64 {
-                // One batch that fits: write it from the appender's buffer, no copy.
-                let mut offset = active.write_offset;
-                for &len in &p.record_lens {
-                    io.scratch_offsets.push(offset as u32);
-                    offset += u64::from(len);
+        let mut at = skip_done(group, (0, 0));
+        let group_bytes: usize = group.iter().map(|p| p.batch.bytes()).sum();
+        if io
+            .active
+            .as_ref()
+            .is_some_and(|a| a.remaining() >= group_bytes as u64)
+        {
+            // The common case: everything fits the active segment.
+            return self.write_run(io, group, at, (group.len(), 0));
+        }
+        while at.0 < group.len() {
+            let remaining = io.active.as_ref().map_or(0, |a| a.remaining());
+            let (mut end, mut run_bytes) = (at, 0u64);
+            while end.0 < group.len() {
+                let len = group[end.0].batch.record_len(end.1);
+                if run_bytes + len > remaining {
+                    break;
                 }
-                let result = self.write_sync_publish(active, &p.buf, &io.scratch_offsets);
-                io.scratch_offsets.clear();
-                return result;
+                run_bytes += len;
+                end = skip_done(group, (end.0, end.1 + 1));
             }
-        }
-        for p in group {
-            let mut at = 0usize;
-            for (k, &len) in p.record_lens.iter().enumerate() {
-                let rec = &p.buf[at..at + len as usize];
-                at += len as usize;
-                let fits = io
-                    .active
-                    .as_ref()
-                    .is_some_and(|a| a.remaining() >= io.scratch.len() as u64 + u64::from(len));
-                if !fits {
-                    self.flush(io)?;
-                    self.roll(io, p.first_index + k as u64, len as usize)?;
-                }
-                let Some(active) = io.active.as_ref() else {
-                    unreachable!("roll leaves an active segment");
-                };
-                io.scratch_offsets
-                    .push((active.write_offset + io.scratch.len() as u64) as u32);
-                io.scratch.extend_from_slice(rec);
+            if run_bytes == 0 {
+                let p = &group[at.0];
+                let record_len = p.batch.record_len(at.1) as usize;
+                self.roll(io, p.first_index + at.1 as u64, record_len)?;
+                continue;
             }
+            self.write_run(io, group, at, end)?;
+            at = end;
         }
-        self.flush(io)
-    }
-
-    /// Writes `io.scratch` at the end of the active segment, fdatasyncs, and makes the
-    /// records visible to readers.
-    fn flush(&self, io: &mut Io) -> Result<()> {
-        if io.scratch.is_empty() {
-            return Ok(());
-        }
-        let Some(active) = io.active.as_mut() else {
-            unreachable!("records staged without an active segment");
-        };
-        self.write_sync_publish(active, &io.scratch, &io.scratch_offsets)?;
-        io.scratch.clear();
-        io.scratch_offsets.clear();
         Ok(())
     }
 
-    /// One write and one fdatasync of `bytes` at the end of `active`, then publishes the
-    /// records that start at `offsets`.
-    fn write_sync_publish(
+    /// One write (the records from `from` up to `to`, salted for the active segment, and
+    /// an end marker) and one fdatasync at the end of the active segment; then the
+    /// records are made visible to readers.
+    fn write_run(
         &self,
-        active: &mut ActiveSegment,
-        bytes: &[u8],
-        offsets: &[u32],
+        io: &mut Io,
+        group: &mut [Pending],
+        from: Cursor,
+        to: Cursor,
     ) -> Result<()> {
+        let Some(active) = io.active.as_mut() else {
+            unreachable!("records to write without an active segment");
+        };
+        let ranges = run_ranges(group, from, to);
+        for (i, r) in &ranges {
+            group[*i].batch.salt(r.clone(), active.salt);
+        }
+        let mut slices: Vec<IoSlice<'_>> = Vec::new();
+        io.run_offsets.clear();
+        let mut offset = active.write_offset;
+        for (i, r) in &ranges {
+            let batch = &group[*i].batch;
+            batch.push_slices(r.clone(), &mut slices);
+            for k in r.clone() {
+                io.run_offsets.push(offset as u32);
+                offset += batch.record_len(k);
+            }
+        }
+        let records_len = offset - active.write_offset;
+        let marker = active.marker_bytes_after(records_len);
+        slices.push(IoSlice::new(&END_MARKER[..marker]));
         self.fs
-            .write_all_at(&active.file, bytes, active.write_offset)
+            .write_vectored_at(&active.file, &slices, active.write_offset)
             .map_err(|e| Error::io("write WAL segment", &active.path, e))?;
         self.fs
             .sync_data(&active.file)
             .map_err(|e| Error::io("fdatasync WAL segment", &active.path, e))?;
-        active.write_offset += bytes.len() as u64;
-        self.preparer.note_sync(bytes.len() as u64);
+        active.write_offset = offset;
+        self.preparer.note_sync(records_len);
         let mut view = self.write_view();
         let last_index = view.last_index;
         let Some(seg) = view.segments.back_mut() else {
@@ -671,8 +696,8 @@ impl Wal {
             "segment ends at {} but the log at {last_index}",
             seg.last_index()
         );
-        seg.offsets.extend_from_slice(offsets);
-        view.last_index += offsets.len() as u64;
+        seg.offsets.extend_from_slice(&io.run_offsets);
+        view.last_index += io.run_offsets.len() as u64;
         Ok(())
     }
 
@@ -680,7 +705,7 @@ impl Wal {
     /// is `record_len` bytes long.
     fn roll(&self, io: &mut Io, first_index: u64, record_len: usize) -> Result<()> {
         let need = (SEGMENT_HEADER_BYTES + record_len) as u64;
-        let (path, file, capacity) = self.preparer.take(need)?;
+        let prepared = self.preparer.take(need)?;
         // An active segment with no records (just recovered or created, and this record
         // is too large for it) is replaced: the rename below swaps it atomically.
         let replace_empty = io
@@ -695,13 +720,7 @@ impl Wal {
             );
         }
         io.active = None;
-        let (active, view) = segment::activate(
-            self.fs.as_ref(),
-            &self.dir,
-            (path, file),
-            first_index,
-            capacity,
-        )?;
+        let (active, view) = segment::activate(self.fs.as_ref(), &self.dir, prepared, first_index)?;
         let mut v = self.write_view();
         if replace_empty {
             let replaced = v.segments.pop_back();
@@ -896,17 +915,20 @@ impl Wal {
             },
         )?;
         let mut io = lock(&self.io);
-        let doomed = {
+        // (path, salt, size) of each segment wholly compacted away; their maps are
+        // dropped with the views, before the files are reused.
+        let doomed: Vec<(PathBuf, u32, u64)> = {
             let mut v = self.write_view();
             v.first_index = new_first;
             let mut doomed = Vec::new();
+            let freed = |s: SegmentView| (s.path, s.salt, s.map.len() as u64);
             if upto >= v.last_index {
                 v.last_index = upto;
-                doomed.extend(v.segments.drain(..).map(|s| s.path));
+                doomed.extend(v.segments.drain(..).map(freed));
             } else {
                 while v.segments.len() > 1 && v.segments[1].first_index <= new_first {
                     if let Some(s) = v.segments.pop_front() {
-                        doomed.push(s.path);
+                        doomed.push(freed(s));
                     }
                 }
             }
@@ -915,13 +937,12 @@ impl Wal {
         if io
             .active
             .as_ref()
-            .is_some_and(|a| doomed.iter().any(|p| p.as_path() == a.path.as_path()))
+            .is_some_and(|a| doomed.iter().any(|d| d.0.as_path() == a.path.as_path()))
         {
             io.active = None;
         }
-        for path in &doomed {
-            fs.remove_file(path)
-                .map_err(|e| Error::io("remove compacted WAL segment", path, e))?;
+        for (path, salt, size_bytes) in &doomed {
+            self.preparer.recycle(path, *salt, *size_bytes)?;
         }
         if !doomed.is_empty() {
             fs.sync_dir(&self.dir)
