@@ -299,7 +299,9 @@ fn run_case(ops: Vec<Op>) {
 fn config() -> ProptestConfig {
     let soak = std::env::var_os("RAFTLOG_SOAK").is_some();
     ProptestConfig {
-        cases: if soak { 2000 } else { 32 },
+        // 256 by default (7 s): a truncation-recovery bug that 32 cases let through in
+        // most runs failed 5 runs of 5 at 256, without its saved regression case.
+        cases: if soak { 2000 } else { 256 },
         ..ProptestConfig::default()
     }
 }

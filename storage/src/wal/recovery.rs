@@ -220,12 +220,16 @@ fn find_valid_record(
 /// at least `index_min` (`from` if there is none): how far a pending truncation has to
 /// zero, even where an interrupted earlier attempt zeroed some records and not others.
 fn valid_records_end(map: &[u8], from: usize, to: usize, index_min: u64, salt: u32) -> usize {
-    let mut end = from;
-    while let Some((at, _)) = find_valid_record(map, end, to, index_min, salt) {
+    let (mut end, mut next_index) = (from, index_min);
+    // Each search starts with the index that would follow the record just found:
+    // `find_valid_record` bounds candidate indexes by the bytes left after `from`, which
+    // only holds for the index that belongs at `from`.
+    while let Some((at, index)) = find_valid_record(map, end, to, next_index, salt) {
         end = match record::peek_header(&map[at..]) {
             Ok(h) => at + h.record_len(),
             Err(_) => unreachable!("record at {at} verified but its header does not decode"),
         };
+        next_index = index + 1;
     }
     end
 }
@@ -529,6 +533,61 @@ pub(crate) fn recover(dir: &Path, fs: &dyn WalFs) -> Result<Recovered> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A segment map of `size` bytes: header, then records of `indexes` (payload `len`
+    /// bytes each) salted with `salt`, from offset `at`; zeros elsewhere.
+    fn map_with_records(
+        size: usize,
+        at: usize,
+        indexes: std::ops::Range<u64>,
+        len: usize,
+        salt: u32,
+    ) -> Vec<u8> {
+        let mut map = vec![0u8; size];
+        let header = record::encode_segment_header(record::SegmentHeader {
+            first_index: 1,
+            salt,
+        });
+        map[..SEGMENT_HEADER_BYTES].copy_from_slice(&header);
+        let mut off = at;
+        for index in indexes {
+            let mut rec = Vec::new();
+            let entry = crate::Entry {
+                index,
+                term: 1,
+                kind: crate::EntryKind::Normal,
+                payload: bytes::Bytes::from(vec![7u8; len]),
+            };
+            record::encode_record(&entry, &mut rec);
+            record::salt_record(&mut rec, salt);
+            map[off..off + rec.len()].copy_from_slice(&rec);
+            off += rec.len();
+        }
+        map
+    }
+
+    /// A pending truncation zeroes every record at or past its mark, however far into
+    /// the segment: records 14..=24 of 40 bytes each filling a 512-byte segment, the last
+    /// ones further in than the bytes left would allow if the search kept expecting
+    /// entry 14 (found by the model test).
+    #[test]
+    fn valid_records_end_reaches_the_last_record_of_a_long_chain() {
+        let map = map_with_records(512, 72, 14..25, 15, 0xABCD);
+        let end_of_24 = 72 + 11 * 40;
+        assert_eq!(
+            valid_records_end(&map, 72, map.len(), 14, 0xABCD),
+            end_of_24
+        );
+        // A zeroed prefix (an interrupted earlier zeroing) does not stop the search.
+        let mut partly = map.clone();
+        partly[72..72 + 3 * 40].fill(0);
+        assert_eq!(
+            valid_records_end(&partly, 72, map.len(), 14, 0xABCD),
+            end_of_24
+        );
+        // Under another salt nothing verifies.
+        assert_eq!(valid_records_end(&map, 72, map.len(), 14, 0xABCE), 72);
+    }
 
     #[test]
     fn nonzero_end_finds_the_last_nonzero_byte() {
