@@ -664,10 +664,8 @@ impl Wal {
         for (i, r) in &ranges {
             let batch = &group[*i].batch;
             batch.push_slices(r.clone(), &mut slices);
-            for k in r.clone() {
-                io.run_offsets.push(offset as u32);
-                offset += batch.record_len(k);
-            }
+            batch.push_offsets(r.clone(), offset, &mut io.run_offsets);
+            offset += batch.range_len(r.clone());
         }
         let records_len = offset - active.write_offset;
         let marker = active.marker_bytes_after(records_len);
