@@ -80,19 +80,11 @@ impl EncodedBatch {
         }
     }
 
-    /// The payload of record `k` if it is kept apart.
-    fn large_payload(&self, k: usize) -> Option<&Bytes> {
-        if self.large.is_empty() {
-            return None;
-        }
-        let i = self.large.partition_point(|(r, _)| *r < k);
-        self.large.get(i).filter(|(r, _)| *r == k).map(|(_, b)| b)
-    }
-
-    /// Bytes of record `k`.
-    pub fn record_len(&self, k: usize) -> u64 {
-        let inline = self.ends[k] as usize - self.start(k);
-        (inline + self.large_payload(k).map_or(0, |b| b.len())) as u64
+    /// The payloads kept apart that belong to records `range`, in order.
+    fn large_in(&self, range: &Range<usize>) -> &[(usize, Bytes)] {
+        let lo = self.large.partition_point(|(r, _)| *r < range.start);
+        let hi = self.large.partition_point(|(r, _)| *r < range.end);
+        &self.large[lo..hi]
     }
 
     /// Bytes of records `range`.
@@ -101,21 +93,21 @@ impl EncodedBatch {
             return 0;
         }
         let inline = self.ends[range.end - 1] as usize - self.start(range.start);
-        let first_large = self.large.partition_point(|(r, _)| *r < range.start);
-        let large: usize = self.large[first_large..]
-            .iter()
-            .take_while(|(r, _)| *r < range.end)
-            .map(|(_, b)| b.len())
-            .sum();
+        let large: usize = self.large_in(&range).iter().map(|(_, b)| b.len()).sum();
         (inline + large) as u64
+    }
+
+    /// Bytes of record `k`.
+    pub fn record_len(&self, k: usize) -> u64 {
+        self.range_len(k..k + 1)
     }
 
     /// Appends to `out` the offset of each record of `range` when the first one is
     /// written at `offset`.
     pub fn push_offsets(&self, range: Range<usize>, mut offset: u64, out: &mut Vec<u32>) {
         if self.large.is_empty() {
-            let base = offset as i64 - self.start(range.start) as i64;
-            out.extend(range.map(|k| (base + self.start(k) as i64) as u32));
+            let first = self.start(range.start);
+            out.extend(range.map(|k| (offset + (self.start(k) - first) as u64) as u32));
             return;
         }
         for k in range {
@@ -139,11 +131,7 @@ impl EncodedBatch {
         }
         // Runs of inline records are one slice of `buf`; a payload kept apart splits them.
         let mut run_start = self.start(range.start);
-        let first_large = self.large.partition_point(|(r, _)| *r < range.start);
-        for (k, payload) in &self.large[first_large..] {
-            if *k >= range.end {
-                break;
-            }
+        for (k, payload) in self.large_in(&range) {
             let end = self.ends[*k] as usize;
             out.push(IoSlice::new(&self.buf[run_start..end]));
             out.push(IoSlice::new(payload));
@@ -161,11 +149,9 @@ mod tests {
     use super::*;
     use crate::EntryKind;
 
-    #[test]
-    fn slices_are_the_records_back_to_back() {
-        let lens = [0, 10, 5000, 3, 1023, 1024, 70_000, 1];
-        let entries: Vec<Entry> = lens
-            .iter()
+    /// Entries 1, 2, ... with payloads of `lens` bytes.
+    fn entries(lens: &[usize]) -> Vec<Entry> {
+        lens.iter()
             .enumerate()
             .map(|(i, &len)| Entry {
                 index: i as u64 + 1,
@@ -173,7 +159,12 @@ mod tests {
                 kind: EntryKind::Normal,
                 payload: Bytes::from(vec![i as u8 + 1; len]),
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn slices_are_the_records_back_to_back() {
+        let entries = entries(&[0, 10, 5000, 3, 1023, 1024, 70_000, 1]);
         let mut expected = Vec::new();
         for e in &entries {
             record::encode_record(e, &mut expected);
@@ -213,14 +204,7 @@ mod tests {
 
     #[test]
     fn offsets_of_an_all_inline_batch() {
-        let entries: Vec<Entry> = (1..=5)
-            .map(|i| Entry {
-                index: i,
-                term: 1,
-                kind: EntryKind::Normal,
-                payload: Bytes::from(vec![1u8; i as usize * 10]),
-            })
-            .collect();
+        let entries = entries(&[10, 20, 30, 40, 50]);
         let batch = EncodedBatch::encode(&entries);
         let mut offsets = Vec::new();
         batch.push_offsets(2..5, 64, &mut offsets);
@@ -231,14 +215,7 @@ mod tests {
 
     #[test]
     fn salted_slices_verify_under_the_salt() {
-        let entries: Vec<Entry> = (1..=3)
-            .map(|i| Entry {
-                index: i,
-                term: 1,
-                kind: EntryKind::Normal,
-                payload: Bytes::from(vec![7u8; 2000]),
-            })
-            .collect();
+        let entries = entries(&[2000; 3]);
         let mut batch = EncodedBatch::encode(&entries);
         batch.salt(1..3, 0x5EED);
         let mut slices = Vec::new();

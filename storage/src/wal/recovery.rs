@@ -375,33 +375,43 @@ pub(crate) fn recover(dir: &Path, fs: &dyn WalFs) -> Result<Recovered> {
             index: Some(expected),
             reason,
         };
-        // Where a valid record follows the end of this segment's records.
-        let follower = || {
-            let from = scan.end
-                + if scan.stop == Stop::Clean {
-                    END_MARKER_BYTES
-                } else {
-                    1
-                };
-            find_valid_record(&map, from, nonzero_end(&map), expected, salt)
-        };
-        let what_stopped = || match &scan.stop {
+        let what_stopped = match &scan.stop {
             Stop::Damaged(reason) => reason.clone(),
             Stop::Clean | Stop::Fence => "end of records".to_string(),
         };
+        // A non-last segment must end where the next one starts.
+        let ends_early = next_first.is_some_and(|next| expected < next);
+        let not_last = next_first.map_or(String::new(), |next| {
+            format!(" (not the last segment: the next one starts at entry {next})")
+        });
+        // A valid record after the end of the records (not looked for past a pending
+        // truncation mark, whose records are about to be zeroed).
+        let follows = if (ends_early || next_first.is_none()) && scan.stop != Stop::Fence {
+            let skip = if scan.stop == Stop::Clean {
+                END_MARKER_BYTES
+            } else {
+                1
+            };
+            find_valid_record(&map, scan.end + skip, nonzero_end(&map), expected, salt)
+        } else {
+            None
+        };
+        if let Some((o, index)) = follows {
+            return Err(corruption(
+                path,
+                scan.end,
+                format!(
+                    "{what_stopped}, yet a valid record of entry {index} follows at offset \
+                     {o}{not_last}"
+                ),
+            ));
+        }
         if let Some(next) = next_first {
-            let follows = if expected < next { follower() } else { None };
-            if expected < next && (matches!(scan.stop, Stop::Damaged(_)) || follows.is_some()) {
-                let after = follows.map_or(String::new(), |(o, index)| {
-                    format!(", yet a valid record of entry {index} follows at offset {o}")
-                });
+            if ends_early && matches!(scan.stop, Stop::Damaged(_)) {
                 return Err(corruption(
                     path,
                     scan.end,
-                    format!(
-                        "{}{after} (not the last segment: the next one starts at entry {next})",
-                        what_stopped()
-                    ),
+                    format!("{what_stopped}{not_last}"),
                 ));
             }
             if expected != next {
@@ -416,40 +426,27 @@ pub(crate) fn recover(dir: &Path, fs: &dyn WalFs) -> Result<Recovered> {
                 ));
             }
         } else {
-            let mut zero_to = None;
-            match &scan.stop {
-                Stop::Fence => {
-                    let to = valid_records_end(&map, scan.end, map.len(), fence, salt);
-                    zero_to = Some(to.max(scan.end + END_MARKER_BYTES).min(map.len()));
-                }
-                Stop::Clean | Stop::Damaged(_) => {
-                    if let Some((o, index)) = follower() {
-                        return Err(corruption(
-                            path,
-                            scan.end,
-                            format!(
-                                "{}, yet a valid record of entry {index} follows at offset {o}",
-                                what_stopped()
-                            ),
-                        ));
-                    }
+            let zero_to = match &scan.stop {
+                Stop::Clean => scan.end,
+                Stop::Fence => valid_records_end(&map, scan.end, map.len(), fence, salt)
+                    .max(scan.end + END_MARKER_BYTES),
+                Stop::Damaged(reason) => {
+                    tracing::warn!(
+                        file = %path.display(),
+                        offset = scan.end,
+                        entry = expected,
+                        "WAL: torn tail ({reason}) at offset {} of {}: cutting the log there; \
+                         entries from {expected} on were never acknowledged",
+                        scan.end,
+                        path.display()
+                    );
+                    report.tail_truncated_at = Some((path.clone(), scan.end as u64));
+                    scan.end + END_MARKER_BYTES
                 }
             }
-            if let Stop::Damaged(reason) = &scan.stop {
-                tracing::warn!(
-                    file = %path.display(),
-                    offset = scan.end,
-                    entry = expected,
-                    "WAL: torn tail ({reason}) at offset {} of {}: cutting the log there; \
-                     entries from {expected} on were never acknowledged",
-                    scan.end,
-                    path.display()
-                );
-                report.tail_truncated_at = Some((path.clone(), scan.end as u64));
-                zero_to = Some((scan.end + END_MARKER_BYTES).min(map.len()));
-            }
-            if let Some(to) = zero_to.filter(|&to| to > scan.end) {
-                write_zeros(fs, &file, path, scan.end as u64, to as u64)?;
+            .min(map.len());
+            if zero_to > scan.end {
+                write_zeros(fs, &file, path, scan.end as u64, zero_to as u64)?;
                 fs.sync_data(&file).map_err(|e| {
                     Error::io("fdatasync WAL segment after cutting its tail", path, e)
                 })?;
