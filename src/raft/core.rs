@@ -865,8 +865,7 @@ impl<S: LogStorage> RaftCore<S> {
         let appended = self.append_from_leader(entries);
         let new_commit = leader_commit.min(last_new);
         if new_commit > self.log.commit() {
-            self.log.commit_to(new_commit);
-            self.membership.compact(new_commit);
+            self.advance_commit(new_commit);
         }
         if appended || self.hard_state() != self.prev_hard {
             // The answer vouches for entries (or the term) of this Ready: only once durable.
@@ -976,8 +975,7 @@ impl<S: LogStorage> RaftCore<S> {
             // Raft §7: the log already holds the snapshot's last entry, so it is retained
             // and the snapshot is not needed; the entries up to it are committed.
             self.incoming_snapshot = None;
-            self.log.commit_to(meta.last_index);
-            self.membership.compact(meta.last_index);
+            self.advance_commit(meta.last_index);
             self.respond_append(from, true, meta.last_index, (0, 0), 0, Send::AfterPersist);
             return;
         }
@@ -991,13 +989,7 @@ impl<S: LogStorage> RaftCore<S> {
         };
         let snapshot_last_index = meta.last_index;
         if offset != 0 && offset != expected {
-            let msg = Message::InstallSnapshotResponse {
-                term: self.term,
-                snapshot_last_index,
-                next_offset: expected,
-                success: false,
-            };
-            self.send(from, msg, Send::AfterPersist);
+            self.respond_snapshot(from, snapshot_last_index, expected, false);
             return;
         }
         let next_offset = offset + data.len() as u64;
@@ -1013,13 +1005,24 @@ impl<S: LogStorage> RaftCore<S> {
         } else {
             self.incoming_snapshot = Some((meta, next_offset));
         }
+        self.respond_snapshot(from, snapshot_last_index, next_offset, true);
+    }
+
+    /// Answers an InstallSnapshot chunk once what it changed is durable.
+    fn respond_snapshot(
+        &mut self,
+        to: NodeId,
+        snapshot_last_index: u64,
+        next_offset: u64,
+        success: bool,
+    ) {
         let msg = Message::InstallSnapshotResponse {
             term: self.term,
             snapshot_last_index,
             next_offset,
-            success: true,
+            success,
         };
-        self.send(from, msg, Send::AfterPersist);
+        self.send(to, msg, Send::AfterPersist);
     }
 
     /// Raft §7: the snapshot replaces the log it covers (a matching suffix is kept).
@@ -1333,17 +1336,8 @@ impl<S: LogStorage> RaftCore<S> {
         if self.role != Role::Leader {
             return false;
         }
-        let mut matched: Vec<u64> = self
-            .voters
-            .iter()
-            .map(|id| match self.progress.get(id) {
-                // The leader counts only what its own disk has (thesis §10.2.1).
-                None if *id == self.id => self.log.persisted(),
-                None => 0,
-                Some(pr) => pr.match_index,
-            })
-            .collect();
-        let index = majority_value(&mut matched);
+        // The leader counts only what its own disk has (thesis §10.2.1).
+        let index = self.voter_quorum_value(self.log.persisted(), |pr| pr.match_index);
         if index <= self.log.commit() {
             return false;
         }
@@ -1351,14 +1345,20 @@ impl<S: LogStorage> RaftCore<S> {
         if self.log.term(index) != Some(self.term) && !old_term_ok {
             return false;
         }
-        self.log.commit_to(index);
+        self.advance_commit(index);
         self.on_commit_advanced();
         true
     }
 
+    /// Raises the commit index to `index`; configurations superseded by a committed one
+    /// are no longer needed.
+    fn advance_commit(&mut self, index: u64) {
+        self.log.commit_to(index);
+        self.membership.compact(index);
+    }
+
     fn on_commit_advanced(&mut self) {
         let commit = self.log.commit();
-        self.membership.compact(commit);
         self.commit_broadcast_needed = true;
         if self.reads.has_waiting_for_commit() && self.committed_own_term() {
             if self.voters == [self.id] {
@@ -1389,16 +1389,7 @@ impl<S: LogStorage> RaftCore<S> {
         if self.reads.is_empty() {
             return;
         }
-        let mut acked: Vec<u64> = self
-            .voters
-            .iter()
-            .map(|id| match self.progress.get(id) {
-                None if *id == self.id => self.round,
-                None => 0,
-                Some(pr) => pr.acked_round,
-            })
-            .collect();
-        let round = majority_value(&mut acked);
+        let round = self.voter_quorum_value(self.round, |pr| pr.acked_round);
         self.reads.release(round, &mut self.read_states);
     }
 
@@ -1409,16 +1400,7 @@ impl<S: LogStorage> RaftCore<S> {
         if self.transferee.is_some() || self.timeout_now_sent {
             return false;
         }
-        let mut sent: Vec<u64> = self
-            .voters
-            .iter()
-            .map(|id| match self.progress.get(id) {
-                None if *id == self.id => self.now + 1,
-                None => 0,
-                Some(pr) => pr.acked_round_sent_tick,
-            })
-            .collect();
-        let since = majority_value(&mut sent);
+        let since = self.voter_quorum_value(self.now + 1, |pr| pr.acked_round_sent_tick);
         let window = self
             .config
             .election_timeout_ticks_min
@@ -1428,20 +1410,26 @@ impl<S: LogStorage> RaftCore<S> {
 
     /// CheckQuorum: a quorum of voters was heard from within the last election timeout.
     fn quorum_recently_active(&self) -> bool {
-        let mut heard: Vec<u64> = self
+        if self.voters.is_empty() {
+            return true;
+        }
+        let at = self.voter_quorum_value(self.now, |pr| pr.last_heard_tick);
+        self.now - at < u64::from(self.config.election_timeout_ticks_max)
+    }
+
+    /// The highest value a majority of voters has reached: `own` for this node, `of` of
+    /// each other voter's progress (0 for a voter without one).
+    fn voter_quorum_value(&self, own: u64, of: impl Fn(&Progress) -> u64) -> u64 {
+        let mut values: Vec<u64> = self
             .voters
             .iter()
             .map(|id| match self.progress.get(id) {
-                None if *id == self.id => self.now,
+                None if *id == self.id => own,
                 None => 0,
-                Some(pr) => pr.last_heard_tick,
+                Some(pr) => of(pr),
             })
             .collect();
-        if heard.is_empty() {
-            return true;
-        }
-        let at = majority_value(&mut heard);
-        self.now - at < u64::from(self.config.election_timeout_ticks_max)
+        majority_value(&mut values)
     }
 
     // ---- Snapshots, leader side ----
@@ -1581,7 +1569,7 @@ fn restore_membership<S: LogStorage>(log: &RaftLog<S>, base: Membership) -> Memb
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::test_cluster::{ent, member, test_config, voters, Cluster};
+    use crate::raft::test_cluster::{ent, member, storage_with, test_config, voters, Cluster};
     use crate::raft::MemStorage;
 
     fn env(from: NodeId, to: NodeId, message: Message) -> Envelope {
@@ -1596,13 +1584,7 @@ mod tests {
         term: u64,
         tweak: impl Fn(&mut Config),
     ) -> RaftCore<MemStorage> {
-        let mut storage = MemStorage::new();
-        let entries: Vec<Entry> = terms
-            .iter()
-            .enumerate()
-            .map(|(i, t)| ent(i as u64 + 1, *t))
-            .collect();
-        storage.append(&entries);
+        let storage = storage_with(terms);
         let mut config = test_config(id);
         tweak(&mut config);
         let hs = HardState {

@@ -376,18 +376,11 @@ impl<S: LogStorage> RaftLog<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::test_cluster::ent;
+    use crate::raft::test_cluster::{ent, storage_with};
     use crate::raft::MemStorage;
 
     fn log_with(terms: &[u64]) -> RaftLog<MemStorage> {
-        let mut s = MemStorage::new();
-        let entries: Vec<Entry> = terms
-            .iter()
-            .enumerate()
-            .map(|(i, t)| ent(i as u64 + 1, *t))
-            .collect();
-        s.append(&entries);
-        RaftLog::new(s)
+        RaftLog::new(storage_with(terms))
     }
 
     #[test]

@@ -129,36 +129,20 @@ impl MembershipLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::Member;
-
-    fn member(voter: bool) -> Member {
-        Member {
-            raft_addr: "r".into(),
-            api_addr: "a".into(),
-            voter,
-        }
-    }
-
-    fn config(voters: &[NodeId]) -> Membership {
-        let mut m = Membership::default();
-        for id in voters {
-            m.members.insert(*id, member(true));
-        }
-        m
-    }
+    use crate::raft::test_cluster::{member, voters};
 
     #[test]
     fn membership_round_trips_through_its_entry_encoding() {
-        let m = config(&[1, 2, 3]);
+        let m = voters(&[1, 2, 3]);
         assert_eq!(decode_membership(&encode_membership(&m)).unwrap(), m);
         assert!(decode_membership(&[0xff, 0xff]).is_err());
     }
 
     #[test]
     fn truncation_reverts_to_previous_configuration() {
-        let mut log = MembershipLog::new(config(&[1, 2, 3]));
-        log.on_append(5, config(&[1, 2, 3, 4]));
-        log.on_append(9, config(&[1, 2, 3]));
+        let mut log = MembershipLog::new(voters(&[1, 2, 3]));
+        log.on_append(5, voters(&[1, 2, 3, 4]));
+        log.on_append(9, voters(&[1, 2, 3]));
         assert!(log.truncate_from(9));
         assert_eq!(log.voters(), vec![1, 2, 3, 4]);
         assert!(!log.truncate_from(6));
@@ -168,7 +152,7 @@ mod tests {
 
     #[test]
     fn change_that_removes_the_last_voter_is_invalid() {
-        let m = config(&[1]);
+        let m = voters(&[1]);
         let err = apply_change(&m, &MembershipChange::Remove { id: 1 }).unwrap_err();
         assert!(matches!(err, ProposeError::InvalidMembershipChange(_)));
         assert!(apply_change(&m, &MembershipChange::Remove { id: 7 }).is_err());
@@ -185,9 +169,9 @@ mod tests {
 
     #[test]
     fn compact_keeps_latest_committed_as_base() {
-        let mut log = MembershipLog::new(config(&[1]));
-        log.on_append(3, config(&[1, 2]));
-        log.on_append(7, config(&[1, 2, 3]));
+        let mut log = MembershipLog::new(voters(&[1]));
+        log.on_append(3, voters(&[1, 2]));
+        log.on_append(7, voters(&[1, 2, 3]));
         log.compact(5);
         assert_eq!(log.latest_index(), 7);
         assert!(!log.truncate_from(8));

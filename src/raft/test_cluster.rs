@@ -288,3 +288,15 @@ pub fn ent(index: u64, term: u64) -> Entry {
         payload: Bytes::new(),
     }
 }
+
+/// Storage holding entries 1, 2, ... with the given terms.
+pub(crate) fn storage_with(terms: &[u64]) -> MemStorage {
+    let mut storage = MemStorage::new();
+    let entries: Vec<Entry> = terms
+        .iter()
+        .enumerate()
+        .map(|(i, t)| ent(i as u64 + 1, *t))
+        .collect();
+    storage.append(&entries);
+    storage
+}
