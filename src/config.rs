@@ -175,6 +175,13 @@ impl ClusterConfig {
         self
     }
 
+    /// The same configuration with `nodes` instead (for `raftlog cluster`, which adds
+    /// nodes on the ports after the file's). The caller keeps the addresses distinct.
+    pub fn with_nodes(mut self, nodes: BTreeMap<NodeId, NodeAddrs>) -> ClusterConfig {
+        self.nodes = nodes;
+        self
+    }
+
     /// Where node `id` keeps its data: `<data_dir>/node-<id>`.
     pub fn node_data_dir(&self, id: NodeId) -> PathBuf {
         self.data_dir.join(format!("node-{id}"))

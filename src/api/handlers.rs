@@ -507,6 +507,8 @@ pub async fn not_found(uri: Uri) -> ApiError {
 pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     let m = &state.node.metrics;
     let t = state.node.transport.metrics();
+    // Counted by the WAL itself, read here rather than mirrored on every append.
+    let segments = state.node.log.wal.segment_stats();
     let mut out = String::new();
     let mut counter = |name: &str, help: &str, value: u64| {
         let _ = writeln!(
@@ -552,12 +554,12 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     counter(
         "wal_segments_new_total",
         "WAL segments started in new (zero-filled or fallocated) files.",
-        m.wal_segments_new.get(),
+        segments.new_files,
     );
     counter(
         "wal_segments_recycled_total",
         "WAL segments started in files freed by compaction (no new file written).",
-        m.wal_segments_recycled.get(),
+        segments.recycled,
     );
     counter(
         "snapshots_taken_total",

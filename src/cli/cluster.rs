@@ -2,31 +2,32 @@
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{EXIT_FAILED, EXIT_USAGE};
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, NodeAddrs};
 
 struct Planned {
     id: u64,
-    raft_addr: String,
-    api_addr: String,
+    raft_addr: SocketAddr,
+    api_addr: SocketAddr,
 }
 
 /// The first `count` nodes of the file; more are added on the ports after the highest.
-fn plan(config: &ClusterConfig, count: usize) -> Vec<Planned> {
+fn plan(config: &ClusterConfig, count: usize) -> Result<Vec<Planned>, String> {
     let mut nodes: Vec<Planned> = config
         .nodes()
         .iter()
         .take(count)
         .map(|(id, n)| Planned {
             id: *id,
-            raft_addr: n.raft_addr.to_string(),
-            api_addr: n.api_addr.to_string(),
+            raft_addr: n.raft_addr,
+            api_addr: n.api_addr,
         })
         .collect();
     let max_id = config.nodes().keys().max().copied().unwrap_or(0);
@@ -34,14 +35,24 @@ fn plan(config: &ClusterConfig, count: usize) -> Vec<Planned> {
         config.nodes().values().map(f).max().unwrap_or(7000)
     };
     let (raft_port, api_port) = (port(|n| n.raft_addr.port()), port(|n| n.api_addr.port()));
+    let after = |port: u16, extra: u64| {
+        u16::try_from(u64::from(port) + extra)
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+            .map_err(|_| {
+                format!(
+                    "{count} nodes need ports past 65535 after port {port}: use fewer \
+                     --nodes or lower ports in the cluster file"
+                )
+            })
+    };
     for extra in 1..=count.saturating_sub(nodes.len()) as u64 {
         nodes.push(Planned {
             id: max_id + extra,
-            raft_addr: format!("127.0.0.1:{}", raft_port as u64 + extra),
-            api_addr: format!("127.0.0.1:{}", api_port as u64 + extra),
+            raft_addr: after(raft_port, extra)?,
+            api_addr: after(api_port, extra)?,
         });
     }
-    nodes
+    Ok(nodes)
 }
 
 /// Runs the cluster until Ctrl-C or SIGTERM; returns the exit status.
@@ -57,31 +68,30 @@ pub fn run(config_path: &Path, count: usize) -> i32 {
             return EXIT_USAGE;
         }
     };
-    let nodes = plan(&config, count);
+    let nodes = match plan(&config, count) {
+        Ok(nodes) => nodes,
+        Err(message) => {
+            eprintln!("raftlog cluster: {message}");
+            return EXIT_USAGE;
+        }
+    };
     let data_dir = config.data_dir().to_path_buf();
     if let Err(e) = std::fs::create_dir_all(&data_dir) {
         eprintln!("raftlog cluster: cannot create {}: {e}", data_dir.display());
         return EXIT_FAILED;
     }
     let cluster_file = data_dir.join("cluster.json");
-    let mut file_nodes = serde_json::Map::new();
-    for n in &nodes {
-        file_nodes.insert(
-            n.id.to_string(),
-            json!({"raft_addr": n.raft_addr, "api_addr": n.api_addr}),
-        );
-    }
-    let file = json!({
-        "cluster_id": config.cluster_id(),
-        "nodes": Value::Object(file_nodes),
-        "data_dir": data_dir,
-        "heartbeat_interval_ms": config.heartbeat_interval_ms(),
-        "election_timeout_ms": [config.election_timeout_ms().0, config.election_timeout_ms().1],
-        "snapshot_threshold": config.snapshot_threshold(),
-        "snapshot_trailing_entries": config.snapshot_trailing_entries(),
-        "wal_segment_bytes": config.wal_segment_bytes(),
-    });
-    let text = serde_json::to_string_pretty(&file).unwrap_or_default();
+    let file_nodes = nodes
+        .iter()
+        .map(|n| {
+            let addrs = NodeAddrs {
+                raft_addr: n.raft_addr,
+                api_addr: n.api_addr,
+            };
+            (n.id, addrs)
+        })
+        .collect();
+    let text = config.clone().with_nodes(file_nodes).to_json();
     if let Err(e) = std::fs::write(&cluster_file, text) {
         eprintln!(
             "raftlog cluster: cannot write {}: {e}",

@@ -142,10 +142,6 @@ pub struct Metrics {
     pub wal_bytes: Counter,
     /// Total WAL append time, microseconds.
     pub wal_append_micros: Counter,
-    /// WAL segments started in new files (zero-filled or fallocated) since start.
-    pub wal_segments_new: Counter,
-    /// WAL segments started in recycled files since start.
-    pub wal_segments_recycled: Counter,
     /// Snapshots taken locally.
     pub snapshots_taken: Counter,
     /// Size of the last snapshot taken, bytes.
@@ -169,24 +165,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    fn record_wal_append(
-        &self,
-        entries: u64,
-        bytes: u64,
-        elapsed: Duration,
-        segments: storage::wal::SegmentStats,
-    ) {
+    fn record_wal_append(&self, entries: u64, bytes: u64, elapsed: Duration) {
         self.wal_appends.inc();
         self.wal_entries.add(entries);
         self.wal_bytes.add(bytes);
         self.wal_append_micros.add(elapsed.as_micros() as u64);
-        // The WAL counts these itself (appends roll segments); mirrored here.
-        self.wal_segments_new
-            .0
-            .store(segments.new_files, Ordering::Relaxed);
-        self.wal_segments_recycled
-            .0
-            .store(segments.recycled, Ordering::Relaxed);
     }
 
     fn record_snapshot(&self, bytes: u64, elapsed: Duration) {

@@ -186,7 +186,6 @@ impl Writer {
             round.batch.len() as u64,
             round.batch_bytes,
             started.elapsed(),
-            self.log.wal.segment_stats(),
         );
         round.batch.clear();
         round.batch_bytes = 0;
