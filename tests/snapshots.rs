@@ -15,15 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use support::{dir_size, Cluster, ClusterSpec};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use support::{dir_size, runtime, Cluster, ClusterSpec};
 
 /// Concurrent client requests: enough to keep group commit busy on a 2-core machine.
 const CONCURRENCY: usize = 48;
@@ -136,9 +128,7 @@ async fn put_each(
                 let mut last = String::new();
                 while Instant::now() < deadline {
                     let target = leader.load(Ordering::Relaxed);
-                    let url = format!("http://{}/v1/kv/{key}", c.api(target));
-                    match support::answer(c.client.put(url).body(value.clone()).send().await).await
-                    {
+                    match c.put(target, &key, &value).await {
                         Ok(_) => return None,
                         Err(e) => last = format!("via node {target}: {e:?}"),
                     }
@@ -204,15 +194,20 @@ fn sample(range: std::ops::Range<u64>, step: u64) -> Vec<u64> {
 
 /// Waits until node `id` has applied at least `index`.
 async fn wait_applied(c: &Cluster, id: u64, index: u64, within: Duration) {
+    wait_status_at_least(c, id, "applied_index", index, within).await
+}
+
+/// Waits until node `id`'s status `field` is at least `min`.
+async fn wait_status_at_least(c: &Cluster, id: u64, field: &str, min: u64, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
-        let applied = status_u64(c, id, "applied_index").await;
-        if applied.is_some_and(|a| a >= index) {
+        let value = status_u64(c, id, field).await;
+        if value.is_some_and(|v| v >= min) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "node {id} did not apply up to {index} within {within:?} (applied {applied:?}); metrics {:?}\n{}",
+            "node {id}'s {field} did not reach {min} within {within:?} ({value:?}); metrics {:?}\n{}",
             metrics(c, id).await,
             c.logs_tail()
         );
@@ -385,11 +380,8 @@ fn snapshot_transfer_survives_sigkill_of_receiver_then_sender() {
         put_all(&c, "small", 0..2500, 16, Duration::from_secs(60)).await;
         let commit = leader_commit(&c).await;
         wait_applied(&c, follower, commit, Duration::from_secs(20)).await;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while status_u64(&c, follower, "snapshot_index").await.unwrap_or(0) == 0 {
-            assert!(Instant::now() < deadline, "follower {follower} took no snapshot\n{}", c.logs_tail());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // The follower took a snapshot of its own.
+        wait_status_at_least(&c, follower, "snapshot_index", 1, Duration::from_secs(20)).await;
         c.kill(follower);
         let old_snapshots = snapshot_files(&c, follower);
 

@@ -379,6 +379,15 @@ pub fn dir_size(dir: &Path) -> u64 {
     total
 }
 
+/// The async runtime process tests run on: two workers, like the machine's cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Repeats `attempt` while it answers 503 (`no_leader`: nothing was proposed, safe to retry,
 /// e.g. during a leader change on a loaded machine), for up to 10 s.
 pub async fn retry_unavailable<T, F, Fut>(attempt: F) -> Result<T, (u16, String)>
