@@ -3,6 +3,7 @@
 //! Any node accepts any request. A follower forwards writes and linearizable reads to the
 //! leader and relays the answer ([`forward`]); `stale` reads are served locally.
 
+mod debug;
 mod error;
 mod forward;
 mod handlers;
@@ -28,6 +29,8 @@ pub struct ApiOptions {
     pub value_bytes_max: usize,
     /// How long a write or a linearizable read may wait before `504 timeout`.
     pub request_timeout: Duration,
+    /// Serve the test-only fault switches under `/v1/debug/` (`RAFTLOG_TEST_FAULTS=1`).
+    pub test_faults: bool,
 }
 
 impl Default for ApiOptions {
@@ -35,6 +38,7 @@ impl Default for ApiOptions {
         ApiOptions {
             value_bytes_max: 1 << 20,
             request_timeout: Duration::from_secs(5),
+            test_faults: false,
         }
     }
 }
@@ -56,6 +60,7 @@ pub const FORWARDED_HEADER: &str = "x-raftlog-forwarded-by";
 
 /// Builds the router.
 pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
+    let test_faults = options.test_faults;
     let client = reqwest::Client::builder()
         .timeout(options.request_timeout + Duration::from_secs(1))
         .pool_idle_timeout(Duration::from_secs(30))
@@ -66,7 +71,7 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
         options,
         client,
     });
-    Router::new()
+    let router = Router::new()
         .route(
             "/v1/kv/{*key}",
             put(handlers::put_key)
@@ -90,7 +95,13 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
             post(handlers::membership_change_unsupported),
         )
         .route("/metrics", get(handlers::metrics))
-        .route("/healthz", get(handlers::healthz))
+        .route("/healthz", get(handlers::healthz));
+    let router = if test_faults {
+        router.route("/v1/debug/isolate", post(debug::isolate))
+    } else {
+        router
+    };
+    router
         .fallback(handlers::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), leader_header))
         .with_state(state)

@@ -92,7 +92,12 @@ async fn serve(options: NodeOptions) -> i32 {
         }
     };
     tracing::info!(id = node.id, %api_addr, "serving clients");
-    let server = api::serve(listener, node.clone(), ApiOptions::default());
+    let api_options = ApiOptions {
+        // Test-only fault switches for process tests; never set in production.
+        test_faults: std::env::var("RAFTLOG_TEST_FAULTS").is_ok_and(|v| v == "1"),
+        ..ApiOptions::default()
+    };
+    let server = api::serve(listener, node.clone(), api_options);
     tokio::select! {
         result = server => match result {
             Ok(()) => 0,

@@ -16,6 +16,7 @@
 //! entry only once a majority, counting this node only after its own fsync, has it on disk.
 
 pub mod apply;
+mod clock;
 pub mod log_storage;
 pub mod writer;
 
@@ -34,6 +35,7 @@ use storage::{Membership, NodeId, SnapshotMeta};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use self::apply::{Applier, ApplyJob, PendingWrite, PendingWrites, WriteOutcome};
+use self::clock::TickClock;
 use self::log_storage::{DurableLog, NodeLogStorage};
 use self::writer::{WriteJob, Writer};
 use crate::kv::{Replicated, StateMachine};
@@ -388,6 +390,12 @@ impl<S: StateMachine> Node<S> {
         let _ = watch.wait_for(|current| *current != Some(leader)).await;
     }
 
+    /// Test-only fault: drop all peer traffic of this node while `isolated` (a partition
+    /// without root). The API exposes it only under `RAFTLOG_TEST_FAULTS=1`.
+    pub fn set_peer_traffic_isolated(&self, isolated: bool) {
+        self.transport.set_isolated(isolated);
+    }
+
     /// The membership in effect (as last reported by the core).
     pub fn membership(&self) -> Membership {
         self.membership
@@ -405,6 +413,16 @@ impl<S: StateMachine> Node<S> {
         };
         message
     }
+}
+
+/// The most ticks one catch-up feeds the core: well past every timeout it keeps.
+fn catch_up_ticks_max(options: &NodeOptions) -> u64 {
+    let config = core_config(options);
+    4 * u64::from(
+        config
+            .election_timeout_ticks_max
+            .max(config.heartbeat_interval_ticks),
+    )
 }
 
 fn core_config(options: &NodeOptions) -> raft::Config {
@@ -584,6 +602,7 @@ pub async fn start<S: StateMachine>(
         metrics: metrics.clone(),
         fatal: fatal_tx,
         last_role: None,
+        clock: TickClock::new(options.tick, catch_up_ticks_max(&options)),
     };
     tokio::spawn(raft_loop.run(options.tick, inbound, requests_rx, events_rx));
 
@@ -670,6 +689,8 @@ struct RaftLoop {
     metrics: Arc<Metrics>,
     fatal: watch::Sender<Option<String>>,
     last_role: Option<Role>,
+    /// Ticks owed to the core, counted through stalls (see `clock.rs`).
+    clock: TickClock,
 }
 
 /// Most client requests taken per loop iteration: enough to batch, few enough that ticks
@@ -684,12 +705,14 @@ impl RaftLoop {
         mut requests: mpsc::Receiver<Request>,
         mut events: mpsc::UnboundedReceiver<Event>,
     ) {
+        // The timer only wakes the loop; `catch_up_ticks` decides how many ticks passed.
         let mut ticker = tokio::time::interval(tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 biased;
                 Some(event) = events.recv() => {
+                    self.catch_up_ticks();
                     if !self.on_event(event) {
                         return;
                     }
@@ -699,14 +722,16 @@ impl RaftLoop {
                         }
                     }
                 }
-                _ = ticker.tick() => self.core.tick(),
+                _ = ticker.tick() => self.catch_up_ticks(),
                 Some(envelope) = inbound.recv() => {
+                    self.catch_up_ticks();
                     self.core.step(envelope);
                     while let Ok(envelope) = inbound.try_recv() {
                         self.core.step(envelope);
                     }
                 }
                 Some(request) = requests.recv() => {
+                    self.catch_up_ticks();
                     self.on_request(request);
                     let mut taken = 1;
                     while taken < REQUESTS_PER_ROUND_MAX {
@@ -723,6 +748,14 @@ impl RaftLoop {
                 let ready = self.core.take_ready();
                 self.handle_ready(ready);
             }
+        }
+    }
+
+    /// Feeds the core every tick that passed since the last call, including ticks slept
+    /// through in a stall, before it handles anything else (see `clock.rs`).
+    fn catch_up_ticks(&mut self) {
+        for _ in 0..self.clock.due() {
+            self.core.tick();
         }
     }
 
@@ -772,6 +805,10 @@ impl RaftLoop {
                 }
             },
             Request::Read { mode, reply } => {
+                if mode == ReadMode::Lease {
+                    // The lease is judged at this instant, not when the batch began.
+                    self.catch_up_ticks();
+                }
                 let ctx = self.next_read_ctx;
                 self.next_read_ctx += 1;
                 match self.core.read_index(ctx, mode) {

@@ -330,6 +330,9 @@ struct Shared {
     redial: RwLock<BTreeMap<NodeId, Arc<Notify>>>,
     /// Rate limit of the acceptor's refusal warnings.
     refusals: server::RefusalLog,
+    /// Test-only fault: drop every envelope in both directions, as a network partition
+    /// would, while connections stay up ([`Transport::set_isolated`]).
+    isolated: AtomicBool,
 }
 
 impl Shared {
@@ -429,6 +432,7 @@ impl Transport {
             counters: Counters::default(),
             redial: RwLock::new(BTreeMap::new()),
             refusals: server::RefusalLog::default(),
+            isolated: AtomicBool::new(false),
         });
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_queue_len);
         let runtime = tokio::runtime::Handle::current();
@@ -479,6 +483,9 @@ impl Transport {
             counters.dropped(&counters.dropped_unknown_peer, &env, "not from this node");
             return Err(SendError::NotFromThisNode { from: env.from, id });
         }
+        if self.inner.shared.isolated.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let outbound = read_lock(&self.inner.outbound);
         let to = env.to;
         let Some(peer) = outbound.get(&to) else {
@@ -497,6 +504,23 @@ impl Transport {
             // The peer's task ended: only after shutdown or removal of the peer.
             Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Shutdown),
         }
+    }
+
+    /// Test-only fault injection: while `isolated`, every envelope to or from a peer is
+    /// dropped silently, as a network partition would, so process tests can cut a node
+    /// off without root or network namespaces. Enabled by the node only under
+    /// `RAFTLOG_TEST_FAULTS=1`.
+    pub fn set_isolated(&self, isolated: bool) {
+        self.inner
+            .shared
+            .isolated
+            .store(isolated, Ordering::Relaxed);
+        tracing::warn!(
+            id = self.inner.shared.id,
+            isolated,
+            "test fault: peer traffic {}",
+            if isolated { "dropped" } else { "restored" }
+        );
     }
 
     /// Replaces the peer set: starts dialing new peers, redials peers whose address

@@ -250,6 +250,9 @@ async fn read_frames(
             }
             bump(&counters.frames_received, 1);
             bump(&counters.received_bytes, frame_len as u64);
+            if shared.isolated.load(Ordering::Relaxed) {
+                continue;
+            }
             if inbound.send(envelope).await.is_err() {
                 return "the node stopped receiving".into();
             }

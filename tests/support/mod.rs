@@ -137,6 +137,7 @@ impl Cluster {
             .arg(&self.config_path)
             .args(["--id", &id.to_string()])
             .env("RUST_LOG", "info")
+            .env("RAFTLOG_TEST_FAULTS", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
