@@ -448,7 +448,10 @@ impl WalFs for PowerCutFs {
     }
 
     fn sync_data(&self, file: &File) -> io::Result<()> {
-        self.crash.sync_data(file)?;
+        // Only marks the pages synced: the simulated power cut is the only one a test
+        // has, so a real fdatasync would test nothing, and on a busy disk it made the
+        // model test I/O-bound (170 s of wall time for 6 s of CPU).
+        self.crash.step()?;
         let key = file_key(&file.metadata()?);
         self.lock().remove(&key);
         Ok(())
@@ -474,7 +477,8 @@ impl WalFs for PowerCutFs {
         Ok(())
     }
 
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.crash.sync_dir(dir)
+    fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
+        // Directory changes are durable at once here (see the type's documentation).
+        self.crash.step()
     }
 }
