@@ -1,6 +1,10 @@
 //! Model-based test of the WAL (sled-fuzz style): random sequences of appends,
-//! truncations, compactions, reopens and crashes at random filesystem operations, run
-//! against the WAL and against a `Vec` model, compared after every step.
+//! truncations, compactions, reopens, crashes at random filesystem operations and power
+//! cuts, run against the WAL and against a `Vec` model, compared after every step.
+//!
+//! A power cut ([`PowerCutFs`]) keeps an arbitrary subset of the pages written since
+//! each file's last fdatasync, as LazyFS does in etcd's robustness tests: the log must
+//! always open, hold every acknowledged entry, and hold no entry never appended.
 //!
 //! `RAFTLOG_SOAK=1` runs many more cases with longer sequences.
 
@@ -9,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use storage::wal::{CrashFs, Wal, WalOptions};
+use storage::wal::{PowerCutFs, Wal, WalOptions};
 use storage::{Entry, EntryKind, Error};
 
 #[derive(Clone, Copy, Debug)]
@@ -38,6 +42,13 @@ enum Op {
         after: u64,
         torn: usize,
     },
+    /// Run the mutation with a crash `after` filesystem operations into it (or none,
+    /// if it takes fewer), then cut the power, keeping the unsynced pages `seed` picks.
+    PowerCut {
+        mutation: Mutation,
+        after: u64,
+        seed: u64,
+    },
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -55,6 +66,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reopen),
         2 => (mutation(), 0u64..14, 0usize..120)
             .prop_map(|(mutation, after, torn)| Op::Crash { mutation, after, torn }),
+        2 => (mutation(), 0u64..16, any::<u64>())
+            .prop_map(|(mutation, after, seed)| Op::PowerCut { mutation, after, seed }),
     ]
 }
 
@@ -164,7 +177,7 @@ fn run(wal: &Wal, r: &Resolved) -> storage::Result<()> {
     }
 }
 
-fn options(fs: Arc<CrashFs>) -> WalOptions {
+fn options(fs: Arc<PowerCutFs>) -> WalOptions {
     WalOptions {
         segment_size_bytes_max: 512,
         group_commit_bytes_max: 1 << 20,
@@ -174,10 +187,58 @@ fn options(fs: Arc<CrashFs>) -> WalOptions {
     }
 }
 
-fn open(dir: &Path) -> (Wal, Arc<CrashFs>) {
-    let fs = Arc::new(CrashFs::new(u64::MAX, 0));
-    let wal = Wal::open(dir, options(fs.clone())).expect("open WAL");
-    (wal, fs)
+/// Opens the log over `fs`, which lives as long as the case: a process crash keeps the
+/// unsynced pages unsynced, and a later power cut may still lose them.
+fn open(dir: &Path, fs: &Arc<PowerCutFs>, context: &str) -> Wal {
+    fs.set_crash_at(u64::MAX);
+    Wal::open(dir, options(fs.clone())).unwrap_or_else(|e| panic!("{context}: open WAL: {e}"))
+}
+
+/// After an interrupted mutation `r` from `model` towards `new`, checks what recovery
+/// found and returns the model it stands for: for an append, every acknowledged entry
+/// and a prefix of the batch (none of it acknowledged); otherwise the old or the new
+/// state, nothing in between.
+fn recovered_model(wal: &Wal, model: &Model, new: &Model, r: &Resolved, context: &str) -> Model {
+    let (first, entries) = read_back(wal);
+    match r {
+        Resolved::Append(_) => {
+            assert_eq!(first, model.first, "{context}");
+            assert!(
+                entries.len() >= model.entries.len() && entries.len() <= new.entries.len(),
+                "{context}: {} entries, expected {}..={}",
+                entries.len(),
+                model.entries.len(),
+                new.entries.len()
+            );
+            assert_eq!(entries[..], new.entries[..entries.len()], "{context}");
+            Model {
+                first,
+                entries,
+                term: new.term,
+            }
+        }
+        _ => {
+            let old_state = (model.first, model.entries.clone());
+            let new_state = (new.first, new.entries.clone());
+            let got = (first, entries);
+            assert!(
+                got == old_state || got == new_state,
+                "{context}: recovered first {} with {} entries; old: first {} with {}; new: \
+                 first {} with {}",
+                got.0,
+                got.1.len(),
+                old_state.0,
+                old_state.1.len(),
+                new_state.0,
+                new_state.1.len()
+            );
+            if got == new_state {
+                new.clone()
+            } else {
+                model.clone()
+            }
+        }
+    }
 }
 
 fn read_back(wal: &Wal) -> (u64, Vec<Entry>) {
@@ -210,7 +271,8 @@ fn check(wal: &Wal, model: &Model, context: &str) {
 
 fn run_case(ops: Vec<Op>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut wal, mut fs) = open(dir.path());
+    let fs = Arc::new(PowerCutFs::new());
+    let mut wal = open(dir.path(), &fs, "at the start");
     let mut model = Model {
         first: 1,
         entries: Vec::new(),
@@ -229,7 +291,7 @@ fn run_case(ops: Vec<Op>) {
             }
             Op::Reopen => {
                 drop(wal);
-                (wal, fs) = open(dir.path());
+                wal = open(dir.path(), &fs, &context);
             }
             Op::Crash {
                 mutation,
@@ -244,6 +306,7 @@ fn run_case(ops: Vec<Op>) {
                 fs.set_crash_at(fs.ops() + after);
                 let result = run(&wal, &r);
                 fs.set_crash_at(u64::MAX);
+                fs.set_torn_write_bytes(0);
                 if result.is_ok() {
                     // The crash point was past the end of the operation.
                     model = new;
@@ -251,44 +314,30 @@ fn run_case(ops: Vec<Op>) {
                     continue;
                 }
                 drop(wal);
-                (wal, fs) = open(dir.path());
-                let (first, entries) = read_back(&wal);
-                match r {
-                    Resolved::Append(_) => {
-                        // Acknowledged entries all survive; of the interrupted batch
-                        // (never acknowledged) a prefix may.
-                        assert_eq!(first, model.first, "{context}");
-                        assert!(
-                            entries.len() >= model.entries.len()
-                                && entries.len() <= new.entries.len(),
-                            "{context}: {} entries, expected {}..={}",
-                            entries.len(),
-                            model.entries.len(),
-                            new.entries.len()
-                        );
-                        assert_eq!(entries[..], new.entries[..entries.len()], "{context}");
-                        model.entries = entries;
-                        model.term = new.term;
-                    }
-                    _ => {
-                        let old_state = (model.first, model.entries.clone());
-                        let new_state = (new.first, new.entries.clone());
-                        let got = (first, entries);
-                        assert!(
-                            got == old_state || got == new_state,
-                            "{context}: recovered first {} with {} entries; old: first {} \
-                             with {}; new: first {} with {}",
-                            got.0,
-                            got.1.len(),
-                            old_state.0,
-                            old_state.1.len(),
-                            new_state.0,
-                            new_state.1.len()
-                        );
-                        if got == new_state {
-                            model = new;
-                        }
-                    }
+                wal = open(dir.path(), &fs, &context);
+                model = recovered_model(&wal, &model, &new, &r, &context);
+            }
+            Op::PowerCut {
+                mutation,
+                after,
+                seed,
+            } => {
+                let r = resolve(&model, mutation);
+                let Ok(new) = apply(&model, &r) else {
+                    continue;
+                };
+                fs.set_crash_at(fs.ops() + after);
+                let result = run(&wal, &r);
+                fs.set_crash_at(u64::MAX);
+                drop(wal);
+                fs.power_cut(seed)
+                    .unwrap_or_else(|e| panic!("{context}: power cut: {e}"));
+                wal = open(dir.path(), &fs, &context);
+                if result.is_ok() {
+                    // Acknowledged: all of it must have survived.
+                    model = new;
+                } else {
+                    model = recovered_model(&wal, &model, &new, &r, &context);
                 }
             }
         }

@@ -11,6 +11,9 @@
 //! 4. Each write carries an end marker (zeros) after its records, and each record's CRC
 //!    is salted with its segment's salt (`record.rs`), so the end of the log is found
 //!    even in a recycled segment full of older records.
+//!    The first record of each write carries a run-start flag, so recovery can tell a
+//!    power cut that persisted the last write's pages out of order (torn) from damage
+//!    in synced data (corruption).
 //! 5. When a record does not fit the active segment, the leader syncs what it wrote,
 //!    takes a recycled segment (or a zero-filled one prepared in the background),
 //!    writes its header and renames it into place (`segment.rs`).
@@ -55,7 +58,7 @@ use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-pub use fs::{CrashFs, StdFs, WalFs};
+pub use fs::{CrashFs, PowerCutFs, StdFs, WalFs};
 pub use recovery::RecoveryReport;
 pub use segment::{SegmentStats, RECYCLED_SEGMENTS_MAX};
 
@@ -657,6 +660,12 @@ impl Wal {
         let ranges = run_ranges(group, from, to);
         for (i, r) in &ranges {
             group[*i].batch.salt(r.clone(), active.salt);
+        }
+        if active.marks_runs {
+            // Recovery needs to know where the last sync span starts (recovery.rs).
+            if let Some((i, r)) = ranges.first() {
+                group[*i].batch.mark_run_start(r.start);
+            }
         }
         let mut slices: Vec<IoSlice<'_>> = Vec::new();
         io.run_offsets.clear();

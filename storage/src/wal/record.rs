@@ -28,7 +28,18 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"RAFTLWAL";
 
 /// On-disk format version of segments and records. Version 1 had no salt (its header
 /// bytes 12..16 were reserved and zero), so a version 1 segment reads as salt 0.
-pub const SEGMENT_VERSION: u32 = 2;
+/// Version 2 did not mark where each write starts ([`RUN_START_FLAG`]), so recovery
+/// cannot tell a torn write from damage in synced data there and refuses both.
+pub const SEGMENT_VERSION: u32 = 3;
+
+/// The first segment version whose records carry [`RUN_START_FLAG`].
+pub const FIRST_VERSION_MARKING_RUNS: u32 = 3;
+
+/// Bit of a record's `len` field set on the first record of each write (one `pwritev`
+/// followed by one fdatasync): lengths stay below [`PAYLOAD_BYTES_MAX`] `+ 1`, so the
+/// top bit is free. The CRC covers it like every other bit. Recovery uses it to tell
+/// where the last sync span starts (`recovery.rs`).
+pub const RUN_START_FLAG: u32 = 1 << 31;
 
 /// On-disk format version of the metadata file.
 pub const META_VERSION: u32 = 1;
@@ -44,7 +55,8 @@ pub fn record_len(payload_len: usize) -> usize {
     RECORD_HEADER_BYTES + payload_len
 }
 
-// record = | crc32 ^ salt u32 | len u32 | term u64 | index u64 | kind u8 | payload |
+// record = | crc32 ^ salt u32 | run_start 1 bit, len 31 bits | term u64 | index u64 |
+//          | kind u8 | payload |
 //
 // crc32 (crc32fast, IEEE) covers every byte after itself: len, term, index, kind and the
 // payload, as one contiguous slice so recovery checks a record with a single call. The
@@ -115,6 +127,33 @@ pub fn salt_record(record: &mut [u8], salt: u32) {
     record[0..4].copy_from_slice(&stored.to_le_bytes());
 }
 
+/// Sets [`RUN_START_FLAG`] in the record whose header is `header` (salted or not) and
+/// whose payload is `payload_len` bytes, and updates its CRC to match without reading
+/// the payload: CRC-32 is linear, so flipping one bit changes it by the CRC of that bit
+/// alone shifted past the bytes after it, which `crc32fast`'s `combine` computes in
+/// O(log n). The flag is set under the appenders' lock, when the write is formed, so
+/// it must not cost a pass over a large payload.
+pub fn mark_run_start(header: &mut [u8], payload_len: usize) {
+    let len_field = u32_at(header, 4);
+    assert!(
+        len_field == payload_len as u32,
+        "record length field {len_field:#x} is not the payload length {payload_len} \
+         (flag already set?)"
+    );
+    // The CRC covers bytes 4.. of the record; the flag is bit 7 of the fourth of them.
+    let flag_bytes = RUN_START_FLAG.to_le_bytes();
+    let flag_alone = crc32fast::hash(&flag_bytes) ^ crc32fast::hash(&[0u8; 4]);
+    let bytes_after_flag = (RECORD_HEADER_BYTES - 8 + payload_len) as u64;
+    let mut shifted = crc32fast::Hasher::new_with_initial(flag_alone);
+    shifted.combine(&crc32fast::Hasher::new_with_initial_len(
+        0,
+        bytes_after_flag,
+    ));
+    let stored = u32_at(header, 0) ^ shifted.finalize();
+    header[0..4].copy_from_slice(&stored.to_le_bytes());
+    header[4..8].copy_from_slice(&(len_field | RUN_START_FLAG).to_le_bytes());
+}
+
 /// The fixed fields of a record that passed its checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
@@ -126,6 +165,8 @@ pub struct RecordHeader {
     pub index: u64,
     /// Entry kind.
     pub kind: EntryKind,
+    /// The record is the first of a write ([`RUN_START_FLAG`]).
+    pub run_start: bool,
 }
 
 impl RecordHeader {
@@ -189,12 +230,13 @@ pub fn peek_header(buf: &[u8]) -> Result<RecordHeader, DecodeError> {
     if buf.len() < RECORD_HEADER_BYTES {
         return Err(DecodeError::Truncated);
     }
-    let len = u32_at(buf, 4);
+    let len_field = u32_at(buf, 4);
+    let len = len_field & !RUN_START_FLAG;
     let term = u64_at(buf, 8);
     let index = u64_at(buf, 16);
     let kind_byte = buf[24];
     let Some(kind) = EntryKind::from_u8(kind_byte) else {
-        if kind_byte == 0 && u32_at(buf, 0) == 0 && len == 0 && term == 0 && index == 0 {
+        if kind_byte == 0 && u32_at(buf, 0) == 0 && len_field == 0 && term == 0 && index == 0 {
             return Err(DecodeError::Zeros);
         }
         return Err(DecodeError::BadKind(kind_byte));
@@ -204,6 +246,7 @@ pub fn peek_header(buf: &[u8]) -> Result<RecordHeader, DecodeError> {
         term,
         index,
         kind,
+        run_start: len_field & RUN_START_FLAG != 0,
     })
 }
 
@@ -241,6 +284,8 @@ pub fn decode_entry(buf: &[u8], salt: u32) -> Result<Entry, DecodeError> {
 /// The fields of a segment header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// Format version ([`SEGMENT_VERSION`] for segments written now).
+    pub version: u32,
     /// Index of the first record in the segment.
     pub first_index: u64,
     /// XORed into every record's stored CRC (0 in version 1 segments).
@@ -266,7 +311,7 @@ pub fn segment_salt(first_index: u64, previous: Option<u32>) -> u32 {
 pub fn encode_segment_header(header: SegmentHeader) -> [u8; SEGMENT_HEADER_BYTES] {
     let mut h = [0u8; SEGMENT_HEADER_BYTES];
     h[0..8].copy_from_slice(&SEGMENT_MAGIC);
-    h[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&header.version.to_le_bytes());
     h[12..16].copy_from_slice(&header.salt.to_le_bytes());
     h[16..24].copy_from_slice(&header.first_index.to_le_bytes());
     let crc = crc32fast::hash(&h[0..24]);
@@ -310,6 +355,7 @@ pub fn decode_segment_header(buf: &[u8]) -> Result<SegmentHeader, String> {
         ));
     }
     Ok(SegmentHeader {
+        version,
         first_index: u64_at(buf, 16),
         salt: u32_at(buf, 12),
     })
@@ -432,6 +478,7 @@ mod tests {
     #[test]
     fn segment_header_and_meta_round_trip_and_reject_damage() {
         let header = SegmentHeader {
+            version: SEGMENT_VERSION,
             first_index: 42,
             salt: 0xDEAD_BEEF,
         };
@@ -491,15 +538,45 @@ mod tests {
         assert_eq!(
             decode_segment_header(&h),
             Ok(SegmentHeader {
+                version: 1,
                 first_index: 77,
                 salt: 0
             })
         );
-        h[8..12].copy_from_slice(&3u32.to_le_bytes());
+        h[8..12].copy_from_slice(&4u32.to_le_bytes());
         let crc = crc32fast::hash(&h[0..24]);
         h[24..28].copy_from_slice(&crc.to_le_bytes());
-        let err = decode_segment_header(&h).expect_err("version 3 accepted");
-        assert!(err.contains("version 3"), "{err}");
+        let err = decode_segment_header(&h).expect_err("version 4 accepted");
+        assert!(err.contains("version 4"), "{err}");
+    }
+
+    /// The CRC patched by `mark_run_start` is the one a full pass over the flagged bytes
+    /// gives, salted or not, for payloads short and long (inline and out of line).
+    #[test]
+    fn a_run_start_flag_keeps_the_record_verifiable() {
+        for len in [0, 1, 24, 1000, 1024, 70_000] {
+            let e = entry(12, &vec![0x5Au8; len]);
+            for salt in [0, 0xC0FF_EE11] {
+                let mut buf = Vec::new();
+                encode_record(&e, &mut buf);
+                salt_record(&mut buf, salt);
+                let unflagged = buf.clone();
+                mark_run_start(&mut buf, len);
+                let h = decode_record(&buf, salt).expect("flagged record verifies");
+                assert!(h.run_start, "payload of {len} bytes");
+                assert_eq!(h.len as usize, len);
+                assert_eq!(decode_entry(&buf, salt), Ok(e.clone()));
+                let plain = decode_record(&unflagged, salt).expect("unflagged verifies");
+                assert!(!plain.run_start);
+                // The flag alone, without the CRC update, is damage.
+                let mut forged = unflagged.clone();
+                forged[7] |= 0x80;
+                assert!(
+                    decode_record(&forged, salt).is_err(),
+                    "payload of {len} bytes"
+                );
+            }
+        }
     }
 
     #[test]

@@ -7,24 +7,64 @@
 //! fail their CRC under the new salt). "A valid record" below means one that verifies
 //! under the segment's salt and could continue the log (index >= the expected one).
 //!
-//! What recovery does where the records stop (TigerBeetle-style case table):
+//! What recovery does where the records stop (TigerBeetle-style case table). "A later
+//! write starts" means one of the valid records after the stop carries the run-start
+//! flag (`record.rs`: the first record of every `pwritev` + fdatasync has it):
 //!
-//! | where                     | the records stop at     | a valid record follows? | outcome                            |
-//! |---------------------------|-------------------------|-------------------------|------------------------------------|
-//! | not the last segment      | the next segment's start| (not looked at)         | fine                               |
-//! | not the last segment      | anything earlier        | (either)                | `Error::Corruption`                |
-//! | last segment              | an end marker           | no                      | clean end of the log               |
-//! | last segment              | damage (not a marker)   | no                      | torn tail: marker written, warn    |
-//! | last segment              | either                  | yes                     | `Error::Corruption`                |
-//! | a pending truncation mark | (entries >= mark)       |                         | zeroed: the truncation completes   |
+//! | where                     | the records stop at     | a valid record follows?            | outcome                                  |
+//! |---------------------------|-------------------------|------------------------------------|------------------------------------------|
+//! | not the last segment      | the next segment's start| (not looked at)                    | fine                                     |
+//! | not the last segment      | anything earlier        | (either)                           | `Error::Corruption`                      |
+//! | last segment              | an end marker           | no                                 | clean end of the log                     |
+//! | last segment              | damage (not a marker)   | no                                 | torn tail: marker written, warn          |
+//! | last segment              | either                  | yes, and a later write starts      | `Error::Corruption`                      |
+//! | last segment, version 3   | either                  | yes, all of the same (last) write  | torn write: zeroed to its end, warn      |
+//! | last segment, version 1-2 | either                  | yes                                | `Error::Corruption` (writes not marked)  |
+//! | a pending truncation mark | (entries >= mark)       |                                    | zeroed: the truncation completes         |
 //!
 //! A torn tail is what a crash during an append leaves: the write never completed, so
-//! its fdatasync never returned and no entry in it was acknowledged. Damage with valid
-//! records after it cannot come from a process crash (the log is written sequentially
-//! and each segment is synced before the next one is used), so refusing to open is the
-//! only way not to silently lose acknowledged entries. The one case this cannot tell
-//! apart: bit rot inside the very last record of the log looks exactly like a torn
-//! write of it.
+//! its fdatasync never returned and no entry in it was acknowledged. A process crash
+//! leaves a prefix of the write (the page cache keeps what was written). A power cut
+//! can leave any subset of its pages: a multi-page `pwritev` reaches the disk in no
+//! particular order, so record k can be lost while record k+1 is present. That is
+//! still a torn write, as long as the damage and every valid record after it lie in
+//! the *last* write (the last sync span): nothing in it was acknowledged.
+//!
+//! Where the last sync span starts is read from the records themselves: the first
+//! record of each write carries the run-start flag. It costs no extra write (the flag
+//! is a bit of the length field, set when the write is formed; its CRC is patched in
+//! O(log n) without a pass over the payload). The reasoning, for damage at offset D
+//! with valid records after it:
+//! - The appender writes one run of records, fdatasyncs it, and only then writes the
+//!   next; each run is one segment's worth at most, and a segment is synced before the
+//!   next one is used. So every write before the last one is durable in full, and a
+//!   crash or power cut can only damage bytes of the last write.
+//! - If a valid record after D starts a write, that write began after the write
+//!   holding D had been synced: the bytes at D were durable and are damaged anyway.
+//!   That is not a crash; recovery refuses, as for damage anywhere else.
+//! - Otherwise D and the valid records after it belong to one write: the last one, as
+//!   no later one starts. Had its fdatasync returned, a crash could not have damaged
+//!   it (only bit rot could: the case below), so none of it was acknowledged, and it
+//!   is cut at D. The valid records after D are zeroed too, or a later recovery, after
+//!   new entries took their place, could take them for entries.
+//!
+//! Bounding the span by bytes (the group commit limit) instead would not do: a single
+//! batch may be larger, and damage in a synced write shortly before the end would pass.
+//!
+//! Damage with valid records after it cannot come from a crash anywhere else, so
+//! refusing to open is the only way not to silently lose acknowledged entries. The
+//! case this cannot tell apart: bit rot inside the last write of the log (after its
+//! fdatasync returned) looks exactly like a torn write of it, and is cut like one; so
+//! does bit rot in the write before the last one if a power cut also lost the last
+//! write's first record (two faults at once: the flag that would prove the damage
+//! older is gone). Version 1 and 2 segments do not mark writes: there,
+//! only damage with nothing valid after it is a torn tail.
+//!
+//! Whatever recovery keeps, it makes durable before the log is used: the last segment
+//! is fdatasynced and the directory fsynced on every open. After a process crash the
+//! last write's records may sit in the page cache unsynced, yet they are the log from
+//! then on (found by the power-cut model test: entry 17 recovered after a crash, then
+//! lost to a power cut after the next open).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -216,26 +256,47 @@ fn find_valid_record(
     None
 }
 
+/// The records in `[from, to)` that verify under `salt` with an index of at least
+/// `index_min`, each with a higher index than the one before.
+struct ValidRecords {
+    /// One past the last of them (`from` if there is none).
+    end: usize,
+    /// The first of them that starts a write: (offset, index).
+    first_run_start: Option<(usize, u64)>,
+}
+
+fn valid_records(map: &[u8], from: usize, to: usize, index_min: u64, salt: u32) -> ValidRecords {
+    let mut found = ValidRecords {
+        end: from,
+        first_run_start: None,
+    };
+    let mut next_index = index_min;
+    // Each search starts with the index that would follow the record just found:
+    // `find_valid_record` bounds candidate indexes by the bytes left after `from`, which
+    // only holds for the index that belongs at `from`.
+    while let Some((at, index)) = find_valid_record(map, found.end, to, next_index, salt) {
+        let header = match record::peek_header(&map[at..]) {
+            Ok(h) => h,
+            Err(_) => unreachable!("record at {at} verified but its header does not decode"),
+        };
+        if header.run_start && found.first_run_start.is_none() {
+            found.first_run_start = Some((at, index));
+        }
+        found.end = at + header.record_len();
+        next_index = index + 1;
+    }
+    found
+}
+
 /// One past the last record in `[from, to)` that verifies under `salt` with an index of
 /// at least `index_min` (`from` if there is none): how far a pending truncation has to
 /// zero, even where an interrupted earlier attempt zeroed some records and not others.
 fn valid_records_end(map: &[u8], from: usize, to: usize, index_min: u64, salt: u32) -> usize {
-    let (mut end, mut next_index) = (from, index_min);
-    // Each search starts with the index that would follow the record just found:
-    // `find_valid_record` bounds candidate indexes by the bytes left after `from`, which
-    // only holds for the index that belongs at `from`.
-    while let Some((at, index)) = find_valid_record(map, end, to, next_index, salt) {
-        end = match record::peek_header(&map[at..]) {
-            Ok(h) => at + h.record_len(),
-            Err(_) => unreachable!("record at {at} verified but its header does not decode"),
-        };
-        next_index = index + 1;
-    }
-    end
+    valid_records(map, from, to, index_min, salt).end
 }
 
-/// A segment opened, mapped, header-checked and scanned: with its salt.
-type Loaded = Result<(File, Mmap, u32, Scan)>;
+/// A segment opened, mapped, header-checked and scanned: with its header.
+type Loaded = Result<(File, Mmap, record::SegmentHeader, Scan)>;
 
 fn load_segment(fs: &dyn WalFs, first: u64, path: &Path, fence: u64) -> Loaded {
     let file = fs
@@ -258,7 +319,7 @@ fn load_segment(fs: &dyn WalFs, first: u64, path: &Path, fence: u64) -> Loaded {
         });
     }
     let scan = scan_segment(&map, first, fence, header.salt);
-    Ok((file, map, header.salt, scan))
+    Ok((file, map, header, scan))
 }
 
 /// Loads every segment, on as many threads as there are cores: verifying the CRC of
@@ -359,14 +420,16 @@ pub(crate) fn recover(dir: &Path, fs: &dyn WalFs) -> Result<Recovered> {
 
     let mut loaded = load_segments(fs, &keep, fence);
     let mut views: Vec<SegmentView> = Vec::new();
-    let mut last_file: Option<(File, u64)> = None;
+    let mut last_file: Option<(File, u64, bool)> = None;
     let mut expected_next: Option<u64> = None;
     for (i, (first, path)) in keep.iter().enumerate() {
         let next_first = keep.get(i + 1).map(|s| s.0);
         let Some(result) = loaded[i].take() else {
             unreachable!("segment {} was not loaded", path.display());
         };
-        let (file, map, salt, scan) = result?;
+        let (file, map, header, scan) = result?;
+        let salt = header.salt;
+        let marks_runs = header.version >= record::FIRST_VERSION_MARKING_RUNS;
         report.bytes_scanned += scan.end as u64;
         let expected = *first + scan.offsets.len() as u64;
         let corruption = |file: &Path, offset: usize, reason: String| Error::Corruption {
@@ -396,15 +459,36 @@ pub(crate) fn recover(dir: &Path, fs: &dyn WalFs) -> Result<Recovered> {
         } else {
             None
         };
+        // Where the valid records after the stop end, when they are what is left of
+        // the last write, which never became durable (see the module documentation).
+        let mut torn_write_end = None;
         if let Some((o, index)) = follows {
-            return Err(corruption(
-                path,
-                scan.end,
-                format!(
-                    "{what_stopped}, yet a valid record of entry {index} follows at offset \
-                     {o}{not_last}"
+            let later = valid_records(&map, o, nonzero_end(&map), index, salt);
+            let why = match later.first_run_start {
+                _ if next_first.is_some() => String::new(),
+                _ if !marks_runs => format!(
+                    " (a version {} segment, which does not mark where each write starts)",
+                    header.version
                 ),
-            ));
+                Some((start_at, start_index)) => format!(
+                    ", and entry {start_index} at offset {start_at} starts a later write, so \
+                     the damaged bytes had been synced"
+                ),
+                None => {
+                    torn_write_end = Some(later.end);
+                    String::new()
+                }
+            };
+            if torn_write_end.is_none() {
+                return Err(corruption(
+                    path,
+                    scan.end,
+                    format!(
+                        "{what_stopped}, yet a valid record of entry {index} follows at offset \
+                         {o}{not_last}{why}"
+                    ),
+                ));
+            }
         }
         if let Some(next) = next_first {
             if ends_early && matches!(scan.stop, Stop::Damaged(_)) {
@@ -426,32 +510,44 @@ pub(crate) fn recover(dir: &Path, fs: &dyn WalFs) -> Result<Recovered> {
                 ));
             }
         } else {
-            let zero_to = match &scan.stop {
-                Stop::Clean => scan.end,
-                Stop::Fence => valid_records_end(&map, scan.end, map.len(), fence, salt)
+            let zero_to = match (&scan.stop, torn_write_end) {
+                (Stop::Clean, None) => scan.end,
+                (Stop::Fence, _) => valid_records_end(&map, scan.end, map.len(), fence, salt)
                     .max(scan.end + END_MARKER_BYTES),
-                Stop::Damaged(reason) => {
+                (Stop::Clean | Stop::Damaged(_), _) => {
+                    let torn_to = torn_write_end.map_or(String::new(), |end| {
+                        format!(
+                            " and the rest of the same unsynced write, up to offset {end}, \
+                             is zeroed"
+                        )
+                    });
                     tracing::warn!(
                         file = %path.display(),
                         offset = scan.end,
                         entry = expected,
-                        "WAL: torn tail ({reason}) at offset {} of {}: cutting the log there; \
-                         entries from {expected} on were never acknowledged",
+                        "WAL: torn tail ({what_stopped}) at offset {} of {}: cutting the log \
+                         there{torn_to}; entries from {expected} on were never acknowledged",
                         scan.end,
                         path.display()
                     );
                     report.tail_truncated_at = Some((path.clone(), scan.end as u64));
-                    scan.end + END_MARKER_BYTES
+                    // The records after the damage verify: left in place, a later
+                    // recovery could take them for entries.
+                    torn_write_end.unwrap_or(0).max(scan.end + END_MARKER_BYTES)
                 }
             }
             .min(map.len());
             if zero_to > scan.end {
                 write_zeros(fs, &file, path, scan.end as u64, zero_to as u64)?;
-                fs.sync_data(&file).map_err(|e| {
-                    Error::io("fdatasync WAL segment after cutting its tail", path, e)
-                })?;
             }
-            last_file = Some((file, scan.end as u64));
+            // Synced even when nothing was cut: a process crash between a write and its
+            // fdatasync leaves the records readable in the page cache, and they are the
+            // log from here on (the node may acknowledge them to its leader). Left
+            // unsynced, a power cut could still take them, and if this process rolls to
+            // a new segment before writing here, nothing else would ever sync them.
+            fs.sync_data(&file)
+                .map_err(|e| Error::io("fdatasync the last WAL segment on open", path, e))?;
+            last_file = Some((file, scan.end as u64, marks_runs));
         }
         expected_next = Some(expected);
         views.push(SegmentView {
@@ -493,10 +589,10 @@ pub(crate) fn recover(dir: &Path, fs: &dyn WalFs) -> Result<Recovered> {
             Err(e) => return Err(Error::io("remove compacted or truncated segment", path, e)),
         }
     }
-    if !doomed.is_empty() {
-        fs.sync_dir(dir)
-            .map_err(|e| Error::io("fsync WAL directory", dir, e))?;
-    }
+    // Always: a crash between a segment's rename into place and the directory fsync
+    // leaves a name this log now relies on that a power cut could still undo.
+    fs.sync_dir(dir)
+        .map_err(|e| Error::io("fsync WAL directory", dir, e))?;
     let settled = Meta {
         first_index,
         truncate_from: 0,
@@ -506,13 +602,14 @@ pub(crate) fn recover(dir: &Path, fs: &dyn WalFs) -> Result<Recovered> {
     }
 
     let active = match (last_file, views.last()) {
-        (Some((file, end)), Some(v)) => Some(ActiveSegment {
+        (Some((file, end, marks_runs)), Some(v)) => Some(ActiveSegment {
             first_index: v.first_index,
             file,
             path: v.path.clone(),
             salt: v.salt,
             write_offset: end,
             capacity: v.map.len() as u64,
+            marks_runs,
         }),
         _ => None,
     };
@@ -542,6 +639,7 @@ mod tests {
     ) -> Vec<u8> {
         let mut map = vec![0u8; size];
         let header = record::encode_segment_header(record::SegmentHeader {
+            version: record::SEGMENT_VERSION,
             first_index: 1,
             salt,
         });

@@ -144,6 +144,10 @@ pub struct ActiveSegment {
     pub write_offset: u64,
     /// Size of the file: appends stop here and roll to a new segment.
     pub capacity: u64,
+    /// Its format marks the first record of each write ([`record::RUN_START_FLAG`]);
+    /// not in an older segment the log continues after an upgrade, where readers of
+    /// its version would take the flag for damage.
+    pub marks_runs: bool,
 }
 
 impl ActiveSegment {
@@ -214,8 +218,12 @@ pub fn activate(
         previous_salt,
     } = prepared;
     let salt = record::segment_salt(first_index, previous_salt);
-    let mut start =
-        record::encode_segment_header(record::SegmentHeader { first_index, salt }).to_vec();
+    let mut start = record::encode_segment_header(record::SegmentHeader {
+        version: record::SEGMENT_VERSION,
+        first_index,
+        salt,
+    })
+    .to_vec();
     let marker = (capacity - start.len() as u64).min(END_MARKER_BYTES as u64) as usize;
     start.resize(start.len() + marker, 0);
     fs.write_all_at(&file, &start, 0)
@@ -242,6 +250,7 @@ pub fn activate(
         salt,
         write_offset: record::SEGMENT_HEADER_BYTES as u64,
         capacity,
+        marks_runs: true,
     };
     Ok((active, view))
 }

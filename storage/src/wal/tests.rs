@@ -534,14 +534,23 @@ fn torn_tail_at_every_offset_keeps_the_valid_prefix() {
 }
 
 /// Flips random bits anywhere in the segments: recovery must either keep exactly the
-/// records before the damage (damage in the last record of the last segment, or past
-/// the records of any segment) or refuse with a corruption error naming the place.
+/// records before the damage (damage in the last write of the last segment, which
+/// looks like a torn write of it, or past the records of any segment) or refuse with a
+/// corruption error naming the place.
 #[test]
 fn bit_flips_are_torn_tails_or_corruption() {
     let pristine = tempfile::tempdir().expect("tempdir");
     let (log, locations) = build_log(pristine.path(), 60);
     let files = segment_files(pristine.path());
     let last_file = files.last().expect("segments").clone();
+    // `build_log` appends 4 entries at a time: the last write is 57..=60, or the part
+    // of it in the last segment.
+    let last_write_first = locations
+        .iter()
+        .filter(|l| l.0 == last_file && l.3 >= 57)
+        .map(|l| l.3)
+        .min()
+        .expect("entries of the last write in the last segment");
     let mut rng: u64 = 0x2545_F491_4F6C_DD1D;
     let mut next = || {
         rng ^= rng << 13;
@@ -586,9 +595,9 @@ fn bit_flips_are_torn_tails_or_corruption() {
                 let kept = match hit {
                     Some(l) => {
                         assert!(
-                            is_last && l.3 == log.len() as u64,
-                            "flip at {at} inside entry {} of {file_name:?} (not the last \
-                             entry) was accepted",
+                            is_last && l.3 >= last_write_first,
+                            "flip at {at} inside entry {} of {file_name:?} (not in the last \
+                             write) was accepted",
                             l.3
                         );
                         l.3 - 1
@@ -603,7 +612,7 @@ fn bit_flips_are_torn_tails_or_corruption() {
             }
             Err(Error::Corruption { file, offset, .. }) => {
                 assert!(
-                    !is_last || hit.is_some_and(|l| l.3 != log.len() as u64),
+                    !is_last || hit.is_some_and(|l| l.3 < last_write_first),
                     "flip at {at} of the last segment refused at {offset}"
                 );
                 assert_eq!(file.file_name(), Some(file_name.as_os_str()));
@@ -713,6 +722,7 @@ fn old_records_that_fit_exactly_fail_under_the_new_salt() {
         let mut bytes = original.clone();
         bytes[..SEGMENT_HEADER_BYTES].copy_from_slice(&record::encode_segment_header(
             record::SegmentHeader {
+                version: old.version,
                 first_index: 1,
                 salt,
             },
@@ -812,5 +822,150 @@ fn torn_writes_into_a_recycled_segment_keep_the_valid_prefix() {
         let wal = Wal::open(dir.path(), small(Arc::new(StdFs), false)).expect("reopen");
         expected.push(after);
         assert_log(&wal, &expected, 37);
+    }
+}
+
+/// Options for the power-cut tests: one segment holds every batch, so the batches are
+/// the only writes between syncs.
+fn power_cut_options(fs: Arc<PowerCutFs>) -> WalOptions {
+    WalOptions {
+        segment_size_bytes_max: 1 << 20,
+        group_commit_bytes_max: 1 << 20,
+        prepare_segments_in_background: false,
+        fs,
+    }
+}
+
+/// Batch A (3 small entries) appended and synced, then batch B (100 entries of 100
+/// bytes: four pages, each holding whole records) written by one `pwritev` whose fdatasync never returns. Returns
+/// the WAL's fs, A, B and the byte range of B's write (records and end marker).
+fn synced_a_then_unsynced_b(dir: &Path) -> (Arc<PowerCutFs>, Vec<Entry>, Vec<Entry>, (u64, u64)) {
+    let fs = Arc::new(PowerCutFs::new());
+    let wal = Wal::open(dir, power_cut_options(fs.clone())).expect("open");
+    let a = entries(1, 4, 1, 100);
+    wal.append(&a).expect("append A");
+    let b = entries(4, 104, 1, 100);
+    let b_start = record_locations(&wal).last().map(|l| l.1 + l.2).expect("A");
+    let b_bytes: u64 = b
+        .iter()
+        .map(|e| record::record_len(e.payload.len()) as u64)
+        .sum();
+    // Operation 0 of the append is the write, 1 its fdatasync: crash at the fdatasync.
+    fs.set_crash_at(fs.ops() + 1);
+    assert!(wal.append(&b).is_err(), "B's fdatasync should have failed");
+    fs.set_crash_at(u64::MAX);
+    drop(wal);
+    (
+        fs,
+        a,
+        b,
+        (b_start, b_start + b_bytes + END_MARKER_BYTES as u64),
+    )
+}
+
+/// A power cut during B's fdatasync that keeps some of B's pages but not others (the
+/// disk wrote them out of order) leaves valid records of B after damage. None of B was
+/// acknowledged, so recovery cuts B at the damage and opens with A intact (and B's
+/// records before the damage, which may stay as any unacknowledged prefix may); the
+/// records after the cut never come back, even after other entries take their place.
+#[test]
+fn power_cut_inside_the_last_group_commit_is_a_torn_tail() {
+    let page = |offset: u64| offset / fs::POWER_CUT_PAGE_BYTES;
+    // (what the cut keeps of B's pages, by position: first, middle, last)
+    /// Whether a page is kept, given B's first and last pages.
+    type Keep = fn(u64, u64, u64) -> bool;
+    let patterns: [(&str, Keep); 3] = [
+        ("only the last page", |p, _first, last| p == last),
+        ("all but the first page", |p, first, _last| p != first),
+        ("first and last pages", |p, first, last| {
+            p == first || p == last
+        }),
+    ];
+    for (what, keep) in patterns {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (fs, a, b, (b_start, b_end)) = synced_a_then_unsynced_b(dir.path());
+        let (first, last) = (page(b_start), page(b_end - 1));
+        assert!(last >= first + 2, "B should span at least three pages");
+        let (kept, reverted) = fs
+            .power_cut_keeping(|p| keep(p, first, last))
+            .expect("power cut");
+        assert!(
+            kept > 0 && reverted > 0,
+            "{what}: kept {kept}, reverted {reverted}"
+        );
+
+        let wal = Wal::open(dir.path(), power_cut_options(Arc::new(PowerCutFs::new())))
+            .unwrap_or_else(|e| panic!("{what}: open after the power cut: {e}"));
+        let last = wal.last_index();
+        assert!(
+            (3..103).contains(&last),
+            "{what}: the log ends at {last}, A at 3, B at 103"
+        );
+        let mut expected = a.clone();
+        expected.extend_from_slice(&b[..(last - 3) as usize]);
+        assert_log(&wal, &expected, 1);
+        let cut_at = wal
+            .recovery_report()
+            .tail_truncated_at
+            .as_ref()
+            .map(|t| t.1);
+        assert!(
+            cut_at.is_some_and(|at| at >= b_start && at < b_end),
+            "{what}: tail cut at {cut_at:?}, B was written at {b_start}..{b_end}"
+        );
+        // A shorter entry of another term where B's next one was: B's later entries,
+        // whose indexes would follow it, must not join the log.
+        let other = entry(last + 1, 2, 10);
+        wal.append(std::slice::from_ref(&other))
+            .expect("append after the cut");
+        drop(wal);
+        let wal = Wal::open(dir.path(), power_cut_options(Arc::new(PowerCutFs::new())))
+            .unwrap_or_else(|e| panic!("{what}: reopen: {e}"));
+        expected.push(other);
+        assert_log(&wal, &expected, 1);
+    }
+}
+
+/// The same damage in synced data is corruption: A's first page lost after A and B
+/// were both acknowledged. B's first record says a new write started after A, and B's
+/// write began only after A's fdatasync returned, so A's bytes were durable.
+#[test]
+fn damage_before_the_last_group_commit_is_still_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = Arc::new(PowerCutFs::new());
+    let wal = Wal::open(dir.path(), power_cut_options(fs.clone())).expect("open");
+    let a = entries(1, 9, 1, 1500);
+    wal.append(&a).expect("append A");
+    let b = entries(9, 12, 1, 100);
+    wal.append(&b).expect("append B");
+    let locations = record_locations(&wal);
+    drop(wal);
+    assert_eq!(fs.unsynced_pages(), 0, "everything was synced");
+    let (path, a_start, _, _) = locations[0].clone();
+    let a_end = locations[7].1 + locations[7].2;
+    // Zeros, as a lost first page of A would read, and a flipped bit in A's middle.
+    let damages: [(&str, u64, Vec<u8>); 2] = [
+        (
+            "A's first page zeroed",
+            a_start,
+            vec![0u8; 4096 - a_start as usize],
+        ),
+        ("a bit flipped in A", (a_start + a_end) / 2, vec![]),
+    ];
+    for (what, at, bytes) in damages {
+        let copy = tempfile::tempdir().expect("tempdir");
+        copy_dir(dir.path(), copy.path());
+        let seg = copy.path().join(path.file_name().expect("name"));
+        let mut data = std::fs::read(&seg).expect("read");
+        if bytes.is_empty() {
+            data[at as usize] ^= 0x10;
+        } else {
+            data[at as usize..at as usize + bytes.len()].copy_from_slice(&bytes);
+        }
+        std::fs::write(&seg, &data).expect("write");
+        match Wal::open(copy.path(), power_cut_options(Arc::new(PowerCutFs::new()))) {
+            Err(Error::Corruption { file, .. }) => assert_eq!(file, seg, "{what}"),
+            other => panic!("{what}: expected corruption, got {other:?}"),
+        }
     }
 }
