@@ -174,17 +174,29 @@ fn sessions_survive_install_snapshot_and_sigkill_of_the_leader() {
         let put_small = c.put_with_id(leader, "small", "z", "writer:1").await;
         let put_index = put_small.expect("PUT small")["index"].as_u64().unwrap();
 
-        let response = c
-            .client
-            .post(format!("http://{}/v1/snapshot", c.api(leader)))
-            .send()
-            .await
-            .expect("POST /v1/snapshot");
-        assert_eq!(response.status().as_u16(), 200);
-        let snapshot_index = response.json::<Value>().await.unwrap()["snapshot_index"]
-            .as_u64()
-            .unwrap();
-        assert!(snapshot_index >= put_index);
+        // A request that arrives while a background snapshot is written is answered with
+        // that snapshot's index, which may predate the PUT: ask until one covers it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let response = c
+                .client
+                .post(format!("http://{}/v1/snapshot", c.api(leader)))
+                .send()
+                .await
+                .expect("POST /v1/snapshot");
+            assert_eq!(response.status().as_u16(), 200);
+            let snapshot_index = response.json::<Value>().await.unwrap()["snapshot_index"]
+                .as_u64()
+                .unwrap();
+            if snapshot_index >= put_index {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no snapshot covers index {put_index} within 20 s (last: {snapshot_index})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
 
         // The lagging node's log position was compacted away: it catches up by snapshot.
         c.spawn(lagging);
