@@ -1,41 +1,30 @@
-//! The replicated state machine: the [`StateMachine`] trait, the key-value store that
-//! implements it, and the session table that makes client retries idempotent.
+//! The key-value state machine: [`KvStore`], its commands and answers, and its snapshot
+//! encoding.
 //!
-//! Every command in the log is a [`Command`]: an optional client request id plus the state
-//! machine's own bytes. The [`Replicated`] wrapper applies it at most once per request id
-//! (Raft thesis §6.3, client sessions) and keeps the sessions in the snapshot, so a retried
-//! write is applied once even across a leader change or a restart.
+//! The [`StateMachine`] trait lives in [`crate::state_machine`] and client sessions in
+//! [`crate::session`]; both are re-exported here, where the node, the API and
+//! `examples/counter.rs` have always found them.
+//!
+//! # Session records (issue 11)
+//! A CAS answer carries the key's value (`current`), up to the value limit. Kept verbatim
+//! in the session table, 70 failed CAS on a 1 MiB value made a 70 MiB table. So the record
+//! of a CAS answer with a value longer than [`CAS_CURRENT_INLINE_BYTES_MAX`] keeps the key
+//! and the *modification index* of the value it saw (the index of the write that set it,
+//! like etcd's `mod_revision`); a retry rebuilds `current` from the store when the key
+//! still holds that very write, and is refused as expired when the key was written since
+//! (the first outcome's value is gone; answering with another value would not be the
+//! first outcome). Every other answer is small and kept as it is.
 
-use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// A deterministic state machine driven by the Raft log.
-///
-/// # To ensure correctness
-/// - `apply` must be deterministic: the same commands in the same order give the same
-///   state and responses on every node.
-/// - `snapshot` must capture the state as of the last applied command, and the view it
-///   returns must not change while later commands are applied (it is written by another
-///   thread while `apply` carries on).
-pub trait StateMachine: Send + Sync + 'static {
-    /// Applies a committed command at `index` and returns the response for the client.
-    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8>;
-
-    /// A frozen point-in-time view that can be written out on another thread.
-    fn snapshot(&self) -> Box<dyn SnapshotSource>;
-
-    /// Replaces the whole state with the one read from `reader` (written by `snapshot`).
-    fn restore(&mut self, reader: &mut dyn Read) -> io::Result<()>;
-}
-
-/// A frozen state machine view being written as a snapshot.
-pub trait SnapshotSource: Send {
-    /// Streams the view to `writer`.
-    fn write_to(&self, writer: &mut dyn Write) -> io::Result<()>;
-}
+pub use crate::session::{
+    Applied, Command, Replicated, ReplicatedSnapshot, RequestId, SessionLimits, CLIENT_ID_BYTES_MAX,
+};
+use crate::state_machine::{read_exactly, read_u32, read_u64};
+pub use crate::state_machine::{SnapshotSource, StateMachine};
 
 /// What a client asked the key-value store to do.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,14 +75,14 @@ pub enum KvResponse {
     Invalid,
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Encoding plain data structures into a Vec cannot fail: bincode only errors on
     // writers that fail or on types serde cannot represent, neither of which occurs here.
     bincode::serde::encode_to_vec(value, bincode::config::standard())
         .unwrap_or_else(|e| panic!("bincode encoding of an in-memory value failed: {e}"))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
     bincode::serde::decode_from_slice(bytes, bincode::config::standard())
         .ok()
         .map(|(value, _)| value)
@@ -123,11 +112,39 @@ impl KvResponse {
     }
 }
 
+/// CAS answers whose `current` is at most this long are kept verbatim in the session
+/// table; longer ones are kept as a reference into the store (see the module docs).
+pub const CAS_CURRENT_INLINE_BYTES_MAX: usize = 256;
+
+/// A stored value and the index of the write that set it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Versioned {
+    value: Bytes,
+    /// Log index of the write that set `value`; 0 for values restored from a version 1
+    /// snapshot, which did not record it (no write has index 0, so it never matches a
+    /// later write).
+    modified_at: u64,
+}
+
+/// What the session table keeps of a [`KvResponse`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum KvSessionRecord {
+    /// The answer as it was (small).
+    Verbatim(KvResponse),
+    /// A CAS answer whose `current` is rebuilt from the store while `key` still holds the
+    /// write at `seen` (`None`: while `key` is absent).
+    Cas {
+        key: Bytes,
+        succeeded: bool,
+        seen: Option<u64>,
+    },
+}
+
 /// The key-value state machine. Keys and values are bytes; the map is persistent
 /// (structurally shared), so `snapshot` is O(1) and never pauses applying.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvStore {
-    map: imbl::OrdMap<Bytes, Bytes>,
+    map: imbl::OrdMap<Bytes, Versioned>,
 }
 
 impl KvStore {
@@ -138,7 +155,7 @@ impl KvStore {
 
     /// The value of `key`, if any.
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
-        self.map.get(key).cloned()
+        self.map.get(key).map(|v| v.value.clone())
     }
 
     /// Number of keys.
@@ -151,10 +168,20 @@ impl KvStore {
         self.map.is_empty()
     }
 
-    fn execute(&mut self, command: KvCommand) -> KvResponse {
+    fn set(&mut self, index: u64, key: Bytes, value: Bytes) {
+        self.map.insert(
+            key,
+            Versioned {
+                value,
+                modified_at: index,
+            },
+        );
+    }
+
+    fn execute(&mut self, index: u64, command: KvCommand) -> KvResponse {
         match command {
             KvCommand::Put { key, value } => {
-                self.map.insert(key, value);
+                self.set(index, key, value);
                 KvResponse::Put
             }
             KvCommand::Delete { key } => KvResponse::Delete {
@@ -165,7 +192,7 @@ impl KvStore {
                 expected,
                 value,
             } => {
-                let current = self.map.get(&key).cloned();
+                let current = self.get(&key);
                 if current != expected {
                     return KvResponse::Cas {
                         succeeded: false,
@@ -173,9 +200,7 @@ impl KvStore {
                     };
                 }
                 match &value {
-                    Some(v) => {
-                        self.map.insert(key, v.clone());
-                    }
+                    Some(v) => self.set(index, key, v.clone()),
                     None => {
                         self.map.remove(&key);
                     }
@@ -189,12 +214,22 @@ impl KvStore {
     }
 }
 
-// kv snapshot = | count u64 | { | key_len u32 | value_len u32 | key | value | } * count |
-// (little endian; the snapshot file adds its own framing and checksums)
+/// First word of a version 2 KV snapshot: "RLKVST02" read as a little-endian u64. A version
+/// 1 snapshot starts with its key count instead, which never comes near this value.
+const KV_FORMAT_2: u64 = u64::from_le_bytes(*b"RLKVST02");
+
+// kv snapshot, version 2 =
+//   | magic u64 = KV_FORMAT_2 | count u64 |
+//   { | key_len u64 | value_len u64 | modified_at u64 | key | value | } * count |
+// kv snapshot, version 1 (read only) =
+//   | count u64 | { | key_len u32 | value_len u32 | key | value | } * count |
+// (little endian; the snapshot file adds its own framing and checksums). Lengths are read
+// as the bytes arrive, with no cap (see `crate::state_machine`), so any value the apply
+// path stored restores.
 impl StateMachine for KvStore {
-    fn apply(&mut self, _index: u64, command: &[u8]) -> Vec<u8> {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
         match KvCommand::decode(command) {
-            Some(command) => self.execute(command).encode(),
+            Some(command) => self.execute(index, command).encode(),
             None => KvResponse::Invalid.encode(),
         }
     }
@@ -204,236 +239,111 @@ impl StateMachine for KvStore {
     }
 
     fn restore(&mut self, reader: &mut dyn Read) -> io::Result<()> {
-        let count = read_u64(reader)?;
+        let first_word = read_u64(reader)?;
         let mut map = imbl::OrdMap::new();
-        for _ in 0..count {
-            let key_len = read_u32(reader)? as usize;
-            let value_len = read_u32(reader)? as usize;
-            let key = read_bytes(reader, key_len)?;
-            let value = read_bytes(reader, value_len)?;
-            map.insert(key, value);
+        if first_word == KV_FORMAT_2 {
+            let count = read_u64(reader)?;
+            for _ in 0..count {
+                let key_len = read_u64(reader)?;
+                let value_len = read_u64(reader)?;
+                let modified_at = read_u64(reader)?;
+                let key = read_exactly(reader, key_len, "a key")?;
+                let value = read_exactly(reader, value_len, "a value")?;
+                map.insert(
+                    Bytes::from(key),
+                    Versioned {
+                        value: Bytes::from(value),
+                        modified_at,
+                    },
+                );
+            }
+        } else {
+            for _ in 0..first_word {
+                let key_len = read_u32(reader)?;
+                let value_len = read_u32(reader)?;
+                let key = read_exactly(reader, key_len.into(), "a key")?;
+                let value = read_exactly(reader, value_len.into(), "a value")?;
+                map.insert(
+                    Bytes::from(key),
+                    Versioned {
+                        value: Bytes::from(value),
+                        modified_at: 0,
+                    },
+                );
+            }
         }
         self.map = map;
         Ok(())
+    }
+
+    fn session_record(&self, command: Option<&[u8]>, response: &[u8]) -> Vec<u8> {
+        let Some(decoded) = KvResponse::decode(response) else {
+            return encode(&KvSessionRecord::Verbatim(KvResponse::Invalid));
+        };
+        let cas_key = command
+            .and_then(KvCommand::decode)
+            .and_then(|command| match command {
+                KvCommand::Cas { key, .. } => Some(key),
+                _ => None,
+            });
+        let record = match (decoded, cas_key) {
+            (
+                KvResponse::Cas {
+                    succeeded,
+                    current: Some(current),
+                },
+                Some(key),
+            ) if current.len() > CAS_CURRENT_INLINE_BYTES_MAX => {
+                // Called right after the CAS: the key holds `current` now, so its
+                // modification index names exactly the value the answer carries.
+                let seen = self.map.get(&key).map(|v| v.modified_at);
+                KvSessionRecord::Cas {
+                    key,
+                    succeeded,
+                    seen,
+                }
+            }
+            (decoded, _) => KvSessionRecord::Verbatim(decoded),
+        };
+        encode(&record)
+    }
+
+    fn session_response(&self, record: &[u8]) -> Option<Vec<u8>> {
+        match decode::<KvSessionRecord>(record)? {
+            KvSessionRecord::Verbatim(response) => Some(response.encode()),
+            KvSessionRecord::Cas {
+                key,
+                succeeded,
+                seen,
+            } => {
+                let now = self.map.get(&key);
+                if now.map(|v| v.modified_at) != seen {
+                    return None;
+                }
+                Some(
+                    KvResponse::Cas {
+                        succeeded,
+                        current: now.map(|v| v.value.clone()),
+                    }
+                    .encode(),
+                )
+            }
+        }
     }
 }
 
 impl SnapshotSource for KvStore {
     fn write_to(&self, writer: &mut dyn Write) -> io::Result<()> {
+        writer.write_all(&KV_FORMAT_2.to_le_bytes())?;
         writer.write_all(&(self.map.len() as u64).to_le_bytes())?;
-        for (key, value) in self.map.iter() {
-            writer.write_all(&(key.len() as u32).to_le_bytes())?;
-            writer.write_all(&(value.len() as u32).to_le_bytes())?;
+        for (key, versioned) in self.map.iter() {
+            writer.write_all(&(key.len() as u64).to_le_bytes())?;
+            writer.write_all(&(versioned.value.len() as u64).to_le_bytes())?;
+            writer.write_all(&versioned.modified_at.to_le_bytes())?;
             writer.write_all(key)?;
-            writer.write_all(value)?;
+            writer.write_all(&versioned.value)?;
         }
         Ok(())
-    }
-}
-
-fn read_u64(reader: &mut dyn Read) -> io::Result<u64> {
-    let mut buf = [0u8; 8];
-    reader.read_exact(&mut buf)?;
-    Ok(u64::from_le_bytes(buf))
-}
-
-fn read_u32(reader: &mut dyn Read) -> io::Result<u32> {
-    let mut buf = [0u8; 4];
-    reader.read_exact(&mut buf)?;
-    Ok(u32::from_le_bytes(buf))
-}
-
-/// Largest key or value a snapshot may claim; guards `restore` against allocating a
-/// garbage length from a damaged stream.
-const SNAPSHOT_ITEM_BYTES_MAX: usize = 64 << 20;
-
-fn read_bytes(reader: &mut dyn Read, len: usize) -> io::Result<Bytes> {
-    if len > SNAPSHOT_ITEM_BYTES_MAX {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "snapshot item of {len} bytes exceeds the {SNAPSHOT_ITEM_BYTES_MAX}-byte limit"
-            ),
-        ));
-    }
-    let mut buf = vec![0u8; len];
-    reader.read_exact(&mut buf)?;
-    Ok(Bytes::from(buf))
-}
-
-/// A client's request id: `Request-Id: <client-id>:<sequence>`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct RequestId {
-    /// The client, as the client names itself.
-    pub client: String,
-    /// Increases with each new request of the client; a retry reuses it.
-    pub sequence: u64,
-}
-
-impl RequestId {
-    /// Parses `client:sequence`; `None` when malformed.
-    pub fn parse(text: &str) -> Option<RequestId> {
-        let (client, sequence) = text.rsplit_once(':')?;
-        if client.is_empty() || client.len() > 256 {
-            return None;
-        }
-        Some(RequestId {
-            client: client.to_string(),
-            sequence: sequence.parse().ok()?,
-        })
-    }
-}
-
-/// What the log stores for every client write.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Command {
-    /// Set when the client sent `Request-Id`.
-    pub request_id: Option<RequestId>,
-    /// The state machine's command.
-    pub body: Bytes,
-}
-
-impl Command {
-    /// The bytes stored in the log.
-    pub fn encode(&self) -> Vec<u8> {
-        encode(self)
-    }
-
-    /// Decodes log bytes.
-    pub fn decode(bytes: &[u8]) -> Option<Command> {
-        decode(bytes)
-    }
-}
-
-/// The outcome of applying one log command.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Applied {
-    /// Applied now; the state machine's response.
-    Fresh(Vec<u8>),
-    /// A retry of a request already applied: the first outcome and the index it was
-    /// applied at; not applied again.
-    Duplicate {
-        /// The first outcome.
-        response: Vec<u8>,
-        /// Where the first attempt was applied.
-        index: u64,
-    },
-    /// A request id older than the client's latest: its outcome is no longer known.
-    Stale,
-    /// The entry was not a command (decoding failed): nothing applied.
-    Invalid,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Session {
-    sequence: u64,
-    response: Vec<u8>,
-    last_index: u64,
-}
-
-/// Sessions idle for this many log entries are forgotten, which bounds the table. The
-/// rule depends only on log indexes, so every replica forgets the same sessions.
-pub const SESSION_IDLE_ENTRIES_MAX: u64 = 1_000_000;
-
-/// A state machine plus the replicated table of client sessions.
-pub struct Replicated<S: StateMachine> {
-    /// The user's state machine.
-    pub state: S,
-    sessions: BTreeMap<String, Session>,
-}
-
-impl<S: StateMachine> Replicated<S> {
-    /// Wraps `state` with an empty session table.
-    pub fn new(state: S) -> Self {
-        Replicated {
-            state,
-            sessions: BTreeMap::new(),
-        }
-    }
-
-    /// Applies the log entry at `index`.
-    pub fn apply(&mut self, index: u64, entry: &[u8]) -> Applied {
-        if index % 4096 == 0 {
-            self.expire_sessions(index);
-        }
-        let Some(command) = Command::decode(entry) else {
-            return Applied::Invalid;
-        };
-        let Some(request_id) = command.request_id else {
-            return Applied::Fresh(self.state.apply(index, &command.body));
-        };
-        if let Some(session) = self.sessions.get(&request_id.client) {
-            if request_id.sequence == session.sequence {
-                return Applied::Duplicate {
-                    response: session.response.clone(),
-                    index: session.last_index,
-                };
-            }
-            if request_id.sequence < session.sequence {
-                return Applied::Stale;
-            }
-        }
-        let response = self.state.apply(index, &command.body);
-        self.sessions.insert(
-            request_id.client,
-            Session {
-                sequence: request_id.sequence,
-                response: response.clone(),
-                last_index: index,
-            },
-        );
-        Applied::Fresh(response)
-    }
-
-    fn expire_sessions(&mut self, index: u64) {
-        let horizon = index.saturating_sub(SESSION_IDLE_ENTRIES_MAX);
-        self.sessions.retain(|_, s| s.last_index >= horizon);
-    }
-
-    /// Number of remembered client sessions.
-    pub fn session_count(&self) -> usize {
-        self.sessions.len()
-    }
-
-    /// A frozen view of sessions and state for a snapshot.
-    pub fn snapshot(&self) -> ReplicatedSnapshot {
-        ReplicatedSnapshot {
-            sessions: encode(&self.sessions),
-            state: self.state.snapshot(),
-        }
-    }
-
-    /// Restores sessions and state from a stream written by [`ReplicatedSnapshot::write_to`].
-    pub fn restore(&mut self, reader: &mut dyn Read) -> io::Result<()> {
-        let len = read_u64(reader)? as usize;
-        let bytes = read_bytes(reader, len)?;
-        let sessions = decode(&bytes).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "snapshot session table does not decode",
-            )
-        })?;
-        // The state machine swaps its state in only once the whole stream has been read,
-        // so a failed restore leaves both parts as they were.
-        self.state.restore(reader)?;
-        self.sessions = sessions;
-        Ok(())
-    }
-}
-
-/// A frozen [`Replicated`] view.
-pub struct ReplicatedSnapshot {
-    sessions: Vec<u8>,
-    state: Box<dyn SnapshotSource>,
-}
-
-// replicated snapshot = | sessions_len u64 | bincode(sessions) | state machine snapshot |
-impl ReplicatedSnapshot {
-    /// Streams sessions then state.
-    pub fn write_to(&self, writer: &mut dyn Write) -> io::Result<()> {
-        writer.write_all(&(self.sessions.len() as u64).to_le_bytes())?;
-        writer.write_all(&self.sessions)?;
-        self.state.write_to(writer)
     }
 }
 
@@ -449,39 +359,20 @@ mod tests {
         .encode()
     }
 
-    fn command(request_id: Option<(&str, u64)>, body: Vec<u8>) -> Vec<u8> {
-        Command {
-            request_id: request_id.map(|(c, s)| RequestId {
-                client: c.to_string(),
-                sequence: s,
-            }),
-            body: body.into(),
+    fn cas(key: &str, expected: Option<&[u8]>, value: Option<&[u8]>) -> Vec<u8> {
+        KvCommand::Cas {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            expected: expected.map(Bytes::copy_from_slice),
+            value: value.map(Bytes::copy_from_slice),
         }
         .encode()
-    }
-
-    fn response(applied: Applied) -> KvResponse {
-        match applied {
-            Applied::Fresh(r) | Applied::Duplicate { response: r, .. } => {
-                KvResponse::decode(&r).expect("decodes")
-            }
-            other => panic!("expected a response, got {other:?}"),
-        }
     }
 
     #[test]
     fn cas_swaps_only_on_match_and_reports_current() {
         let mut kv = KvStore::new();
         kv.apply(1, &put("k", "a"));
-        let cas = |expected: Option<&str>, value: Option<&str>| {
-            KvCommand::Cas {
-                key: Bytes::from_static(b"k"),
-                expected: expected.map(|e| Bytes::copy_from_slice(e.as_bytes())),
-                value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
-            }
-            .encode()
-        };
-        let mismatch = KvResponse::decode(&kv.apply(2, &cas(Some("x"), Some("b")))).unwrap();
+        let mismatch = KvResponse::decode(&kv.apply(2, &cas("k", Some(b"x"), Some(b"b")))).unwrap();
         assert_eq!(
             mismatch,
             KvResponse::Cas {
@@ -489,7 +380,7 @@ mod tests {
                 current: Some(Bytes::from_static(b"a"))
             }
         );
-        let swapped = KvResponse::decode(&kv.apply(3, &cas(Some("a"), Some("b")))).unwrap();
+        let swapped = KvResponse::decode(&kv.apply(3, &cas("k", Some(b"a"), Some(b"b")))).unwrap();
         assert_eq!(
             swapped,
             KvResponse::Cas {
@@ -497,7 +388,8 @@ mod tests {
                 current: Some(Bytes::from_static(b"b"))
             }
         );
-        let absent_mismatch = KvResponse::decode(&kv.apply(4, &cas(None, Some("c")))).unwrap();
+        let absent_mismatch =
+            KvResponse::decode(&kv.apply(4, &cas("k", None, Some(b"c")))).unwrap();
         assert!(matches!(
             absent_mismatch,
             KvResponse::Cas {
@@ -505,7 +397,7 @@ mod tests {
                 ..
             }
         ));
-        let deleted = KvResponse::decode(&kv.apply(5, &cas(Some("b"), None))).unwrap();
+        let deleted = KvResponse::decode(&kv.apply(5, &cas("k", Some(b"b"), None))).unwrap();
         assert_eq!(
             deleted,
             KvResponse::Cas {
@@ -535,112 +427,77 @@ mod tests {
     }
 
     #[test]
-    fn retried_request_id_is_applied_once_with_first_outcome() {
-        let mut sm = Replicated::new(KvStore::new());
-        let first = sm.apply(1, &command(Some(("c1", 7)), put("k", "one")));
-        assert!(matches!(first, Applied::Fresh(_)));
-        sm.apply(2, &command(None, put("k", "two")));
-        // The retry must not overwrite "two" with "one" again.
-        let retry = sm.apply(3, &command(Some(("c1", 7)), put("k", "one")));
-        assert_eq!(
-            retry,
-            Applied::Duplicate {
-                response: KvResponse::Put.encode(),
-                index: 1
-            }
+    fn large_cas_answer_is_recorded_by_reference_and_rebuilt_while_the_key_is_unchanged() {
+        let mut kv = KvStore::new();
+        let big = vec![b'b'; 1 << 20];
+        kv.apply(1, &put("k", std::str::from_utf8(&big).unwrap()));
+        let command = cas("k", Some(b"other"), Some(b"x"));
+        let response = kv.apply(2, &command);
+        let record = kv.session_record(Some(&command), &response);
+        assert!(
+            record.len() < 64,
+            "a failed CAS on a 1 MiB value is recorded in {} bytes",
+            record.len()
         );
-        assert_eq!(sm.state.get(b"k"), Some(Bytes::from_static(b"two")));
-        assert_eq!(
-            sm.apply(4, &command(Some(("c1", 6)), put("k", "old"))),
-            Applied::Stale
-        );
-        assert!(matches!(
-            response(sm.apply(5, &command(Some(("c1", 8)), put("k", "three")))),
-            KvResponse::Put
-        ));
-        assert_eq!(sm.state.get(b"k"), Some(Bytes::from_static(b"three")));
+        assert_eq!(kv.session_response(&record), Some(response.clone()));
+        // Rewriting the same bytes is still a new write: the answer's value is not provably
+        // the one the first attempt saw, so it cannot be rebuilt.
+        kv.apply(3, &put("k", std::str::from_utf8(&big).unwrap()));
+        assert_eq!(kv.session_response(&record), None);
     }
 
     #[test]
-    fn snapshot_round_trip_keeps_state_and_sessions() {
-        let mut sm = Replicated::new(KvStore::new());
-        for i in 0..1000u64 {
-            sm.apply(
-                i + 1,
-                &command(Some(("c", i)), put(&format!("k{i}"), &format!("v{i}"))),
-            );
-        }
-        let frozen = sm.snapshot();
-        // Applying after the freeze must not leak into the snapshot.
-        sm.apply(1001, &command(None, put("late", "x")));
-        let mut bytes = Vec::new();
-        frozen.write_to(&mut bytes).unwrap();
+    fn small_cas_answer_is_kept_verbatim_across_later_writes() {
+        let mut kv = KvStore::new();
+        kv.apply(1, &put("k", "a"));
+        let command = cas("k", Some(b"x"), Some(b"b"));
+        let response = kv.apply(2, &command);
+        let record = kv.session_record(Some(&command), &response);
+        kv.apply(3, &put("k", "c"));
+        assert_eq!(kv.session_response(&record), Some(response));
+    }
 
-        let mut restored = Replicated::new(KvStore::new());
+    #[test]
+    fn large_successful_cas_and_delete_by_cas_answers_are_rebuilt() {
+        let mut kv = KvStore::new();
+        let big = vec![b'n'; 4096];
+        let swap = cas("k", None, Some(&big));
+        let swapped = kv.apply(1, &swap);
+        let swap_record = kv.session_record(Some(&swap), &swapped);
+        assert!(swap_record.len() < 64);
+        assert_eq!(kv.session_response(&swap_record), Some(swapped));
+        let delete = cas("k", Some(&big), None);
+        let deleted = kv.apply(2, &delete);
+        let delete_record = kv.session_record(Some(&delete), &deleted);
+        assert_eq!(kv.session_response(&delete_record), Some(deleted));
+    }
+
+    #[test]
+    fn version_1_snapshot_still_restores() {
+        // | count u64 | { | key_len u32 | value_len u32 | key | value | } * count |
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(&2u64.to_le_bytes());
+        for (key, value) in [(&b"a"[..], &b"1"[..]), (b"bb", b"22")] {
+            v1.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            v1.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            v1.extend_from_slice(key);
+            v1.extend_from_slice(value);
+        }
+        let mut kv = KvStore::new();
+        kv.restore(&mut v1.as_slice()).unwrap();
+        assert_eq!(kv.len(), 2);
+        assert_eq!(kv.get(b"bb"), Some(Bytes::from_static(b"22")));
+    }
+
+    #[test]
+    fn snapshot_restores_values_larger_than_the_old_item_cap() {
+        let mut kv = KvStore::new();
+        let huge = "h".repeat((64 << 20) + 1);
+        kv.apply(1, &put("huge", &huge));
+        let mut bytes = Vec::new();
+        kv.snapshot().write_to(&mut bytes).unwrap();
+        let mut restored = KvStore::new();
         restored.restore(&mut bytes.as_slice()).unwrap();
-        assert_eq!(restored.state.len(), 1000);
-        assert_eq!(
-            restored.state.get(b"k999"),
-            Some(Bytes::from_static(b"v999"))
-        );
-        assert_eq!(restored.state.get(b"late"), None);
-        assert_eq!(
-            restored.apply(2000, &command(Some(("c", 999)), put("k999", "again"))),
-            Applied::Duplicate {
-                response: KvResponse::Put.encode(),
-                index: 1000
-            }
-        );
-    }
-
-    #[test]
-    fn restore_rejects_truncated_and_garbage_streams() {
-        let mut sm = Replicated::new(KvStore::new());
-        sm.apply(1, &command(None, put("k", "v")));
-        let mut bytes = Vec::new();
-        sm.snapshot().write_to(&mut bytes).unwrap();
-        for cut in 0..bytes.len() {
-            let mut target = Replicated::new(KvStore::new());
-            assert!(
-                target.restore(&mut &bytes[..cut]).is_err(),
-                "a stream cut at {cut} of {} bytes restored",
-                bytes.len()
-            );
-        }
-        let garbage = [0xffu8; 64];
-        assert!(Replicated::new(KvStore::new())
-            .restore(&mut &garbage[..])
-            .is_err());
-    }
-
-    #[test]
-    fn request_id_parses_client_and_sequence() {
-        assert_eq!(
-            RequestId::parse("client-a:42"),
-            Some(RequestId {
-                client: "client-a".into(),
-                sequence: 42
-            })
-        );
-        assert_eq!(
-            RequestId::parse("a:b:3").map(|r| r.client),
-            Some("a:b".into())
-        );
-        assert_eq!(RequestId::parse("nocolon"), None);
-        assert_eq!(RequestId::parse(":3"), None);
-        assert_eq!(RequestId::parse("c:-1"), None);
-    }
-
-    #[test]
-    fn sessions_idle_beyond_the_horizon_are_forgotten_deterministically() {
-        let mut sm = Replicated::new(KvStore::new());
-        sm.apply(1, &command(Some(("old", 1)), put("a", "1")));
-        sm.apply(2, &command(Some(("recent", 1)), put("b", "1")));
-        assert_eq!(sm.session_count(), 2);
-        // Expiry runs at multiples of 4096; pick one past the idle horizon of both sessions
-        // but not of the session written at it.
-        let expiry_index = 4096 * (SESSION_IDLE_ENTRIES_MAX / 4096 + 2);
-        sm.apply(expiry_index, &command(Some(("new", 1)), put("c", "1")));
-        assert_eq!(sm.session_count(), 1);
+        assert_eq!(restored, kv);
     }
 }

@@ -10,6 +10,8 @@ pub mod config;
 pub mod kv;
 pub mod node;
 pub mod raft;
+pub mod session;
+pub mod state_machine;
 pub mod transport;
 
 pub use storage;

@@ -61,6 +61,16 @@ impl ApiError {
         }
     }
 
+    /// `409 session_expired`: a retry whose first outcome the session table no longer
+    /// knows; it was not applied again (Raft thesis §6.3).
+    pub fn session_expired(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::CONFLICT,
+            code: "session_expired",
+            message: message.into(),
+        }
+    }
+
     /// `413 too_large`.
     pub fn too_large(message: impl Into<String>) -> ApiError {
         ApiError {

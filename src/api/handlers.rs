@@ -128,6 +128,11 @@ async fn write(
                         "this Request-Id is older than the client's latest request; its outcome is no longer known",
                     ))
                 }
+                Applied::Expired { index } => {
+                    return Err(ApiError::session_expired(format!(
+                        "this Request-Id was applied at index {index}, but its outcome is no longer known (the session table evicted it, or the key it answered about was written since); it was NOT applied again; read the key and send the next request with a higher sequence"
+                    )))
+                }
                 Applied::Invalid => return Err(ApiError::internal("the command did not decode when applied")),
             };
             match KvResponse::decode(&response) {
