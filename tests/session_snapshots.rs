@@ -155,6 +155,19 @@ fn sessions_survive_install_snapshot_and_sigkill_of_the_leader() {
         });
         let leader = c.wait_for_leader(Duration::from_secs(20)).await;
         let lagging = *c.running().iter().find(|&&id| id != leader).unwrap();
+        // The leader's log is at least as long as the lagging node's when it stops.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let lagging_last_index = loop {
+            let status = c.status(leader).await;
+            if let Some(last) = status.and_then(|s| s["last_log_index"].as_u64()) {
+                break last;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "leader {leader} does not answer /v1/status"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         c.kill(lagging);
 
         let big = "b".repeat(VALUE_BYTES);
@@ -198,7 +211,25 @@ fn sessions_survive_install_snapshot_and_sigkill_of_the_leader() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
-        // The lagging node's log position was compacted away: it catches up by snapshot.
+        // Compaction follows the snapshot asynchronously: wait until the lagging node's log
+        // position is gone from the leader, so it can only catch up by snapshot.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let url = format!("http://{}/v1/log?limit=1", c.api(leader));
+            let first = match c.client.get(url).send().await {
+                Ok(response) => response.json::<Value>().await.ok(),
+                Err(_) => None,
+            }
+            .and_then(|log| log[0]["index"].as_u64());
+            if first.is_some_and(|f| f > lagging_last_index + 1) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "leader {leader} kept its log from {first:?} (lagging node at {lagging_last_index})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         c.spawn(lagging);
         wait_applied_at_least(&c, lagging, put_index, Duration::from_secs(60)).await;
         let lagging_log = std::fs::read_to_string(&c.nodes[&lagging].log_path).unwrap();

@@ -242,8 +242,8 @@ impl WalFs for CrashFs {
     }
 }
 
-/// Bytes of the unit a [`PowerCutFs`] loses or keeps at a power cut: the page cache
-/// writes back whole pages, in no particular order.
+/// Bytes of the unit a [`PowerCutFs`] loses or keeps at a power cut by default: the page
+/// cache writes back whole pages, in no particular order.
 pub const POWER_CUT_PAGE_BYTES: u64 = 4096;
 
 /// A file's state since its last fdatasync, as a [`PowerCutFs`] tracks it.
@@ -272,6 +272,8 @@ struct Unsynced {
 #[derive(Debug)]
 pub struct PowerCutFs {
     crash: CrashFs,
+    /// The unit kept or lost at a power cut.
+    page_bytes: u64,
     /// Keyed by (device, inode): writes and syncs name a file only by its handle.
     unsynced: Mutex<BTreeMap<(u64, u64), Unsynced>>,
 }
@@ -302,10 +304,19 @@ fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
 }
 
 impl PowerCutFs {
-    /// A filesystem that never crashes until told to, with nothing unsynced.
+    /// A filesystem that never crashes until told to, with nothing unsynced, that keeps
+    /// or loses [`POWER_CUT_PAGE_BYTES`] pages.
     pub fn new() -> PowerCutFs {
+        PowerCutFs::with_page_bytes(POWER_CUT_PAGE_BYTES)
+    }
+
+    /// Like [`PowerCutFs::new`], keeping or losing units of `page_bytes` (at least 1):
+    /// units smaller than a page (a disk's sectors can be written out of order too) let
+    /// tests with small files see out-of-order writes inside one write.
+    pub fn with_page_bytes(page_bytes: u64) -> PowerCutFs {
         PowerCutFs {
             crash: CrashFs::new(u64::MAX, 0),
+            page_bytes: page_bytes.max(1),
             unsynced: Mutex::new(BTreeMap::new()),
         }
     }
@@ -351,13 +362,13 @@ impl PowerCutFs {
             return Ok(());
         }
         let (first, last) = (
-            offset / POWER_CUT_PAGE_BYTES,
-            (offset + len - 1) / POWER_CUT_PAGE_BYTES,
+            offset / self.page_bytes,
+            (offset + len - 1) / self.page_bytes,
         );
         for page in first..=last {
             if let std::collections::btree_map::Entry::Vacant(v) = entry.pages.entry(page) {
-                let mut old = vec![0u8; POWER_CUT_PAGE_BYTES as usize];
-                let at = page * POWER_CUT_PAGE_BYTES;
+                let mut old = vec![0u8; self.page_bytes as usize];
+                let at = page * self.page_bytes;
                 if at < entry.synced_len {
                     let synced = ((entry.synced_len - at) as usize).min(old.len());
                     read_up_to(file, &mut old[..synced], at)?;
@@ -411,9 +422,9 @@ impl PowerCutFs {
             let len = u.file.metadata()?.len();
             let mut new_len = u.synced_len;
             for (page, old) in &u.pages {
-                let at = page * POWER_CUT_PAGE_BYTES;
+                let at = page * self.page_bytes;
                 if keep(*page) {
-                    new_len = new_len.max((at + POWER_CUT_PAGE_BYTES).min(len));
+                    new_len = new_len.max((at + self.page_bytes).min(len));
                     kept += 1;
                 } else {
                     u.file.write_all_at(old, at)?;

@@ -96,8 +96,9 @@ pub struct RecoveryReport {
     pub bytes_scanned: u64,
     /// Segment files in use after recovery.
     pub segments: usize,
-    /// Where a torn tail was cut off (an end marker written over it), if one was: file
-    /// and byte offset.
+    /// Where a torn tail was cut off (an end marker written over it, and over the rest of
+    /// the last write if valid records of it followed the damage), if one was: file and
+    /// byte offset.
     pub tail_truncated_at: Option<(PathBuf, u64)>,
     /// Segment files deleted because they were compacted or past a truncation.
     pub segments_removed: usize,

@@ -969,3 +969,32 @@ fn damage_before_the_last_group_commit_is_still_refused() {
         }
     }
 }
+
+/// A version 2 segment does not mark where writes start, so the same out-of-order
+/// power cut that a version 3 segment recovers from (the test above) is refused there:
+/// recovery cannot rule out damage in synced data.
+#[test]
+fn a_version_2_segment_still_refuses_valid_records_after_damage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (fs, _, _, (b_start, b_end)) = synced_a_then_unsynced_b(dir.path());
+    let last = (b_end - 1) / fs::POWER_CUT_PAGE_BYTES;
+    fs.power_cut_keeping(|p| p == last).expect("power cut");
+    let seg = segment_files(dir.path()).pop().expect("segment");
+    let mut bytes = std::fs::read(&seg).expect("read");
+    let header = record::decode_segment_header(&bytes).expect("header");
+    assert_eq!(header.version, record::SEGMENT_VERSION);
+    bytes[..SEGMENT_HEADER_BYTES].copy_from_slice(&record::encode_segment_header(
+        record::SegmentHeader {
+            version: 2,
+            ..header
+        },
+    ));
+    std::fs::write(&seg, &bytes).expect("write");
+    match Wal::open(dir.path(), power_cut_options(Arc::new(PowerCutFs::new()))) {
+        Err(Error::Corruption { file, offset, .. }) => {
+            assert_eq!(file, seg);
+            assert_eq!(offset, b_start, "refused where B's lost first page begins");
+        }
+        other => panic!("expected corruption in a version 2 segment, got {other:?}"),
+    }
+}
