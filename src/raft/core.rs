@@ -594,13 +594,24 @@ impl<S: LogStorage> RaftCore<S> {
         }
     }
 
-    /// Whether a leader is known to be alive: votes are then ignored (thesis §4.2.3, the
-    /// leader lease that keeps removed or partitioned servers from disrupting).
+    /// Whether a leader is known to be alive: vote requests are then ignored, without
+    /// adopting their term (thesis §4.2.3). Removed servers that never learn of their
+    /// removal time out again and again; without this rule their ever higher terms depose
+    /// each leader the remaining members elect, whether or not PreVote and CheckQuorum are
+    /// on (simulator seeds 8888000178, 5555022801, 5555089955 had both off).
+    ///
+    /// A follower is in the lease for a minimum election timeout after hearing from its
+    /// leader; a leader for as long as it has heard from a quorum within an election
+    /// timeout (the CheckQuorum condition, evaluated even when CheckQuorum is off), so
+    /// a leader cut off from the majority stays deposable and cannot hold up elections.
     fn in_lease(&self) -> bool {
-        self.config.check_quorum
-            && self.leader_id.is_some()
-            && (self.role == Role::Leader
-                || self.election_elapsed < self.config.election_timeout_ticks_min)
+        match self.role {
+            Role::Leader => self.quorum_recently_active(),
+            _ => {
+                self.leader_id.is_some()
+                    && self.election_elapsed < self.config.election_timeout_ticks_min
+            }
+        }
     }
 
     /// A message with a newer term. Returns whether to go on handling it.
@@ -1874,6 +1885,74 @@ mod tests {
         c.node_mut(2).step(env(3, 2, rv(true)));
         assert_eq!(c.node(2).status().term, term + 1);
         assert_eq!(c.node(2).hard_state().voted_for, Some(3));
+    }
+
+    /// Thesis §4.2.3, the mechanism behind simulator seeds 8888000178, 5555022801 and
+    /// 5555089955: a server removed while partitioned never receives the entry that removes
+    /// it (the leader stops replicating to it), so it keeps timing out and asking for votes
+    /// with ever higher terms. Without PreVote and CheckQuorum nothing stopped those
+    /// requests from deposing every leader the cluster elected.
+    #[test]
+    fn removed_server_does_not_disrupt_leader_without_check_quorum() {
+        let mut c = Cluster::new(&[1, 2, 3], |cfg| {
+            cfg.pre_vote = false;
+            cfg.check_quorum = false;
+        });
+        c.elect(1);
+        c.tick_all(2);
+        c.isolate(3);
+        let (removal, _) = c
+            .node_mut(1)
+            .propose_membership_change(MembershipChange::Remove { id: 3 })
+            .unwrap();
+        c.settle();
+        c.tick_all(2);
+        assert!(c.node(1).status().commit_index >= removal);
+        c.heal();
+        let term = c.node(1).status().term;
+        let term_3 = c.node(3).status().term;
+        c.tick_all(200);
+        assert!(
+            c.node(3).status().term > term_3 + 5,
+            "the removed server keeps campaigning: {:?}",
+            c.node(3).status()
+        );
+        assert_eq!(c.leader(), Some(1));
+        assert_eq!(c.node(1).status().term, term, "leader deposed");
+        assert_eq!(c.node(2).status().term, term, "follower disrupted");
+        c.propose(1, b"x");
+        c.tick_all(2);
+        assert_eq!(c.applied_payloads(2), vec![Bytes::from_static(b"x")]);
+    }
+
+    /// The other side of §4.2.3 without CheckQuorum: a leader that no longer hears from a
+    /// quorum holds no lease, so a candidate's higher term still deposes it (else a leader
+    /// cut off behind a one-way partition would keep the cluster from electing another).
+    #[test]
+    fn leader_without_quorum_contact_yields_to_higher_term_vote() {
+        let mut c = Cluster::new(&[1, 2, 3], |cfg| {
+            cfg.pre_vote = false;
+            cfg.check_quorum = false;
+        });
+        c.elect(1);
+        let term = c.node(1).status().term;
+        let rv = Message::RequestVote {
+            term: term + 1,
+            last_log_index: 100,
+            last_log_term: term,
+            leadership_transfer: false,
+        };
+        c.node_mut(1).step(env(2, 1, rv.clone()));
+        assert_eq!(c.node(1).status().role, Role::Leader, "within its lease");
+        c.isolate(1);
+        for _ in 0..20 {
+            c.node_mut(1).tick();
+            c.settle();
+        }
+        assert_eq!(c.node(1).status().role, Role::Leader, "no CheckQuorum");
+        c.node_mut(1).step(env(2, 1, rv));
+        assert_eq!(c.node(1).status().role, Role::Follower);
+        assert_eq!(c.node(1).status().term, term + 1);
     }
 
     #[test]
