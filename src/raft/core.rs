@@ -224,7 +224,12 @@ impl<S: LogStorage> RaftCore<S> {
         change: MembershipChange,
     ) -> Result<(u64, u64), ProposeError> {
         self.check_can_propose()?;
-        if self.membership.latest_index() > self.log.commit() || !self.committed_own_term() {
+        // Thesis §4.1 (with the 2015 correction): a change that an earlier leader appended
+        // may be pending on other servers even when this log shows none; committing an
+        // entry of this term first settles it.
+        let own_term_ok = self.committed_own_term()
+            || self.config.planted_bug == Some(PlantedBug::MembershipChangeBeforeOwnTermCommit);
+        if self.membership.latest_index() > self.log.commit() || !own_term_ok {
             return Err(ProposeError::MembershipChangePending);
         }
         let next = membership::apply_change(self.membership.current(), &change)?;
@@ -2612,6 +2617,26 @@ mod tests {
             core.propose_membership_change(add(5, false)),
             Err(ProposeError::MembershipChangePending)
         );
+    }
+
+    #[test]
+    fn planted_membership_change_before_own_term_commit_skips_the_wait() {
+        let mut core = core_with(1, &[1, 2, 3], &[], 0, |c| {
+            c.pre_vote = false;
+            c.planted_bug = Some(PlantedBug::MembershipChangeBeforeOwnTermCommit);
+        });
+        tick_until(&mut core, Role::Candidate);
+        take(&mut core);
+        core.step(env(
+            2,
+            1,
+            Message::RequestVoteResponse {
+                term: 1,
+                granted: true,
+            },
+        ));
+        assert_eq!(core.status().role, Role::Leader);
+        assert_eq!(core.propose_membership_change(add(4, false)), Ok((2, 1)));
     }
 
     #[test]
