@@ -2418,6 +2418,47 @@ mod tests {
         );
     }
 
+    /// The node driver's contract (issue 11): after a stall it feeds every missed tick
+    /// before any request. Those ticks alone must end the lease (and, past an election
+    /// timeout, the leadership through CheckQuorum, thesis §6.2) before a lease read is
+    /// answered, since the others may have elected a new leader meanwhile.
+    #[test]
+    fn lease_read_after_stall_is_not_served_once_missed_ticks_are_fed() {
+        for stalled_ticks in [10, 21] {
+            let mut c = Cluster::new(&[1, 2, 3], |_| {});
+            c.elect(1);
+            c.tick_all(2);
+            c.node_mut(1).read_index(5, ReadMode::Lease).unwrap();
+            assert_eq!(c.node_mut(1).take_ready().read_states.len(), 1);
+            let term = c.node(1).status().term;
+            c.isolate(1);
+            for _ in 0..stalled_ticks {
+                for id in [2, 3] {
+                    c.node_mut(id).tick();
+                }
+                c.settle();
+            }
+            if stalled_ticks > 20 {
+                assert!(
+                    [2, 3].iter().any(|&id| c.node(id).status().term > term),
+                    "past the longest election timeout the others elect anew"
+                );
+            }
+            for _ in 0..stalled_ticks {
+                c.node_mut(1).tick();
+            }
+            c.node_mut(1).read_index(6, ReadMode::Lease).unwrap();
+            let rd = c.node_mut(1).take_ready();
+            assert!(
+                rd.read_states.is_empty(),
+                "stale lease read after {stalled_ticks} missed ticks"
+            );
+            if stalled_ticks > 20 {
+                assert_ne!(c.node(1).status().role, Role::Leader, "CheckQuorum");
+            }
+        }
+    }
+
     #[test]
     fn follower_read_fails_with_leader_hint() {
         let mut c = Cluster::new(&[1, 2, 3], |_| {});

@@ -65,6 +65,11 @@ pub struct SimOptions {
     /// node becomes leader (an operator retrying a pending change). Off only to replay a
     /// seed found with the schedule before them, which these change.
     pub membership_ops: bool,
+    /// Lease reads and clock stalls (issue 11): some reads use `ReadMode::Lease`, and
+    /// process pauses become stalls (half of them longer than an election timeout) after
+    /// which the node gets all missed ticks at once before anything else, as the node
+    /// driver feeds them. Off only to replay a seed found with the schedule before them.
+    pub clock_stalls: bool,
 }
 
 impl SimOptions {
@@ -76,6 +81,7 @@ impl SimOptions {
             keep_full_trace: false,
             ring_events: 300,
             membership_ops: true,
+            clock_stalls: true,
         }
     }
 }
@@ -273,6 +279,8 @@ struct Params {
     max_uncommitted: u64,
     max_apply_bytes: u64,
     snapshot_chunk_bytes: u64,
+    /// Share of client reads sent as lease reads (with `clock_stalls`).
+    lease_read_pct: u64,
 }
 
 impl Params {
@@ -321,6 +329,7 @@ impl Params {
             crash_after_vote_ppm: rng.pick(&[0, 0, 50_000, 200_000]),
             election_spread: if rng.below(4) == 0 { 5 } else { election_min },
             profile: "mixed",
+            lease_read_pct: 0,
         };
         match rng.below(10) {
             // 6.824's Figure8Unreliable: leaders crash soon after accepting writes and come
@@ -360,6 +369,8 @@ impl Params {
         if p.membership_pct > 0 {
             p.spare_nodes = 2;
         }
+        // Drawn last, so that every earlier knob of a seed stays what it was.
+        p.lease_read_pct = rng.pick(&[0, 30, 70]);
         p
     }
 }
@@ -396,6 +407,10 @@ struct Node {
     disk_free_at: u64,
     slow_disk_until: u64,
     paused_until: u64,
+    /// Start of a stall whose missed ticks are still owed (see `catch_up_ticks`).
+    stalled_since: Option<u64>,
+    /// The tick event fell due during a stall and was dropped; `catch_up_ticks` restarts it.
+    tick_suspended: bool,
     /// Removed from the cluster and shut down for good (liveness phase).
     retired: bool,
     tick_period: u64,
@@ -550,6 +565,8 @@ impl Sim {
                 disk_free_at: 0,
                 slow_disk_until: 0,
                 paused_until: 0,
+                stalled_since: None,
+                tick_suspended: false,
                 retired: false,
                 tick_period: node_rng.range(TICK_UNITS - 1, TICK_UNITS + 2),
                 kv: Kv::default(),
@@ -678,9 +695,15 @@ impl Sim {
                     return Ok(());
                 }
                 if let Some(wait) = self.paused_for(node) {
-                    self.schedule(wait, Event::Tick { node, life });
+                    if self.nodes[node].stalled_since.is_some() {
+                        // Counted among the missed ticks handed over on resuming.
+                        self.nodes[node].tick_suspended = true;
+                    } else {
+                        self.schedule(wait, Event::Tick { node, life });
+                    }
                     return Ok(());
                 }
+                self.catch_up_ticks(node)?;
                 self.record(Ev::Tick {
                     node: self.nodes[node].id,
                 });
@@ -701,6 +724,7 @@ impl Sim {
                     self.schedule(wait, Event::DiskDone { node, life });
                     return Ok(());
                 }
+                self.catch_up_ticks(node)?;
                 self.disk_done(node)
             }
             Event::Client => {
@@ -828,6 +852,8 @@ impl Sim {
         node.disk.clear();
         node.disk_free_at = self.now;
         node.paused_until = 0;
+        node.stalled_since = None;
+        node.tick_suspended = false;
         let life = node.life;
         self.record(Ev::Restart {
             node: id,
@@ -1862,6 +1888,7 @@ impl Sim {
             self.schedule(wait + jitter, Event::Deliver { env });
             return Ok(());
         }
+        self.catch_up_ticks(to)?;
         self.stats.messages_delivered += 1;
         self.record(Ev::Deliver {
             from: env.from,
@@ -1907,6 +1934,7 @@ impl Sim {
         let Some(i) = self.pick_target() else {
             return Ok(());
         };
+        self.catch_up_ticks(i)?;
         if roll < self.params.snapshot_pct + self.params.transfer_pct {
             return self.transfer_leadership(i);
         }
@@ -2123,7 +2151,14 @@ impl Sim {
         let id = self.nodes[i].id;
         let is_leader = self.nodes[i].role == Role::Leader;
         let floor = self.checker.read_floor;
-        let result = self.core(i).read_index(ctx, ReadMode::Linearizable);
+        let mode = if self.options.clock_stalls
+            && self.client_rng.below(100) < self.params.lease_read_pct
+        {
+            ReadMode::Lease
+        } else {
+            ReadMode::Linearizable
+        };
+        let result = self.core(i).read_index(ctx, mode);
         self.record(Ev::ReadStart {
             node: id,
             ctx,
@@ -2258,10 +2293,53 @@ impl Sim {
         } else {
             self.fault_rng.pick(&candidates)
         };
+        let id = self.nodes[i].id;
+        if self.options.clock_stalls {
+            // The node driver's contract: every tick missed while the process stood still
+            // is handed over on resuming. (Without it a paused leader's lease would outlive
+            // its leadership: lease reads rely on clocks that keep running, thesis §6.3.)
+            let timeout = u64::from(self.params.election_min + self.params.election_spread);
+            let until = if self.fault_rng.below(2) == 0 {
+                self.now + self.fault_rng.range(20, 600)
+            } else {
+                self.now + self.fault_rng.range(timeout, 4 * timeout) * TICK_UNITS
+            };
+            self.nodes[i].paused_until = until;
+            self.nodes[i].stalled_since = Some(self.now);
+            self.record(Ev::Stall { node: id, until });
+            return Ok(());
+        }
         let until = self.now + self.fault_rng.range(20, 600);
         self.nodes[i].paused_until = until;
-        let id = self.nodes[i].id;
         self.record(Ev::Pause { node: id, until });
+        Ok(())
+    }
+
+    /// A stalled node runs again: before it handles anything else it is handed every tick
+    /// it missed, one per tick period elapsed, as the node driver does from its monotonic
+    /// clock. A leader's CheckQuorum and lease must then see that time has passed.
+    fn catch_up_ticks(&mut self, i: usize) -> Check {
+        let node = &mut self.nodes[i];
+        let Some(since) = node.stalled_since else {
+            return Ok(());
+        };
+        if node.paused_until > self.now || !node.up() {
+            return Ok(());
+        }
+        node.stalled_since = None;
+        let elapsed = self.now - since;
+        let ticks = elapsed / node.tick_period;
+        let id = node.id;
+        self.record(Ev::CatchUpTicks { node: id, ticks });
+        for _ in 0..ticks {
+            self.core(i).tick();
+        }
+        self.handle_ready(i)?;
+        let node = &mut self.nodes[i];
+        if std::mem::take(&mut node.tick_suspended) {
+            let (life, period) = (node.life, node.tick_period);
+            self.schedule(period - elapsed % period, Event::Tick { node: i, life });
+        }
         Ok(())
     }
 
@@ -2427,14 +2505,16 @@ impl Sim {
         self.storm_generation += 1;
         self.storm_drop_ppm = 0;
         // Nodes in no configuration anyone still has are shut down for good, as an
-        // operator would; a removed node left running can disrupt elections forever when
-        // neither PreVote nor CheckQuorum is on (thesis §4.2.3), which is not a core bug.
+        // operator would. Removed nodes that some log still lists keep running; the core
+        // must keep them from disrupting (thesis §4.2.3; seeds 8888000178, 5555022801).
         // Every node restarts first, so that its log's latest configuration counts.
         for i in 0..self.nodes.len() {
             self.nodes[i].slow_disk_until = 0;
             self.nodes[i].paused_until = 0;
             if !self.nodes[i].up() {
                 self.start_node(i)?;
+            } else {
+                self.catch_up_ticks(i)?;
             }
         }
         let mut keep = self.membership_at(u64::MAX);
