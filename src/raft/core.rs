@@ -224,7 +224,12 @@ impl<S: LogStorage> RaftCore<S> {
         change: MembershipChange,
     ) -> Result<(u64, u64), ProposeError> {
         self.check_can_propose()?;
-        if self.membership.latest_index() > self.log.commit() || !self.committed_own_term() {
+        // Thesis §4.1 (with the 2015 correction): a change that an earlier leader appended
+        // may be pending on other servers even when this log shows none; committing an
+        // entry of this term first settles it.
+        let own_term_ok = self.committed_own_term()
+            || self.config.planted_bug == Some(PlantedBug::MembershipChangeBeforeOwnTermCommit);
+        if self.membership.latest_index() > self.log.commit() || !own_term_ok {
             return Err(ProposeError::MembershipChangePending);
         }
         let next = membership::apply_change(self.membership.current(), &change)?;
@@ -594,13 +599,24 @@ impl<S: LogStorage> RaftCore<S> {
         }
     }
 
-    /// Whether a leader is known to be alive: votes are then ignored (thesis §4.2.3, the
-    /// leader lease that keeps removed or partitioned servers from disrupting).
+    /// Whether a leader is known to be alive: vote requests are then ignored, without
+    /// adopting their term (thesis §4.2.3). Removed servers that never learn of their
+    /// removal time out again and again; without this rule their ever higher terms depose
+    /// each leader the remaining members elect, whether or not PreVote and CheckQuorum are
+    /// on (simulator seeds 8888000178, 5555022801, 5555089955 had both off).
+    ///
+    /// A follower is in the lease for a minimum election timeout after hearing from its
+    /// leader; a leader for as long as it has heard from a quorum within an election
+    /// timeout (the CheckQuorum condition, evaluated even when CheckQuorum is off), so
+    /// a leader cut off from the majority stays deposable and cannot hold up elections.
     fn in_lease(&self) -> bool {
-        self.config.check_quorum
-            && self.leader_id.is_some()
-            && (self.role == Role::Leader
-                || self.election_elapsed < self.config.election_timeout_ticks_min)
+        match self.role {
+            Role::Leader => self.quorum_recently_active(),
+            _ => {
+                self.leader_id.is_some()
+                    && self.election_elapsed < self.config.election_timeout_ticks_min
+            }
+        }
     }
 
     /// A message with a newer term. Returns whether to go on handling it.
@@ -1876,6 +1892,74 @@ mod tests {
         assert_eq!(c.node(2).hard_state().voted_for, Some(3));
     }
 
+    /// Thesis §4.2.3, the mechanism behind simulator seeds 8888000178, 5555022801 and
+    /// 5555089955: a server removed while partitioned never receives the entry that removes
+    /// it (the leader stops replicating to it), so it keeps timing out and asking for votes
+    /// with ever higher terms. Without PreVote and CheckQuorum nothing stopped those
+    /// requests from deposing every leader the cluster elected.
+    #[test]
+    fn removed_server_does_not_disrupt_leader_without_check_quorum() {
+        let mut c = Cluster::new(&[1, 2, 3], |cfg| {
+            cfg.pre_vote = false;
+            cfg.check_quorum = false;
+        });
+        c.elect(1);
+        c.tick_all(2);
+        c.isolate(3);
+        let (removal, _) = c
+            .node_mut(1)
+            .propose_membership_change(MembershipChange::Remove { id: 3 })
+            .unwrap();
+        c.settle();
+        c.tick_all(2);
+        assert!(c.node(1).status().commit_index >= removal);
+        c.heal();
+        let term = c.node(1).status().term;
+        let term_3 = c.node(3).status().term;
+        c.tick_all(200);
+        assert!(
+            c.node(3).status().term > term_3 + 5,
+            "the removed server keeps campaigning: {:?}",
+            c.node(3).status()
+        );
+        assert_eq!(c.leader(), Some(1));
+        assert_eq!(c.node(1).status().term, term, "leader deposed");
+        assert_eq!(c.node(2).status().term, term, "follower disrupted");
+        c.propose(1, b"x");
+        c.tick_all(2);
+        assert_eq!(c.applied_payloads(2), vec![Bytes::from_static(b"x")]);
+    }
+
+    /// The other side of §4.2.3 without CheckQuorum: a leader that no longer hears from a
+    /// quorum holds no lease, so a candidate's higher term still deposes it (else a leader
+    /// cut off behind a one-way partition would keep the cluster from electing another).
+    #[test]
+    fn leader_without_quorum_contact_yields_to_higher_term_vote() {
+        let mut c = Cluster::new(&[1, 2, 3], |cfg| {
+            cfg.pre_vote = false;
+            cfg.check_quorum = false;
+        });
+        c.elect(1);
+        let term = c.node(1).status().term;
+        let rv = Message::RequestVote {
+            term: term + 1,
+            last_log_index: 100,
+            last_log_term: term,
+            leadership_transfer: false,
+        };
+        c.node_mut(1).step(env(2, 1, rv.clone()));
+        assert_eq!(c.node(1).status().role, Role::Leader, "within its lease");
+        c.isolate(1);
+        for _ in 0..20 {
+            c.node_mut(1).tick();
+            c.settle();
+        }
+        assert_eq!(c.node(1).status().role, Role::Leader, "no CheckQuorum");
+        c.node_mut(1).step(env(2, 1, rv));
+        assert_eq!(c.node(1).status().role, Role::Follower);
+        assert_eq!(c.node(1).status().term, term + 1);
+    }
+
     #[test]
     fn check_quorum_leader_steps_down() {
         let mut c = Cluster::new(&[1, 2, 3], |_| {});
@@ -2334,6 +2418,47 @@ mod tests {
         );
     }
 
+    /// The node driver's contract (issue 11): after a stall it feeds every missed tick
+    /// before any request. Those ticks alone must end the lease (and, past an election
+    /// timeout, the leadership through CheckQuorum, thesis §6.2) before a lease read is
+    /// answered, since the others may have elected a new leader meanwhile.
+    #[test]
+    fn lease_read_after_stall_is_not_served_once_missed_ticks_are_fed() {
+        for stalled_ticks in [10, 21] {
+            let mut c = Cluster::new(&[1, 2, 3], |_| {});
+            c.elect(1);
+            c.tick_all(2);
+            c.node_mut(1).read_index(5, ReadMode::Lease).unwrap();
+            assert_eq!(c.node_mut(1).take_ready().read_states.len(), 1);
+            let term = c.node(1).status().term;
+            c.isolate(1);
+            for _ in 0..stalled_ticks {
+                for id in [2, 3] {
+                    c.node_mut(id).tick();
+                }
+                c.settle();
+            }
+            if stalled_ticks > 20 {
+                assert!(
+                    [2, 3].iter().any(|&id| c.node(id).status().term > term),
+                    "past the longest election timeout the others elect anew"
+                );
+            }
+            for _ in 0..stalled_ticks {
+                c.node_mut(1).tick();
+            }
+            c.node_mut(1).read_index(6, ReadMode::Lease).unwrap();
+            let rd = c.node_mut(1).take_ready();
+            assert!(
+                rd.read_states.is_empty(),
+                "stale lease read after {stalled_ticks} missed ticks"
+            );
+            if stalled_ticks > 20 {
+                assert_ne!(c.node(1).status().role, Role::Leader, "CheckQuorum");
+            }
+        }
+    }
+
     #[test]
     fn follower_read_fails_with_leader_hint() {
         let mut c = Cluster::new(&[1, 2, 3], |_| {});
@@ -2533,6 +2658,26 @@ mod tests {
             core.propose_membership_change(add(5, false)),
             Err(ProposeError::MembershipChangePending)
         );
+    }
+
+    #[test]
+    fn planted_membership_change_before_own_term_commit_skips_the_wait() {
+        let mut core = core_with(1, &[1, 2, 3], &[], 0, |c| {
+            c.pre_vote = false;
+            c.planted_bug = Some(PlantedBug::MembershipChangeBeforeOwnTermCommit);
+        });
+        tick_until(&mut core, Role::Candidate);
+        take(&mut core);
+        core.step(env(
+            2,
+            1,
+            Message::RequestVoteResponse {
+                term: 1,
+                granted: true,
+            },
+        ));
+        assert_eq!(core.status().role, Role::Leader);
+        assert_eq!(core.propose_membership_change(add(4, false)), Ok((2, 1)));
     }
 
     #[test]

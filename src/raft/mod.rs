@@ -109,6 +109,11 @@ pub enum PlantedBug {
     VoteBeforePersist,
     /// Serve ReadIndex reads without the quorum round.
     ReadIndexWithoutQuorum,
+    /// Let a new leader propose a membership change before an entry of its own term has
+    /// committed: the single-server change bug (Ongaro, raft-dev, 2015; thesis §4.1 as
+    /// corrected). A change an earlier leader appended on a minority may still win later,
+    /// and the two configurations' majorities need not overlap.
+    MembershipChangeBeforeOwnTermCommit,
 }
 
 /// A message between cores. The transport wraps it in an [`Envelope`].

@@ -60,6 +60,16 @@ pub struct SimOptions {
     /// Keep every event (replaying one seed) rather than the last `ring_events`.
     pub keep_full_trace: bool,
     pub ring_events: usize,
+    /// The membership operations of issue 10 in the client schedule: demotions, removal
+    /// of the leader, transfers aimed at learners, and a change proposed the moment a
+    /// node becomes leader (an operator retrying a pending change). Off only to replay a
+    /// seed found with the schedule before them, which these change.
+    pub membership_ops: bool,
+    /// Lease reads and clock stalls (issue 11): some reads use `ReadMode::Lease`, and
+    /// process pauses become stalls (half of them longer than an election timeout) after
+    /// which the node gets all missed ticks at once before anything else, as the node
+    /// driver feeds them. Off only to replay a seed found with the schedule before them.
+    pub clock_stalls: bool,
 }
 
 impl SimOptions {
@@ -70,6 +80,8 @@ impl SimOptions {
             fault_steps: 20_000,
             keep_full_trace: false,
             ring_events: 300,
+            membership_ops: true,
+            clock_stalls: true,
         }
     }
 }
@@ -156,6 +168,9 @@ pub fn parse_planted(name: &str) -> Option<PlantedBug> {
         "VoteWithoutLogCheck" => Some(PlantedBug::VoteWithoutLogCheck),
         "VoteBeforePersist" => Some(PlantedBug::VoteBeforePersist),
         "ReadIndexWithoutQuorum" => Some(PlantedBug::ReadIndexWithoutQuorum),
+        "MembershipChangeBeforeOwnTermCommit" => {
+            Some(PlantedBug::MembershipChangeBeforeOwnTermCommit)
+        }
         _ => None,
     }
 }
@@ -264,6 +279,8 @@ struct Params {
     max_uncommitted: u64,
     max_apply_bytes: u64,
     snapshot_chunk_bytes: u64,
+    /// Share of client reads sent as lease reads (with `clock_stalls`).
+    lease_read_pct: u64,
 }
 
 impl Params {
@@ -312,6 +329,7 @@ impl Params {
             crash_after_vote_ppm: rng.pick(&[0, 0, 50_000, 200_000]),
             election_spread: if rng.below(4) == 0 { 5 } else { election_min },
             profile: "mixed",
+            lease_read_pct: 0,
         };
         match rng.below(10) {
             // 6.824's Figure8Unreliable: leaders crash soon after accepting writes and come
@@ -351,6 +369,8 @@ impl Params {
         if p.membership_pct > 0 {
             p.spare_nodes = 2;
         }
+        // Drawn last, so that every earlier knob of a seed stays what it was.
+        p.lease_read_pct = rng.pick(&[0, 30, 70]);
         p
     }
 }
@@ -387,6 +407,10 @@ struct Node {
     disk_free_at: u64,
     slow_disk_until: u64,
     paused_until: u64,
+    /// Start of a stall whose missed ticks are still owed (see `catch_up_ticks`).
+    stalled_since: Option<u64>,
+    /// The tick event fell due during a stall and was dropped; `catch_up_ticks` restarts it.
+    tick_suspended: bool,
     /// Removed from the cluster and shut down for good (liveness phase).
     retired: bool,
     tick_period: u64,
@@ -487,6 +511,12 @@ struct Sim {
     membership: Membership,
     /// index -> membership, for every membership entry in the applied history.
     applied_memberships: BTreeMap<u64, Membership>,
+    /// The highest commit index any node reported: everything up to it is committed.
+    max_commit_seen: u64,
+    /// The term of the entry at `max_commit_seen`.
+    max_commit_term: u64,
+    /// Every (voter, term, candidate) vote handed out to be persisted.
+    votes: std::collections::BTreeSet<(NodeId, u64, NodeId)>,
     /// blocked[from][to]: messages on that link are lost.
     blocked: Vec<Vec<bool>>,
     partition_generation: u64,
@@ -535,6 +565,8 @@ impl Sim {
                 disk_free_at: 0,
                 slow_disk_until: 0,
                 paused_until: 0,
+                stalled_since: None,
+                tick_suspended: false,
                 retired: false,
                 tick_period: node_rng.range(TICK_UNITS - 1, TICK_UNITS + 2),
                 kv: Kv::default(),
@@ -572,6 +604,9 @@ impl Sim {
             nodes,
             membership,
             applied_memberships: BTreeMap::new(),
+            max_commit_seen: 0,
+            max_commit_term: 0,
+            votes: Default::default(),
             blocked: vec![vec![false; total]; total],
             partition_generation: 0,
             storm_generation: 0,
@@ -660,9 +695,15 @@ impl Sim {
                     return Ok(());
                 }
                 if let Some(wait) = self.paused_for(node) {
-                    self.schedule(wait, Event::Tick { node, life });
+                    if self.nodes[node].stalled_since.is_some() {
+                        // Counted among the missed ticks handed over on resuming.
+                        self.nodes[node].tick_suspended = true;
+                    } else {
+                        self.schedule(wait, Event::Tick { node, life });
+                    }
                     return Ok(());
                 }
+                self.catch_up_ticks(node)?;
                 self.record(Ev::Tick {
                     node: self.nodes[node].id,
                 });
@@ -683,6 +724,7 @@ impl Sim {
                     self.schedule(wait, Event::DiskDone { node, life });
                     return Ok(());
                 }
+                self.catch_up_ticks(node)?;
                 self.disk_done(node)
             }
             Event::Client => {
@@ -810,6 +852,8 @@ impl Sim {
         node.disk.clear();
         node.disk_free_at = self.now;
         node.paused_until = 0;
+        node.stalled_since = None;
+        node.tick_suspended = false;
         let life = node.life;
         self.record(Ev::Restart {
             node: id,
@@ -943,7 +987,7 @@ impl Sim {
             };
             self.enqueue_write(i, batch, has_write)?;
         }
-        self.on_commit_index(i, ready.commit_index)?;
+        self.on_commit_index(i, ready.commit_index, became_leader)?;
         if !ready.committed_entries.is_empty() {
             self.apply(i, &ready.committed_entries)?;
         }
@@ -963,6 +1007,159 @@ impl Sim {
             let node = &self.nodes[i];
             self.checker
                 .check_leader_completeness_on_elect(node.id, node.term, &node.view)?;
+            self.check_votes_from_voters(i)?;
+            if self.options.membership_ops
+                && self.params.membership_pct > 0
+                && self.phase == Phase::Faulty
+                && self.client_rng.below(100) < 20 * self.params.membership_pct
+            {
+                // An operator retrying a pending change as soon as a leader appears: the
+                // window in which a new leader must not yet change the membership (thesis
+                // §4.1, the single-server change bug).
+                self.change_membership(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Node `i`'s log from index `from` on as the core means it: durable entries, then
+    /// the writes still on their way to the disk, then `extra` (a Ready being handled),
+    /// each truncating what it overlaps. Returns index -> (term, is a membership entry),
+    /// and the (index, term) its snapshot will cover.
+    fn log_tail(
+        &self,
+        i: usize,
+        from: u64,
+        extra: &[Entry],
+    ) -> (BTreeMap<u64, (u64, bool)>, (u64, u64)) {
+        let node = &self.nodes[i];
+        let durable = node.durable.borrow();
+        let mut snap = (durable.snap_meta.last_index, durable.snap_meta.last_term);
+        let mut log: BTreeMap<u64, (u64, bool)> = BTreeMap::new();
+        let overlay = |log: &mut BTreeMap<u64, (u64, bool)>, batch: &[Entry]| {
+            if let Some(first) = batch.first() {
+                log.retain(|&index, _| index < first.index);
+                log.extend(
+                    batch
+                        .iter()
+                        .filter(|e| e.index >= from)
+                        .map(|e| (e.index, (e.term, e.kind == EntryKind::Membership))),
+                );
+            }
+        };
+        overlay(&mut log, &durable.log);
+        for batch in &node.disk {
+            if let Some(chunk) = batch.snapshot_chunk.as_ref().filter(|c| c.done) {
+                let (index, term) = (chunk.meta.last_index, chunk.meta.last_term);
+                if log.get(&index).map(|e| e.0) != Some(term) {
+                    log.clear();
+                }
+                log.retain(|&at, _| at > index);
+                snap = (index, term);
+            }
+            overlay(&mut log, &batch.entries);
+        }
+        overlay(&mut log, extra);
+        (log, snap)
+    }
+
+    /// At most one membership change in flight in the whole cluster (thesis §4.1): of
+    /// the logs that still hold every committed entry (so could still elect a leader that
+    /// commits their tail), all carry the same membership entry above the commit index,
+    /// or none. A leader only appends a change once an entry of its own term is committed,
+    /// and terms never decrease along a log, so a change appended by an earlier leader is
+    /// then in no such log unless it is in the new leader's too; two different ones mean
+    /// two configurations whose majorities need not overlap. `extra`: entries node
+    /// `appending` is about to append.
+    fn check_one_membership_change_in_flight(&self, appending: usize, extra: &[Entry]) -> Check {
+        let (commit, commit_term) = (self.max_commit_seen, self.max_commit_term);
+        let mut changes: BTreeMap<(u64, u64), Vec<NodeId>> = BTreeMap::new();
+        for i in 0..self.nodes.len() {
+            let extra = if i == appending { extra } else { &[] };
+            let (log, snap) = self.log_tail(i, commit, extra);
+            let holds_committed = snap.0 > commit
+                || (snap.0 == commit && snap.1 == commit_term)
+                || log.get(&commit).map(|e| e.0) == Some(commit_term);
+            if !holds_committed {
+                continue;
+            }
+            for (&index, &(term, membership)) in log.range(commit + 1..) {
+                if membership {
+                    changes
+                        .entry((index, term))
+                        .or_default()
+                        .push(self.nodes[i].id);
+                }
+            }
+        }
+        if changes.len() > 1 {
+            return Err(violation(
+                "one membership change in flight",
+                format!(
+                    "logs holding every committed entry (commit index {commit}, term {commit_term}) carry different uncommitted membership changes: (index, term) -> nodes {changes:?}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A new leader won its term with votes of a majority of the voters in its
+    /// configuration: learners' votes never count (thesis §4.2.1), and neither do votes of
+    /// servers outside it.
+    fn check_votes_from_voters(&self, i: usize) -> Check {
+        let node = &self.nodes[i];
+        let Some(core) = node.core.as_ref() else {
+            return Ok(());
+        };
+        let membership = core.status().membership;
+        let voters: Vec<NodeId> = membership.voters().collect();
+        let granted: Vec<NodeId> = voters
+            .iter()
+            .copied()
+            .filter(|&v| v == node.id || self.votes.contains(&(v, node.term, node.id)))
+            .collect();
+        if granted.len() * 2 <= voters.len() {
+            return Err(violation(
+                "votes of voters elect",
+                format!(
+                    "node {} became leader of term {} with votes of {granted:?} only, not a majority of its voters {voters:?}",
+                    node.id, node.term
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A leader advanced its commit index to `commit`: a majority of the voters in its
+    /// configuration hold that entry durably (Raft §5.3; a learner's copy never counts,
+    /// thesis §4.2.1).
+    fn check_commit_quorum(&self, i: usize, commit: u64) -> Check {
+        let node = &self.nodes[i];
+        let Some(core) = node.core.as_ref() else {
+            return Ok(());
+        };
+        let Some(term) = node.view.term(commit) else {
+            return Ok(());
+        };
+        let membership = core.status().membership;
+        let voters: Vec<NodeId> = membership.voters().collect();
+        let holders: Vec<NodeId> = voters
+            .iter()
+            .copied()
+            .filter(|&v| {
+                let durable = self.nodes[(v - 1) as usize].durable.borrow();
+                durable.snap_meta.last_index >= commit
+                    || durable.entry(commit).map(|e| e.term) == Some(term)
+            })
+            .collect();
+        if holders.len() * 2 <= voters.len() {
+            return Err(violation(
+                "commit quorum of voters",
+                format!(
+                    "leader {} of term {} committed index {commit} (term {term}), durable only on voters {holders:?} of {voters:?}",
+                    node.id, node.term
+                ),
+            ));
         }
         Ok(())
     }
@@ -1098,6 +1295,9 @@ impl Sim {
                 .check_log_matching(id, entry, prev_term, "appending")?;
             prev_term = Some(entry.term);
         }
+        if entries.iter().any(|e| e.kind == EntryKind::Membership) {
+            self.check_one_membership_change_in_flight(i, entries)?;
+        }
         self.nodes[i].view.append(entries);
         Ok(())
     }
@@ -1125,6 +1325,9 @@ impl Sim {
             ));
         }
         node.hard_state = hs;
+        if let Some(candidate) = hs.voted_for {
+            self.votes.insert((node.id, hs.term, candidate));
+        }
         Ok(())
     }
 
@@ -1255,7 +1458,9 @@ impl Sim {
         Ok(Some((meta.last_index, meta.last_term)))
     }
 
-    fn on_commit_index(&mut self, i: usize, commit: u64) -> Check {
+    /// `became_leader`: the same `Ready` made the node leader, so a commit index in it was
+    /// learned as a follower, not counted.
+    fn on_commit_index(&mut self, i: usize, commit: u64, became_leader: bool) -> Check {
         let node = &mut self.nodes[i];
         Checker::check_commit_monotonic(node.id, node.commit, commit)?;
         if commit > node.view.last_index() {
@@ -1269,10 +1474,18 @@ impl Sim {
             ));
         }
         if commit != node.commit {
+            let advanced = commit > node.commit;
             node.commit = commit;
             let (id, leader) = (node.id, node.role == Role::Leader);
             if leader && node.view.term(commit) != Some(node.term) {
                 self.stats.old_term_commits += 1;
+            }
+            if commit > self.max_commit_seen {
+                self.max_commit_seen = commit;
+                self.max_commit_term = self.nodes[i].view.term(commit).unwrap_or(0);
+            }
+            if leader && advanced && !became_leader {
+                self.check_commit_quorum(i, commit)?;
             }
             self.record(Ev::Commit {
                 node: id,
@@ -1675,6 +1888,7 @@ impl Sim {
             self.schedule(wait + jitter, Event::Deliver { env });
             return Ok(());
         }
+        self.catch_up_ticks(to)?;
         self.stats.messages_delivered += 1;
         self.record(Ev::Deliver {
             from: env.from,
@@ -1720,6 +1934,7 @@ impl Sim {
         let Some(i) = self.pick_target() else {
             return Ok(());
         };
+        self.catch_up_ticks(i)?;
         if roll < self.params.snapshot_pct + self.params.transfer_pct {
             return self.transfer_leadership(i);
         }
@@ -1738,22 +1953,45 @@ impl Sim {
 
     /// An operator moves leadership (thesis §3.10): TimeoutNow makes a node campaign
     /// without PreVote, which races with everything else going on.
+    ///
+    /// With `membership_ops`, a third of the transfers aim at a learner, which the leader
+    /// must refuse (thesis §4.2.1: a learner cannot lead, and campaigning would not count).
     fn transfer_leadership(&mut self, i: usize) -> Check {
         let n = self.nodes.len() as u64;
-        let to = self.client_rng.range(1, n + 1);
+        let membership = self.core(i).status().membership;
+        let learners: Vec<NodeId> = membership.learners().collect();
+        let to =
+            if self.options.membership_ops && !learners.is_empty() && self.client_rng.below(3) == 0
+            {
+                self.client_rng.pick(&learners)
+            } else {
+                self.client_rng.range(1, n + 1)
+            };
         let id = self.nodes[i].id;
+        let was_leader = self.nodes[i].role == Role::Leader;
         let result = self.core(i).transfer_leadership(to);
         self.record(Ev::Transfer {
             node: id,
             to,
             result: result.clone().map_err(|e| format!("{e}")),
         });
+        if result.is_ok() && was_leader && to != id && !membership.is_voter(to) {
+            return Err(violation(
+                "transfers target voters",
+                format!(
+                    "leader {id} accepted a leadership transfer to node {to}, not a voter in {:?}",
+                    membership.voters().collect::<Vec<_>>()
+                ),
+            ));
+        }
         self.handle_ready(i)
     }
 
     /// One single-server change (thesis §4.1) on node `i`'s view of the configuration:
     /// add a spare node (as voter or learner), promote a learner, or remove a member
-    /// (possibly the leader itself), keeping between 2 and 5 voters.
+    /// (possibly the leader itself), keeping between 2 and 5 voters. With
+    /// `membership_ops`, also demote a voter to learner, and aim a removal or demotion at
+    /// the node itself (the leader, when it accepts) a third of the time.
     fn change_membership(&mut self, i: usize) -> Check {
         let current = self.core(i).status().membership;
         let total = self.nodes.len() as u64;
@@ -1768,7 +2006,28 @@ impl Sim {
             api_addr: format!("sim-{id}:api"),
             voter,
         };
-        let change = match self.client_rng.below(3) {
+        let kinds = if self.options.membership_ops { 4 } else { 3 };
+        let own_id = self.nodes[i].id;
+        let change = match self.client_rng.below(kinds) {
+            3 if voters > 2 => {
+                let voter_ids: Vec<u64> = current.voters().collect();
+                let id = if current.is_voter(own_id) && self.client_rng.below(3) == 0 {
+                    own_id
+                } else {
+                    self.client_rng.pick(&voter_ids)
+                };
+                MembershipChange::AddOrUpdate {
+                    id,
+                    member: member(id, false),
+                }
+            }
+            3 if members.len() > 2 && current.learners().count() > 0 => {
+                let id = self
+                    .client_rng
+                    .pick(&current.learners().collect::<Vec<_>>());
+                MembershipChange::Remove { id }
+            }
+            3 => return Ok(()),
             0 if !outsiders.is_empty() => {
                 let id = self.client_rng.pick(&outsiders);
                 let voter = voters < 5 && self.client_rng.below(2) == 0;
@@ -1785,7 +2044,14 @@ impl Sim {
                 }
             }
             _ if members.len() > 2 => {
-                let id = self.client_rng.pick(&members);
+                let id = if self.options.membership_ops
+                    && current.members.contains_key(&own_id)
+                    && self.client_rng.below(3) == 0
+                {
+                    own_id
+                } else {
+                    self.client_rng.pick(&members)
+                };
                 if current.is_voter(id) && voters <= 2 {
                     return Ok(());
                 }
@@ -1807,7 +2073,22 @@ impl Sim {
                 format!("node {id} accepted membership change {change:?} while not leader"),
             ));
         }
-        self.handle_ready(i)
+        self.handle_ready(i)?;
+        // Cut the leader off (or crash it) right after it appended a change: the change
+        // stays on a minority while the next leader proposes its own, the interleaving
+        // behind the single-server change bug.
+        if result.is_ok()
+            && self.options.membership_ops
+            && self.in_burst()
+            && self.fault_rng.below(100) < 30
+        {
+            if self.fault_rng.below(2) == 0 {
+                self.isolate(i);
+            } else {
+                self.schedule_crash_soon(i);
+            }
+        }
+        Ok(())
     }
 
     fn client_write(&mut self, i: usize) -> Check {
@@ -1870,7 +2151,14 @@ impl Sim {
         let id = self.nodes[i].id;
         let is_leader = self.nodes[i].role == Role::Leader;
         let floor = self.checker.read_floor;
-        let result = self.core(i).read_index(ctx, ReadMode::Linearizable);
+        let mode = if self.options.clock_stalls
+            && self.client_rng.below(100) < self.params.lease_read_pct
+        {
+            ReadMode::Lease
+        } else {
+            ReadMode::Linearizable
+        };
+        let result = self.core(i).read_index(ctx, mode);
         self.record(Ev::ReadStart {
             node: id,
             ctx,
@@ -2005,10 +2293,53 @@ impl Sim {
         } else {
             self.fault_rng.pick(&candidates)
         };
+        let id = self.nodes[i].id;
+        if self.options.clock_stalls {
+            // The node driver's contract: every tick missed while the process stood still
+            // is handed over on resuming. (Without it a paused leader's lease would outlive
+            // its leadership: lease reads rely on clocks that keep running, thesis §6.3.)
+            let timeout = u64::from(self.params.election_min + self.params.election_spread);
+            let until = if self.fault_rng.below(2) == 0 {
+                self.now + self.fault_rng.range(20, 600)
+            } else {
+                self.now + self.fault_rng.range(timeout, 4 * timeout) * TICK_UNITS
+            };
+            self.nodes[i].paused_until = until;
+            self.nodes[i].stalled_since = Some(self.now);
+            self.record(Ev::Stall { node: id, until });
+            return Ok(());
+        }
         let until = self.now + self.fault_rng.range(20, 600);
         self.nodes[i].paused_until = until;
-        let id = self.nodes[i].id;
         self.record(Ev::Pause { node: id, until });
+        Ok(())
+    }
+
+    /// A stalled node runs again: before it handles anything else it is handed every tick
+    /// it missed, one per tick period elapsed, as the node driver does from its monotonic
+    /// clock. A leader's CheckQuorum and lease must then see that time has passed.
+    fn catch_up_ticks(&mut self, i: usize) -> Check {
+        let node = &mut self.nodes[i];
+        let Some(since) = node.stalled_since else {
+            return Ok(());
+        };
+        if node.paused_until > self.now || !node.up() {
+            return Ok(());
+        }
+        node.stalled_since = None;
+        let elapsed = self.now - since;
+        let ticks = elapsed / node.tick_period;
+        let id = node.id;
+        self.record(Ev::CatchUpTicks { node: id, ticks });
+        for _ in 0..ticks {
+            self.core(i).tick();
+        }
+        self.handle_ready(i)?;
+        let node = &mut self.nodes[i];
+        if std::mem::take(&mut node.tick_suspended) {
+            let (life, period) = (node.life, node.tick_period);
+            self.schedule(period - elapsed % period, Event::Tick { node: i, life });
+        }
         Ok(())
     }
 
@@ -2174,14 +2505,16 @@ impl Sim {
         self.storm_generation += 1;
         self.storm_drop_ppm = 0;
         // Nodes in no configuration anyone still has are shut down for good, as an
-        // operator would; a removed node left running can disrupt elections forever when
-        // neither PreVote nor CheckQuorum is on (thesis §4.2.3), which is not a core bug.
+        // operator would. Removed nodes that some log still lists keep running; the core
+        // must keep them from disrupting (thesis §4.2.3; seeds 8888000178, 5555022801).
         // Every node restarts first, so that its log's latest configuration counts.
         for i in 0..self.nodes.len() {
             self.nodes[i].slow_disk_until = 0;
             self.nodes[i].paused_until = 0;
             if !self.nodes[i].up() {
                 self.start_node(i)?;
+            } else {
+                self.catch_up_ticks(i)?;
             }
         }
         let mut keep = self.membership_at(u64::MAX);
@@ -2284,6 +2617,7 @@ impl Sim {
     /// cross-check: log matching between every pair of live nodes, and leader completeness
     /// for every current leader.
     fn check_full(&self) -> Check {
+        self.check_one_membership_change_in_flight(usize::MAX, &[])?;
         let live: Vec<&Node> = self.nodes.iter().filter(|n| n.up()).collect();
         for (k, a) in live.iter().enumerate() {
             for b in &live[k + 1..] {

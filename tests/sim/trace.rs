@@ -285,6 +285,16 @@ pub enum Ev {
         node: NodeId,
         until: u64,
     },
+    /// A pause after which the node is handed every tick it missed at once, before it
+    /// handles anything else (the node driver's monotonic-clock contract).
+    Stall {
+        node: NodeId,
+        until: u64,
+    },
+    CatchUpTicks {
+        node: NodeId,
+        ticks: u64,
+    },
     SlowDisk {
         node: NodeId,
         until: u64,
