@@ -10,6 +10,7 @@ use super::membership::{self, MembershipLog};
 use super::progress::{Progress, ProgressState};
 use super::quorum::{majority_value, VoteResult, VoteTally};
 use super::read_index::ReadQueue;
+use super::validate::{self, DropReason, DroppedMessages};
 use super::{
     Config, Entry, EntryKind, Envelope, FailedRead, HardState, LogStorage, Membership,
     MembershipChange, Message, NodeId, PlantedBug, ProposeError, ReadMode, ReadState, Ready, Role,
@@ -85,6 +86,9 @@ pub struct RaftCore<S: LogStorage> {
     /// Snapshot being received: its meta and the offset expected next.
     incoming_snapshot: Option<(SnapshotMeta, u64)>,
 
+    /// Messages refused at the door, per reason.
+    dropped: DroppedMessages,
+
     // Outputs.
     msgs: Vec<Envelope>,
     persisted_msgs: Vec<Envelope>,
@@ -142,6 +146,7 @@ impl<S: LogStorage> RaftCore<S> {
             transfer_elapsed: 0,
             timeout_now_sent: false,
             incoming_snapshot: None,
+            dropped: DroppedMessages::default(),
             msgs: Vec::new(),
             persisted_msgs: Vec::new(),
             snapshot_chunk: None,
@@ -181,14 +186,11 @@ impl<S: LogStorage> RaftCore<S> {
         }
     }
 
-    /// Handles a message from a peer.
+    /// Handles a message from a peer. A message no correct peer could send is dropped and
+    /// counted (see [`validate`]): nothing a peer sends reaches an assert.
     pub fn step(&mut self, envelope: Envelope) {
-        if envelope.to != self.id || envelope.from == self.id {
-            tracing::warn!(
-                id = self.id,
-                ?envelope,
-                "message not for this node, dropped"
-            );
+        if let Err(reason) = self.check_at_door(&envelope) {
+            self.drop_message(reason, &envelope);
             return;
         }
         let from = envelope.from;
@@ -206,6 +208,50 @@ impl<S: LogStorage> RaftCore<S> {
             return;
         }
         self.dispatch(from, msg);
+    }
+
+    /// Messages dropped at the door so far, per reason (for metrics).
+    pub fn dropped_messages(&self) -> &DroppedMessages {
+        &self.dropped
+    }
+
+    fn check_at_door(&self, envelope: &Envelope) -> Result<(), DropReason> {
+        validate::check_envelope(self.id, envelope)?;
+        if let Message::AppendEntriesResponse {
+            term,
+            success: true,
+            match_index,
+            ..
+        } = envelope.message
+        {
+            // A leader's log only grows within its term, so a follower of this term can
+            // only have been sent (and acknowledge) what the log holds now.
+            let last = self.log.last_index();
+            if self.role == Role::Leader && term == self.term && match_index > last {
+                return Err(DropReason::MatchBeyondLastIndex);
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_message(&mut self, reason: DropReason, envelope: &Envelope) {
+        let interval = self.config.drop_log_interval_ticks;
+        if self.dropped.record(reason, self.now, interval) {
+            // Entries can be large: show the start of the message only.
+            let shown: String = format!("{:?}", envelope.message)
+                .chars()
+                .take(300)
+                .collect();
+            tracing::warn!(
+                id = self.id,
+                from = envelope.from,
+                reason = reason.as_str(),
+                total = self.dropped.count(reason),
+                message = %shown,
+                "malformed message from a peer dropped (logged once per {interval} ticks per reason); \
+                 check that peer's version and health"
+            );
+        }
     }
 
     /// Appends a client command; returns its `(index, term)`. It is committed when an
@@ -496,6 +542,16 @@ impl<S: LogStorage> RaftCore<S> {
     /// Starts an election: a PreVote round first (thesis §9.6) unless `pre_vote` is off or
     /// this is a leadership transfer.
     fn campaign(&mut self, pre_vote: bool, transfer: bool) {
+        // Peers refuse terms from TERM_MAX on, so campaigning there could never win; and
+        // `term + 1` must not wrap to 0 (the stable store would refuse the hard state).
+        let Some(next_term) = self.term.checked_add(1).filter(|t| *t < validate::TERM_MAX) else {
+            tracing::error!(
+                id = self.id,
+                term = self.term,
+                "term exhausted, not campaigning"
+            );
+            return;
+        };
         self.reset_election_timer();
         self.votes = VoteTally::default();
         self.leader_id = None;
@@ -505,13 +561,13 @@ impl<S: LogStorage> RaftCore<S> {
             tracing::info!(id = self.id, term = self.term, "became pre-candidate");
             self.role = Role::PreCandidate;
             let msg = Message::PreVote {
-                term: self.term + 1,
+                term: next_term,
                 last_log_index,
                 last_log_term,
             };
             self.send_to_voters(msg, Send::Now);
         } else {
-            self.term += 1;
+            self.term = next_term;
             self.voted_for = Some(self.id);
             self.role = Role::Candidate;
             tracing::info!(id = self.id, term = self.term, transfer, "became candidate");

@@ -19,6 +19,8 @@
 //! Time arrives as ticks; randomness as a seed in [`Config`].
 
 pub mod core;
+#[doc(hidden)]
+pub mod fuzzing;
 mod log;
 pub mod mem_storage;
 pub mod membership;
@@ -27,10 +29,12 @@ mod quorum;
 mod read_index;
 #[cfg(test)]
 mod test_cluster;
+pub mod validate;
 
 pub use self::core::RaftCore;
 pub use self::mem_storage::MemStorage;
 pub use self::membership::{decode_membership, encode_membership};
+pub use self::validate::{DropReason, DroppedMessages};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -68,6 +72,9 @@ pub struct Config {
     /// Flow control: a leader refuses proposals ([`ProposeError::Backpressure`]) while
     /// this many of its entries are uncommitted.
     pub max_uncommitted_entries: u64,
+    /// Messages dropped at the door ([`validate`]) are logged at most once per reason per
+    /// this many ticks (every drop is counted).
+    pub drop_log_interval_ticks: u64,
     /// Test-only: switch on a deliberately broken rule so the simulator can prove it
     /// notices. Always `None` outside the `planted_*` tests.
     #[doc(hidden)]
@@ -92,6 +99,8 @@ impl Config {
             lease_clock_drift_ticks: 2,
             seed: id,
             max_uncommitted_entries: 1 << 16,
+            // One second at the node's 10 ms tick.
+            drop_log_interval_ticks: 100,
             planted_bug: None,
         }
     }
