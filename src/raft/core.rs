@@ -14,7 +14,7 @@ use super::validate::{self, DropReason, DroppedMessages};
 use super::{
     Config, Entry, EntryKind, Envelope, FailedRead, HardState, LogStorage, Membership,
     MembershipChange, Message, NodeId, PlantedBug, ProposeError, ReadMode, ReadState, Ready, Role,
-    SnapshotChunk, SnapshotMeta, SoftState, Status,
+    SnapshotChunk, SnapshotMeta, SoftState, Status, StorageError,
 };
 
 /// SplitMix64 (Steele, Lea, Flood 2014): a tiny, well-mixed generator, seeded from the
@@ -189,6 +189,9 @@ impl<S: LogStorage> RaftCore<S> {
     /// Handles a message from a peer. A message no correct peer could send is dropped and
     /// counted (see [`validate`]): nothing a peer sends reaches an assert.
     pub fn step(&mut self, envelope: Envelope) {
+        if self.fatal().is_some() {
+            return;
+        }
         if let Err(reason) = self.check_at_door(&envelope) {
             self.drop_message(reason, &envelope);
             return;
@@ -208,6 +211,13 @@ impl<S: LogStorage> RaftCore<S> {
             return;
         }
         self.dispatch(from, msg);
+    }
+
+    /// The storage failure that stopped this core, if any. Once set, the core hands out
+    /// nothing more (`take_ready` is empty): the driver must stop the node, naming the
+    /// error (it carries file and offset).
+    pub fn fatal(&self) -> Option<&StorageError> {
+        self.log.fatal()
     }
 
     /// Messages dropped at the door so far, per reason (for metrics).
@@ -379,6 +389,9 @@ impl<S: LogStorage> RaftCore<S> {
 
     /// Whether `take_ready` would return anything.
     pub fn has_ready(&self) -> bool {
+        if self.fatal().is_some() {
+            return false;
+        }
         let leader_work = self.role == Role::Leader
             && (self.append_needed || self.read_round_needed || self.commit_broadcast_needed);
         leader_work
@@ -395,6 +408,10 @@ impl<S: LogStorage> RaftCore<S> {
 
     /// Takes the pending outputs. See [`Ready`] for how to handle them.
     pub fn take_ready(&mut self) -> Ready {
+        if self.fatal().is_some() {
+            // Whatever was decided after a failed read may rest on it: none of it leaves.
+            return Ready::default();
+        }
         if self.role == Role::Leader {
             self.flush_leader();
         }
@@ -1171,6 +1188,10 @@ impl<S: LogStorage> RaftCore<S> {
         let prev_term = self.log.term(next - 1);
         let entries = self.log.entries(next, last + 1, self.config.max_msg_bytes);
         let (Some(prev_log_term), Some(entries)) = (prev_term, entries) else {
+            if self.log.fatal().is_some() {
+                // Issue 11, item 8: a failed read is not compaction; the core stops.
+                return false;
+            }
             // Compacted away (the driver compacts behind our back): send the snapshot.
             self.start_snapshot(to);
             return false;
@@ -1527,6 +1548,10 @@ impl<S: LogStorage> RaftCore<S> {
                 .snapshot_chunk(&meta, offset, self.config.snapshot_chunk_bytes);
         let (data, done) = match chunk {
             Ok(c) => c,
+            Err(e @ StorageError::Fatal(_)) => {
+                self.log.stored::<()>(Err(e));
+                return;
+            }
             Err(e) => {
                 let newest = self.log.storage.snapshot_meta();
                 tracing::info!(
@@ -2770,5 +2795,132 @@ mod tests {
             granted: true,
         };
         assert_eq!(rd.messages, vec![env(2, 1, granted)]);
+    }
+}
+
+#[cfg(test)]
+mod storage_fault_tests {
+    use super::*;
+    use crate::raft::test_cluster::{storage_with, test_config, voters};
+    use crate::raft::MemStorage;
+
+    /// MemStorage whose reads of entries from `corrupt_from` up to (not including) the
+    /// last one fail as a damaged WAL record would.
+    struct CorruptReads {
+        inner: MemStorage,
+        corrupt_from: u64,
+        /// Off while the core is built (it reads the whole log for the membership then).
+        armed: bool,
+    }
+
+    impl CorruptReads {
+        fn corruption(&self, index: u64) -> StorageError {
+            StorageError::Fatal(format!(
+                "corruption in 00000000000000000001.wal at offset 4096 (near entry {index}): crc mismatch"
+            ))
+        }
+    }
+
+    impl LogStorage for CorruptReads {
+        fn first_index(&self) -> u64 {
+            self.inner.first_index()
+        }
+        fn last_index(&self) -> u64 {
+            self.inner.last_index()
+        }
+        fn term(&self, index: u64) -> Result<u64, StorageError> {
+            if self.armed && index >= self.corrupt_from && index < self.inner.last_index() {
+                return Err(self.corruption(index));
+            }
+            self.inner.term(index)
+        }
+        fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+            if self.armed && hi > self.corrupt_from && lo < self.inner.last_index() {
+                return Err(self.corruption(lo.max(self.corrupt_from)));
+            }
+            self.inner.entries(lo, hi, max_bytes)
+        }
+        fn snapshot_meta(&self) -> SnapshotMeta {
+            self.inner.snapshot_meta()
+        }
+        fn snapshot_chunk(
+            &self,
+            meta: &SnapshotMeta,
+            offset: u64,
+            max_len: u64,
+        ) -> Result<(Bytes, bool), StorageError> {
+            self.inner.snapshot_chunk(meta, offset, max_len)
+        }
+    }
+
+    /// Issue 11, item 8: a corrupt record read back from the log is not compaction. The
+    /// leader must stop (report the error), not send the follower a snapshot instead.
+    #[test]
+    fn corrupt_log_read_is_fatal_not_compaction() {
+        let mut inner = storage_with(&[1, 1, 1, 1, 1, 1]);
+        let meta = SnapshotMeta {
+            last_index: 2,
+            last_term: 1,
+            membership: voters(&[1, 2]),
+        };
+        inner.set_snapshot(meta, Bytes::from_static(b"snap"));
+        let storage = CorruptReads {
+            inner,
+            corrupt_from: 4,
+            armed: false,
+        };
+        let mut config = test_config(1);
+        config.pre_vote = false;
+        let hs = HardState {
+            term: 1,
+            voted_for: None,
+        };
+        let mut core = RaftCore::new(config, storage, hs, voters(&[1, 2]));
+        for _ in 0..100 {
+            if core.status().role == Role::Candidate {
+                break;
+            }
+            core.tick();
+        }
+        let _ = core.take_ready();
+        core.step(Envelope {
+            from: 2,
+            to: 1,
+            message: Message::RequestVoteResponse {
+                term: 2,
+                granted: true,
+            },
+        });
+        assert_eq!(core.status().role, Role::Leader);
+        core.storage_mut().armed = true;
+        // The follower has entries up to 3: the leader must read 4.. to catch it up.
+        core.step(Envelope {
+            from: 2,
+            to: 1,
+            message: Message::AppendEntriesResponse {
+                term: 2,
+                success: false,
+                match_index: 3,
+                conflict_term: 0,
+                conflict_index: 4,
+                read_ctx: 0,
+            },
+        });
+        let rd = core.take_ready();
+        let snapshots: Vec<&Envelope> = rd
+            .messages
+            .iter()
+            .filter(|e| matches!(e.message, Message::InstallSnapshot { .. }))
+            .collect();
+        assert!(
+            snapshots.is_empty(),
+            "a corrupt read sent the leader down the snapshot path: {snapshots:?}"
+        );
+        let fatal = core.fatal().expect("the corrupt read is reported");
+        assert!(fatal.to_string().contains("offset 4096"), "{fatal}");
+        // Nothing decided after the fault leaves the core.
+        core.tick();
+        assert!(!core.has_ready());
+        assert!(core.take_ready().is_empty());
     }
 }
