@@ -744,6 +744,13 @@ impl RaftLoop {
                 }
                 else => return,
             }
+            if let Some(error) = self.core.fatal() {
+                // Issue 11, item 8: the core stopped on a storage read it cannot trust.
+                let message = format!("the Raft core stopped: {error}");
+                tracing::error!("{message}");
+                let _ = self.fatal.send(Some(message));
+                return;
+            }
             while self.core.has_ready() {
                 let ready = self.core.take_ready();
                 self.handle_ready(ready);

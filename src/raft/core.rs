@@ -10,10 +10,11 @@ use super::membership::{self, MembershipLog};
 use super::progress::{Progress, ProgressState};
 use super::quorum::{majority_value, VoteResult, VoteTally};
 use super::read_index::ReadQueue;
+use super::validate::{self, DropReason, DroppedMessages};
 use super::{
     Config, Entry, EntryKind, Envelope, FailedRead, HardState, LogStorage, Membership,
     MembershipChange, Message, NodeId, PlantedBug, ProposeError, ReadMode, ReadState, Ready, Role,
-    SnapshotChunk, SnapshotMeta, SoftState, Status,
+    SnapshotChunk, SnapshotMeta, SoftState, Status, StorageError,
 };
 
 /// SplitMix64 (Steele, Lea, Flood 2014): a tiny, well-mixed generator, seeded from the
@@ -85,6 +86,9 @@ pub struct RaftCore<S: LogStorage> {
     /// Snapshot being received: its meta and the offset expected next.
     incoming_snapshot: Option<(SnapshotMeta, u64)>,
 
+    /// Messages refused at the door, per reason.
+    dropped: DroppedMessages,
+
     // Outputs.
     msgs: Vec<Envelope>,
     persisted_msgs: Vec<Envelope>,
@@ -142,6 +146,7 @@ impl<S: LogStorage> RaftCore<S> {
             transfer_elapsed: 0,
             timeout_now_sent: false,
             incoming_snapshot: None,
+            dropped: DroppedMessages::default(),
             msgs: Vec::new(),
             persisted_msgs: Vec::new(),
             snapshot_chunk: None,
@@ -181,14 +186,14 @@ impl<S: LogStorage> RaftCore<S> {
         }
     }
 
-    /// Handles a message from a peer.
+    /// Handles a message from a peer. A message no correct peer could send is dropped and
+    /// counted (see [`validate`]): nothing a peer sends reaches an assert.
     pub fn step(&mut self, envelope: Envelope) {
-        if envelope.to != self.id || envelope.from == self.id {
-            tracing::warn!(
-                id = self.id,
-                ?envelope,
-                "message not for this node, dropped"
-            );
+        if self.fatal().is_some() {
+            return;
+        }
+        if let Err(reason) = self.check_at_door(&envelope) {
+            self.drop_message(reason, &envelope);
             return;
         }
         let from = envelope.from;
@@ -206,6 +211,57 @@ impl<S: LogStorage> RaftCore<S> {
             return;
         }
         self.dispatch(from, msg);
+    }
+
+    /// The storage failure that stopped this core, if any. Once set, the core hands out
+    /// nothing more (`take_ready` is empty): the driver must stop the node, naming the
+    /// error (it carries file and offset).
+    pub fn fatal(&self) -> Option<&StorageError> {
+        self.log.fatal()
+    }
+
+    /// Messages dropped at the door so far, per reason (for metrics).
+    pub fn dropped_messages(&self) -> &DroppedMessages {
+        &self.dropped
+    }
+
+    fn check_at_door(&self, envelope: &Envelope) -> Result<(), DropReason> {
+        validate::check_envelope(self.id, envelope)?;
+        if let Message::AppendEntriesResponse {
+            term,
+            success: true,
+            match_index,
+            ..
+        } = envelope.message
+        {
+            // A leader's log only grows within its term, so a follower of this term can
+            // only have been sent (and acknowledge) what the log holds now.
+            let last = self.log.last_index();
+            if self.role == Role::Leader && term == self.term && match_index > last {
+                return Err(DropReason::MatchBeyondLastIndex);
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_message(&mut self, reason: DropReason, envelope: &Envelope) {
+        let interval = self.config.drop_log_interval_ticks;
+        if self.dropped.record(reason, self.now, interval) {
+            // Entries can be large: show the start of the message only.
+            let shown: String = format!("{:?}", envelope.message)
+                .chars()
+                .take(300)
+                .collect();
+            tracing::warn!(
+                id = self.id,
+                from = envelope.from,
+                reason = reason.as_str(),
+                total = self.dropped.count(reason),
+                message = %shown,
+                "malformed message from a peer dropped (logged once per {interval} ticks per reason); \
+                 check that peer's version and health"
+            );
+        }
     }
 
     /// Appends a client command; returns its `(index, term)`. It is committed when an
@@ -338,6 +394,9 @@ impl<S: LogStorage> RaftCore<S> {
 
     /// Whether `take_ready` would return anything.
     pub fn has_ready(&self) -> bool {
+        if self.fatal().is_some() {
+            return false;
+        }
         let leader_work = self.role == Role::Leader
             && (self.append_needed || self.read_round_needed || self.commit_broadcast_needed);
         leader_work
@@ -354,6 +413,10 @@ impl<S: LogStorage> RaftCore<S> {
 
     /// Takes the pending outputs. See [`Ready`] for how to handle them.
     pub fn take_ready(&mut self) -> Ready {
+        if self.fatal().is_some() {
+            // Whatever was decided after a failed read may rest on it: none of it leaves.
+            return Ready::default();
+        }
         if self.role == Role::Leader {
             self.flush_leader();
         }
@@ -501,6 +564,16 @@ impl<S: LogStorage> RaftCore<S> {
     /// Starts an election: a PreVote round first (thesis §9.6) unless `pre_vote` is off or
     /// this is a leadership transfer.
     fn campaign(&mut self, pre_vote: bool, transfer: bool) {
+        // Peers refuse terms from TERM_MAX on, so campaigning there could never win; and
+        // `term + 1` must not wrap to 0 (the stable store would refuse the hard state).
+        let Some(next_term) = self.term.checked_add(1).filter(|t| *t < validate::TERM_MAX) else {
+            tracing::error!(
+                id = self.id,
+                term = self.term,
+                "term exhausted, not campaigning"
+            );
+            return;
+        };
         self.reset_election_timer();
         self.votes = VoteTally::default();
         self.leader_id = None;
@@ -510,13 +583,13 @@ impl<S: LogStorage> RaftCore<S> {
             tracing::info!(id = self.id, term = self.term, "became pre-candidate");
             self.role = Role::PreCandidate;
             let msg = Message::PreVote {
-                term: self.term + 1,
+                term: next_term,
                 last_log_index,
                 last_log_term,
             };
             self.send_to_voters(msg, Send::Now);
         } else {
-            self.term += 1;
+            self.term = next_term;
             self.voted_for = Some(self.id);
             self.role = Role::Candidate;
             tracing::info!(id = self.id, term = self.term, transfer, "became candidate");
@@ -1131,6 +1204,10 @@ impl<S: LogStorage> RaftCore<S> {
         let prev_term = self.log.term(next - 1);
         let entries = self.log.entries(next, last + 1, self.config.max_msg_bytes);
         let (Some(prev_log_term), Some(entries)) = (prev_term, entries) else {
+            if self.log.fatal().is_some() {
+                // Issue 11, item 8: a failed read is not compaction; the core stops.
+                return false;
+            }
             // Compacted away (the driver compacts behind our back): send the snapshot.
             self.start_snapshot(to);
             return false;
@@ -1487,6 +1564,10 @@ impl<S: LogStorage> RaftCore<S> {
                 .snapshot_chunk(&meta, offset, self.config.snapshot_chunk_bytes);
         let (data, done) = match chunk {
             Ok(c) => c,
+            Err(e @ StorageError::Fatal(_)) => {
+                self.log.stored::<()>(Err(e));
+                return;
+            }
             Err(e) => {
                 let newest = self.log.storage.snapshot_meta();
                 tracing::info!(
@@ -2859,5 +2940,132 @@ mod tests {
             granted: true,
         };
         assert_eq!(rd.messages, vec![env(2, 1, granted)]);
+    }
+}
+
+#[cfg(test)]
+mod storage_fault_tests {
+    use super::*;
+    use crate::raft::test_cluster::{storage_with, test_config, voters};
+    use crate::raft::MemStorage;
+
+    /// MemStorage whose reads of entries from `corrupt_from` up to (not including) the
+    /// last one fail as a damaged WAL record would.
+    struct CorruptReads {
+        inner: MemStorage,
+        corrupt_from: u64,
+        /// Off while the core is built (it reads the whole log for the membership then).
+        armed: bool,
+    }
+
+    impl CorruptReads {
+        fn corruption(&self, index: u64) -> StorageError {
+            StorageError::Fatal(format!(
+                "corruption in 00000000000000000001.wal at offset 4096 (near entry {index}): crc mismatch"
+            ))
+        }
+    }
+
+    impl LogStorage for CorruptReads {
+        fn first_index(&self) -> u64 {
+            self.inner.first_index()
+        }
+        fn last_index(&self) -> u64 {
+            self.inner.last_index()
+        }
+        fn term(&self, index: u64) -> Result<u64, StorageError> {
+            if self.armed && index >= self.corrupt_from && index < self.inner.last_index() {
+                return Err(self.corruption(index));
+            }
+            self.inner.term(index)
+        }
+        fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+            if self.armed && hi > self.corrupt_from && lo < self.inner.last_index() {
+                return Err(self.corruption(lo.max(self.corrupt_from)));
+            }
+            self.inner.entries(lo, hi, max_bytes)
+        }
+        fn snapshot_meta(&self) -> SnapshotMeta {
+            self.inner.snapshot_meta()
+        }
+        fn snapshot_chunk(
+            &self,
+            meta: &SnapshotMeta,
+            offset: u64,
+            max_len: u64,
+        ) -> Result<(Bytes, bool), StorageError> {
+            self.inner.snapshot_chunk(meta, offset, max_len)
+        }
+    }
+
+    /// Issue 11, item 8: a corrupt record read back from the log is not compaction. The
+    /// leader must stop (report the error), not send the follower a snapshot instead.
+    #[test]
+    fn corrupt_log_read_is_fatal_not_compaction() {
+        let mut inner = storage_with(&[1, 1, 1, 1, 1, 1]);
+        let meta = SnapshotMeta {
+            last_index: 2,
+            last_term: 1,
+            membership: voters(&[1, 2]),
+        };
+        inner.set_snapshot(meta, Bytes::from_static(b"snap"));
+        let storage = CorruptReads {
+            inner,
+            corrupt_from: 4,
+            armed: false,
+        };
+        let mut config = test_config(1);
+        config.pre_vote = false;
+        let hs = HardState {
+            term: 1,
+            voted_for: None,
+        };
+        let mut core = RaftCore::new(config, storage, hs, voters(&[1, 2]));
+        for _ in 0..100 {
+            if core.status().role == Role::Candidate {
+                break;
+            }
+            core.tick();
+        }
+        let _ = core.take_ready();
+        core.step(Envelope {
+            from: 2,
+            to: 1,
+            message: Message::RequestVoteResponse {
+                term: 2,
+                granted: true,
+            },
+        });
+        assert_eq!(core.status().role, Role::Leader);
+        core.storage_mut().armed = true;
+        // The follower has entries up to 3: the leader must read 4.. to catch it up.
+        core.step(Envelope {
+            from: 2,
+            to: 1,
+            message: Message::AppendEntriesResponse {
+                term: 2,
+                success: false,
+                match_index: 3,
+                conflict_term: 0,
+                conflict_index: 4,
+                read_ctx: 0,
+            },
+        });
+        let rd = core.take_ready();
+        let snapshots: Vec<&Envelope> = rd
+            .messages
+            .iter()
+            .filter(|e| matches!(e.message, Message::InstallSnapshot { .. }))
+            .collect();
+        assert!(
+            snapshots.is_empty(),
+            "a corrupt read sent the leader down the snapshot path: {snapshots:?}"
+        );
+        let fatal = core.fatal().expect("the corrupt read is reported");
+        assert!(fatal.to_string().contains("offset 4096"), "{fatal}");
+        // Nothing decided after the fault leaves the core.
+        core.tick();
+        assert!(!core.has_ready());
+        assert!(core.take_ready().is_empty());
     }
 }

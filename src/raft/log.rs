@@ -10,7 +10,9 @@
 //! Entries from `unstable_offset` on are always read from memory: the driver may hold older,
 //! conflicting entries there until it processes the `Ready` that truncates them.
 
-use super::{Entry, LogStorage, SnapshotMeta};
+use std::sync::OnceLock;
+
+use super::{Entry, LogStorage, SnapshotMeta, StorageError};
 
 /// Log state of one core.
 pub(crate) struct RaftLog<S: LogStorage> {
@@ -33,6 +35,9 @@ pub(crate) struct RaftLog<S: LogStorage> {
     applying: u64,
     /// Last index the driver reported applied. Invariant: `applied <= applying`.
     applied: u64,
+    /// The first [`StorageError::Fatal`] a read returned. Reads take `&self`, hence the
+    /// cell; once set the core hands nothing out any more.
+    fatal: OnceLock<StorageError>,
 }
 
 impl<S: LogStorage> RaftLog<S> {
@@ -52,6 +57,25 @@ impl<S: LogStorage> RaftLog<S> {
             commit: snap,
             applying: snap,
             applied: snap,
+            fatal: OnceLock::new(),
+        }
+    }
+
+    /// The storage failure that stopped this log, if any.
+    pub(crate) fn fatal(&self) -> Option<&StorageError> {
+        self.fatal.get()
+    }
+
+    /// Keeps the expected outcomes (`Compacted`, `Unavailable`, ...) as `None` for the
+    /// callers, but records a fatal one: it must never pass for compaction.
+    pub(crate) fn stored<T>(&self, read: Result<T, StorageError>) -> Option<T> {
+        match read {
+            Ok(v) => Some(v),
+            Err(e @ StorageError::Fatal(_)) => {
+                let _ = self.fatal.set(e);
+                None
+            }
+            Err(_) => None,
         }
     }
 
@@ -71,7 +95,13 @@ impl<S: LogStorage> RaftLog<S> {
 
     pub(crate) fn last_term(&self) -> u64 {
         let last = self.last_index();
-        self.term(last).unwrap_or_else(|| {
+        let term = self.term(last);
+        if self.fatal().is_some() {
+            // The core stops handing anything out; any answer will do until the driver
+            // stops the node.
+            return term.unwrap_or(0);
+        }
+        term.unwrap_or_else(|| {
             panic!(
                 "log: no term for the last index {last} (first index {})",
                 self.first_index()
@@ -91,13 +121,13 @@ impl<S: LogStorage> RaftLog<S> {
             return match index.cmp(&meta.last_index) {
                 std::cmp::Ordering::Less => None,
                 std::cmp::Ordering::Equal => Some(meta.last_term),
-                std::cmp::Ordering::Greater => self.storage.term(index).ok(),
+                std::cmp::Ordering::Greater => self.stored(self.storage.term(index)),
             };
         }
         if index == 0 {
             return Some(0);
         }
-        self.storage.term(index).ok()
+        self.stored(self.storage.term(index))
     }
 
     pub(crate) fn matches(&self, index: u64, term: u64) -> bool {
@@ -112,7 +142,8 @@ impl<S: LogStorage> RaftLog<S> {
     }
 
     /// Entries in `[lo, hi)` up to `max_bytes` (at least one when `lo < hi`); `None` if
-    /// some of them are compacted (the caller sends a snapshot instead).
+    /// some of them are compacted (the caller sends a snapshot instead) or the storage
+    /// failed (see [`RaftLog::fatal`]).
     pub(crate) fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Option<Vec<Entry>> {
         assert!(
             hi <= self.last_index() + 1,
@@ -129,7 +160,7 @@ impl<S: LogStorage> RaftLog<S> {
         let mut size = 0u64;
         if lo < self.unstable_offset {
             let stored_hi = hi.min(self.unstable_offset);
-            out = self.storage.entries(lo, stored_hi, max_bytes).ok()?;
+            out = self.stored(self.storage.entries(lo, stored_hi, max_bytes))?;
             size = out.iter().map(Entry::size_bytes).sum();
             let complete = out.last().map(|e| e.index + 1) == Some(stored_hi);
             if !complete || size >= max_bytes || stored_hi == hi {
@@ -305,7 +336,11 @@ impl<S: LogStorage> RaftLog<S> {
             return Vec::new();
         }
         let lo = self.applying + 1;
-        let out = self.entries(lo, hi + 1, max_bytes).unwrap_or_else(|| {
+        let read = self.entries(lo, hi + 1, max_bytes);
+        if self.fatal().is_some() {
+            return Vec::new();
+        }
+        let out = read.unwrap_or_else(|| {
             panic!(
                 "log: committed entries [{lo}, {hi}] not applied yet are compacted (first index {})",
                 self.first_index()

@@ -12,7 +12,7 @@
 
 use bytes::Bytes;
 
-use super::{Entry, LogStorage, SnapshotMeta};
+use super::{Entry, LogStorage, SnapshotMeta, StorageError};
 
 /// Durable log and snapshot of one node, in memory.
 #[derive(Clone, Debug, Default)]
@@ -170,34 +170,42 @@ impl LogStorage for MemStorage {
         self.offset_index + self.entries.len() as u64
     }
 
-    fn term(&self, index: u64) -> storage::Result<u64> {
+    fn term(&self, index: u64) -> Result<u64, StorageError> {
         if index < self.offset_index {
-            return Err(storage::Error::Compacted {
+            return Err(StorageError::Compacted {
                 index,
                 first_index: self.first_index(),
             });
         }
         if index == self.offset_index {
-            return Ok(self.offset_term);
+            // Only the snapshot's last entry (or 0) is answered there: a compaction point
+            // below the snapshot (trailing entries) is gone from a WAL too.
+            if index == 0 || index == self.snapshot_meta.last_index {
+                return Ok(self.offset_term);
+            }
+            return Err(StorageError::Compacted {
+                index,
+                first_index: self.first_index(),
+            });
         }
         match self.entries.get((index - self.offset_index - 1) as usize) {
             Some(entry) => Ok(entry.term),
-            None => Err(storage::Error::Unavailable {
+            None => Err(StorageError::Unavailable {
                 index,
                 last_index: self.last_index(),
             }),
         }
     }
 
-    fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> storage::Result<Vec<Entry>> {
+    fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
         if lo <= self.offset_index {
-            return Err(storage::Error::Compacted {
+            return Err(StorageError::Compacted {
                 index: lo,
                 first_index: self.first_index(),
             });
         }
         if hi > self.last_index() + 1 {
-            return Err(storage::Error::Unavailable {
+            return Err(StorageError::Unavailable {
                 index: hi - 1,
                 last_index: self.last_index(),
             });
@@ -225,14 +233,13 @@ impl LogStorage for MemStorage {
         meta: &SnapshotMeta,
         offset: u64,
         max_len: u64,
-    ) -> storage::Result<(Bytes, bool)> {
+    ) -> Result<(Bytes, bool), StorageError> {
         if meta.last_index != self.snapshot_meta.last_index
             || meta.last_term != self.snapshot_meta.last_term
         {
-            // The snapshot asked for was replaced by a newer one; the caller restarts.
-            return Err(storage::Error::Unavailable {
-                index: meta.last_index,
-                last_index: self.snapshot_meta.last_index,
+            return Err(StorageError::SnapshotReplaced {
+                requested: meta.last_index,
+                current: self.snapshot_meta.last_index,
             });
         }
         let len = self.snapshot_data.len() as u64;
@@ -310,12 +317,14 @@ mod tests {
     }
 
     #[test]
-    fn compact_keeps_term_of_compaction_point() {
+    fn compact_below_snapshot_keeps_only_the_snapshot_term() {
         let mut s = storage_with(&[1, 1, 2, 2, 3]);
         s.set_snapshot(meta(4, 2), Bytes::from_static(b"snap"));
         s.compact(3);
         assert_eq!((s.first_index(), s.last_index()), (4, 5));
-        assert_eq!(s.term(3).unwrap(), 2);
+        // A WAL forgets the compaction point's term too; only the snapshot's is kept.
+        assert!(s.term(3).is_err());
+        assert_eq!(s.term(4).unwrap(), 2);
         assert!(s.term(2).is_err());
         assert!(s.entries(3, 5, u64::MAX).is_err());
     }

@@ -19,18 +19,24 @@
 //! Time arrives as ticks; randomness as a seed in [`Config`].
 
 pub mod core;
+#[doc(hidden)]
+pub mod fuzzing;
 mod log;
 pub mod mem_storage;
 pub mod membership;
 mod progress;
 mod quorum;
 mod read_index;
+#[doc(hidden)]
+pub mod storage_conformance;
 #[cfg(test)]
 mod test_cluster;
+pub mod validate;
 
 pub use self::core::RaftCore;
 pub use self::mem_storage::MemStorage;
 pub use self::membership::{decode_membership, encode_membership};
+pub use self::validate::{DropReason, DroppedMessages};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -68,6 +74,9 @@ pub struct Config {
     /// Flow control: a leader refuses proposals ([`ProposeError::Backpressure`]) while
     /// this many of its entries are uncommitted.
     pub max_uncommitted_entries: u64,
+    /// Messages dropped at the door ([`validate`]) are logged at most once per reason per
+    /// this many ticks (every drop is counted).
+    pub drop_log_interval_ticks: u64,
     /// Test-only: switch on a deliberately broken rule so the simulator can prove it
     /// notices. Always `None` outside the `planted_*` tests.
     #[doc(hidden)]
@@ -92,6 +101,8 @@ impl Config {
             lease_clock_drift_ticks: 2,
             seed: id,
             max_uncommitted_entries: 1 << 16,
+            // One second at the node's 10 ms tick.
+            drop_log_interval_ticks: 100,
             planted_bug: None,
         }
     }
@@ -389,6 +400,43 @@ pub enum ProposeError {
     Backpressure,
 }
 
+/// Why [`LogStorage`] could not answer. Every implementation gives the same variant for
+/// the same situation; `raft::storage_conformance` checks that.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// The entry was compacted into a snapshot: expected, the leader sends the snapshot.
+    #[error("entry {index} is compacted (the log starts at {first_index})")]
+    Compacted {
+        /// The index asked for.
+        index: u64,
+        /// The first index still in the log.
+        first_index: u64,
+    },
+    /// The entry is past the end of the log.
+    #[error("entry {index} is beyond the end of the log (last index {last_index})")]
+    Unavailable {
+        /// The index asked for.
+        index: u64,
+        /// The last index in the log.
+        last_index: u64,
+    },
+    /// The snapshot asked for was replaced by a newer one: expected, the leader restarts
+    /// the transfer with the newer one.
+    #[error("snapshot {requested} was replaced by snapshot {current}")]
+    SnapshotReplaced {
+        /// `last_index` of the snapshot asked for.
+        requested: u64,
+        /// `last_index` of the current snapshot.
+        current: u64,
+    },
+    /// The storage cannot be trusted: a record failed verification, a read failed. The
+    /// message names the file and offset. The core stops ([`RaftCore::fatal`]) and the
+    /// driver must stop the node: answering from a damaged log could lose acknowledged
+    /// writes.
+    #[error("{0}")]
+    Fatal(String),
+}
+
 /// What the core can read of the persisted log and snapshot.
 ///
 /// # To ensure correctness
@@ -397,28 +445,33 @@ pub enum ProposeError {
 /// - `first_index() - 1` is covered by the latest snapshot: `snapshot_meta().last_index
 ///   >= first_index() - 1` whenever the log is compacted.
 /// - Reads must be deterministic: the same calls in the same order give the same answers.
+/// - Errors: [`StorageError::Compacted`] below `first_index() - 1`,
+///   [`StorageError::Unavailable`] past `last_index()`, [`StorageError::SnapshotReplaced`]
+///   for a snapshot that is no longer the latest, and [`StorageError::Fatal`] for anything
+///   that means the data cannot be trusted (never one of the others in its place).
 pub trait LogStorage {
     /// The first index still in the log (`snapshot last_index + 1` when the log is empty).
     fn first_index(&self) -> u64;
     /// The last index in the log (`snapshot last_index` when the log is empty).
     fn last_index(&self) -> u64;
     /// The term of the entry at `index`, also for `first_index() - 1` (the snapshot's
-    /// last entry); `Err` if compacted beyond that or past the end.
-    fn term(&self, index: u64) -> storage::Result<u64>;
+    /// last entry) and for 0 (term 0).
+    fn term(&self, index: u64) -> Result<u64, StorageError>;
     /// Entries in `[lo, hi)`, stopping early once `max_bytes` is exceeded (at least one
-    /// entry is returned when `lo < hi`).
-    fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> storage::Result<Vec<Entry>>;
+    /// entry is returned when `lo < hi`); `Compacted` if `lo < first_index()`,
+    /// `Unavailable` if `hi > last_index() + 1`.
+    fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>, StorageError>;
     /// The latest durable snapshot (`last_index == 0`: none).
     fn snapshot_meta(&self) -> SnapshotMeta;
     /// Up to `max_len` bytes of the snapshot described by `meta`, from `offset`; returns
-    /// the data and whether it reaches the end. `Err` if that snapshot is gone (a newer
-    /// one replaced it): the core restarts the transfer with the newer one.
+    /// the data and whether it reaches the end. `SnapshotReplaced` if that snapshot is no
+    /// longer the latest: the core restarts the transfer with the newer one.
     fn snapshot_chunk(
         &self,
         meta: &SnapshotMeta,
         offset: u64,
         max_len: u64,
-    ) -> storage::Result<(Bytes, bool)>;
+    ) -> Result<(Bytes, bool), StorageError>;
 }
 
 /// A single-server membership change (thesis §4.1: one at a time; it takes effect when

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use raftlog::raft::{Entry, HardState, LogStorage, SnapshotMeta};
+use raftlog::raft::{Entry, HardState, LogStorage, SnapshotMeta, StorageError};
 
 /// Durable state of one node.
 #[derive(Debug, Default)]
@@ -136,35 +136,35 @@ impl LogStorage for SimStorage {
         self.durable.borrow().last_index()
     }
 
-    fn term(&self, index: u64) -> storage::Result<u64> {
+    fn term(&self, index: u64) -> Result<u64, StorageError> {
         let durable = self.durable.borrow();
         if let Some(term) = durable.term(index) {
             return Ok(term);
         }
         if index < durable.first_index() {
-            Err(storage::Error::Compacted {
+            Err(StorageError::Compacted {
                 index,
                 first_index: durable.first_index(),
             })
         } else {
-            Err(storage::Error::Unavailable {
+            Err(StorageError::Unavailable {
                 index,
                 last_index: durable.last_index(),
             })
         }
     }
 
-    fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> storage::Result<Vec<Entry>> {
+    fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
         let durable = self.durable.borrow();
         let first = durable.first_index();
         if lo < first {
-            return Err(storage::Error::Compacted {
+            return Err(StorageError::Compacted {
                 index: lo,
                 first_index: first,
             });
         }
         if hi > durable.last_index() + 1 {
-            return Err(storage::Error::Unavailable {
+            return Err(StorageError::Unavailable {
                 index: hi - 1,
                 last_index: durable.last_index(),
             });
@@ -193,15 +193,15 @@ impl LogStorage for SimStorage {
         meta: &SnapshotMeta,
         offset: u64,
         max_len: u64,
-    ) -> storage::Result<(Bytes, bool)> {
+    ) -> Result<(Bytes, bool), StorageError> {
         let durable = self.durable.borrow();
         if durable.snap_meta.last_index != meta.last_index
             || durable.snap_meta.last_term != meta.last_term
             || meta.last_index == 0
         {
-            return Err(storage::Error::Compacted {
-                index: meta.last_index,
-                first_index: durable.first_index(),
+            return Err(StorageError::SnapshotReplaced {
+                requested: meta.last_index,
+                current: durable.snap_meta.last_index,
             });
         }
         let len = durable.snap_data.len() as u64;
@@ -211,5 +211,47 @@ impl LogStorage for SimStorage {
             durable.snap_data.slice(start as usize..end as usize),
             end == len,
         ))
+    }
+}
+
+#[cfg(test)]
+mod conformance {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use bytes::Bytes;
+    use raftlog::raft::storage_conformance::{check_all, StorageUnderTest};
+    use raftlog::raft::{Entry, SnapshotMeta};
+
+    use super::{Durable, SimStorage};
+
+    impl StorageUnderTest for SimStorage {
+        type Storage = SimStorage;
+        fn storage(&self) -> &SimStorage {
+            self
+        }
+        fn append(&mut self, entries: &[Entry]) {
+            let appended = self.durable.borrow_mut().append(entries);
+            appended.unwrap_or_else(|e| panic!("{e}"));
+        }
+        fn take_snapshot(&mut self, meta: SnapshotMeta, data: Bytes) {
+            let mut durable = self.durable.borrow_mut();
+            durable.snap_meta = meta;
+            durable.snap_data = data;
+        }
+        fn compact(&mut self, upto: u64) {
+            self.durable.borrow_mut().compact_to(upto);
+        }
+        fn install_snapshot(&mut self, meta: SnapshotMeta, data: Bytes) {
+            self.durable.borrow_mut().install_snapshot(meta, data);
+        }
+    }
+
+    /// The simulator's disk answers the core as the node's and MemStorage do.
+    #[test]
+    fn sim_storage_conforms() {
+        check_all(|| SimStorage {
+            durable: Rc::new(RefCell::new(Durable::new())),
+        });
     }
 }
