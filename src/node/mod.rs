@@ -17,12 +17,13 @@
 
 pub mod apply;
 pub mod log_storage;
+pub mod transfer;
 pub mod writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -35,6 +36,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use self::apply::{Applier, ApplyJob, PendingWrite, PendingWrites, WriteOutcome};
 use self::log_storage::{DurableLog, NodeLogStorage};
+use self::transfer::{TransferReply, TransferWaiters};
 use self::writer::{WriteJob, Writer};
 use crate::kv::{Replicated, StateMachine};
 use crate::raft::{self, Envelope, ProposeError, RaftCore, ReadMode, Ready, Role};
@@ -99,6 +101,10 @@ enum Request {
     Status {
         reply: oneshot::Sender<NodeStatus>,
     },
+    TransferLeadership {
+        to: Option<NodeId>,
+        reply: TransferReply,
+    },
 }
 
 /// What `GET /v1/status` reports: the core's own status.
@@ -162,6 +168,12 @@ pub struct Metrics {
     pub reads: Counter,
     /// Elections this node started.
     pub elections: Counter,
+    /// Leadership transfers this node started as leader.
+    pub transfers_started: Counter,
+    /// Transfers that ended with the target leading.
+    pub transfers_succeeded: Counter,
+    /// Transfers abandoned, or without an outcome in time.
+    pub transfers_failed: Counter,
 }
 
 impl Metrics {
@@ -222,6 +234,9 @@ pub struct Node<S: StateMachine> {
     leader: watch::Receiver<Option<NodeId>>,
     membership: Arc<RwLock<Membership>>,
     fatal: watch::Receiver<Option<String>>,
+    /// A graceful stop began: `/readyz` answers 503.
+    stopping: Arc<AtomicBool>,
+    election_timeout_max: Duration,
 }
 
 impl<S: StateMachine> Clone for Node<S> {
@@ -238,6 +253,8 @@ impl<S: StateMachine> Clone for Node<S> {
             leader: self.leader.clone(),
             membership: self.membership.clone(),
             fatal: self.fatal.clone(),
+            stopping: self.stopping.clone(),
+            election_timeout_max: self.election_timeout_max,
         }
     }
 }
@@ -274,6 +291,11 @@ impl<S: StateMachine> Node<S> {
             Ok(waiting) => waiting,
             Err(ProposeError::NotLeader { leader_hint }) => {
                 return Err(RequestError::NotLeader(leader_hint))
+            }
+            Err(ProposeError::TransferInProgress) => {
+                return Err(RequestError::Refused(
+                    "leadership is being transferred (at most an election timeout); nothing was proposed; retry shortly".to_string(),
+                ))
             }
             Err(other) => return Err(RequestError::Refused(other.to_string())),
         };
@@ -584,6 +606,8 @@ pub async fn start<S: StateMachine>(
         metrics: metrics.clone(),
         fatal: fatal_tx,
         last_role: None,
+        transfers: TransferWaiters::default(),
+        election_timeout_max: options.election_timeout.1,
     };
     tokio::spawn(raft_loop.run(options.tick, inbound, requests_rx, events_rx));
 
@@ -599,6 +623,8 @@ pub async fn start<S: StateMachine>(
         leader: leader_rx,
         membership,
         fatal: fatal_rx,
+        stopping: Arc::new(AtomicBool::new(false)),
+        election_timeout_max: options.election_timeout.1,
     })
 }
 
@@ -670,6 +696,8 @@ struct RaftLoop {
     metrics: Arc<Metrics>,
     fatal: watch::Sender<Option<String>>,
     last_role: Option<Role>,
+    transfers: TransferWaiters,
+    election_timeout_max: Duration,
 }
 
 /// Most client requests taken per loop iteration: enough to batch, few enough that ticks
@@ -723,6 +751,8 @@ impl RaftLoop {
                 let ready = self.core.take_ready();
                 self.handle_ready(ready);
             }
+            self.transfers
+                .check(&self.core, &self.metrics, self.election_timeout_max);
         }
     }
 
@@ -789,6 +819,13 @@ impl RaftLoop {
             Request::Status { reply } => {
                 let _ = reply.send(self.core.status());
             }
+            Request::TransferLeadership { to, reply } => transfer::start(
+                &mut self.core,
+                &mut self.transfers,
+                &self.metrics,
+                to,
+                reply,
+            ),
         }
     }
 

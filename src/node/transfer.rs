@@ -1,0 +1,265 @@
+//! Leadership transfer driven by clients, and the graceful stop built on it.
+//!
+//! The core does the protocol (thesis §3.10): it refuses proposals, brings the target up to
+//! date, sends it TimeoutNow, and abandons the attempt after an election timeout. This
+//! module picks the target, checks it is a voter, and tells the client how it ended:
+//!
+//! | what the raft loop sees after a step          | answer                          |
+//! |-----------------------------------------------|---------------------------------|
+//! | the known leader is the target                | done                            |
+//! | still leader, the core no longer transfers    | failed: abandoned (timed out)   |
+//! | no leader known, or another one               | keep waiting (election running) |
+//! | nothing decided by the node's own deadline    | failed: outcome unknown         |
+//!
+//! A graceful stop (SIGTERM) first makes `/readyz` answer 503, then, on a leader, hands
+//! leadership to the most caught-up voter so the cluster does not sit out an election
+//! timeout, and only then lets the process exit.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use storage::NodeId;
+use tokio::sync::oneshot;
+
+use super::log_storage::NodeLogStorage;
+use super::{Metrics, Node, Request};
+use crate::kv::StateMachine;
+use crate::raft::{ProposeError, RaftCore, Role};
+
+type NodeStorageCore = RaftCore<NodeLogStorage>;
+
+/// The answer the raft loop gives a transfer request: the node that leads at the end.
+pub(super) type TransferReply = oneshot::Sender<Result<NodeId, TransferError>>;
+
+/// Why a transfer did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    /// This node does not lead; `leader` if known. Ask the leader.
+    #[error("node is not the leader (leader: {0:?})")]
+    NotLeader(Option<NodeId>),
+    /// The target is not in the membership.
+    #[error("node {0} is not a member of the cluster; give the id of a voter")]
+    NotMember(NodeId),
+    /// The target is a learner: it cannot be elected (hashicorp/raft#398).
+    #[error("node {0} is a learner and cannot lead; promote it to voter first, or pick a voter")]
+    NotVoter(NodeId),
+    /// Without a target, no other voter has been heard from recently.
+    #[error("no other voter has answered within an election timeout; nobody can take over, leadership stays with node {0}")]
+    NoCandidate(NodeId),
+    /// Another transfer is under way.
+    #[error("a leadership transfer to node {0} is already in progress; wait for it to end (at most an election timeout)")]
+    InProgress(NodeId),
+    /// The core gave up after an election timeout; this node leads and accepts writes again.
+    #[error("node {to} did not take over within an election timeout ({timeout_ms} ms): it did not catch up or did not win its election; node {leader} still leads and accepts writes again")]
+    Abandoned {
+        /// The target.
+        to: NodeId,
+        /// The leader that resumed.
+        leader: NodeId,
+        /// The election timeout waited.
+        timeout_ms: u64,
+    },
+    /// Neither success nor abandonment was seen in time (the election may still end with
+    /// `to` leading).
+    #[error("no outcome within {waited_ms} ms: leadership may or may not have moved; check `raftlog status`")]
+    Unknown {
+        /// How long this node waited.
+        waited_ms: u64,
+    },
+    /// The node is shutting down or failed.
+    #[error("the node stopped before the transfer ended")]
+    Stopped,
+}
+
+/// A transfer that ended with the target leading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferDone {
+    /// The new leader.
+    pub leader: NodeId,
+    /// From the request to seeing the target lead.
+    pub elapsed: Duration,
+}
+
+/// The raft loop's side of a transfer request: starts it, answers at once if it cannot
+/// start, else remembers the client until [`TransferWaiters::check`] sees the end.
+pub(super) fn start(
+    core: &mut NodeStorageCore,
+    waiters: &mut TransferWaiters,
+    metrics: &Metrics,
+    to: Option<NodeId>,
+    reply: TransferReply,
+) {
+    match choose_target(core, to) {
+        Ok(target) if core.status().leader_id == Some(target) => {
+            // Already leads (a transfer to the leader itself): nothing to do.
+            let _ = reply.send(Ok(target));
+        }
+        Ok(target) => match core.transfer_leadership(target) {
+            Ok(()) => {
+                metrics.transfers_started.inc();
+                tracing::info!(to = target, "leadership transfer started");
+                waiters.0.push(Waiter { to: target, reply });
+            }
+            Err(e) => {
+                let _ = reply.send(Err(from_propose_error(e, target)));
+            }
+        },
+        Err(e) => {
+            let _ = reply.send(Err(e));
+        }
+    }
+}
+
+/// Who to hand leadership to: `to` if it is a voter, else the most caught-up voter.
+fn choose_target(core: &NodeStorageCore, to: Option<NodeId>) -> Result<NodeId, TransferError> {
+    let status = core.status();
+    if status.role != Role::Leader {
+        return Err(TransferError::NotLeader(status.leader_id));
+    }
+    let target = match to {
+        Some(to) => to,
+        None => core
+            .most_caught_up_voter()
+            .ok_or(TransferError::NoCandidate(status.id))?,
+    };
+    match status.membership.members.get(&target) {
+        None => return Err(TransferError::NotMember(target)),
+        Some(member) if !member.voter => return Err(TransferError::NotVoter(target)),
+        Some(_) => {}
+    }
+    match core.transfer_target() {
+        Some(other) if other != target => Err(TransferError::InProgress(other)),
+        _ => Ok(target),
+    }
+}
+
+fn from_propose_error(error: ProposeError, to: NodeId) -> TransferError {
+    match error {
+        ProposeError::NotLeader { leader_hint } => TransferError::NotLeader(leader_hint),
+        // The core refuses non-voters as an invalid change; the membership check above
+        // normally catches it first.
+        _ => TransferError::NotVoter(to),
+    }
+}
+
+struct Waiter {
+    to: NodeId,
+    reply: TransferReply,
+}
+
+/// Clients waiting for a transfer to end.
+#[derive(Default)]
+pub(super) struct TransferWaiters(Vec<Waiter>);
+
+impl TransferWaiters {
+    /// Answers the waiters whose transfer ended; called after every step of the raft loop.
+    pub(super) fn check(
+        &mut self,
+        core: &NodeStorageCore,
+        metrics: &Metrics,
+        election_timeout: Duration,
+    ) {
+        if self.0.is_empty() {
+            return;
+        }
+        let soft = core.soft_state();
+        let transferring = core.transfer_target();
+        self.0.retain_mut(|waiter| {
+            let outcome = if soft.leader_id == Some(waiter.to) {
+                metrics.transfers_succeeded.inc();
+                tracing::info!(to = waiter.to, "leadership transfer done");
+                Ok(waiter.to)
+            } else if soft.role == Role::Leader && transferring != Some(waiter.to) {
+                metrics.transfers_failed.inc();
+                tracing::warn!(to = waiter.to, "leadership transfer abandoned");
+                Err(TransferError::Abandoned {
+                    to: waiter.to,
+                    leader: core.status().id,
+                    timeout_ms: election_timeout.as_millis() as u64,
+                })
+            } else {
+                return !waiter.reply.is_closed();
+            };
+            let (reply, _) = oneshot::channel();
+            let _ = std::mem::replace(&mut waiter.reply, reply).send(outcome);
+            false
+        });
+    }
+}
+
+impl<S: StateMachine> Node<S> {
+    /// Hands leadership to `to` (or to the most caught-up voter) and waits until it leads
+    /// or the attempt is abandoned.
+    pub async fn transfer_leadership(
+        &self,
+        to: Option<NodeId>,
+    ) -> Result<TransferDone, TransferError> {
+        let started = Instant::now();
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::TransferLeadership { to, reply })
+            .await
+            .map_err(|_| TransferError::Stopped)?;
+        // The core abandons after an election timeout; waiting three of them leaves room for
+        // the target's election to finish on a loaded machine before calling it unknown.
+        let deadline = self.election_timeout_max * 3 + Duration::from_secs(1);
+        match tokio::time::timeout(deadline, answer).await {
+            Ok(Ok(Ok(leader))) => Ok(TransferDone {
+                leader,
+                elapsed: started.elapsed(),
+            }),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(TransferError::Stopped),
+            Err(_) => {
+                self.metrics.transfers_failed.inc();
+                Err(TransferError::Unknown {
+                    waited_ms: deadline.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    /// Begins a graceful stop: from now on `/readyz` answers 503. If this node leads, it
+    /// hands leadership to the most caught-up voter first, waiting at most about an election
+    /// timeout, so that the cluster need not wait for its followers to time out.
+    pub async fn begin_stop(&self) -> Result<Option<TransferDone>, TransferError> {
+        self.stopping.store(true, Ordering::SeqCst);
+        match self.transfer_leadership(None).await {
+            Ok(done) => Ok(Some(done)),
+            Err(TransferError::NotLeader(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether a graceful stop began.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Whether this node can serve linearizable requests now; if not, why (for `/readyz`).
+    pub fn readiness(&self) -> Result<NodeId, String> {
+        if self.is_stopping() {
+            return Err(format!(
+                "node {} is stopping; send requests to another node",
+                self.id
+            ));
+        }
+        let Some(leader) = self.leader_hint() else {
+            return Err(format!(
+                "node {} knows no leader (an election is under way or a quorum is unreachable)",
+                self.id
+            ));
+        };
+        match self.membership().members.get(&self.id) {
+            Some(me) if me.voter => Ok(leader),
+            Some(_) => Err(format!(
+                "node {} is a learner still catching up; it is ready once promoted to voter",
+                self.id
+            )),
+            None => Err(format!(
+                "node {} is not a member of the cluster (yet); add it with `raftlog members add`",
+                self.id
+            )),
+        }
+    }
+}
