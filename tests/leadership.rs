@@ -332,16 +332,18 @@ fn sigterm_on_the_leader_hands_over_without_an_election_timeout() {
             "SIGTERM on leader {leader}: node {new_leader} leads after {gap:?}; the process exited after {exited_after:?} ({exit})"
         );
         assert!(exit.success(), "SIGTERM exits 0: {exit}");
+        // The new leader campaigned because it was told to (TimeoutNow), not because its
+        // election timer fired: that is the election timeout the cluster did not wait.
         let new_term = term_of(&cluster, new_leader).await;
-        assert_eq!(
-            new_term,
-            term + 1,
-            "one election, at once: a timeout-driven election would need pre-votes and often more terms"
-        );
-        // Election timeout 150-300 ms: the handover must beat the first follower timeout.
-        assert!(gap < Duration::from_millis(1000), "handover took {gap:?}");
-        let log = std::fs::read_to_string(&cluster.nodes[&leader].log_path).unwrap_or_default();
-        assert!(log.contains("handed leadership over before stopping"), "{log}");
+        assert_eq!(new_term, term + 1, "one election");
+        let new_log = std::fs::read_to_string(&cluster.nodes[&new_leader].log_path).unwrap_or_default();
+        let campaigned = format!("became candidate id={new_leader} term={new_term} transfer=true");
+        assert!(new_log.contains(&campaigned), "expected '{campaigned}' in\n{new_log}");
+        let old_log = std::fs::read_to_string(&cluster.nodes[&leader].log_path).unwrap_or_default();
+        assert!(old_log.contains("handed leadership over before stopping"), "{old_log}");
+        // Typically 7-120 ms; the bound only catches a stop that hangs (the machine running
+        // these tests is often loaded by parallel builds).
+        assert!(gap < Duration::from_secs(3), "handover took {gap:?}");
 
         cluster.spawn(leader);
         let record = load.finish().await;
