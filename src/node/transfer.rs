@@ -21,12 +21,9 @@ use std::time::{Duration, Instant};
 use storage::NodeId;
 use tokio::sync::oneshot;
 
-use super::log_storage::NodeLogStorage;
 use super::{Metrics, Node, Request};
 use crate::kv::StateMachine;
-use crate::raft::{ProposeError, RaftCore, Role};
-
-type NodeStorageCore = RaftCore<NodeLogStorage>;
+use crate::raft::{LogStorage, ProposeError, RaftCore, Role};
 
 /// The answer the raft loop gives a transfer request: the node that leads at the end.
 pub(super) type TransferReply = oneshot::Sender<Result<NodeId, TransferError>>;
@@ -82,8 +79,8 @@ pub struct TransferDone {
 
 /// The raft loop's side of a transfer request: starts it, answers at once if it cannot
 /// start, else remembers the client until [`TransferWaiters::check`] sees the end.
-pub(super) fn start(
-    core: &mut NodeStorageCore,
+pub(super) fn start<L: LogStorage>(
+    core: &mut RaftCore<L>,
     waiters: &mut TransferWaiters,
     metrics: &Metrics,
     to: Option<NodeId>,
@@ -111,7 +108,10 @@ pub(super) fn start(
 }
 
 /// Who to hand leadership to: `to` if it is a voter, else the most caught-up voter.
-fn choose_target(core: &NodeStorageCore, to: Option<NodeId>) -> Result<NodeId, TransferError> {
+fn choose_target<L: LogStorage>(
+    core: &RaftCore<L>,
+    to: Option<NodeId>,
+) -> Result<NodeId, TransferError> {
     let status = core.status();
     if status.role != Role::Leader {
         return Err(TransferError::NotLeader(status.leader_id));
@@ -153,9 +153,9 @@ pub(super) struct TransferWaiters(Vec<Waiter>);
 
 impl TransferWaiters {
     /// Answers the waiters whose transfer ended; called after every step of the raft loop.
-    pub(super) fn check(
+    pub(super) fn check<L: LogStorage>(
         &mut self,
-        core: &NodeStorageCore,
+        core: &RaftCore<L>,
         metrics: &Metrics,
         election_timeout: Duration,
     ) {
@@ -261,5 +261,158 @@ impl<S: StateMachine> Node<S> {
                 self.id
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::raft::test_cluster::{member, test_config, Cluster};
+    use crate::raft::{HardState, MemStorage, Membership, MembershipChange};
+
+    /// Asks node 1 of `c` to transfer; returns the receiver of its answer.
+    fn ask(
+        c: &mut Cluster,
+        waiters: &mut TransferWaiters,
+        metrics: &Metrics,
+        to: Option<NodeId>,
+    ) -> oneshot::Receiver<Result<NodeId, TransferError>> {
+        let (reply, answer) = oneshot::channel();
+        start(c.node_mut(1), waiters, metrics, to, reply);
+        answer
+    }
+
+    fn answered(
+        answer: &mut oneshot::Receiver<Result<NodeId, TransferError>>,
+    ) -> Option<Result<NodeId, TransferError>> {
+        answer.try_recv().ok()
+    }
+
+    fn three_nodes_led_by_1() -> Cluster {
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        c.tick_all(2);
+        c
+    }
+
+    #[test]
+    fn transfer_to_a_learner_or_a_non_member_is_refused() {
+        // hashicorp/raft#398: a learner told to campaign can never win.
+        let mut c = three_nodes_led_by_1();
+        let learner = RaftCore::new(
+            test_config(4),
+            MemStorage::new(),
+            HardState::default(),
+            Membership::default(),
+        );
+        c.add(4, learner);
+        c.node_mut(1)
+            .propose_membership_change(MembershipChange::AddOrUpdate {
+                id: 4,
+                member: member(false),
+            })
+            .unwrap();
+        c.settle();
+        let (mut waiters, metrics) = (TransferWaiters::default(), Metrics::default());
+        let mut to_learner = ask(&mut c, &mut waiters, &metrics, Some(4));
+        assert_eq!(
+            answered(&mut to_learner),
+            Some(Err(TransferError::NotVoter(4)))
+        );
+        let mut to_stranger = ask(&mut c, &mut waiters, &metrics, Some(9));
+        assert_eq!(
+            answered(&mut to_stranger),
+            Some(Err(TransferError::NotMember(9)))
+        );
+        assert_eq!(
+            c.node(1).transfer_target(),
+            None,
+            "the core was never asked"
+        );
+        assert!(c.node_mut(1).propose(Bytes::from_static(b"x")).is_ok());
+        assert_eq!(metrics.transfers_started.get(), 0);
+    }
+
+    #[test]
+    fn transfer_on_a_follower_names_the_leader() {
+        let mut c = three_nodes_led_by_1();
+        let (mut waiters, metrics) = (TransferWaiters::default(), Metrics::default());
+        let (reply, mut answer) = oneshot::channel();
+        start(c.node_mut(2), &mut waiters, &metrics, Some(3), reply);
+        assert_eq!(
+            answered(&mut answer),
+            Some(Err(TransferError::NotLeader(Some(1))))
+        );
+    }
+
+    #[test]
+    fn transfer_to_the_leader_itself_is_done_at_once() {
+        let mut c = three_nodes_led_by_1();
+        let (mut waiters, metrics) = (TransferWaiters::default(), Metrics::default());
+        let mut answer = ask(&mut c, &mut waiters, &metrics, Some(1));
+        assert_eq!(answered(&mut answer), Some(Ok(1)));
+        assert!(c.node_mut(1).propose(Bytes::from_static(b"x")).is_ok());
+    }
+
+    #[test]
+    fn transfer_without_target_ends_with_the_most_caught_up_voter_leading() {
+        let mut c = three_nodes_led_by_1();
+        c.cut.insert((1, 2));
+        c.propose(1, b"x");
+        c.tick_all(1);
+        let (mut waiters, metrics) = (TransferWaiters::default(), Metrics::default());
+        let mut answer = ask(&mut c, &mut waiters, &metrics, None);
+        waiters.check(c.node(1), &metrics, Duration::from_millis(300));
+        assert_eq!(answered(&mut answer), None, "not before the target leads");
+        c.cut.clear();
+        c.tick_all(6);
+        assert_eq!(c.leader(), Some(3));
+        waiters.check(c.node(1), &metrics, Duration::from_millis(300));
+        assert_eq!(answered(&mut answer), Some(Ok(3)));
+        assert_eq!(
+            (
+                metrics.transfers_started.get(),
+                metrics.transfers_succeeded.get()
+            ),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn a_second_transfer_elsewhere_waits_for_the_first() {
+        let mut c = three_nodes_led_by_1();
+        c.cut.insert((1, 3));
+        let (mut waiters, metrics) = (TransferWaiters::default(), Metrics::default());
+        let _first = ask(&mut c, &mut waiters, &metrics, Some(3));
+        let mut second = ask(&mut c, &mut waiters, &metrics, Some(2));
+        assert_eq!(
+            answered(&mut second),
+            Some(Err(TransferError::InProgress(3)))
+        );
+    }
+
+    #[test]
+    fn abandoned_transfer_answers_why_and_the_leader_accepts_writes_again() {
+        let mut c = three_nodes_led_by_1();
+        c.cut.insert((1, 3));
+        let (mut waiters, metrics) = (TransferWaiters::default(), Metrics::default());
+        let mut answer = ask(&mut c, &mut waiters, &metrics, Some(3));
+        c.tick_all(10);
+        waiters.check(c.node(1), &metrics, Duration::from_millis(300));
+        assert_eq!(answered(&mut answer), None, "within the election timeout");
+        c.tick_all(11);
+        waiters.check(c.node(1), &metrics, Duration::from_millis(300));
+        assert_eq!(
+            answered(&mut answer),
+            Some(Err(TransferError::Abandoned {
+                to: 3,
+                leader: 1,
+                timeout_ms: 300
+            }))
+        );
+        assert_eq!(metrics.transfers_failed.get(), 1);
+        assert!(c.node_mut(1).propose(Bytes::from_static(b"y")).is_ok());
     }
 }

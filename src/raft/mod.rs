@@ -26,7 +26,7 @@ mod progress;
 mod quorum;
 mod read_index;
 #[cfg(test)]
-mod test_cluster;
+pub(crate) mod test_cluster;
 
 pub use self::core::RaftCore;
 pub use self::mem_storage::MemStorage;
