@@ -559,9 +559,9 @@ fn transfer_error(error: TransferError) -> ApiError {
         TransferError::NotLeader(_) | TransferError::Stopped => ApiError::no_leader(message),
         TransferError::NotMember(_) | TransferError::NotVoter(_) => ApiError::bad_request(message),
         TransferError::NoCandidate(_) | TransferError::InProgress(_) => ApiError::conflict(message),
-        TransferError::Abandoned { .. } | TransferError::Unknown { .. } => {
-            ApiError::timeout(message)
-        }
+        TransferError::Abandoned { .. }
+        | TransferError::OtherLeader { .. }
+        | TransferError::Unknown { .. } => ApiError::timeout(message),
     }
 }
 

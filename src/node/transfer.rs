@@ -8,7 +8,8 @@
 //! |-----------------------------------------------|---------------------------------|
 //! | the known leader is the target                | done                            |
 //! | still leader, the core no longer transfers    | failed: abandoned (timed out)   |
-//! | no leader known, or another one               | keep waiting (election running) |
+//! | another node leads (and this one follows it)  | failed: another node won        |
+//! | no leader known                               | keep waiting (election running) |
 //! | nothing decided by the node's own deadline    | failed: outcome unknown         |
 //!
 //! A graceful stop (SIGTERM) first makes `/readyz` answer 503, then, on a leader, hands
@@ -56,8 +57,16 @@ pub enum TransferError {
         /// The election timeout waited.
         timeout_ms: u64,
     },
+    /// The target campaigned but another node won the election.
+    #[error("node {leader} won the election instead of node {to}; retry the transfer to move leadership on")]
+    OtherLeader {
+        /// The target.
+        to: NodeId,
+        /// Who leads instead.
+        leader: NodeId,
+    },
     /// Neither success nor abandonment was seen in time (the election may still end with
-    /// `to` leading).
+    /// the target leading).
     #[error("no outcome within {waited_ms} ms: leadership may or may not have moved; check `raftlog status`")]
     Unknown {
         /// How long this node waited.
@@ -177,6 +186,17 @@ impl TransferWaiters {
                     leader: core.status().id,
                     timeout_ms: election_timeout.as_millis() as u64,
                 })
+            } else if let (Some(leader), false) = (soft.leader_id, soft.role == Role::Leader) {
+                metrics.transfers_failed.inc();
+                tracing::warn!(
+                    to = waiter.to,
+                    leader,
+                    "another node won the transfer's election"
+                );
+                Err(TransferError::OtherLeader {
+                    to: waiter.to,
+                    leader,
+                })
             } else {
                 return !waiter.reply.is_closed();
             };
@@ -270,7 +290,7 @@ mod tests {
 
     use super::*;
     use crate::raft::test_cluster::{member, test_config, Cluster};
-    use crate::raft::{HardState, MemStorage, Membership, MembershipChange};
+    use crate::raft::{Envelope, HardState, MemStorage, Membership, MembershipChange, Message};
 
     /// Asks node 1 of `c` to transfer; returns the receiver of its answer.
     fn ask(
@@ -391,6 +411,35 @@ mod tests {
             answered(&mut second),
             Some(Err(TransferError::InProgress(3)))
         );
+    }
+
+    #[test]
+    fn transfer_won_by_another_node_answers_who_leads() {
+        let mut c = three_nodes_led_by_1();
+        c.cut.insert((1, 3));
+        let (mut waiters, metrics) = (TransferWaiters::default(), Metrics::default());
+        let mut answer = ask(&mut c, &mut waiters, &metrics, Some(3));
+        // Node 2 wins the next term (say node 3's campaign timed out at the wrong moment).
+        let status = c.node(1).status();
+        let last_term = status.term;
+        c.node_mut(1).step(Envelope {
+            from: 2,
+            to: 1,
+            message: Message::AppendEntries {
+                term: status.term + 1,
+                prev_log_index: status.last_log_index,
+                prev_log_term: last_term,
+                entries: Vec::new(),
+                leader_commit: status.commit_index,
+                read_ctx: 0,
+            },
+        });
+        waiters.check(c.node(1), &metrics, Duration::from_millis(300));
+        assert_eq!(
+            answered(&mut answer),
+            Some(Err(TransferError::OtherLeader { to: 3, leader: 2 }))
+        );
+        assert_eq!(metrics.transfers_failed.get(), 1);
     }
 
     #[test]
