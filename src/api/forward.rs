@@ -1,6 +1,8 @@
 //! Follower → leader forwarding: the follower replays the client's request against the
 //! leader's API and relays the answer unchanged.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,6 +14,11 @@ use super::{ApiError, ApiState, FORWARDED_HEADER};
 /// Headers worth carrying each way.
 const RELAYED_REQUEST_HEADERS: [&str; 2] = ["request-id", "content-type"];
 const RELAYED_RESPONSE_HEADERS: [&str; 3] = ["content-type", "x-raft-index", "x-raft-leader"];
+
+/// How long a forwarded request still waits for the old leader's answer after this node
+/// learned of a new leader: the new leader's first AppendEntries commits what the old one
+/// proposed (a few milliseconds); a leader that is frozen never answers.
+const LEADER_CHANGE_GRACE: Duration = Duration::from_millis(500);
 
 /// Whether the request already went through a forwarding node.
 pub fn was_forwarded(headers: &HeaderMap) -> bool {
@@ -30,6 +37,53 @@ pub async fn to_leader(
     body: Bytes,
     idempotent: bool,
 ) -> Response {
+    let request = Forwarded {
+        method,
+        path_and_query,
+        headers,
+        body,
+    };
+    send_to_leader(state, leader, request, idempotent, true).await
+}
+
+/// Forwards a leadership transfer: unlike a write, its answer is still awaited when this
+/// node learns of another leader, since that is what a transfer sets out to cause.
+pub async fn transfer_to_leader(
+    state: &ApiState,
+    leader: Option<NodeId>,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = Forwarded {
+        method: Method::POST,
+        path_and_query,
+        headers,
+        body,
+    };
+    send_to_leader(state, leader, request, false, false).await
+}
+
+struct Forwarded<'a> {
+    method: Method,
+    path_and_query: &'a str,
+    headers: &'a HeaderMap,
+    body: Bytes,
+}
+
+async fn send_to_leader(
+    state: &ApiState,
+    leader: Option<NodeId>,
+    forwarded: Forwarded<'_>,
+    idempotent: bool,
+    abandon_on_leader_change: bool,
+) -> Response {
+    let Forwarded {
+        method,
+        path_and_query,
+        headers,
+        body,
+    } = forwarded;
     if was_forwarded(headers) {
         return ApiError::no_leader(format!(
             "node {} was sent a forwarded request but does not lead; leadership is changing, retry shortly",
@@ -68,9 +122,20 @@ pub async fn to_leader(
     }
     // A leader that stopped (SIGSTOP, a frozen VM) still accepts connections; do not wait
     // for it once this node has learned of another leader.
+    let abandon = async {
+        if abandon_on_leader_change {
+            state.node.leader_changed_from(leader).await;
+            // A leader that handed over on purpose (a transfer, a graceful stop) is alive
+            // and answers the writes it proposed before, once the new leader commits them
+            // (thesis §3.10): give it that long before calling the outcome unknown.
+            tokio::time::sleep(LEADER_CHANGE_GRACE).await;
+        } else {
+            std::future::pending::<()>().await
+        }
+    };
     let sent = tokio::select! {
         sent = request.send() => sent,
-        _ = state.node.leader_changed_from(leader) => {
+        _ = abandon => {
             return if idempotent {
                 ApiError::no_leader(format!("leadership moved away from {leader} while forwarding; retry"))
                     .into_response()

@@ -15,6 +15,7 @@ use storage::{EntryKind, Membership};
 
 use super::{forward, ApiError, ApiState};
 use crate::kv::{Applied, Command, KvCommand, KvResponse, RequestId};
+use crate::node::transfer::TransferError;
 use crate::node::RequestError;
 use crate::raft::{ReadMode, Role};
 
@@ -503,6 +504,72 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// `GET /readyz`: 200 when this node can serve linearizable requests; 503 while it stops,
+/// knows no leader, or is a learner.
+pub async fn readyz(State(state): State<Arc<ApiState>>) -> ApiResult {
+    match state.node.readiness() {
+        Ok(leader) => Ok(Json(json!({ "ready": true, "leader_id": leader })).into_response()),
+        Err(why) => Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "not_ready",
+            message: why,
+        }),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    to: Option<u64>,
+}
+
+/// `POST /v1/leader/transfer` with `{"to": id}` or no body (the most caught-up voter).
+pub async fn transfer_leader(
+    State(state): State<Arc<ApiState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let body = read_body(&state, body).await?;
+    let to = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<TransferBody>(&body)
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "the body must be {{\"to\": <node id>}} or empty: {e}"
+                ))
+            })?
+            .to
+    };
+    match state.node.transfer_leadership(to).await {
+        Ok(done) => Ok(Json(json!({
+            "leader_id": done.leader,
+            "elapsed_ms": done.elapsed.as_millis() as u64,
+        }))
+        .into_response()),
+        Err(TransferError::NotLeader(leader)) => {
+            Ok(
+                forward::transfer_to_leader(&state, leader, &path_and_query(&uri), &headers, body)
+                    .await,
+            )
+        }
+        Err(e) => Err(transfer_error(e)),
+    }
+}
+
+fn transfer_error(error: TransferError) -> ApiError {
+    let message = error.to_string();
+    match error {
+        TransferError::NotLeader(_) | TransferError::Stopped => ApiError::no_leader(message),
+        TransferError::NotMember(_) | TransferError::NotVoter(_) => ApiError::bad_request(message),
+        TransferError::NoCandidate(_) | TransferError::InProgress(_) => ApiError::conflict(message),
+        TransferError::Abandoned { .. }
+        | TransferError::OtherLeader { .. }
+        | TransferError::Unknown { .. } => ApiError::timeout(message),
+    }
+}
+
 /// Unknown paths.
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(format!("no such endpoint: {}", uri.path()))
@@ -610,6 +677,21 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         "elections_total",
         "Elections started by this node.",
         m.elections.get(),
+    );
+    counter(
+        "leader_transfers_started_total",
+        "Leadership transfers this node started as leader.",
+        m.transfers_started.get(),
+    );
+    counter(
+        "leader_transfers_succeeded_total",
+        "Leadership transfers that ended with the target leading.",
+        m.transfers_succeeded.get(),
+    );
+    counter(
+        "leader_transfers_failed_total",
+        "Leadership transfers abandoned after an election timeout or without an outcome.",
+        m.transfers_failed.get(),
     );
     counter(
         "transport_frames_sent_total",

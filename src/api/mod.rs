@@ -90,12 +90,10 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
             "/v1/members/{id}",
             axum::routing::delete(handlers::membership_change_unsupported),
         )
-        .route(
-            "/v1/leader/transfer",
-            post(handlers::membership_change_unsupported),
-        )
+        .route("/v1/leader/transfer", post(handlers::transfer_leader))
         .route("/metrics", get(handlers::metrics))
-        .route("/healthz", get(handlers::healthz));
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz));
     let router = if test_faults {
         router.route("/v1/debug/isolate", post(debug::isolate))
     } else {
@@ -132,4 +130,17 @@ pub async fn serve(
     options: ApiOptions,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(node, options)).await
+}
+
+/// Serves the API on `listener` until `stop` resolves, then stops accepting connections
+/// and returns once the requests in progress are answered (a graceful stop).
+pub async fn serve_until(
+    listener: tokio::net::TcpListener,
+    node: Node<KvStore>,
+    options: ApiOptions,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(node, options))
+        .with_graceful_shutdown(stop)
+        .await
 }

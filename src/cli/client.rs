@@ -43,7 +43,7 @@ pub enum Op {
         id: u64,
     },
     LeaderTransfer {
-        id: u64,
+        id: Option<u64>,
     },
     Snapshot,
     Bench(super::bench::BenchArgs),
@@ -180,9 +180,10 @@ fn request(client: &reqwest::Client, addr: &str, op: &Op) -> reqwest::RequestBui
             .post(url("/v1/members"))
             .json(&json!({"id": id, "raft_addr": raft_addr, "api_addr": api_addr, "voter": voter})),
         Op::MembersRemove { id } => client.delete(url(&format!("/v1/members/{id}"))),
-        Op::LeaderTransfer { id } => client
+        Op::LeaderTransfer { id: Some(id) } => client
             .post(url("/v1/leader/transfer"))
             .json(&json!({"to": id})),
+        Op::LeaderTransfer { id: None } => client.post(url("/v1/leader/transfer")),
         Op::Snapshot => client.post(url("/v1/snapshot")),
         Op::Bench(_) => client.get(url("/v1/status")),
     }
@@ -306,6 +307,11 @@ fn print_human(op: &Op, value: &Value) {
             }
         }
         Op::Snapshot => println!("snapshot at index {}", value["snapshot_index"]),
+        Op::LeaderTransfer { .. } => println!(
+            "node {} leads now ({} ms)",
+            cell(&value["leader_id"]),
+            cell(&value["elapsed_ms"])
+        ),
         _ => println!("{value}"),
     }
 }

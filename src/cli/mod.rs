@@ -175,10 +175,10 @@ enum MembersAction {
 
 #[derive(Subcommand, Debug)]
 enum LeaderAction {
-    /// Hand leadership to node ID.
+    /// Hand leadership to node ID (default: the most caught-up voter).
     Transfer {
-        /// The new leader.
-        id: u64,
+        /// The new leader; omitted, the leader picks the most caught-up voter.
+        id: Option<u64>,
         #[command(flatten)]
         target: Target,
     },

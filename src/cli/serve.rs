@@ -97,23 +97,67 @@ async fn serve(options: NodeOptions) -> i32 {
         test_faults: std::env::var("RAFTLOG_TEST_FAULTS").is_ok_and(|v| v == "1"),
         ..ApiOptions::default()
     };
-    let server = api::serve(listener, node.clone(), api_options);
-    tokio::select! {
-        result = server => match result {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("raftlog serve: the client API failed: {e}");
-                EXIT_FAILED
-            }
+    let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(api::serve_until(
+        listener,
+        node.clone(),
+        api_options,
+        async move {
+            let _ = serving_stopped.await;
         },
+    ));
+    let signal = tokio::select! {
+        result = &mut server => return server_exit(result),
         message = node.failed() => {
             eprintln!("raftlog serve: node {} stopped: {message}", node.id);
+            return EXIT_FAILED;
+        }
+        signal = shutdown_signal() => signal,
+    };
+    tracing::info!("{signal}: stopping; /readyz now answers 503");
+    // Everything acknowledged is already durable; a stop only spares the cluster an
+    // election timeout without a leader (thesis §3.10) and lets requests in flight finish.
+    tokio::select! {
+        stopped = node.begin_stop() => match stopped {
+            Ok(Some(done)) => tracing::info!(
+                to = done.leader,
+                elapsed_ms = done.elapsed.as_millis() as u64,
+                "handed leadership over before stopping"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("stopping without handing leadership over: {e}"),
+        },
+        signal = shutdown_signal() => {
+            tracing::warn!("{signal} again: stopping at once");
+            return 0;
+        }
+    }
+    let _ = stop_serving.send(());
+    match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
+        Ok(result) => server_exit(result),
+        Err(_) => {
+            tracing::warn!(
+                "requests still in progress after {DRAIN_TIMEOUT:?}; stopping anyway (their clients see the connection close)"
+            );
+            0
+        }
+    }
+}
+
+/// How long a stopping node keeps answering the requests it already accepted: a write's
+/// own timeout, so that writes proposed before a leadership transfer get their outcome.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(6);
+
+fn server_exit(result: Result<std::io::Result<()>, tokio::task::JoinError>) -> i32 {
+    match result {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            eprintln!("raftlog serve: the client API failed: {e}");
             EXIT_FAILED
         }
-        signal = shutdown_signal() => {
-            tracing::info!("{signal}: stopping");
-            // Everything acknowledged is already durable; nothing to flush.
-            0
+        Err(e) => {
+            eprintln!("raftlog serve: the client API task failed: {e}");
+            EXIT_FAILED
         }
     }
 }

@@ -18,12 +18,13 @@
 pub mod apply;
 mod clock;
 pub mod log_storage;
+pub mod transfer;
 pub mod writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use self::apply::{Applier, ApplyJob, PendingWrite, PendingWrites, WriteOutcome};
 use self::clock::TickClock;
 use self::log_storage::{DurableLog, NodeLogStorage};
+use self::transfer::{TransferReply, TransferWaiters};
 use self::writer::{WriteJob, Writer};
 use crate::kv::{Replicated, StateMachine};
 use crate::raft::{self, Envelope, ProposeError, RaftCore, ReadMode, Ready, Role};
@@ -101,6 +103,10 @@ enum Request {
     Status {
         reply: oneshot::Sender<NodeStatus>,
     },
+    TransferLeadership {
+        to: Option<NodeId>,
+        reply: TransferReply,
+    },
 }
 
 /// What `GET /v1/status` reports: the core's own status.
@@ -164,6 +170,12 @@ pub struct Metrics {
     pub reads: Counter,
     /// Elections this node started.
     pub elections: Counter,
+    /// Leadership transfers this node started as leader.
+    pub transfers_started: Counter,
+    /// Transfers that ended with the target leading.
+    pub transfers_succeeded: Counter,
+    /// Transfers abandoned, or without an outcome in time.
+    pub transfers_failed: Counter,
 }
 
 impl Metrics {
@@ -224,6 +236,9 @@ pub struct Node<S: StateMachine> {
     leader: watch::Receiver<Option<NodeId>>,
     membership: Arc<RwLock<Membership>>,
     fatal: watch::Receiver<Option<String>>,
+    /// A graceful stop began: `/readyz` answers 503.
+    stopping: Arc<AtomicBool>,
+    election_timeout_max: Duration,
 }
 
 impl<S: StateMachine> Clone for Node<S> {
@@ -240,6 +255,8 @@ impl<S: StateMachine> Clone for Node<S> {
             leader: self.leader.clone(),
             membership: self.membership.clone(),
             fatal: self.fatal.clone(),
+            stopping: self.stopping.clone(),
+            election_timeout_max: self.election_timeout_max,
         }
     }
 }
@@ -276,6 +293,11 @@ impl<S: StateMachine> Node<S> {
             Ok(waiting) => waiting,
             Err(ProposeError::NotLeader { leader_hint }) => {
                 return Err(RequestError::NotLeader(leader_hint))
+            }
+            Err(ProposeError::TransferInProgress) => {
+                return Err(RequestError::Refused(
+                    "leadership is being transferred (at most an election timeout); nothing was proposed; retry shortly".to_string(),
+                ))
             }
             Err(other) => return Err(RequestError::Refused(other.to_string())),
         };
@@ -603,6 +625,8 @@ pub async fn start<S: StateMachine>(
         fatal: fatal_tx,
         last_role: None,
         clock: TickClock::new(options.tick, catch_up_ticks_max(&options)),
+        transfers: TransferWaiters::default(),
+        election_timeout_max: options.election_timeout.1,
     };
     tokio::spawn(raft_loop.run(options.tick, inbound, requests_rx, events_rx));
 
@@ -618,6 +642,8 @@ pub async fn start<S: StateMachine>(
         leader: leader_rx,
         membership,
         fatal: fatal_rx,
+        stopping: Arc::new(AtomicBool::new(false)),
+        election_timeout_max: options.election_timeout.1,
     })
 }
 
@@ -691,6 +717,8 @@ struct RaftLoop {
     last_role: Option<Role>,
     /// Ticks owed to the core, counted through stalls (see `clock.rs`).
     clock: TickClock,
+    transfers: TransferWaiters,
+    election_timeout_max: Duration,
 }
 
 /// Most client requests taken per loop iteration: enough to batch, few enough that ticks
@@ -755,6 +783,8 @@ impl RaftLoop {
                 let ready = self.core.take_ready();
                 self.handle_ready(ready);
             }
+            self.transfers
+                .check(&self.core, &self.metrics, self.election_timeout_max);
         }
     }
 
@@ -833,6 +863,13 @@ impl RaftLoop {
             Request::Status { reply } => {
                 let _ = reply.send(self.core.status());
             }
+            Request::TransferLeadership { to, reply } => transfer::start(
+                &mut self.core,
+                &mut self.transfers,
+                &self.metrics,
+                to,
+                reply,
+            ),
         }
     }
 

@@ -324,6 +324,34 @@ impl<S: LogStorage> RaftCore<S> {
         Ok(())
     }
 
+    /// The node a leadership transfer is under way to, if any (thesis §3.10: proposals are
+    /// refused meanwhile).
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        if self.role == Role::Leader {
+            self.transferee
+        } else {
+            None
+        }
+    }
+
+    /// The voter other than this leader best placed to take over (thesis §3.10): among the
+    /// voters heard from within an election timeout, the one with the highest match index
+    /// (the lowest id on a tie), so the transfer waits the least for catching up. `None` on
+    /// a follower or when no other voter is reachable. Never a learner (hashicorp/raft#398).
+    pub fn most_caught_up_voter(&self) -> Option<NodeId> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        let recent = u64::from(self.config.election_timeout_ticks_max);
+        self.voters
+            .iter()
+            .filter(|id| **id != self.id)
+            .filter_map(|id| self.progress.get(id).map(|pr| (*id, pr)))
+            .filter(|(_, pr)| self.now.saturating_sub(pr.last_heard_tick) < recent)
+            .max_by(|(a, pa), (b, pb)| pa.match_index.cmp(&pb.match_index).then(b.cmp(a)))
+            .map(|(id, _)| id)
+    }
+
     /// Requests a safe read point for the driver's read `ctx`; the answer arrives as a
     /// `ReadState` (or `FailedRead`) in a later `Ready`.
     pub fn read_index(&mut self, ctx: u64, mode: ReadMode) -> Result<(), ProposeError> {
@@ -2868,6 +2896,123 @@ mod tests {
         c.tick_all(6);
         assert_eq!(c.leader(), Some(3));
         assert_eq!(c.node(1).status().leader_id, Some(3));
+    }
+
+    #[test]
+    fn old_leader_grants_vote_to_transfer_target_after_timeout_now() {
+        // hashicorp/raft#487: the leader that sent TimeoutNow must not ignore the target's
+        // RequestVote because of its own lease (thesis §3.10, §4.2.3).
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        c.tick_all(2);
+        let term = c.node(1).status().term;
+        let last = c.node(1).status().last_log_index;
+        c.node_mut(1).transfer_leadership(3).unwrap();
+        let rd = c.node_mut(1).take_ready();
+        assert!(
+            rd.messages
+                .iter()
+                .any(|e| e.to == 3 && matches!(e.message, Message::TimeoutNow { .. })),
+            "a caught-up target gets TimeoutNow at once: {:?}",
+            rd.messages
+        );
+        let rv = Message::RequestVote {
+            term: term + 1,
+            last_log_index: last,
+            last_log_term: term,
+            leadership_transfer: true,
+        };
+        c.node_mut(1).step(env(3, 1, rv));
+        assert_eq!(c.node(1).status().role, Role::Follower);
+        assert_eq!(c.node(1).hard_state().voted_for, Some(3));
+        let rd = take(c.node_mut(1));
+        let granted = Message::RequestVoteResponse {
+            term: term + 1,
+            granted: true,
+        };
+        assert_eq!(rd.persisted_messages, vec![env(1, 3, granted)]);
+    }
+
+    #[test]
+    fn old_leader_refuses_transfer_vote_with_stale_log() {
+        // The lease is skipped for a transfer, the log check (§5.4.1) never is.
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        c.tick_all(2);
+        let term = c.node(1).status().term;
+        let rv = Message::RequestVote {
+            term: term + 1,
+            last_log_index: 0,
+            last_log_term: 0,
+            leadership_transfer: true,
+        };
+        c.node_mut(1).step(env(3, 1, rv));
+        assert_eq!(c.node(1).hard_state().voted_for, None);
+    }
+
+    #[test]
+    fn most_caught_up_voter_prefers_the_highest_match_index() {
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        c.tick_all(2);
+        c.cut.insert((1, 2));
+        c.propose(1, b"x");
+        c.tick_all(1);
+        assert_eq!(c.node(1).most_caught_up_voter(), Some(3));
+        assert_eq!(
+            c.node(3).most_caught_up_voter(),
+            None,
+            "only a leader knows"
+        );
+        c.cut.clear();
+        c.tick_all(4);
+        assert_eq!(
+            c.node(1).most_caught_up_voter(),
+            Some(2),
+            "equally caught up: the lowest id"
+        );
+        // Node 2 goes silent; node 3 is as caught up but is the one still heard from.
+        c.isolate(2);
+        c.tick_all(25);
+        assert_eq!(c.leader(), Some(1));
+        assert_eq!(c.node(1).most_caught_up_voter(), Some(3));
+    }
+
+    #[test]
+    fn most_caught_up_voter_is_never_a_learner() {
+        // hashicorp/raft#398: a learner told to campaign would disrupt, never win.
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        c.tick_all(2);
+        let learner = RaftCore::new(
+            test_config(4),
+            MemStorage::new(),
+            HardState::default(),
+            Membership::default(),
+        );
+        c.add(4, learner);
+        c.node_mut(1)
+            .propose_membership_change(add(4, false))
+            .unwrap();
+        c.settle();
+        c.tick_all(4);
+        c.cut.insert((1, 2));
+        c.cut.insert((1, 3));
+        c.propose(1, b"x");
+        c.tick_all(1);
+        assert_eq!(c.node(1).most_caught_up_voter(), Some(2));
+        assert!(c.node_mut(1).transfer_leadership(4).is_err());
+    }
+
+    #[test]
+    fn transfer_target_is_reported_until_the_transfer_ends() {
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        c.cut.insert((1, 3));
+        c.node_mut(1).transfer_leadership(3).unwrap();
+        assert_eq!(c.node(1).transfer_target(), Some(3));
+        c.tick_all(21);
+        assert_eq!(c.node(1).transfer_target(), None);
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod read_index;
 #[doc(hidden)]
 pub mod storage_conformance;
 #[cfg(test)]
-mod test_cluster;
+pub(crate) mod test_cluster;
 pub mod validate;
 
 pub use self::core::RaftCore;

@@ -407,3 +407,139 @@ where
         }
     }
 }
+
+/// Concurrent writers that classify every answer, for tests that disturb a cluster on
+/// purpose: each write carries a `Request-Id`, so retrying it after a 503, a dropped
+/// connection or a 504 applies it at most once. Writes go round-robin to the running nodes.
+pub struct RecordingLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    record: std::sync::Arc<Mutex<LoadRecord>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What a [`RecordingLoad`] saw.
+#[derive(Default, Debug, Clone)]
+pub struct LoadRecord {
+    /// Every acknowledged key and its value.
+    pub acknowledged: BTreeMap<String, String>,
+    /// When each acknowledgement arrived.
+    pub ack_times: Vec<Instant>,
+    /// 503 answers (nothing proposed; retried).
+    pub unavailable: u64,
+    /// Connections refused or cut (retried with the same Request-Id).
+    pub connection_errors: u64,
+    /// Any other non-200 answer: `(status, body)`.
+    pub unexpected: Vec<(u16, String)>,
+}
+
+impl LoadRecord {
+    /// The longest time without any acknowledged write, between the first and last.
+    pub fn longest_write_gap(&self) -> Duration {
+        let mut times = self.ack_times.clone();
+        times.sort();
+        times
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+impl RecordingLoad {
+    pub fn start(cluster: &std::sync::Arc<Cluster>, writers: usize) -> RecordingLoad {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let record = std::sync::Arc::new(Mutex::new(LoadRecord::default()));
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let cluster = cluster.clone();
+            let stop = stop.clone();
+            let record = record.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                let mut turn = w;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let key = format!("load{w}-{n}");
+                    let value = format!("v{w}-{n}");
+                    let request_id = format!("load{w}:{n}");
+                    // Retry this write until acknowledged (or the load stops).
+                    while !stop.load(Ordering::Relaxed) {
+                        let ids = cluster.running();
+                        if ids.is_empty() {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                        turn += 1;
+                        let target = ids[turn % ids.len()];
+                        let answer = cluster.put_with_id(target, &key, &value, &request_id).await;
+                        let acknowledged = {
+                            let mut record = record.lock().unwrap();
+                            match answer {
+                                Ok(_) => {
+                                    record.acknowledged.insert(key.clone(), value.clone());
+                                    record.ack_times.push(Instant::now());
+                                    true
+                                }
+                                Err((503, _)) => {
+                                    record.unavailable += 1;
+                                    false
+                                }
+                                Err((0, _)) => {
+                                    record.connection_errors += 1;
+                                    false
+                                }
+                                Err(other) => {
+                                    record.unexpected.push(other);
+                                    false
+                                }
+                            }
+                        };
+                        if acknowledged {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }));
+        }
+        RecordingLoad {
+            stop,
+            record,
+            tasks,
+        }
+    }
+
+    /// A copy of what was seen so far.
+    pub fn snapshot(&self) -> LoadRecord {
+        self.record.lock().unwrap().clone()
+    }
+
+    /// Stops the writers and returns what they saw.
+    pub async fn finish(self) -> LoadRecord {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let record = self.record.lock().unwrap().clone();
+        record
+    }
+}
+
+/// Reads every acknowledged write back through the leader (linearizable); panics naming
+/// the first one lost.
+pub async fn check_acknowledged_readable(
+    cluster: &Cluster,
+    acknowledged: &BTreeMap<String, String>,
+) {
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    for (key, value) in acknowledged {
+        let got = retry_unavailable(|| cluster.get(leader, key, "linearizable")).await;
+        assert_eq!(
+            got.as_ref().ok().and_then(|v| v.as_deref()),
+            Some(value.as_str()),
+            "acknowledged write {key}={value} lost: {got:?}\n{}",
+            cluster.logs_tail()
+        );
+    }
+}

@@ -1,0 +1,467 @@
+//! Leadership transfer driven by clients, and the graceful stop built on it.
+//!
+//! The core does the protocol (thesis §3.10): it refuses proposals, brings the target up to
+//! date, sends it TimeoutNow, and abandons the attempt after an election timeout. This
+//! module picks the target, checks it is a voter, and tells the client how it ended:
+//!
+//! | what the raft loop sees after a step          | answer                          |
+//! |-----------------------------------------------|---------------------------------|
+//! | the known leader is the target                | done                            |
+//! | still leader, the core no longer transfers    | failed: abandoned (timed out)   |
+//! | another node leads (and this one follows it)  | failed: another node won        |
+//! | no leader known                               | keep waiting (election running) |
+//! | nothing decided by the node's own deadline    | failed: outcome unknown         |
+//!
+//! A graceful stop (SIGTERM) first makes `/readyz` answer 503, then, on a leader, hands
+//! leadership to the most caught-up voter so the cluster does not sit out an election
+//! timeout, and only then lets the process exit.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use storage::NodeId;
+use tokio::sync::oneshot;
+
+use super::{Metrics, Node, Request};
+use crate::kv::StateMachine;
+use crate::raft::{LogStorage, ProposeError, RaftCore, Role};
+
+/// The answer the raft loop gives a transfer request: the node that leads at the end.
+pub(super) type TransferReply = oneshot::Sender<Result<NodeId, TransferError>>;
+
+/// Why a transfer did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    /// This node does not lead; `leader` if known. Ask the leader.
+    #[error("node is not the leader (leader: {0:?})")]
+    NotLeader(Option<NodeId>),
+    /// The target is not in the membership.
+    #[error("node {0} is not a member of the cluster; give the id of a voter")]
+    NotMember(NodeId),
+    /// The target is a learner: it cannot be elected (hashicorp/raft#398).
+    #[error("node {0} is a learner and cannot lead; promote it to voter first, or pick a voter")]
+    NotVoter(NodeId),
+    /// Without a target, no other voter has been heard from recently.
+    #[error("no other voter has answered within an election timeout; nobody can take over, leadership stays with node {0}")]
+    NoCandidate(NodeId),
+    /// Another transfer is under way.
+    #[error("a leadership transfer to node {0} is already in progress; wait for it to end (at most an election timeout)")]
+    InProgress(NodeId),
+    /// The core gave up after an election timeout; this node leads and accepts writes again.
+    #[error("node {to} did not take over within an election timeout ({timeout_ms} ms): it did not catch up or did not win its election; node {leader} still leads and accepts writes again")]
+    Abandoned {
+        /// The target.
+        to: NodeId,
+        /// The leader that resumed.
+        leader: NodeId,
+        /// The election timeout waited.
+        timeout_ms: u64,
+    },
+    /// The target campaigned but another node won the election.
+    #[error("node {leader} won the election instead of node {to}; retry the transfer to move leadership on")]
+    OtherLeader {
+        /// The target.
+        to: NodeId,
+        /// Who leads instead.
+        leader: NodeId,
+    },
+    /// Neither success nor abandonment was seen in time (the election may still end with
+    /// the target leading).
+    #[error("no outcome within {waited_ms} ms: leadership may or may not have moved; check `raftlog status`")]
+    Unknown {
+        /// How long this node waited.
+        waited_ms: u64,
+    },
+    /// The node is shutting down or failed.
+    #[error("the node stopped before the transfer ended")]
+    Stopped,
+}
+
+/// A transfer that ended with the target leading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferDone {
+    /// The new leader.
+    pub leader: NodeId,
+    /// From the request to seeing the target lead.
+    pub elapsed: Duration,
+}
+
+/// The raft loop's side of a transfer request: starts it, answers at once if it cannot
+/// start, else remembers the client until [`TransferWaiters::check`] sees the end.
+pub(super) fn start<L: LogStorage>(
+    core: &mut RaftCore<L>,
+    waiters: &mut TransferWaiters,
+    metrics: &Metrics,
+    to: Option<NodeId>,
+    reply: TransferReply,
+) {
+    match choose_target(core, to) {
+        Ok(target) if core.status().leader_id == Some(target) => {
+            // Already leads (a transfer to the leader itself): nothing to do.
+            let _ = reply.send(Ok(target));
+        }
+        Ok(target) => match core.transfer_leadership(target) {
+            Ok(()) => {
+                metrics.transfers_started.inc();
+                tracing::info!(to = target, "leadership transfer started");
+                waiters.0.push(Waiter { to: target, reply });
+            }
+            Err(e) => {
+                let _ = reply.send(Err(from_propose_error(e, target)));
+            }
+        },
+        Err(e) => {
+            let _ = reply.send(Err(e));
+        }
+    }
+}
+
+/// Who to hand leadership to: `to` if it is a voter, else the most caught-up voter.
+fn choose_target<L: LogStorage>(
+    core: &RaftCore<L>,
+    to: Option<NodeId>,
+) -> Result<NodeId, TransferError> {
+    let status = core.status();
+    if status.role != Role::Leader {
+        return Err(TransferError::NotLeader(status.leader_id));
+    }
+    let target = match to {
+        Some(to) => to,
+        None => core
+            .most_caught_up_voter()
+            .ok_or(TransferError::NoCandidate(status.id))?,
+    };
+    match status.membership.members.get(&target) {
+        None => return Err(TransferError::NotMember(target)),
+        Some(member) if !member.voter => return Err(TransferError::NotVoter(target)),
+        Some(_) => {}
+    }
+    match core.transfer_target() {
+        Some(other) if other != target => Err(TransferError::InProgress(other)),
+        _ => Ok(target),
+    }
+}
+
+fn from_propose_error(error: ProposeError, to: NodeId) -> TransferError {
+    match error {
+        ProposeError::NotLeader { leader_hint } => TransferError::NotLeader(leader_hint),
+        // The core refuses non-voters as an invalid change; the membership check above
+        // normally catches it first.
+        _ => TransferError::NotVoter(to),
+    }
+}
+
+struct Waiter {
+    to: NodeId,
+    reply: TransferReply,
+}
+
+/// Clients waiting for a transfer to end.
+#[derive(Default)]
+pub(super) struct TransferWaiters(Vec<Waiter>);
+
+impl TransferWaiters {
+    /// Answers the waiters whose transfer ended; called after every step of the raft loop.
+    pub(super) fn check<L: LogStorage>(
+        &mut self,
+        core: &RaftCore<L>,
+        metrics: &Metrics,
+        election_timeout: Duration,
+    ) {
+        if self.0.is_empty() {
+            return;
+        }
+        let soft = core.soft_state();
+        let transferring = core.transfer_target();
+        self.0.retain_mut(|waiter| {
+            let outcome = if soft.leader_id == Some(waiter.to) {
+                metrics.transfers_succeeded.inc();
+                tracing::info!(to = waiter.to, "leadership transfer done");
+                Ok(waiter.to)
+            } else if soft.role == Role::Leader && transferring != Some(waiter.to) {
+                metrics.transfers_failed.inc();
+                tracing::warn!(to = waiter.to, "leadership transfer abandoned");
+                Err(TransferError::Abandoned {
+                    to: waiter.to,
+                    leader: core.status().id,
+                    timeout_ms: election_timeout.as_millis() as u64,
+                })
+            } else if let (Some(leader), false) = (soft.leader_id, soft.role == Role::Leader) {
+                metrics.transfers_failed.inc();
+                tracing::warn!(
+                    to = waiter.to,
+                    leader,
+                    "another node won the transfer's election"
+                );
+                Err(TransferError::OtherLeader {
+                    to: waiter.to,
+                    leader,
+                })
+            } else {
+                return !waiter.reply.is_closed();
+            };
+            let (reply, _) = oneshot::channel();
+            let _ = std::mem::replace(&mut waiter.reply, reply).send(outcome);
+            false
+        });
+    }
+}
+
+impl<S: StateMachine> Node<S> {
+    /// Hands leadership to `to` (or to the most caught-up voter) and waits until it leads
+    /// or the attempt is abandoned.
+    pub async fn transfer_leadership(
+        &self,
+        to: Option<NodeId>,
+    ) -> Result<TransferDone, TransferError> {
+        let started = Instant::now();
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::TransferLeadership { to, reply })
+            .await
+            .map_err(|_| TransferError::Stopped)?;
+        // The core abandons after an election timeout; waiting three of them leaves room for
+        // the target's election to finish on a loaded machine before calling it unknown.
+        let deadline = self.election_timeout_max * 3 + Duration::from_secs(1);
+        match tokio::time::timeout(deadline, answer).await {
+            Ok(Ok(Ok(leader))) => Ok(TransferDone {
+                leader,
+                elapsed: started.elapsed(),
+            }),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(TransferError::Stopped),
+            Err(_) => {
+                self.metrics.transfers_failed.inc();
+                Err(TransferError::Unknown {
+                    waited_ms: deadline.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    /// Begins a graceful stop: from now on `/readyz` answers 503. If this node leads, it
+    /// hands leadership to the most caught-up voter first, waiting at most about an election
+    /// timeout, so that the cluster need not wait for its followers to time out.
+    pub async fn begin_stop(&self) -> Result<Option<TransferDone>, TransferError> {
+        self.stopping.store(true, Ordering::SeqCst);
+        match self.transfer_leadership(None).await {
+            Ok(done) => Ok(Some(done)),
+            Err(TransferError::NotLeader(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether a graceful stop began.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Whether this node can serve linearizable requests now; if not, why (for `/readyz`).
+    pub fn readiness(&self) -> Result<NodeId, String> {
+        if self.is_stopping() {
+            return Err(format!(
+                "node {} is stopping; send requests to another node",
+                self.id
+            ));
+        }
+        let Some(leader) = self.leader_hint() else {
+            return Err(format!(
+                "node {} knows no leader (an election is under way or a quorum is unreachable)",
+                self.id
+            ));
+        };
+        match self.membership().members.get(&self.id) {
+            Some(me) if me.voter => Ok(leader),
+            Some(_) => Err(format!(
+                "node {} is a learner still catching up; it is ready once promoted to voter",
+                self.id
+            )),
+            None => Err(format!(
+                "node {} is not a member of the cluster (yet); add it with `raftlog members add`",
+                self.id
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::raft::test_cluster::{member, test_config, Cluster};
+    use crate::raft::{Envelope, HardState, MemStorage, Membership, MembershipChange, Message};
+
+    /// Asks node 1 of `c` to transfer; returns the receiver of its answer.
+    fn ask(
+        c: &mut Cluster,
+        waiters: &mut TransferWaiters,
+        metrics: &Metrics,
+        to: Option<NodeId>,
+    ) -> oneshot::Receiver<Result<NodeId, TransferError>> {
+        let (reply, answer) = oneshot::channel();
+        start(c.node_mut(1), waiters, metrics, to, reply);
+        answer
+    }
+
+    fn answered(
+        answer: &mut oneshot::Receiver<Result<NodeId, TransferError>>,
+    ) -> Option<Result<NodeId, TransferError>> {
+        answer.try_recv().ok()
+    }
+
+    fn three_nodes_led_by_1() -> Cluster {
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        c.tick_all(2);
+        c
+    }
+
+    #[test]
+    fn transfer_to_a_learner_or_a_non_member_is_refused() {
+        // hashicorp/raft#398: a learner told to campaign can never win.
+        let mut c = three_nodes_led_by_1();
+        let learner = RaftCore::new(
+            test_config(4),
+            MemStorage::new(),
+            HardState::default(),
+            Membership::default(),
+        );
+        c.add(4, learner);
+        c.node_mut(1)
+            .propose_membership_change(MembershipChange::AddOrUpdate {
+                id: 4,
+                member: member(false),
+            })
+            .unwrap();
+        c.settle();
+        let (mut waiters, metrics) = (TransferWaiters::default(), Metrics::default());
+        let mut to_learner = ask(&mut c, &mut waiters, &metrics, Some(4));
+        assert_eq!(
+            answered(&mut to_learner),
+            Some(Err(TransferError::NotVoter(4)))
+        );
+        let mut to_stranger = ask(&mut c, &mut waiters, &metrics, Some(9));
+        assert_eq!(
+            answered(&mut to_stranger),
+            Some(Err(TransferError::NotMember(9)))
+        );
+        assert_eq!(
+            c.node(1).transfer_target(),
+            None,
+            "the core was never asked"
+        );
+        assert!(c.node_mut(1).propose(Bytes::from_static(b"x")).is_ok());
+        assert_eq!(metrics.transfers_started.get(), 0);
+    }
+
+    #[test]
+    fn transfer_on_a_follower_names_the_leader() {
+        let mut c = three_nodes_led_by_1();
+        let (mut waiters, metrics) = (TransferWaiters::default(), Metrics::default());
+        let (reply, mut answer) = oneshot::channel();
+        start(c.node_mut(2), &mut waiters, &metrics, Some(3), reply);
+        assert_eq!(
+            answered(&mut answer),
+            Some(Err(TransferError::NotLeader(Some(1))))
+        );
+    }
+
+    #[test]
+    fn transfer_to_the_leader_itself_is_done_at_once() {
+        let mut c = three_nodes_led_by_1();
+        let (mut waiters, metrics) = (TransferWaiters::default(), Metrics::default());
+        let mut answer = ask(&mut c, &mut waiters, &metrics, Some(1));
+        assert_eq!(answered(&mut answer), Some(Ok(1)));
+        assert!(c.node_mut(1).propose(Bytes::from_static(b"x")).is_ok());
+    }
+
+    #[test]
+    fn transfer_without_target_ends_with_the_most_caught_up_voter_leading() {
+        let mut c = three_nodes_led_by_1();
+        c.cut.insert((1, 2));
+        c.propose(1, b"x");
+        c.tick_all(1);
+        let (mut waiters, metrics) = (TransferWaiters::default(), Metrics::default());
+        let mut answer = ask(&mut c, &mut waiters, &metrics, None);
+        waiters.check(c.node(1), &metrics, Duration::from_millis(300));
+        assert_eq!(answered(&mut answer), None, "not before the target leads");
+        c.cut.clear();
+        c.tick_all(6);
+        assert_eq!(c.leader(), Some(3));
+        waiters.check(c.node(1), &metrics, Duration::from_millis(300));
+        assert_eq!(answered(&mut answer), Some(Ok(3)));
+        assert_eq!(
+            (
+                metrics.transfers_started.get(),
+                metrics.transfers_succeeded.get()
+            ),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn a_second_transfer_elsewhere_waits_for_the_first() {
+        let mut c = three_nodes_led_by_1();
+        c.cut.insert((1, 3));
+        let (mut waiters, metrics) = (TransferWaiters::default(), Metrics::default());
+        let _first = ask(&mut c, &mut waiters, &metrics, Some(3));
+        let mut second = ask(&mut c, &mut waiters, &metrics, Some(2));
+        assert_eq!(
+            answered(&mut second),
+            Some(Err(TransferError::InProgress(3)))
+        );
+    }
+
+    #[test]
+    fn transfer_won_by_another_node_answers_who_leads() {
+        let mut c = three_nodes_led_by_1();
+        c.cut.insert((1, 3));
+        let (mut waiters, metrics) = (TransferWaiters::default(), Metrics::default());
+        let mut answer = ask(&mut c, &mut waiters, &metrics, Some(3));
+        // Node 2 wins the next term (say node 3's campaign timed out at the wrong moment).
+        let status = c.node(1).status();
+        let last_term = status.term;
+        c.node_mut(1).step(Envelope {
+            from: 2,
+            to: 1,
+            message: Message::AppendEntries {
+                term: status.term + 1,
+                prev_log_index: status.last_log_index,
+                prev_log_term: last_term,
+                entries: Vec::new(),
+                leader_commit: status.commit_index,
+                read_ctx: 0,
+            },
+        });
+        waiters.check(c.node(1), &metrics, Duration::from_millis(300));
+        assert_eq!(
+            answered(&mut answer),
+            Some(Err(TransferError::OtherLeader { to: 3, leader: 2 }))
+        );
+        assert_eq!(metrics.transfers_failed.get(), 1);
+    }
+
+    #[test]
+    fn abandoned_transfer_answers_why_and_the_leader_accepts_writes_again() {
+        let mut c = three_nodes_led_by_1();
+        c.cut.insert((1, 3));
+        let (mut waiters, metrics) = (TransferWaiters::default(), Metrics::default());
+        let mut answer = ask(&mut c, &mut waiters, &metrics, Some(3));
+        c.tick_all(10);
+        waiters.check(c.node(1), &metrics, Duration::from_millis(300));
+        assert_eq!(answered(&mut answer), None, "within the election timeout");
+        c.tick_all(11);
+        waiters.check(c.node(1), &metrics, Duration::from_millis(300));
+        assert_eq!(
+            answered(&mut answer),
+            Some(Err(TransferError::Abandoned {
+                to: 3,
+                leader: 1,
+                timeout_ms: 300
+            }))
+        );
+        assert_eq!(metrics.transfers_failed.get(), 1);
+        assert!(c.node_mut(1).propose(Bytes::from_static(b"y")).is_ok());
+    }
+}
