@@ -421,9 +421,16 @@ fn readyz_answers_503_while_stopping_and_without_leader() {
             "the handover is bounded by an election timeout"
         );
 
-        // One voter of three left: nobody leads, and it says so.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        let (status, body) = readyz(&cluster, survivor).await.expect("readyz answers");
+        // One voter of three left: nobody leads, and it says so once its election timer
+        // fires (it cannot tell a gone leader from a slow one before that).
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let (status, body) = loop {
+            let answer = readyz(&cluster, survivor).await.expect("readyz answers");
+            if answer.0 == 503 || Instant::now() > deadline {
+                break answer;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         assert_eq!(status, 503, "{body}");
         assert!(
             body["error"]["message"]

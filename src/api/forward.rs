@@ -15,10 +15,34 @@ use super::{ApiError, ApiState, FORWARDED_HEADER};
 const RELAYED_REQUEST_HEADERS: [&str; 2] = ["request-id", "content-type"];
 const RELAYED_RESPONSE_HEADERS: [&str; 3] = ["content-type", "x-raft-index", "x-raft-leader"];
 
-/// How long a forwarded request still waits for the old leader's answer after this node
-/// learned of a new leader: the new leader's first AppendEntries commits what the old one
-/// proposed (a few milliseconds); a leader that is frozen never answers.
-const LEADER_CHANGE_GRACE: Duration = Duration::from_millis(500);
+/// How long a forwarded request may still wait for the old leader's answer after this node
+/// learned of a new leader, while the old leader answers health probes. The new leader's
+/// first AppendEntries commits what the old one proposed: milliseconds, unless the machine
+/// is overloaded.
+const LEADER_CHANGE_WAIT_MAX: Duration = Duration::from_secs(3);
+/// A health probe unanswered this long means the old leader is frozen: give up on it.
+const LIVENESS_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Returns when the node at `api_addr` stops answering `/healthz` in time (frozen), or
+/// after [`LEADER_CHANGE_WAIT_MAX`]. A refused connection does not end the wait: a
+/// stopping node closes its listener while it still answers the requests it accepted, and
+/// a node that is gone fails the forwarded request by itself.
+async fn wait_while_alive(state: &ApiState, api_addr: &str) {
+    let deadline = tokio::time::Instant::now() + LEADER_CHANGE_WAIT_MAX;
+    let url = format!("http://{api_addr}/healthz");
+    while tokio::time::Instant::now() < deadline {
+        let probe = state
+            .client
+            .get(&url)
+            .timeout(LIVENESS_PROBE_TIMEOUT)
+            .send()
+            .await;
+        if matches!(&probe, Err(e) if e.is_timeout()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// Whether the request already went through a forwarding node.
 pub fn was_forwarded(headers: &HeaderMap) -> bool {
@@ -121,19 +145,21 @@ async fn send_to_leader(
         }
     }
     // A leader that stopped (SIGSTOP, a frozen VM) still accepts connections; do not wait
-    // for it once this node has learned of another leader.
+    // for it once this node has learned of another leader. A leader that handed over on
+    // purpose (a transfer, a graceful stop) is alive and answers the writes it proposed
+    // before, once the new leader commits them (thesis §3.10): wait for it while it is.
     let abandon = async {
         if abandon_on_leader_change {
             state.node.leader_changed_from(leader).await;
-            // A leader that handed over on purpose (a transfer, a graceful stop) is alive
-            // and answers the writes it proposed before, once the new leader commits them
-            // (thesis §3.10): give it that long before calling the outcome unknown.
-            tokio::time::sleep(LEADER_CHANGE_GRACE).await;
+            wait_while_alive(state, &api_addr).await;
         } else {
             std::future::pending::<()>().await
         }
     };
+    // Biased: on a starved runtime both may be ready at once, and an answer that arrived
+    // must win over giving up on it.
     let sent = tokio::select! {
+        biased;
         sent = request.send() => sent,
         _ = abandon => {
             return if idempotent {

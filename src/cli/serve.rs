@@ -74,6 +74,7 @@ pub fn run(config_path: &Path, id: u64, data_dir: Option<PathBuf>) -> i32 {
 async fn serve(options: NodeOptions) -> i32 {
     let api_addr = options.api_addr;
     let data_dir = options.data_dir.clone();
+    let heartbeat_interval = options.heartbeat_interval;
     let node = match node::start(options, KvStore::new()).await {
         Ok(node) => node,
         Err(e) => {
@@ -119,11 +120,18 @@ async fn serve(options: NodeOptions) -> i32 {
     // election timeout without a leader (thesis §3.10) and lets requests in flight finish.
     tokio::select! {
         stopped = node.begin_stop() => match stopped {
-            Ok(Some(done)) => tracing::info!(
-                to = done.leader,
-                elapsed_ms = done.elapsed.as_millis() as u64,
-                "handed leadership over before stopping"
-            ),
+            Ok(Some(done)) => {
+                tracing::info!(
+                    to = done.leader,
+                    elapsed_ms = done.elapsed.as_millis() as u64,
+                    "handed leadership over before stopping"
+                );
+                // Peers learn of the new leader from its heartbeats; until then they may
+                // still forward writes here. Closing connections in the middle of one
+                // would leave its outcome unknown (a 504), so keep serving a few
+                // heartbeats: writes arriving now are forwarded to the new leader.
+                tokio::time::sleep(heartbeat_interval * HANDOVER_SETTLE_HEARTBEATS).await;
+            }
             Ok(None) => {}
             Err(e) => tracing::warn!("stopping without handing leadership over: {e}"),
         },
@@ -143,6 +151,10 @@ async fn serve(options: NodeOptions) -> i32 {
         }
     }
 }
+
+/// Heartbeats a node that handed leadership over keeps serving before it closes its
+/// connections.
+const HANDOVER_SETTLE_HEARTBEATS: u32 = 4;
 
 /// How long a stopping node keeps answering the requests it already accepted: a write's
 /// own timeout, so that writes proposed before a leadership transfer get their outcome.
