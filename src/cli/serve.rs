@@ -38,6 +38,10 @@ pub fn node_options(
         wal_segment_bytes: config.wal_segment_bytes(),
         snapshot_trailing_entries: config.snapshot_trailing_entries(),
         tick: TICK,
+        membership_policy: node::membership::MembershipPolicy {
+            promote_lag_entries: config.promote_lag_entries(),
+            promote_stable: config.promote_stable(),
+        },
     })
 }
 

@@ -17,6 +17,7 @@
 
 pub mod apply;
 pub mod log_storage;
+pub mod membership;
 pub mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -35,6 +36,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use self::apply::{Applier, ApplyJob, PendingWrite, PendingWrites, WriteOutcome};
 use self::log_storage::{DurableLog, NodeLogStorage};
+use self::membership::{
+    ChangeRefused, ChangeTicket, MembershipDriver, MembershipOp, MembershipPolicy,
+};
 use self::writer::{WriteJob, Writer};
 use crate::kv::{Replicated, StateMachine};
 use crate::raft::{self, Envelope, ProposeError, RaftCore, ReadMode, Ready, Role};
@@ -67,6 +71,8 @@ pub struct NodeOptions {
     pub wal_segment_bytes: u64,
     /// The core's clock period.
     pub tick: Duration,
+    /// When learners added as voters are promoted.
+    pub membership_policy: MembershipPolicy,
 }
 
 /// Things the persistence and apply threads tell the raft loop.
@@ -99,6 +105,36 @@ enum Request {
     Status {
         reply: oneshot::Sender<NodeStatus>,
     },
+    ChangeMembership {
+        op: MembershipOp,
+        force: bool,
+        reply: oneshot::Sender<Result<ChangeTicket, ChangeRefused>>,
+    },
+    Replication {
+        reply: oneshot::Sender<Option<ReplicationReport>>,
+    },
+}
+
+/// The leader's view of each member, for `/v1/status` and `/metrics`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicationReport {
+    /// One row per member, by id.
+    pub members: Vec<MemberReplication>,
+    /// How many more voters may fail before the cluster loses its quorum.
+    pub failure_tolerance: usize,
+}
+
+/// One member as the leader sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberReplication {
+    /// The member.
+    pub id: NodeId,
+    /// Highest index known durable on it.
+    pub match_index: u64,
+    /// Entries it is behind the leader's last index.
+    pub lag: u64,
+    /// Milliseconds since it last answered the leader.
+    pub last_contact_ms: u64,
 }
 
 /// What `GET /v1/status` reports: the core's own status.
@@ -162,6 +198,8 @@ pub struct Metrics {
     pub reads: Counter,
     /// Elections this node started.
     pub elections: Counter,
+    /// Membership changes this node proposed as leader (promotions included).
+    pub membership_changes: Counter,
 }
 
 impl Metrics {
@@ -366,6 +404,31 @@ impl<S: StateMachine> Node<S> {
         answer.await.map_err(|_| RequestError::Stopped)
     }
 
+    /// Asks the leader loop to validate and propose a membership change. The ticket's
+    /// receivers tell when it (and the promotion it leads to) commits.
+    pub async fn change_membership(
+        &self,
+        op: MembershipOp,
+        force: bool,
+    ) -> Result<ChangeTicket, ChangeRefused> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::ChangeMembership { op, force, reply })
+            .await
+            .map_err(|_| ChangeRefused::Stopped)?;
+        answer.await.map_err(|_| ChangeRefused::Stopped)?
+    }
+
+    /// Each member's replication as this node sees it, if it leads.
+    pub async fn replication(&self) -> Result<Option<ReplicationReport>, RequestError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Replication { reply })
+            .await
+            .map_err(|_| RequestError::Stopped)?;
+        answer.await.map_err(|_| RequestError::Stopped)
+    }
+
     /// Takes a snapshot now; returns its last index.
     pub async fn snapshot(&self) -> Result<u64, String> {
         let (reply, answer) = oneshot::channel();
@@ -505,12 +568,13 @@ pub async fn start<S: StateMachine>(
     }
 
     let storage = NodeLogStorage(log.clone());
-    let core = RaftCore::new(
-        core_config(&options),
-        storage,
-        hard_state,
-        bootstrap.clone(),
+    let core_config = core_config(&options);
+    // "Reachable" for the quorum-safety check: heard from within an election timeout.
+    let membership_driver = MembershipDriver::new(
+        options.membership_policy,
+        u64::from(core_config.election_timeout_ticks_max),
     );
+    let core = RaftCore::new(core_config, storage, hard_state, bootstrap.clone());
     let initial_membership = core.status().membership;
     let peers = raft_peers(&initial_membership);
     let transport_config = TransportConfig::new(
@@ -584,6 +648,8 @@ pub async fn start<S: StateMachine>(
         metrics: metrics.clone(),
         fatal: fatal_tx,
         last_role: None,
+        membership_driver,
+        tick: options.tick,
     };
     tokio::spawn(raft_loop.run(options.tick, inbound, requests_rx, events_rx));
 
@@ -670,6 +736,8 @@ struct RaftLoop {
     metrics: Arc<Metrics>,
     fatal: watch::Sender<Option<String>>,
     last_role: Option<Role>,
+    membership_driver: MembershipDriver,
+    tick: Duration,
 }
 
 /// Most client requests taken per loop iteration: enough to batch, few enough that ticks
@@ -699,7 +767,10 @@ impl RaftLoop {
                         }
                     }
                 }
-                _ = ticker.tick() => self.core.tick(),
+                _ = ticker.tick() => {
+                    self.core.tick();
+                    self.membership_driver.on_tick(&mut self.core, &self.pending, &self.metrics);
+                }
                 Some(envelope) = inbound.recv() => {
                     self.core.step(envelope);
                     while let Ok(envelope) = inbound.try_recv() {
@@ -789,6 +860,19 @@ impl RaftLoop {
             Request::Status { reply } => {
                 let _ = reply.send(self.core.status());
             }
+            Request::ChangeMembership { op, force, reply } => {
+                let answer = self.membership_driver.request(
+                    &mut self.core,
+                    &self.pending,
+                    &self.metrics,
+                    op,
+                    force,
+                );
+                let _ = reply.send(answer);
+            }
+            Request::Replication { reply } => {
+                let _ = reply.send(self.replication_report());
+            }
         }
     }
 
@@ -874,6 +958,29 @@ impl RaftLoop {
             self.metrics.elections.inc();
         }
         self.last_role = Some(soft.role);
+    }
+
+    fn replication_report(&self) -> Option<ReplicationReport> {
+        let progress = self.core.member_progress();
+        if progress.is_empty() {
+            return None;
+        }
+        let status = self.core.status();
+        let tick_ms = self.tick.as_millis() as u64;
+        let voters = status.membership.voters().collect();
+        let reachable = self.membership_driver.reachable(&self.core);
+        Some(ReplicationReport {
+            failure_tolerance: membership::failure_tolerance(&voters, &reachable),
+            members: progress
+                .iter()
+                .map(|p| MemberReplication {
+                    id: p.id,
+                    match_index: p.match_index,
+                    lag: status.last_log_index.saturating_sub(p.match_index),
+                    last_contact_ms: p.ticks_since_contact.saturating_mul(tick_ms),
+                })
+                .collect(),
+        })
     }
 
     fn refresh_membership(&mut self) {
