@@ -930,6 +930,14 @@ impl RaftLoop {
                 messages: ready.persisted_messages,
             });
         }
+        if let Some(committed) = ready
+            .committed_entries
+            .iter()
+            .rev()
+            .find(|e| e.kind == storage::EntryKind::Membership)
+        {
+            self.prune_peers(&committed.payload);
+        }
         if !ready.committed_entries.is_empty() {
             let _ = self
                 .apply_tx
@@ -983,9 +991,28 @@ impl RaftLoop {
         })
     }
 
+    /// A membership entry was appended: it is in effect at once (thesis §4.1), but the
+    /// transport keeps the members it drops until it commits. Otherwise a follower that
+    /// appends its leader's removal can no longer answer that leader, the entry never
+    /// commits on the leader, and the removed leader cannot tell its client the outcome.
     fn refresh_membership(&mut self) {
         let membership = self.core.status().membership;
-        self.transport.set_peers(raft_peers(&membership));
-        *self.membership.write().unwrap_or_else(|p| p.into_inner()) = membership;
+        let mut shared = self.membership.write().unwrap_or_else(|p| p.into_inner());
+        let mut peers = raft_peers(&shared);
+        peers.extend(raft_peers(&membership));
+        self.transport.set_peers(peers);
+        *shared = membership;
+    }
+
+    /// A membership entry committed: peers it removed may go now, unless a later
+    /// (appended, uncommitted) configuration still has them.
+    fn prune_peers(&mut self, committed_payload: &[u8]) {
+        let Ok(committed) = raft::decode_membership(committed_payload) else {
+            return;
+        };
+        let current = self.core.status().membership;
+        let mut peers = raft_peers(&committed);
+        peers.extend(raft_peers(&current));
+        self.transport.set_peers(peers);
     }
 }
