@@ -435,6 +435,11 @@ impl MembershipDriver {
                 newcomer,
                 promote,
             } => {
+                if !core.has_committed_own_term() {
+                    return Err(ChangeRefused::Busy(
+                        "this leader was just elected and has not committed an entry of its term yet".into(),
+                    ));
+                }
                 if core.membership_change_pending() {
                     return Err(ChangeRefused::InProgress);
                 }

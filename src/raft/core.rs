@@ -420,6 +420,12 @@ impl<S: LogStorage> RaftCore<S> {
             .collect()
     }
 
+    /// Whether this node leads and has committed an entry of its own term (thesis §6.4):
+    /// before that it cannot know whether a change of an earlier leader is still pending.
+    pub fn has_committed_own_term(&self) -> bool {
+        self.committed_own_term()
+    }
+
     /// Whether a membership change would be refused as pending (thesis §4.1: one at a time;
     /// a new leader first commits an entry of its own term).
     pub fn membership_change_pending(&self) -> bool {
