@@ -2640,6 +2640,44 @@ mod tests {
     }
 
     #[test]
+    fn member_progress_reports_match_index_and_silence_on_the_leader_only() {
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        c.propose(1, b"a");
+        c.settle();
+        let last = c.node(1).status().last_log_index;
+        let all = c.node(1).member_progress();
+        assert_eq!(all.iter().map(|p| p.id).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert!(all.iter().all(|p| p.match_index == last), "{all:?}");
+        assert!(c.node(1).has_committed_own_term());
+        assert!(!c.node(1).membership_change_pending());
+        assert!(
+            c.node(2).member_progress().is_empty(),
+            "followers have no view"
+        );
+        assert!(!c.node(2).has_committed_own_term());
+
+        c.isolate(3);
+        c.propose(1, b"b");
+        for _ in 0..5 {
+            c.node_mut(1).tick();
+            c.settle();
+        }
+        let by_id = |id| {
+            c.node(1)
+                .member_progress()
+                .into_iter()
+                .find(|p| p.id == id)
+                .unwrap()
+        };
+        assert_eq!(by_id(3).match_index, last, "node 3 missed the new entry");
+        assert!(by_id(3).ticks_since_contact >= 5, "{:?}", by_id(3));
+        assert_eq!(by_id(2).match_index, last + 1);
+        assert!(by_id(2).ticks_since_contact < 5, "{:?}", by_id(2));
+        assert_eq!(by_id(1).ticks_since_contact, 0);
+    }
+
+    #[test]
     fn removed_leader_steps_down_after_commit() {
         let mut c = Cluster::new(&[1, 2, 3], |_| {});
         c.elect(1);
