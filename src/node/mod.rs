@@ -910,13 +910,11 @@ impl RaftLoop {
         }
         if let Some(first) = ready.entries.first() {
             self.log.hide_from(first.index);
-            if ready
-                .entries
-                .iter()
-                .any(|e| e.kind == storage::EntryKind::Membership)
-            {
-                self.refresh_membership();
-            }
+        }
+        // New entries may carry a configuration, and may also replace a suffix that held
+        // one (the core then reverts to the previous configuration); a snapshot brings its own.
+        if !ready.entries.is_empty() || ready.snapshot_chunk.is_some() {
+            self.refresh_membership_if_changed();
         }
         let needs_write = ready.snapshot_chunk.is_some()
             || !ready.entries.is_empty()
@@ -989,6 +987,14 @@ impl RaftLoop {
                 })
                 .collect(),
         })
+    }
+
+    fn refresh_membership_if_changed(&mut self) {
+        let current = self.core.status().membership;
+        let changed = *self.membership.read().unwrap_or_else(|p| p.into_inner()) != current;
+        if changed {
+            self.refresh_membership();
+        }
     }
 
     /// A membership entry was appended: it is in effect at once (thesis §4.1), but the
