@@ -192,13 +192,20 @@ impl Cluster {
     /// does before starting a new node with `--join`. Running nodes are not affected: after
     /// their first start, the membership in their log wins.
     pub fn add_to_config(&mut self, id: u64) {
-        assert!(!self.nodes.contains_key(&id), "node {id} is already configured");
+        assert!(
+            !self.nodes.contains_key(&id),
+            "node {id} is already configured"
+        );
         let raft_addr = format!("127.0.0.1:{}", free_port());
         let api_addr = format!("127.0.0.1:{}", free_port());
         let mut config: Value =
             serde_json::from_slice(&std::fs::read(&self.config_path).unwrap()).unwrap();
         config["nodes"][id.to_string()] = json!({"raft_addr": raft_addr, "api_addr": api_addr});
-        std::fs::write(&self.config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        std::fs::write(
+            &self.config_path,
+            serde_json::to_vec_pretty(&config).unwrap(),
+        )
+        .unwrap();
         let log_path = self.dir.path().join(format!("node-{id}.log"));
         self.nodes.insert(
             id,
