@@ -89,11 +89,11 @@ impl ApiError {
         }
     }
 
-    /// `501 not_implemented`.
-    pub fn not_implemented(message: impl Into<String>) -> ApiError {
+    /// `409 unsafe_change`: the membership change would leave too few reachable voters.
+    pub fn unsafe_change(message: impl Into<String>) -> ApiError {
         ApiError {
-            status: StatusCode::NOT_IMPLEMENTED,
-            code: "not_implemented",
+            status: StatusCode::CONFLICT,
+            code: "unsafe_change",
             message: message.into(),
         }
     }

@@ -61,11 +61,39 @@ pub async fn to_leader(
     body: Bytes,
     idempotent: bool,
 ) -> Response {
+    let timeout = state.options.request_timeout + Duration::from_secs(1);
+    to_leader_with_timeout(
+        state,
+        leader,
+        method,
+        path_and_query,
+        headers,
+        body,
+        idempotent,
+        timeout,
+    )
+    .await
+}
+
+/// [`to_leader`] for a request the leader may take longer than a write to answer
+/// (a membership change waits for a learner to catch up).
+#[allow(clippy::too_many_arguments)]
+pub async fn to_leader_with_timeout(
+    state: &ApiState,
+    leader: Option<NodeId>,
+    method: Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+    idempotent: bool,
+    timeout: Duration,
+) -> Response {
     let request = Forwarded {
         method,
         path_and_query,
         headers,
         body,
+        timeout,
     };
     send_to_leader(state, leader, request, idempotent, true).await
 }
@@ -84,6 +112,7 @@ pub async fn transfer_to_leader(
         path_and_query,
         headers,
         body,
+        timeout: state.options.request_timeout + Duration::from_secs(1),
     };
     send_to_leader(state, leader, request, false, false).await
 }
@@ -93,6 +122,7 @@ struct Forwarded<'a> {
     path_and_query: &'a str,
     headers: &'a HeaderMap,
     body: Bytes,
+    timeout: Duration,
 }
 
 async fn send_to_leader(
@@ -107,6 +137,7 @@ async fn send_to_leader(
         path_and_query,
         headers,
         body,
+        timeout,
     } = forwarded;
     if was_forwarded(headers) {
         return ApiError::no_leader(format!(
@@ -138,6 +169,7 @@ async fn send_to_leader(
         .client
         .request(method, &url)
         .header(FORWARDED_HEADER, state.node.id.to_string())
+        .timeout(timeout)
         .body(body);
     for name in RELAYED_REQUEST_HEADERS {
         if let Some(value) = headers.get(name) {

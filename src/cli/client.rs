@@ -38,15 +38,47 @@ pub enum Op {
         raft_addr: String,
         api_addr: String,
         voter: bool,
+        wait: bool,
+        force: bool,
     },
-    MembersRemove {
+    MembersChange {
         id: u64,
+        action: MemberAction,
+        force: bool,
     },
     LeaderTransfer {
         id: Option<u64>,
     },
     Snapshot,
     Bench(super::bench::BenchArgs),
+}
+
+/// A change to an existing member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberAction {
+    Remove,
+    Promote,
+    Demote,
+}
+
+/// How long a membership change may take: the leader waits up to 30 s for a learner to
+/// catch up and be promoted.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// `?force=true&wait=false` as asked.
+fn change_query(force: bool, wait: bool) -> String {
+    let mut params = Vec::new();
+    if force {
+        params.push("force=true");
+    }
+    if !wait {
+        params.push("wait=false");
+    }
+    if params.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", params.join("&"))
+    }
 }
 
 /// Builds a CAS from the positional arguments and flags.
@@ -176,10 +208,25 @@ fn request(client: &reqwest::Client, addr: &str, op: &Op) -> reqwest::RequestBui
             raft_addr,
             api_addr,
             voter,
+            wait,
+            force,
         } => client
-            .post(url("/v1/members"))
+            .post(url(&format!("/v1/members{}", change_query(*force, *wait))))
+            .timeout(MEMBERSHIP_TIMEOUT)
             .json(&json!({"id": id, "raft_addr": raft_addr, "api_addr": api_addr, "voter": voter})),
-        Op::MembersRemove { id } => client.delete(url(&format!("/v1/members/{id}"))),
+        Op::MembersChange { id, action, force } => {
+            let query = change_query(*force, true);
+            let request = match action {
+                MemberAction::Remove => client.delete(url(&format!("/v1/members/{id}{query}"))),
+                MemberAction::Promote => {
+                    client.post(url(&format!("/v1/members/{id}/promote{query}")))
+                }
+                MemberAction::Demote => {
+                    client.post(url(&format!("/v1/members/{id}/demote{query}")))
+                }
+            };
+            request.timeout(MEMBERSHIP_TIMEOUT)
+        }
         Op::LeaderTransfer { id: Some(id) } => client
             .post(url("/v1/leader/transfer"))
             .json(&json!({"to": id})),
@@ -293,16 +340,20 @@ fn print_human(op: &Op, value: &Value) {
                 );
             }
         }
-        Op::MembersList | Op::MembersAdd { .. } | Op::MembersRemove { .. } => {
+        Op::MembersList | Op::MembersAdd { .. } | Op::MembersChange { .. } => {
             let members = value["members"].as_array().cloned().unwrap_or_default();
-            println!("{:<6} {:<22} {:<22} voter", "id", "raft_addr", "api_addr");
+            println!("{:<6} {:<22} {:<22} role", "id", "raft_addr", "api_addr");
             for m in members {
+                let role = if m["voter"].as_bool().unwrap_or(false) {
+                    "voter"
+                } else {
+                    "learner"
+                };
                 println!(
-                    "{:<6} {:<22} {:<22} {}",
+                    "{:<6} {:<22} {:<22} {role}",
                     cell(&m["id"]),
                     cell(&m["raft_addr"]),
                     cell(&m["api_addr"]),
-                    cell(&m["voter"])
                 );
             }
         }

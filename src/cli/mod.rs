@@ -4,6 +4,7 @@
 mod bench;
 mod client;
 mod cluster;
+mod join;
 mod serve;
 
 use std::path::PathBuf;
@@ -50,6 +51,10 @@ enum Command {
         /// Override the data directory (default: <data_dir>/node-<id> from the file).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Join a running cluster through these members' API addresses (comma-separated):
+        /// added as a learner, promoted once caught up. Harmless once already a member.
+        #[arg(long, value_name = "ADDR[,ADDR...]")]
+        join: Option<String>,
     },
     /// Run a whole local cluster as child processes, for trying raftlog out.
     Cluster {
@@ -158,9 +163,14 @@ enum MembersAction {
         raft_addr: String,
         /// Its API address.
         api_addr: String,
-        /// Add as a non-voting learner.
+        /// Add as a non-voting learner (default: a voter, promoted once caught up).
         #[arg(long)]
         learner: bool,
+        /// Answer once the learner is added, without waiting for its promotion.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        change: ChangeFlags,
         #[command(flatten)]
         target: Target,
     },
@@ -169,8 +179,36 @@ enum MembersAction {
         /// Its id.
         id: u64,
         #[command(flatten)]
+        change: ChangeFlags,
+        #[command(flatten)]
         target: Target,
     },
+    /// Make a learner a voter now.
+    Promote {
+        /// Its id.
+        id: u64,
+        #[command(flatten)]
+        change: ChangeFlags,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Make a voter a learner.
+    Demote {
+        /// Its id.
+        id: u64,
+        #[command(flatten)]
+        change: ChangeFlags,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Options of every membership change.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct ChangeFlags {
+    /// Apply the change even if it leaves fewer reachable voters than a quorum.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -198,7 +236,8 @@ pub fn run() -> i32 {
             config,
             id,
             data_dir,
-        } => serve::run(&config, id, data_dir),
+            join,
+        } => serve::run(&config, id, data_dir, join),
         Command::Cluster { nodes, config } => cluster::run(&config, nodes),
         Command::Put { key, value, target } => client::run(target, client::Op::Put { key, value }),
         Command::Get {
@@ -234,6 +273,8 @@ pub fn run() -> i32 {
                 raft_addr,
                 api_addr,
                 learner,
+                no_wait,
+                change,
                 target,
             } => client::run(
                 target,
@@ -242,11 +283,34 @@ pub fn run() -> i32 {
                     raft_addr,
                     api_addr,
                     voter: !learner,
+                    wait: !no_wait,
+                    force: change.force,
                 },
             ),
-            MembersAction::Remove { id, target } => {
-                client::run(target, client::Op::MembersRemove { id })
-            }
+            MembersAction::Remove { id, change, target } => client::run(
+                target,
+                client::Op::MembersChange {
+                    id,
+                    action: client::MemberAction::Remove,
+                    force: change.force,
+                },
+            ),
+            MembersAction::Promote { id, change, target } => client::run(
+                target,
+                client::Op::MembersChange {
+                    id,
+                    action: client::MemberAction::Promote,
+                    force: change.force,
+                },
+            ),
+            MembersAction::Demote { id, change, target } => client::run(
+                target,
+                client::Op::MembersChange {
+                    id,
+                    action: client::MemberAction::Demote,
+                    force: change.force,
+                },
+            ),
         },
         Command::Leader {
             action: LeaderAction::Transfer { id, target },

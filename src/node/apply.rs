@@ -122,7 +122,8 @@ impl<S: StateMachine> Applier<S> {
                                 "membership entry does not decode: {e}"
                             ),
                         }
-                        None
+                        // The API waits on membership entries like on writes.
+                        Some(Applied::Fresh(Vec::new()))
                     }
                 };
                 outcomes.push((entry.index, entry.term, applied));

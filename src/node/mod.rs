@@ -18,6 +18,7 @@
 pub mod apply;
 mod clock;
 pub mod log_storage;
+pub mod membership;
 pub mod transfer;
 pub mod writer;
 
@@ -38,6 +39,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use self::apply::{Applier, ApplyJob, PendingWrite, PendingWrites, WriteOutcome};
 use self::clock::TickClock;
 use self::log_storage::{DurableLog, NodeLogStorage};
+use self::membership::{
+    ChangeRefused, ChangeTicket, MembershipDriver, MembershipOp, MembershipPolicy,
+};
 use self::transfer::{TransferReply, TransferWaiters};
 use self::writer::{WriteJob, Writer};
 use crate::kv::{Replicated, StateMachine};
@@ -71,6 +75,8 @@ pub struct NodeOptions {
     pub wal_segment_bytes: u64,
     /// The core's clock period.
     pub tick: Duration,
+    /// When learners added as voters are promoted.
+    pub membership_policy: MembershipPolicy,
 }
 
 /// Things the persistence and apply threads tell the raft loop.
@@ -107,6 +113,36 @@ enum Request {
         to: Option<NodeId>,
         reply: TransferReply,
     },
+    ChangeMembership {
+        op: MembershipOp,
+        force: bool,
+        reply: oneshot::Sender<Result<ChangeTicket, ChangeRefused>>,
+    },
+    Replication {
+        reply: oneshot::Sender<Option<ReplicationReport>>,
+    },
+}
+
+/// The leader's view of each member, for `/v1/status` and `/metrics`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicationReport {
+    /// One row per member, by id.
+    pub members: Vec<MemberReplication>,
+    /// How many more voters may fail before the cluster loses its quorum.
+    pub failure_tolerance: usize,
+}
+
+/// One member as the leader sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberReplication {
+    /// The member.
+    pub id: NodeId,
+    /// Highest index known durable on it.
+    pub match_index: u64,
+    /// Entries it is behind the leader's last index.
+    pub lag: u64,
+    /// Milliseconds since it last answered the leader.
+    pub last_contact_ms: u64,
 }
 
 /// What `GET /v1/status` reports: the core's own status.
@@ -176,6 +212,8 @@ pub struct Metrics {
     pub transfers_succeeded: Counter,
     /// Transfers abandoned, or without an outcome in time.
     pub transfers_failed: Counter,
+    /// Membership changes this node proposed as leader (promotions included).
+    pub membership_changes: Counter,
 }
 
 impl Metrics {
@@ -390,6 +428,31 @@ impl<S: StateMachine> Node<S> {
         answer.await.map_err(|_| RequestError::Stopped)
     }
 
+    /// Asks the leader loop to validate and propose a membership change. The ticket's
+    /// receivers tell when it (and the promotion it leads to) commits.
+    pub async fn change_membership(
+        &self,
+        op: MembershipOp,
+        force: bool,
+    ) -> Result<ChangeTicket, ChangeRefused> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::ChangeMembership { op, force, reply })
+            .await
+            .map_err(|_| ChangeRefused::Stopped)?;
+        answer.await.map_err(|_| ChangeRefused::Stopped)?
+    }
+
+    /// Each member's replication as this node sees it, if it leads.
+    pub async fn replication(&self) -> Result<Option<ReplicationReport>, RequestError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Replication { reply })
+            .await
+            .map_err(|_| RequestError::Stopped)?;
+        answer.await.map_err(|_| RequestError::Stopped)
+    }
+
     /// Takes a snapshot now; returns its last index.
     pub async fn snapshot(&self) -> Result<u64, String> {
         let (reply, answer) = oneshot::channel();
@@ -545,12 +608,13 @@ pub async fn start<S: StateMachine>(
     }
 
     let storage = NodeLogStorage(log.clone());
-    let core = RaftCore::new(
-        core_config(&options),
-        storage,
-        hard_state,
-        bootstrap.clone(),
+    let core_config = core_config(&options);
+    // "Reachable" for the quorum-safety check: heard from within an election timeout.
+    let membership_driver = MembershipDriver::new(
+        options.membership_policy,
+        u64::from(core_config.election_timeout_ticks_max),
     );
+    let core = RaftCore::new(core_config, storage, hard_state, bootstrap.clone());
     let initial_membership = core.status().membership;
     let peers = raft_peers(&initial_membership);
     let transport_config = TransportConfig::new(
@@ -627,6 +691,8 @@ pub async fn start<S: StateMachine>(
         clock: TickClock::new(options.tick, catch_up_ticks_max(&options)),
         transfers: TransferWaiters::default(),
         election_timeout_max: options.election_timeout.1,
+        membership_driver,
+        tick: options.tick,
     };
     tokio::spawn(raft_loop.run(options.tick, inbound, requests_rx, events_rx));
 
@@ -719,6 +785,8 @@ struct RaftLoop {
     clock: TickClock,
     transfers: TransferWaiters,
     election_timeout_max: Duration,
+    membership_driver: MembershipDriver,
+    tick: Duration,
 }
 
 /// Most client requests taken per loop iteration: enough to batch, few enough that ticks
@@ -750,7 +818,10 @@ impl RaftLoop {
                         }
                     }
                 }
-                _ = ticker.tick() => self.catch_up_ticks(),
+                _ = ticker.tick() => {
+                    self.catch_up_ticks();
+                    self.membership_driver.on_tick(&mut self.core, &self.pending, &self.metrics);
+                }
                 Some(envelope) = inbound.recv() => {
                     self.catch_up_ticks();
                     self.core.step(envelope);
@@ -870,6 +941,19 @@ impl RaftLoop {
                 to,
                 reply,
             ),
+            Request::ChangeMembership { op, force, reply } => {
+                let answer = self.membership_driver.request(
+                    &mut self.core,
+                    &self.pending,
+                    &self.metrics,
+                    op,
+                    force,
+                );
+                let _ = reply.send(answer);
+            }
+            Request::Replication { reply } => {
+                let _ = reply.send(self.replication_report());
+            }
         }
     }
 
@@ -907,13 +991,11 @@ impl RaftLoop {
         }
         if let Some(first) = ready.entries.first() {
             self.log.hide_from(first.index);
-            if ready
-                .entries
-                .iter()
-                .any(|e| e.kind == storage::EntryKind::Membership)
-            {
-                self.refresh_membership();
-            }
+        }
+        // New entries may carry a configuration, and may also replace a suffix that held
+        // one (the core then reverts to the previous configuration); a snapshot brings its own.
+        if !ready.entries.is_empty() || ready.snapshot_chunk.is_some() {
+            self.refresh_membership_if_changed();
         }
         let needs_write = ready.snapshot_chunk.is_some()
             || !ready.entries.is_empty()
@@ -926,6 +1008,14 @@ impl RaftLoop {
                 hard_state: ready.hard_state,
                 messages: ready.persisted_messages,
             });
+        }
+        if let Some(committed) = ready
+            .committed_entries
+            .iter()
+            .rev()
+            .find(|e| e.kind == storage::EntryKind::Membership)
+        {
+            self.prune_peers(&committed.payload);
         }
         if !ready.committed_entries.is_empty() {
             let _ = self
@@ -957,9 +1047,59 @@ impl RaftLoop {
         self.last_role = Some(soft.role);
     }
 
+    fn replication_report(&self) -> Option<ReplicationReport> {
+        let progress = self.core.member_progress();
+        if progress.is_empty() {
+            return None;
+        }
+        let status = self.core.status();
+        let tick_ms = self.tick.as_millis() as u64;
+        let voters = status.membership.voters().collect();
+        let reachable = self.membership_driver.reachable(&self.core);
+        Some(ReplicationReport {
+            failure_tolerance: membership::failure_tolerance(&voters, &reachable),
+            members: progress
+                .iter()
+                .map(|p| MemberReplication {
+                    id: p.id,
+                    match_index: p.match_index,
+                    lag: status.last_log_index.saturating_sub(p.match_index),
+                    last_contact_ms: p.ticks_since_contact.saturating_mul(tick_ms),
+                })
+                .collect(),
+        })
+    }
+
+    fn refresh_membership_if_changed(&mut self) {
+        let current = self.core.status().membership;
+        let changed = *self.membership.read().unwrap_or_else(|p| p.into_inner()) != current;
+        if changed {
+            self.refresh_membership();
+        }
+    }
+
+    /// A membership entry was appended: it is in effect at once (thesis §4.1), but the
+    /// transport keeps the members it drops until it commits. Otherwise a follower that
+    /// appends its leader's removal can no longer answer that leader, the entry never
+    /// commits on the leader, and the removed leader cannot tell its client the outcome.
     fn refresh_membership(&mut self) {
         let membership = self.core.status().membership;
-        self.transport.set_peers(raft_peers(&membership));
-        *self.membership.write().unwrap_or_else(|p| p.into_inner()) = membership;
+        let mut shared = self.membership.write().unwrap_or_else(|p| p.into_inner());
+        let mut peers = raft_peers(&shared);
+        peers.extend(raft_peers(&membership));
+        self.transport.set_peers(peers);
+        *shared = membership;
+    }
+
+    /// A membership entry committed: peers it removed may go now, unless a later
+    /// (appended, uncommitted) configuration still has them.
+    fn prune_peers(&mut self, committed_payload: &[u8]) {
+        let Ok(committed) = raft::decode_membership(committed_payload) else {
+            return;
+        };
+        let current = self.core.status().membership;
+        let mut peers = raft_peers(&committed);
+        peers.extend(raft_peers(&current));
+        self.transport.set_peers(peers);
     }
 }

@@ -12,9 +12,9 @@ use super::quorum::{majority_value, VoteResult, VoteTally};
 use super::read_index::ReadQueue;
 use super::validate::{self, DropReason, DroppedMessages};
 use super::{
-    Config, Entry, EntryKind, Envelope, FailedRead, HardState, LogStorage, Membership,
-    MembershipChange, Message, NodeId, PlantedBug, ProposeError, ReadMode, ReadState, Ready, Role,
-    SnapshotChunk, SnapshotMeta, SoftState, Status, StorageError,
+    Config, Entry, EntryKind, Envelope, FailedRead, HardState, LogStorage, MemberProgress,
+    Membership, MembershipChange, Message, NodeId, PlantedBug, ProposeError, ReadMode, ReadState,
+    Ready, Role, SnapshotChunk, SnapshotMeta, SoftState, Status, StorageError,
 };
 
 /// SplitMix64 (Steele, Lea, Flood 2014): a tiny, well-mixed generator, seeded from the
@@ -482,6 +482,50 @@ impl<S: LogStorage> RaftCore<S> {
             snapshot_index: self.log.snapshot_index(),
             membership: self.membership.current().clone(),
         }
+    }
+
+    /// The leader's view of every member's replication: match index and ticks since it was
+    /// last heard from (the leader itself: its last index, 0 ticks). Empty on a non-leader,
+    /// which has no such view. Read-only, for status reports and the node's membership
+    /// policy (learner promotion, quorum-safety checks).
+    pub fn member_progress(&self) -> Vec<MemberProgress> {
+        if self.role != Role::Leader {
+            return Vec::new();
+        }
+        self.membership
+            .current()
+            .members
+            .keys()
+            .map(|&id| match self.progress.get(&id) {
+                _ if id == self.id => MemberProgress {
+                    id,
+                    match_index: self.log.last_index(),
+                    ticks_since_contact: 0,
+                },
+                Some(pr) => MemberProgress {
+                    id,
+                    match_index: pr.match_index,
+                    ticks_since_contact: self.now.saturating_sub(pr.last_heard_tick),
+                },
+                None => MemberProgress {
+                    id,
+                    match_index: 0,
+                    ticks_since_contact: self.now,
+                },
+            })
+            .collect()
+    }
+
+    /// Whether this node leads and has committed an entry of its own term (thesis §6.4):
+    /// before that it cannot know whether a change of an earlier leader is still pending.
+    pub fn has_committed_own_term(&self) -> bool {
+        self.committed_own_term()
+    }
+
+    /// Whether a membership change would be refused as pending (thesis §4.1: one at a time;
+    /// a new leader first commits an entry of its own term).
+    pub fn membership_change_pending(&self) -> bool {
+        self.membership.latest_index() > self.log.commit() || !self.committed_own_term()
     }
 
     /// Term and vote, as they must be persisted.
@@ -2847,6 +2891,44 @@ mod tests {
         assert!(core.status().membership.is_voter(4));
         core.step(env(3, 2, ae(2, 1, vec![ent(2, 2)])));
         assert!(!core.status().membership.members.contains_key(&4));
+    }
+
+    #[test]
+    fn member_progress_reports_match_index_and_silence_on_the_leader_only() {
+        let mut c = Cluster::new(&[1, 2, 3], |_| {});
+        c.elect(1);
+        c.propose(1, b"a");
+        c.settle();
+        let last = c.node(1).status().last_log_index;
+        let all = c.node(1).member_progress();
+        assert_eq!(all.iter().map(|p| p.id).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert!(all.iter().all(|p| p.match_index == last), "{all:?}");
+        assert!(c.node(1).has_committed_own_term());
+        assert!(!c.node(1).membership_change_pending());
+        assert!(
+            c.node(2).member_progress().is_empty(),
+            "followers have no view"
+        );
+        assert!(!c.node(2).has_committed_own_term());
+
+        c.isolate(3);
+        c.propose(1, b"b");
+        for _ in 0..5 {
+            c.node_mut(1).tick();
+            c.settle();
+        }
+        let by_id = |id| {
+            c.node(1)
+                .member_progress()
+                .into_iter()
+                .find(|p| p.id == id)
+                .unwrap()
+        };
+        assert_eq!(by_id(3).match_index, last, "node 3 missed the new entry");
+        assert!(by_id(3).ticks_since_contact >= 5, "{:?}", by_id(3));
+        assert_eq!(by_id(2).match_index, last + 1);
+        assert!(by_id(2).ticks_since_contact < 5, "{:?}", by_id(2));
+        assert_eq!(by_id(1).ticks_since_contact, 0);
     }
 
     #[test]
