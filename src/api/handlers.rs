@@ -493,9 +493,18 @@ pub async fn snapshot(State(state): State<Arc<ApiState>>) -> ApiResult {
     }
 }
 
-/// `GET /healthz`.
-pub async fn healthz() -> &'static str {
-    "ok\n"
+/// `GET /healthz`: `200` while the node serves; `503 failed` once it hit a fatal error
+/// (a panicked thread, a failed disk) and only waits for the process to exit.
+pub async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
+    match state.node.failure() {
+        None => "ok\n".into_response(),
+        Some(message) => ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "failed",
+            message: format!("node {} stopped: {message}", state.node.id),
+        }
+        .into_response(),
+    }
 }
 
 /// Unknown paths.
