@@ -240,7 +240,7 @@ impl<S: StateMachine> Applier<S> {
         let log = self.log.clone();
         let jobs = self.jobs_tx.clone();
         let metrics = self.metrics.clone();
-        std::thread::spawn(move || {
+        super::spawn_thread("snapshot", self.events.clone(), move || {
             let started = Instant::now();
             let result = write_snapshot(&log, meta, &frozen);
             if let Ok((meta, bytes)) = &result {
