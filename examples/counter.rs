@@ -72,6 +72,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // A demo log: small preallocated segments.
         wal_segment_bytes: 4 << 20,
         tick: Duration::from_millis(10),
+        membership_policy: Default::default(),
     };
     let node = node::start(options, Counter::default()).await?;
 

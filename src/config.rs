@@ -32,6 +32,10 @@ pub const DEFAULT_ELECTION_TIMEOUT_MS: (u64, u64) = (150, 300);
 pub const DEFAULT_SNAPSHOT_THRESHOLD: u64 = 10_000;
 /// Default of `snapshot_trailing_entries`.
 pub const DEFAULT_SNAPSHOT_TRAILING_ENTRIES: u64 = 5_000;
+/// Default of `promote_lag_entries`.
+pub const DEFAULT_PROMOTE_LAG_ENTRIES: u64 = 1_000;
+/// Default of `promote_stable_ms`.
+pub const DEFAULT_PROMOTE_STABLE_MS: u64 = 1_000;
 /// Default of `wal_segment_bytes` (the WAL's own default).
 pub const DEFAULT_WAL_SEGMENT_BYTES: u64 = 64 << 20;
 /// Accepted range of `wal_segment_bytes`: below 1 MiB a busy log rolls segments (two
@@ -47,6 +51,8 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "snapshot_threshold",
     "snapshot_trailing_entries",
     "wal_segment_bytes",
+    "promote_lag_entries",
+    "promote_stable_ms",
 ];
 const NODE_FIELDS: &[&str] = &["raft_addr", "api_addr"];
 
@@ -110,6 +116,8 @@ pub struct ClusterConfig {
     snapshot_threshold: u64,
     snapshot_trailing_entries: u64,
     wal_segment_bytes: u64,
+    promote_lag_entries: u64,
+    promote_stable_ms: u64,
 }
 
 impl ClusterConfig {
@@ -246,6 +254,17 @@ impl ClusterConfig {
         self.wal_segment_bytes
     }
 
+    /// A learner is promoted once its match index stays within this many entries of the
+    /// leader's last index (for [`ClusterConfig::promote_stable`]).
+    pub fn promote_lag_entries(&self) -> u64 {
+        self.promote_lag_entries
+    }
+
+    /// How long a learner must stay caught up before it is promoted.
+    pub fn promote_stable(&self) -> Duration {
+        Duration::from_millis(self.promote_stable_ms)
+    }
+
     /// The configuration as cluster-file JSON (all fields explicit), e.g. for `raftlog
     /// cluster` to write the file it generated. Parsing it gives back an equal config.
     pub fn to_json(&self) -> String {
@@ -271,6 +290,8 @@ impl ClusterConfig {
             "snapshot_threshold": self.snapshot_threshold,
             "snapshot_trailing_entries": self.snapshot_trailing_entries,
             "wal_segment_bytes": self.wal_segment_bytes,
+            "promote_lag_entries": self.promote_lag_entries,
+            "promote_stable_ms": self.promote_stable_ms,
         });
         // Serializing a `Value` cannot fail (string keys only).
         serde_json::to_string_pretty(&value).unwrap_or_default()
@@ -455,6 +476,14 @@ impl Parser<'_> {
                 bytes
             }
         };
+        let promote_lag_entries = match get("promote_lag_entries") {
+            None => DEFAULT_PROMOTE_LAG_ENTRIES,
+            Some(v) => self.unsigned(v, "promote_lag_entries")?,
+        };
+        let promote_stable_ms = match get("promote_stable_ms") {
+            None => DEFAULT_PROMOTE_STABLE_MS,
+            Some(v) => self.unsigned(v, "promote_stable_ms")?,
+        };
         Ok(ClusterConfig {
             path: self.path.to_path_buf(),
             cluster_id,
@@ -465,6 +494,8 @@ impl Parser<'_> {
             snapshot_threshold,
             snapshot_trailing_entries,
             wal_segment_bytes,
+            promote_lag_entries,
+            promote_stable_ms,
         })
     }
 
@@ -713,7 +744,20 @@ mod tests {
         assert_eq!(cfg.snapshot_threshold(), 10_000);
         assert_eq!(cfg.snapshot_trailing_entries(), 5_000);
         assert_eq!(cfg.wal_segment_bytes(), 64 << 20);
+        assert_eq!(cfg.promote_lag_entries(), 1_000);
+        assert_eq!(cfg.promote_stable(), Duration::from_millis(1_000));
         assert_eq!(cfg.path(), Path::new("config.json"));
+    }
+
+    #[test]
+    fn promotion_settings_parse_and_round_trip() {
+        let cfg = parse(&with(r#""promote_lag_entries": 5, "promote_stable_ms": 0"#)).unwrap();
+        assert_eq!(cfg.promote_lag_entries(), 5);
+        assert_eq!(cfg.promote_stable(), Duration::ZERO);
+        let again = ClusterConfig::parse(&cfg.to_json(), cfg.path()).unwrap();
+        assert_eq!(again, cfg);
+        let err = parse(&with(r#""promote_stable_ms": -1"#)).unwrap_err();
+        assert!(err.to_string().contains("promote_stable_ms"), "{err}");
     }
 
     #[test]

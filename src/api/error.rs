@@ -79,6 +79,15 @@ impl ApiError {
         }
     }
 
+    /// `409 unsafe_change`: the membership change would leave too few reachable voters.
+    pub fn unsafe_change(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::CONFLICT,
+            code: "unsafe_change",
+            message: message.into(),
+        }
+    }
+
     /// `501 not_implemented`.
     pub fn not_implemented(message: impl Into<String>) -> ApiError {
         ApiError {

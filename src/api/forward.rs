@@ -30,6 +30,33 @@ pub async fn to_leader(
     body: Bytes,
     idempotent: bool,
 ) -> Response {
+    let timeout = state.options.request_timeout + std::time::Duration::from_secs(1);
+    to_leader_with_timeout(
+        state,
+        leader,
+        method,
+        path_and_query,
+        headers,
+        body,
+        idempotent,
+        timeout,
+    )
+    .await
+}
+
+/// [`to_leader`] for a request the leader may take longer than a write to answer
+/// (a membership change waits for a learner to catch up).
+#[allow(clippy::too_many_arguments)]
+pub async fn to_leader_with_timeout(
+    state: &ApiState,
+    leader: Option<NodeId>,
+    method: Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+    idempotent: bool,
+    timeout: std::time::Duration,
+) -> Response {
     if was_forwarded(headers) {
         return ApiError::no_leader(format!(
             "node {} was sent a forwarded request but does not lead; leadership is changing, retry shortly",
@@ -60,6 +87,7 @@ pub async fn to_leader(
         .client
         .request(method, &url)
         .header(FORWARDED_HEADER, state.node.id.to_string())
+        .timeout(timeout)
         .body(body);
     for name in RELAYED_REQUEST_HEADERS {
         if let Some(value) = headers.get(name) {

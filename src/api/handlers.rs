@@ -15,7 +15,7 @@ use storage::{EntryKind, Membership};
 
 use super::{forward, ApiError, ApiState};
 use crate::kv::{Applied, Command, KvCommand, KvResponse, RequestId};
-use crate::node::RequestError;
+use crate::node::{MemberReplication, ReplicationReport, RequestError};
 use crate::raft::{ReadMode, Role};
 
 type ApiResult = Result<Response, ApiError>;
@@ -362,7 +362,7 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
-fn members_json(membership: &Membership) -> Value {
+pub(super) fn members_json(membership: &Membership) -> Value {
     Value::Array(
         membership
             .members
@@ -375,7 +375,8 @@ fn members_json(membership: &Membership) -> Value {
 /// `GET /v1/status`.
 pub async fn status(State(state): State<Arc<ApiState>>) -> ApiResult {
     let status = state.node.status().await.map_err(write_error)?;
-    Ok(Json(json!({
+    let mut members = members_json(&status.membership);
+    let mut body = json!({
         "id": status.id,
         "role": role_name(status.role),
         "term": status.term,
@@ -384,22 +385,26 @@ pub async fn status(State(state): State<Arc<ApiState>>) -> ApiResult {
         "applied_index": status.applied_index,
         "last_log_index": status.last_log_index,
         "snapshot_index": status.snapshot_index,
-        "members": members_json(&status.membership),
-    }))
-    .into_response())
+    });
+    // Only the leader knows how far each member got.
+    if let Some(report) = state.node.replication().await.map_err(write_error)? {
+        for member in members.as_array_mut().into_iter().flatten() {
+            let id = member["id"].as_u64();
+            if let Some(r) = report.members.iter().find(|r| Some(r.id) == id) {
+                member["match_index"] = json!(r.match_index);
+                member["lag"] = json!(r.lag);
+                member["last_contact_ms"] = json!(r.last_contact_ms);
+            }
+        }
+        body["failure_tolerance"] = json!(report.failure_tolerance);
+    }
+    body["members"] = members;
+    Ok(Json(body).into_response())
 }
 
-/// `GET /v1/members`.
-pub async fn members(State(state): State<Arc<ApiState>>) -> ApiResult {
-    let membership = state.node.membership();
-    Ok(Json(json!({ "members": members_json(&membership) })).into_response())
-}
-
-/// Membership changes and leadership transfer are served by a later release.
+/// Leadership transfer is served by a later release.
 pub async fn membership_change_unsupported() -> ApiError {
-    ApiError::not_implemented(
-        "membership changes and leadership transfer are not available in this version of raftlog",
-    )
+    ApiError::not_implemented("leadership transfer is not available in this version of raftlog")
 }
 
 #[derive(Deserialize)]
@@ -490,6 +495,64 @@ pub async fn snapshot(State(state): State<Arc<ApiState>>) -> ApiResult {
     match state.node.snapshot().await {
         Ok(index) => Ok(Json(json!({ "snapshot_index": index })).into_response()),
         Err(message) => Err(ApiError::internal(format!("snapshot failed: {message}"))),
+    }
+}
+
+/// Reads one figure of a member's replication.
+type MemberFigure = fn(&MemberReplication) -> u64;
+
+/// Per-member gauges, as the leader sees them (the same figures as `/v1/status`).
+fn membership_gauges(out: &mut String, membership: &Membership, report: &ReplicationReport) {
+    let voters = membership.voters().count();
+    let _ = writeln!(
+        out,
+        "# HELP raftlog_voters Voters in the configuration.\n# TYPE raftlog_voters gauge\nraftlog_voters {voters}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP raftlog_learners Learners (non-voters) in the configuration.\n# TYPE raftlog_learners gauge\nraftlog_learners {}",
+        membership.members.len() - voters
+    );
+    let _ = writeln!(
+        out,
+        "# HELP raftlog_failure_tolerance How many more voters may fail before quorum is lost.\n# TYPE raftlog_failure_tolerance gauge\nraftlog_failure_tolerance {}",
+        report.failure_tolerance
+    );
+    let families: [(&str, &str, MemberFigure); 3] = [
+        (
+            "member_match_index",
+            "Highest log index known durable on the member.",
+            |r| r.match_index,
+        ),
+        (
+            "member_lag_entries",
+            "Entries the member is behind the leader.",
+            |r| r.lag,
+        ),
+        (
+            "member_last_contact_ms",
+            "Milliseconds since the member last answered the leader.",
+            |r| r.last_contact_ms,
+        ),
+    ];
+    for (name, help, value) in families {
+        let _ = writeln!(
+            out,
+            "# HELP raftlog_{name} {help}\n# TYPE raftlog_{name} gauge"
+        );
+        for r in &report.members {
+            let role = if membership.is_voter(r.id) {
+                "voter"
+            } else {
+                "learner"
+            };
+            let _ = writeln!(
+                out,
+                "raftlog_{name}{{id=\"{}\",role=\"{role}\"}} {}",
+                r.id,
+                value(r)
+            );
+        }
     }
 }
 
@@ -664,6 +727,14 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         "Peer handshakes refused (wrong cluster or unknown node).",
         t.handshakes_refused,
     );
+    counter(
+        "membership_changes_total",
+        "Membership changes this node proposed as leader (promotions included).",
+        m.membership_changes.get(),
+    );
+    if let Ok(Some(report)) = state.node.replication().await {
+        membership_gauges(&mut out, &state.node.membership(), &report);
+    }
     let _ = writeln!(
         out,
         "# HELP raftlog_snapshot_last_bytes Size of the last snapshot taken.\n# TYPE raftlog_snapshot_last_bytes gauge\nraftlog_snapshot_last_bytes {}",

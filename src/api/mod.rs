@@ -6,6 +6,7 @@
 mod error;
 mod forward;
 mod handlers;
+mod members;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,14 +78,10 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
         .route("/v1/status", get(handlers::status))
         .route("/v1/log", get(handlers::log))
         .route("/v1/snapshot", post(handlers::snapshot))
-        .route(
-            "/v1/members",
-            get(handlers::members).post(handlers::membership_change_unsupported),
-        )
-        .route(
-            "/v1/members/{id}",
-            axum::routing::delete(handlers::membership_change_unsupported),
-        )
+        .route("/v1/members", get(members::list).post(members::add))
+        .route("/v1/members/{id}", axum::routing::delete(members::remove))
+        .route("/v1/members/{id}/promote", post(members::promote))
+        .route("/v1/members/{id}/demote", post(members::demote))
         .route(
             "/v1/leader/transfer",
             post(handlers::membership_change_unsupported),

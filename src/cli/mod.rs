@@ -4,6 +4,7 @@
 mod bench;
 mod client;
 mod cluster;
+mod join;
 mod serve;
 
 use std::path::PathBuf;
@@ -50,6 +51,10 @@ enum Command {
         /// Override the data directory (default: <data_dir>/node-<id> from the file).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Join a running cluster through these members' API addresses (comma-separated):
+        /// added as a learner, promoted once caught up. Harmless once already a member.
+        #[arg(long, value_name = "ADDR[,ADDR...]")]
+        join: Option<String>,
     },
     /// Run a whole local cluster as child processes, for trying raftlog out.
     Cluster {
@@ -198,7 +203,8 @@ pub fn run() -> i32 {
             config,
             id,
             data_dir,
-        } => serve::run(&config, id, data_dir),
+            join,
+        } => serve::run(&config, id, data_dir, join),
         Command::Cluster { nodes, config } => cluster::run(&config, nodes),
         Command::Put { key, value, target } => client::run(target, client::Op::Put { key, value }),
         Command::Get {

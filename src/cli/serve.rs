@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{init_tracing, EXIT_FAILED, EXIT_USAGE};
+use storage::Membership;
+
+use super::{init_tracing, join, EXIT_FAILED, EXIT_USAGE};
 use crate::api::{self, ApiOptions};
 use crate::config::ClusterConfig;
 use crate::kv::KvStore;
@@ -18,7 +20,14 @@ pub fn node_options(
     id: u64,
     data_dir: Option<PathBuf>,
 ) -> Result<NodeOptions, String> {
-    config.validate_node_id(id).map_err(|e| e.to_string())?;
+    config.validate_node_id(id).map_err(|e| {
+        format!(
+            "{e}. A node takes its own addresses from nodes: to add node {id} to a running \
+             cluster, add \"{id}\": {{\"raft_addr\": ..., \"api_addr\": ...}} to nodes in {} and start \
+             it with --join <API address of a member>",
+            config.path().display()
+        )
+    })?;
     let Some(me) = config.node(id) else {
         return Err(format!(
             "{}: node {id} is not in nodes",
@@ -38,12 +47,23 @@ pub fn node_options(
         wal_segment_bytes: config.wal_segment_bytes(),
         snapshot_trailing_entries: config.snapshot_trailing_entries(),
         tick: TICK,
+        membership_policy: node::membership::MembershipPolicy {
+            promote_lag_entries: config.promote_lag_entries(),
+            promote_stable: config.promote_stable(),
+        },
     })
 }
 
 /// Runs the node; returns the exit status.
-pub fn run(config_path: &Path, id: u64, data_dir: Option<PathBuf>) -> i32 {
+pub fn run(config_path: &Path, id: u64, data_dir: Option<PathBuf>, join: Option<String>) -> i32 {
     init_tracing();
+    let join = match join.as_deref().map(join::parse_addrs).transpose() {
+        Ok(join) => join,
+        Err(message) => {
+            eprintln!("raftlog serve: {message}");
+            return EXIT_USAGE;
+        }
+    };
     let config = match ClusterConfig::load(config_path) {
         Ok(config) => config,
         Err(e) => {
@@ -68,11 +88,22 @@ pub fn run(config_path: &Path, id: u64, data_dir: Option<PathBuf>) -> i32 {
             return EXIT_FAILED;
         }
     };
-    runtime.block_on(serve(options))
+    runtime.block_on(serve(options, join))
 }
 
-async fn serve(options: NodeOptions) -> i32 {
+async fn serve(mut options: NodeOptions, join: Option<Vec<String>>) -> i32 {
+    let configured = options.bootstrap.clone();
+    if let Some(addrs) = &join {
+        options.bootstrap = tokio::select! {
+            bootstrap = join_bootstrap(&options, addrs) => bootstrap,
+            signal = shutdown_signal() => {
+                tracing::info!("{signal} while waiting for a member to answer: stopping");
+                return 0;
+            }
+        };
+    }
     let api_addr = options.api_addr;
+    let raft_addr = options.raft_addr;
     let data_dir = options.data_dir.clone();
     let node = match node::start(options, KvStore::new()).await {
         Ok(node) => node,
@@ -92,6 +123,27 @@ async fn serve(options: NodeOptions) -> i32 {
         }
     };
     tracing::info!(id = node.id, %api_addr, "serving clients");
+    let live = node.membership();
+    if live != configured {
+        // After the first start the log's membership is the truth (API.md); say so once.
+        tracing::warn!(
+            live = %describe(&live),
+            configured = %describe(&configured),
+            "the membership in this node's log differs from nodes in the config file; the log's is in effect"
+        );
+    }
+    let (join_failed_tx, join_failed) = tokio::sync::oneshot::channel();
+    if let Some(addrs) = join.filter(|_| !live.members.contains_key(&node.id)) {
+        let id = node.id;
+        tokio::spawn(async move {
+            let asked =
+                join::request_membership(&addrs, id, &raft_addr.to_string(), &api_addr.to_string())
+                    .await;
+            if let Err(message) = asked {
+                let _ = join_failed_tx.send(message);
+            }
+        });
+    }
     let server = api::serve(listener, node.clone(), ApiOptions::default());
     tokio::select! {
         result = server => match result {
@@ -101,6 +153,10 @@ async fn serve(options: NodeOptions) -> i32 {
                 EXIT_FAILED
             }
         },
+        Ok(message) = join_failed => {
+            eprintln!("raftlog serve: node {} cannot join: {message}", node.id);
+            EXIT_FAILED
+        }
         message = node.failed() => {
             eprintln!("raftlog serve: node {} stopped: {message}", node.id);
             EXIT_FAILED
@@ -111,6 +167,33 @@ async fn serve(options: NodeOptions) -> i32 {
             0
         }
     }
+}
+
+/// The membership a joining node starts with (never one in which it votes). A node with
+/// no data asks a member for the live one; a node with data already has its own, and the
+/// configured nodes (without itself) only stand in if its store somehow lacks one.
+async fn join_bootstrap(options: &NodeOptions, addrs: &[String]) -> Membership {
+    if options.data_dir.join("stable").exists() {
+        let mut fallback = options.bootstrap.clone();
+        fallback.members.remove(&options.id);
+        return fallback;
+    }
+    join::fetch_membership(addrs, options.id).await
+}
+
+fn describe(membership: &Membership) -> String {
+    let parts: Vec<String> = membership
+        .members
+        .iter()
+        .map(|(id, m)| {
+            format!(
+                "{id}{}@{}",
+                if m.voter { "" } else { "(learner)" },
+                m.raft_addr
+            )
+        })
+        .collect();
+    parts.join(", ")
 }
 
 async fn shutdown_signal() -> &'static str {

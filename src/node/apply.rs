@@ -137,7 +137,8 @@ impl<S: StateMachine> Applier<S> {
                                 "membership entry does not decode: {e}"
                             ),
                         }
-                        None
+                        // The API waits on membership entries like on writes.
+                        Some(Applied::Fresh(Vec::new()))
                     }
                 };
                 outcomes.push((entry.index, entry.term, applied));
@@ -154,7 +155,10 @@ impl<S: StateMachine> Applier<S> {
             self.start_snapshot();
         }
         if let Some(index) = removed_at {
-            let _ = self.events.send(Event::RemovedFromMembership { index });
+            let _ = self.events.send(Event::RemovedFromMembership {
+                index,
+                confirmed_by: None,
+            });
         }
     }
 

@@ -16,6 +16,7 @@
 //! | `bootstrapped` mark, or term > 0, or a log   | bootstrapped     | runs as usual                |
 //! | nothing (term 0, no log, no snapshot)        | fresh            | waits, voting for nobody     |
 //! | fresh, and the only voter in `nodes`         | bootstrapped     | nothing to lose, runs        |
+//! | fresh, not a voter (`serve --join`)          | bootstrapped     | joins as a learner, runs     |
 //!
 //! A **fresh** node starts its transport and client API but its raft loop ignores ticks and
 //! peer messages: it does not campaign, grants no vote and acknowledges no entry. It asks
@@ -43,12 +44,13 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use storage::stable::{StableStore, Tombstone};
 use storage::{HardState, Membership, NodeId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::Event;
 
@@ -80,7 +82,10 @@ pub(crate) fn standing(
         return Ok(Standing::Bootstrapped);
     }
     let lone_voter = bootstrap.voters().all(|voter| voter == id);
-    if hard_state.term > 0 || holds_log || lone_voter {
+    // A node joining with `--join` starts outside the voters: it grants no vote until the
+    // cluster's log makes it one, by which time it holds that log.
+    let joining = !bootstrap.is_voter(id);
+    if hard_state.term > 0 || holds_log || lone_voter || joining {
         // Data directories from before the mark existed hold state: they are part of a
         // cluster. Marking them once spares the check at every later start.
         stable.mark_bootstrapped()?;
@@ -222,6 +227,94 @@ pub(crate) async fn confirm_first_start(
         }
         tokio::time::sleep(PROBE_INTERVAL).await;
     }
+}
+
+/// How often a node without a leader asks the members whether it was removed.
+const REMOVAL_PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// Between the two looks at a leader that no longer names this node.
+const REMOVAL_CONFIRM_DELAY: Duration = Duration::from_millis(300);
+
+/// While this node has no leader, asks the other members of `membership` whether one of
+/// them leads a configuration without this node, and whether that configuration committed:
+/// a second look at the same leader in the same term must show a commit index at or past
+/// the last log index of the first look, which held the configuration (a leader never
+/// truncates its own log). Then it tells the raft loop, which leaves a tombstone and stops
+/// (issue 10). Gives up (clearing `watching`) once a leader is heard again.
+pub(crate) async fn confirm_removal(
+    id: NodeId,
+    membership: Membership,
+    leader: watch::Receiver<Option<NodeId>>,
+    watching: Arc<AtomicBool>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let Ok(client) = reqwest::Client::builder().timeout(PROBE_TIMEOUT).build() else {
+        watching.store(false, Ordering::Relaxed);
+        return;
+    };
+    let others: Vec<(NodeId, String)> = membership
+        .members
+        .iter()
+        .filter(|(other, _)| **other != id)
+        .map(|(other, m)| (*other, m.api_addr.clone()))
+        .collect();
+    loop {
+        if leader.borrow().is_some() || events.is_closed() {
+            watching.store(false, Ordering::Relaxed);
+            return;
+        }
+        for (other, api_addr) in &others {
+            let Some(first) = leader_without(&client, api_addr, id).await else {
+                continue;
+            };
+            tokio::time::sleep(REMOVAL_CONFIRM_DELAY).await;
+            let Some(second) = leader_without(&client, api_addr, id).await else {
+                continue;
+            };
+            if second.term == first.term && second.commit_index >= first.last_log_index {
+                tracing::info!(
+                    leader = other,
+                    term = second.term,
+                    commit_index = second.commit_index,
+                    "the leader committed a configuration without this node"
+                );
+                let _ = events.send(Event::RemovedFromMembership {
+                    index: first.last_log_index,
+                    confirmed_by: Some(*other),
+                });
+                return;
+            }
+        }
+        tokio::time::sleep(REMOVAL_PROBE_INTERVAL).await;
+    }
+}
+
+/// What a leader that no longer names this node reported.
+struct LeaderView {
+    term: u64,
+    commit_index: u64,
+    last_log_index: u64,
+}
+
+/// The status of the node at `api_addr` if it leads a configuration without `id`.
+async fn leader_without(
+    client: &reqwest::Client,
+    api_addr: &str,
+    id: NodeId,
+) -> Option<LeaderView> {
+    let url = format!("http://{api_addr}/v1/status");
+    let status: serde_json::Value = client.get(url).send().await.ok()?.json().await.ok()?;
+    let names_me = status["members"]
+        .as_array()?
+        .iter()
+        .any(|m| m["id"].as_u64() == Some(id));
+    if status["role"] != "leader" || names_me {
+        return None;
+    }
+    Some(LeaderView {
+        term: status["term"].as_u64()?,
+        commit_index: status["commit_index"].as_u64()?,
+        last_log_index: status["last_log_index"].as_u64()?,
+    })
 }
 
 async fn ask_peer(client: &reqwest::Client, api_addr: &str) -> PeerAnswer {

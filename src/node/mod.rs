@@ -18,6 +18,7 @@
 pub mod apply;
 mod bootstrap;
 pub mod log_storage;
+pub mod membership;
 pub mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -36,6 +37,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use self::apply::{Applier, ApplyJob, PendingWrite, PendingWrites, WriteOutcome};
 use self::log_storage::{DurableLog, NodeLogStorage};
+use self::membership::{
+    ChangeRefused, ChangeTicket, MembershipDriver, MembershipOp, MembershipPolicy,
+};
 use self::writer::{WriteJob, Writer};
 use crate::kv::{Replicated, StateMachine};
 use crate::raft::{self, Envelope, ProposeError, RaftCore, ReadMode, Ready, Role};
@@ -68,6 +72,8 @@ pub struct NodeOptions {
     pub wal_segment_bytes: u64,
     /// The core's clock period.
     pub tick: Duration,
+    /// When learners added as voters are promoted.
+    pub membership_policy: MembershipPolicy,
 }
 
 /// Things the persistence and apply threads tell the raft loop.
@@ -89,6 +95,9 @@ pub(crate) enum Event {
     /// The apply thread applied a membership that no longer names this node.
     RemovedFromMembership {
         index: u64,
+        /// Set when a leader reported the removal committed (the node's own log may not
+        /// even hold it); unset when this node applied it.
+        confirmed_by: Option<NodeId>,
     },
     Fatal(String),
 }
@@ -106,6 +115,36 @@ enum Request {
     Status {
         reply: oneshot::Sender<NodeStatus>,
     },
+    ChangeMembership {
+        op: MembershipOp,
+        force: bool,
+        reply: oneshot::Sender<Result<ChangeTicket, ChangeRefused>>,
+    },
+    Replication {
+        reply: oneshot::Sender<Option<ReplicationReport>>,
+    },
+}
+
+/// The leader's view of each member, for `/v1/status` and `/metrics`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicationReport {
+    /// One row per member, by id.
+    pub members: Vec<MemberReplication>,
+    /// How many more voters may fail before the cluster loses its quorum.
+    pub failure_tolerance: usize,
+}
+
+/// One member as the leader sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberReplication {
+    /// The member.
+    pub id: NodeId,
+    /// Highest index known durable on it.
+    pub match_index: u64,
+    /// Entries it is behind the leader's last index.
+    pub lag: u64,
+    /// Milliseconds since it last answered the leader.
+    pub last_contact_ms: u64,
 }
 
 /// What `GET /v1/status` reports: the core's own status.
@@ -169,6 +208,8 @@ pub struct Metrics {
     pub reads: Counter,
     /// Elections this node started.
     pub elections: Counter,
+    /// Membership changes this node proposed as leader (promotions included).
+    pub membership_changes: Counter,
 }
 
 impl Metrics {
@@ -376,6 +417,31 @@ impl<S: StateMachine> Node<S> {
         answer.await.map_err(|_| RequestError::Stopped)
     }
 
+    /// Asks the leader loop to validate and propose a membership change. The ticket's
+    /// receivers tell when it (and the promotion it leads to) commits.
+    pub async fn change_membership(
+        &self,
+        op: MembershipOp,
+        force: bool,
+    ) -> Result<ChangeTicket, ChangeRefused> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::ChangeMembership { op, force, reply })
+            .await
+            .map_err(|_| ChangeRefused::Stopped)?;
+        answer.await.map_err(|_| ChangeRefused::Stopped)?
+    }
+
+    /// Each member's replication as this node sees it, if it leads.
+    pub async fn replication(&self) -> Result<Option<ReplicationReport>, RequestError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Replication { reply })
+            .await
+            .map_err(|_| RequestError::Stopped)?;
+        answer.await.map_err(|_| RequestError::Stopped)
+    }
+
     /// Takes a snapshot now; returns its last index.
     pub async fn snapshot(&self) -> Result<u64, String> {
         let (reply, answer) = oneshot::channel();
@@ -527,12 +593,13 @@ pub async fn start<S: StateMachine>(
     }
 
     let storage = NodeLogStorage(log.clone());
-    let core = RaftCore::new(
-        core_config(&options),
-        storage,
-        hard_state,
-        bootstrap.clone(),
+    let core_config = core_config(&options);
+    // "Reachable" for the quorum-safety check: heard from within an election timeout.
+    let membership_driver = MembershipDriver::new(
+        options.membership_policy,
+        u64::from(core_config.election_timeout_ticks_max),
     );
+    let core = RaftCore::new(core_config, storage, hard_state, bootstrap.clone());
     let initial_membership = core.status().membership;
     let peers = raft_peers(&initial_membership);
     let transport_config = TransportConfig::new(
@@ -620,8 +687,12 @@ pub async fn start<S: StateMachine>(
         fatal: fatal_tx.clone(),
         last_role: None,
         awaiting_first_start: standing == bootstrap::Standing::Fresh,
+        watching_removal: Arc::default(),
+        events_tx: events_tx.clone(),
         stable: stable.clone(),
         data_dir: dir.clone(),
+        membership_driver,
+        tick: options.tick,
     };
     let raft_loop = tokio::spawn(raft_loop.run(options.tick, inbound, requests_rx, events_rx));
     // A panicking raft loop must not leave a node that answers HTTP but never writes.
@@ -771,8 +842,14 @@ struct RaftLoop {
     /// A fresh node ignores ticks and peer messages (no campaign, no vote, no ack) until
     /// its peers confirm the first start of the cluster (see `bootstrap`).
     awaiting_first_start: bool,
+    /// Whether a task already asks the members whether this node's removal committed.
+    watching_removal: Arc<std::sync::atomic::AtomicBool>,
+    /// For tasks that report back to the loop.
+    events_tx: mpsc::UnboundedSender<Event>,
     stable: Arc<StableStore>,
     data_dir: PathBuf,
+    membership_driver: MembershipDriver,
+    tick: Duration,
 }
 
 /// Most client requests taken per loop iteration: enough to batch, few enough that ticks
@@ -806,6 +883,8 @@ impl RaftLoop {
                     if !self.awaiting_first_start {
                         self.core.tick();
                     }
+                    self.core.tick();
+                    self.membership_driver.on_tick(&mut self.core, &self.pending, &self.metrics);
                 }
                 Some(envelope) = inbound.recv() => {
                     if self.awaiting_first_start {
@@ -860,7 +939,10 @@ impl RaftLoop {
                 }
             }
             Event::FirstStartConfirmed => self.awaiting_first_start = false,
-            Event::RemovedFromMembership { index } => return self.on_removed(index),
+            Event::RemovedFromMembership {
+                index,
+                confirmed_by,
+            } => return self.on_removed(index, confirmed_by),
             Event::Fatal(message) => {
                 let _ = self.fatal.send(Some(message));
                 return false;
@@ -903,6 +985,19 @@ impl RaftLoop {
             }
             Request::Status { reply } => {
                 let _ = reply.send(self.core.status());
+            }
+            Request::ChangeMembership { op, force, reply } => {
+                let answer = self.membership_driver.request(
+                    &mut self.core,
+                    &self.pending,
+                    &self.metrics,
+                    op,
+                    force,
+                );
+                let _ = reply.send(answer);
+            }
+            Request::Replication { reply } => {
+                let _ = reply.send(self.replication_report());
             }
         }
     }
@@ -961,6 +1056,14 @@ impl RaftLoop {
                 messages: ready.persisted_messages,
             });
         }
+        if let Some(committed) = ready
+            .committed_entries
+            .iter()
+            .rev()
+            .find(|e| e.kind == storage::EntryKind::Membership)
+        {
+            self.prune_peers(&committed.payload);
+        }
         if !ready.committed_entries.is_empty() {
             let _ = self
                 .apply_tx
@@ -988,6 +1091,9 @@ impl RaftLoop {
         if self.last_role != Some(soft.role) && soft.role == Role::Candidate {
             self.metrics.elections.inc();
         }
+        if matches!(soft.role, Role::PreCandidate | Role::Candidate) {
+            self.watch_own_removal();
+        }
         self.last_role = Some(soft.role);
     }
 
@@ -995,9 +1101,9 @@ impl RaftLoop {
     /// node must stop. Only an applied (so committed) removal counts: an appended one can
     /// still be truncated. A later appended configuration that names this node again (it was
     /// re-added, and is now replaying history) wins.
-    fn on_removed(&mut self, index: u64) -> bool {
+    fn on_removed(&mut self, index: u64, confirmed_by: Option<NodeId>) -> bool {
         let status = self.core.status();
-        if status.membership.members.contains_key(&status.id) {
+        if confirmed_by.is_none() && status.membership.members.contains_key(&status.id) {
             return true;
         }
         let tombstone = storage::stable::Tombstone {
@@ -1006,7 +1112,9 @@ impl RaftLoop {
         let message = match self.stable.save_tombstone(&tombstone) {
             Ok(()) => bootstrap::removed_message(status.id, &self.data_dir, &tombstone),
             Err(e) => format!(
-                "this node was removed from the cluster (membership entry {index}) but the                  tombstone could not be saved: {e}; delete {} before starting it again, with                  `--join`",
+                "this node was removed from the cluster (membership entry {index}) but the \
+                 tombstone could not be saved: {e}; delete {} before starting it again, with \
+                 `--join`",
                 self.data_dir.display()
             ),
         };
@@ -1015,9 +1123,69 @@ impl RaftLoop {
         false
     }
 
+    fn replication_report(&self) -> Option<ReplicationReport> {
+        let progress = self.core.member_progress();
+        if progress.is_empty() {
+            return None;
+        }
+        let status = self.core.status();
+        let tick_ms = self.tick.as_millis() as u64;
+        let voters = status.membership.voters().collect();
+        let reachable = self.membership_driver.reachable(&self.core);
+        Some(ReplicationReport {
+            failure_tolerance: membership::failure_tolerance(&voters, &reachable),
+            members: progress
+                .iter()
+                .map(|p| MemberReplication {
+                    id: p.id,
+                    match_index: p.match_index,
+                    lag: status.last_log_index.saturating_sub(p.match_index),
+                    last_contact_ms: p.ticks_since_contact.saturating_mul(tick_ms),
+                })
+                .collect(),
+        })
+    }
+
+    /// A membership entry was appended: it is in effect at once (thesis §4.1), but the
+    /// transport keeps the members it drops until it commits. Otherwise a follower that
+    /// appends its leader's removal can no longer answer that leader, the entry never
+    /// commits on the leader, and the removed leader cannot tell its client the outcome.
+    /// A removed node never learns that its removal committed: the leader stops replicating
+    /// to it as soon as the configuration without it is appended (thesis §4.2.2). It only
+    /// notices that it hears from no leader. So once it starts an election, ask the members
+    /// whether a leader committed a configuration without this node (see `bootstrap`).
+    fn watch_own_removal(&mut self) {
+        if self.watching_removal.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let status = self.core.status();
+        tokio::spawn(bootstrap::confirm_removal(
+            status.id,
+            status.membership,
+            self.leader.subscribe(),
+            self.watching_removal.clone(),
+            self.events_tx.clone(),
+        ));
+    }
+
     fn refresh_membership(&mut self) {
         let membership = self.core.status().membership;
-        self.transport.set_peers(raft_peers(&membership));
-        *self.membership.write().unwrap_or_else(|p| p.into_inner()) = membership;
+        let mut shared = self.membership.write().unwrap_or_else(|p| p.into_inner());
+        let mut peers = raft_peers(&shared);
+        peers.extend(raft_peers(&membership));
+        self.transport.set_peers(peers);
+        *shared = membership;
+    }
+
+    /// A membership entry committed: peers it removed may go now, unless a later
+    /// (appended, uncommitted) configuration still has them.
+    fn prune_peers(&mut self, committed_payload: &[u8]) {
+        let Ok(committed) = raft::decode_membership(committed_payload) else {
+            return;
+        };
+        let current = self.core.status().membership;
+        let mut peers = raft_peers(&committed);
+        peers.extend(raft_peers(&current));
+        self.transport.set_peers(peers);
     }
 }

@@ -11,9 +11,9 @@ use super::progress::{Progress, ProgressState};
 use super::quorum::{majority_value, VoteResult, VoteTally};
 use super::read_index::ReadQueue;
 use super::{
-    Config, Entry, EntryKind, Envelope, FailedRead, HardState, LogStorage, Membership,
-    MembershipChange, Message, NodeId, PlantedBug, ProposeError, ReadMode, ReadState, Ready, Role,
-    SnapshotChunk, SnapshotMeta, SoftState, Status,
+    Config, Entry, EntryKind, Envelope, FailedRead, HardState, LogStorage, MemberProgress,
+    Membership, MembershipChange, Message, NodeId, PlantedBug, ProposeError, ReadMode, ReadState,
+    Ready, Role, SnapshotChunk, SnapshotMeta, SoftState, Status,
 };
 
 /// SplitMix64 (Steele, Lea, Flood 2014): a tiny, well-mixed generator, seeded from the
@@ -386,6 +386,44 @@ impl<S: LogStorage> RaftCore<S> {
             snapshot_index: self.log.snapshot_index(),
             membership: self.membership.current().clone(),
         }
+    }
+
+    /// The leader's view of every member's replication: match index and ticks since it was
+    /// last heard from (the leader itself: its last index, 0 ticks). Empty on a non-leader,
+    /// which has no such view. Read-only, for status reports and the node's membership
+    /// policy (learner promotion, quorum-safety checks).
+    pub fn member_progress(&self) -> Vec<MemberProgress> {
+        if self.role != Role::Leader {
+            return Vec::new();
+        }
+        self.membership
+            .current()
+            .members
+            .keys()
+            .map(|&id| match self.progress.get(&id) {
+                _ if id == self.id => MemberProgress {
+                    id,
+                    match_index: self.log.last_index(),
+                    ticks_since_contact: 0,
+                },
+                Some(pr) => MemberProgress {
+                    id,
+                    match_index: pr.match_index,
+                    ticks_since_contact: self.now.saturating_sub(pr.last_heard_tick),
+                },
+                None => MemberProgress {
+                    id,
+                    match_index: 0,
+                    ticks_since_contact: self.now,
+                },
+            })
+            .collect()
+    }
+
+    /// Whether a membership change would be refused as pending (thesis §4.1: one at a time;
+    /// a new leader first commits an entry of its own term).
+    pub fn membership_change_pending(&self) -> bool {
+        self.membership.latest_index() > self.log.commit() || !self.committed_own_term()
     }
 
     /// Term and vote, as they must be persisted.

@@ -434,6 +434,17 @@ pub enum MembershipChange {
     },
 }
 
+/// One member's replication as the leader sees it (see [`RaftCore::member_progress`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberProgress {
+    /// The member.
+    pub id: NodeId,
+    /// Highest index known durable on it.
+    pub match_index: u64,
+    /// Leader ticks since it last answered.
+    pub ticks_since_contact: u64,
+}
+
 /// A snapshot of the core's state for status reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {

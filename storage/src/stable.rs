@@ -157,7 +157,7 @@ struct WriteState {
 /// with its old data it refuses to start instead of campaigning against the members.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tombstone {
-    /// Log index of the applied membership entry that no longer names this node.
+    /// Log index at or past the committed membership entry that no longer names this node.
     pub removed_at_index: u64,
 }
 

@@ -124,11 +124,21 @@ impl Cluster {
 
     /// Starts (or restarts) node `id` on its data directory.
     pub fn spawn(&self, id: u64) {
-        self.spawn_with_env(id, &[]);
+        self.spawn_with(id, &[], &[]);
+    }
+
+    /// Starts node `id` with extra `serve` arguments (e.g. `--join ADDR`).
+    pub fn spawn_with_args(&self, id: u64, extra: &[&str]) {
+        self.spawn_with(id, extra, &[]);
     }
 
     /// Starts node `id` with extra environment variables (e.g. a test-only fault switch).
     pub fn spawn_with_env(&self, id: u64, env: &[(&str, &str)]) {
+        self.spawn_with(id, &[], env);
+    }
+
+    /// Starts node `id` with extra `serve` arguments and environment variables.
+    pub fn spawn_with(&self, id: u64, extra: &[&str], env: &[(&str, &str)]) {
         let node = &self.nodes[&id];
         let mut slot = node.child.lock().unwrap();
         assert!(slot.is_none(), "node {id} is already running");
@@ -141,6 +151,7 @@ impl Cluster {
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .args(["--id", &id.to_string()])
+            .args(extra)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -211,6 +222,37 @@ impl Cluster {
     /// Everything node `id` wrote to stdout and stderr so far.
     pub fn log_text(&self, id: u64) -> String {
         std::fs::read_to_string(&self.nodes[&id].log_path).unwrap_or_default()
+    }
+
+    /// Adds node `id` with fresh ports to the cluster file (not started), as an operator
+    /// does before starting a new node with `--join`. Running nodes are not affected: after
+    /// their first start, the membership in their log wins.
+    pub fn add_to_config(&mut self, id: u64) {
+        assert!(
+            !self.nodes.contains_key(&id),
+            "node {id} is already configured"
+        );
+        let raft_addr = format!("127.0.0.1:{}", free_port());
+        let api_addr = format!("127.0.0.1:{}", free_port());
+        let mut config: Value =
+            serde_json::from_slice(&std::fs::read(&self.config_path).unwrap()).unwrap();
+        config["nodes"][id.to_string()] = json!({"raft_addr": raft_addr, "api_addr": api_addr});
+        std::fs::write(
+            &self.config_path,
+            serde_json::to_vec_pretty(&config).unwrap(),
+        )
+        .unwrap();
+        let log_path = self.dir.path().join(format!("node-{id}.log"));
+        self.nodes.insert(
+            id,
+            NodeProc {
+                id,
+                api_addr,
+                raft_addr,
+                child: Mutex::new(None),
+                log_path,
+            },
+        );
     }
 
     pub fn api(&self, id: u64) -> &str {
