@@ -345,3 +345,82 @@ async fn ask_peer(client: &reqwest::Client, api_addr: &str) -> PeerAnswer {
         _ => PeerAnswer::Unreachable("status without term, last_log_index, snapshot_index".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use storage::Member;
+
+    use super::*;
+
+    fn voters(ids: &[NodeId]) -> Membership {
+        let mut membership = Membership::default();
+        for &id in ids {
+            membership.members.insert(
+                id,
+                Member {
+                    raft_addr: format!("127.0.0.1:{}", 7000 + id),
+                    api_addr: format!("127.0.0.1:{}", 8000 + id),
+                    voter: true,
+                },
+            );
+        }
+        membership
+    }
+
+    fn store() -> (tempfile::TempDir, StableStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let stable = StableStore::open(dir.path().join("stable")).unwrap();
+        (dir, stable)
+    }
+
+    #[test]
+    fn empty_directory_of_a_voter_among_others_is_fresh_until_marked() {
+        let (_dir, stable) = store();
+        let none = HardState::default();
+        assert_eq!(
+            standing(&stable, &none, false, 2, &voters(&[1, 2, 3])).unwrap(),
+            Standing::Fresh
+        );
+        assert!(!stable.is_bootstrapped().unwrap());
+        stable.mark_bootstrapped().unwrap();
+        assert_eq!(
+            standing(&stable, &none, false, 2, &voters(&[1, 2, 3])).unwrap(),
+            Standing::Bootstrapped
+        );
+    }
+
+    #[test]
+    fn any_term_or_log_means_bootstrapped_and_is_marked() {
+        let (_dir, stable) = store();
+        let term = HardState {
+            term: 3,
+            voted_for: None,
+        };
+        assert_eq!(
+            standing(&stable, &term, false, 2, &voters(&[1, 2, 3])).unwrap(),
+            Standing::Bootstrapped
+        );
+        assert!(stable.is_bootstrapped().unwrap());
+        let (_dir, stable) = store();
+        assert_eq!(
+            standing(&stable, &HardState::default(), true, 2, &voters(&[1, 2, 3])).unwrap(),
+            Standing::Bootstrapped
+        );
+    }
+
+    #[test]
+    fn lone_voter_and_joining_learner_need_no_confirmation() {
+        let (_dir, stable) = store();
+        let none = HardState::default();
+        assert_eq!(
+            standing(&stable, &none, false, 1, &voters(&[1])).unwrap(),
+            Standing::Bootstrapped
+        );
+        let (_dir, stable) = store();
+        // `serve --join` starts from the live membership without this node.
+        assert_eq!(
+            standing(&stable, &none, false, 4, &voters(&[1, 2, 3])).unwrap(),
+            Standing::Bootstrapped
+        );
+    }
+}
