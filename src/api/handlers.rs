@@ -557,9 +557,18 @@ fn membership_gauges(out: &mut String, membership: &Membership, report: &Replica
     }
 }
 
-/// `GET /healthz`.
-pub async fn healthz() -> &'static str {
-    "ok\n"
+/// `GET /healthz`: `200` while the node serves; `503 failed` once it hit a fatal error
+/// (a panicked thread, a failed disk) and only waits for the process to exit.
+pub async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
+    match state.node.failure() {
+        None => "ok\n".into_response(),
+        Some(message) => ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "failed",
+            message: format!("node {} stopped: {message}", state.node.id),
+        }
+        .into_response(),
+    }
 }
 
 /// `GET /readyz`: 200 when this node can serve linearizable requests; 503 while it stops,

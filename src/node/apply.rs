@@ -52,6 +52,10 @@ pub enum ApplyJob {
 }
 
 pub(super) struct Applier<S: StateMachine> {
+    /// This node, to notice its own removal.
+    pub id: storage::NodeId,
+    /// Test-only fault switch (`RAFTLOG_FAULT_PANIC_APPLY_AT`): panic at this index.
+    pub fault_panic_apply_at: Option<u64>,
     pub state: Arc<RwLock<Replicated<S>>>,
     pub log: Arc<DurableLog>,
     pub pending: PendingWrites,
@@ -95,6 +99,10 @@ impl<S: StateMachine> Applier<S> {
         let Some(last) = entries.last().map(|e| (e.index, e.term)) else {
             return;
         };
+        if let Some(index) = self.fault_panic_apply_at.filter(|at| last.0 >= *at) {
+            panic!("RAFTLOG_FAULT_PANIC_APPLY_AT={index}: injected apply-thread panic (test-only)");
+        }
+        let mut removed_at = None;
         let mut outcomes = Vec::with_capacity(entries.len());
         {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
@@ -116,7 +124,14 @@ impl<S: StateMachine> Applier<S> {
                             &entry.payload,
                             bincode::config::standard(),
                         ) {
-                            Ok((membership, _)) => self.membership = membership,
+                            Ok((membership, _)) => {
+                                if self.membership.members.contains_key(&self.id)
+                                    && !membership.members.contains_key(&self.id)
+                                {
+                                    removed_at = Some(entry.index);
+                                }
+                                self.membership = membership;
+                            }
                             Err(e) => tracing::error!(
                                 index = entry.index,
                                 "membership entry does not decode: {e}"
@@ -138,6 +153,12 @@ impl<S: StateMachine> Applier<S> {
         });
         if self.applied_index - self.last_snapshot_index >= self.snapshot_threshold {
             self.start_snapshot();
+        }
+        if let Some(index) = removed_at {
+            let _ = self.events.send(Event::RemovedFromMembership {
+                index,
+                confirmed_by: None,
+            });
         }
     }
 
@@ -223,7 +244,7 @@ impl<S: StateMachine> Applier<S> {
         let log = self.log.clone();
         let jobs = self.jobs_tx.clone();
         let metrics = self.metrics.clone();
-        std::thread::spawn(move || {
+        super::spawn_thread("snapshot", self.events.clone(), move || {
             let started = Instant::now();
             let result = write_snapshot(&log, meta, &frozen);
             if let Ok((meta, bytes)) = &result {

@@ -16,6 +16,7 @@
 //! entry only once a majority, counting this node only after its own fsync, has it on disk.
 
 pub mod apply;
+mod bootstrap;
 mod clock;
 pub mod log_storage;
 pub mod membership;
@@ -92,6 +93,15 @@ pub(crate) enum Event {
     SnapshotTaken {
         meta: SnapshotMeta,
         compact_upto: u64,
+    },
+    /// The peers confirmed the first start of the cluster: this fresh node may vote.
+    FirstStartConfirmed,
+    /// The apply thread applied a membership that no longer names this node.
+    RemovedFromMembership {
+        index: u64,
+        /// Set when a leader reported the removal committed (the node's own log may not
+        /// even hold it); unset when this node applied it.
+        confirmed_by: Option<NodeId>,
     },
     Fatal(String),
 }
@@ -254,6 +264,9 @@ pub enum StartError {
     /// The durable state is inconsistent.
     #[error("{0}")]
     Inconsistent(String),
+    /// This node was removed from the cluster (its stable store holds a tombstone).
+    #[error("{0}")]
+    Removed(String),
 }
 
 /// The client-facing handle of a running node. Cheap to clone.
@@ -489,6 +502,11 @@ impl<S: StateMachine> Node<S> {
             .clone()
     }
 
+    /// The fatal error that stopped the node, if one did.
+    pub fn failure(&self) -> Option<String> {
+        self.fatal.borrow().clone()
+    }
+
     /// Resolves when the node hits a fatal error; carries the message.
     pub async fn failed(&self) -> String {
         let mut fatal = self.fatal.clone();
@@ -556,6 +574,12 @@ pub async fn start<S: StateMachine>(
             wal.last_index()
         )));
     }
+    if let Some(tombstone) = stable.tombstone()? {
+        return Err(StartError::Removed(bootstrap::removed_message(
+            options.id, dir, &tombstone,
+        )));
+    }
+    let holds_log = wal.last_index() > 0 || snapshots.latest()?.is_some();
     stable.bind_identity(&options.cluster_id, options.id)?;
     let bootstrap = match stable.membership()? {
         Some(membership) => membership,
@@ -565,6 +589,7 @@ pub async fn start<S: StateMachine>(
         }
     };
     let hard_state = stable.hard_state()?;
+    let standing = bootstrap::standing(&stable, &hard_state, holds_log, options.id, &bootstrap)?;
 
     // The newest snapshot that verifies; an older one is good enough if the log covers the gap.
     let snapshot_meta = snapshots.latest_verified()?.unwrap_or_default();
@@ -638,9 +663,12 @@ pub async fn start<S: StateMachine>(
     let (write_tx, write_rx) = mpsc::unbounded_channel();
     let (requests_tx, requests_rx) = mpsc::channel(65_536);
     let (fatal_tx, fatal_rx) = watch::channel(None);
+    let fatal_tx = Arc::new(fatal_tx);
     let pending: PendingWrites = Arc::default();
 
     let applier = Applier {
+        id: options.id,
+        fault_panic_apply_at: fault_panic_apply_at(),
         state: state.clone(),
         log: log.clone(),
         pending: pending.clone(),
@@ -661,7 +689,7 @@ pub async fn start<S: StateMachine>(
         snapshot_in_progress: false,
         snapshot_waiters: Vec::new(),
     };
-    spawn_thread("apply", move || applier.run(apply_rx));
+    spawn_thread("apply", events_tx.clone(), move || applier.run(apply_rx));
     let writer = Writer {
         log: log.clone(),
         stable: stable.clone(),
@@ -670,7 +698,17 @@ pub async fn start<S: StateMachine>(
         apply: apply_tx.clone(),
         metrics: metrics.clone(),
     };
-    spawn_thread("persist", move || writer.run(write_rx));
+    spawn_thread("persist", events_tx.clone(), move || writer.run(write_rx));
+    if standing == bootstrap::Standing::Fresh {
+        tokio::spawn(bootstrap::confirm_first_start(
+            options.id,
+            options.cluster_id.clone(),
+            dir.clone(),
+            bootstrap.clone(),
+            stable.clone(),
+            events_tx.clone(),
+        ));
+    }
 
     let (leader_tx, leader_rx) = watch::channel(None);
     let membership = Arc::new(RwLock::new(initial_membership));
@@ -686,15 +724,33 @@ pub async fn start<S: StateMachine>(
         leader: leader_tx,
         membership: membership.clone(),
         metrics: metrics.clone(),
-        fatal: fatal_tx,
+        fatal: fatal_tx.clone(),
         last_role: None,
         clock: TickClock::new(options.tick, catch_up_ticks_max(&options)),
         transfers: TransferWaiters::default(),
         election_timeout_max: options.election_timeout.1,
+        awaiting_first_start: standing == bootstrap::Standing::Fresh,
+        watching_removal: Arc::default(),
+        events_tx: events_tx.clone(),
+        stable: stable.clone(),
+        data_dir: dir.clone(),
         membership_driver,
         tick: options.tick,
     };
-    tokio::spawn(raft_loop.run(options.tick, inbound, requests_rx, events_rx));
+    let raft_loop = tokio::spawn(raft_loop.run(options.tick, inbound, requests_rx, events_rx));
+    // A panicking raft loop must not leave a node that answers HTTP but never writes.
+    tokio::spawn(async move {
+        if let Err(e) = raft_loop.await {
+            if e.is_panic() {
+                let message = format!(
+                    "the raft loop panicked: {}",
+                    panic_message(&*e.into_panic())
+                );
+                tracing::error!("{message}");
+                let _ = fatal_tx.send(Some(message));
+            }
+        }
+    });
 
     Ok(Node {
         id: options.id,
@@ -756,10 +812,57 @@ fn raft_peers(membership: &Membership) -> BTreeMap<NodeId, SocketAddr> {
         .collect()
 }
 
-fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) {
+/// Reads the test-only fault switch `RAFTLOG_FAULT_PANIC_APPLY_AT=<index>`: the apply
+/// thread panics when it applies a batch reaching that index, so that process tests can
+/// check that a panic stops the node (fail-stop). Never set it in production.
+fn fault_panic_apply_at() -> Option<u64> {
+    let value = std::env::var("RAFTLOG_FAULT_PANIC_APPLY_AT").ok()?;
+    match value.parse() {
+        Ok(index) => {
+            tracing::warn!(
+                index,
+                "test-only fault switch RAFTLOG_FAULT_PANIC_APPLY_AT is set"
+            );
+            Some(index)
+        }
+        Err(e) => {
+            tracing::warn!("ignoring RAFTLOG_FAULT_PANIC_APPLY_AT={value:?}: {e}");
+            None
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        text.to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
+/// Runs `body` on a named thread. A panic there stops the node (fail-stop): a node whose
+/// persistence or apply thread is gone would keep heartbeating and holding its followers
+/// while never acknowledging a write again.
+fn spawn_thread(
+    name: &'static str,
+    events: mpsc::UnboundedSender<Event>,
+    body: impl FnOnce() + Send + 'static,
+) {
+    let guarded = move || {
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+            let message = format!(
+                "the {name} thread panicked: {}; the node stops rather than serve without it",
+                panic_message(&*payload)
+            );
+            tracing::error!("{message}");
+            let _ = events.send(Event::Fatal(message));
+        }
+    };
     let spawned = std::thread::Builder::new()
         .name(format!("raftlog-{name}"))
-        .spawn(body);
+        .spawn(guarded);
     if let Err(e) = spawned {
         // Without its threads the node cannot make progress; this is a resource limit of
         // the machine, reported at start.
@@ -779,12 +882,21 @@ struct RaftLoop {
     leader: watch::Sender<Option<NodeId>>,
     membership: Arc<RwLock<Membership>>,
     metrics: Arc<Metrics>,
-    fatal: watch::Sender<Option<String>>,
+    fatal: Arc<watch::Sender<Option<String>>>,
     last_role: Option<Role>,
     /// Ticks owed to the core, counted through stalls (see `clock.rs`).
     clock: TickClock,
     transfers: TransferWaiters,
     election_timeout_max: Duration,
+    /// A fresh node ignores ticks and peer messages (no campaign, no vote, no ack) until
+    /// its peers confirm the first start of the cluster (see `bootstrap`).
+    awaiting_first_start: bool,
+    /// Whether a task already asks the members whether this node's removal committed.
+    watching_removal: Arc<std::sync::atomic::AtomicBool>,
+    /// For tasks that report back to the loop.
+    events_tx: mpsc::UnboundedSender<Event>,
+    stable: Arc<StableStore>,
+    data_dir: PathBuf,
     membership_driver: MembershipDriver,
     tick: Duration,
 }
@@ -823,6 +935,12 @@ impl RaftLoop {
                     self.membership_driver.on_tick(&mut self.core, &self.pending, &self.metrics);
                 }
                 Some(envelope) = inbound.recv() => {
+                    if self.awaiting_first_start {
+                        // Dropped, not queued: Raft retransmits, and a vote or an ack from a
+                        // node that may have lost its data is exactly what must not go out.
+                        while inbound.try_recv().is_ok() {}
+                        continue;
+                    }
                     self.catch_up_ticks();
                     self.core.step(envelope);
                     while let Ok(envelope) = inbound.try_recv() {
@@ -862,7 +980,12 @@ impl RaftLoop {
     /// Feeds the core every tick that passed since the last call, including ticks slept
     /// through in a stall, before it handles anything else (see `clock.rs`).
     fn catch_up_ticks(&mut self) {
-        for _ in 0..self.clock.due() {
+        let due = self.clock.due();
+        if self.awaiting_first_start {
+            // A fresh node must not campaign before its peers confirm a first start.
+            return;
+        }
+        for _ in 0..due {
             self.core.tick();
         }
     }
@@ -887,6 +1010,11 @@ impl RaftLoop {
                     });
                 }
             }
+            Event::FirstStartConfirmed => self.awaiting_first_start = false,
+            Event::RemovedFromMembership {
+                index,
+                confirmed_by,
+            } => return self.on_removed(index, confirmed_by),
             Event::Fatal(message) => {
                 let _ = self.fatal.send(Some(message));
                 return false;
@@ -1044,7 +1172,36 @@ impl RaftLoop {
         if self.last_role != Some(soft.role) && soft.role == Role::Candidate {
             self.metrics.elections.inc();
         }
+        if matches!(soft.role, Role::PreCandidate | Role::Candidate) {
+            self.watch_own_removal();
+        }
         self.last_role = Some(soft.role);
+    }
+
+    /// The applied membership at `index` no longer names this node. Returns false when the
+    /// node must stop. Only an applied (so committed) removal counts: an appended one can
+    /// still be truncated. A later appended configuration that names this node again (it was
+    /// re-added, and is now replaying history) wins.
+    fn on_removed(&mut self, index: u64, confirmed_by: Option<NodeId>) -> bool {
+        let status = self.core.status();
+        if confirmed_by.is_none() && status.membership.members.contains_key(&status.id) {
+            return true;
+        }
+        let tombstone = storage::stable::Tombstone {
+            removed_at_index: index,
+        };
+        let message = match self.stable.save_tombstone(&tombstone) {
+            Ok(()) => bootstrap::removed_message(status.id, &self.data_dir, &tombstone),
+            Err(e) => format!(
+                "this node was removed from the cluster (membership entry {index}) but the \
+                 tombstone could not be saved: {e}; delete {} before starting it again, with \
+                 `--join`",
+                self.data_dir.display()
+            ),
+        };
+        tracing::error!("{message}");
+        let _ = self.fatal.send(Some(message));
+        false
     }
 
     fn replication_report(&self) -> Option<ReplicationReport> {
@@ -1082,6 +1239,24 @@ impl RaftLoop {
     /// transport keeps the members it drops until it commits. Otherwise a follower that
     /// appends its leader's removal can no longer answer that leader, the entry never
     /// commits on the leader, and the removed leader cannot tell its client the outcome.
+    /// A removed node never learns that its removal committed: the leader stops replicating
+    /// to it as soon as the configuration without it is appended (thesis §4.2.2). It only
+    /// notices that it hears from no leader. So once it starts an election, ask the members
+    /// whether a leader committed a configuration without this node (see `bootstrap`).
+    fn watch_own_removal(&mut self) {
+        if self.watching_removal.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let status = self.core.status();
+        tokio::spawn(bootstrap::confirm_removal(
+            status.id,
+            status.membership,
+            self.leader.subscribe(),
+            self.watching_removal.clone(),
+            self.events_tx.clone(),
+        ));
+    }
+
     fn refresh_membership(&mut self) {
         let membership = self.core.status().membership;
         let mut shared = self.membership.write().unwrap_or_else(|p| p.into_inner());

@@ -97,6 +97,10 @@ const KEY_HARD_STATE: &str = "hard_state";
 const KEY_MEMBERSHIP: &str = "membership";
 const KEY_CLUSTER_ID: &str = "cluster_id";
 const KEY_NODE_ID: &str = "node_id";
+/// Set once this node is part of a running cluster (see [`StableStore::mark_bootstrapped`]).
+const KEY_BOOTSTRAPPED: &str = "bootstrapped";
+/// Set once this node saw itself removed from the cluster (see [`Tombstone`]).
+const KEY_TOMBSTONE: &str = "tombstone";
 /// Prefix of the generic metadata keys, keeping them apart from the keys above.
 const META_PREFIX: &str = "meta/";
 const KEY_GENERATION: &str = "generation";
@@ -147,6 +151,14 @@ struct WriteState {
     /// failed fsync Linux may drop the dirty pages and report success next time), so every
     /// later write is refused until the node restarts and recovery re-checks the store.
     failed: Option<String>,
+}
+
+/// Left in the stable store of a node that was removed from the cluster, so that restarted
+/// with its old data it refuses to start instead of campaigning against the members.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tombstone {
+    /// Log index at or past the committed membership entry that no longer names this node.
+    pub removed_at_index: u64,
 }
 
 /// The sled-backed stable store. `Send + Sync`; every `save_*`/`set_*` returns only after
@@ -346,6 +358,36 @@ impl StableStore {
         self.write_durably(
             &mut state,
             &[(KEY_MEMBERSHIP, encode(KEY_MEMBERSHIP, membership)?)],
+        )
+    }
+
+    /// Whether this node was ever part of a running cluster: it bootstrapped one, joined
+    /// one, or holds a term, vote or log. A node without the mark and without any state
+    /// must learn whether the cluster already exists before it may vote.
+    pub fn is_bootstrapped(&self) -> Result<bool> {
+        Ok(self.get::<bool>(KEY_BOOTSTRAPPED)?.unwrap_or(false))
+    }
+
+    /// Durably records that this node is part of a running cluster.
+    pub fn mark_bootstrapped(&self) -> Result<()> {
+        let mut state = self.lock_write();
+        self.write_durably(
+            &mut state,
+            &[(KEY_BOOTSTRAPPED, encode(KEY_BOOTSTRAPPED, &true)?)],
+        )
+    }
+
+    /// The tombstone left when this node was removed, if any.
+    pub fn tombstone(&self) -> Result<Option<Tombstone>> {
+        self.get(KEY_TOMBSTONE)
+    }
+
+    /// Durably records that this node was removed from the cluster.
+    pub fn save_tombstone(&self, tombstone: &Tombstone) -> Result<()> {
+        let mut state = self.lock_write();
+        self.write_durably(
+            &mut state,
+            &[(KEY_TOMBSTONE, encode(KEY_TOMBSTONE, tombstone)?)],
         )
     }
 
@@ -792,6 +834,31 @@ mod tests {
         assert_eq!(store.hard_state().unwrap(), HardState::default());
         assert_eq!(store.membership().unwrap(), None);
         assert_eq!(store.identity().unwrap(), None);
+    }
+
+    #[test]
+    fn bootstrapped_mark_and_tombstone_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stable");
+        {
+            let store = StableStore::open(&path).unwrap();
+            assert!(!store.is_bootstrapped().unwrap());
+            assert_eq!(store.tombstone().unwrap(), None);
+            store.mark_bootstrapped().unwrap();
+            store
+                .save_tombstone(&Tombstone {
+                    removed_at_index: 42,
+                })
+                .unwrap();
+        }
+        let store = StableStore::open(&path).unwrap();
+        assert!(store.is_bootstrapped().unwrap());
+        assert_eq!(
+            store.tombstone().unwrap(),
+            Some(Tombstone {
+                removed_at_index: 42
+            })
+        );
     }
 
     #[test]

@@ -124,11 +124,21 @@ impl Cluster {
 
     /// Starts (or restarts) node `id` on its data directory.
     pub fn spawn(&self, id: u64) {
-        self.spawn_with_args(id, &[]);
+        self.spawn_with(id, &[], &[]);
     }
 
     /// Starts node `id` with extra `serve` arguments (e.g. `--join ADDR`).
     pub fn spawn_with_args(&self, id: u64, extra: &[&str]) {
+        self.spawn_with(id, extra, &[]);
+    }
+
+    /// Starts node `id` with extra environment variables (e.g. a test-only fault switch).
+    pub fn spawn_with_env(&self, id: u64, env: &[(&str, &str)]) {
+        self.spawn_with(id, &[], env);
+    }
+
+    /// Starts node `id` with extra `serve` arguments and environment variables.
+    pub fn spawn_with(&self, id: u64, extra: &[&str], env: &[(&str, &str)]) {
         let node = &self.nodes[&id];
         let mut slot = node.child.lock().unwrap();
         assert!(slot.is_none(), "node {id} is already running");
@@ -144,6 +154,7 @@ impl Cluster {
             .args(extra)
             .env("RUST_LOG", "info")
             .env("RAFTLOG_TEST_FAULTS", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -187,6 +198,31 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits up to `within` for node `id`'s process to exit on its own; reaps it and
+    /// returns its status, or `None` if it is still running (it is left running).
+    pub fn wait_exit(&self, id: u64, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            {
+                let mut slot = self.nodes[&id].child.lock().unwrap();
+                let child = slot.as_mut().expect("node was started");
+                if let Some(status) = child.try_wait().unwrap() {
+                    *slot = None;
+                    return Some(status);
+                }
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything node `id` wrote to stdout and stderr so far.
+    pub fn log_text(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.nodes[&id].log_path).unwrap_or_default()
     }
 
     /// Adds node `id` with fresh ports to the cluster file (not started), as an operator
