@@ -71,7 +71,9 @@ pub(super) struct Applier<S: StateMachine> {
     pub applied_term: u64,
     pub last_snapshot_index: u64,
     pub snapshot_in_progress: bool,
-    pub snapshot_waiters: Vec<oneshot::Sender<Result<u64, String>>>,
+    /// `POST /v1/snapshot` requests, each with the applied index when it arrived: it must
+    /// be answered with a snapshot at least that recent.
+    pub snapshot_waiters: Vec<(u64, oneshot::Sender<Result<u64, String>>)>,
 }
 
 impl<S: StateMachine> Applier<S> {
@@ -87,7 +89,7 @@ impl<S: StateMachine> Applier<S> {
                     }
                 }
                 ApplyJob::TakeSnapshot(reply) => {
-                    self.snapshot_waiters.push(reply);
+                    self.snapshot_waiters.push((self.applied_index, reply));
                     self.start_snapshot();
                 }
                 ApplyJob::SnapshotDone(result) => self.snapshot_done(result),
@@ -225,7 +227,7 @@ impl<S: StateMachine> Applier<S> {
         }
         if self.applied_index == self.last_snapshot_index {
             let index = self.applied_index;
-            for waiter in self.snapshot_waiters.drain(..) {
+            for (_, waiter) in self.snapshot_waiters.drain(..) {
                 let _ = waiter.send(Ok(index));
             }
             return;
@@ -273,18 +275,24 @@ impl<S: StateMachine> Applier<S> {
                     meta: meta.clone(),
                     compact_upto,
                 });
-                for waiter in self.snapshot_waiters.drain(..) {
+                // Only requests this snapshot covers: one that arrived while it was being
+                // written may have seen writes after `meta.last_index`.
+                let (covered, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.snapshot_waiters)
+                    .into_iter()
+                    .partition(|(needed, _)| *needed <= meta.last_index);
+                self.snapshot_waiters = later;
+                for (_, waiter) in covered {
                     let _ = waiter.send(Ok(meta.last_index));
                 }
             }
             Err(message) => {
                 tracing::error!("{message}");
-                for waiter in self.snapshot_waiters.drain(..) {
+                for (_, waiter) in self.snapshot_waiters.drain(..) {
                     let _ = waiter.send(Err(message.clone()));
                 }
             }
         }
-        // Waiters that arrived during the write want a snapshot at least that recent.
+        // Requests that arrived during the write want a snapshot at least that recent.
         if !self.snapshot_waiters.is_empty() {
             self.start_snapshot();
         }
@@ -323,5 +331,78 @@ impl<W: std::io::Write> std::io::Write for CountingWriter<'_, W> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use storage::snapshot::SnapshotStore;
+    use storage::wal::{Wal, WalOptions};
+
+    use super::*;
+    use crate::kv::KvStore;
+
+    fn noops(lo: u64, hi: u64) -> Vec<Entry> {
+        (lo..=hi)
+            .map(|index| Entry {
+                index,
+                term: 1,
+                kind: EntryKind::Noop,
+                payload: Bytes::new(),
+            })
+            .collect()
+    }
+
+    /// `POST /v1/snapshot` promises a snapshot that covers every write acknowledged before
+    /// the request. One that arrives while a background snapshot is being written must not
+    /// be answered with that older snapshot.
+    #[test]
+    fn snapshot_request_during_a_snapshot_gets_one_covering_its_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(&dir.path().join("wal"), WalOptions::default()).unwrap();
+        let snapshots = SnapshotStore::open(dir.path().join("snapshots")).unwrap();
+        let log = Arc::new(DurableLog::new(wal, snapshots, SnapshotMeta::default()));
+        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+        let (events_tx, _events_rx) = mpsc::unbounded_channel();
+        let (applied_tx, _applied_rx) = watch::channel(0);
+        let applier = Applier {
+            id: 1,
+            fault_panic_apply_at: None,
+            state: Arc::new(RwLock::new(Replicated::new(KvStore::new()))),
+            log,
+            pending: Arc::default(),
+            applied_tx,
+            events: events_tx,
+            jobs_tx: jobs_tx.clone(),
+            metrics: Arc::default(),
+            snapshot_threshold: u64::MAX,
+            snapshot_trailing_entries: 0,
+            membership: Membership::default(),
+            applied_index: 0,
+            applied_term: 0,
+            last_snapshot_index: 0,
+            snapshot_in_progress: false,
+            snapshot_waiters: Vec::new(),
+        };
+        let (first_tx, first_rx) = oneshot::channel();
+        let (second_tx, second_rx) = oneshot::channel();
+        // Queued before the thread runs, so the first snapshot's completion is handled only
+        // after the second request arrived (while the first was in progress).
+        for job in [
+            ApplyJob::Entries(noops(1, 5)),
+            ApplyJob::TakeSnapshot(first_tx),
+            ApplyJob::Entries(noops(6, 9)),
+            ApplyJob::TakeSnapshot(second_tx),
+        ] {
+            assert!(jobs_tx.send(job).is_ok());
+        }
+        std::thread::spawn(move || applier.run(jobs_rx));
+        assert_eq!(first_rx.blocking_recv().unwrap(), Ok(5));
+        assert_eq!(
+            second_rx.blocking_recv().unwrap(),
+            Ok(9),
+            "the second request was answered with a snapshot older than its writes"
+        );
     }
 }
