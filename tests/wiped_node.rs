@@ -68,3 +68,35 @@ fn wiped_node_refuses_to_start_and_acknowledged_write_survives() {
         assert_eq!(value.as_deref(), Some("v1"));
     });
 }
+
+/// The same rule for `--join`: a wiped node that the cluster still counts as a voter must
+/// not slip back in as a non-voter that still grants votes (the cluster would count its
+/// empty-log vote). It refuses and names the remedy: remove it first, then join.
+#[test]
+fn wiped_voter_started_with_join_refuses_until_removed() {
+    runtime().block_on(async {
+        let cluster = Cluster::start(ClusterSpec::default());
+        cluster.wait_for_leader(Duration::from_secs(10)).await;
+        cluster
+            .put_eventually("before", "v1", Duration::from_secs(10))
+            .await;
+        cluster.kill(2);
+        std::fs::remove_dir_all(cluster.data_dir(2)).expect("wipe node 2's data directory");
+        let join = format!("{},{}", cluster.api(1), cluster.api(3));
+        cluster.spawn_with_args(2, &["--join", &join]);
+        let status = cluster
+            .wait_exit(2, Duration::from_secs(15))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the wiped voter 2 started with --join instead of refusing\n{}",
+                    cluster.logs_tail()
+                )
+            });
+        assert_eq!(status.code(), Some(1), "{}", cluster.logs_tail());
+        let log = cluster.log_text(2);
+        assert!(
+            log.contains("members remove 2"),
+            "the refusal names the remedy:\n{log}"
+        );
+    });
+}

@@ -58,17 +58,23 @@ fn next_delay(delay: Duration) -> Duration {
 
 /// The cluster's live membership as a member reports it, without `id`; retries until some
 /// address in `addrs` answers.
-pub async fn fetch_membership(addrs: &[String], id: NodeId) -> Membership {
+pub async fn fetch_membership(addrs: &[String], id: NodeId) -> Result<Membership, String> {
     let client = client();
     let mut delay = RETRY_DELAY_FIRST;
     loop {
         for addr in addrs {
             match get_members(&client, addr).await {
                 Ok(mut membership) => {
+                    if membership.members.get(&id).is_some_and(|m| m.voter) {
+                        // A node with no data that the cluster still counts as a voter lost
+                        // its disk: its vote, cast with an empty log, would be counted and
+                        // could elect a leader without acknowledged writes (issue 11, item 1).
+                        return Err(wiped_voter_remedy(id, addr));
+                    }
                     // Never start as a voter of a cluster whose log this node lacks.
                     membership.members.remove(&id);
                     tracing::info!(%addr, members = membership.members.len(), "learned the cluster's membership");
-                    return membership;
+                    return Ok(membership);
                 }
                 Err(e) => tracing::warn!(%addr, "cannot learn the membership yet: {e}; retrying"),
             }
@@ -76,6 +82,15 @@ pub async fn fetch_membership(addrs: &[String], id: NodeId) -> Membership {
         tokio::time::sleep(delay).await;
         delay = next_delay(delay);
     }
+}
+
+/// What an operator does when a voter's data directory is gone.
+fn wiped_voter_remedy(id: NodeId, addr: &str) -> String {
+    format!(
+        "node {id} has no data but the cluster (asked at {addr}) still counts it as a voter: its \
+         disk was lost or replaced. Remove it first (`raftlog members remove {id} --addr {addr}`), \
+         then start it again with --join to re-add it as a new learner"
+    )
 }
 
 async fn get_members(client: &reqwest::Client, addr: &str) -> Result<Membership, String> {

@@ -95,7 +95,13 @@ async fn serve(mut options: NodeOptions, join: Option<Vec<String>>) -> i32 {
     let configured = options.bootstrap.clone();
     if let Some(addrs) = &join {
         options.bootstrap = tokio::select! {
-            bootstrap = join_bootstrap(&options, addrs) => bootstrap,
+            bootstrap = join_bootstrap(&options, addrs) => match bootstrap {
+                Ok(bootstrap) => bootstrap,
+                Err(message) => {
+                    eprintln!("raftlog serve: {message}");
+                    return EXIT_FAILED;
+                }
+            },
             signal = shutdown_signal() => {
                 tracing::info!("{signal} while waiting for a member to answer: stopping");
                 return 0;
@@ -233,11 +239,11 @@ fn server_exit(result: Result<std::io::Result<()>, tokio::task::JoinError>) -> i
 /// The membership a joining node starts with (never one in which it votes). A node with
 /// no data asks a member for the live one; a node with data already has its own, and the
 /// configured nodes (without itself) only stand in if its store somehow lacks one.
-async fn join_bootstrap(options: &NodeOptions, addrs: &[String]) -> Membership {
+async fn join_bootstrap(options: &NodeOptions, addrs: &[String]) -> Result<Membership, String> {
     if options.data_dir.join("stable").exists() {
         let mut fallback = options.bootstrap.clone();
         fallback.members.remove(&options.id);
-        return fallback;
+        return Ok(fallback);
     }
     join::fetch_membership(addrs, options.id).await
 }
