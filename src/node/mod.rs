@@ -83,6 +83,10 @@ pub(crate) enum Event {
         meta: SnapshotMeta,
         compact_upto: u64,
     },
+    /// A snapshot from the leader is durable, verified and the log reconciled with it.
+    SnapshotInstalled(SnapshotMeta),
+    /// A snapshot from the leader could not be written or failed verification.
+    SnapshotFailed(SnapshotMeta),
     Fatal(String),
 }
 
@@ -753,6 +757,11 @@ impl RaftLoop {
                     });
                 }
             }
+            Event::SnapshotInstalled(meta) => {
+                self.log.expose_up_to(meta.last_index);
+                self.core.on_snapshot_installed(meta);
+            }
+            Event::SnapshotFailed(meta) => self.core.on_snapshot_failed(meta),
             Event::Fatal(message) => {
                 let _ = self.fatal.send(Some(message));
                 return false;

@@ -248,10 +248,10 @@ impl Harness {
             self.incoming_snapshot.extend_from_slice(&chunk.data);
             if chunk.done {
                 let data = std::mem::take(&mut self.incoming_snapshot).freeze();
-                report = Some((chunk.meta.last_index, chunk.meta.last_term));
                 self.core
                     .storage_mut()
                     .install_snapshot(chunk.meta.clone(), data);
+                self.core.on_snapshot_installed(chunk.meta);
             }
         }
         if let Some(last) = rd.entries.last() {
