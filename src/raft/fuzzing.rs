@@ -505,6 +505,19 @@ mod tests {
         u32::try_from(steps / 400).unwrap_or(u32::MAX).max(1)
     }
 
+    /// Found by `fuzz/run.sh` on the code before the snapshot install waited for the
+    /// driver (commit "raft: install a received snapshot only once it is durable"):
+    /// "log: no term for the last index 5 (first index 5)" in `RaftLog::last_term`.
+    #[test]
+    fn fuzz_crash_no_term_for_last_index_stays_fixed() {
+        let input: &[u8] = &[
+            63, 55, 54, 255, 0, 0, 35, 91, 10, 178, 8, 52, 52, 52, 205, 69, 117, 52, 255, 195, 255,
+            9, 250, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54,
+            54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 54, 255, 255, 255, 246,
+        ];
+        super::run(input);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
