@@ -103,6 +103,10 @@ pub(crate) enum Event {
         /// even hold it); unset when this node applied it.
         confirmed_by: Option<NodeId>,
     },
+    /// A snapshot from the leader is durable, verified and the log reconciled with it.
+    SnapshotInstalled(SnapshotMeta),
+    /// A snapshot from the leader could not be written or failed verification.
+    SnapshotFailed(SnapshotMeta),
     Fatal(String),
 }
 
@@ -1015,6 +1019,11 @@ impl RaftLoop {
                 index,
                 confirmed_by,
             } => return self.on_removed(index, confirmed_by),
+            Event::SnapshotInstalled(meta) => {
+                self.log.expose_up_to(meta.last_index);
+                self.core.on_snapshot_installed(meta);
+            }
+            Event::SnapshotFailed(meta) => self.core.on_snapshot_failed(meta),
             Event::Fatal(message) => {
                 let _ = self.fatal.send(Some(message));
                 return false;

@@ -36,7 +36,7 @@ const GROUP_COMMIT_BYTES_MAX: u64 = 1 << 20;
 
 enum ChunkOutcome {
     Accepted,
-    Installed { index: u64, term: u64 },
+    Installed,
     Rejected,
 }
 
@@ -103,10 +103,16 @@ impl Writer {
             let mut messages = job.messages;
             if let Some(chunk) = job.snapshot_chunk {
                 self.flush(&mut round)?;
+                let (done, meta) = (chunk.done, chunk.meta.clone());
                 match self.receive_chunk(chunk, receiving)? {
                     ChunkOutcome::Accepted => {}
-                    ChunkOutcome::Installed { index, term } => {
-                        round.persisted = Some((index, term))
+                    ChunkOutcome::Installed => {
+                        // Issue 11, item 3: the core hears of it only now that the file
+                        // is fsync'd and verified and the log reconciled with it.
+                        let _ = self.events.send(Event::SnapshotInstalled(meta));
+                    }
+                    ChunkOutcome::Rejected if done => {
+                        let _ = self.events.send(Event::SnapshotFailed(meta));
                     }
                     ChunkOutcome::Rejected => {
                         // Never acknowledge a chunk that is not on disk; the leader
@@ -252,10 +258,7 @@ impl Writer {
             return Ok(ChunkOutcome::Rejected);
         }
         self.install(&meta)?;
-        Ok(ChunkOutcome::Installed {
-            index: meta.last_index,
-            term: meta.last_term,
-        })
+        Ok(ChunkOutcome::Installed)
     }
 
     /// The snapshot file is durable: make the log agree with it (Raft §7: keep a suffix that

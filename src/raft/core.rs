@@ -85,6 +85,9 @@ pub struct RaftCore<S: LogStorage> {
     // Follower state.
     /// Snapshot being received: its meta and the offset expected next.
     incoming_snapshot: Option<(SnapshotMeta, u64)>,
+    /// Snapshot whose last chunk was handed out, waiting for the driver to report it
+    /// durable and verified: its meta, the leader to answer, its size in bytes.
+    installing: Option<(SnapshotMeta, NodeId, u64)>,
 
     /// Messages refused at the door, per reason.
     dropped: DroppedMessages,
@@ -146,6 +149,7 @@ impl<S: LogStorage> RaftCore<S> {
             transfer_elapsed: 0,
             timeout_now_sent: false,
             incoming_snapshot: None,
+            installing: None,
             dropped: DroppedMessages::default(),
             msgs: Vec::new(),
             persisted_msgs: Vec::new(),
@@ -396,6 +400,48 @@ impl<S: LogStorage> RaftCore<S> {
         }
     }
 
+    /// The driver made the snapshot of the last chunk handed out durable and verified it,
+    /// made its log agree with it, and will restore its state machine from it before
+    /// applying anything later. Only now does the snapshot replace the core's log (Raft
+    /// §7) and the leader hear that it is installed (issue 11, item 3).
+    pub fn on_snapshot_installed(&mut self, meta: SnapshotMeta) {
+        let Some((pending, from, size)) = self.installing.take() else {
+            return;
+        };
+        if pending != meta {
+            self.installing = Some((pending, from, size));
+            return;
+        }
+        // Appends, chunks and campaigns are ignored while installing, so the log and the
+        // commit index are as they were when the chunk was accepted: the log did not hold
+        // the snapshot's last entry and the commit index was below it. (Asking the log
+        // again now would read the driver's storage, which already holds the snapshot.)
+        self.log.end_install();
+        self.restore_snapshot(meta.clone());
+        self.log.complete_install();
+        self.respond_snapshot(from, meta.last_index, size, true);
+    }
+
+    /// The snapshot of the last chunk handed out could not be made durable or failed
+    /// verification: it is forgotten, and the leader is told to send it again from the
+    /// start (it sends a newer one if it has one).
+    pub fn on_snapshot_failed(&mut self, meta: SnapshotMeta) {
+        let Some((pending, from, size)) = self.installing.take() else {
+            return;
+        };
+        if pending != meta {
+            self.installing = Some((pending, from, size));
+            return;
+        }
+        self.log.end_install();
+        tracing::warn!(
+            id = self.id,
+            index = meta.last_index,
+            "snapshot from the leader not installed; asking for it again"
+        );
+        self.respond_snapshot(from, meta.last_index, 0, false);
+    }
+
     /// The driver applied every committed entry up to `index`.
     pub fn on_applied(&mut self, index: u64) {
         assert!(
@@ -636,6 +682,11 @@ impl<S: LogStorage> RaftCore<S> {
     /// Starts an election: a PreVote round first (thesis §9.6) unless `pre_vote` is off or
     /// this is a leadership transfer.
     fn campaign(&mut self, pre_vote: bool, transfer: bool) {
+        if self.installing.is_some() {
+            // The log is frozen until the driver reports the snapshot installed (or
+            // failed): a leader would append to and commit a log about to be replaced.
+            return;
+        }
         // Peers refuse terms from TERM_MAX on, so campaigning there could never win; and
         // `term + 1` must not wrap to 0 (the stable store would refuse the hard state).
         let Some(next_term) = self.term.checked_add(1).filter(|t| *t < validate::TERM_MAX) else {
@@ -936,8 +987,11 @@ impl<S: LogStorage> RaftCore<S> {
         last_log_term: u64,
         pre_vote: bool,
     ) {
-        let log_ok = self.config.planted_bug == Some(PlantedBug::VoteWithoutLogCheck)
-            || self.log.is_up_to_date(last_log_index, last_log_term);
+        // While a snapshot is being installed the driver's storage is between two logs:
+        // refusing is always safe.
+        let log_ok = self.installing.is_none()
+            && (self.config.planted_bug == Some(PlantedBug::VoteWithoutLogCheck)
+                || self.log.is_up_to_date(last_log_index, last_log_term));
         let free = self.voted_for == Some(from)
             || (self.voted_for.is_none() && self.leader_id.is_none())
             || (pre_vote && term > self.term);
@@ -1009,6 +1063,10 @@ impl<S: LogStorage> RaftCore<S> {
         leader_commit: u64,
         read_ctx: u64,
     ) {
+        if self.installing.is_some() {
+            // The log is about to be replaced; the leader retries after the install.
+            return;
+        }
         let (mut prev_index, prev_term) = (prev.0, prev.1);
         let commit = self.log.commit();
         let mut entries = entries;
@@ -1126,6 +1184,10 @@ impl<S: LogStorage> RaftCore<S> {
         data: Bytes,
         done: bool,
     ) {
+        if self.installing.is_some() {
+            // One install at a time; the leader resends when it hears nothing.
+            return;
+        }
         let commit = self.log.commit();
         if meta.last_index <= commit {
             // Stale: the log already covers it. Tell the leader where we really are.
@@ -1153,6 +1215,11 @@ impl<S: LogStorage> RaftCore<S> {
             self.respond_snapshot(from, snapshot_last_index, expected, false);
             return;
         }
+        if done && self.log.has_entries_to_persist() {
+            // They would be handed out with the chunk and written after the install, into
+            // a log that starts after the snapshot; the leader resends the chunk.
+            return;
+        }
         let next_offset = offset + data.len() as u64;
         self.snapshot_chunk = Some(SnapshotChunk {
             meta: meta.clone(),
@@ -1160,12 +1227,15 @@ impl<S: LogStorage> RaftCore<S> {
             data,
             done,
         });
+        self.incoming_snapshot = None;
         if done {
-            self.incoming_snapshot = None;
-            self.restore_snapshot(meta);
-        } else {
-            self.incoming_snapshot = Some((meta, next_offset));
+            // Issue 11, item 3: the log is replaced and the leader answered only once the
+            // driver reports the snapshot durable and verified (`on_snapshot_installed`).
+            self.log.begin_install();
+            self.installing = Some((meta, from, next_offset));
+            return;
         }
+        self.incoming_snapshot = Some((meta, next_offset));
         self.respond_snapshot(from, snapshot_last_index, next_offset, true);
     }
 
@@ -2720,7 +2790,8 @@ mod tests {
         core.step(env(1, 2, chunk(2, b"cd", true)));
         let rd = take(&mut core);
         assert!(rd.snapshot_chunk.unwrap().done);
-        assert_eq!(rd.commit_index, 5);
+        // Installed only once the driver reports it durable (issue 11, item 3).
+        assert_eq!(rd.commit_index, 0);
         assert!(rd.committed_entries.is_empty());
     }
 
@@ -3294,5 +3365,117 @@ mod storage_fault_tests {
         core.tick();
         assert!(!core.has_ready());
         assert!(core.take_ready().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod snapshot_install_tests {
+    use super::*;
+    use crate::raft::test_cluster::{test_config, voters};
+    use crate::raft::MemStorage;
+
+    fn follower() -> RaftCore<MemStorage> {
+        let hs = HardState {
+            term: 1,
+            voted_for: None,
+        };
+        RaftCore::new(test_config(2), MemStorage::new(), hs, voters(&[1, 2]))
+    }
+
+    fn meta() -> SnapshotMeta {
+        SnapshotMeta {
+            last_index: 5,
+            last_term: 1,
+            membership: voters(&[1, 2]),
+        }
+    }
+
+    fn last_chunk() -> Envelope {
+        Envelope {
+            from: 1,
+            to: 2,
+            message: Message::InstallSnapshot {
+                term: 1,
+                meta: meta(),
+                offset: 0,
+                data: Bytes::from_static(b"abc"),
+                done: true,
+            },
+        }
+    }
+
+    fn snapshot_responses(rd: &Ready) -> Vec<Message> {
+        rd.messages
+            .iter()
+            .chain(&rd.persisted_messages)
+            .filter(|e| matches!(e.message, Message::InstallSnapshotResponse { .. }))
+            .map(|e| e.message.clone())
+            .collect()
+    }
+
+    /// Takes the Ready with the last chunk: nothing is installed or answered yet.
+    fn receive_last_chunk(core: &mut RaftCore<MemStorage>) -> SnapshotChunk {
+        core.step(last_chunk());
+        let rd = core.take_ready();
+        assert!(
+            snapshot_responses(&rd).is_empty(),
+            "answered before durable"
+        );
+        assert_eq!(core.status().commit_index, 0, "restored before durable");
+        assert_eq!(core.status().snapshot_index, 0);
+        rd.snapshot_chunk.expect("the chunk is handed out")
+    }
+
+    /// Issue 11, item 3: the snapshot replaces the log, and the leader hears success, only
+    /// once the driver reports it durable and verified.
+    #[test]
+    fn snapshot_is_installed_only_after_the_driver_reports_it_durable() {
+        let mut core = follower();
+        let chunk = receive_last_chunk(&mut core);
+        // The leader resends while the install runs: ignored.
+        core.step(last_chunk());
+        assert!(snapshot_responses(&core.take_ready()).is_empty());
+        core.storage_mut()
+            .install_snapshot(chunk.meta.clone(), chunk.data);
+        core.on_snapshot_installed(chunk.meta);
+        let rd = core.take_ready();
+        assert_eq!(
+            snapshot_responses(&rd),
+            vec![Message::InstallSnapshotResponse {
+                term: 1,
+                snapshot_last_index: 5,
+                next_offset: 3,
+                success: true,
+            }]
+        );
+        let st = core.status();
+        assert_eq!(
+            (st.commit_index, st.applied_index, st.snapshot_index),
+            (5, 5, 5)
+        );
+    }
+
+    /// A snapshot that failed to persist or verify is forgotten and asked for again; the
+    /// log and commit index are untouched.
+    #[test]
+    fn failed_snapshot_install_is_forgotten_and_requested_again() {
+        let mut core = follower();
+        let chunk = receive_last_chunk(&mut core);
+        core.on_snapshot_failed(chunk.meta);
+        let rd = core.take_ready();
+        assert_eq!(
+            snapshot_responses(&rd),
+            vec![Message::InstallSnapshotResponse {
+                term: 1,
+                snapshot_last_index: 5,
+                next_offset: 0,
+                success: false,
+            }]
+        );
+        let st = core.status();
+        assert_eq!((st.commit_index, st.snapshot_index), (0, 0));
+        // The leader's retry starts a fresh transfer.
+        core.step(last_chunk());
+        assert!(core.take_ready().snapshot_chunk.is_some());
     }
 }

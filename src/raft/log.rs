@@ -35,6 +35,10 @@ pub(crate) struct RaftLog<S: LogStorage> {
     applying: u64,
     /// Last index the driver reported applied. Invariant: `applied <= applying`.
     applied: u64,
+    /// A snapshot's last chunk was handed out and its install not yet reported: the
+    /// driver's storage may already hold it, so committed entries it covers may be gone
+    /// from storage and are not handed out meanwhile.
+    installing: bool,
     /// The first [`StorageError::Fatal`] a read returned. Reads take `&self`, hence the
     /// cell; once set the core hands nothing out any more.
     fatal: OnceLock<StorageError>,
@@ -57,6 +61,7 @@ impl<S: LogStorage> RaftLog<S> {
             commit: snap,
             applying: snap,
             applied: snap,
+            installing: false,
             fatal: OnceLock::new(),
         }
     }
@@ -232,12 +237,9 @@ impl<S: LogStorage> RaftLog<S> {
             meta.last_index,
             self.commit
         );
-        assert!(
-            !self.matches(meta.last_index, meta.last_term),
-            "log: restoring snapshot ({}, term {}) that the log already holds",
-            meta.last_index,
-            meta.last_term
-        );
+        // Not asserted here that the log lacks the snapshot's last entry: the caller checked
+        // that when it accepted the snapshot, and the driver's storage, which this log
+        // reads, already holds the snapshot by now.
         self.unstable.clear();
         self.unstable_offset = meta.last_index + 1;
         // Durable entries beyond the old commit index may conflict with the snapshot;
@@ -249,6 +251,24 @@ impl<S: LogStorage> RaftLog<S> {
         self.applying = self.applying.max(meta.last_index);
         self.pending_snapshot = Some(meta);
         self.pending_snapshot_taken = false;
+    }
+
+    pub(crate) fn begin_install(&mut self) {
+        self.installing = true;
+    }
+
+    pub(crate) fn end_install(&mut self) {
+        self.installing = false;
+    }
+
+    /// The driver installed the snapshot just restored: it is durable and the state
+    /// machine reflects it.
+    pub(crate) fn complete_install(&mut self) {
+        if let Some(meta) = self.pending_snapshot.take() {
+            self.pending_snapshot_taken = false;
+            self.applied = self.applied.max(meta.last_index);
+            self.persisted = self.persisted.max(meta.last_index);
+        }
     }
 
     /// The pending snapshot, once, for a `Ready`.
@@ -327,12 +347,12 @@ impl<S: LogStorage> RaftLog<S> {
 
     /// Whether committed, durable entries wait to be handed out.
     pub(crate) fn has_entries_to_apply(&self) -> bool {
-        self.commit.min(self.persisted) > self.applying
+        !self.installing && self.commit.min(self.persisted) > self.applying
     }
 
     pub(crate) fn take_entries_to_apply(&mut self, max_bytes: u64) -> Vec<Entry> {
         let hi = self.commit.min(self.persisted);
-        if hi <= self.applying {
+        if hi <= self.applying || self.installing {
             return Vec::new();
         }
         let lo = self.applying + 1;

@@ -5,7 +5,8 @@
 //!
 //! - inputs: [`RaftCore::tick`], [`RaftCore::step`], [`RaftCore::propose`],
 //!   [`RaftCore::read_index`], [`RaftCore::on_persisted`], [`RaftCore::on_applied`],
-//!   [`RaftCore::on_snapshot_taken`], and (membership issue) [`RaftCore::propose_membership_change`],
+//!   [`RaftCore::on_snapshot_taken`], [`RaftCore::on_snapshot_installed`],
+//!   [`RaftCore::on_snapshot_failed`], and (membership issue) [`RaftCore::propose_membership_change`],
 //!   [`RaftCore::transfer_leadership`];
 //! - outputs: a [`Ready`] batch from [`RaftCore::take_ready`], handled in field order.
 //!
@@ -310,10 +311,11 @@ pub struct SnapshotChunk {
     pub offset: u64,
     /// The bytes.
     pub data: Bytes,
-    /// Last chunk: once durable, the driver installs the snapshot (restores its state
-    /// machine from it and discards its log: the core only accepts a snapshot whose last
-    /// entry its log does not hold, Raft §7) before applying anything later, then calls
-    /// [`RaftCore::on_persisted`]`(meta.last_index, meta.last_term)`.
+    /// Last chunk: once the whole snapshot is durable and verified, the driver installs it
+    /// (makes its log agree with it, Raft §7, and restores its state machine from it
+    /// before applying anything later), then calls [`RaftCore::on_snapshot_installed`];
+    /// if writing or verifying fails it discards the transfer and calls
+    /// [`RaftCore::on_snapshot_failed`]. No `on_persisted` report is needed for it.
     pub done: bool,
 }
 

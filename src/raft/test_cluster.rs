@@ -141,9 +141,10 @@ impl Cluster {
             if chunk.done {
                 let data = std::mem::take(buf).freeze();
                 let meta = chunk.meta;
-                persisted_at = Some((meta.last_index, meta.last_term));
                 self.applied_index.insert(id, meta.last_index);
-                self.node_mut(id).storage_mut().install_snapshot(meta, data);
+                let node = self.node_mut(id);
+                node.storage_mut().install_snapshot(meta.clone(), data);
+                node.on_snapshot_installed(meta);
             }
         }
         if let Some(last) = rd.entries.last() {

@@ -1369,9 +1369,11 @@ impl Sim {
         };
         let id = self.nodes[i].id;
         let mut persisted: Vec<(u64, u64)> = Vec::new();
+        let mut installed = None;
         if let Some(chunk) = batch.snapshot_chunk {
-            if let Some(done) = self.persist_snapshot_chunk(i, chunk)? {
-                persisted.push(done);
+            let meta = chunk.meta.clone();
+            if self.persist_snapshot_chunk(i, chunk)?.is_some() {
+                installed = Some(meta);
             }
         }
         if !batch.entries.is_empty() {
@@ -1394,6 +1396,9 @@ impl Sim {
         };
         drop(durable);
         self.record(ev);
+        if let Some(meta) = installed {
+            self.core(i).on_snapshot_installed(meta);
+        }
         for (index, term) in persisted {
             self.core(i).on_persisted(index, term);
         }
