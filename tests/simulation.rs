@@ -359,3 +359,17 @@ fn seed_stats() {
         }
     }
 }
+
+/// A simulator bug, not a core one: a stall that began the instant the previous one ended,
+/// before the node had run, restarted the count of owed ticks, so the resumed leader was
+/// handed 4 ticks for 45 ticks of standing still and served a lease read its lease no longer
+/// covered ("stale read" at step 17825). Found by the 100,000-seed soak at base 3141000000.
+#[test]
+fn chained_stalls_owe_every_missed_tick_seed_3141080560() {
+    if replaying() {
+        return;
+    }
+    if let Err(failure) = run(&options(3_141_080_560)) {
+        panic!("{}", failure.report());
+    }
+}

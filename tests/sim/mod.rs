@@ -2309,8 +2309,11 @@ impl Sim {
             } else {
                 self.now + self.fault_rng.range(timeout, 4 * timeout) * TICK_UNITS
             };
-            self.nodes[i].paused_until = until;
-            self.nodes[i].stalled_since = Some(self.now);
+            let node = &mut self.nodes[i];
+            node.paused_until = node.paused_until.max(until);
+            // A stall that begins before the previous one's ticks were handed over (the node
+            // has not run since) extends it: every tick since the first is still owed.
+            node.stalled_since.get_or_insert(self.now);
             self.record(Ev::Stall { node: id, until });
             return Ok(());
         }
