@@ -2545,9 +2545,12 @@ impl Sim {
             return false;
         };
         let members = self.membership_at(index);
+        // A node shut down for good at the heal cannot apply anything. It may still be a
+        // member: a configuration naming it can reach another log after the heal, from a
+        // message in flight. The others must converge without it, as a quorum allows.
         self.nodes
             .iter()
-            .filter(|n| members.members.contains_key(&n.id))
+            .filter(|n| members.members.contains_key(&n.id) && !n.retired)
             .all(|n| n.kv.applied >= index)
     }
 
