@@ -43,7 +43,8 @@ pub type PendingWrites = Arc<Mutex<BTreeMap<u64, PendingWrite>>>;
 pub enum ApplyJob {
     /// Committed entries, in index order.
     Entries(Vec<Entry>),
-    /// A snapshot from the leader was installed: load it.
+    /// A snapshot from the leader is durable, verified and the log reconciled with it:
+    /// tell the core, then load it.
     Restore(SnapshotMeta),
     /// Take a snapshot now (`POST /v1/snapshot`); the reply carries its index.
     TakeSnapshot(oneshot::Sender<Result<u64, String>>),
@@ -82,6 +83,12 @@ impl<S: StateMachine> Applier<S> {
             match job {
                 ApplyJob::Entries(entries) => self.apply_entries(entries),
                 ApplyJob::Restore(meta) => {
+                    // The core learns of the install from this thread, before the restore
+                    // reports the snapshot applied: from the writer, the two events could
+                    // cross (the core saw "applied 73" with its commit still at 0 and
+                    // stopped), and the core could hand out entries past the snapshot
+                    // before the restore was queued here.
+                    let _ = self.events.send(Event::SnapshotInstalled(meta.clone()));
                     if let Err(message) = self.restore(&meta) {
                         tracing::error!("{message}");
                         let _ = self.events.send(Event::Fatal(message));

@@ -108,8 +108,8 @@ impl Writer {
                     ChunkOutcome::Accepted => {}
                     ChunkOutcome::Installed => {
                         // Issue 11, item 3: the core hears of it only now that the file
-                        // is fsync'd and verified and the log reconciled with it.
-                        let _ = self.events.send(Event::SnapshotInstalled(meta));
+                        // is fsync'd and verified and the log reconciled with it; the
+                        // apply thread tells it (see `ApplyJob::Restore`).
                     }
                     ChunkOutcome::Rejected if done => {
                         let _ = self.events.send(Event::SnapshotFailed(meta));
