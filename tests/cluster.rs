@@ -283,6 +283,11 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
             .await
             .unwrap();
         assert!(metrics.contains("raftlog_proposals_total"), "{metrics}");
+        // Healthy peers never send what the core's door drops.
+        assert!(
+            metrics.contains("\nraftlog_raft_messages_dropped_total 0\n"),
+            "{metrics}"
+        );
     });
 }
 

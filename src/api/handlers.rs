@@ -656,6 +656,11 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         );
     };
     counter(
+        "raft_messages_dropped_total",
+        "Peer messages the Raft core dropped at its door as malformed or hostile (the node's log names each reason, at most once a second).",
+        m.raft_messages_dropped.get(),
+    );
+    counter(
         "proposals_total",
         "Client writes proposed to the Raft log.",
         m.proposals.get(),

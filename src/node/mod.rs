@@ -181,6 +181,11 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Mirrors a count kept elsewhere (it only grows there).
+    fn set(&self, value: u64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
 }
 
 /// Node-wide counters for `/metrics`.
@@ -220,6 +225,8 @@ pub struct Metrics {
     pub reads: Counter,
     /// Elections this node started.
     pub elections: Counter,
+    /// Peer messages the core dropped at its door as malformed or hostile.
+    pub raft_messages_dropped: Counter,
     /// Leadership transfers this node started as leader.
     pub transfers_started: Counter,
     /// Transfers that ended with the target leading.
@@ -950,6 +957,9 @@ impl RaftLoop {
                     while let Ok(envelope) = inbound.try_recv() {
                         self.core.step(envelope);
                     }
+                    self.metrics
+                        .raft_messages_dropped
+                        .set(self.core.dropped_messages().total());
                 }
                 Some(request) = requests.recv() => {
                     self.catch_up_ticks();
