@@ -3479,3 +3479,84 @@ mod snapshot_install_tests {
         assert!(core.take_ready().snapshot_chunk.is_some());
     }
 }
+
+#[cfg(test)]
+mod snapshot_durability_order_tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::raft::MemStorage;
+
+    /// Issue 11, item 3, driven only through `step` and `take_ready` (inputs the core has
+    /// always had): the last chunk of a snapshot is handed to the driver to persist, but
+    /// the core neither restores from it nor tells the leader it is installed until the
+    /// driver reports it durable and verified. Before, it restored at once and answered the
+    /// leader's resend with success, whatever became of the file.
+    #[test]
+    fn last_snapshot_chunk_is_neither_installed_nor_acknowledged_before_durable() {
+        let mut membership = Membership::default();
+        for id in [1, 2] {
+            membership.members.insert(
+                id,
+                storage::Member {
+                    raft_addr: String::new(),
+                    api_addr: String::new(),
+                    voter: true,
+                },
+            );
+        }
+        let hard_state = HardState {
+            term: 1,
+            voted_for: None,
+        };
+        let mut core = RaftCore::new(
+            Config::new(2),
+            MemStorage::new(),
+            hard_state,
+            membership.clone(),
+        );
+        let last_chunk = Envelope {
+            from: 1,
+            to: 2,
+            message: Message::InstallSnapshot {
+                term: 1,
+                meta: SnapshotMeta {
+                    last_index: 5,
+                    last_term: 1,
+                    membership,
+                },
+                offset: 0,
+                data: Bytes::from_static(b"abc"),
+                done: true,
+            },
+        };
+        core.step(last_chunk.clone());
+        let ready = core.take_ready();
+        assert!(
+            ready.snapshot_chunk.is_some(),
+            "the chunk goes to the driver"
+        );
+        assert_eq!(
+            core.status().commit_index,
+            0,
+            "the core restored the snapshot before the driver made it durable"
+        );
+        // The leader resends the last chunk (its answer was lost, or the write is slow).
+        core.step(last_chunk);
+        let ready = core.take_ready();
+        let acknowledged = ready
+            .messages
+            .iter()
+            .chain(&ready.persisted_messages)
+            .any(|e| {
+                matches!(
+                    e.message,
+                    Message::InstallSnapshotResponse { success: true, .. }
+                )
+            });
+        assert!(
+            !acknowledged,
+            "a resend was answered success before the snapshot was durable"
+        );
+    }
+}
