@@ -392,3 +392,18 @@ fn replay_must_pass(seed: u64) {
         panic!("{}", failure.report());
     }
 }
+
+/// A voter whose demotion was appended but not committed sat out elections as a "learner"
+/// although it held the only log that could win; two stale candidates, each missing the
+/// other's configuration, refused each other while their terms climbed past 180 (3 and 5
+/// nodes, PreVote off). Found by the soak at base 2718000000; fixed in `promotable`
+/// (thesis §4.2.2: a server leaves when its removal commits, not when it is appended).
+#[test]
+fn voter_with_uncommitted_demotion_still_stands_seed_2718018620() {
+    replay_must_pass(2_718_018_620);
+}
+
+#[test]
+fn voter_with_uncommitted_demotion_still_stands_seed_2718034740() {
+    replay_must_pass(2_718_034_740);
+}

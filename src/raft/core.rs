@@ -638,8 +638,15 @@ impl<S: LogStorage> RaftCore<S> {
 
     // ---- Role changes ----
 
+    /// Whether this node may campaign. A voter whose removal or demotion is appended but not
+    /// yet committed still may: like a leader that is being removed (thesis §4.2.2) it
+    /// belongs to the cluster until the change commits, and it may hold the only log that
+    /// can win (its vote counts in its peers' configuration, which lacks the change). If it
+    /// stood aside, the others could refuse each other forever (simulator seeds 2718018620,
+    /// 2718034740: the node with the longest log sat out as a "learner" while two stale
+    /// candidates raised terms past 180). Its own vote still counts only where it is a voter.
     fn promotable(&self) -> bool {
-        self.membership.current().is_voter(self.id)
+        self.membership.current().is_voter(self.id) || self.membership.committed().is_voter(self.id)
     }
 
     fn reported_role(&self) -> Role {
@@ -3557,6 +3564,79 @@ mod snapshot_durability_order_tests {
         assert!(
             !acknowledged,
             "a resend was answered success before the snapshot was durable"
+        );
+    }
+}
+
+#[cfg(test)]
+mod uncommitted_demotion_tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::raft::test_cluster::{member, test_config, voters};
+    use crate::raft::MemStorage;
+
+    /// Thesis §4.2.2, and simulator seeds 2718018620 and 2718034740: a voter whose demotion
+    /// is in its log but not committed still campaigns when its leader is gone; its peers,
+    /// which may lack the change, may need it (it can hold the only log that wins).
+    #[test]
+    fn voter_with_uncommitted_demotion_still_campaigns() {
+        let hard_state = HardState {
+            term: 1,
+            voted_for: None,
+        };
+        let mut core = RaftCore::new(
+            test_config(3),
+            MemStorage::new(),
+            hard_state,
+            voters(&[1, 2, 3]),
+        );
+        let mut demoted = voters(&[1, 2]);
+        demoted.members.insert(3, member(false));
+        let entries = vec![
+            Entry {
+                index: 1,
+                term: 1,
+                kind: EntryKind::Noop,
+                payload: Bytes::new(),
+            },
+            Entry {
+                index: 2,
+                term: 1,
+                kind: EntryKind::Membership,
+                payload: membership::encode_membership(&demoted),
+            },
+        ];
+        core.step(Envelope {
+            from: 1,
+            to: 3,
+            message: Message::AppendEntries {
+                term: 1,
+                prev_log_index: 0,
+                prev_log_term: 0,
+                entries,
+                leader_commit: 1,
+                read_ctx: 0,
+            },
+        });
+        let ready = core.take_ready();
+        core.storage_mut().append(&ready.entries);
+        if let Some(last) = ready.entries.last() {
+            core.on_persisted(last.index, last.term);
+        }
+        assert_eq!(
+            core.status().commit_index,
+            1,
+            "the demotion is not committed"
+        );
+        // The leader goes silent: after an election timeout this node must stand.
+        for _ in 0..2 * test_config(3).election_timeout_ticks_max {
+            core.tick();
+        }
+        let role = core.status().role;
+        assert!(
+            matches!(role, Role::PreCandidate | Role::Candidate),
+            "a voter whose demotion is uncommitted sat out the election as {role:?}"
         );
     }
 }

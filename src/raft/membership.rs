@@ -84,6 +84,12 @@ impl MembershipLog {
         self.changes.last().map_or(&self.base, |(_, m)| m)
     }
 
+    /// The latest configuration known to be committed (the base: `compact` moves it up as
+    /// the commit index advances).
+    pub(crate) fn committed(&self) -> &Membership {
+        &self.base
+    }
+
     /// Index of the latest membership entry (0 if the base is in effect).
     pub(crate) fn latest_index(&self) -> u64 {
         self.changes.last().map_or(0, |(i, _)| *i)
