@@ -35,14 +35,7 @@ async fn transfer(cluster: &Cluster, via: u64, body: Option<&str>) -> (u16, Valu
 }
 
 async fn readyz(cluster: &Cluster, id: u64) -> Option<(u16, Value)> {
-    let url = format!("http://{}/readyz", cluster.api(id));
-    let response = cluster
-        .client
-        .get(url)
-        .timeout(Duration::from_millis(500))
-        .send()
-        .await
-        .ok()?;
+    let response = cluster.get_quick(id, "/readyz").await?;
     let status = response.status().as_u16();
     Some((status, response.json().await.unwrap_or(Value::Null)))
 }

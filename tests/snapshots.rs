@@ -34,15 +34,7 @@ fn key_of(prefix: &str, i: u64) -> String {
 
 /// `GET /metrics` of node `id`, parsed into name -> value.
 async fn metrics(c: &Cluster, id: u64) -> Option<BTreeMap<String, u64>> {
-    let url = format!("http://{}/metrics", c.api(id));
-    let response = c
-        .client
-        .get(url)
-        .timeout(Duration::from_millis(500))
-        .send()
-        .await
-        .ok()?;
-    let text = response.text().await.ok()?;
+    let text = c.get_quick(id, "/metrics").await?.text().await.ok()?;
     let mut out = BTreeMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let mut parts = line.split_whitespace();

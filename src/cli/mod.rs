@@ -289,27 +289,15 @@ pub fn run() -> i32 {
             ),
             MembersAction::Remove { id, change, target } => client::run(
                 target,
-                client::Op::MembersChange {
-                    id,
-                    action: client::MemberAction::Remove,
-                    force: change.force,
-                },
+                member_change(id, client::MemberAction::Remove, change),
             ),
             MembersAction::Promote { id, change, target } => client::run(
                 target,
-                client::Op::MembersChange {
-                    id,
-                    action: client::MemberAction::Promote,
-                    force: change.force,
-                },
+                member_change(id, client::MemberAction::Promote, change),
             ),
             MembersAction::Demote { id, change, target } => client::run(
                 target,
-                client::Op::MembersChange {
-                    id,
-                    action: client::MemberAction::Demote,
-                    force: change.force,
-                },
+                member_change(id, client::MemberAction::Demote, change),
             ),
         },
         Command::Leader {
@@ -332,4 +320,13 @@ pub fn init_tracing() {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
+}
+
+/// The client operation for `members remove|promote|demote`.
+fn member_change(id: u64, action: client::MemberAction, change: ChangeFlags) -> client::Op {
+    client::Op::MembersChange {
+        id,
+        action,
+        force: change.force,
+    }
 }

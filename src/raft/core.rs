@@ -405,13 +405,9 @@ impl<S: LogStorage> RaftCore<S> {
     /// applying anything later. Only now does the snapshot replace the core's log (Raft
     /// §7) and the leader hear that it is installed (issue 11, item 3).
     pub fn on_snapshot_installed(&mut self, meta: SnapshotMeta) {
-        let Some((pending, from, size)) = self.installing.take() else {
+        let Some((from, size)) = self.take_install(&meta) else {
             return;
         };
-        if pending != meta {
-            self.installing = Some((pending, from, size));
-            return;
-        }
         // Appends, chunks and campaigns are ignored while installing, so the log and the
         // commit index are as they were when the chunk was accepted: the log did not hold
         // the snapshot's last entry and the commit index was below it. (Asking the log
@@ -426,13 +422,9 @@ impl<S: LogStorage> RaftCore<S> {
     /// verification: it is forgotten, and the leader is told to send it again from the
     /// start (it sends a newer one if it has one).
     pub fn on_snapshot_failed(&mut self, meta: SnapshotMeta) {
-        let Some((pending, from, size)) = self.installing.take() else {
+        let Some((from, _)) = self.take_install(&meta) else {
             return;
         };
-        if pending != meta {
-            self.installing = Some((pending, from, size));
-            return;
-        }
         self.log.end_install();
         tracing::warn!(
             id = self.id,
@@ -440,6 +432,18 @@ impl<S: LogStorage> RaftCore<S> {
             "snapshot from the leader not installed; asking for it again"
         );
         self.respond_snapshot(from, meta.last_index, 0, false);
+    }
+
+    /// Ends the install the driver reports on, if it is the one handed out: returns who
+    /// sent it and its size. A report about another snapshot leaves the pending one as is.
+    fn take_install(&mut self, meta: &SnapshotMeta) -> Option<(NodeId, u64)> {
+        match self.installing.take() {
+            Some((pending, from, size)) if pending == *meta => Some((from, size)),
+            other => {
+                self.installing = other;
+                None
+            }
+        }
     }
 
     /// The driver applied every committed entry up to `index`.

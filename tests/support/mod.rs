@@ -268,17 +268,21 @@ impl Cluster {
             .collect()
     }
 
-    /// `GET /v1/status` of node `id`, if it answers.
-    pub async fn status(&self, id: u64) -> Option<Value> {
-        let url = format!("http://{}/v1/status", self.api(id));
-        let response = self
-            .client
+    /// `GET path` on node `id`, if it answers within 500 ms (polling loops must not stall
+    /// on a stopped node).
+    pub async fn get_quick(&self, id: u64, path: &str) -> Option<reqwest::Response> {
+        let url = format!("http://{}{path}", self.api(id));
+        self.client
             .get(url)
             .timeout(Duration::from_millis(500))
             .send()
             .await
-            .ok()?;
-        response.json().await.ok()
+            .ok()
+    }
+
+    /// `GET /v1/status` of node `id`, if it answers.
+    pub async fn status(&self, id: u64) -> Option<Value> {
+        self.get_quick(id, "/v1/status").await?.json().await.ok()
     }
 
     /// Waits until some running node reports itself leader and the others agree; returns it.
