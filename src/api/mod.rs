@@ -1,7 +1,7 @@
 //! The client API: HTTP/1.1 with keep-alive, as specified in `shared/API.md`.
 //!
 //! Any node accepts any request. A follower forwards writes and linearizable reads to the
-//! leader and relays the answer ([`forward`]); `stale` reads are served locally.
+//! leader and relays the answer (`forward.rs`); `stale` reads are served locally.
 
 mod debug;
 mod error;

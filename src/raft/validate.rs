@@ -21,7 +21,7 @@
 //! | snapshot `last_index`, `last_term` nonzero       | a snapshot covers at least one entry (§7)  |
 //! | a success `match_index <= ` the leader's last    | a follower only holds what it was sent     |
 //!
-//! The last rule depends on the receiver's state and lives in [`RaftCore::step`]
+//! The last rule depends on the receiver's state and lives in [`super::RaftCore::step`]
 //! (`super::core`); the rest depend on the message alone and live here.
 
 use super::{Envelope, Message, NodeId};
