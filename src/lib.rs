@@ -4,6 +4,7 @@
 //! - [`raft`]: the consensus core, a pure deterministic state machine.
 //! - `storage` (workspace crate): the write-ahead log, stable store and snapshot files.
 
+#![deny(missing_docs)]
 pub mod api;
 pub mod cli;
 pub mod config;
