@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Raft §5.1–§5.2: a candidate that receives AppendEntries from a leader of a higher term adopts
+/// that term, clears its vote and returns to follower. Its answer waits for the new term to be
+/// durable (Figure 2: persistent state is updated on stable storage before responding to RPCs).
 #[test]
 fn candidate_steps_down_on_higher_term() {
     let mut core = core_with(1, &[1, 2, 3], &[], 0, |c| c.pre_vote = false);
@@ -37,6 +40,9 @@ fn candidate_steps_down_on_higher_term() {
     );
 }
 
+/// Raft §5.2 and Figure 2, thesis §3.8: a candidate increments its term and votes for itself, and
+/// that vote is durable before any RequestVote leaves, so a restart cannot make it vote for another
+/// server in the same term.
 #[test]
 fn candidate_persists_own_vote_before_requesting_votes() {
     let mut core = core_with(1, &[1, 2, 3], &[1], 1, |c| c.pre_vote = false);
@@ -65,6 +71,9 @@ fn candidate_persists_own_vote_before_requesting_votes() {
     assert_eq!(rd.persisted_messages, vec![rv(2), rv(3)]);
 }
 
+/// Raft Figure 2 (persist before responding to RPCs), thesis §3.8: a granted vote goes out only
+/// once the vote is durable; else a crash and restart could grant a second vote in the term and
+/// elect two leaders (Election Safety, §5.2).
 #[test]
 fn vote_response_waits_for_persisted_vote() {
     let mut core = core_with(2, &[1, 2, 3], &[1], 1, |_| {});
@@ -91,6 +100,10 @@ fn vote_response_waits_for_persisted_vote() {
     assert_eq!(rd.persisted_messages, vec![env(2, 1, granted)]);
 }
 
+/// Planted bug `VoteBeforePersist`, breaking Figure 2's persist-before-respond rule for votes
+/// (thesis §3.8): the grant comes out in `Ready::messages`, which leave before the write is
+/// durable. Shows the plant takes effect, so the simulator's `planted_vote_before_persist` has a
+/// real bug to find.
 #[test]
 fn planted_vote_before_persist_answers_in_messages() {
     let mut core = core_with(2, &[1, 2, 3], &[], 0, |c| {
@@ -112,6 +125,9 @@ fn planted_vote_before_persist_answers_in_messages() {
     assert_eq!(rd.messages, vec![env(2, 1, granted)]);
 }
 
+/// Raft §5.4.1 (election restriction): a voter refuses a candidate whose log is less up-to-date
+/// than its own: the candidate's last term 1 is behind the voter's 2, however long its log. The
+/// higher term is still adopted (§5.1), durably and without a vote.
 #[test]
 fn voter_rejects_candidate_with_stale_log() {
     let mut core = core_with(2, &[1, 2, 3], &[1, 2], 2, |_| {});
@@ -137,6 +153,9 @@ fn voter_rejects_candidate_with_stale_log() {
     assert_eq!(rd.persisted_messages, vec![env(2, 1, refused)]);
 }
 
+/// Planted bug `VoteWithoutLogCheck`, removing Raft §5.4.1's up-to-date check: the stale candidate
+/// that `voter_rejects_candidate_with_stale_log` refuses gets the vote. Shows the plant takes
+/// effect, so the simulator's `planted_vote_without_log_check` has a real bug to find.
 #[test]
 fn planted_vote_without_log_check_grants_stale_candidate() {
     let mut core = core_with(2, &[1, 2, 3], &[1, 2], 2, |c| {
@@ -157,6 +176,9 @@ fn planted_vote_without_log_check_grants_stale_candidate() {
     assert_eq!(rd.persisted_messages, vec![env(2, 1, granted)]);
 }
 
+/// Raft Figure 2, rules for followers (§5.2): only AppendEntries from the current leader or a
+/// granted vote resets the election timer. A refused RequestVote (stale log, §5.4.1) leaves it
+/// running, else a candidate that cannot win would keep a server that could from timing out.
 #[test]
 fn refused_vote_request_does_not_reset_election_timer() {
     let mut core = core_with(2, &[1, 2, 3], &[1, 2], 2, |c| c.pre_vote = false);
@@ -179,6 +201,8 @@ fn refused_vote_request_does_not_reset_election_timer() {
     );
 }
 
+/// Raft §5.2: a server votes for at most one candidate per term, first come first served; this is
+/// what gives Election Safety (at most one leader per term, Figure 3).
 #[test]
 fn voter_grants_only_one_candidate_per_term() {
     let mut core = core_with(3, &[1, 2, 3], &[], 0, |_| {});
@@ -204,6 +228,8 @@ fn voter_grants_only_one_candidate_per_term() {
     assert_eq!(answers, vec![true, false]);
 }
 
+/// Raft §5.2 and §5.3 end to end: from a cold start three servers elect one leader by timeouts, and
+/// an entry it proposes commits and is applied on every server.
 #[test]
 fn cluster_elects_one_leader_and_replicates() {
     let mut c = Cluster::new(&[1, 2, 3], |_| {});
@@ -221,6 +247,9 @@ fn cluster_elects_one_leader_and_replicates() {
     }
 }
 
+/// Thesis §9.6 (PreVote): a pre-candidate asks with the term it would use but changes neither its
+/// term nor its vote, so nothing waits for persistence and its requests go out at once. Only once a
+/// majority would vote for it does it become a candidate and raise its term.
 #[test]
 fn prevote_does_not_change_term_or_vote() {
     let mut core = core_with(1, &[1, 2, 3], &[1], 1, |_| {});
@@ -252,6 +281,9 @@ fn prevote_does_not_change_term_or_vote() {
     assert_eq!(core.status().term, 2);
 }
 
+/// Thesis §9.6: a server partitioned away keeps failing its pre-votes, so its term does not grow;
+/// when the partition heals it rejoins as a follower without deposing the stable leader or raising
+/// the cluster's term.
 #[test]
 fn prevote_does_not_disrupt_stable_leader() {
     let mut c = Cluster::new(&[1, 2, 3], |_| {});
@@ -274,6 +306,9 @@ fn prevote_does_not_disrupt_stable_leader() {
     assert_eq!(c.node(3).status().leader_id, Some(1));
 }
 
+/// Thesis §4.2.3: a server that heard from the current leader within the minimum election timeout
+/// neither updates its term nor grants its vote on a RequestVote. The exception is a leadership
+/// transfer's flagged request (thesis §3.10), which must be heard.
 #[test]
 fn follower_ignores_votes_within_lease_unless_transfer() {
     let mut c = Cluster::new(&[1, 2, 3], |_| {});
@@ -293,9 +328,9 @@ fn follower_ignores_votes_within_lease_unless_transfer() {
     assert_eq!(c.node(2).hard_state().voted_for, Some(3));
 }
 
-/// The other side of §4.2.3 without CheckQuorum: a leader that no longer hears from a
-/// quorum holds no lease, so a candidate's higher term still deposes it (else a leader
-/// cut off behind a one-way partition would keep the cluster from electing another).
+/// Thesis §4.2.3, the other side, without CheckQuorum: a leader that no longer hears from a quorum
+/// holds no lease, so a candidate's higher term still deposes it (Raft §5.1); else a leader cut off
+/// behind a one-way partition would keep the cluster from electing another.
 #[test]
 fn leader_without_quorum_contact_yields_to_higher_term_vote() {
     let mut c = Cluster::new(&[1, 2, 3], |cfg| {
@@ -323,6 +358,9 @@ fn leader_without_quorum_contact_yields_to_higher_term_vote() {
     assert_eq!(c.node(1).status().term, term + 1);
 }
 
+/// Thesis §6.2 (CheckQuorum): a leader that goes a whole election timeout (20 ticks here) without
+/// hearing from a quorum steps down, so clients stop waiting on it and look for the real leader. At
+/// 19 ticks it still leads.
 #[test]
 fn check_quorum_leader_steps_down() {
     let mut c = Cluster::new(&[1, 2, 3], |_| {});

@@ -12,6 +12,10 @@ fn add(id: NodeId, voter: bool) -> MembershipChange {
     }
 }
 
+/// Thesis §4.1, as corrected (Ongaro, raft-dev, 2015): a leader proposes a membership change only
+/// once an entry of its own term has committed and no earlier change is uncommitted, so the old and
+/// new majorities overlap. The change takes effect as soon as it is appended: a server uses the
+/// latest configuration in its log (§4.1).
 #[test]
 fn membership_change_waits_for_previous_to_commit() {
     let mut core = leader_by_hand(&[1, 2, 3], &[], 0);
@@ -34,6 +38,10 @@ fn membership_change_waits_for_previous_to_commit() {
     );
 }
 
+/// Planted bug `MembershipChangeBeforeOwnTermCommit`, the single-server change bug (Ongaro,
+/// raft-dev, 2015; thesis §4.1 as corrected): a new leader proposes a change before its no-op
+/// commits. Shows the plant takes effect, so the simulator's
+/// `planted_membership_change_before_own_term_commit` has a real bug to find.
 #[test]
 fn planted_membership_change_before_own_term_commit_skips_the_wait() {
     let mut core = core_with(1, &[1, 2, 3], &[], 0, |c| {
@@ -54,6 +62,8 @@ fn planted_membership_change_before_own_term_commit_skips_the_wait() {
     assert_eq!(core.propose_membership_change(add(4, false)), Ok((2, 1)));
 }
 
+/// Thesis §4.1: a configuration entry can be removed from a follower's log when leadership changes;
+/// the follower then falls back to the previous configuration in its log, here one without node 4.
 #[test]
 fn truncated_membership_entry_reverts_configuration() {
     let mut core = core_with(2, &[1, 2, 3], &[1], 1, |_| {});
@@ -79,6 +89,9 @@ fn truncated_membership_entry_reverts_configuration() {
     assert!(!core.status().membership.members.contains_key(&4));
 }
 
+/// Thesis §4.1 and Raft §7: after a restart a server's configuration is the latest one in its log,
+/// or in its snapshot's metadata once the log is compacted, not the one it was started with;
+/// restarted from a snapshot it resumes with commit and applied index at the snapshot.
 #[test]
 fn restart_recovers_membership_from_log_and_snapshot() {
     let mut c = Cluster::new(&[1, 2, 3], |_| {});
@@ -98,6 +111,8 @@ fn restart_recovers_membership_from_log_and_snapshot() {
     assert_eq!((st.commit_index, st.applied_index), (applied, applied));
 }
 
+/// Thesis §4.2.1 (Raft §6, non-voting members): a learner receives and applies the log, but its
+/// copy does not count toward a majority and it never campaigns.
 #[test]
 fn learner_receives_log_but_does_not_count() {
     let mut c = Cluster::new(&[1, 2], |_| {});
@@ -197,6 +212,8 @@ fn voter_with_uncommitted_demotion_still_campaigns() {
     );
 }
 
+/// Thesis §4.2.2 (Raft §6): a leader that removes itself keeps leading until the change commits,
+/// then steps down, and the remaining voters elect a leader among themselves.
 #[test]
 fn removed_leader_steps_down_after_commit() {
     let mut c = Cluster::new(&[1, 2, 3], |_| {});
@@ -265,6 +282,9 @@ fn removed_server_does_not_disrupt_leader_without_check_quorum() {
     assert_eq!(c.applied_payloads(2), vec![Bytes::from_static(b"x")]);
 }
 
+/// Raft Figure 2 (volatile state on leaders: `matchIndex`): only a leader knows each member's match
+/// index and how long since it heard from it; followers report no view. Implementation rule behind
+/// the status API and the choice of a transfer target (thesis §3.10).
 #[test]
 fn member_progress_reports_match_index_and_silence_on_the_leader_only() {
     let mut c = Cluster::new(&[1, 2, 3], |_| {});
@@ -303,6 +323,8 @@ fn member_progress_reports_match_index_and_silence_on_the_leader_only() {
     assert_eq!(by_id(1).ticks_since_contact, 0);
 }
 
+/// Thesis §3.10 (leadership transfer): the leader stops accepting proposals, brings the target's
+/// log up to date and sends it TimeoutNow; the target wins the election at once.
 #[test]
 fn leadership_transfer_hands_over() {
     let mut c = Cluster::new(&[1, 2, 3], |_| {});
@@ -320,6 +342,8 @@ fn leadership_transfer_hands_over() {
     assert_eq!(c.node(1).status().leader_id, Some(3));
 }
 
+/// Thesis §3.10: a transfer that has not completed within an election timeout is aborted, and the
+/// leader accepts proposals again.
 #[test]
 fn leadership_transfer_aborts_after_election_timeout() {
     let mut c = Cluster::new(&[1, 2, 3], |_| {});
@@ -332,6 +356,8 @@ fn leadership_transfer_aborts_after_election_timeout() {
     assert!(c.node_mut(1).propose(Bytes::from_static(b"y")).is_ok());
 }
 
+/// Thesis §3.10: the target of a transfer in progress is reported until the transfer ends (here
+/// aborted after an election timeout); implementation rule for the status API.
 #[test]
 fn transfer_target_is_reported_until_the_transfer_ends() {
     let mut c = Cluster::new(&[1, 2, 3], |_| {});
@@ -343,6 +369,8 @@ fn transfer_target_is_reported_until_the_transfer_ends() {
     assert_eq!(c.node(1).transfer_target(), None);
 }
 
+/// Thesis §3.10 with §4.2.3: a transfer's RequestVote skips the vote lease, on the old leader that
+/// sent TimeoutNow too (hashicorp/raft#487); it grants its vote and steps down.
 #[test]
 fn old_leader_grants_vote_to_transfer_target_after_timeout_now() {
     // hashicorp/raft#487: the leader that sent TimeoutNow must not ignore the target's
@@ -378,6 +406,8 @@ fn old_leader_grants_vote_to_transfer_target_after_timeout_now() {
     assert_eq!(rd.persisted_messages, vec![env(1, 3, granted)]);
 }
 
+/// Raft §5.4.1 with thesis §4.2.3: a transfer's RequestVote skips the lease but never the
+/// up-to-date log check; a target with an empty log gets no vote.
 #[test]
 fn old_leader_refuses_transfer_vote_with_stale_log() {
     // The lease is skipped for a transfer, the log check (§5.4.1) never is.
@@ -395,6 +425,10 @@ fn old_leader_refuses_transfer_vote_with_stale_log() {
     assert_eq!(c.node(1).hard_state().voted_for, None);
 }
 
+/// Thesis §3.10 (choosing the transfer target): the leader names the voter with the highest match
+/// index among those heard from within an election timeout, the lowest id among equals. The
+/// tie-break and the recency filter are this implementation's rules: a silent target would only
+/// make the transfer time out.
 #[test]
 fn most_caught_up_voter_prefers_the_highest_match_index() {
     let mut c = Cluster::new(&[1, 2, 3], |_| {});
@@ -423,6 +457,8 @@ fn most_caught_up_voter_prefers_the_highest_match_index() {
     assert_eq!(c.node(1).most_caught_up_voter(), Some(3));
 }
 
+/// Thesis §3.10 with §4.2.1: a learner is never a transfer target (hashicorp/raft#398); told to
+/// campaign it could only disrupt, never win, and a transfer to it is refused.
 #[test]
 fn most_caught_up_voter_is_never_a_learner() {
     // hashicorp/raft#398: a learner told to campaign would disrupt, never win.

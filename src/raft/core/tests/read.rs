@@ -2,6 +2,10 @@
 
 use super::*;
 
+/// Thesis §6.4 step 3 (Raft §8): a ReadIndex read is answered only after a heartbeat round
+/// acknowledged by a majority confirms the leader still leads. With both followers' answers cut it
+/// waits; one answer (a majority with the leader) releases it at the commit index recorded when it
+/// arrived.
 #[test]
 fn read_index_waits_for_quorum() {
     let mut c = Cluster::new(&[1, 2, 3], |_| {});
@@ -28,6 +32,9 @@ fn read_index_waits_for_quorum() {
     );
 }
 
+/// Thesis §6.4 step 1 (Raft §8): a new leader does not know the commit index until an entry of its
+/// own term commits, so a read waits for the no-op; and then it still needs a fresh quorum round
+/// (step 3) before it is answered at index 1.
 #[test]
 fn read_index_waits_for_commit_of_own_term() {
     let mut core = leader_by_hand(&[1, 2, 3], &[], 0);
@@ -64,6 +71,9 @@ fn read_index_waits_for_commit_of_own_term() {
     );
 }
 
+/// Planted bug `ReadIndexWithoutQuorum`, skipping thesis §6.4 step 3: an isolated leader answers a
+/// linearizable read at once, possibly stale. Shows the plant takes effect, so the simulator's
+/// `planted_read_index_without_quorum` has a real bug to find.
 #[test]
 fn planted_read_index_without_quorum_answers_at_once() {
     let mut c = Cluster::new(&[1, 2, 3], |cfg| {
@@ -76,6 +86,9 @@ fn planted_read_index_without_quorum_answers_at_once() {
     assert_eq!(c.read_states[&1].len(), 1);
 }
 
+/// Thesis §10.2.1 and §6.4 for a single voter: the leader's own durable write is the majority, so
+/// an entry commits once persisted, and a read's quorum round is met by the leader alone, so it is
+/// answered at once at the commit index.
 #[test]
 fn single_voter_commits_after_persist_and_reads_at_once() {
     let mut c = Cluster::new(&[1], |_| {});
@@ -87,6 +100,8 @@ fn single_voter_commits_after_persist_and_reads_at_once() {
     assert_eq!(rd.read_states, vec![ReadState { ctx: 1, index: 2 }]);
 }
 
+/// Thesis §6.2 (routing requests to the leader): a follower serves no read; it fails it naming the
+/// leader it knows of, for the node to forward the request there.
 #[test]
 fn follower_read_fails_with_leader_hint() {
     let mut c = Cluster::new(&[1, 2, 3], |_| {});
@@ -102,6 +117,9 @@ fn follower_read_fails_with_leader_hint() {
     );
 }
 
+/// Thesis §6.4: only the current leader can confirm a read point. A leader that steps down (here by
+/// CheckQuorum, §6.2) fails its pending reads rather than ever answering them; the client retries
+/// at the new leader.
 #[test]
 fn pending_reads_fail_when_leadership_is_lost() {
     let mut c = Cluster::new(&[1, 2, 3], |_| {});
@@ -118,6 +136,9 @@ fn pending_reads_fail_when_leadership_is_lost() {
     assert!(c.read_states[&1].is_empty());
 }
 
+/// Thesis §6.4.1 (leases): a leader whose heartbeats a quorum acknowledged within the election
+/// timeout, less the clock drift bound, serves a lease read at once; once the lease has run out the
+/// same kind of read needs a quorum round.
 #[test]
 fn lease_read_is_served_while_quorum_recently_acked() {
     let mut c = Cluster::new(&[1, 2, 3], |_| {});
@@ -138,6 +159,8 @@ fn lease_read_is_served_while_quorum_recently_acked() {
     );
 }
 
+/// Thesis §6.4.1: a lease rests on time, which reaches the core only as ticks.
+///
 /// The node driver's contract (issue 11): after a stall it feeds every missed tick
 /// before any request. Those ticks alone must end the lease (and, past an election
 /// timeout, the leadership through CheckQuorum, thesis §6.2) before a lease read is
@@ -179,6 +202,9 @@ fn lease_read_after_stall_is_not_served_once_missed_ticks_are_fed() {
     }
 }
 
+/// Thesis §6.4.1 with §3.10: TimeoutNow lets the target campaign at once, without waiting out the
+/// election timeout a lease relies on, so once it has been sent the leader serves no lease read for
+/// the rest of its leadership, even after the transfer aborts.
 #[test]
 fn lease_reads_stop_once_timeout_now_is_sent() {
     let mut c = Cluster::new(&[1, 2, 3], |_| {});

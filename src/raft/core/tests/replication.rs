@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// Raft §5.3, the AppendEntries consistency check (Figure 2, receiver rule 2): a follower whose
+/// entry at `prev_log_index` has another term refuses and appends nothing. The refusal names the
+/// conflicting term and the first index it holds of it (the optimization at the end of §5.3),
+/// echoes `read_ctx`, and waits for the adopted term 2 to be durable.
 #[test]
 fn follower_rejects_append_with_mismatched_prev() {
     let mut core = core_with(2, &[1, 2, 3], &[1, 1, 1], 1, |_| {});
@@ -29,6 +33,10 @@ fn follower_rejects_append_with_mismatched_prev() {
     assert_eq!(rd.commit_index, 0);
 }
 
+/// Raft §5.3 (Figure 2, receiver rule 2, and the backtracking optimization): a follower whose log
+/// ends before `prev_log_index` refuses and reports its end (`conflict_index` = last + 1, no
+/// conflict term), so the leader jumps there instead of probing back one entry at a time. Same
+/// term, nothing to persist: the answer goes out at once.
 #[test]
 fn follower_with_short_log_reports_its_end() {
     let mut core = core_with(2, &[1, 2, 3], &[1], 1, |_| {});
@@ -54,6 +62,10 @@ fn follower_with_short_log_reports_its_end() {
     assert_eq!(rd.messages, vec![env(2, 1, reject)]);
 }
 
+/// Raft §5.3, Figure 2 receiver rules 3–5: the follower deletes its conflicting entry and all that
+/// follow it, appends the new one, and sets its commit index to min(leader_commit, index of last
+/// new entry) = 3, not the leader's 10. Applying only entries its own disk holds is this
+/// implementation's rule: the state machine never runs ahead of the log a restart recovers.
 #[test]
 fn follower_truncates_conflicting_suffix_and_commits_verified_prefix() {
     let mut core = core_with(2, &[1, 2, 3], &[1, 1, 1, 1], 1, |_| {});
@@ -84,6 +96,9 @@ fn follower_truncates_conflicting_suffix_and_commits_verified_prefix() {
     assert_eq!(core.storage().last_index(), 3);
 }
 
+/// Raft §5.3's backtracking optimization (thesis §3.5): on a refusal naming a conflicting term, the
+/// leader probes just past its own last entry of that term (4) rather than at the follower's first
+/// index of it (3), skipping the term in one round trip.
 #[test]
 fn fast_backtracking_uses_conflict_term() {
     // Leader: terms [1,1,2,2,3] + its no-op of term 4 at 6. Follower: term 2 up to 7.
@@ -124,6 +139,9 @@ fn fast_backtracking_uses_conflict_term() {
     }
 }
 
+/// Raft §5.4.2, Figure 8: a leader never commits an entry of an earlier term by counting replicas.
+/// Entry 2 (term 1) on a majority stays uncommitted until the leader's own entry 3 (term 2) is on a
+/// majority, which commits both.
 #[test]
 fn leader_commits_only_current_term_entries_by_count() {
     // Raft §5.4.2 / Figure 8: entry 2 of term 1 on a majority is not committed by
@@ -139,6 +157,10 @@ fn leader_commits_only_current_term_entries_by_count() {
     assert_eq!(core.status().commit_index, 3);
 }
 
+/// Planted bug `CommitOldTermByCount`, breaking Raft §5.4.2 (Figure 8): the majority on entry 2 of
+/// term 1 that `leader_commits_only_current_term_entries_by_count` refuses to count commits it
+/// here. Shows the plant takes effect, so the simulator's `planted_commit_old_term_by_count` has a
+/// real bug to find.
 #[test]
 fn planted_commit_old_term_by_count_commits_earlier_term() {
     let mut core = core_with(1, &[1, 2, 3], &[1, 1], 1, |c| {
@@ -159,6 +181,9 @@ fn planted_commit_old_term_by_count_commits_earlier_term() {
     assert_eq!(core.status().commit_index, 2);
 }
 
+/// Thesis §10.2.1 (writing to the leader's disk in parallel): a new leader's no-op (Raft §8) goes
+/// to the followers in `Ready::messages` while the leader is still persisting it, not after its own
+/// fsync.
 #[test]
 fn leader_sends_appends_before_its_own_write_is_durable() {
     let mut core = leader_by_hand(&[1, 2, 3], &[], 0);
@@ -173,6 +198,9 @@ fn leader_sends_appends_before_its_own_write_is_durable() {
     ));
 }
 
+/// Thesis §10.2.1, the other half: the leader counts itself toward a majority only for entries its
+/// own disk holds. Two followers and an unpersisted leader are not three copies out of five; this
+/// is what makes an acknowledged write fsynced on a majority.
 #[test]
 fn leader_counts_itself_only_up_to_persisted_index() {
     let mut core = leader_by_hand(&[1, 2, 3, 4, 5], &[], 0);
@@ -185,6 +213,10 @@ fn leader_counts_itself_only_up_to_persisted_index() {
     assert_eq!(core.status().commit_index, 1);
 }
 
+/// Raft Figure 2 (persist before responding) without stalling reads, an implementation rule of this
+/// core's asynchronous persistence: a follower answers a heartbeat at once while entry 3 is still
+/// being written, claiming as matched only its durable prefix (2), so the ReadIndex round it
+/// carries (thesis §6.4) never waits for an fsync.
 #[test]
 fn heartbeat_response_does_not_wait_for_persistence() {
     let mut core = core_with(2, &[1, 2, 3], &[1, 1], 1, |_| {});
@@ -219,6 +251,9 @@ fn heartbeat_response_does_not_wait_for_persistence() {
     assert!(rd.persisted_messages.is_empty());
 }
 
+/// Raft Figure 2, AppendEntries receiver rule 5, as etcd raft applies it to heartbeats: the leader
+/// sends `min(commit, match)`, so a follower whose log has not been verified against the leader's
+/// (§5.3 consistency check) is never told to commit entries it may hold from a deposed leader.
 #[test]
 fn heartbeat_carries_min_of_commit_and_match() {
     let mut core = leader_by_hand(&[1, 2, 3], &[], 0);
@@ -250,6 +285,10 @@ fn heartbeat_carries_min_of_commit_and_match() {
     }
 }
 
+/// Implementation rule, not a paper rule (thesis §10.2.2's pipelining, bounded as etcd raft's
+/// inflights): at most `max_inflight_msgs` unacknowledged AppendEntries of at most `max_msg_bytes`
+/// each go to a replicating follower, and an acknowledgement frees one slot. Protects the leader's
+/// memory and the network from a slow follower.
 #[test]
 fn flow_control_limits_inflight_messages() {
     let mut core = leader_by_hand(&[1, 2], &[], 0);
@@ -277,6 +316,9 @@ fn flow_control_limits_inflight_messages() {
     assert_eq!(rd.messages.len(), 1, "one slot freed, one more message");
 }
 
+/// Raft §5.3: after a partition heals the leader backs `next_index` down to where the follower's
+/// log matches and brings it up to date; the follower applies the same 55 entries in the same order
+/// (State Machine Safety, §5.4.3).
 #[test]
 fn lagging_follower_catches_up_after_partition() {
     let mut c = Cluster::new(&[1, 2, 3], |_| {});
@@ -295,6 +337,10 @@ fn lagging_follower_catches_up_after_partition() {
     assert_eq!(c.applied[&3], c.applied[&1]);
 }
 
+/// Raft Figure 2 (apply `log[lastApplied]` in order once committed, §5.3): nothing is applied
+/// before it is durable, then each committed entry exactly once, in index order. The
+/// `max_apply_bytes` budget (70 bytes: two entries) is this implementation's bound on one apply
+/// batch's memory.
 #[test]
 fn committed_entries_are_handed_out_once_in_order_within_max_apply_bytes() {
     let mut c = Cluster::new(&[1], |cfg| cfg.max_apply_bytes = 70);

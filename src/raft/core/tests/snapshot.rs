@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Raft §7 (InstallSnapshot, Figure 13), thesis §5.1: a follower that needs entries the leader has
+/// compacted away receives the snapshot instead, in `snapshot_chunk_bytes` chunks at offsets 0, 4
+/// and 8, then the log after it, and applies what follows.
 #[test]
 fn lagging_follower_catches_up_by_snapshot_in_chunks() {
     let mut c = Cluster::new(&[1, 2, 3], |cfg| cfg.snapshot_chunk_bytes = 4);
@@ -36,6 +39,10 @@ fn lagging_follower_catches_up_by_snapshot_in_chunks() {
     assert_eq!(c.applied_payloads(3), vec![Bytes::from_static(b"after")]);
 }
 
+/// Raft §7, Figure 13 receiver rules 2–4 (a chunk is written at its offset, a new file at offset
+/// 0): this implementation accepts chunks only in order. A chunk past the expected offset is
+/// refused naming the offset expected (2) for the leader to resume from, and the last chunk is
+/// still not installed before it is durable (issue 11, item 3).
 #[test]
 fn follower_rejects_snapshot_chunk_out_of_order() {
     let mut core = core_with(2, &[1, 2, 3], &[], 0, |_| {});
@@ -72,6 +79,9 @@ fn follower_rejects_snapshot_chunk_out_of_order() {
     assert!(rd.committed_entries.is_empty());
 }
 
+/// Raft §7, thesis §5.1: a snapshot covering less than the follower has already committed (2 <
+/// 3) tells it nothing new; it is ignored and the follower answers with its commit index as
+/// matched, so the leader resumes sending entries.
 #[test]
 fn stale_snapshot_is_ignored() {
     let mut core = core_with(2, &[1, 2, 3], &[1, 1, 1], 1, |_| {});
@@ -105,6 +115,9 @@ fn stale_snapshot_is_ignored() {
     );
 }
 
+/// Raft §7, Figure 13 receiver rule 6: when the log already holds the snapshot's last entry (same
+/// index and term), the entries are retained and no snapshot is installed; the snapshot still shows
+/// entries up to 2 are committed, so the commit index advances and they are applied.
 #[test]
 fn snapshot_the_log_already_holds_only_advances_commit() {
     let mut core = core_with(2, &[1, 2, 3], &[1, 1, 1], 1, |_| {});
@@ -182,6 +195,9 @@ fn receive_last_chunk(core: &mut RaftCore<MemStorage>) -> SnapshotChunk {
     rd.snapshot_chunk.expect("the chunk is handed out")
 }
 
+/// Implementation rule carrying Raft Figure 2's persist-before-respond over to InstallSnapshot (§7,
+/// Figure 13).
+///
 /// Issue 11, item 3: the snapshot replaces the log, and the leader hears success, only
 /// once the driver reports it durable and verified.
 #[test]
@@ -211,6 +227,8 @@ fn snapshot_is_installed_only_after_the_driver_reports_it_durable() {
     );
 }
 
+/// Implementation rule (issue 11, item 3; Raft §7 leaves a failed install to the implementation).
+///
 /// A snapshot that failed to persist or verify is forgotten and asked for again; the
 /// log and commit index are untouched.
 #[test]
@@ -235,6 +253,9 @@ fn failed_snapshot_install_is_forgotten_and_requested_again() {
     assert!(core.take_ready().snapshot_chunk.is_some());
 }
 
+/// Implementation rule carrying Raft Figure 2's persist-before-respond over to InstallSnapshot (§7,
+/// Figure 13).
+///
 /// Issue 11, item 3, driven only through `step` and `take_ready` (inputs the core has
 /// always had): the last chunk of a snapshot is handed to the driver to persist, but
 /// the core neither restores from it nor tells the leader it is installed until the

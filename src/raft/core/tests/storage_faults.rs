@@ -52,6 +52,9 @@ impl LogStorage for CorruptReads {
     }
 }
 
+/// Implementation rule: Raft §7 makes compaction the only reason a leader may lack an entry a
+/// follower needs, and a record that fails its CRC is not that.
+///
 /// Issue 11, item 8: a corrupt record read back from the log is not compaction. The
 /// leader must stop (report the error), not send the follower a snapshot instead.
 #[test]
