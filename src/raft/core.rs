@@ -114,7 +114,7 @@ impl<S: LogStorage> RaftCore<S> {
             bootstrap
         };
         let log = RaftLog::new(storage);
-        let membership = restore_membership(&log, base);
+        let membership = restore_membership(config.id, &log, base);
         let voters = membership.voters();
         let prev_soft = SoftState {
             role: Role::Follower,
@@ -1133,20 +1133,9 @@ impl<S: LogStorage> RaftCore<S> {
         if entry.kind != EntryKind::Membership {
             return false;
         }
-        match membership::decode_membership(&entry.payload) {
-            Ok(m) => {
-                self.membership.on_append(entry.index, m);
-                true
-            }
-            Err(e) => {
-                tracing::error!(
-                    id = self.id,
-                    index = entry.index,
-                    "{e}; configuration ignored"
-                );
-                false
-            }
-        }
+        let m = decode_membership_entry(self.id, entry);
+        self.membership.on_append(entry.index, m);
+        true
     }
 
     fn reject_append(&mut self, from: NodeId, prev_index: u64, read_ctx: u64) {
@@ -1794,7 +1783,11 @@ impl<S: LogStorage> RaftCore<S> {
 }
 
 /// The latest configuration in the log, else `base`.
-fn restore_membership<S: LogStorage>(log: &RaftLog<S>, base: Membership) -> MembershipLog {
+fn restore_membership<S: LogStorage>(
+    id: NodeId,
+    log: &RaftLog<S>,
+    base: Membership,
+) -> MembershipLog {
     let mut membership = MembershipLog::new(base);
     let mut next = log.first_index();
     let end = log.last_index() + 1;
@@ -1807,13 +1800,31 @@ fn restore_membership<S: LogStorage>(log: &RaftLog<S>, base: Membership) -> Memb
         };
         next = last.index + 1;
         for entry in batch.iter().filter(|e| e.kind == EntryKind::Membership) {
-            match membership::decode_membership(&entry.payload) {
-                Ok(m) => membership.on_append(entry.index, m),
-                Err(e) => tracing::error!(index = entry.index, "{e}; configuration ignored"),
-            }
+            membership.on_append(entry.index, decode_membership_entry(id, entry));
         }
     }
     membership
+}
+
+/// The configuration a membership entry carries.
+///
+/// Invariant: every membership entry in the log decodes. It was encoded by a leader's
+/// [`membership::encode_membership`]; on a follower it passed `validate.rs`, which drops an
+/// AppendEntries carrying one that does not decode; on disk the WAL's CRC guards it. Skipping
+/// one would silently run the node under the wrong configuration (thesis §4.1: a server uses
+/// the latest configuration in its log), so a broken invariant stops the node here.
+fn decode_membership_entry(id: NodeId, entry: &Entry) -> Membership {
+    match membership::decode_membership(&entry.payload) {
+        Ok(m) => m,
+        Err(e) => panic!(
+            "node {id}: membership entry {} (term {}, {} bytes) does not decode: {e}. Such entries \
+             come only from a leader's encoder, are checked by validate.rs on arrival and by CRC \
+             on disk, so this is a bug: keep the data directory for the bug report",
+            entry.index,
+            entry.term,
+            entry.payload.len()
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -19,12 +19,14 @@
 //! | entry terms `>= prev_log_term`, never falling, >0| terms never decrease along a log (§5.3)    |
 //! | `prev_log_index == 0` only with term 0           | index 0 is the empty log's sentinel        |
 //! | snapshot `last_index`, `last_term` nonzero       | a snapshot covers at least one entry (§7)  |
+//! | membership entries decode                        | a leader's own encoder wrote them (§4.1)   |
 //! | a success `match_index <= ` the leader's last    | a follower only holds what it was sent     |
 //!
 //! The last rule depends on the receiver's state and lives in [`super::RaftCore::step`]
 //! (`super::core`); the rest depend on the message alone and live here.
 
-use super::{Envelope, Message, NodeId};
+use super::membership;
+use super::{EntryKind, Envelope, Message, NodeId};
 
 /// Terms at or above this are refused: a term a correct cluster cannot reach in any
 /// lifetime (one election per nanosecond would take 146 years), far enough below
@@ -53,11 +55,13 @@ pub enum DropReason {
     EmptySnapshot,
     /// A follower acknowledged entries beyond the end of this leader's log.
     MatchBeyondLastIndex,
+    /// AppendEntries carrying a membership entry whose payload does not decode.
+    UndecodableMembership,
 }
 
 impl DropReason {
     /// Every reason, in the order of [`DroppedMessages`]' counters.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Misaddressed,
         DropReason::TermTooLarge,
         DropReason::IndexTooLarge,
@@ -65,6 +69,7 @@ impl DropReason {
         DropReason::EntriesNotContiguous,
         DropReason::EmptySnapshot,
         DropReason::MatchBeyondLastIndex,
+        DropReason::UndecodableMembership,
     ];
 
     /// A stable label, e.g. for a Prometheus `reason` label.
@@ -77,6 +82,7 @@ impl DropReason {
             DropReason::EntriesNotContiguous => "entries_not_contiguous",
             DropReason::EmptySnapshot => "empty_snapshot",
             DropReason::MatchBeyondLastIndex => "match_beyond_last_index",
+            DropReason::UndecodableMembership => "undecodable_membership",
         }
     }
 
@@ -194,6 +200,13 @@ fn check_message(message: &Message) -> Result<(), DropReason> {
                 }
                 log_term_ok(entry.term, term)?;
                 floor_term = entry.term;
+                // Thesis §4.1: the configuration takes effect when appended, so one that
+                // cannot be read must not reach the log (the core treats it as a bug there).
+                if entry.kind == EntryKind::Membership
+                    && membership::decode_membership(&entry.payload).is_err()
+                {
+                    return Err(DropReason::UndecodableMembership);
+                }
             }
             Ok(())
         }
@@ -330,6 +343,19 @@ mod tests {
             },
         };
         assert_eq!(check_envelope(1, &snapshot), Err(DropReason::IndexTooLarge));
+    }
+
+    #[test]
+    fn undecodable_membership_entry_is_refused() {
+        let mut garbled = ent(4, 2);
+        garbled.kind = EntryKind::Membership;
+        garbled.payload = Bytes::from_static(&[0xff, 0xff]);
+        assert_eq!(
+            check_envelope(1, &append((3, 2), vec![garbled.clone()])),
+            Err(DropReason::UndecodableMembership)
+        );
+        garbled.payload = crate::raft::encode_membership(&Default::default());
+        assert_eq!(check_envelope(1, &append((3, 2), vec![garbled])), Ok(()));
     }
 
     #[test]

@@ -484,3 +484,51 @@ fn most_caught_up_voter_is_never_a_learner() {
     assert_eq!(c.node(1).most_caught_up_voter(), Some(2));
     assert!(c.node_mut(1).transfer_leadership(4).is_err());
 }
+
+/// A membership entry whose payload does not decode, as a buggy or hostile peer could send.
+fn undecodable_membership_entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        kind: EntryKind::Membership,
+        payload: Bytes::from_static(&[0xff, 0xff]),
+    }
+}
+
+/// Thesis §4.1 (a configuration takes effect when appended) and the door of validate.rs: a
+/// membership entry that does not decode cannot have come from a correct leader's encoder, so
+/// the whole AppendEntries is dropped and counted; nothing of it reaches the log, where the
+/// configuration it claims to carry would be lost.
+#[test]
+fn undecodable_membership_entry_from_a_peer_is_refused_at_the_door() {
+    let mut core = core_with(2, &[1, 2, 3], &[1], 1, |_| {});
+    let ae = Message::AppendEntries {
+        term: 1,
+        prev_log_index: 1,
+        prev_log_term: 1,
+        entries: vec![ent(2, 1), undecodable_membership_entry(3, 1)],
+        leader_commit: 0,
+        read_ctx: 0,
+    };
+    core.step(env(1, 2, ae));
+    let rd = take(&mut core);
+    assert!(rd.entries.is_empty(), "appended: {:?}", rd.entries);
+    assert_eq!(core.storage().last_index(), 1);
+    assert_eq!(core.dropped_messages().total(), 1);
+}
+
+/// Implementation invariant: every membership entry in the log came from a leader's own encoder
+/// and, for a follower, passed the door; the WAL's CRC guards it on disk. One that does not
+/// decode is a broken invariant: the core stops with the entry's index, term and size rather
+/// than run on without the configuration it carried (thesis §4.1).
+#[test]
+#[should_panic(expected = "membership entry 2 (term 1, 2 bytes) does not decode")]
+fn undecodable_membership_entry_in_the_log_is_a_broken_invariant() {
+    let mut storage = storage_with(&[1]);
+    storage.append(&[undecodable_membership_entry(2, 1)]);
+    let hard_state = HardState {
+        term: 1,
+        voted_for: None,
+    };
+    RaftCore::new(test_config(2), storage, hard_state, voters(&[1, 2, 3]));
+}
