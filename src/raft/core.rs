@@ -828,6 +828,14 @@ impl<S: LogStorage> RaftCore<S> {
 
     /// A message with a newer term. Returns whether to go on handling it.
     fn on_higher_term(&mut self, from: NodeId, msg: &Message) -> bool {
+        // Preconditions from `step`: the door passed the message and its term is newer.
+        assert!(
+            msg.term() > self.term,
+            "node {}: on_higher_term for term {} at term {}",
+            self.id,
+            msg.term(),
+            self.term
+        );
         match msg {
             Message::PreVote { .. } => {
                 let lease = self.in_lease();
@@ -862,6 +870,13 @@ impl<S: LogStorage> RaftCore<S> {
 
     /// A message from an older term: tell a stale leader or candidate about the new term.
     fn on_lower_term(&mut self, from: NodeId, msg: &Message) {
+        assert!(
+            msg.term() < self.term,
+            "node {}: on_lower_term for term {} at term {}",
+            self.id,
+            msg.term(),
+            self.term
+        );
         let term = self.term;
         let reply = match msg {
             Message::AppendEntries { .. } | Message::InstallSnapshot { .. } => {
@@ -893,7 +908,28 @@ impl<S: LogStorage> RaftCore<S> {
         self.send(from, reply, Send::AfterPersist);
     }
 
+    /// Hands a message of the current term to its handler. Each handler opens with the
+    /// preconditions `step` and the door ([`validate`]) guarantee; none depends on what a
+    /// peer chose to send.
     fn dispatch(&mut self, from: NodeId, msg: Message) {
+        // `step` stops at a fatal storage error, and the door refuses messages from self.
+        assert!(
+            self.fatal().is_none() && from != self.id,
+            "node {}: dispatching a message from {from} (fatal: {:?})",
+            self.id,
+            self.fatal()
+        );
+        // Raft §5.1: an older term was answered by `on_lower_term`, a newer one adopted by
+        // `on_higher_term`; only a PreVote carries the term its sender would campaign in
+        // (thesis §9.6), which this node need not adopt.
+        assert!(
+            msg.term() == self.term
+                || (matches!(msg, Message::PreVote { .. }) && msg.term() > self.term),
+            "node {}: dispatching a message from {from} of term {} at term {}",
+            self.id,
+            msg.term(),
+            self.term
+        );
         match msg {
             Message::PreVote {
                 term,
@@ -988,6 +1024,20 @@ impl<S: LogStorage> RaftCore<S> {
         true
     }
 
+    /// Precondition of the follower-side handlers: `accept_leader` made `from` this term's
+    /// leader and this node its follower (Raft §5.2: a server recognises the leader of
+    /// its current term).
+    fn assert_following(&self, from: NodeId, what: &str) {
+        assert!(
+            self.role == Role::Follower && self.leader_id == Some(from),
+            "node {}: handling {what} from {from} as {:?} following {:?} in term {}",
+            self.id,
+            self.role,
+            self.leader_id,
+            self.term
+        );
+    }
+
     // ---- Elections ----
 
     fn handle_vote_request(
@@ -998,6 +1048,23 @@ impl<S: LogStorage> RaftCore<S> {
         last_log_term: u64,
         pre_vote: bool,
     ) {
+        // Preconditions from `dispatch` (the term) and the door (Raft §5.1: no log holds a
+        // term beyond its message's).
+        assert!(
+            if pre_vote {
+                term >= self.term
+            } else {
+                term == self.term
+            },
+            "node {}: vote request (pre-vote: {pre_vote}) of term {term} from {from} at term {}",
+            self.id,
+            self.term
+        );
+        assert!(
+            last_log_term <= term,
+            "node {}: vote request from {from} for term {term} claims last log term {last_log_term}",
+            self.id
+        );
         // While a snapshot is being installed the driver's storage is between two logs:
         // refusing is always safe.
         let log_ok = self.installing.is_none()
@@ -1045,6 +1112,14 @@ impl<S: LogStorage> RaftCore<S> {
     }
 
     fn handle_pre_vote_response(&mut self, from: NodeId, term: u64, granted: bool) {
+        // Preconditions from `step` and the door: this is the only message handled before
+        // the term checks, so its term is bounded only by the door (`term + 1` can't wrap).
+        assert!(
+            self.fatal().is_none() && from != self.id && term < validate::TERM_MAX,
+            "node {}: pre-vote response of term {term} from {from} (fatal: {:?})",
+            self.id,
+            self.fatal()
+        );
         if !granted && term > self.term {
             self.become_follower(term, None, "pre-vote refused with a higher term");
             return;
@@ -1074,11 +1149,34 @@ impl<S: LogStorage> RaftCore<S> {
         leader_commit: u64,
         read_ctx: u64,
     ) {
+        self.assert_following(from, "AppendEntries");
+        // The door checked the entries are the slice of a log right after `prev` (Raft
+        // §5.3): contiguous, terms never falling and never beyond this term (§5.1).
+        let (mut prev_index, prev_term) = (prev.0, prev.1);
+        assert!(
+            prev_term <= self.term && (prev_index > 0 || prev_term == 0),
+            "node {}: AppendEntries from {from} with prev ({prev_index}, {prev_term}) at term {}",
+            self.id,
+            self.term
+        );
+        let mut floor = (prev_index, prev_term.max(1));
+        for entry in &entries {
+            assert!(
+                entry.index == floor.0 + 1 && floor.1 <= entry.term && entry.term <= self.term,
+                "node {}: AppendEntries from {from}: entry ({}, {}) after ({}, {}) at term {}",
+                self.id,
+                entry.index,
+                entry.term,
+                floor.0,
+                floor.1,
+                self.term
+            );
+            floor = (entry.index, entry.term);
+        }
         if self.installing.is_some() {
             // The log is about to be replaced; the leader retries after the install.
             return;
         }
-        let (mut prev_index, prev_term) = (prev.0, prev.1);
         let commit = self.log.commit();
         let mut entries = entries;
         if prev_index < commit {
@@ -1184,6 +1282,21 @@ impl<S: LogStorage> RaftCore<S> {
         data: Bytes,
         done: bool,
     ) {
+        self.assert_following(from, "InstallSnapshot");
+        // The door: a snapshot covers at least one entry (Raft §7) of no future term (§5.1),
+        // and `offset + len` cannot overflow.
+        assert!(
+            meta.last_index > 0
+                && meta.last_term > 0
+                && meta.last_term <= self.term
+                && offset.checked_add(data.len() as u64).is_some(),
+            "node {}: InstallSnapshot from {from} of ({}, {}) at offset {offset}+{} at term {}",
+            self.id,
+            meta.last_index,
+            meta.last_term,
+            data.len(),
+            self.term
+        );
         if self.installing.is_some() {
             // One install at a time; the leader resends when it hears nothing.
             return;
@@ -1491,6 +1604,26 @@ impl<S: LogStorage> RaftCore<S> {
         read_ctx: u64,
     ) {
         let last = self.log.last_index();
+        // Preconditions from `dispatch` (only a leader counts acknowledgements) and the door
+        // (`check_at_door`: a follower of this term holds only what this leader sent it).
+        assert!(
+            self.role == Role::Leader,
+            "node {}: AppendEntries response from {from} as {:?} in term {}",
+            self.id,
+            self.role,
+            self.term
+        );
+        assert!(
+            !success || match_index <= last,
+            "node {from} acknowledged index {match_index} beyond the leader's last index {last}"
+        );
+        assert!(
+            conflict.0 <= self.term,
+            "node {}: AppendEntries response from {from} names conflict term {} at term {}",
+            self.id,
+            conflict.0,
+            self.term
+        );
         let now = self.now;
         let acked_tick = self.round_sent_tick(read_ctx).map_or(0, |t| t + 1);
         let Some(pr) = self.progress.get_mut(&from) else {
@@ -1504,10 +1637,6 @@ impl<S: LogStorage> RaftCore<S> {
         let snapshotting = matches!(pr.state, ProgressState::Snapshot(_));
         let next_index = pr.next_index;
         if success {
-            assert!(
-                match_index <= last,
-                "node {from} acknowledged index {match_index} beyond the leader's last index {last}"
-            );
             self.on_append_success(from, match_index);
         } else if !snapshotting {
             let hint = self.next_index_after_reject(next_index, conflict);
@@ -1753,6 +1882,13 @@ impl<S: LogStorage> RaftCore<S> {
         next_offset: u64,
         success: bool,
     ) {
+        assert!(
+            self.role == Role::Leader,
+            "node {}: InstallSnapshot response from {from} as {:?} in term {}",
+            self.id,
+            self.role,
+            self.term
+        );
         let now = self.now;
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
