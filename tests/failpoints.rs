@@ -293,6 +293,14 @@ fn wal_faults_fail_stop_the_node_and_lose_no_acknowledged_write() {
                 trigger: Trigger::SnapshotAndCompaction,
                 names: "compact WAL",
             },
+            // A panic in compaction must stop the node like a panic on any of its threads.
+            Fault {
+                name: "wal::compact",
+                actions: "panic",
+                target: Target::Leader,
+                trigger: Trigger::SnapshotAndCompaction,
+                names: "failpoint wal::compact panic",
+            },
         ],
     ));
 }
