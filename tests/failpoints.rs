@@ -59,10 +59,33 @@ async fn fail_stop_round_after_round(spec: ClusterSpec, faults: &[Fault]) {
     let cluster = Arc::new(Cluster::start(spec));
     cluster.wait_for_leader(Duration::from_secs(10)).await;
     let load = RecordingLoad::start(&cluster, 3);
+    let acknowledged_fillers = fail_stop_each(&cluster, &load, faults).await;
+    wait_for_acknowledgements(&cluster, &load, 20).await;
+    let record = load.finish().await;
+    check_load_answers(&record);
+    let mut acknowledged = record.acknowledged;
+    acknowledged.extend(acknowledged_fillers);
+    check_acknowledged_on_every_node(&cluster, &acknowledged, Duration::from_secs(30)).await;
+    eprintln!(
+        "{} faults, {} acknowledged writes on all 3 nodes, {:?}",
+        faults.len(),
+        acknowledged.len(),
+        started.elapsed()
+    );
+}
+
+/// The rounds of [`fail_stop_round_after_round`] on a running cluster and load; returns
+/// the large writes it acknowledged itself (to make segments roll).
+async fn fail_stop_each(
+    cluster: &Cluster,
+    load: &RecordingLoad,
+    faults: &[Fault],
+) -> BTreeMap<String, String> {
+    let started = Instant::now();
     let mut acknowledged_fillers = BTreeMap::new();
     let mut filler_number = 0u64;
     for fault in faults {
-        wait_for_acknowledgements(&cluster, &load, 20).await;
+        wait_for_acknowledgements(cluster, load, 20).await;
         let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
         let armed = match fault.target {
             Target::Leader => leader,
@@ -151,20 +174,9 @@ async fn fail_stop_round_after_round(spec: ClusterSpec, faults: &[Fault]) {
             started.elapsed()
         );
         cluster.spawn(armed);
-        wait_caught_up(&cluster, armed).await;
+        wait_caught_up(cluster, armed).await;
     }
-    wait_for_acknowledgements(&cluster, &load, 20).await;
-    let record = load.finish().await;
-    check_load_answers(&record);
-    let mut acknowledged = record.acknowledged;
-    acknowledged.extend(acknowledged_fillers);
-    check_acknowledged_on_every_node(&cluster, &acknowledged, Duration::from_secs(30)).await;
-    eprintln!(
-        "{} faults, {} acknowledged writes on all 3 nodes, {:?}",
-        faults.len(),
-        acknowledged.len(),
-        started.elapsed()
-    );
+    acknowledged_fillers
 }
 
 /// Waits until the load has `count` more acknowledgements than now: the cluster serves.
@@ -417,18 +429,44 @@ fn snapshot_faults_are_reported_and_lose_no_acknowledged_write() {
         cluster
             .set_failpoint(follower, "snapshot::fsync", "off")
             .await;
-
-        wait_for_acknowledgements(&cluster, &load, 20).await;
-        let record = load.finish().await;
-        check_load_answers(&record);
-        check_acknowledged_on_every_node(&cluster, &record.acknowledged, Duration::from_secs(30))
-            .await;
+        wait_caught_up(&cluster, follower).await;
         let installed = cluster.log_text(follower);
         assert!(
             installed[log_before.min(installed.len())..]
                 .contains("installed a snapshot from the leader"),
             "follower {follower} caught up by the snapshot once the fault was gone"
         );
+
+        // Crashes in the middle of taking a snapshot: after the temp file is written and
+        // before its fsync, and after the fsync and before the rename. The snapshot thread's
+        // panic stops the node; restarted, it recovers from its previous snapshot and log.
+        fail_stop_each(
+            &cluster,
+            &load,
+            &[
+                Fault {
+                    name: "snapshot::fsync",
+                    actions: "panic",
+                    target: Target::Leader,
+                    trigger: Trigger::SnapshotAndCompaction,
+                    names: "failpoint snapshot::fsync panic",
+                },
+                Fault {
+                    name: "snapshot::rename",
+                    actions: "panic",
+                    target: Target::Follower,
+                    trigger: Trigger::SnapshotAndCompaction,
+                    names: "failpoint snapshot::rename panic",
+                },
+            ],
+        )
+        .await;
+
+        wait_for_acknowledgements(&cluster, &load, 20).await;
+        let record = load.finish().await;
+        check_load_answers(&record);
+        check_acknowledged_on_every_node(&cluster, &record.acknowledged, Duration::from_secs(30))
+            .await;
         eprintln!(
             "snapshot faults: {} acknowledged writes on all 3 nodes, {:?}",
             record.acknowledged.len(),
