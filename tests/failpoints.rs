@@ -383,6 +383,19 @@ fn snapshot_faults_are_reported_and_lose_no_acknowledged_write() {
             ..ClusterSpec::default()
         }));
         let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+        // A misspelt failpoint is refused (JSON error naming the known ones), never
+        // silently armed as a point nothing evaluates.
+        let url = format!(
+            "http://{}/v1/debug/failpoint?name=wal::fsync&actions=return",
+            cluster.api(leader)
+        );
+        let refused = support::answer(cluster.client.post(url).send().await).await;
+        assert!(
+            matches!(&refused, Err((400, body))
+                if body.contains("unknown failpoint") && body.contains("wal::fdatasync")),
+            "{refused:?}"
+        );
+
         let load = RecordingLoad::start(&cluster, 3);
         wait_for_acknowledgements(&cluster, &load, 20).await;
         for (name, operation) in [
