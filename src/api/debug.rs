@@ -10,6 +10,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::error::ApiError;
 use super::ApiState;
 
 #[derive(Deserialize)]
@@ -25,4 +26,24 @@ pub async fn isolate(
 ) -> Response {
     state.node.set_peer_traffic_isolated(query.on);
     Json(json!({ "isolated": query.on })).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct FailpointQuery {
+    name: String,
+    actions: String,
+}
+
+/// `POST /v1/debug/failpoint?name=wal::fdatasync&actions=return`: arms (or, with
+/// `actions=off`, disarms) one of the storage layer's failpoints (`storage::failpoint`) on
+/// this running node, so a crash test can fail a disk operation mid-load. A build without
+/// the `failpoints` feature answers 400 saying so.
+pub async fn failpoint(Query(query): Query<FailpointQuery>) -> Response {
+    match storage::failpoint::configure(&query.name, &query.actions) {
+        Ok(()) => {
+            tracing::warn!(name = %query.name, actions = %query.actions, "failpoint set");
+            Json(json!({ "name": query.name, "actions": query.actions })).into_response()
+        }
+        Err(message) => ApiError::bad_request(message).into_response(),
+    }
 }

@@ -92,7 +92,9 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz));
     let router = if test_faults {
-        router.route("/v1/debug/isolate", post(debug::isolate))
+        router
+            .route("/v1/debug/isolate", post(debug::isolate))
+            .route("/v1/debug/failpoint", post(debug::failpoint))
     } else {
         router
     };

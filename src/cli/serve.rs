@@ -78,6 +78,10 @@ pub fn run(config_path: &Path, id: u64, data_dir: Option<PathBuf>, join: Option<
             return EXIT_USAGE;
         }
     };
+    if let Err(message) = arm_failpoints_from_env() {
+        eprintln!("raftlog serve: {message}");
+        return EXIT_USAGE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -89,6 +93,28 @@ pub fn run(config_path: &Path, id: u64, data_dir: Option<PathBuf>, join: Option<
         }
     };
     runtime.block_on(serve(options, join))
+}
+
+/// Arms the storage failpoints named in `FAILPOINTS` (`name=actions;...`, the `fail`
+/// crate's format), so a crash test can fail a node's very first write. Only a build with
+/// the `failpoints` feature (the process tests' build) has them; a release build says it
+/// ignores the variable rather than pretend to inject anything.
+fn arm_failpoints_from_env() -> Result<(), String> {
+    let Some(spec) = std::env::var("FAILPOINTS")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+    else {
+        return Ok(());
+    };
+    if !storage::failpoint::ENABLED {
+        tracing::warn!(
+            "FAILPOINTS is set but this build has no failpoints (the `failpoints` feature); ignored"
+        );
+        return Ok(());
+    }
+    storage::failpoint::configure_all(&spec).map_err(|e| format!("FAILPOINTS: {e}"))?;
+    tracing::warn!(%spec, "storage failpoints armed (test build)");
+    Ok(())
 }
 
 async fn serve(mut options: NodeOptions, join: Option<Vec<String>>) -> i32 {

@@ -1015,9 +1015,13 @@ impl RaftLoop {
             Event::SnapshotTaken { meta, compact_upto } => {
                 self.core.on_snapshot_taken(meta);
                 if compact_upto >= self.log.wal.first_index() {
-                    // Compaction deletes whole segments; it runs off the raft loop.
+                    // Compaction deletes whole segments; it runs off the raft loop, on a
+                    // guarded thread: a panic there stops the node like one on any other
+                    // thread (a tokio blocking task would swallow it and the node would go
+                    // on with the WAL's locks poisoned). A failed compaction poisons the
+                    // WAL, so the next append stops the node.
                     let log = self.log.clone();
-                    tokio::task::spawn_blocking(move || {
+                    spawn_thread("compaction", self.events_tx.clone(), move || {
                         if let Err(e) = log.wal.compact_prefix(compact_upto) {
                             tracing::warn!("log compaction up to {compact_upto} failed: {e}");
                         }

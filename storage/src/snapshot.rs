@@ -44,6 +44,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
+use crate::failpoint;
 use crate::SnapshotMeta;
 
 const MAGIC: &[u8; 8] = b"RAFTSNAP";
@@ -567,6 +568,8 @@ impl TempTarget {
     }
 
     fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
+        failpoint::inject("snapshot::write")
+            .map_err(|e| Error::io("write snapshot", &self.temp_path, e))?;
         self.file
             .write_all(bytes)
             .map_err(|e| Error::io("write snapshot", &self.temp_path, e))
@@ -574,9 +577,13 @@ impl TempTarget {
 
     /// fsync, rename into place, fsync the directory, prune old snapshots.
     fn install(mut self, id: (u64, u64)) -> Result<()> {
+        failpoint::inject("snapshot::fsync")
+            .map_err(|e| Error::io("fsync snapshot temp file", &self.temp_path, e))?;
         self.file
             .sync_all()
             .map_err(|e| Error::io("fsync snapshot temp file", &self.temp_path, e))?;
+        failpoint::inject("snapshot::rename")
+            .map_err(|e| Error::io("rename snapshot into place", &self.final_path, e))?;
         std::fs::rename(&self.temp_path, &self.final_path)
             .map_err(|e| Error::io("rename snapshot into place", &self.final_path, e))?;
         self.done = true;

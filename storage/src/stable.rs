@@ -83,6 +83,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::failpoint;
 use crate::{HardState, Membership, NodeId};
 
 /// Version byte in front of every value.
@@ -566,6 +567,8 @@ impl StableStore {
     /// sled `flush()` (writes its buffers, `sync_file_range`), then real fsyncs: `db`, new
     /// blob files, `blobs/`, and the directory (snapshot files sled may have renamed).
     fn make_durable(&self, state: &mut WriteState) -> Result<()> {
+        failpoint::inject("stable::save")
+            .map_err(|e| Error::io("fsync sled data file", &self.data_file_path, e))?;
         self.db.flush().map_err(|source| self.sled_err(source))?;
         self.data_file
             .sync_all()

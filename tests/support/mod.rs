@@ -414,6 +414,22 @@ impl Cluster {
     pub fn data_dir(&self, id: u64) -> PathBuf {
         self.dir.path().join("data").join(format!("node-{id}"))
     }
+
+    /// Arms storage failpoint `name` on node `id` with `actions` (the `fail` crate's syntax:
+    /// `return`, `return(ENOSPC)`, `panic`, `off`) through the test-only
+    /// `POST /v1/debug/failpoint`. Panics if the node refuses, e.g. a binary built without
+    /// the `failpoints` feature.
+    pub async fn set_failpoint(&self, id: u64, name: &str, actions: &str) {
+        let url = format!(
+            "http://{}/v1/debug/failpoint?name={name}&actions={actions}",
+            self.api(id)
+        );
+        let answer = answer(self.client.post(url).send().await).await;
+        assert!(
+            answer.is_ok(),
+            "node {id} refused failpoint {name}={actions}: {answer:?}"
+        );
+    }
 }
 
 pub async fn answer(result: reqwest::Result<reqwest::Response>) -> Result<Value, (u16, String)> {
@@ -618,5 +634,35 @@ pub async fn check_acknowledged_readable(
             "acknowledged write {key}={value} lost: {got:?}\n{}",
             cluster.logs_tail()
         );
+    }
+}
+
+/// Waits until every running node serves every acknowledged write from its own state
+/// machine (stale reads, so each node is checked, not the leader for it); panics naming
+/// the first write a node still lacks after `within`.
+pub async fn check_acknowledged_on_every_node(
+    cluster: &Cluster,
+    acknowledged: &BTreeMap<String, String>,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    for id in cluster.running() {
+        for (key, value) in acknowledged {
+            loop {
+                let got = cluster.get(id, key, "stale").await;
+                if got.as_ref().ok().and_then(|v| v.as_deref()) == Some(value.as_str()) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {id} lacks acknowledged write {key} ({} bytes) after {within:?}: \
+                     {:?}\n{}",
+                    value.len(),
+                    got.map(|v| v.map(|v| v.chars().take(40).collect::<String>())),
+                    cluster.logs_tail()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }

@@ -66,6 +66,7 @@ use batch::EncodedBatch;
 use record::{Meta, PAYLOAD_BYTES_MAX, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use segment::{lock, ActiveSegment, Preparer, SegmentView, END_MARKER_BYTES};
 
+use crate::failpoint;
 use crate::{Entry, Error, Result};
 
 /// How a [`Wal`] is set up.
@@ -679,9 +680,13 @@ impl Wal {
         let records_len = offset - active.write_offset;
         let marker = active.marker_bytes_after(records_len);
         slices.push(IoSlice::new(&END_MARKER[..marker]));
+        failpoint::inject("wal::write")
+            .map_err(|e| Error::io("write WAL segment", &active.path, e))?;
         self.fs
             .write_vectored_at(&active.file, &slices, active.write_offset)
             .map_err(|e| Error::io("write WAL segment", &active.path, e))?;
+        failpoint::inject("wal::fdatasync")
+            .map_err(|e| Error::io("fdatasync WAL segment", &active.path, e))?;
         self.fs
             .sync_data(&active.file)
             .map_err(|e| Error::io("fdatasync WAL segment", &active.path, e))?;
@@ -874,6 +879,8 @@ impl Wal {
             }
         }
         if !doomed.is_empty() {
+            failpoint::inject("wal::dir_fsync")
+                .map_err(|e| Error::io("fsync WAL directory", &self.dir, e))?;
             fs.sync_dir(&self.dir)
                 .map_err(|e| Error::io("fsync WAL directory", &self.dir, e))?;
         }
@@ -913,6 +920,7 @@ impl Wal {
     fn compact_files(&self, upto: u64) -> Result<()> {
         let fs = self.fs.as_ref();
         let new_first = upto + 1;
+        failpoint::inject("wal::compact").map_err(|e| Error::io("compact WAL", &self.dir, e))?;
         recovery::write_meta(
             fs,
             &self.dir,
@@ -952,6 +960,8 @@ impl Wal {
             self.preparer.recycle(path, *salt, *size_bytes)?;
         }
         if !doomed.is_empty() {
+            failpoint::inject("wal::dir_fsync")
+                .map_err(|e| Error::io("fsync WAL directory", &self.dir, e))?;
             fs.sync_dir(&self.dir)
                 .map_err(|e| Error::io("fsync WAL directory", &self.dir, e))?;
         }

@@ -32,6 +32,7 @@ use memmap2::{Mmap, MmapOptions};
 
 use super::fs::WalFs;
 use super::record;
+use crate::failpoint;
 use crate::{Error, Result};
 
 /// Suffix of segment files.
@@ -189,6 +190,8 @@ pub fn prepare_file(
     size_bytes: u64,
     allocate_only: bool,
 ) -> Result<File> {
+    failpoint::inject("wal::segment_prepare")
+        .map_err(|e| Error::io("create prepared segment", path, e))?;
     let file = fs
         .create_new(path)
         .map_err(|e| Error::io("create prepared segment", path, e))?;
@@ -231,8 +234,11 @@ pub fn activate(
     fs.sync_data(&file)
         .map_err(|e| Error::io("fdatasync segment header", &prep_path, e))?;
     let path = dir.join(segment_file_name(first_index));
+    failpoint::inject("wal::segment_rename")
+        .map_err(|e| Error::io("rename prepared segment", &path, e))?;
     fs.rename(&prep_path, &path)
         .map_err(|e| Error::io("rename prepared segment", &path, e))?;
+    failpoint::inject("wal::dir_fsync").map_err(|e| Error::io("fsync WAL directory", dir, e))?;
     fs.sync_dir(dir)
         .map_err(|e| Error::io("fsync WAL directory", dir, e))?;
     let map = map_file(&file, &path, false)?;
