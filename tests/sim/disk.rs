@@ -1,0 +1,236 @@
+//! The disks: each node's writes queue up in order and complete after a drawn latency
+//! (slower while a slow-disk fault lasts); only then do they reach `Durable`, and only then
+//! does the core hear `on_persisted` and do the messages that waited for them go out. A
+//! crash loses every write still queued, except that the one at the head may be torn.
+
+use bytes::Bytes;
+use raftlog::raft::{Entry, Envelope, HardState, Role, SnapshotChunk};
+
+use super::checker::{violation, Check, Checker, Violation};
+use super::kv::Kv;
+use super::storage::Durable;
+use super::trace::Ev;
+use super::world::{Event, Sim};
+
+/// One disk write: everything a `Ready` asked to persist, with the messages that wait for it.
+pub(super) struct Batch {
+    pub(super) snapshot_chunk: Option<SnapshotChunk>,
+    pub(super) entries: Vec<Entry>,
+    pub(super) hard_state: Option<HardState>,
+    pub(super) persisted_messages: Vec<Envelope>,
+}
+
+impl Sim {
+    /// Power cut: the core and every write still in flight to the disk are gone.
+    pub(super) fn crash(&mut self, i: usize, down_for: u64) {
+        let node = &mut self.nodes[i];
+        if node.core.is_none() {
+            return;
+        }
+        node.core = None;
+        node.life += 1;
+        // The write at the head of the queue may be torn: the snapshot chunk and a prefix of
+        // its entries reached the disk (the WAL), the hard state (a separate store) only if
+        // every entry did. Anything after it is lost whole.
+        let torn = match node.disk.pop_front() {
+            Some(batch) if self.disk_rng.below(2) == 0 => Some(batch),
+            Some(batch) => {
+                node.disk.push_front(batch);
+                None
+            }
+            None => None,
+        };
+        let lost = node.disk.len();
+        node.disk.clear();
+        if let Some(batch) = torn {
+            let mut durable = node.durable.borrow_mut();
+            if let Some(chunk) = batch.snapshot_chunk {
+                // A bad chunk was reported when the Ready was taken.
+                let _ = persist_chunk_bytes(&mut durable, &chunk);
+            }
+            let keep = self.disk_rng.below(batch.entries.len() as u64 + 1) as usize;
+            // A gap here would have been reported when the Ready was taken.
+            let _ = durable.append(&batch.entries[..keep]);
+            if keep == batch.entries.len() && self.disk_rng.below(2) == 0 {
+                if let Some(hs) = batch.hard_state {
+                    durable.hard_state = hs;
+                }
+            }
+        }
+        node.proposals.clear();
+        node.reads.clear();
+        node.role = Role::Follower;
+        let (id, life) = (node.id, node.life);
+        self.stats.crashes += 1;
+        self.record(Ev::Crash {
+            node: id,
+            lost_writes: lost,
+        });
+        self.schedule(down_for.max(1), Event::Restart { node: i, life });
+    }
+
+    pub(super) fn enqueue_write(&mut self, i: usize, batch: Batch, has_write: bool) -> Check {
+        if !has_write && self.nodes[i].disk.is_empty() {
+            // Nothing to wait for: the messages' dependencies are all durable already.
+            for env in batch.persisted_messages {
+                self.send(i, env, true)?;
+            }
+            return Ok(());
+        }
+        let node = &mut self.nodes[i];
+        let delay = if has_write {
+            let max = if self.now < node.slow_disk_until {
+                self.params.disk_delay_max * 10
+            } else {
+                self.params.disk_delay_max
+            };
+            self.disk_rng.range(1, max + 1)
+        } else {
+            0
+        };
+        let done_at = (self.now + delay).max(node.disk_free_at);
+        node.disk_free_at = done_at;
+        node.disk.push_back(batch);
+        let life = node.life;
+        let wait = done_at - self.now;
+        self.schedule(wait, Event::DiskDone { node: i, life });
+        Ok(())
+    }
+
+    /// The oldest write of node `i` reached the disk.
+    pub(super) fn disk_done(&mut self, i: usize) -> Check {
+        let Some(batch) = self.nodes[i].disk.pop_front() else {
+            return Err(violation(
+                "harness",
+                "disk completion without a write".to_string(),
+            ));
+        };
+        let id = self.nodes[i].id;
+        let mut persisted: Vec<(u64, u64)> = Vec::new();
+        let mut installed = None;
+        if let Some(chunk) = batch.snapshot_chunk {
+            let meta = chunk.meta.clone();
+            if self.persist_snapshot_chunk(i, chunk)?.is_some() {
+                installed = Some(meta);
+            }
+        }
+        if !batch.entries.is_empty() {
+            let last = batch.entries[batch.entries.len() - 1].clone();
+            self.nodes[i]
+                .durable
+                .borrow_mut()
+                .append(&batch.entries)
+                .map_err(|e| violation("ready contract", format!("node {id}: {e}")))?;
+            persisted.push((last.index, last.term));
+        }
+        if let Some(hs) = batch.hard_state {
+            self.nodes[i].durable.borrow_mut().hard_state = hs;
+        }
+        let durable = self.nodes[i].durable.borrow();
+        let ev = Ev::Durable {
+            node: id,
+            last_index: durable.last_index(),
+            hard_state: (durable.hard_state.term, durable.hard_state.voted_for),
+        };
+        drop(durable);
+        self.record(ev);
+        if let Some(meta) = installed {
+            self.core(i).on_snapshot_installed(meta);
+        }
+        for (index, term) in persisted {
+            self.core(i).on_persisted(index, term);
+        }
+        for env in batch.persisted_messages {
+            self.send(i, env, true)?;
+        }
+        self.handle_ready(i)
+    }
+
+    /// Persists one received snapshot chunk; on the last one installs the snapshot (the
+    /// state machine is restored from its bytes) and returns its (index, term).
+    pub(super) fn persist_snapshot_chunk(
+        &mut self,
+        i: usize,
+        chunk: SnapshotChunk,
+    ) -> Result<Option<(u64, u64)>, Violation> {
+        let id = self.nodes[i].id;
+        let installed = {
+            let mut durable = self.nodes[i].durable.borrow_mut();
+            persist_chunk_bytes(&mut durable, &chunk)
+                .map_err(|e| violation("ready contract", format!("node {id}: {e}")))?
+        };
+        let Some(bytes) = installed else {
+            return Ok(None);
+        };
+        let meta = chunk.meta;
+        let kv = Kv::decode(&bytes).map_err(|e| {
+            violation(
+                "snapshot decodes",
+                format!("node {id}: received snapshot {}: {e}", meta.last_index),
+            )
+        })?;
+        if kv.applied != meta.last_index || kv.applied_term != meta.last_term {
+            return Err(violation(
+                "snapshot decodes",
+                format!(
+                    "node {id}: snapshot meta (index {}, term {}) but its state is at (index {}, term {})",
+                    meta.last_index, meta.last_term, kv.applied, kv.applied_term
+                ),
+            ));
+        }
+        self.checker.check_snapshot_state(
+            id,
+            kv.applied,
+            kv.applied_term,
+            kv.chain,
+            "installed",
+        )?;
+        Checker::check_applied_monotonic(
+            id,
+            self.nodes[i].kv.applied,
+            kv.applied,
+            "a snapshot install",
+        )?;
+        self.nodes[i].kv = kv;
+        self.stats.snapshots_installed += 1;
+        self.record(Ev::SnapshotInstalled {
+            node: id,
+            index: meta.last_index,
+            term: meta.last_term,
+        });
+        Ok(Some((meta.last_index, meta.last_term)))
+    }
+}
+
+/// Writes a received snapshot chunk to the durable partial snapshot; with `done`, installs
+/// the assembled snapshot and returns its bytes.
+fn persist_chunk_bytes(
+    durable: &mut Durable,
+    chunk: &SnapshotChunk,
+) -> Result<Option<Bytes>, String> {
+    if chunk.offset == 0 {
+        durable.partial = Some((chunk.meta.clone(), Vec::new()));
+    }
+    let Some((meta, data)) = durable.partial.as_mut() else {
+        return Err(format!(
+            "snapshot chunk at offset {} with no transfer started",
+            chunk.offset
+        ));
+    };
+    if *meta != chunk.meta || data.len() as u64 != chunk.offset {
+        return Err(format!(
+            "snapshot chunk ({}, offset {}) does not continue the transfer ({}, {} bytes so far)",
+            chunk.meta.last_index,
+            chunk.offset,
+            meta.last_index,
+            data.len()
+        ));
+    }
+    data.extend_from_slice(&chunk.data);
+    if !chunk.done {
+        return Ok(None);
+    }
+    let bytes = Bytes::from(std::mem::take(data));
+    durable.install_snapshot(chunk.meta.clone(), bytes.clone());
+    Ok(Some(bytes))
+}
