@@ -6,7 +6,10 @@ use raftlog::raft::{
     Entry, Member, MembershipChange, NodeId, ProposeError, ReadMode, Role, SnapshotMeta,
 };
 
-use super::checker::{violation, Check};
+use super::checker::{
+    check_accepted_write_applied, check_membership_change_accepted, check_proposal_accepted,
+    check_read_state, check_transfer_target_votes, proposal_failed, Check,
+};
 use super::kv::{encode_write, KEYS};
 use super::trace::Ev;
 use super::world::{Phase, Sim};
@@ -43,17 +46,7 @@ impl Sim {
         if proposal.term != entry.term {
             return Ok(()); // overwritten by another leader: not acknowledged, not lost
         }
-        if entry.payload
-            != encode_write(entry.payload.first().copied().unwrap_or(0), proposal.value)
-        {
-            return Err(violation(
-                "log matching",
-                format!(
-                    "node {id} accepted write {} at (index {}, term {}) but applied another entry there",
-                    proposal.value, entry.index, entry.term
-                ),
-            ));
-        }
+        check_accepted_write_applied(id, proposal.value, entry)?;
         self.checker
             .record_ack(id, proposal.value, entry.index, self.now)?;
         self.stats.acked_writes += 1;
@@ -68,19 +61,10 @@ impl Sim {
     pub(super) fn on_read_state(&mut self, i: usize, ctx: u64, index: u64) -> Check {
         let node = &mut self.nodes[i];
         let id = node.id;
-        let Some(read) = node.reads.get_mut(&ctx) else {
-            return Err(violation(
-                "read contract",
-                format!("node {id} returned a ReadState for read {ctx}, which it was not asked (in this life) or already answered"),
-            ));
-        };
-        if read.must_refuse {
-            return Err(violation(
-                "non-leaders refuse reads",
-                format!("node {id} accepted read {ctx} while not leader and then served it at index {index}"),
-            ));
+        check_read_state(id, ctx, node.reads.get(&ctx), index)?;
+        if let Some(read) = node.reads.get_mut(&ctx) {
+            read.index = Some(index);
         }
-        read.index = Some(index);
         self.record(Ev::ReadIndex {
             node: id,
             ctx,
@@ -194,14 +178,8 @@ impl Sim {
             to,
             result: result.clone().map_err(|e| format!("{e}")),
         });
-        if result.is_ok() && was_leader && to != id && !membership.is_voter(to) {
-            return Err(violation(
-                "transfers target voters",
-                format!(
-                    "leader {id} accepted a leadership transfer to node {to}, not a voter in {:?}",
-                    membership.voters().collect::<Vec<_>>()
-                ),
-            ));
+        if result.is_ok() && was_leader {
+            check_transfer_target_votes(id, to, &membership)?;
         }
         self.handle_ready(i)
     }
@@ -286,11 +264,8 @@ impl Sim {
             change: format!("{change:?}"),
             result: result.clone().map_err(|e| format!("{e}")),
         });
-        if result.is_ok() && !was_leader {
-            return Err(violation(
-                "non-leaders refuse proposals",
-                format!("node {id} accepted membership change {change:?} while not leader"),
-            ));
+        if result.is_ok() {
+            check_membership_change_accepted(id, was_leader, &change)?;
         }
         self.handle_ready(i)?;
         // Cut the leader off (or crash it) right after it appended a change: the change
@@ -326,22 +301,8 @@ impl Sim {
         });
         match result {
             Ok((index, term)) => {
-                if !was_leader {
-                    return Err(violation(
-                        "non-leaders refuse proposals",
-                        format!("node {id} (role {:?}) accepted a proposal at (index {index}, term {term})", self.nodes[i].role),
-                    ));
-                }
                 let node = &mut self.nodes[i];
-                if term != node.term {
-                    return Err(violation(
-                        "proposal term",
-                        format!(
-                            "leader {id} of term {} returned term {term} for a proposal",
-                            node.term
-                        ),
-                    ));
-                }
+                check_proposal_accepted(id, was_leader, node.role, node.term, (index, term))?;
                 node.proposals.insert(index, Proposal { term, value });
                 self.handle_ready(i)?;
                 // Cut the leader off right after it accepted a write: the AppendEntries
@@ -356,10 +317,7 @@ impl Sim {
                 self.handle_ready(i)
             }
             Err(ProposeError::TransferInProgress) => self.handle_ready(i),
-            Err(other) => Err(violation(
-                "propose contract",
-                format!("node {id}: a plain proposal failed with {other}"),
-            )),
+            Err(other) => Err(proposal_failed(id, other)),
         }
     }
 

@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use raftlog::raft::{Entry, Envelope, HardState, Role, SnapshotChunk};
 
-use super::checker::{violation, Check, Checker, Violation};
+use super::checker::{violation, Check, Violation};
 use super::kv::Kv;
 use super::storage::Durable;
 use super::trace::Ev;
@@ -169,28 +169,7 @@ impl Sim {
                 format!("node {id}: received snapshot {}: {e}", meta.last_index),
             )
         })?;
-        if kv.applied != meta.last_index || kv.applied_term != meta.last_term {
-            return Err(violation(
-                "snapshot decodes",
-                format!(
-                    "node {id}: snapshot meta (index {}, term {}) but its state is at (index {}, term {})",
-                    meta.last_index, meta.last_term, kv.applied, kv.applied_term
-                ),
-            ));
-        }
-        self.checker.check_snapshot_state(
-            id,
-            kv.applied,
-            kv.applied_term,
-            kv.chain,
-            "installed",
-        )?;
-        Checker::check_applied_monotonic(
-            id,
-            self.nodes[i].kv.applied,
-            kv.applied,
-            "a snapshot install",
-        )?;
+        self.check_installed_snapshot(i, &meta, &kv)?;
         self.nodes[i].kv = kv;
         self.stats.snapshots_installed += 1;
         self.record(Ev::SnapshotInstalled {

@@ -3,36 +3,15 @@
 //! (isolation, two sides, one-way, random links) drop whatever crosses them. A message for a
 //! paused node waits in its socket buffer.
 
-use raftlog::raft::{Envelope, Message, NodeId, PlantedBug, Role};
+use raftlog::raft::{Envelope, Message, NodeId, Role};
 
-use super::checker::{violation, Check};
+use super::checker::Check;
 use super::trace::{Ev, Msg};
 use super::world::{Event, Phase, Sim};
 
 impl Sim {
     pub(super) fn send(&mut self, i: usize, env: Envelope, after_persist: bool) -> Check {
-        let id = self.nodes[i].id;
-        let n = self.nodes.len() as u64;
-        if env.from != id || env.to == id || env.to == 0 || env.to > n {
-            return Err(violation(
-                "message contract",
-                format!("node {id} sent a message from {} to {}", env.from, env.to),
-            ));
-        }
-        if let Message::AppendEntries {
-            prev_log_term,
-            entries,
-            ..
-        } = &env.message
-        {
-            let mut prev = Some(*prev_log_term);
-            for entry in entries {
-                self.checker
-                    .check_log_matching(id, entry, prev, "sending AppendEntries")?;
-                prev = Some(entry.term);
-            }
-        }
-        self.check_durable_before_acknowledged(i, &env, after_persist)?;
+        self.check_message_sent(i, &env, after_persist)?;
         let msg = Msg::of(&env.message);
         self.record(Ev::Send {
             from: env.from,
@@ -77,68 +56,6 @@ impl Sim {
         }
         let delay = self.message_delay();
         self.schedule(delay, Event::Deliver { env });
-        Ok(())
-    }
-
-    /// What a message acknowledges must already be on the sender's disk (Raft Figure 2:
-    /// "updated on stable storage before responding to RPCs"): a successful append answer's
-    /// `match_index`, a granted vote. (Under the planted `VoteBeforePersist` the vote check is
-    /// off, so that test shows the fault schedules turn the bug into two leaders in one term.)
-    pub(super) fn check_durable_before_acknowledged(
-        &self,
-        i: usize,
-        env: &Envelope,
-        after_persist: bool,
-    ) -> Check {
-        let node = &self.nodes[i];
-        let durable = node.durable.borrow();
-        match env.message {
-            Message::AppendEntriesResponse {
-                success: true,
-                match_index,
-                ..
-            } => {
-                // Sent at once (not after this Ready's write), the answer may only cover
-                // what is durable already and will not be rewritten by that write. (A
-                // view without the index means a newer snapshot is on its way to disk.)
-                let durable_term = durable.term(match_index);
-                let view_term = node.view.term(match_index);
-                let covered = match_index <= durable.snap_meta.last_index
-                    || (durable_term.is_some()
-                        && (after_persist || view_term.is_none() || view_term == durable_term));
-                if !covered {
-                    return Err(violation(
-                        "durable before acknowledged",
-                        format!(
-                            "node {} acknowledges match index {match_index} to {} but its disk has {:?} there (durable log {}..={}, snapshot {}; its log has term {:?})",
-                            node.id,
-                            env.to,
-                            durable.term(match_index),
-                            durable.first_index(),
-                            durable.last_index(),
-                            durable.snap_meta.last_index,
-                            node.view.term(match_index)
-                        ),
-                    ));
-                }
-            }
-            Message::RequestVoteResponse {
-                granted: true,
-                term,
-            } if self.options.planted_bug != Some(PlantedBug::VoteBeforePersist) => {
-                let hs = durable.hard_state;
-                if hs.term != term || hs.voted_for != Some(env.to) {
-                    return Err(violation(
-                        "durable before acknowledged",
-                        format!(
-                            "node {} grants its vote in term {term} to {} but its disk has term {} vote {:?}",
-                            node.id, env.to, hs.term, hs.voted_for
-                        ),
-                    ));
-                }
-            }
-            _ => {}
-        }
         Ok(())
     }
 

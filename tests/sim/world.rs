@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use raftlog::raft::{Config, Envelope, HardState, Member, Membership, NodeId, Role};
 
-use super::checker::{violation, Check, Checker, LogView, Violation};
+use super::checker::{violation, Check, Checker, LogView};
 use super::kv::Kv;
 use super::node::Node;
 use super::params::Params;
@@ -31,7 +31,7 @@ pub(super) const TICK_UNITS: u64 = 10;
 /// uncommitted backlog of earlier leaders (up to `max_uncommitted` each) one round trip at
 /// a time, and those with a narrow election timeout range and no PreVote, where five
 /// candidates split the vote again and again; 22,000 seeds needed at most 495.
-const LIVENESS_TICKS: u64 = 1_000;
+pub(super) const LIVENESS_TICKS: u64 = 1_000;
 
 pub(super) enum Event {
     Tick {
@@ -456,48 +456,6 @@ impl Sim {
             }
         }
         Ok(())
-    }
-
-    pub(super) fn converged(&self) -> bool {
-        let Some(index) = self.liveness_index else {
-            return false;
-        };
-        let members = self.membership_at(index);
-        // A node shut down for good at the heal cannot apply anything. It may still be a
-        // member: a configuration naming it can reach another log after the heal, from a
-        // message in flight. The others must converge without it, as a quorum allows.
-        self.nodes
-            .iter()
-            .filter(|n| members.members.contains_key(&n.id) && !n.retired)
-            .all(|n| n.kv.applied >= index)
-    }
-
-    pub(super) fn liveness_failure(&self) -> Violation {
-        let states: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| {
-                format!(
-                    "node {}: {:?} term {} leader {:?} commit {} applied {} log {}..={}",
-                    n.id,
-                    n.role,
-                    n.term,
-                    n.leader,
-                    n.commit,
-                    n.kv.applied,
-                    n.view.first_index(),
-                    n.view.last_index()
-                )
-            })
-            .collect();
-        violation(
-            "liveness",
-            format!(
-                "{LIVENESS_TICKS} ticks after healing, no write proposed after the heal is applied on every node (first such write committed at {:?}); {}",
-                self.liveness_index,
-                states.join("; ")
-            ),
-        )
     }
 
     /// The configuration in effect at `index` of the applied history: the latest
