@@ -4,21 +4,14 @@
 //! crash loses every write still queued, except that the one at the head may be torn.
 
 use bytes::Bytes;
-use raftlog::raft::{Entry, Envelope, HardState, Role, SnapshotChunk};
+use raftlog::raft::driver::{complete_write, Write};
+use raftlog::raft::{Role, SnapshotChunk};
 
 use super::checker::{violation, Check, Violation};
 use super::kv::Kv;
 use super::storage::Durable;
 use super::trace::Ev;
 use super::world::{Event, Sim};
-
-/// One disk write: everything a `Ready` asked to persist, with the messages that wait for it.
-pub(super) struct Batch {
-    pub(super) snapshot_chunk: Option<SnapshotChunk>,
-    pub(super) entries: Vec<Entry>,
-    pub(super) hard_state: Option<HardState>,
-    pub(super) persisted_messages: Vec<Envelope>,
-}
 
 impl Sim {
     /// Power cut: the core and every write still in flight to the disk are gone.
@@ -69,13 +62,11 @@ impl Sim {
         self.schedule(down_for.max(1), Event::Restart { node: i, life });
     }
 
-    pub(super) fn enqueue_write(&mut self, i: usize, batch: Batch, has_write: bool) -> Check {
+    /// Queues a write (one `Ready`'s) behind node `i`'s earlier ones.
+    pub(super) fn enqueue_write(&mut self, i: usize, batch: Write, has_write: bool) -> Check {
         if !has_write && self.nodes[i].disk.is_empty() {
             // Nothing to wait for: the messages' dependencies are all durable already.
-            for env in batch.persisted_messages {
-                self.send(i, env, true)?;
-            }
-            return Ok(());
+            return complete_write(&mut self.driven(i), None, None, batch.persisted_messages);
         }
         let node = &mut self.nodes[i];
         let delay = if has_write {
@@ -106,7 +97,7 @@ impl Sim {
             ));
         };
         let id = self.nodes[i].id;
-        let mut persisted: Vec<(u64, u64)> = Vec::new();
+        let last_entry = batch.last_entry();
         let mut installed = None;
         if let Some(chunk) = batch.snapshot_chunk {
             let meta = chunk.meta.clone();
@@ -115,13 +106,11 @@ impl Sim {
             }
         }
         if !batch.entries.is_empty() {
-            let last = batch.entries[batch.entries.len() - 1].clone();
             self.nodes[i]
                 .durable
                 .borrow_mut()
                 .append(&batch.entries)
                 .map_err(|e| violation("ready contract", format!("node {id}: {e}")))?;
-            persisted.push((last.index, last.term));
         }
         if let Some(hs) = batch.hard_state {
             self.nodes[i].durable.borrow_mut().hard_state = hs;
@@ -134,15 +123,12 @@ impl Sim {
         };
         drop(durable);
         self.record(ev);
-        if let Some(meta) = installed {
-            self.core(i).on_snapshot_installed(meta);
-        }
-        for (index, term) in persisted {
-            self.core(i).on_persisted(index, term);
-        }
-        for env in batch.persisted_messages {
-            self.send(i, env, true)?;
-        }
+        complete_write(
+            &mut self.driven(i),
+            installed,
+            last_entry,
+            batch.persisted_messages,
+        )?;
         self.handle_ready(i)
     }
 

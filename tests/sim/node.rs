@@ -1,19 +1,21 @@
 //! One simulated node: what the harness knows of it (role, term, commit index, its log as
 //! the core means it, its state machine, the client requests it accepted), how it starts
-//! from its durable state, and how it handles the core's `Ready`: in field order, sending,
-//! queueing the write for the disk, applying committed entries and answering reads.
+//! from its durable state, and what it does with each part of the core's `Ready`, which
+//! the shared driver (`raftlog::raft::driver`) hands it in field order: sending, queueing
+//! the write for the disk, applying committed entries and answering reads.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
+use raftlog::raft::driver::{self, ReadyHandler, Write, READY_ROUNDS_MAX};
 use raftlog::raft::{
-    decode_membership, Entry, EntryKind, HardState, NodeId, RaftCore, Ready, Role, SoftState,
+    decode_membership, Entry, EntryKind, Envelope, FailedRead, HardState, NodeId, RaftCore,
+    ReadState, Role, SoftState,
 };
 
 use super::checker::{check_leader_names_itself, violation, Check, LogView, Violation};
 use super::clients::{PendingRead, Proposal};
-use super::disk::Batch;
 use super::kv::Kv;
 use super::storage::{Durable, SimStorage};
 use super::trace::{self, Ev};
@@ -26,7 +28,7 @@ pub(super) struct Node {
     pub(super) durable: Rc<RefCell<Durable>>,
     /// Incremented at each crash; events of an earlier life are ignored.
     pub(super) life: u64,
-    pub(super) disk: VecDeque<Batch>,
+    pub(super) disk: VecDeque<Write>,
     pub(super) disk_free_at: u64,
     pub(super) slow_disk_until: u64,
     pub(super) paused_until: u64,
@@ -121,50 +123,35 @@ impl Sim {
         self.handle_ready(i)
     }
 
-    /// Drains the core's outputs, handling each `Ready` in field order (see `Ready`).
-    pub(super) fn handle_ready(&mut self, i: usize) -> Check {
-        for _ in 0..1000 {
-            let Some(core) = self.nodes[i].core.as_mut() else {
-                return Ok(());
-            };
-            if !core.has_ready() {
-                return Ok(());
-            }
-            let ready = core.take_ready();
-            if ready.is_empty() {
-                // has_ready() may be conservative (a leader with nothing left to send).
-                return Ok(());
-            }
-            self.process_ready(i, ready)?;
+    /// Node `i` as the shared `Ready` driver sees it.
+    pub(super) fn driven(&mut self, i: usize) -> DrivenNode<'_> {
+        DrivenNode {
+            sim: self,
+            i,
+            became_leader: false,
         }
-        Err(violation(
-            "ready contract",
-            format!(
-                "node {}: still has a Ready after 1000 rounds",
-                self.nodes[i].id
-            ),
-        ))
     }
 
-    pub(super) fn process_ready(&mut self, i: usize, ready: Ready) -> Check {
+    /// Drains the core's outputs through the shared driver, which hands each `Ready` to
+    /// `DrivenNode` in field order.
+    pub(super) fn handle_ready(&mut self, i: usize) -> Check {
+        driver::drain(&mut self.driven(i)).map(|_| ())
+    }
+
+    /// The write of one `Ready`: checked against the node's log and hard state, which
+    /// then reflect it, and queued for the disk.
+    fn write(&mut self, i: usize, write: Write) -> Check {
         let id = self.nodes[i].id;
-        let became_leader = match ready.soft_state {
-            Some(soft) => self.on_soft_state(i, soft)?,
-            None => false,
-        };
-        for env in ready.messages {
-            self.send(i, env, false)?;
-        }
-        if let Some(chunk) = ready.snapshot_chunk.as_ref().filter(|c| c.done) {
+        if let Some(chunk) = write.snapshot_chunk.as_ref().filter(|c| c.done) {
             self.check_snapshot_not_behind_applied(i, chunk)?;
             let view = &mut self.nodes[i].view;
             view.install_snapshot(chunk.meta.last_index, chunk.meta.last_term);
         }
-        if !ready.entries.is_empty() {
-            self.check_ready_entries(i, &ready.entries)?;
-            self.nodes[i].view.append(&ready.entries);
+        if !write.entries.is_empty() {
+            self.check_ready_entries(i, &write.entries)?;
+            self.nodes[i].view.append(&write.entries);
         }
-        if let Some(hs) = ready.hard_state {
+        if let Some(hs) = write.hard_state {
             self.check_hard_state(i, hs)?;
             let node = &mut self.nodes[i];
             node.hard_state = hs;
@@ -172,48 +159,28 @@ impl Sim {
                 self.votes.insert((node.id, hs.term, candidate));
             }
         }
-        let has_write = ready.snapshot_chunk.is_some()
-            || !ready.entries.is_empty()
-            || ready.hard_state.is_some();
+        let has_write = write.has_data();
         if has_write {
             self.record(Ev::Persist {
                 node: id,
                 entries: (
-                    ready.entries.first().map_or(0, |e| e.index),
-                    ready.entries.last().map_or(0, |e| e.index),
+                    write.entries.first().map_or(0, |e| e.index),
+                    write.entries.last().map_or(0, |e| e.index),
                 ),
-                last_term: ready.entries.last().map_or(0, |e| e.term),
-                hard_state: ready.hard_state.map(|h| (h.term, h.voted_for)),
-                snap: ready
+                last_term: write.entries.last().map_or(0, |e| e.term),
+                hard_state: write.hard_state.map(|h| (h.term, h.voted_for)),
+                snap: write
                     .snapshot_chunk
                     .as_ref()
                     .map(|c| (c.meta.last_index, c.offset, c.done)),
             });
         }
-        if has_write || !ready.persisted_messages.is_empty() {
-            let batch = Batch {
-                snapshot_chunk: ready.snapshot_chunk,
-                entries: ready.entries,
-                hard_state: ready.hard_state,
-                persisted_messages: ready.persisted_messages,
-            };
-            self.enqueue_write(i, batch, has_write)?;
-        }
-        self.on_commit_index(i, ready.commit_index, became_leader)?;
-        if !ready.committed_entries.is_empty() {
-            self.apply(i, &ready.committed_entries)?;
-        }
-        for rs in ready.read_states {
-            self.on_read_state(i, rs.ctx, rs.index)?;
-        }
-        for failed in ready.failed_reads {
-            if self.nodes[i].reads.remove(&failed.ctx).is_some() {
-                self.record(Ev::ReadFailed {
-                    node: id,
-                    ctx: failed.ctx,
-                });
-            }
-        }
+        self.enqueue_write(i, write, has_write)
+    }
+
+    /// The end of one `Ready`: serves the reads it made servable; a new leader is checked
+    /// and may be handed a membership change at once.
+    fn ready_handled(&mut self, i: usize, became_leader: bool) -> Check {
         self.serve_reads(i)?;
         if became_leader {
             let node = &self.nodes[i];
@@ -347,7 +314,76 @@ impl Sim {
             to: last.index,
             last_term: last.term,
         });
-        self.core(i).on_applied(last.index);
         Ok(())
+    }
+}
+
+/// One node of the simulation, handed to the shared driver for one drain of its `Ready`s.
+pub(super) struct DrivenNode<'a> {
+    sim: &'a mut Sim,
+    i: usize,
+    /// The `Ready` being handled made the node leader: a commit index in it was learned as
+    /// a follower, and the new leader's checks run at its end.
+    became_leader: bool,
+}
+
+impl ReadyHandler for DrivenNode<'_> {
+    type Storage = SimStorage;
+    type Error = Violation;
+
+    fn core(&mut self) -> Option<&mut RaftCore<SimStorage>> {
+        self.sim.nodes[self.i].core.as_mut()
+    }
+
+    fn soft_state(&mut self, soft: SoftState) -> Check {
+        self.became_leader = self.sim.on_soft_state(self.i, soft)?;
+        Ok(())
+    }
+
+    fn send(&mut self, env: Envelope, after_persist: bool) -> Check {
+        self.sim.send(self.i, env, after_persist)
+    }
+
+    fn write(&mut self, write: Write) -> Check {
+        self.sim.write(self.i, write)
+    }
+
+    fn commit_index(&mut self, commit: u64) -> Check {
+        self.sim.on_commit_index(self.i, commit, self.became_leader)
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Check {
+        self.sim.apply(self.i, &entries)
+    }
+
+    fn read_state(&mut self, read: ReadState) -> Check {
+        self.sim.on_read_state(self.i, read.ctx, read.index)
+    }
+
+    fn failed_read(&mut self, read: FailedRead) -> Check {
+        let node = &mut self.sim.nodes[self.i];
+        if node.reads.remove(&read.ctx).is_some() {
+            let id = node.id;
+            self.sim.record(Ev::ReadFailed {
+                node: id,
+                ctx: read.ctx,
+            });
+        }
+        Ok(())
+    }
+
+    fn ready_handled(&mut self) -> Check {
+        let became_leader = std::mem::take(&mut self.became_leader);
+        self.sim.ready_handled(self.i, became_leader)
+    }
+
+    fn ready_never_drains(&mut self) -> Violation {
+        violation(
+            "ready contract",
+            format!(
+                "node {}: still has a Ready after {READY_ROUNDS_MAX} rounds",
+                self.sim.nodes[self.i].id
+            ),
+        )
     }
 }
