@@ -3,7 +3,8 @@
 //! `raft_core_propose/<payload>_<batching>`: proposals per second through a 3-node
 //! in-memory cluster without faults, on one thread. The driver delivers every message
 //! directly, "persists" each `Ready` instantly into `MemStorage`, reports it with
-//! `on_persisted` and applies with `on_applied`, so the figure is the cost of the core
+//! `on_persisted` and applies with `on_applied` (through the shared test driver,
+//! `raftlog::raft::driver`), so the figure is the cost of the core
 //! itself (and of MemStorage), not of disks or networks. One iteration proposes `batch`
 //! commands on the leader and drives the cluster until nothing moves (the leader has
 //! applied them and the followers have learned the commit index). Logs are compacted behind
@@ -12,13 +13,15 @@
 //! on a busy machine.
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use raftlog::raft::driver::{self, complete_write, ReadyHandler, Write, READY_ROUNDS_MAX};
 use raftlog::raft::{
-    Config, Envelope, HardState, LogStorage, MemStorage, Member, Membership, NodeId, RaftCore,
-    Ready, Role, SnapshotMeta,
+    Config, Entry, Envelope, HardState, LogStorage, MemStorage, Member, Membership, NodeId,
+    RaftCore, Role, SnapshotMeta,
 };
 
 const PAYLOADS_BYTES: [usize; 2] = [64, 1024];
@@ -77,34 +80,18 @@ impl Cluster {
         (id - 1) as usize
     }
 
-    fn handle(&mut self, i: usize, rd: Ready) {
-        self.queue.extend(rd.messages);
-        let node = &mut self.nodes[i];
-        if let Some(last) = rd.entries.last() {
-            let (index, term) = (last.index, last.term);
-            node.storage_mut().append(&rd.entries);
-            node.on_persisted(index, term);
-        }
-        self.queue.extend(rd.persisted_messages);
-        if let Some(last) = rd.committed_entries.last() {
-            let applied = last.index;
-            node.on_applied(applied);
-            if applied + 1 - node.storage().first_index() >= COMPACT_EVERY_ENTRIES {
-                compact(node, applied);
-            }
-        }
-    }
-
     /// Persists, delivers and applies until nothing moves.
     fn drive(&mut self) {
         loop {
             let mut moved = false;
             for i in 0..self.nodes.len() {
-                while self.nodes[i].has_ready() {
-                    let rd = self.nodes[i].take_ready();
-                    self.handle(i, rd);
-                    moved = true;
-                }
+                let mut node = BenchNode {
+                    cluster: self,
+                    i,
+                    applied: None,
+                };
+                let handled = driver::drain(&mut node).unwrap_or_else(|never| match never {});
+                moved |= handled > 0;
             }
             while let Some(env) = self.queue.pop_front() {
                 self.nodes[Self::index(env.to)].step(env);
@@ -128,6 +115,72 @@ impl Cluster {
             status.applied_index >= last,
             "entry {last} not applied: {status:?}"
         );
+    }
+}
+
+/// One node of the bench cluster, handed to the shared driver: messages go to the
+/// cluster's queue, writes land in `MemStorage` at once.
+struct BenchNode<'a> {
+    cluster: &'a mut Cluster,
+    i: usize,
+    /// Applied by the `Ready` being handled; compaction waits until the core knows.
+    applied: Option<u64>,
+}
+
+impl ReadyHandler for BenchNode<'_> {
+    type Storage = MemStorage;
+    type Error = Infallible;
+
+    fn core(&mut self) -> Option<&mut RaftCore<MemStorage>> {
+        Some(&mut self.cluster.nodes[self.i])
+    }
+
+    fn send(&mut self, env: Envelope, _after_persist: bool) -> Result<(), Infallible> {
+        self.cluster.queue.push_back(env);
+        Ok(())
+    }
+
+    // One move of the whole batch, as the bench did before the shared driver.
+    fn send_all(
+        &mut self,
+        messages: Vec<Envelope>,
+        _after_persist: bool,
+    ) -> Result<(), Infallible> {
+        self.cluster.queue.extend(messages);
+        Ok(())
+    }
+
+    /// Only entries are kept: nothing restarts, so term and vote need not be, and no
+    /// follower falls behind a snapshot.
+    fn write(&mut self, write: Write) -> Result<(), Infallible> {
+        if !write.entries.is_empty() {
+            let node = &mut self.cluster.nodes[self.i];
+            node.storage_mut().append(&write.entries);
+        }
+        let last_entry = write.last_entry();
+        complete_write(self, None, last_entry, write.persisted_messages)
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Infallible> {
+        self.applied = entries.last().map(|e| e.index);
+        Ok(())
+    }
+
+    fn ready_handled(&mut self) -> Result<(), Infallible> {
+        if let Some(applied) = self.applied.take() {
+            let node = &mut self.cluster.nodes[self.i];
+            if applied + 1 - node.storage().first_index() >= COMPACT_EVERY_ENTRIES {
+                compact(node, applied);
+            }
+        }
+        Ok(())
+    }
+
+    fn ready_never_drains(&mut self) -> Infallible {
+        panic!(
+            "node {}: still has a Ready after {READY_ROUNDS_MAX} rounds",
+            self.i + 1
+        )
     }
 }
 

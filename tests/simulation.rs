@@ -407,3 +407,63 @@ fn voter_with_uncommitted_demotion_still_stands_seed_2718018620() {
 fn voter_with_uncommitted_demotion_still_stands_seed_2718034740() {
     replay_must_pass(2_718_034_740);
 }
+
+/// One line per run that pins it down bit for bit (the trace hash covers every event,
+/// message and time), so a refactoring of the simulator or of a driver can be shown to
+/// leave every run as it was: record the lines before, again after, and `diff` them.
+/// Covers the CI seeds (0..`RAFTLOG_SIM_SEEDS`, default 2,000), 200 soak-range seeds, the
+/// regression seeds, and the first 100 seeds the `planted_*` tests try for every bug.
+/// `cargo test --release --test simulation trace_fingerprints -- --ignored --nocapture 2>&1 | grep '^fingerprint'`
+#[test]
+#[ignore]
+fn trace_fingerprints() {
+    let seeds = env_u64("RAFTLOG_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
+    let planted_bugs = [
+        PlantedBug::CommitOldTermByCount,
+        PlantedBug::VoteWithoutLogCheck,
+        PlantedBug::VoteBeforePersist,
+        PlantedBug::ReadIndexWithoutQuorum,
+        PlantedBug::MembershipChangeBeforeOwnTermCommit,
+    ];
+    let mut runs: Vec<SimOptions> = (0..seeds)
+        .chain(1_000_000..1_000_200)
+        .chain([
+            2_718_018_620,
+            2_718_034_740,
+            3_141_054_451,
+            3_141_064_700,
+            3_141_080_560,
+        ])
+        .map(options)
+        .collect();
+    for seed in [8_888_000_178, 5_555_022_801, 5_555_089_955] {
+        let mut old_schedule = options(seed);
+        old_schedule.membership_ops = false;
+        old_schedule.clock_stalls = false;
+        runs.push(old_schedule);
+    }
+    for bug in planted_bugs {
+        for seed in 1_000_000..1_000_100 {
+            let mut planted = options(seed);
+            planted.planted_bug = Some(bug);
+            planted.ring_events = 40;
+            runs.push(planted);
+        }
+    }
+    for options in &runs {
+        let line = match run(options) {
+            Ok(s) => format!(
+                "ok hash {:016x} steps {} time {} leaders {} committed {} acked {} reads {} installs {}",
+                s.trace_hash, s.steps, s.sim_time, s.leaders_elected, s.committed, s.acked_writes, s.reads_served, s.snapshots_installed
+            ),
+            Err(f) => format!(
+                "failed {:?} at step {} time {} hash {:016x}: {}",
+                f.invariant, f.step, f.time, f.stats.trace_hash, f.detail
+            ),
+        };
+        eprintln!(
+            "fingerprint seed {} planted {:?} membership_ops {} clock_stalls {}: {line}",
+            options.seed, options.planted_bug, options.membership_ops, options.clock_stalls
+        );
+    }
+}

@@ -21,6 +21,8 @@
 
 pub mod core;
 #[doc(hidden)]
+pub mod driver;
+#[doc(hidden)]
 pub mod fuzzing;
 mod log;
 pub mod mem_storage;

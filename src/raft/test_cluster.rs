@@ -3,12 +3,14 @@
 //! links that can be cut.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::convert::Infallible;
 
 use bytes::{Bytes, BytesMut};
 
+use super::driver::{self, complete_write, ReadyHandler, Write, READY_ROUNDS_MAX};
 use super::{
     Config, Entry, EntryKind, Envelope, FailedRead, HardState, LogStorage, MemStorage, Member,
-    Membership, NodeId, RaftCore, ReadState, Ready, Role, SnapshotMeta,
+    Membership, NodeId, RaftCore, ReadState, Role, SnapshotMeta,
 };
 
 pub(crate) fn member(voter: bool) -> Member {
@@ -116,77 +118,16 @@ impl Cluster {
         self.cut.clear();
     }
 
-    /// Handles one node's pending Readys the way a driver must.
+    /// Handles one node's pending Readys through the shared driver.
     pub(crate) fn process(&mut self, id: NodeId) {
-        while self.nodes[&id].has_ready() {
-            let rd = self.node_mut(id).take_ready();
-            self.handle_ready(id, rd);
-        }
+        let mut node = ClusterNode { cluster: self, id };
+        driver::drain(&mut node).unwrap_or_else(|never| match never {});
     }
 
-    fn handle_ready(&mut self, id: NodeId, rd: Ready) {
-        self.enqueue(rd.messages);
-        let mut persisted_at = None;
-        if let Some(chunk) = rd.snapshot_chunk {
-            let buf = self.partial_snapshots.entry(id).or_default();
-            if chunk.offset == 0 {
-                buf.clear();
-            }
-            assert_eq!(
-                chunk.offset,
-                buf.len() as u64,
-                "node {id}: chunk out of order"
-            );
-            buf.extend_from_slice(&chunk.data);
-            if chunk.done {
-                let data = std::mem::take(buf).freeze();
-                let meta = chunk.meta;
-                self.applied_index.insert(id, meta.last_index);
-                let node = self.node_mut(id);
-                node.storage_mut().install_snapshot(meta.clone(), data);
-                node.on_snapshot_installed(meta);
-            }
-        }
-        if let Some(last) = rd.entries.last() {
-            persisted_at = Some((last.index, last.term));
-            self.node_mut(id).storage_mut().append(&rd.entries);
-        }
-        if let Some(hs) = rd.hard_state {
-            self.hard.insert(id, hs);
-        }
-        if let Some((index, term)) = persisted_at {
-            self.node_mut(id).on_persisted(index, term);
-        }
-        self.enqueue(rd.persisted_messages);
-        if let Some(last) = rd.committed_entries.last().map(|e| e.index) {
-            let applied_index = self.applied_index[&id];
-            for e in &rd.committed_entries {
-                assert_eq!(e.index, self.applied_index[&id] + 1, "node {id}: apply gap");
-                self.applied_index.insert(id, e.index);
-            }
-            assert!(last > applied_index);
-            self.applied
-                .get_mut(&id)
-                .unwrap()
-                .extend(rd.committed_entries);
-            self.node_mut(id).on_applied(last);
-        }
-        self.read_states
-            .entry(id)
-            .or_default()
-            .extend(rd.read_states);
-        self.failed_reads
-            .entry(id)
-            .or_default()
-            .extend(rd.failed_reads);
-    }
-
-    fn enqueue(&mut self, msgs: Vec<Envelope>) {
-        for m in msgs {
-            self.sent.push(m.clone());
-            if !self.cut.contains(&(m.from, m.to)) && self.nodes.contains_key(&m.to) {
-                self.queue.push_back(m);
-            }
+    fn enqueue(&mut self, m: Envelope) {
+        self.sent.push(m.clone());
+        if !self.cut.contains(&(m.from, m.to)) && self.nodes.contains_key(&m.to) {
+            self.queue.push_back(m);
         }
     }
 
@@ -277,6 +218,115 @@ impl Cluster {
         self.partial_snapshots.remove(&id);
         let core = RaftCore::new(test_config(id), storage, hs, bootstrap);
         self.nodes.insert(id, core);
+    }
+}
+
+/// One node of the cluster, handed to the shared driver: instant, lossless persistence and
+/// FIFO delivery.
+struct ClusterNode<'a> {
+    cluster: &'a mut Cluster,
+    id: NodeId,
+}
+
+impl ReadyHandler for ClusterNode<'_> {
+    type Storage = MemStorage;
+    type Error = Infallible;
+
+    fn core(&mut self) -> Option<&mut RaftCore<MemStorage>> {
+        self.cluster.nodes.get_mut(&self.id)
+    }
+
+    fn send(&mut self, env: Envelope, _after_persist: bool) -> Result<(), Infallible> {
+        self.cluster.enqueue(env);
+        Ok(())
+    }
+
+    fn write(&mut self, write: Write) -> Result<(), Infallible> {
+        let id = self.id;
+        let last_entry = write.last_entry();
+        let mut installed = None;
+        if let Some(chunk) = write.snapshot_chunk {
+            let buf = self.cluster.partial_snapshots.entry(id).or_default();
+            if chunk.offset == 0 {
+                buf.clear();
+            }
+            assert_eq!(
+                chunk.offset,
+                buf.len() as u64,
+                "node {id}: chunk out of order"
+            );
+            buf.extend_from_slice(&chunk.data);
+            if chunk.done {
+                let data = std::mem::take(buf).freeze();
+                let meta = chunk.meta;
+                self.cluster.applied_index.insert(id, meta.last_index);
+                let node = self.cluster.node_mut(id);
+                node.storage_mut().install_snapshot(meta.clone(), data);
+                installed = Some(meta);
+            }
+        }
+        if !write.entries.is_empty() {
+            self.cluster
+                .node_mut(id)
+                .storage_mut()
+                .append(&write.entries);
+        }
+        if let Some(hs) = write.hard_state {
+            self.cluster.hard.insert(id, hs);
+        }
+        complete_write(self, installed, last_entry, write.persisted_messages)
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Infallible> {
+        let id = self.id;
+        let applied_index = self.cluster.applied_index[&id];
+        for e in &entries {
+            assert_eq!(
+                e.index,
+                self.cluster.applied_index[&id] + 1,
+                "node {id}: apply gap"
+            );
+            self.cluster.applied_index.insert(id, e.index);
+        }
+        assert!(self.cluster.applied_index[&id] > applied_index);
+        self.cluster
+            .applied
+            .get_mut(&id)
+            .expect("every node has an applied list")
+            .extend(entries);
+        Ok(())
+    }
+
+    fn read_state(&mut self, read: ReadState) -> Result<(), Infallible> {
+        self.cluster
+            .read_states
+            .entry(self.id)
+            .or_default()
+            .push(read);
+        Ok(())
+    }
+
+    fn failed_read(&mut self, read: FailedRead) -> Result<(), Infallible> {
+        self.cluster
+            .failed_reads
+            .entry(self.id)
+            .or_default()
+            .push(read);
+        Ok(())
+    }
+
+    /// Tests index `read_states` and `failed_reads` by node once it has handled a Ready.
+    fn ready_handled(&mut self) -> Result<(), Infallible> {
+        self.cluster.read_states.entry(self.id).or_default();
+        self.cluster.failed_reads.entry(self.id).or_default();
+        Ok(())
+    }
+
+    fn ready_never_drains(&mut self) -> Infallible {
+        panic!(
+            "node {}: still has a Ready after {READY_ROUNDS_MAX} rounds",
+            self.id
+        )
     }
 }
 

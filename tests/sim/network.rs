@@ -1,0 +1,221 @@
+//! The network: every message a node sends may be lost (a steady rate, or a storm), be
+//! duplicated, take a short or a long (tail) delay, so arrive out of order; partitions
+//! (isolation, two sides, one-way, random links) drop whatever crosses them. A message for a
+//! paused node waits in its socket buffer.
+
+use raftlog::raft::{Envelope, Message, NodeId, Role};
+
+use super::checker::Check;
+use super::trace::{Ev, Msg};
+use super::world::{Event, Phase, Sim};
+
+impl Sim {
+    pub(super) fn send(&mut self, i: usize, env: Envelope, after_persist: bool) -> Check {
+        self.check_message_sent(i, &env, after_persist)?;
+        let msg = Msg::of(&env.message);
+        self.record(Ev::Send {
+            from: env.from,
+            to: env.to,
+            msg,
+            after_persist,
+        });
+        let crash_ppm = match &env.message {
+            Message::RequestVoteResponse { granted: true, .. } => self
+                .params
+                .crash_after_send_ppm
+                .max(self.params.crash_after_vote_ppm),
+            Message::AppendEntriesResponse { success: true, .. } => {
+                self.params.crash_after_send_ppm
+            }
+            Message::AppendEntries { entries, .. } if !entries.is_empty() => {
+                self.params.crash_after_send_ppm
+            }
+            _ => 0,
+        };
+        if crash_ppm > 0 && self.in_burst() && self.fault_rng.chance_ppm(crash_ppm) {
+            self.schedule_crash_soon(i);
+        }
+        let drop_ppm = if self.phase == Phase::Faulty {
+            self.params.drop_ppm.max(self.storm_drop_ppm)
+        } else {
+            0
+        };
+        if self.net_rng.chance_ppm(drop_ppm) {
+            self.stats.messages_dropped += 1;
+            self.record(Ev::Drop {
+                from: env.from,
+                to: env.to,
+                msg,
+                why: "lost",
+            });
+            return Ok(());
+        }
+        if self.net_rng.chance_ppm(self.params.dup_ppm) {
+            let delay = self.message_delay();
+            self.schedule(delay, Event::Deliver { env: env.clone() });
+        }
+        let delay = self.message_delay();
+        self.schedule(delay, Event::Deliver { env });
+        Ok(())
+    }
+
+    pub(super) fn message_delay(&mut self) -> u64 {
+        if self.phase == Phase::Faulty && self.net_rng.chance_ppm(self.params.tail_ppm) {
+            self.net_rng.range(1, self.params.tail_max)
+        } else {
+            self.net_rng.range(1, self.params.delay_max + 1)
+        }
+    }
+
+    pub(super) fn deliver(&mut self, env: Envelope) -> Check {
+        let from = (env.from - 1) as usize;
+        let to = (env.to - 1) as usize;
+        let msg = Msg::of(&env.message);
+        let why = if self.blocked[from][to] {
+            Some("partitioned")
+        } else if !self.nodes[to].up() {
+            Some("receiver down")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            self.stats.messages_dropped += 1;
+            self.record(Ev::Drop {
+                from: env.from,
+                to: env.to,
+                msg,
+                why,
+            });
+            return Ok(());
+        }
+        if let Some(wait) = self.paused_for(to) {
+            // Queued in the socket buffer until the process runs again, in arrival order
+            // give or take a few units.
+            let jitter = self.net_rng.below(5);
+            self.schedule(wait + jitter, Event::Deliver { env });
+            return Ok(());
+        }
+        self.catch_up_ticks(to)?;
+        self.stats.messages_delivered += 1;
+        self.record(Ev::Deliver {
+            from: env.from,
+            to: env.to,
+            msg,
+        });
+        self.core(to).step(env);
+        self.handle_ready(to)
+    }
+
+    // The partition is a matrix; index loops say what they do more plainly than iterators.
+    #[allow(clippy::needless_range_loop)]
+    pub(super) fn fault_partition(&mut self) {
+        let n = self.nodes.len();
+        if self.blocked.iter().flatten().any(|&b| b) {
+            return; // one partition at a time; it heals on its own timer
+        }
+        let mut blocked = vec![vec![false; n]; n];
+        let kind = self.fault_rng.below(4);
+        let leader = (0..n).find(|&i| self.nodes[i].up() && self.nodes[i].role == Role::Leader);
+        match kind {
+            // Isolate one node (often the leader) in both directions.
+            0 => {
+                let victim = match leader {
+                    Some(l) if self.fault_rng.below(3) != 0 => l,
+                    _ => self.fault_rng.below(n as u64) as usize,
+                };
+                for j in 0..n {
+                    if j != victim {
+                        blocked[victim][j] = true;
+                        blocked[j][victim] = true;
+                    }
+                }
+            }
+            // Split into two random groups.
+            1 => {
+                let side: Vec<bool> = (0..n).map(|_| self.fault_rng.below(2) == 0).collect();
+                for a in 0..n {
+                    for b in 0..n {
+                        if side[a] != side[b] {
+                            blocked[a][b] = true;
+                        }
+                    }
+                }
+            }
+            // One-way: a node can send but not receive, or receive but not send.
+            2 => {
+                let victim = match leader {
+                    Some(l) if self.fault_rng.below(2) == 0 => l,
+                    _ => self.fault_rng.below(n as u64) as usize,
+                };
+                let outgoing = self.fault_rng.below(2) == 0;
+                for j in 0..n {
+                    if j != victim {
+                        if outgoing {
+                            blocked[victim][j] = true;
+                        } else {
+                            blocked[j][victim] = true;
+                        }
+                    }
+                }
+            }
+            // Random individual links, one direction each.
+            _ => {
+                for a in 0..n {
+                    for b in 0..n {
+                        if a != b && self.fault_rng.below(3) == 0 {
+                            blocked[a][b] = true;
+                        }
+                    }
+                }
+            }
+        }
+        self.blocked = blocked;
+        self.partition_generation += 1;
+        self.stats.partitions += 1;
+        let list = self.blocked_links();
+        self.record(Ev::Partition { blocked: list });
+        let duration = self.fault_rng.range(20, self.params.partition_max);
+        let generation = self.partition_generation;
+        self.schedule(duration, Event::HealPartition { generation });
+    }
+
+    /// Isolates node `i` in both directions now (messages in flight to and from it are
+    /// lost), unless another partition is in force.
+    pub(super) fn isolate(&mut self, i: usize) {
+        if self.blocked.iter().flatten().any(|&b| b) {
+            return;
+        }
+        let n = self.nodes.len();
+        for j in 0..n {
+            if j != i {
+                self.blocked[i][j] = true;
+                self.blocked[j][i] = true;
+            }
+        }
+        self.partition_generation += 1;
+        self.stats.partitions += 1;
+        let list = self.blocked_links();
+        self.record(Ev::Partition { blocked: list });
+        let duration = self.fault_rng.range(20, self.params.partition_max);
+        let generation = self.partition_generation;
+        self.schedule(duration, Event::HealPartition { generation });
+    }
+
+    pub(super) fn blocked_links(&self) -> Vec<(NodeId, NodeId)> {
+        let mut list = Vec::new();
+        for (a, row) in self.blocked.iter().enumerate() {
+            for (b, &x) in row.iter().enumerate() {
+                if x {
+                    list.push((a as u64 + 1, b as u64 + 1));
+                }
+            }
+        }
+        list
+    }
+
+    pub(super) fn heal_partition(&mut self) {
+        let n = self.nodes.len();
+        self.blocked = vec![vec![false; n]; n];
+        self.record(Ev::Heal);
+    }
+}
