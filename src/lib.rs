@@ -7,6 +7,8 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kv;
 pub mod node;
 pub mod raft;

@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod fuzzing;
 pub mod snapshot;
 pub mod stable;
 pub mod wal;
