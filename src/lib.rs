@@ -8,6 +8,8 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kv;
 pub mod node;
 pub mod raft;

@@ -25,7 +25,7 @@ const KEY_BYTES_MAX: usize = 1024;
 
 /// The key is the rest of the path after `/v1/kv/`, percent-decoded to raw bytes (keys need
 /// not be UTF-8).
-fn key_from_uri(uri: &Uri) -> Result<Bytes, ApiError> {
+pub(super) fn key_from_uri(uri: &Uri) -> Result<Bytes, ApiError> {
     let raw = uri.path().strip_prefix("/v1/kv/").unwrap_or("");
     let key = percent_decode(raw)?;
     if key.is_empty() || key.len() > KEY_BYTES_MAX {
@@ -64,7 +64,7 @@ fn percent_decode(raw: &str) -> Result<Vec<u8>, ApiError> {
     Ok(out)
 }
 
-fn request_id(headers: &HeaderMap) -> Result<Option<RequestId>, ApiError> {
+pub(super) fn request_id(headers: &HeaderMap) -> Result<Option<RequestId>, ApiError> {
     let Some(value) = headers.get("request-id") else {
         return Ok(None);
     };
@@ -282,6 +282,18 @@ pub struct ReadParams {
     consistency: Option<String>,
 }
 
+/// The read barrier `?consistency=` asks for; `None` for a stale (local) read.
+pub(super) fn read_mode(params: &ReadParams) -> Result<Option<ReadMode>, ApiError> {
+    match params.consistency.as_deref() {
+        None | Some("linearizable") => Ok(Some(ReadMode::Linearizable)),
+        Some("lease") => Ok(Some(ReadMode::Lease)),
+        Some("stale") => Ok(None),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "consistency must be linearizable, lease or stale, not {other:?}"
+        ))),
+    }
+}
+
 /// `GET /v1/kv/{key}?consistency=linearizable|lease|stale`.
 pub async fn get_key(
     State(state): State<Arc<ApiState>>,
@@ -290,16 +302,7 @@ pub async fn get_key(
     Query(params): Query<ReadParams>,
 ) -> ApiResult {
     let key = key_from_uri(&uri)?;
-    let mode = match params.consistency.as_deref() {
-        None | Some("linearizable") => Some(ReadMode::Linearizable),
-        Some("lease") => Some(ReadMode::Lease),
-        Some("stale") => None,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "consistency must be linearizable, lease or stale, not {other:?}"
-            )))
-        }
-    };
+    let mode = read_mode(&params)?;
     if let Some(mode) = mode {
         match state
             .node

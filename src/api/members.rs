@@ -39,12 +39,12 @@ fn default_voter() -> bool {
 
 /// `?force=true`, `?wait=false`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ChangeParams {
+pub(super) struct ChangeParams {
     force: bool,
     wait: bool,
 }
 
-fn change_params(uri: &Uri) -> Result<ChangeParams, ApiError> {
+pub(super) fn change_params(uri: &Uri) -> Result<ChangeParams, ApiError> {
     let mut params = ChangeParams {
         force: false,
         wait: true,
@@ -78,7 +78,7 @@ fn change_params(uri: &Uri) -> Result<ChangeParams, ApiError> {
     Ok(params)
 }
 
-fn parse_add(body: &[u8]) -> Result<MembershipOp, ApiError> {
+pub(super) fn parse_add(body: &[u8]) -> Result<MembershipOp, ApiError> {
     let parsed: AddBody = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "the body must be {{\"id\": N, \"raft_addr\": \"IP:PORT\", \"api_addr\": \"IP:PORT\", \"voter\": bool}}: {e}"
@@ -94,7 +94,7 @@ fn parse_add(body: &[u8]) -> Result<MembershipOp, ApiError> {
     })
 }
 
-fn parse_id(raw: &str) -> Result<NodeId, ApiError> {
+pub(super) fn parse_id(raw: &str) -> Result<NodeId, ApiError> {
     match raw.parse::<NodeId>() {
         Ok(id) if id > 0 => Ok(id),
         _ => Err(ApiError::bad_request(format!(

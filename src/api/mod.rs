@@ -6,6 +6,8 @@
 mod debug;
 mod error;
 mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handlers;
 mod members;
 

@@ -49,7 +49,9 @@ impl VoteTally {
         let majority = voters.len() / 2 + 1;
         if granted >= majority {
             VoteResult::Won
-        } else if refused > voters.len() - majority {
+        // Raft §5.2: lost once a majority can no longer grant. A membership without
+        // voters (a hostile peer's config entry) has no majority at all: never decided.
+        } else if refused > voters.len().saturating_sub(majority) {
             VoteResult::Lost
         } else {
             VoteResult::Pending
@@ -72,6 +74,16 @@ mod tests {
     fn majority_value_needs_more_than_half_for_even_clusters() {
         // 4 voters need 3: the third largest.
         assert_eq!(majority_value(&mut [9, 8, 2, 1]), 2);
+    }
+
+    #[test]
+    fn vote_tally_without_voters_stays_pending() {
+        // Found by fuzz/fuzz_targets/core_step.rs (fuzz/regressions/core_step/): a hostile
+        // peer can leave a candidate with a membership that has no voters.
+        let mut t = VoteTally::default();
+        assert_eq!(t.result(&[]), VoteResult::Pending);
+        t.record(1, false);
+        assert_eq!(t.result(&[]), VoteResult::Pending);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod error;
 pub mod failpoint;
+pub mod fuzzing;
 pub mod snapshot;
 pub mod stable;
 pub mod wal;

@@ -473,7 +473,7 @@ fn read_full(file: &mut impl Read, buf: &mut [u8], path: &Path) -> Result<()> {
         .map_err(|e| Error::io("read snapshot", path, e))
 }
 
-fn frame_crc(header_crc: u32, frame_number: u64, payload: &[u8]) -> u32 {
+pub(crate) fn frame_crc(header_crc: u32, frame_number: u64, payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&header_crc.to_le_bytes());
     hasher.update(&frame_number.to_le_bytes());
@@ -491,7 +491,11 @@ fn trailer_crc(header_crc: u32, frame_count: u64, payload_bytes: u64) -> u32 {
     hasher.finalize()
 }
 
-fn encode_trailer(header_crc: u32, frame_count: u64, payload_bytes: u64) -> [u8; TRAILER_LEN] {
+pub(crate) fn encode_trailer(
+    header_crc: u32,
+    frame_count: u64,
+    payload_bytes: u64,
+) -> [u8; TRAILER_LEN] {
     let mut out = [0u8; TRAILER_LEN];
     out[0..4].copy_from_slice(&TRAILER_MARK.to_le_bytes());
     out[4..12].copy_from_slice(&frame_count.to_le_bytes());
