@@ -46,9 +46,10 @@ pub const WAL_SEGMENT_BYTES_RANGE: std::ops::RangeInclusive<u64> = (1 << 20)..=(
 /// Default of `client_header_read_timeout_ms`: far more than a client on any network
 /// needs to send its request headers, short enough that silent connections do not pile up.
 pub const DEFAULT_CLIENT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
-/// Default of `client_idle_timeout_ms`: longer than the idle timeout of common client
-/// pools (the forwarding client's is 20 s), so that they close first and never send a
-/// request into a connection the node is closing.
+/// Default of `client_idle_timeout_ms`. A keep-alive connection waiting for its next
+/// request is already closed after the header-read timeout (hyper starts that timer
+/// whenever it waits for a request head); this one also bounds a connection whose answer
+/// moves no byte for a minute.
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Accepted range of `max_client_connections`.
 pub const MAX_CLIENT_CONNECTIONS_RANGE: std::ops::RangeInclusive<u64> = 1..=1_000_000;
@@ -147,7 +148,8 @@ pub struct ClientConnectionLimits {
     /// process's file descriptor limit at start (`api::server::default_connections_max`).
     pub connections_max: Option<u64>,
     /// `client_header_read_timeout_ms`: a connection that has not sent a whole request
-    /// head this long after it opened (or after its previous answer) is closed.
+    /// head this long after it opened (or after its previous answer: it also bounds how
+    /// long a keep-alive connection may wait between requests) is closed.
     pub header_read_timeout_ms: u64,
     /// `client_idle_timeout_ms`: a keep-alive connection with no traffic this long is closed.
     pub idle_timeout_ms: u64,

@@ -51,7 +51,7 @@ fn own_hard_fd_limit() -> u64 {
 }
 
 /// Opens `count` TCP connections to `addr` that never send a byte. Connections the node
-/// has not accepted yet still complete in the kernel's backlog.
+/// has not accepted yet still complete in the kernel's backlog (the node asks for 1024).
 fn open_idle_connections(addr: &str, count: usize) -> Vec<TcpStream> {
     let addr: SocketAddr = addr.parse().unwrap();
     let mut open = Vec::with_capacity(count);

@@ -77,11 +77,15 @@ pub const FORWARDED_HEADER: &str = "x-raftlog-forwarded-by";
 pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
     let test_faults = options.test_faults;
     // reqwest has no cap on connections, only on idle ones; `forward_slots` caps those
-    // in use. Idle ones close after 20 s, before the leader's idle timeout (60 s by
-    // default) would close them under a request.
+    // in use. Idle ones close well before the leader would close them for waiting too
+    // long for a request head (the header-read timeout; the cluster file is shared, so
+    // the leader's is this node's), so a request is never sent into one it is closing.
+    let pool_idle = (options.connections.header_read_timeout / 2)
+        .min(options.connections.idle_timeout / 2)
+        .min(Duration::from_secs(20));
     let client = reqwest::Client::builder()
         .timeout(options.request_timeout + Duration::from_secs(1))
-        .pool_idle_timeout(Duration::from_secs(20))
+        .pool_idle_timeout(pool_idle)
         .pool_max_idle_per_host(forward::CONNECTIONS_MAX)
         .build()
         .unwrap_or_else(|_| reqwest::Client::new());

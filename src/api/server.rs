@@ -16,9 +16,14 @@
 //!   exceeds the cap.
 //! - **A header-read timeout** (`client_header_read_timeout_ms`, hyper's
 //!   `header_read_timeout`): a connection that does not send a whole request head in
-//!   time is closed, so silent sockets free their slots.
-//! - **An idle timeout** (`client_idle_timeout_ms`): a keep-alive connection with no bytes
-//!   read or written for that long is closed (gracefully: an answer in progress finishes).
+//!   time is closed, so silent sockets free their slots. hyper starts this timer whenever
+//!   the connection is ready for a request head, after an answer too, so it also closes
+//!   a keep-alive connection that waits longer than that for its next request
+//!   (`a_keep_alive_connection_is_closed_when_its_next_request_head_is_late`).
+//! - **An idle timeout** (`client_idle_timeout_ms`): a connection with no bytes read or
+//!   written for that long is asked to close (gracefully: an answer in progress
+//!   finishes). It matters when it is set below the header-read timeout, and for a
+//!   connection whose request is being answered slowly.
 //!
 //! An `accept` failure (EMFILE, ENFILE, ENOBUFS) is logged once per burst and retried with
 //! a short, growing pause instead of spinning.
@@ -59,6 +64,26 @@ pub const RESERVED_FDS: u64 = 256;
 /// The cap when none is configured, however high the descriptor limit: beyond it, memory
 /// (each connection keeps read and write buffers) rather than descriptors is the bound.
 pub const DERIVED_CONNECTIONS_MAX: u64 = 4096;
+
+/// Length of the listen backlog: where connections wait while the node is at its cap.
+/// tokio's `TcpListener::bind` leaves it at 128, so with 1,100 idle clients and a cap of
+/// 768 the 897th connect timed out; the kernel caps it at `net.core.somaxconn` (4096 by
+/// default since Linux 5.4).
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds the client API's listener with a [`LISTEN_BACKLOG`]-long backlog. SO_REUSEADDR,
+/// as tokio's own bind sets, lets a restarted node listen while old connections linger
+/// in TIME_WAIT.
+pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// The default `max_client_connections` for a process allowed `fd_limit` descriptors:
 /// what is left after [`RESERVED_FDS`], at most [`DERIVED_CONNECTIONS_MAX`], and at least
@@ -398,6 +423,25 @@ mod tests {
         assert!(read_answer(&mut stream).await.starts_with("HTTP/1.1 200"));
         let closed = closed_within(&mut stream, Duration::from_secs(5)).await;
         let closed = closed.expect("an idle keep-alive connection stayed open for 5 s");
+        assert!(
+            closed >= Duration::from_millis(200),
+            "closed after only {closed:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_keep_alive_connection_is_closed_when_its_next_request_head_is_late() {
+        let (addr, _stop) = start(ConnectionLimits {
+            connections_max: 8,
+            header_read_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_secs(30),
+        })
+        .await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(GET).await.unwrap();
+        read_answer(&mut stream).await;
+        let closed = closed_within(&mut stream, Duration::from_secs(5)).await;
+        let closed = closed.expect("a keep-alive connection waited 5 s for its next request");
         assert!(
             closed >= Duration::from_millis(200),
             "closed after only {closed:?}"

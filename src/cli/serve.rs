@@ -214,7 +214,7 @@ async fn serve(
             return EXIT_FAILED;
         }
     };
-    let listener = match tokio::net::TcpListener::bind(api_addr).await {
+    let listener = match api::server::bind(api_addr) {
         Ok(listener) => listener,
         Err(e) => {
             eprintln!("raftlog serve: cannot listen for clients on {api_addr}: {e}; is another process using it?");
