@@ -109,21 +109,12 @@ pub async fn serve(
     let (closing_tx, closing_rx) = watch::channel(false);
     let mut stop = pin!(stop);
     let mut accept_failures = AcceptFailures::default();
-    let mut cap_reached_at: Option<Instant> = None;
+    let mut cap_log = CapLog::default();
     loop {
         let slot = match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
-                if cap_reached_at.is_none() {
-                    tracing::warn!(
-                        %local_addr,
-                        connections_max = limits.connections_max,
-                        "client connection cap reached: new connections wait in the listen \
-                         backlog until one closes (raise max_client_connections if this is \
-                         normal load)"
-                    );
-                    cap_reached_at = Some(Instant::now());
-                }
+                cap_log.reached(local_addr, limits.connections_max);
                 tokio::select! {
                     slot = Arc::clone(&slots).acquire_owned() => match slot {
                         Ok(slot) => slot,
@@ -134,13 +125,6 @@ pub async fn serve(
                 }
             }
         };
-        if let Some(since) = cap_reached_at.take() {
-            tracing::info!(
-                %local_addr,
-                at_cap_ms = since.elapsed().as_millis() as u64,
-                "below the client connection cap again"
-            );
-        }
         let (stream, _remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -213,6 +197,41 @@ async fn serve_connection(
                 closing_asked = true;
             }
         }
+    }
+}
+
+/// Warns when the connection cap is reached, at most once a minute: under a flood every
+/// closed connection lets one more in, and the cap is reached again at once (a first
+/// version warned 312 times in 20 s).
+#[derive(Default)]
+struct CapLog {
+    last_warned: Option<Instant>,
+    /// Times the cap was reached since the last warning.
+    reached: u64,
+}
+
+impl CapLog {
+    const QUIET: Duration = Duration::from_secs(60);
+
+    fn reached(&mut self, local_addr: std::net::SocketAddr, connections_max: u32) -> bool {
+        self.reached += 1;
+        if self
+            .last_warned
+            .is_some_and(|at| at.elapsed() < Self::QUIET)
+        {
+            return false;
+        }
+        tracing::warn!(
+            %local_addr,
+            connections_max,
+            times = self.reached,
+            "client connection cap reached: new connections wait in the listen backlog \
+             until one closes (raise max_client_connections if this is normal load; \
+             repeats are reported once a minute)"
+        );
+        self.last_warned = Some(Instant::now());
+        self.reached = 0;
+        true
     }
 }
 
@@ -524,6 +543,20 @@ mod tests {
         assert!(closed_within(&mut stream, Duration::from_secs(1))
             .await
             .is_some());
+    }
+
+    #[test]
+    fn reaching_the_cap_warns_once_a_minute() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let mut log = CapLog::default();
+        assert!(log.reached(addr, 8));
+        assert!((0..100).all(|_| !log.reached(addr, 8)));
+        assert_eq!(log.reached, 100);
+        log.last_warned = Instant::now().checked_sub(CapLog::QUIET);
+        if log.last_warned.is_some() {
+            assert!(log.reached(addr, 8));
+            assert_eq!(log.reached, 0);
+        }
     }
 
     #[test]
