@@ -42,6 +42,20 @@ pub const DEFAULT_WAL_SEGMENT_BYTES: u64 = 64 << 20;
 /// extra syncs each) too often; above 1 GiB one segment is more disk than most logs need.
 pub const WAL_SEGMENT_BYTES_RANGE: std::ops::RangeInclusive<u64> = (1 << 20)..=(1 << 30);
 
+// Issue 12 "net": bounded client connections (`src/api/server.rs`).
+/// Default of `client_header_read_timeout_ms`: far more than a client on any network
+/// needs to send its request headers, short enough that silent connections do not pile up.
+pub const DEFAULT_CLIENT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Default of `client_idle_timeout_ms`. A keep-alive connection waiting for its next
+/// request is already closed after the header-read timeout (hyper starts that timer
+/// whenever it waits for a request head); this one also bounds a connection whose answer
+/// moves no byte for a minute.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Accepted range of `max_client_connections`.
+pub const MAX_CLIENT_CONNECTIONS_RANGE: std::ops::RangeInclusive<u64> = 1..=1_000_000;
+/// Accepted range of both client timeouts: from 100 ms to an hour.
+pub const CLIENT_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=3_600_000;
+
 const TOP_LEVEL_FIELDS: &[&str] = &[
     "cluster_id",
     "nodes",
@@ -53,6 +67,10 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "wal_segment_bytes",
     "promote_lag_entries",
     "promote_stable_ms",
+    // Issue 12 "net".
+    "max_client_connections",
+    "client_header_read_timeout_ms",
+    "client_idle_timeout_ms",
 ];
 const NODE_FIELDS: &[&str] = &["raft_addr", "api_addr"];
 
@@ -118,6 +136,33 @@ pub struct ClusterConfig {
     wal_segment_bytes: u64,
     promote_lag_entries: u64,
     promote_stable_ms: u64,
+    client_connections: ClientConnectionLimits,
+}
+
+/// Bounds on the client API's connections (issue 12 "net"), so that idle or silent
+/// clients cannot use up the file descriptors a node needs for its peers and its disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientConnectionLimits {
+    /// `max_client_connections`: the most client connections served at once; further
+    /// ones wait in the kernel's listen backlog. `None` (the default): derived from the
+    /// process's file descriptor limit at start (`api::server::default_connections_max`).
+    pub connections_max: Option<u64>,
+    /// `client_header_read_timeout_ms`: a connection that has not sent a whole request
+    /// head this long after it opened (or after its previous answer: it also bounds how
+    /// long a keep-alive connection may wait between requests) is closed.
+    pub header_read_timeout_ms: u64,
+    /// `client_idle_timeout_ms`: a keep-alive connection with no traffic this long is closed.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for ClientConnectionLimits {
+    fn default() -> Self {
+        ClientConnectionLimits {
+            connections_max: None,
+            header_read_timeout_ms: DEFAULT_CLIENT_HEADER_READ_TIMEOUT_MS,
+            idle_timeout_ms: DEFAULT_CLIENT_IDLE_TIMEOUT_MS,
+        }
+    }
 }
 
 impl ClusterConfig {
@@ -265,6 +310,11 @@ impl ClusterConfig {
         Duration::from_millis(self.promote_stable_ms)
     }
 
+    /// Bounds on client connections (`max_client_connections`, `client_*_timeout_ms`).
+    pub fn client_connection_limits(&self) -> ClientConnectionLimits {
+        self.client_connections
+    }
+
     /// The configuration as cluster-file JSON (all fields explicit), e.g. for `raftlog
     /// cluster` to write the file it generated. Parsing it gives back an equal config.
     pub fn to_json(&self) -> String {
@@ -292,7 +342,13 @@ impl ClusterConfig {
             "wal_segment_bytes": self.wal_segment_bytes,
             "promote_lag_entries": self.promote_lag_entries,
             "promote_stable_ms": self.promote_stable_ms,
+            "client_header_read_timeout_ms": self.client_connections.header_read_timeout_ms,
+            "client_idle_timeout_ms": self.client_connections.idle_timeout_ms,
         });
+        let mut value = value;
+        if let Some(max) = self.client_connections.connections_max {
+            value["max_client_connections"] = serde_json::json!(max);
+        }
         // Serializing a `Value` cannot fail (string keys only).
         serde_json::to_string_pretty(&value).unwrap_or_default()
     }
@@ -484,6 +540,7 @@ impl Parser<'_> {
             None => DEFAULT_PROMOTE_STABLE_MS,
             Some(v) => self.unsigned(v, "promote_stable_ms")?,
         };
+        let client_connections = self.client_connection_limits(&get)?;
         Ok(ClusterConfig {
             path: self.path.to_path_buf(),
             cluster_id,
@@ -496,7 +553,46 @@ impl Parser<'_> {
             wal_segment_bytes,
             promote_lag_entries,
             promote_stable_ms,
+            client_connections,
         })
+    }
+
+    fn client_connection_limits<'j>(
+        &self,
+        get: &impl Fn(&str) -> Option<&'j Json>,
+    ) -> Result<ClientConnectionLimits, ConfigError> {
+        let defaults = ClientConnectionLimits::default();
+        let connections_max = get("max_client_connections")
+            .map(|v| self.in_range(v, "max_client_connections", &MAX_CLIENT_CONNECTIONS_RANGE))
+            .transpose()?;
+        let timeout = |name: &str, default: u64| match get(name) {
+            None => Ok(default),
+            Some(v) => self.in_range(v, name, &CLIENT_TIMEOUT_MS_RANGE),
+        };
+        Ok(ClientConnectionLimits {
+            connections_max,
+            header_read_timeout_ms: timeout(
+                "client_header_read_timeout_ms",
+                defaults.header_read_timeout_ms,
+            )?,
+            idle_timeout_ms: timeout("client_idle_timeout_ms", defaults.idle_timeout_ms)?,
+        })
+    }
+
+    fn in_range(
+        &self,
+        json: &Json,
+        field: &str,
+        range: &std::ops::RangeInclusive<u64>,
+    ) -> Result<u64, ConfigError> {
+        let value = self.unsigned(json, field)?;
+        if !range.contains(&value) {
+            return Err(self.err(
+                field,
+                format!("{value} is outside {}..={}", range.start(), range.end()),
+            ));
+        }
+        Ok(value)
     }
 
     /// The entries of an object, refusing fields not in `allowed`.
@@ -758,6 +854,40 @@ mod tests {
         assert_eq!(again, cfg);
         let err = parse(&with(r#""promote_stable_ms": -1"#)).unwrap_err();
         assert!(err.to_string().contains("promote_stable_ms"), "{err}");
+    }
+
+    #[test]
+    fn client_connection_limits_parse_validate_and_round_trip() {
+        let cfg = parse(MINIMAL).unwrap();
+        assert_eq!(
+            cfg.client_connection_limits(),
+            ClientConnectionLimits::default()
+        );
+        let cfg = parse(&with(
+            r#""max_client_connections": 300, "client_header_read_timeout_ms": 500,
+               "client_idle_timeout_ms": 2000"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.client_connection_limits(),
+            ClientConnectionLimits {
+                connections_max: Some(300),
+                header_read_timeout_ms: 500,
+                idle_timeout_ms: 2000,
+            }
+        );
+        let again = ClusterConfig::parse(&cfg.to_json(), cfg.path()).unwrap();
+        assert_eq!(again, cfg);
+        for (field, value) in [
+            ("max_client_connections", "0"),
+            ("max_client_connections", "1000001"),
+            ("client_header_read_timeout_ms", "99"),
+            ("client_idle_timeout_ms", "0"),
+            ("client_idle_timeout_ms", "\"60s\""),
+        ] {
+            let err = parse(&with(&format!(r#""{field}": {value}"#))).unwrap_err();
+            assert!(err.to_string().contains(field), "{field}={value}: {err}");
+        }
     }
 
     #[test]

@@ -89,6 +89,15 @@ impl ApiError {
         }
     }
 
+    /// `503 overloaded`: too much is pending; nothing was proposed; retry later.
+    pub fn overloaded(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "overloaded",
+            message: message.into(),
+        }
+    }
+
     /// `409 unsafe_change`: the membership change would leave too few reachable voters.
     pub fn unsafe_change(message: impl Into<String>) -> ApiError {
         ApiError {

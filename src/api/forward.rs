@@ -20,6 +20,10 @@ const RELAYED_RESPONSE_HEADERS: [&str; 3] = ["content-type", "x-raft-index", "x-
 /// first AppendEntries commits what the old one proposed: milliseconds, unless the machine
 /// is overloaded.
 const LEADER_CHANGE_WAIT_MAX: Duration = Duration::from_secs(3);
+/// Most requests forwarded to the leader at once, hence most connections this node opens
+/// to it: a follower flooded by clients must not flood the leader with sockets. Far above
+/// what a leader needs to keep busy (forwarded writes are batched into one proposal).
+pub const CONNECTIONS_MAX: usize = 64;
 /// A health probe unanswered this long means the old leader is frozen: give up on it.
 const LIVENESS_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 
@@ -161,6 +165,15 @@ async fn send_to_leader(
     else {
         return ApiError::no_leader(format!(
             "leader {leader} is not in this node's membership; retry shortly"
+        ))
+        .into_response();
+    };
+    // Waiting for a slot is bounded by the request's own timeout; nothing is sent before.
+    let Ok(Ok(_slot)) = tokio::time::timeout(timeout, state.forward_slots.acquire()).await else {
+        return ApiError::overloaded(format!(
+            "node {} has {CONNECTIONS_MAX} requests in flight to leader {leader} and none \
+             finished within {timeout:?}; nothing was proposed; retry later or send to the leader",
+            state.node.id
         ))
         .into_response();
     };

@@ -818,6 +818,16 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         t.handshakes_refused,
     );
     counter(
+        "transport_inbound_replaced_total",
+        "Inbound peer connections closed because a newer one from the same peer arrived.",
+        t.inbound_replaced,
+    );
+    counter(
+        "transport_inbound_idle_closed_total",
+        "Inbound peer connections closed after the idle timeout.",
+        t.inbound_idle_closed,
+    );
+    counter(
         "membership_changes_total",
         "Membership changes this node proposed as leader (promotions included).",
         m.membership_changes.get(),

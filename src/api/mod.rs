@@ -10,6 +10,7 @@ mod forward;
 pub mod fuzzing;
 mod handlers;
 mod members;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 
 pub use self::error::ApiError;
+pub use self::server::ConnectionLimits;
 use crate::kv::KvStore;
 use crate::node::Node;
 
@@ -34,6 +36,8 @@ pub struct ApiOptions {
     pub request_timeout: Duration,
     /// Serve the test-only fault switches under `/v1/debug/` (`RAFTLOG_TEST_FAULTS=1`).
     pub test_faults: bool,
+    /// Bounds on client connections.
+    pub connections: ConnectionLimits,
 }
 
 impl Default for ApiOptions {
@@ -42,6 +46,13 @@ impl Default for ApiOptions {
             value_bytes_max: 1 << 20,
             request_timeout: Duration::from_secs(5),
             test_faults: false,
+            connections: ConnectionLimits {
+                connections_max: server::default_connections_max(1024),
+                header_read_timeout: Duration::from_millis(
+                    crate::config::DEFAULT_CLIENT_HEADER_READ_TIMEOUT_MS,
+                ),
+                idle_timeout: Duration::from_millis(crate::config::DEFAULT_CLIENT_IDLE_TIMEOUT_MS),
+            },
         }
     }
 }
@@ -54,6 +65,9 @@ pub struct ApiState {
     pub options: ApiOptions,
     /// Client for forwarding to the leader (keeps connections alive).
     pub client: reqwest::Client,
+    /// One permit per forward in flight, so that a flood of requests to a follower
+    /// opens at most [`forward::CONNECTIONS_MAX`] connections to the leader.
+    pub forward_slots: tokio::sync::Semaphore,
 }
 
 /// The header that names the leader on every answer.
@@ -64,15 +78,24 @@ pub const FORWARDED_HEADER: &str = "x-raftlog-forwarded-by";
 /// Builds the router.
 pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
     let test_faults = options.test_faults;
+    // reqwest has no cap on connections, only on idle ones; `forward_slots` caps those
+    // in use. Idle ones close well before the leader would close them for waiting too
+    // long for a request head (the header-read timeout; the cluster file is shared, so
+    // the leader's is this node's), so a request is never sent into one it is closing.
+    let pool_idle = (options.connections.header_read_timeout / 2)
+        .min(options.connections.idle_timeout / 2)
+        .min(Duration::from_secs(20));
     let client = reqwest::Client::builder()
         .timeout(options.request_timeout + Duration::from_secs(1))
-        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_idle_timeout(pool_idle)
+        .pool_max_idle_per_host(forward::CONNECTIONS_MAX)
         .build()
         .unwrap_or_else(|_| reqwest::Client::new());
     let state = Arc::new(ApiState {
         node,
         options,
         client,
+        forward_slots: tokio::sync::Semaphore::new(forward::CONNECTIONS_MAX),
     });
     let router = Router::new()
         .route(
@@ -130,18 +153,18 @@ pub async fn serve(
     node: Node<KvStore>,
     options: ApiOptions,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node, options)).await
+    serve_until(listener, node, options, std::future::pending()).await
 }
 
-/// Serves the API on `listener` until `stop` resolves, then stops accepting connections
-/// and returns once the requests in progress are answered (a graceful stop).
+/// Serves the API on `listener` within `options.connections` until `stop` resolves, then
+/// stops accepting connections and returns once the requests in progress are answered (a
+/// graceful stop).
 pub async fn serve_until(
     listener: tokio::net::TcpListener,
     node: Node<KvStore>,
     options: ApiOptions,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node, options))
-        .with_graceful_shutdown(stop)
-        .await
+    let limits = options.connections;
+    server::serve(listener, router(node, options), limits, stop).await
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use storage::Membership;
 
 use super::{init_tracing, join, EXIT_FAILED, EXIT_USAGE};
-use crate::api::{self, ApiOptions};
+use crate::api::{self, ApiOptions, ConnectionLimits};
 use crate::config::ClusterConfig;
 use crate::kv::KvStore;
 use crate::node::{self, NodeOptions};
@@ -92,7 +92,9 @@ pub fn run(config_path: &Path, id: u64, data_dir: Option<PathBuf>, join: Option<
             return EXIT_FAILED;
         }
     };
-    runtime.block_on(serve(options, join))
+    let fd_limit = raise_fd_limit();
+    let connections = client_connection_limits(&config, fd_limit);
+    runtime.block_on(serve(options, join, connections))
 }
 
 /// Arms the storage failpoints named in `FAILPOINTS` (`name=actions;...`, the `fail`
@@ -117,7 +119,97 @@ fn arm_failpoints_from_env() -> Result<(), String> {
     Ok(())
 }
 
-async fn serve(mut options: NodeOptions, join: Option<Vec<String>>) -> i32 {
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the soft limit in effect.
+///
+/// systemd starts services with a soft limit of 1024 (kept low only for programs that use
+/// `select(2)`) and a much higher hard one; a node needs a descriptor per client and peer
+/// connection besides its files, and running out of them stops it (issue 12).
+fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass; no other memory is involved.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!("cannot read RLIMIT_NOFILE: {e}; assuming 1024 file descriptors");
+        return 1024;
+    }
+    let soft = limit.rlim_cur;
+    // An unlimited hard limit still cannot exceed fs.nr_open (1 Mi by default).
+    let target = if limit.rlim_max == libc::RLIM_INFINITY {
+        1 << 20
+    } else {
+        limit.rlim_max
+    };
+    if soft >= target {
+        tracing::info!(
+            soft,
+            hard = limit.rlim_max,
+            "RLIMIT_NOFILE already at its hard limit"
+        );
+        return soft;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: target,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(
+            soft,
+            hard = limit.rlim_max,
+            "cannot raise RLIMIT_NOFILE to its hard limit: {e}; serving with {soft} file \
+             descriptors (raise LimitNOFILE= in the service unit)"
+        );
+        return soft;
+    }
+    tracing::info!(
+        from = soft,
+        to = target,
+        hard = limit.rlim_max,
+        "raised the soft RLIMIT_NOFILE to the hard limit"
+    );
+    target
+}
+
+/// The client API's connection bounds: `max_client_connections` as configured, or derived
+/// from the descriptor limit in effect.
+fn client_connection_limits(config: &ClusterConfig, fd_limit: u64) -> ConnectionLimits {
+    let configured = config.client_connection_limits();
+    let connections_max = match configured.connections_max {
+        Some(max) => u32::try_from(max).unwrap_or(u32::MAX),
+        None => api::server::default_connections_max(fd_limit),
+    };
+    if u64::from(connections_max) + api::server::RESERVED_FDS > fd_limit {
+        tracing::warn!(
+            connections_max,
+            fd_limit,
+            "max_client_connections leaves fewer than {} of the {fd_limit} file descriptors \
+             to peers and storage; idle clients could stop this node",
+            api::server::RESERVED_FDS
+        );
+    }
+    tracing::info!(
+        connections_max,
+        fd_limit,
+        header_read_timeout_ms = configured.header_read_timeout_ms,
+        idle_timeout_ms = configured.idle_timeout_ms,
+        "client connection limits"
+    );
+    ConnectionLimits {
+        connections_max,
+        header_read_timeout: Duration::from_millis(configured.header_read_timeout_ms),
+        idle_timeout: Duration::from_millis(configured.idle_timeout_ms),
+    }
+}
+
+async fn serve(
+    mut options: NodeOptions,
+    join: Option<Vec<String>>,
+    connections: ConnectionLimits,
+) -> i32 {
     let configured = options.bootstrap.clone();
     if let Some(addrs) = &join {
         options.bootstrap = tokio::select! {
@@ -148,7 +240,7 @@ async fn serve(mut options: NodeOptions, join: Option<Vec<String>>) -> i32 {
             return EXIT_FAILED;
         }
     };
-    let listener = match tokio::net::TcpListener::bind(api_addr).await {
+    let listener = match api::server::bind(api_addr) {
         Ok(listener) => listener,
         Err(e) => {
             eprintln!("raftlog serve: cannot listen for clients on {api_addr}: {e}; is another process using it?");
@@ -180,6 +272,7 @@ async fn serve(mut options: NodeOptions, join: Option<Vec<String>>) -> i32 {
     let api_options = ApiOptions {
         // Test-only fault switches for process tests; never set in production.
         test_faults: std::env::var("RAFTLOG_TEST_FAULTS").is_ok_and(|v| v == "1"),
+        connections,
         ..ApiOptions::default()
     };
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();

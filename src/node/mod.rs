@@ -539,6 +539,11 @@ fn catch_up_ticks_max(options: &NodeOptions) -> u64 {
     )
 }
 
+/// The largest command a client can make the node propose: the API's value limit
+/// (`ApiOptions::value_bytes_max`, 1 MiB; a whole request body is at most that) plus the
+/// key (at most 1 KiB), a `Request-Id` and the command's encoding.
+const COMMAND_BYTES_MAX: u64 = (1 << 20) + (64 << 10);
+
 fn core_config(options: &NodeOptions) -> raft::Config {
     let ticks = |d: Duration| (d.as_millis() / options.tick.as_millis().max(1)).max(1) as u32;
     let mut config = raft::Config::new(options.id);
@@ -650,15 +655,22 @@ pub async fn start<S: StateMachine>(
         options.membership_policy,
         u64::from(core_config.election_timeout_ticks_max),
     );
+    // Every node derives the same limit from the same settings.
+    let max_frame_bytes = crate::transport::max_frame_bytes_for(
+        core_config.max_msg_bytes,
+        COMMAND_BYTES_MAX,
+        core_config.snapshot_chunk_bytes,
+    );
     let core = RaftCore::new(core_config, storage, hard_state, bootstrap.clone());
     let initial_membership = core.status().membership;
     let peers = raft_peers(&initial_membership);
-    let transport_config = TransportConfig::new(
+    let mut transport_config = TransportConfig::new(
         options.id,
         options.cluster_id.clone(),
         options.raft_addr,
         peers,
     );
+    transport_config.max_frame_bytes = max_frame_bytes;
     let (transport, inbound) =
         Transport::start(transport_config)
             .await

@@ -12,7 +12,14 @@
 //! - **Frames.** `| len u32 | crc32 u32 | bincode(Envelope) |` ([`codec`]). An oversize
 //!   length, a bad CRC or an undecodable body is garbage: the acceptor logs it naming the
 //!   peer address, counts it and drops the connection. Nothing a peer sends can make a
-//!   node panic or allocate more than the frame size limit allows.
+//!   node panic or allocate more than the frame size limit allows; the limit is derived
+//!   from the largest message the core can send ([`max_frame_bytes_for`]).
+//! - **Bounded inbound connections.** One inbound connection per peer id: a newer one
+//!   from the same id closes the older (the newest wins: a peer that restarted, or whose
+//!   old connection broke without a FIN, dials again). An inbound connection that
+//!   delivers nothing for `idle_timeout` is closed; the dialer notices the close at once
+//!   and redials. Every peer socket has TCP keepalive on, so a peer host that vanished is
+//!   noticed within about `keepalive_idle` plus three probes even on a silent link.
 //! - **Sending never blocks.** [`Transport::send`] is a synchronous `try_send` into a
 //!   bounded per-peer queue; the peer's task drains it, coalescing everything queued
 //!   into one buffer and one `write_all`. A dead or slow peer only fills its own queue:
@@ -91,11 +98,52 @@ pub struct TransportConfig {
     pub backoff_min: Duration,
     /// The reconnect delay doubles up to this.
     pub backoff_max: Duration,
+    /// An inbound connection that delivers no frame for this long is closed, so that
+    /// sockets of peers that went away without closing them do not accumulate. The
+    /// dialer redials at once, so a link that is merely quiet costs one reconnect.
+    pub idle_timeout: Duration,
+    /// TCP keepalive: the first probe goes out after this much silence, then two more at
+    /// a third of it; a peer that answers none is declared dead by the kernel.
+    pub keepalive_idle: Duration,
 }
 
+/// Per-frame slack beyond the payloads: the envelope, the message fields, bincode's
+/// length prefixes for each entry, a snapshot's membership. Generous on purpose.
+const FRAME_SLACK_BYTES: u64 = 64 << 10;
+
+/// The frame size limit for a core that sends at most `max_msg_bytes` of entries per
+/// AppendEntries, `snapshot_chunk_bytes` per InstallSnapshot, and entries of at most
+/// `entry_bytes_max` each.
+///
+/// The largest AppendEntries holds up to `max_msg_bytes` of entries plus the one that
+/// crossed the limit (the core always sends at least one entry, however big), hence
+/// `max_msg_bytes + entry_bytes_max`. The limit is twice that plus a snapshot chunk: room
+/// for a node whose limits were raised to talk to one not yet restarted, while still far
+/// below the fixed 64 MiB it replaces (with the defaults, 1 MiB each: about 5.3 MiB), so
+/// a garbage length cannot make a node reserve more. Saturates at `u32::MAX`.
+pub fn max_frame_bytes_for(
+    max_msg_bytes: u64,
+    entry_bytes_max: u64,
+    snapshot_chunk_bytes: u64,
+) -> u32 {
+    let largest_append = max_msg_bytes
+        .saturating_add(entry_bytes_max)
+        .saturating_add(FRAME_SLACK_BYTES);
+    let limit = largest_append
+        .saturating_mul(2)
+        .saturating_add(snapshot_chunk_bytes)
+        .saturating_add(FRAME_SLACK_BYTES);
+    u32::try_from(limit).unwrap_or(u32::MAX)
+}
+
+/// [`max_frame_bytes_for`] with the core's and the API's defaults (1 MiB each).
+pub const DEFAULT_MESSAGE_BYTES: u64 = 1 << 20;
+
 impl TransportConfig {
-    /// Defaults: 64 MiB frames, queues of 4096 messages, 1 MiB write batches, 1 s dial
-    /// timeout, 5 s handshake timeout, 20 s write timeout, backoff from 10 ms to 1 s.
+    /// Defaults: frames sized for 1 MiB messages, entries and snapshot chunks
+    /// ([`max_frame_bytes_for`]), queues of 4096 messages, 1 MiB write batches, 1 s dial
+    /// timeout, 5 s handshake timeout, 20 s write timeout, backoff from 10 ms to 1 s,
+    /// 2 min inbound idle timeout, keepalive probes after 15 s of silence.
     pub fn new(
         id: NodeId,
         cluster_id: impl Into<String>,
@@ -107,7 +155,11 @@ impl TransportConfig {
             cluster_id: cluster_id.into(),
             listen,
             peers,
-            max_frame_bytes: 64 << 20,
+            max_frame_bytes: max_frame_bytes_for(
+                DEFAULT_MESSAGE_BYTES,
+                DEFAULT_MESSAGE_BYTES,
+                DEFAULT_MESSAGE_BYTES,
+            ),
             queue_len: 4096,
             inbound_queue_len: 4096,
             batch_bytes_max: 1 << 20,
@@ -116,6 +168,8 @@ impl TransportConfig {
             write_timeout: Duration::from_secs(20),
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(120),
+            keepalive_idle: Duration::from_secs(15),
         }
     }
 
@@ -149,6 +203,12 @@ impl TransportConfig {
             return invalid(format!(
                 "backoff_min {:?} must be positive and at most backoff_max {:?}",
                 self.backoff_min, self.backoff_max
+            ));
+        }
+        if self.idle_timeout.is_zero() || self.keepalive_idle < Duration::from_secs(1) {
+            return invalid(format!(
+                "idle_timeout {:?} must be positive and keepalive_idle {:?} at least 1 s",
+                self.idle_timeout, self.keepalive_idle
             ));
         }
         if let Some(id) = self.peers.keys().find(|id| **id == 0) {
@@ -227,6 +287,10 @@ pub struct TransportMetrics {
     pub garbage_frames: u64,
     /// Well-formed frames refused: envelope `from`/`to` not matching the handshake.
     pub envelopes_refused: u64,
+    /// Inbound connections closed because a newer one from the same peer arrived.
+    pub inbound_replaced: u64,
+    /// Inbound connections closed after `idle_timeout` without a frame.
+    pub inbound_idle_closed: u64,
     /// Peers whose outbound connection is up right now.
     pub peers_connected: u64,
 }
@@ -251,6 +315,8 @@ struct Counters {
     handshakes_refused: AtomicU64,
     garbage_frames: AtomicU64,
     envelopes_refused: AtomicU64,
+    inbound_replaced: AtomicU64,
+    inbound_idle_closed: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, n: u64) {
@@ -278,6 +344,8 @@ impl Counters {
             handshakes_refused: get(&self.handshakes_refused),
             garbage_frames: get(&self.garbage_frames),
             envelopes_refused: get(&self.envelopes_refused),
+            inbound_replaced: get(&self.inbound_replaced),
+            inbound_idle_closed: get(&self.inbound_idle_closed),
             peers_connected: 0,
         }
     }
@@ -322,6 +390,12 @@ struct Shared {
     write_timeout: Duration,
     backoff_min: Duration,
     backoff_max: Duration,
+    idle_timeout: Duration,
+    keepalive_idle: Duration,
+    /// The live inbound connection of each peer: its sequence number and the switch that
+    /// closes it when a newer one arrives.
+    inbound: Mutex<BTreeMap<NodeId, (u64, Arc<Notify>)>>,
+    inbound_seq: AtomicU64,
     peers: PeerSet,
     counters: Counters,
     /// Wakes a peer's outbound task out of its reconnect backoff. Poked when that peer
@@ -336,6 +410,48 @@ struct Shared {
 }
 
 impl Shared {
+    /// Records a new inbound connection from `peer` and closes the one it replaces (the
+    /// newest wins). Returns its sequence number and the switch that closes it in turn.
+    fn register_inbound(&self, peer: NodeId) -> (u64, Arc<Notify>) {
+        let seq = self.inbound_seq.fetch_add(1, Ordering::Relaxed);
+        let close = Arc::new(Notify::new());
+        let replaced = lock(&self.inbound).insert(peer, (seq, Arc::clone(&close)));
+        if let Some((_, older)) = replaced {
+            // A stored permit: the older connection ends at its next wait even if it is
+            // busy delivering right now.
+            older.notify_one();
+            bump(&self.counters.inbound_replaced, 1);
+        }
+        (seq, close)
+    }
+
+    /// Forgets inbound connection `seq` of `peer`, unless a newer one took its place.
+    fn unregister_inbound(&self, peer: NodeId, seq: u64) {
+        let mut inbound = lock(&self.inbound);
+        if inbound
+            .get(&peer)
+            .is_some_and(|(current, _)| *current == seq)
+        {
+            inbound.remove(&peer);
+        }
+    }
+
+    /// Turns on TCP keepalive, so that a peer host that vanished is noticed on a silent
+    /// link: tokio exposes only on/off, socket2 also the timing (std and tokio have no
+    /// equivalent; socket2 is the crate tokio itself uses for this).
+    fn set_keepalive(&self, stream: &tokio::net::TcpStream) {
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(self.keepalive_idle)
+            .with_interval(self.keepalive_idle / 3)
+            .with_retries(3);
+        if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+            tracing::debug!(
+                id = self.id,
+                "cannot enable TCP keepalive on a peer socket: {e}"
+            );
+        }
+    }
+
     /// `peer` just proved it is up: redial it now if we are backing off.
     fn poke_redial(&self, peer: NodeId) {
         if let Some(redial) = read_lock(&self.redial).get(&peer) {
@@ -425,6 +541,10 @@ impl Transport {
             write_timeout: config.write_timeout,
             backoff_min: config.backoff_min,
             backoff_max: config.backoff_max,
+            idle_timeout: config.idle_timeout,
+            keepalive_idle: config.keepalive_idle,
+            inbound: Mutex::new(BTreeMap::new()),
+            inbound_seq: AtomicU64::new(0),
             peers: PeerSet {
                 addrs: RwLock::new(BTreeMap::new()),
                 generation: AtomicU64::new(0),

@@ -192,6 +192,7 @@ async fn connect(
     stream
         .set_nodelay(true)
         .map_err(ConnectError::HandshakeIo)?;
+    shared.set_keepalive(&stream);
     let mut hello = Vec::with_capacity(codec::HANDSHAKE_FIXED_BYTES + shared.cluster_id.len() + 4);
     Handshake {
         version: PROTOCOL_VERSION,

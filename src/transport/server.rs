@@ -76,6 +76,7 @@ async fn serve(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(id = shared.id, %remote, "set_nodelay failed: {e}");
     }
+    shared.set_keepalive(&stream);
     let hello = match tokio::time::timeout(shared.handshake_timeout, read_handshake(&mut stream))
         .await
     {
@@ -129,7 +130,9 @@ async fn serve(
     let peer = hello.from;
     tracing::info!(id = shared.id, peer, %remote, "inbound peer connection accepted");
     shared.poke_redial(peer);
-    let why = read_frames(&shared, &mut stream, remote, peer, &inbound).await;
+    let (seq, replaced) = shared.register_inbound(peer);
+    let why = read_frames(&shared, &mut stream, remote, peer, &inbound, &replaced).await;
+    shared.unregister_inbound(peer, seq);
     tracing::info!(id = shared.id, peer, %remote, "inbound peer connection closed: {why}");
 }
 
@@ -213,6 +216,7 @@ async fn read_frames(
     remote: SocketAddr,
     peer: NodeId,
     inbound: &mpsc::Sender<Envelope>,
+    replaced: &tokio::sync::Notify,
 ) -> String {
     let counters = &shared.counters;
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -273,7 +277,15 @@ async fn read_frames(
         if buf.capacity() - buf.len() < FRAME_HEADER_BYTES {
             buf.reserve(READ_CHUNK_BYTES);
         }
-        match stream.read_buf(&mut buf).await {
+        let read = tokio::select! {
+            read = tokio::time::timeout(shared.idle_timeout, stream.read_buf(&mut buf)) => read,
+            () = replaced.notified() => return "replaced by a newer connection from the same peer".into(),
+        };
+        let Ok(read) = read else {
+            bump(&counters.inbound_idle_closed, 1);
+            return format!("no frame for {:?} (idle timeout)", shared.idle_timeout);
+        };
+        match read {
             Ok(0) if buf.is_empty() => return "closed by the peer".into(),
             Ok(0) => {
                 return format!(

@@ -861,3 +861,141 @@ async fn throughput() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_inbound_connection_from_a_peer_replaces_the_older_one() {
+    let (b, mut b_rx) = start(2, BTreeMap::from([(1, dead_addr()), (3, dead_addr())])).await;
+    let addr = b.local_addr();
+    let mut older = raw_peer(addr, 1, 2).await;
+    let mut other_peer = raw_peer(addr, 3, 2).await;
+    let mut newer = raw_peer(addr, 1, 2).await;
+    assert_closed_by_peer(&mut older, "a newer connection from the same peer").await;
+    eventually("replacement counted", || b.metrics().inbound_replaced == 1).await;
+    // The newer connection, and the other peer's, still deliver.
+    let mut buf = Vec::new();
+    encode_frame(&numbered(1, 2, 7, Bytes::new()), 1 << 20, &mut buf).expect("encode");
+    newer.write_all(&buf).await.expect("write");
+    assert_eq!(seq_of(&recv_n(&mut b_rx, 1).await[0]), 7);
+    let mut buf = Vec::new();
+    encode_frame(&numbered(3, 2, 8, Bytes::new()), 1 << 20, &mut buf).expect("encode");
+    other_peer.write_all(&buf).await.expect("write");
+    assert_eq!(seq_of(&recv_n(&mut b_rx, 1).await[0]), 8);
+    assert_eq!(b.metrics().inbound_replaced, 1);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_size_limit_is_refused_before_its_body_is_read() {
+    let max_frame_bytes = 64 << 10;
+    let (b, _b_rx) = start_with(
+        2,
+        CLUSTER,
+        localhost(),
+        BTreeMap::from([(1, dead_addr())]),
+        |c| {
+            c.max_frame_bytes = max_frame_bytes;
+        },
+    )
+    .await;
+    let mut stream = raw_peer(b.local_addr(), 1, 2).await;
+    // A header announcing one byte over the limit, and no body: a node that waited for
+    // the body (or reserved room for it) would keep the connection open.
+    let mut header = Vec::new();
+    header.extend_from_slice(&(max_frame_bytes + 1).to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    stream.write_all(&header).await.expect("write");
+    assert_closed_by_peer(&mut stream, "a frame length over max_frame_bytes").await;
+    assert_eq!(b.metrics().garbage_frames, 1);
+    assert_eq!(b.metrics().frames_received, 0);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_inbound_connection_is_closed_after_the_idle_timeout() {
+    let (b, _b_rx) = start_with(
+        2,
+        CLUSTER,
+        localhost(),
+        BTreeMap::from([(1, dead_addr())]),
+        |c| {
+            c.idle_timeout = Duration::from_millis(300);
+        },
+    )
+    .await;
+    let mut stream = raw_peer(b.local_addr(), 1, 2).await;
+    let opened = Instant::now();
+    assert_closed_by_peer(&mut stream, "300 ms without a frame").await;
+    let elapsed = opened.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(250),
+        "closed after only {elapsed:?}"
+    );
+    assert_eq!(b.metrics().inbound_idle_closed, 1);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialer_whose_idle_connection_was_closed_redials_and_delivers() {
+    let ((a, _a_rx), (b, mut b_rx)) = pair(|c| c.idle_timeout = Duration::from_millis(200)).await;
+    a.send(numbered(1, 2, 1, Bytes::new())).expect("queued");
+    assert_eq!(seq_of(&recv_n(&mut b_rx, 1).await[0]), 1);
+    eventually("idle connection closed", || {
+        b.metrics().inbound_idle_closed >= 1
+    })
+    .await;
+    eventually("redialed", || a.metrics().connects >= 2).await;
+    eventually("link up again", || {
+        a.peer_statuses().iter().all(|p| p.connected)
+    })
+    .await;
+    a.send(numbered(1, 2, 2, Bytes::new())).expect("queued");
+    assert_eq!(seq_of(&recv_n(&mut b_rx, 1).await[0]), 2);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[test]
+fn the_frame_limit_fits_the_largest_append_entries_and_snapshot_chunk() {
+    let message_bytes = 256 << 10;
+    let limit = max_frame_bytes_for(message_bytes, message_bytes, message_bytes);
+    // An AppendEntries just under max_msg_bytes of entries, plus one entry of the
+    // largest size that crossed the limit.
+    let small = Bytes::from(vec![7u8; 1000]);
+    let mut entries: Vec<Entry> = (1..=(message_bytes / 1000))
+        .map(|index| Entry {
+            index,
+            term: 1,
+            kind: EntryKind::Normal,
+            payload: small.clone(),
+        })
+        .collect();
+    entries.push(Entry {
+        index: entries.len() as u64 + 1,
+        term: 1,
+        kind: EntryKind::Normal,
+        payload: Bytes::from(vec![9u8; message_bytes as usize]),
+    });
+    let append = Envelope {
+        from: 1,
+        to: 2,
+        message: Message::AppendEntries {
+            term: u64::MAX,
+            prev_log_index: u64::MAX,
+            prev_log_term: u64::MAX,
+            entries,
+            leader_commit: u64::MAX,
+            read_ctx: u64::MAX,
+        },
+    };
+    let mut buf = Vec::new();
+    encode_frame(&append, limit, &mut buf).expect("the largest append fits");
+    let chunk = snapshot_chunk(1, 2, message_bytes as usize);
+    encode_frame(&chunk, limit, &mut buf).expect("a snapshot chunk fits");
+    // With the defaults (1 MiB each), far below the fixed 64 MiB it replaces.
+    let default_limit = max_frame_bytes_for(1 << 20, 1 << 20, 1 << 20);
+    assert!(
+        (4 << 20..8 << 20).contains(&default_limit),
+        "default frame limit {default_limit}"
+    );
+    assert_eq!(max_frame_bytes_for(u64::MAX, 1, 1), u32::MAX);
+}

@@ -10,6 +10,7 @@
 //! on any of the I/O above.
 #![deny(missing_docs)]
 
+pub mod dir;
 pub mod error;
 pub mod failpoint;
 pub mod fuzzing;

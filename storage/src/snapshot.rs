@@ -43,6 +43,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::dir::DirHandle;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::SnapshotMeta;
@@ -75,6 +76,8 @@ pub struct SnapshotStore {
     dir: PathBuf,
     keep: usize,
     temp_seq: Arc<AtomicU64>,
+    /// Held open so that fsyncing and listing the directory need no new descriptor.
+    dir_handle: Arc<DirHandle>,
 }
 
 impl SnapshotStore {
@@ -102,10 +105,13 @@ impl SnapshotStore {
                 sync_dir(parent)?;
             }
         }
+        let dir_handle =
+            DirHandle::open(&dir).map_err(|e| Error::io("open snapshot directory", &dir, e))?;
         let store = SnapshotStore {
             dir,
             keep,
             temp_seq: Arc::new(AtomicU64::new(0)),
+            dir_handle: Arc::new(dir_handle),
         };
         let mut removed = false;
         for name in store.dir_names()? {
@@ -119,7 +125,7 @@ impl SnapshotStore {
         }
         removed |= store.prune(None)?;
         if removed {
-            sync_dir(&store.dir)?;
+            store.sync_dir()?;
         }
         Ok(store)
     }
@@ -284,14 +290,20 @@ impl SnapshotStore {
     }
 
     fn dir_names(&self) -> Result<Vec<String>> {
-        let mut names = Vec::new();
-        let entries = std::fs::read_dir(&self.dir)
+        let entries = self
+            .dir_handle
+            .entries()
             .map_err(|e| Error::io("list snapshot directory", &self.dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io("list snapshot directory", &self.dir, e))?;
-            names.push(entry.file_name().to_string_lossy().into_owned());
-        }
-        Ok(names)
+        Ok(entries
+            .into_iter()
+            .map(|(name, _)| name.to_string_lossy().into_owned())
+            .collect())
+    }
+
+    fn sync_dir(&self) -> Result<()> {
+        self.dir_handle
+            .sync()
+            .map_err(|e| Error::io("fsync directory", &self.dir, e))
     }
 
     /// `(last_index, last_term)` of every snapshot file, newest first.
@@ -329,7 +341,7 @@ impl SnapshotStore {
             moved.push(target);
         }
         if !moved.is_empty() {
-            sync_dir(&self.dir)?;
+            self.sync_dir()?;
         }
         Ok(moved)
     }
@@ -591,7 +603,7 @@ impl TempTarget {
         std::fs::rename(&self.temp_path, &self.final_path)
             .map_err(|e| Error::io("rename snapshot into place", &self.final_path, e))?;
         self.done = true;
-        sync_dir(&self.store.dir)?;
+        self.store.sync_dir()?;
         // The new snapshot is durable; older ones may go. A failure to delete one is not a
         // failure of this snapshot: log it, the next open retries.
         if let Err(e) = self.store.prune(Some(id)) {

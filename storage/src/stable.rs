@@ -82,6 +82,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::dir::DirHandle;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::{HardState, Membership, NodeId};
@@ -171,6 +172,11 @@ pub struct StableStore {
     data_file: File,
     /// Path of that file, for error messages.
     data_file_path: PathBuf,
+    /// The store's directory and sled's `blobs/`, held open so that a save fsyncs and
+    /// lists them without opening a descriptor: one that cannot be had (EMFILE) would
+    /// otherwise stop the node at a term change (`crate::dir`).
+    dir: DirHandle,
+    blob_dir: DirHandle,
     write: Mutex<WriteState>,
     syncs: SyncCounters,
 }
@@ -205,11 +211,18 @@ impl StableStore {
         let data_file_path = path.join("db");
         let data_file = File::open(&data_file_path)
             .map_err(|e| Error::io("open sled data file to fsync it", &data_file_path, e))?;
+        let dir = DirHandle::open(&path)
+            .map_err(|e| Error::io("open stable store directory", &path, e))?;
+        let blob_dir_path = path.join("blobs");
+        let blob_dir = DirHandle::open(&blob_dir_path)
+            .map_err(|e| Error::io("open sled blob directory", &blob_dir_path, e))?;
         let store = StableStore {
             db,
             path,
             data_file,
             data_file_path,
+            dir,
+            blob_dir,
             write: Mutex::new(WriteState {
                 hard_state: HardState::default(),
                 synced_blobs: HashSet::new(),
@@ -223,8 +236,8 @@ impl StableStore {
         // sled never fsyncs `conf` and never fsyncs the directory after creating files.
         // Do it once now, so the store we are about to write into is itself durable.
         store.sync_file(&store.path.join("conf"), "fsync sled conf file")?;
-        store.sync_dir(&store.path.join("blobs"))?;
-        store.sync_dir(&store.path)?;
+        store.sync_held_dir(&store.blob_dir)?;
+        store.sync_held_dir(&store.dir)?;
         if !existed {
             if let Some(parent) = store.path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 store.sync_dir(parent)?;
@@ -489,7 +502,7 @@ impl StableStore {
             .map_err(|e| Error::io("rename stable store witness into place", &path, e))?;
         // List before the fsync: whatever the listing shows is then covered by it.
         let entries = self.dir_entries()?;
-        self.sync_dir(&self.path)?;
+        self.sync_held_dir(&self.dir)?;
         state.synced_dir_entries = entries;
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -574,14 +587,14 @@ impl StableStore {
             .sync_all()
             .map_err(|e| Error::io("fsync sled data file", &self.data_file_path, e))?;
         self.syncs.data_file.fetch_add(1, Ordering::Relaxed);
-        let blob_dir = self.path.join("blobs");
-        let entries = std::fs::read_dir(&blob_dir)
-            .map_err(|e| Error::io("list sled blob directory", &blob_dir, e))?;
+        let blob_dir = self.blob_dir.path();
+        let entries = self
+            .blob_dir
+            .entries()
+            .map_err(|e| Error::io("list sled blob directory", blob_dir, e))?;
         let mut new_blobs = false;
-        for entry in entries {
-            let blob = entry
-                .map_err(|e| Error::io("list sled blob directory", &blob_dir, e))?
-                .path();
+        for (name, _) in entries {
+            let blob = blob_dir.join(name);
             if state.synced_blobs.contains(&blob) {
                 continue;
             }
@@ -599,13 +612,13 @@ impl StableStore {
             }
         }
         if new_blobs {
-            self.sync_dir(&blob_dir)?;
+            self.sync_held_dir(&self.blob_dir)?;
         }
         // sled creates and renames `snap.*` files in its directory from time to time; fsync
         // the directory whenever its entries changed since the last fsync.
         let entries = self.dir_entries()?;
         if entries != state.synced_dir_entries {
-            self.sync_dir(&self.path)?;
+            self.sync_held_dir(&self.dir)?;
             state.synced_dir_entries = entries;
         }
         Ok(())
@@ -613,17 +626,9 @@ impl StableStore {
 
     /// The sled directory's `(name, inode)` pairs, sorted.
     fn dir_entries(&self) -> Result<Vec<(std::ffi::OsString, u64)>> {
-        use std::os::unix::fs::DirEntryExt;
-        let mut out = Vec::new();
-        let list = std::fs::read_dir(&self.path)
-            .map_err(|e| Error::io("list stable store directory", &self.path, e))?;
-        for entry in list {
-            let entry =
-                entry.map_err(|e| Error::io("list stable store directory", &self.path, e))?;
-            out.push((entry.file_name(), entry.ino()));
-        }
-        out.sort();
-        Ok(out)
+        self.dir
+            .entries()
+            .map_err(|e| Error::io("list stable store directory", &self.path, e))
     }
 
     fn sync_file(&self, path: &Path, context: &'static str) -> Result<()> {
@@ -634,6 +639,14 @@ impl StableStore {
         }
     }
 
+    fn sync_held_dir(&self, dir: &DirHandle) -> Result<()> {
+        dir.sync()
+            .map_err(|e| Error::io("fsync directory", dir.path(), e))?;
+        self.syncs.dir.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// fsyncs a directory the store does not hold open (its parent, once, at creation).
     fn sync_dir(&self, dir: &Path) -> Result<()> {
         File::open(dir)
             .and_then(|d| d.sync_all())

@@ -10,9 +10,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// The binary under test.
+/// The binary under test: `RAFTLOG_TEST_BIN` if set (to run a test against an older
+/// build and see it fail before a fix), else the one cargo built.
 pub fn raftlog_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_raftlog"))
+    match std::env::var_os("RAFTLOG_TEST_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_raftlog")),
+    }
 }
 
 /// A port nobody listens on right now, never handed out twice by this test process.
@@ -139,6 +143,23 @@ impl Cluster {
 
     /// Starts node `id` with extra `serve` arguments and environment variables.
     pub fn spawn_with(&self, id: u64, extra: &[&str], env: &[(&str, &str)]) {
+        self.spawn_limited(id, extra, env, None);
+    }
+
+    /// Starts node `id` with its `RLIMIT_NOFILE` set to `(soft, hard)`, as a systemd unit
+    /// (soft 1024) or a container (hard 1024) would start it.
+    pub fn spawn_with_nofile_limit(&self, id: u64, soft: u64, hard: u64) {
+        self.spawn_limited(id, &[], &[], Some((soft, hard)));
+    }
+
+    fn spawn_limited(
+        &self,
+        id: u64,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<(u64, u64)>,
+    ) {
+        use std::os::unix::process::CommandExt;
         let node = &self.nodes[&id];
         let mut slot = node.child.lock().unwrap();
         assert!(slot.is_none(), "node {id} is already running");
@@ -147,7 +168,8 @@ impl Cluster {
             .append(true)
             .open(&node.log_path)
             .unwrap();
-        let child = Command::new(raftlog_bin())
+        let mut command = Command::new(raftlog_bin());
+        command
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .args(["--id", &id.to_string()])
@@ -157,9 +179,24 @@ impl Cluster {
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn raftlog serve");
+            .stderr(log);
+        if let Some((soft, hard)) = nofile {
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // SAFETY: setrlimit is async-signal-safe, as code between fork and exec must be;
+            // `limit` is a plain value copied into the child.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command.spawn().expect("spawn raftlog serve");
         *slot = Some(child);
     }
 
@@ -409,6 +446,18 @@ impl Cluster {
             "no node acknowledged {key}={value} within {within:?}: {last}\n{}",
             self.logs_tail()
         );
+    }
+
+    /// Sets top-level `field` of the cluster file; nodes started from now on read it.
+    pub fn set_config_field(&self, field: &str, value: Value) {
+        let mut config: Value =
+            serde_json::from_slice(&std::fs::read(&self.config_path).unwrap()).unwrap();
+        config[field] = value;
+        std::fs::write(
+            &self.config_path,
+            serde_json::to_vec_pretty(&config).unwrap(),
+        )
+        .unwrap();
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {

@@ -128,7 +128,8 @@ impl WalFs for StdFs {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        File::open(dir)?.sync_all()
+        // Through the handle the open `Wal` holds, so that it needs no new descriptor.
+        crate::dir::sync_path(dir)
     }
 }
 

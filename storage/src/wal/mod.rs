@@ -254,6 +254,8 @@ pub struct Wal {
     report: RecoveryReport,
     /// Holds an exclusive `flock` on `wal.lock` while the log is open.
     _lock: std::fs::File,
+    /// Keeps the directory open for `StdFs::sync_dir` (`crate::dir`).
+    _dir_handle: Arc<crate::dir::DirHandle>,
 }
 
 /// Takes an exclusive advisory lock on the directory: two processes appending to one
@@ -305,6 +307,8 @@ impl Wal {
             ));
         }
         let lock = lock_dir(dir)?;
+        let dir_handle = crate::dir::DirHandle::open_registered(dir)
+            .map_err(|e| Error::io("open WAL directory to fsync it", dir, e))?;
         let recovered = recovery::recover(dir, options.fs.as_ref())?;
         let preparer = Preparer::new(
             Arc::clone(&options.fs),
@@ -344,6 +348,7 @@ impl Wal {
             preparer,
             report: recovered.report,
             _lock: lock,
+            _dir_handle: dir_handle,
         })
     }
 
