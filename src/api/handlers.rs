@@ -711,6 +711,11 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         m.snapshots_taken.get(),
     );
     counter(
+        "snapshot_failures_total",
+        "Attempts to take a snapshot that failed (retried with backoff; the node's log names each error).",
+        m.snapshot_failures.get(),
+    );
+    counter(
         "snapshot_bytes_written_total",
         "Snapshot bytes written locally.",
         m.snapshot_bytes_written.get(),
