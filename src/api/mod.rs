@@ -3,6 +3,7 @@
 //! Any node accepts any request. A follower forwards writes and linearizable reads to the
 //! leader and relays the answer ([`forward`]); `stale` reads are served locally.
 
+mod background;
 mod debug;
 mod error;
 mod forward;
@@ -32,6 +33,13 @@ pub struct ApiOptions {
     pub request_timeout: Duration,
     /// Serve the test-only fault switches under `/v1/debug/` (`RAFTLOG_TEST_FAULTS=1`).
     pub test_faults: bool,
+    // Issue 12, "logpage".
+    /// Largest `GET /v1/log` page, bytes of JSON (one larger entry is still sent alone).
+    pub log_page_max_bytes: u64,
+    /// Most entries in one `GET /v1/log` page.
+    pub log_page_max_entries: u64,
+    /// How long `POST /v1/snapshot` waits before answering `504 timeout`.
+    pub snapshot_request_timeout: Duration,
 }
 
 impl Default for ApiOptions {
@@ -40,6 +48,11 @@ impl Default for ApiOptions {
             value_bytes_max: 1 << 20,
             request_timeout: Duration::from_secs(5),
             test_faults: false,
+            log_page_max_bytes: crate::config::DEFAULT_LOG_PAGE_MAX_BYTES,
+            log_page_max_entries: crate::config::DEFAULT_LOG_PAGE_MAX_ENTRIES,
+            snapshot_request_timeout: Duration::from_millis(
+                crate::config::DEFAULT_SNAPSHOT_REQUEST_TIMEOUT_MS,
+            ),
         }
     }
 }
@@ -50,6 +63,8 @@ pub struct ApiState {
     pub node: Node<KvStore>,
     /// Limits.
     pub options: ApiOptions,
+    /// The low-priority thread that reads and renders `GET /v1/log` pages.
+    pub background: background::BackgroundReader,
     /// Client for forwarding to the leader (keeps connections alive).
     pub client: reqwest::Client,
 }
@@ -70,6 +85,7 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
     let state = Arc::new(ApiState {
         node,
         options,
+        background: background::BackgroundReader::start(),
         client,
     });
     let router = Router::new()

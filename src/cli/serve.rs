@@ -88,10 +88,27 @@ pub fn run(config_path: &Path, id: u64, data_dir: Option<PathBuf>, join: Option<
             return EXIT_FAILED;
         }
     };
-    runtime.block_on(serve(options, join))
+    let api_options = api_options(&config);
+    runtime.block_on(serve(options, api_options, join))
 }
 
-async fn serve(mut options: NodeOptions, join: Option<Vec<String>>) -> i32 {
+/// The client API's limits from the cluster file.
+fn api_options(config: &ClusterConfig) -> ApiOptions {
+    ApiOptions {
+        // Test-only fault switches for process tests; never set in production.
+        test_faults: std::env::var("RAFTLOG_TEST_FAULTS").is_ok_and(|v| v == "1"),
+        log_page_max_bytes: config.log_page_max_bytes(),
+        log_page_max_entries: config.log_page_max_entries(),
+        snapshot_request_timeout: config.snapshot_request_timeout(),
+        ..ApiOptions::default()
+    }
+}
+
+async fn serve(
+    mut options: NodeOptions,
+    api_options: ApiOptions,
+    join: Option<Vec<String>>,
+) -> i32 {
     let configured = options.bootstrap.clone();
     if let Some(addrs) = &join {
         options.bootstrap = tokio::select! {
@@ -151,11 +168,6 @@ async fn serve(mut options: NodeOptions, join: Option<Vec<String>>) -> i32 {
             }
         });
     }
-    let api_options = ApiOptions {
-        // Test-only fault switches for process tests; never set in production.
-        test_faults: std::env::var("RAFTLOG_TEST_FAULTS").is_ok_and(|v| v == "1"),
-        ..ApiOptions::default()
-    };
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(api::serve_until(
         listener,
