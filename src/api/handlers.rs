@@ -559,11 +559,20 @@ fn describe_entry(kind: EntryKind, payload: &[u8]) -> Value {
     }
 }
 
-/// `POST /v1/snapshot`.
+/// `POST /v1/snapshot`: waits at most `snapshot_request_timeout` (`504 timeout` after it;
+/// the snapshot carries on in the background, and asking again joins it rather than
+/// starting a second one).
 pub async fn snapshot(State(state): State<Arc<ApiState>>) -> ApiResult {
-    match state.node.snapshot().await {
-        Ok(index) => Ok(Json(json!({ "snapshot_index": index })).into_response()),
-        Err(message) => Err(ApiError::internal(format!("snapshot failed: {message}"))),
+    let limit = state.options.snapshot_request_timeout;
+    match tokio::time::timeout(limit, state.node.snapshot()).await {
+        Ok(Ok(index)) => Ok(Json(json!({ "snapshot_index": index })).into_response()),
+        Ok(Err(message)) => Err(ApiError::internal(format!("snapshot failed: {message}"))),
+        Err(_) => Err(ApiError::timeout(format!(
+            "the snapshot did not finish within {} ms (snapshot_request_timeout_ms); it \
+             carries on in the background: watch snapshot_index in GET /v1/status, or ask \
+             again (which never starts a second snapshot while one is being written)",
+            limit.as_millis()
+        ))),
     }
 }
 
