@@ -55,6 +55,20 @@ pub const DEFAULT_CLIENT_IDLE_TIMEOUT_MS: u64 = 60_000;
 pub const MAX_CLIENT_CONNECTIONS_RANGE: std::ops::RangeInclusive<u64> = 1..=1_000_000;
 /// Accepted range of both client timeouts: from 100 ms to an hour.
 pub const CLIENT_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=3_600_000;
+// Issue 12, "logpage": bounded `GET /v1/log` pages and the `POST /v1/snapshot` timeout.
+/// Default of `log_page_max_bytes`: a few 1 MiB values per page, little enough that a
+/// node answering many pages at once keeps its memory.
+pub const DEFAULT_LOG_PAGE_MAX_BYTES: u64 = 4 << 20;
+/// Accepted range of `log_page_max_bytes`: below 4 KiB most pages would hold one entry;
+/// above 256 MiB one page can take a node's memory.
+pub const LOG_PAGE_MAX_BYTES_RANGE: std::ops::RangeInclusive<u64> = (4 << 10)..=(256 << 20);
+/// Default of `log_page_max_entries` (what `limit` is capped at).
+pub const DEFAULT_LOG_PAGE_MAX_ENTRIES: u64 = 10_000;
+/// Accepted range of `log_page_max_entries`.
+pub const LOG_PAGE_MAX_ENTRIES_RANGE: std::ops::RangeInclusive<u64> = 1..=1_000_000;
+/// Default of `snapshot_request_timeout_ms`: a minute writes a snapshot of several GiB on
+/// an ordinary disk, and a client that waited that long is better told than kept hanging.
+pub const DEFAULT_SNAPSHOT_REQUEST_TIMEOUT_MS: u64 = 60_000;
 
 const TOP_LEVEL_FIELDS: &[&str] = &[
     "cluster_id",
@@ -71,6 +85,9 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "max_client_connections",
     "client_header_read_timeout_ms",
     "client_idle_timeout_ms",
+    "log_page_max_bytes",
+    "log_page_max_entries",
+    "snapshot_request_timeout_ms",
 ];
 const NODE_FIELDS: &[&str] = &["raft_addr", "api_addr"];
 
@@ -137,6 +154,13 @@ pub struct ClusterConfig {
     promote_lag_entries: u64,
     promote_stable_ms: u64,
     client_connections: ClientConnectionLimits,
+    // Issue 12, "logpage".
+    // Invariant: within LOG_PAGE_MAX_BYTES_RANGE.
+    log_page_max_bytes: u64,
+    // Invariant: within LOG_PAGE_MAX_ENTRIES_RANGE.
+    log_page_max_entries: u64,
+    // Invariant: positive.
+    snapshot_request_timeout_ms: u64,
 }
 
 /// Bounds on the client API's connections (issue 12 "net"), so that idle or silent
@@ -315,6 +339,22 @@ impl ClusterConfig {
         self.client_connections
     }
 
+    /// Largest `GET /v1/log` page, bytes of JSON (a first entry larger than this is still
+    /// sent, alone).
+    pub fn log_page_max_bytes(&self) -> u64 {
+        self.log_page_max_bytes
+    }
+
+    /// Most entries in one `GET /v1/log` page (`limit` is capped at this).
+    pub fn log_page_max_entries(&self) -> u64 {
+        self.log_page_max_entries
+    }
+
+    /// How long `POST /v1/snapshot` waits for the snapshot before answering `504 timeout`.
+    pub fn snapshot_request_timeout(&self) -> Duration {
+        Duration::from_millis(self.snapshot_request_timeout_ms)
+    }
+
     /// The configuration as cluster-file JSON (all fields explicit), e.g. for `raftlog
     /// cluster` to write the file it generated. Parsing it gives back an equal config.
     pub fn to_json(&self) -> String {
@@ -344,6 +384,9 @@ impl ClusterConfig {
             "promote_stable_ms": self.promote_stable_ms,
             "client_header_read_timeout_ms": self.client_connections.header_read_timeout_ms,
             "client_idle_timeout_ms": self.client_connections.idle_timeout_ms,
+            "log_page_max_bytes": self.log_page_max_bytes,
+            "log_page_max_entries": self.log_page_max_entries,
+            "snapshot_request_timeout_ms": self.snapshot_request_timeout_ms,
         });
         let mut value = value;
         if let Some(max) = self.client_connections.connections_max {
@@ -541,6 +584,19 @@ impl Parser<'_> {
             Some(v) => self.unsigned(v, "promote_stable_ms")?,
         };
         let client_connections = self.client_connection_limits(&get)?;
+        // Issue 12, "logpage".
+        let log_page_max_bytes = match get("log_page_max_bytes") {
+            None => DEFAULT_LOG_PAGE_MAX_BYTES,
+            Some(v) => self.within(v, "log_page_max_bytes", LOG_PAGE_MAX_BYTES_RANGE)?,
+        };
+        let log_page_max_entries = match get("log_page_max_entries") {
+            None => DEFAULT_LOG_PAGE_MAX_ENTRIES,
+            Some(v) => self.within(v, "log_page_max_entries", LOG_PAGE_MAX_ENTRIES_RANGE)?,
+        };
+        let snapshot_request_timeout_ms = match get("snapshot_request_timeout_ms") {
+            None => DEFAULT_SNAPSHOT_REQUEST_TIMEOUT_MS,
+            Some(v) => self.positive(v, "snapshot_request_timeout_ms")?,
+        };
         Ok(ClusterConfig {
             path: self.path.to_path_buf(),
             cluster_id,
@@ -554,6 +610,9 @@ impl Parser<'_> {
             promote_lag_entries,
             promote_stable_ms,
             client_connections,
+            log_page_max_bytes,
+            log_page_max_entries,
+            snapshot_request_timeout_ms,
         })
     }
 
@@ -660,6 +719,23 @@ impl Parser<'_> {
                 format!("expected a positive integer, got {}", other.describe()),
             )),
         }
+    }
+
+    /// A non-negative integer within `range`.
+    fn within(
+        &self,
+        json: &Json,
+        field: &str,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<u64, ConfigError> {
+        let value = self.unsigned(json, field)?;
+        if !range.contains(&value) {
+            return Err(self.err(
+                field,
+                format!("{value} is outside {}..={}", range.start(), range.end()),
+            ));
+        }
+        Ok(value)
     }
 
     fn election_timeout(&self, json: &Json) -> Result<(u64, u64), ConfigError> {
@@ -1156,5 +1232,38 @@ mod tests {
             msg.starts_with(&format!("{}: cannot read", path.display())),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn log_page_and_snapshot_request_limits_have_defaults_and_bounds() {
+        let cfg = parse(MINIMAL).unwrap();
+        assert_eq!(cfg.log_page_max_bytes(), 4 << 20);
+        assert_eq!(cfg.log_page_max_entries(), 10_000);
+        assert_eq!(cfg.snapshot_request_timeout(), Duration::from_secs(60));
+        let cfg = parse(&with(
+            r#""log_page_max_bytes": 65536, "log_page_max_entries": 5, "snapshot_request_timeout_ms": 250"#,
+        ))
+        .unwrap();
+        assert_eq!(cfg.log_page_max_bytes(), 65536);
+        assert_eq!(cfg.log_page_max_entries(), 5);
+        assert_eq!(cfg.snapshot_request_timeout(), Duration::from_millis(250));
+        assert_eq!(parse(&cfg.to_json()).unwrap(), cfg);
+        let cases = [
+            (
+                r#""log_page_max_bytes": 100"#,
+                "config.json: log_page_max_bytes: 100 is outside 4096..=268435456",
+            ),
+            (
+                r#""log_page_max_entries": 0"#,
+                "config.json: log_page_max_entries: 0 is outside 1..=1000000",
+            ),
+            (
+                r#""snapshot_request_timeout_ms": 0"#,
+                "config.json: snapshot_request_timeout_ms: expected a positive integer, got 0",
+            ),
+        ];
+        for (extra, expect) in cases {
+            assert_eq!(error(&with(extra)), expect, "{extra}");
+        }
     }
 }

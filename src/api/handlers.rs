@@ -417,38 +417,106 @@ pub struct LogParams {
     limit: Option<u64>,
 }
 
-const LOG_LIMIT_MAX: u64 = 10_000;
+/// Entries are copied out of the WAL this many bytes at a time, each chunk under its own
+/// short hold of the WAL's view lock (see `DurableLog::visit_entries`).
+const LOG_READ_CHUNK_BYTES: u64 = 256 << 10;
 
-/// `GET /v1/log?from=N&limit=M`: entries still in the log.
+/// The header naming the index to ask for next (`from=`): the first entry this page left
+/// out because of `limit` or the byte budget, or one past the last entry in the log.
+pub const NEXT_INDEX_HEADER: &str = "x-next-index";
+
+/// `GET /v1/log?from=N&limit=M`: entries still in the log, at most `limit` (capped at
+/// `log_page_max_entries`) and at most `log_page_max_bytes` of JSON (but always one entry
+/// when one is there); `X-Next-Index` says where to continue.
 pub async fn log(State(state): State<Arc<ApiState>>, Query(params): Query<LogParams>) -> ApiResult {
-    let wal = &state.node.log.wal;
-    let first = wal.first_index();
-    let last = wal.last_index();
-    let from = params.from.unwrap_or(first).max(first);
-    let limit = params.limit.unwrap_or(100).min(LOG_LIMIT_MAX);
-    if from > last || limit == 0 {
-        return Ok(Json(json!([])).into_response());
-    }
-    let hi = (from + limit).min(last + 1);
-    let entries = wal
-        .entries(from, hi, u64::MAX)
-        .map_err(|e| ApiError::internal(format!("cannot read the log: {e}")))?;
-    let rendered: Vec<Value> = entries
-        .iter()
-        .map(|e| {
-            json!({
-                "index": e.index,
-                "term": e.term,
-                "kind": match e.kind {
-                    EntryKind::Normal => "normal",
-                    EntryKind::Noop => "noop",
-                    EntryKind::Membership => "membership",
-                },
-                "data": describe_entry(e.kind, &e.payload),
-            })
+    let limit = params
+        .limit
+        .unwrap_or(100)
+        .min(state.options.log_page_max_entries);
+    let bytes_max = state.options.log_page_max_bytes;
+    let log = state.node.log.clone();
+    // Copying up to `log_page_max_bytes` out of the WAL and rendering it is slow and may
+    // block on the disk: off the async workers, at low priority (`background.rs`).
+    let page = state
+        .background
+        .run(move || {
+            let from = params.from.unwrap_or(0).max(log.wal.first_index());
+            render_log_page(&log, from, limit, bytes_max)
         })
-        .collect();
-    Ok(Json(Value::Array(rendered)).into_response())
+        .await
+        .ok_or_else(|| {
+            ApiError::internal(
+                "reading the log page failed (the node's output shows the panic); retry, and                  report it if it repeats",
+            )
+        })?
+        .map_err(|e| {
+        ApiError::internal(format!(
+            "cannot read the log: {e}; the node's log names the damaged file, check the disk"
+        ))
+    })?;
+    let mut response = (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        page.body,
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(NEXT_INDEX_HEADER, HeaderValue::from(page.next_index));
+    Ok(response)
+}
+
+/// A rendered `GET /v1/log` answer.
+struct LogPage {
+    /// The JSON array.
+    body: Vec<u8>,
+    /// The index to ask for next.
+    next_index: u64,
+}
+
+/// Renders up to `limit` entries from `from` as a JSON array of at most `bytes_max` bytes
+/// (a first entry larger than that is still sent, so the client always makes progress).
+fn render_log_page(
+    log: &crate::node::log_storage::DurableLog,
+    from: u64,
+    limit: u64,
+    bytes_max: u64,
+) -> Result<LogPage, storage::Error> {
+    let mut body = Vec::with_capacity(4096);
+    body.push(b'[');
+    let mut taken = 0u64;
+    let mut rendered = Vec::new();
+    let hi = from.saturating_add(limit);
+    let next_index = log.visit_entries(from, hi, LOG_READ_CHUNK_BYTES, |entry| {
+        rendered.clear();
+        let json = json!({
+            "index": entry.index,
+            "term": entry.term,
+            "kind": match entry.kind {
+                EntryKind::Normal => "normal",
+                EntryKind::Noop => "noop",
+                EntryKind::Membership => "membership",
+            },
+            "data": describe_entry(entry.kind, &entry.payload),
+        });
+        // Writing a `Value` into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut rendered, &json);
+        // The separator and the closing bracket count too.
+        let page_bytes = body.len() + 1 + rendered.len() + 1;
+        if taken > 0 && page_bytes as u64 > bytes_max {
+            return std::ops::ControlFlow::Break(());
+        }
+        if taken > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&rendered);
+        taken += 1;
+        std::ops::ControlFlow::Continue(())
+    })?;
+    body.push(b']');
+    Ok(LogPage { body, next_index })
 }
 
 fn describe_entry(kind: EntryKind, payload: &[u8]) -> Value {
@@ -494,11 +562,20 @@ fn describe_entry(kind: EntryKind, payload: &[u8]) -> Value {
     }
 }
 
-/// `POST /v1/snapshot`.
+/// `POST /v1/snapshot`: waits at most `snapshot_request_timeout` (`504 timeout` after it;
+/// the snapshot carries on in the background, and asking again joins it rather than
+/// starting a second one).
 pub async fn snapshot(State(state): State<Arc<ApiState>>) -> ApiResult {
-    match state.node.snapshot().await {
-        Ok(index) => Ok(Json(json!({ "snapshot_index": index })).into_response()),
-        Err(message) => Err(ApiError::internal(format!("snapshot failed: {message}"))),
+    let limit = state.options.snapshot_request_timeout;
+    match tokio::time::timeout(limit, state.node.snapshot()).await {
+        Ok(Ok(index)) => Ok(Json(json!({ "snapshot_index": index })).into_response()),
+        Ok(Err(message)) => Err(ApiError::internal(format!("snapshot failed: {message}"))),
+        Err(_) => Err(ApiError::timeout(format!(
+            "the snapshot did not finish within {} ms (snapshot_request_timeout_ms); it \
+             carries on in the background: watch snapshot_index in GET /v1/status, or ask \
+             again (which never starts a second snapshot while one is being written)",
+            limit.as_millis()
+        ))),
     }
 }
 
@@ -712,6 +789,11 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         "snapshots_taken_total",
         "Snapshots of the state machine taken locally.",
         m.snapshots_taken.get(),
+    );
+    counter(
+        "snapshot_failures_total",
+        "Attempts to take a snapshot that failed (retried with backoff; the node's log names each error).",
+        m.snapshot_failures.get(),
     );
     counter(
         "snapshot_bytes_written_total",

@@ -3,6 +3,7 @@
 //! Any node accepts any request. A follower forwards writes and linearizable reads to the
 //! leader and relays the answer (`forward.rs`); `stale` reads are served locally.
 
+mod background;
 mod debug;
 mod error;
 mod forward;
@@ -38,6 +39,13 @@ pub struct ApiOptions {
     pub test_faults: bool,
     /// Bounds on client connections.
     pub connections: ConnectionLimits,
+    // Issue 12, "logpage".
+    /// Largest `GET /v1/log` page, bytes of JSON (one larger entry is still sent alone).
+    pub log_page_max_bytes: u64,
+    /// Most entries in one `GET /v1/log` page.
+    pub log_page_max_entries: u64,
+    /// How long `POST /v1/snapshot` waits before answering `504 timeout`.
+    pub snapshot_request_timeout: Duration,
 }
 
 impl Default for ApiOptions {
@@ -53,6 +61,11 @@ impl Default for ApiOptions {
                 ),
                 idle_timeout: Duration::from_millis(crate::config::DEFAULT_CLIENT_IDLE_TIMEOUT_MS),
             },
+            log_page_max_bytes: crate::config::DEFAULT_LOG_PAGE_MAX_BYTES,
+            log_page_max_entries: crate::config::DEFAULT_LOG_PAGE_MAX_ENTRIES,
+            snapshot_request_timeout: Duration::from_millis(
+                crate::config::DEFAULT_SNAPSHOT_REQUEST_TIMEOUT_MS,
+            ),
         }
     }
 }
@@ -63,6 +76,8 @@ pub struct ApiState {
     pub node: Node<KvStore>,
     /// Limits.
     pub options: ApiOptions,
+    /// The low-priority thread that reads and renders `GET /v1/log` pages.
+    pub background: background::BackgroundReader,
     /// Client for forwarding to the leader (keeps connections alive).
     pub client: reqwest::Client,
     /// One permit per forward in flight, so that a flood of requests to a follower
@@ -94,6 +109,7 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
     let state = Arc::new(ApiState {
         node,
         options,
+        background: background::BackgroundReader::start(),
         client,
         forward_slots: tokio::sync::Semaphore::new(forward::CONNECTIONS_MAX),
     });

@@ -94,7 +94,8 @@ pub fn run(config_path: &Path, id: u64, data_dir: Option<PathBuf>, join: Option<
     };
     let fd_limit = raise_fd_limit();
     let connections = client_connection_limits(&config, fd_limit);
-    runtime.block_on(serve(options, join, connections))
+    let api_options = api_options(&config, connections);
+    runtime.block_on(serve(options, api_options, join))
 }
 
 /// Arms the storage failpoints named in `FAILPOINTS` (`name=actions;...`, the `fail`
@@ -205,10 +206,23 @@ fn client_connection_limits(config: &ClusterConfig, fd_limit: u64) -> Connection
     }
 }
 
+/// The client API's limits from the cluster file.
+fn api_options(config: &ClusterConfig, connections: ConnectionLimits) -> ApiOptions {
+    ApiOptions {
+        // Test-only fault switches for process tests; never set in production.
+        test_faults: std::env::var("RAFTLOG_TEST_FAULTS").is_ok_and(|v| v == "1"),
+        log_page_max_bytes: config.log_page_max_bytes(),
+        log_page_max_entries: config.log_page_max_entries(),
+        snapshot_request_timeout: config.snapshot_request_timeout(),
+        connections,
+        ..ApiOptions::default()
+    }
+}
+
 async fn serve(
     mut options: NodeOptions,
+    api_options: ApiOptions,
     join: Option<Vec<String>>,
-    connections: ConnectionLimits,
 ) -> i32 {
     let configured = options.bootstrap.clone();
     if let Some(addrs) = &join {
@@ -269,12 +283,6 @@ async fn serve(
             }
         });
     }
-    let api_options = ApiOptions {
-        // Test-only fault switches for process tests; never set in production.
-        test_faults: std::env::var("RAFTLOG_TEST_FAULTS").is_ok_and(|v| v == "1"),
-        connections,
-        ..ApiOptions::default()
-    };
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(api::serve_until(
         listener,

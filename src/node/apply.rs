@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use storage::{Entry, EntryKind, Membership, SnapshotMeta};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -75,6 +75,79 @@ pub(super) struct Applier<S: StateMachine> {
     /// `POST /v1/snapshot` requests, each with the applied index when it arrived: it must
     /// be answered with a snapshot at least that recent.
     pub snapshot_waiters: Vec<(u64, oneshot::Sender<Result<u64, String>>)>,
+    /// When the threshold may start a snapshot again after failures.
+    pub snapshot_backoff: SnapshotBackoff,
+}
+
+/// Spaces out snapshot attempts after failures: the first retry after `delay_min`, each
+/// further one after twice the previous delay, at most `delay_max`; a success resets it.
+///
+/// A snapshot fails for reasons that last (a full disk, a broken or read-only snapshot
+/// directory). Retrying on every apply batch froze the state, started a thread and logged
+/// an error per batch, without any better chance of success; the log just grows (and the
+/// WAL's own quota or the disk bounds that) until the cause is fixed.
+#[derive(Debug, Clone)]
+pub struct SnapshotBackoff {
+    delay_min: Duration,
+    delay_max: Duration,
+    // Invariant: failures_in_row == 0 iff retry_at is None.
+    failures_in_row: u32,
+    retry_at: Option<Instant>,
+}
+
+impl SnapshotBackoff {
+    /// Retries after 1 s, doubling up to a minute.
+    pub fn new() -> SnapshotBackoff {
+        SnapshotBackoff::with_delays(Duration::from_secs(1), Duration::from_secs(60))
+    }
+
+    /// Retries after `delay_min`, doubling up to `delay_max`.
+    pub fn with_delays(delay_min: Duration, delay_max: Duration) -> SnapshotBackoff {
+        assert!(
+            delay_min <= delay_max,
+            "backoff {delay_min:?} > {delay_max:?}"
+        );
+        SnapshotBackoff {
+            delay_min,
+            delay_max,
+            failures_in_row: 0,
+            retry_at: None,
+        }
+    }
+
+    /// Whether the snapshot threshold may start a snapshot at `now`.
+    pub fn may_retry(&self, now: Instant) -> bool {
+        self.retry_at.is_none_or(|at| now >= at)
+    }
+
+    /// Records a failure at `now`; returns the delay before the next attempt.
+    pub fn failed(&mut self, now: Instant) -> Duration {
+        let doublings = self.failures_in_row.min(31);
+        let delay = self
+            .delay_min
+            .saturating_mul(1u32 << doublings)
+            .min(self.delay_max);
+        self.failures_in_row = self.failures_in_row.saturating_add(1);
+        self.retry_at = Some(now + delay);
+        delay
+    }
+
+    /// Records a success: the next failure waits `delay_min` again.
+    pub fn succeeded(&mut self) {
+        self.failures_in_row = 0;
+        self.retry_at = None;
+    }
+
+    /// Failures since the last success.
+    pub fn failures_in_row(&self) -> u32 {
+        self.failures_in_row
+    }
+}
+
+impl Default for SnapshotBackoff {
+    fn default() -> Self {
+        SnapshotBackoff::new()
+    }
 }
 
 impl<S: StateMachine> Applier<S> {
@@ -160,7 +233,9 @@ impl<S: StateMachine> Applier<S> {
         let _ = self.events.send(Event::Applied {
             index: self.applied_index,
         });
-        if self.applied_index - self.last_snapshot_index >= self.snapshot_threshold {
+        if self.applied_index - self.last_snapshot_index >= self.snapshot_threshold
+            && self.snapshot_backoff.may_retry(Instant::now())
+        {
             self.start_snapshot();
         }
         if let Some(index) = removed_at {
@@ -273,6 +348,7 @@ impl<S: StateMachine> Applier<S> {
         self.snapshot_in_progress = false;
         match result {
             Ok(meta) => {
+                self.snapshot_backoff.succeeded();
                 self.last_snapshot_index = self.last_snapshot_index.max(meta.last_index);
                 self.log.set_snapshot_meta(meta.clone());
                 let compact_upto = meta
@@ -293,7 +369,15 @@ impl<S: StateMachine> Applier<S> {
                 }
             }
             Err(message) => {
-                tracing::error!("{message}");
+                self.metrics.snapshot_failures.inc();
+                let retry_in = self.snapshot_backoff.failed(Instant::now());
+                tracing::error!(
+                    failures_in_row = self.snapshot_backoff.failures_in_row(),
+                    retry_in_ms = retry_in.as_millis() as u64,
+                    "{message}; the log keeps growing until a snapshot succeeds: the next \
+                     attempt comes after {retry_in:?} of applying (POST /v1/snapshot tries at \
+                     once); check the snapshot directory and free disk space"
+                );
                 for (_, waiter) in self.snapshot_waiters.drain(..) {
                     let _ = waiter.send(Err(message.clone()));
                 }
@@ -361,14 +445,13 @@ mod tests {
             .collect()
     }
 
-    /// `POST /v1/snapshot` promises a snapshot that covers every write acknowledged before
-    /// the request. One that arrives while a background snapshot is being written must not
-    /// be answered with that older snapshot.
-    #[test]
-    fn snapshot_request_during_a_snapshot_gets_one_covering_its_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(&dir.path().join("wal"), WalOptions::default()).unwrap();
-        let snapshots = SnapshotStore::open(dir.path().join("snapshots")).unwrap();
+    type Jobs = mpsc::UnboundedReceiver<ApplyJob>;
+
+    /// An applier on a fresh log in `dir`, taking a snapshot every `snapshot_threshold`
+    /// entries, with the receiving end of its `jobs_tx` (to `run` it on).
+    fn test_applier(dir: &std::path::Path, snapshot_threshold: u64) -> (Applier<KvStore>, Jobs) {
+        let wal = Wal::open(&dir.join("wal"), WalOptions::default()).unwrap();
+        let snapshots = SnapshotStore::open(dir.join("snapshots")).unwrap();
         let log = Arc::new(DurableLog::new(wal, snapshots, SnapshotMeta::default()));
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let (events_tx, _events_rx) = mpsc::unbounded_channel();
@@ -383,7 +466,7 @@ mod tests {
             events: events_tx,
             jobs_tx: jobs_tx.clone(),
             metrics: Arc::default(),
-            snapshot_threshold: u64::MAX,
+            snapshot_threshold,
             snapshot_trailing_entries: 0,
             membership: Membership::default(),
             applied_index: 0,
@@ -391,7 +474,97 @@ mod tests {
             last_snapshot_index: 0,
             snapshot_in_progress: false,
             snapshot_waiters: Vec::new(),
+            snapshot_backoff: SnapshotBackoff::default(),
         };
+        (applier, jobs_rx)
+    }
+
+    fn wait_until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// A snapshot that failed is tried again after a backoff, not on every apply batch:
+    /// with a broken snapshot directory, every batch froze the state, started a thread
+    /// and logged an error.
+    #[test]
+    fn failed_snapshot_is_retried_after_backoff_not_on_every_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut applier, jobs_rx) = test_applier(dir.path(), 5);
+        let backoff_min = std::time::Duration::from_millis(300);
+        applier.snapshot_backoff = SnapshotBackoff::with_delays(backoff_min, backoff_min * 2);
+        let (jobs, metrics) = (applier.jobs_tx.clone(), applier.metrics.clone());
+        // A file where the snapshot directory was: every snapshot fails to start.
+        let snapshot_dir = dir.path().join("snapshots");
+        std::fs::remove_dir_all(&snapshot_dir).unwrap();
+        std::fs::write(&snapshot_dir, b"not a directory").unwrap();
+        std::thread::spawn(move || applier.run(jobs_rx));
+        assert!(jobs.send(ApplyJob::Entries(noops(1, 5))).is_ok());
+        wait_until("the first snapshot failed", || {
+            metrics.snapshot_failures.get() == 1
+        });
+        for index in 6..=40 {
+            assert!(jobs.send(ApplyJob::Entries(noops(index, index))).is_ok());
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        wait_until("40 entries applied", || metrics.entries_applied.get() == 40);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(
+            metrics.snapshot_failures.get(),
+            1,
+            "a failed snapshot was retried on the following apply batches"
+        );
+        // Once the backoff has passed, the next batch tries again.
+        std::thread::sleep(backoff_min);
+        assert!(jobs.send(ApplyJob::Entries(noops(41, 41))).is_ok());
+        wait_until("the second attempt failed", || {
+            metrics.snapshot_failures.get() == 2
+        });
+        // Repaired: after the doubled backoff a snapshot is taken, and later failures
+        // start from the shortest backoff again.
+        std::fs::remove_file(&snapshot_dir).unwrap();
+        std::fs::create_dir(&snapshot_dir).unwrap();
+        assert!(jobs.send(ApplyJob::Entries(noops(42, 42))).is_ok());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(
+            metrics.snapshots_taken.get(),
+            0,
+            "retried before the backoff ended"
+        );
+        std::thread::sleep(backoff_min * 2);
+        assert!(jobs.send(ApplyJob::Entries(noops(43, 43))).is_ok());
+        wait_until("a snapshot was taken", || {
+            metrics.snapshots_taken.get() == 1
+        });
+        assert_eq!(metrics.snapshot_failures.get(), 2);
+    }
+
+    #[test]
+    fn snapshot_backoff_doubles_up_to_its_maximum_and_resets_on_success() {
+        let start = Instant::now();
+        let second = std::time::Duration::from_secs(1);
+        let mut backoff = SnapshotBackoff::new();
+        assert!(backoff.may_retry(start));
+        let delays: Vec<u64> = (0..9).map(|_| backoff.failed(start).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert!(!backoff.may_retry(start + 59 * second));
+        assert!(backoff.may_retry(start + 60 * second));
+        backoff.succeeded();
+        assert!(backoff.may_retry(start));
+        assert_eq!(backoff.failed(start), second);
+    }
+
+    /// `POST /v1/snapshot` promises a snapshot that covers every write acknowledged before
+    /// the request. One that arrives while a background snapshot is being written must not
+    /// be answered with that older snapshot.
+    #[test]
+    fn snapshot_request_during_a_snapshot_gets_one_covering_its_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (applier, jobs_rx) = test_applier(dir.path(), u64::MAX);
+        let jobs_tx = applier.jobs_tx.clone();
         let (first_tx, first_rx) = oneshot::channel();
         let (second_tx, second_rx) = oneshot::channel();
         // Queued before the thread runs, so the first snapshot's completion is handled only

@@ -5,6 +5,7 @@
 //! durable. `visible_last_index` is what the core has been told; reads never go past it,
 //! which keeps the core's view consistent with the order of its own inputs.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -51,6 +52,51 @@ impl DurableLog {
         }
     }
 
+    /// Hands the WAL's entries from `lo` up to (not including) `hi` to `visit` in log order,
+    /// until `visit` refuses one by returning `Break`; returns the index of the first entry
+    /// not taken (the refused one, or where the walk ended).
+    ///
+    /// Entries are copied out `chunk_bytes` at a time (at least one entry per chunk), each
+    /// chunk under its own short hold of the WAL's view lock, and `visit` runs with no lock
+    /// held. The appender needs that lock exclusively to publish every synced write, and a
+    /// waiting writer also holds off new readers, so one read of thousands of large entries
+    /// under a single hold would stall every client write behind it (issue 12). Entries
+    /// compacted meanwhile are skipped (the walk resumes at the first entry still in the
+    /// log); a suffix truncated meanwhile ends the walk.
+    pub fn visit_entries(
+        &self,
+        lo: u64,
+        hi: u64,
+        chunk_bytes: u64,
+        mut visit: impl FnMut(Entry) -> ControlFlow<()>,
+    ) -> storage::Result<u64> {
+        let mut next = lo;
+        loop {
+            let chunk_end = hi
+                .min(self.wal.last_index() + 1)
+                .min(next.saturating_add(CHUNK_ENTRIES_MAX));
+            if next >= chunk_end {
+                return Ok(next);
+            }
+            let chunk = match self.wal.entries(next, chunk_end, chunk_bytes) {
+                Ok(chunk) => chunk,
+                Err(storage::Error::Compacted { first_index, .. }) if first_index > next => {
+                    next = first_index;
+                    continue;
+                }
+                Err(storage::Error::Unavailable { .. }) => return Ok(next),
+                Err(e) => return Err(e),
+            };
+            for entry in chunk {
+                let index = entry.index;
+                if visit(entry).is_break() {
+                    return Ok(index);
+                }
+                next = index + 1;
+            }
+        }
+    }
+
     /// The raft loop calls this right before `on_persisted(index, _)`.
     pub fn expose_up_to(&self, index: u64) {
         self.visible_last_index.store(index, Ordering::Release);
@@ -63,6 +109,10 @@ impl DurableLog {
             .fetch_min(index.saturating_sub(1), Ordering::AcqRel);
     }
 }
+
+/// At most this many entries per chunk of [`DurableLog::visit_entries`], so that a chunk of
+/// tiny entries (each CRC-verified under the lock) is as short a hold as one of large ones.
+const CHUNK_ENTRIES_MAX: u64 = 1024;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding this lock already aborted the node's invariants; keep going
@@ -267,6 +317,58 @@ mod tests {
             reconcile_log_with_snapshot(&self.storage.0, &meta).expect("reconcile");
             self.storage.0.set_snapshot_meta(meta);
         }
+    }
+
+    fn normal(index: u64, payload_bytes: usize) -> Entry {
+        Entry {
+            index,
+            term: 1,
+            kind: storage::EntryKind::Normal,
+            payload: Bytes::from(vec![b'x'; payload_bytes]),
+        }
+    }
+
+    /// `visit` runs with no WAL lock held: it can append (which takes the view lock
+    /// exclusively to publish) without deadlocking, so a writer never waits for a whole
+    /// page, only for one chunk. A refused entry is where the next page starts, and
+    /// entries compacted during the walk are skipped.
+    #[test]
+    fn visiting_entries_holds_no_wal_lock_between_chunks() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let wal = Wal::open(&dir.path().join("wal"), WalOptions::default()).expect("WAL");
+        let snapshots = SnapshotStore::open(dir.path().join("snapshots")).expect("snapshots");
+        let log = Arc::new(DurableLog::new(wal, snapshots, SnapshotMeta::default()));
+        let first: Vec<Entry> = (1..=20).map(|i| normal(i, 100 << 10)).collect();
+        log.wal.append(&first).expect("append");
+        let (done, finished) = std::sync::mpsc::channel();
+        let walker = log.clone();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let next = walker.visit_entries(1, 100, 64 << 10, |entry| {
+                if entry.index == 15 {
+                    return ControlFlow::Break(());
+                }
+                let last = walker.wal.last_index();
+                walker
+                    .wal
+                    .append(&[normal(last + 1, 10)])
+                    .expect("append while visiting");
+                if entry.index == 5 {
+                    walker
+                        .wal
+                        .compact_prefix(9)
+                        .expect("compact while visiting");
+                }
+                seen.push(entry.index);
+                ControlFlow::Continue(())
+            });
+            let _ = done.send((seen, next));
+        });
+        let (seen, next) = finished
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("visit_entries deadlocked: it held the WAL's lock while visiting");
+        assert_eq!(seen, [1, 2, 3, 4, 5, 10, 11, 12, 13, 14]);
+        assert_eq!(next.expect("walk"), 15);
     }
 
     /// The node's storage answers the core as MemStorage and the simulator's do.

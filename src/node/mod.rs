@@ -207,6 +207,8 @@ pub struct Metrics {
     pub wal_append_micros: Counter,
     /// Snapshots taken locally.
     pub snapshots_taken: Counter,
+    /// Snapshots this node failed to take (each attempt counts).
+    pub snapshot_failures: Counter,
     /// Size of the last snapshot taken, bytes.
     pub snapshot_last_bytes: Counter,
     /// Total snapshot bytes written locally.
@@ -711,6 +713,7 @@ pub async fn start<S: StateMachine>(
         last_snapshot_index: snapshot_meta.last_index,
         snapshot_in_progress: false,
         snapshot_waiters: Vec::new(),
+        snapshot_backoff: apply::SnapshotBackoff::default(),
     };
     spawn_thread("apply", events_tx.clone(), move || applier.run(apply_rx));
     let writer = Writer {

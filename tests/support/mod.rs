@@ -79,6 +79,12 @@ impl Default for ClusterSpec {
 impl Cluster {
     /// Writes a config with free ports and starts every node.
     pub fn start(spec: ClusterSpec) -> Cluster {
+        Cluster::start_with_config(spec, json!({}))
+    }
+
+    /// As [`Cluster::start`], with the fields of the object `extra` added to the cluster
+    /// file (e.g. `json!({"snapshot_request_timeout_ms": 1})`).
+    pub fn start_with_config(spec: ClusterSpec, extra: Value) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut nodes_json = serde_json::Map::new();
         let mut nodes = BTreeMap::new();
@@ -100,7 +106,7 @@ impl Cluster {
                 },
             );
         }
-        let config = json!({
+        let mut config = json!({
             "cluster_id": "test-cluster",
             "nodes": Value::Object(nodes_json),
             "data_dir": dir.path().join("data"),
@@ -108,6 +114,9 @@ impl Cluster {
             "snapshot_trailing_entries": spec.snapshot_trailing_entries,
             "wal_segment_bytes": spec.wal_segment_bytes,
         });
+        if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+            config.extend(extra.clone());
+        }
         let config_path = dir.path().join("config.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
         let client = reqwest::Client::builder()
