@@ -12,6 +12,7 @@
 
 pub mod error;
 pub mod snapshot;
+pub mod space;
 pub mod stable;
 pub mod wal;
 
