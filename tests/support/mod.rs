@@ -75,6 +75,16 @@ impl Default for ClusterSpec {
 impl Cluster {
     /// Writes a config with free ports and starts every node.
     pub fn start(spec: ClusterSpec) -> Cluster {
+        let cluster = Cluster::configure(spec);
+        for id in cluster.nodes.keys() {
+            cluster.spawn(*id);
+        }
+        cluster
+    }
+
+    /// Writes a config with free ports and starts no node, so a test can prepare the
+    /// data directories (or the config) first.
+    pub fn configure(spec: ClusterSpec) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut nodes_json = serde_json::Map::new();
         let mut nodes = BTreeMap::new();
@@ -110,16 +120,24 @@ impl Cluster {
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
-        let cluster = Cluster {
+        Cluster {
             dir,
             config_path,
             nodes,
             client,
-        };
-        for id in 1..=spec.nodes {
-            cluster.spawn(id);
         }
-        cluster
+    }
+
+    /// Sets a top-level field of the cluster file; nodes read it when they (re)start.
+    pub fn set_config_field(&self, field: &str, value: Value) {
+        let mut config: Value =
+            serde_json::from_slice(&std::fs::read(&self.config_path).unwrap()).unwrap();
+        config[field] = value;
+        std::fs::write(
+            &self.config_path,
+            serde_json::to_vec_pretty(&config).unwrap(),
+        )
+        .unwrap();
     }
 
     /// Starts (or restarts) node `id` on its data directory.
