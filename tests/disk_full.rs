@@ -266,6 +266,19 @@ async fn check_serving_while_full(setup: &FullDiskSetup, acknowledged: &BTreeMap
         "the node's log names the full directory:\n{}",
         c.logs_tail()
     );
+    // A snapshot on the full disk fails (or fits); either way no temp file is left
+    // behind for recovery to trip on, and the node goes on.
+    let url = format!("http://{}/v1/snapshot", c.api(full));
+    let _ = c.client.post(url).send().await;
+    let leftovers: Vec<_> = std::fs::read_dir(c.data_dir(full).join("snapshots"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        !leftovers
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "tmp")),
+        "a failed snapshot left {leftovers:?}"
+    );
     assert!(
         c.wait_exit(full, Duration::ZERO).is_none(),
         "the full node exited\n{}",
