@@ -71,6 +71,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         snapshot_trailing_entries: 5_000,
         // A demo log: small preallocated segments.
         wal_segment_bytes: 4 << 20,
+        storage_quota_bytes: None,
         tick: Duration::from_millis(10),
         membership_policy: Default::default(),
     };

@@ -69,6 +69,11 @@ pub const LOG_PAGE_MAX_ENTRIES_RANGE: std::ops::RangeInclusive<u64> = 1..=1_000_
 /// Default of `snapshot_request_timeout_ms`: a minute writes a snapshot of several GiB on
 /// an ordinary disk, and a client that waited that long is better told than kept hanging.
 pub const DEFAULT_SNAPSHOT_REQUEST_TIMEOUT_MS: u64 = 60_000;
+// Issue 12, diskfull: the storage quota.
+/// The smallest `storage_quota_bytes` accepted, in WAL segments: the active segment, the
+/// one prepared ahead and the two kept for reuse are allocated in full however little the
+/// log holds, so a smaller quota would refuse every write from the start.
+pub const STORAGE_QUOTA_SEGMENTS_MIN: u64 = 4;
 
 const TOP_LEVEL_FIELDS: &[&str] = &[
     "cluster_id",
@@ -88,6 +93,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "log_page_max_bytes",
     "log_page_max_entries",
     "snapshot_request_timeout_ms",
+    "storage_quota_bytes",
 ];
 const NODE_FIELDS: &[&str] = &["raft_addr", "api_addr"];
 
@@ -161,6 +167,9 @@ pub struct ClusterConfig {
     log_page_max_entries: u64,
     // Invariant: positive.
     snapshot_request_timeout_ms: u64,
+    // Issue 12, diskfull.
+    // Invariant: None, or at least STORAGE_QUOTA_SEGMENTS_MIN × wal_segment_bytes.
+    storage_quota_bytes: Option<u64>,
 }
 
 /// Bounds on the client API's connections (issue 12 "net"), so that idle or silent
@@ -355,6 +364,14 @@ impl ClusterConfig {
         Duration::from_millis(self.snapshot_request_timeout_ms)
     }
 
+    /// Issue 12, diskfull. Most bytes a node's data directory (WAL segments, snapshots,
+    /// stable store; allocated space, preallocated segments in full) may take before the
+    /// node refuses new writes with `507 no_space`, as etcd's `--quota-backend-bytes` does.
+    /// `None` (the default): only a full disk refuses writes.
+    pub fn storage_quota_bytes(&self) -> Option<u64> {
+        self.storage_quota_bytes
+    }
+
     /// The configuration as cluster-file JSON (all fields explicit), e.g. for `raftlog
     /// cluster` to write the file it generated. Parsing it gives back an equal config.
     pub fn to_json(&self) -> String {
@@ -387,6 +404,7 @@ impl ClusterConfig {
             "log_page_max_bytes": self.log_page_max_bytes,
             "log_page_max_entries": self.log_page_max_entries,
             "snapshot_request_timeout_ms": self.snapshot_request_timeout_ms,
+            "storage_quota_bytes": self.storage_quota_bytes,
         });
         let mut value = value;
         if let Some(max) = self.client_connections.connections_max {
@@ -597,6 +615,26 @@ impl Parser<'_> {
             None => DEFAULT_SNAPSHOT_REQUEST_TIMEOUT_MS,
             Some(v) => self.positive(v, "snapshot_request_timeout_ms")?,
         };
+        // Issue 12, diskfull.
+        let storage_quota_bytes = match get("storage_quota_bytes") {
+            None | Some(Json::Null) => None,
+            Some(v) => {
+                let bytes = self.positive(v, "storage_quota_bytes")?;
+                let min = STORAGE_QUOTA_SEGMENTS_MIN.saturating_mul(wal_segment_bytes);
+                if bytes < min {
+                    return Err(self.err(
+                        "storage_quota_bytes",
+                        format!(
+                            "{bytes} is below {min}: {STORAGE_QUOTA_SEGMENTS_MIN} WAL segments of \
+                             wal_segment_bytes {wal_segment_bytes} are preallocated in full \
+                             however little the log holds; raise the quota or lower \
+                             wal_segment_bytes"
+                        ),
+                    ));
+                }
+                Some(bytes)
+            }
+        };
         Ok(ClusterConfig {
             path: self.path.to_path_buf(),
             cluster_id,
@@ -613,6 +651,7 @@ impl Parser<'_> {
             log_page_max_bytes,
             log_page_max_entries,
             snapshot_request_timeout_ms,
+            storage_quota_bytes,
         })
     }
 
@@ -916,6 +955,7 @@ mod tests {
         assert_eq!(cfg.snapshot_threshold(), 10_000);
         assert_eq!(cfg.snapshot_trailing_entries(), 5_000);
         assert_eq!(cfg.wal_segment_bytes(), 64 << 20);
+        assert_eq!(cfg.storage_quota_bytes(), None);
         assert_eq!(cfg.promote_lag_entries(), 1_000);
         assert_eq!(cfg.promote_stable(), Duration::from_millis(1_000));
         assert_eq!(cfg.path(), Path::new("config.json"));
@@ -985,6 +1025,18 @@ mod tests {
         assert_eq!(cfg.wal_segment_bytes(), 4 << 20);
         let cfg = cfg.with_data_dir("/tmp/x");
         assert_eq!(cfg.node_data_dir(1), Path::new("/tmp/x/node-1"));
+    }
+
+    #[test]
+    fn storage_quota_is_read_and_round_trips() {
+        let cfg = parse(&with(
+            r#""wal_segment_bytes": 1048576, "storage_quota_bytes": 16777216"#,
+        ))
+        .unwrap();
+        assert_eq!(cfg.storage_quota_bytes(), Some(16 << 20));
+        assert_eq!(parse(&cfg.to_json()).unwrap(), cfg);
+        let unset = parse(&with(r#""storage_quota_bytes": null"#)).unwrap();
+        assert_eq!(unset.storage_quota_bytes(), None);
     }
 
     #[test]
@@ -1217,6 +1269,16 @@ mod tests {
                 "config.json: data_dir: expected a string, got null",
             ),
             (r#""data_dir": """#, "config.json: data_dir: must not be empty"),
+            (
+                r#""storage_quota_bytes": 0"#,
+                "config.json: storage_quota_bytes: expected a positive integer, got 0",
+            ),
+            (
+                r#""storage_quota_bytes": 100000000"#,
+                "config.json: storage_quota_bytes: 100000000 is below 268435456: 4 WAL segments \
+                 of wal_segment_bytes 67108864 are preallocated in full however little the log \
+                 holds; raise the quota or lower wal_segment_bytes",
+            ),
         ];
         for (extra, expect) in cases {
             assert_eq!(error(&with(extra)), expect, "{extra}");

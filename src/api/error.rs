@@ -80,6 +80,16 @@ impl ApiError {
         }
     }
 
+    /// `507 no_space`: the disk is full or the storage quota reached; nothing was
+    /// proposed (issue 12, diskfull).
+    pub fn no_space(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::INSUFFICIENT_STORAGE,
+            code: "no_space",
+            message: message.into(),
+        }
+    }
+
     /// `500 internal`.
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError {

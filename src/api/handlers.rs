@@ -168,6 +168,7 @@ fn write_error(error: RequestError) -> ApiError {
             "the write was proposed but its outcome is not known yet; it may or may not take effect (retry with the same Request-Id to find out)",
         ),
         RequestError::Refused(message) => ApiError::no_leader(message),
+        RequestError::NoSpace(message) => ApiError::no_space(message),
     }
 }
 
@@ -922,6 +923,25 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         "# HELP raftlog_snapshot_last_bytes Size of the last snapshot taken.\n# TYPE raftlog_snapshot_last_bytes gauge\nraftlog_snapshot_last_bytes {}",
         m.snapshot_last_bytes.get()
     );
+    // Issue 12, diskfull.
+    let space = &state.node.space;
+    let _ = writeln!(
+        out,
+        "# HELP raftlog_storage_no_space 1 while writes are refused because the disk is full or the storage quota is reached.\n# TYPE raftlog_storage_no_space gauge\nraftlog_storage_no_space {}",
+        u8::from(space.no_space())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP raftlog_storage_free_bytes Bytes free on the filesystem of the data directory.\n# TYPE raftlog_storage_free_bytes gauge\nraftlog_storage_free_bytes {}",
+        space.free_bytes()
+    );
+    if let Some(quota) = space.quota_bytes() {
+        let _ = writeln!(
+            out,
+            "# HELP raftlog_storage_used_bytes Bytes the data directory occupies (checked against storage_quota_bytes).\n# TYPE raftlog_storage_used_bytes gauge\nraftlog_storage_used_bytes {}\n# HELP raftlog_storage_quota_bytes storage_quota_bytes.\n# TYPE raftlog_storage_quota_bytes gauge\nraftlog_storage_quota_bytes {quota}",
+            space.used_bytes()
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP raftlog_applied_index Highest applied log index.\n# TYPE raftlog_applied_index gauge\nraftlog_applied_index {}",

@@ -45,6 +45,7 @@ pub fn node_options(
         election_timeout: config.election_timeout(),
         snapshot_threshold: config.snapshot_threshold(),
         wal_segment_bytes: config.wal_segment_bytes(),
+        storage_quota_bytes: config.storage_quota_bytes(),
         snapshot_trailing_entries: config.snapshot_trailing_entries(),
         tick: TICK,
         membership_policy: node::membership::MembershipPolicy {

@@ -20,6 +20,7 @@ mod bootstrap;
 mod clock;
 pub mod log_storage;
 pub mod membership;
+pub mod space;
 pub mod transfer;
 pub mod writer;
 
@@ -43,6 +44,7 @@ use self::log_storage::{DurableLog, NodeLogStorage};
 use self::membership::{
     ChangeRefused, ChangeTicket, MembershipDriver, MembershipOp, MembershipPolicy,
 };
+use self::space::StorageSpace;
 use self::transfer::{TransferReply, TransferWaiters};
 use self::writer::{WriteJob, Writer};
 use crate::kv::{Replicated, StateMachine};
@@ -74,6 +76,9 @@ pub struct NodeOptions {
     pub snapshot_trailing_entries: u64,
     /// Size of each WAL segment file.
     pub wal_segment_bytes: u64,
+    /// Issue 12, diskfull: most bytes the data directory may take before writes are
+    /// refused (`507 no_space`); `None`: only a full disk refuses them.
+    pub storage_quota_bytes: Option<u64>,
     /// The core's clock period.
     pub tick: Duration,
     /// When learners added as voters are promoted.
@@ -303,6 +308,8 @@ pub struct Node<S: StateMachine> {
     /// A graceful stop began: `/readyz` answers 503.
     stopping: Arc<AtomicBool>,
     election_timeout_max: Duration,
+    /// Free space and usage of the data directory (issue 12, diskfull).
+    pub space: Arc<StorageSpace>,
 }
 
 impl<S: StateMachine> Clone for Node<S> {
@@ -321,6 +328,7 @@ impl<S: StateMachine> Clone for Node<S> {
             fatal: self.fatal.clone(),
             stopping: self.stopping.clone(),
             election_timeout_max: self.election_timeout_max,
+            space: self.space.clone(),
         }
     }
 }
@@ -338,6 +346,9 @@ pub enum RequestError {
     NotCommitted,
     /// Refused for another reason (e.g. a membership change in progress).
     Refused(String),
+    /// Issue 12, diskfull: the disk is full or the storage quota reached (the message
+    /// says which, naming the directory and its space). Nothing was proposed.
+    NoSpace(String),
 }
 
 impl<S: StateMachine> Node<S> {
@@ -348,6 +359,11 @@ impl<S: StateMachine> Node<S> {
         command: Bytes,
         timeout: Duration,
     ) -> Result<(u64, crate::kv::Applied), RequestError> {
+        // Issue 12, diskfull: refused before it is proposed (`space.rs`).
+        if let Some(message) = self.space.refusal(command.len() as u64) {
+            self.metrics.proposals_refused.inc();
+            return Err(RequestError::NoSpace(message));
+        }
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::Propose { command, reply })
@@ -634,6 +650,12 @@ pub async fn start<S: StateMachine>(
     log.snapshots.quarantine_newer_than(&snapshot_meta)?;
 
     let metrics = Arc::new(Metrics::default());
+    let space = Arc::new(StorageSpace::new(
+        dir,
+        options.storage_quota_bytes,
+        options.wal_segment_bytes,
+    ));
+    StorageSpace::start_measuring(&space);
     let mut replicated = Replicated::new(state_machine);
     if snapshot_meta.last_index > 0 {
         let mut reader = log.snapshots.open_reader(&snapshot_meta)?;
@@ -723,6 +745,7 @@ pub async fn start<S: StateMachine>(
         events: events_tx.clone(),
         apply: apply_tx.clone(),
         metrics: metrics.clone(),
+        space: space.clone(),
     };
     spawn_thread("persist", events_tx.clone(), move || writer.run(write_rx));
     if standing == bootstrap::Standing::Fresh {
@@ -792,6 +815,7 @@ pub async fn start<S: StateMachine>(
         fatal: fatal_rx,
         stopping: Arc::new(AtomicBool::new(false)),
         election_timeout_max: options.election_timeout.1,
+        space,
     })
 }
 

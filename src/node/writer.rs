@@ -58,6 +58,8 @@ pub(super) struct Writer {
     pub events: UnboundedSender<Event>,
     pub apply: UnboundedSender<ApplyJob>,
     pub metrics: Arc<super::Metrics>,
+    /// Told when the disk is full and when appends work again (issue 12, diskfull).
+    pub space: Arc<super::space::StorageSpace>,
 }
 
 struct Round {
@@ -184,10 +186,15 @@ impl Writer {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        self.log
-            .wal
-            .append(&round.batch)
-            .map_err(|e| format!("cannot append to the write-ahead log: {e}; stopping the node"))?;
+        match self.log.wal.append(&round.batch) {
+            Ok(()) => {}
+            Err(e) if e.is_no_space() => self.append_once_space_is_freed(&round.batch, e)?,
+            Err(e) => {
+                return Err(format!(
+                    "cannot append to the write-ahead log: {e}; stopping the node"
+                ))
+            }
+        }
         self.metrics.record_wal_append(
             round.batch.len() as u64,
             round.batch_bytes,
@@ -196,6 +203,47 @@ impl Writer {
         round.batch.clear();
         round.batch_bytes = 0;
         Ok(())
+    }
+
+    /// Issue 12, diskfull: the WAL refused `batch` for lack of space, having written none
+    /// of it (`storage::space`). Retries the same append until space is freed. Until then
+    /// nothing that depends on it is sent: a follower does not acknowledge, a leader does
+    /// not count its own copy, and the node refuses new writes (`space.rs`).
+    fn append_once_space_is_freed(
+        &mut self,
+        batch: &[Entry],
+        error: storage::Error,
+    ) -> Result<(), String> {
+        tracing::error!(
+            "{error}; this node refuses writes (507 no_space) and retries every {} ms",
+            super::space::RETRY_INTERVAL.as_millis()
+        );
+        self.space.set_disk_full(true);
+        loop {
+            std::thread::sleep(super::space::RETRY_INTERVAL);
+            if self.events.is_closed() {
+                return Err("the node stopped while its disk was full".to_string());
+            }
+            match self.log.wal.append(batch) {
+                Ok(()) => {
+                    self.space.set_disk_full(false);
+                    tracing::info!(
+                        "space was freed in {}: the write-ahead log accepts appends again \
+                         ({} bytes free)",
+                        self.log.wal.dir().display(),
+                        self.space.free_bytes()
+                    );
+                    return Ok(());
+                }
+                Err(e) if e.is_no_space() => {}
+                Err(e) => {
+                    self.space.set_disk_full(false);
+                    return Err(format!(
+                        "cannot append to the write-ahead log: {e}; stopping the node"
+                    ));
+                }
+            }
+        }
     }
 
     /// Writes one InstallSnapshot chunk; on the last one installs the snapshot. A chunk that

@@ -119,6 +119,26 @@ pub enum Error {
         reason: String,
     },
 
+    /// The filesystem ran out of space (ENOSPC or EDQUOT) at a point where nothing was
+    /// half-written and no fsync failed: nothing of the refused write is durable, the
+    /// files are as they were, and the same write may be retried once space is freed
+    /// (`crate::space` explains which failures qualify).
+    #[error(
+        "no space left on the device: {context} {} failed; the filesystem holding it has {} \
+         free; nothing of this write was stored. Free space on that filesystem (or grow it): \
+         writes resume on their own",
+        path.display(),
+        crate::space::describe_free_bytes(*free_bytes)
+    )]
+    NoSpace {
+        /// What was being done, e.g. "prepare WAL segment".
+        context: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// Bytes free for unprivileged use on its filesystem (statvfs), when known.
+        free_bytes: Option<u64>,
+    },
+
     /// The stable store belongs to another cluster or another node.
     #[error(
         "stable store {}: this data directory belongs to {what} {stored}, not {what} {expected}; \
@@ -145,5 +165,34 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+
+    /// Like [`Error::io`], but an out-of-space failure (ENOSPC, EDQUOT) becomes
+    /// [`Error::NoSpace`]. Only for calls whose failure leaves nothing half-done and no
+    /// fsync failed (see `crate::space`); anywhere else ENOSPC stays a plain I/O error.
+    pub fn io_or_no_space(
+        context: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Error {
+        let path = path.into();
+        if crate::space::is_out_of_space(&source) {
+            let free_bytes = crate::space::free_bytes(&path).ok();
+            return Error::NoSpace {
+                context,
+                path,
+                free_bytes,
+            };
+        }
+        Error::Io {
+            context,
+            path,
+            source,
+        }
+    }
+
+    /// Whether this is [`Error::NoSpace`]: the write may be retried once space is freed.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, Error::NoSpace { .. })
     }
 }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod failpoint;
 pub mod fuzzing;
 pub mod snapshot;
+pub mod space;
 pub mod stable;
 pub mod wal;
 

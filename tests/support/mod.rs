@@ -85,6 +85,21 @@ impl Cluster {
     /// As [`Cluster::start`], with the fields of the object `extra` added to the cluster
     /// file (e.g. `json!({"snapshot_request_timeout_ms": 1})`).
     pub fn start_with_config(spec: ClusterSpec, extra: Value) -> Cluster {
+        let cluster = Cluster::configure_with(spec, extra);
+        for id in cluster.nodes.keys() {
+            cluster.spawn(*id);
+        }
+        cluster
+    }
+
+    /// Writes a config with free ports and starts no node, so a test can prepare the
+    /// data directories (or the config) first.
+    pub fn configure(spec: ClusterSpec) -> Cluster {
+        Cluster::configure_with(spec, json!({}))
+    }
+
+    /// As [`Cluster::configure`], with the fields of `extra` added to the cluster file.
+    pub fn configure_with(spec: ClusterSpec, extra: Value) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut nodes_json = serde_json::Map::new();
         let mut nodes = BTreeMap::new();
@@ -123,16 +138,24 @@ impl Cluster {
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
-        let cluster = Cluster {
+        Cluster {
             dir,
             config_path,
             nodes,
             client,
-        };
-        for id in 1..=spec.nodes {
-            cluster.spawn(id);
         }
-        cluster
+    }
+
+    /// Sets a top-level field of the cluster file; nodes read it when they (re)start.
+    pub fn set_config_field(&self, field: &str, value: Value) {
+        let mut config: Value =
+            serde_json::from_slice(&std::fs::read(&self.config_path).unwrap()).unwrap();
+        config[field] = value;
+        std::fs::write(
+            &self.config_path,
+            serde_json::to_vec_pretty(&config).unwrap(),
+        )
+        .unwrap();
     }
 
     /// Starts (or restarts) node `id` on its data directory.
@@ -455,18 +478,6 @@ impl Cluster {
             "no node acknowledged {key}={value} within {within:?}: {last}\n{}",
             self.logs_tail()
         );
-    }
-
-    /// Sets top-level `field` of the cluster file; nodes started from now on read it.
-    pub fn set_config_field(&self, field: &str, value: Value) {
-        let mut config: Value =
-            serde_json::from_slice(&std::fs::read(&self.config_path).unwrap()).unwrap();
-        config[field] = value;
-        std::fs::write(
-            &self.config_path,
-            serde_json::to_vec_pretty(&config).unwrap(),
-        )
-        .unwrap();
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {

@@ -138,6 +138,23 @@ fn run_ranges(group: &[Pending], from: Cursor, to: Cursor) -> Vec<(usize, std::o
         .collect()
 }
 
+/// The length of the first record from `at` on that does not fit what is left of the
+/// active segment (all of it when there is none), if any: the record the group's first
+/// roll starts a new segment for.
+fn first_record_past(io: &Io, group: &[Pending], mut at: Cursor) -> Option<u64> {
+    let remaining = io.active.as_ref().map_or(0, |a| a.remaining());
+    let mut bytes = 0u64;
+    while at.0 < group.len() {
+        let len = group[at.0].batch.record_len(at.1);
+        if bytes + len > remaining {
+            return Some(len);
+        }
+        bytes += len;
+        at = skip_done(group, (at.0, at.1 + 1));
+    }
+    None
+}
+
 /// The end marker written after every run of records.
 static END_MARKER: [u8; END_MARKER_BYTES] = [0; END_MARKER_BYTES];
 
@@ -146,12 +163,19 @@ static END_MARKER: [u8; END_MARKER_BYTES] = [0; END_MARKER_BYTES];
 struct WriterState {
     queue: VecDeque<Pending>,
     next_seq: u64,
-    /// Invariant: every batch with `seq <= durable_seq` is durable and published.
+    /// Invariant: every batch with `seq <= durable_seq` is durable and published, or
+    /// else in `refused_no_space`.
     durable_seq: u64,
     /// A leader (or a truncation/compaction) owns the files right now.
     leader_active: bool,
     /// Index of the last entry queued or written: appends must continue from here.
     last_queued: u64,
+    /// Batches refused because the disk was full (`space.rs`): nothing of them was
+    /// written. Each is removed by its own appender when it wakes up.
+    /// Invariant: every seq here is `<= durable_seq` and was never written.
+    refused_no_space: std::collections::BTreeSet<u64>,
+    /// The out-of-space error those batches get (always [`Error::NoSpace`]).
+    no_space: Option<Error>,
     /// Set when a write or sync failed (or the log was closed): after a failed
     /// fdatasync the kernel may have dropped the dirty pages, so nothing in this
     /// process can say what is durable; only reopening (recovery) can.
@@ -162,6 +186,9 @@ struct WriterState {
 #[derive(Debug)]
 struct Io {
     active: Option<ActiveSegment>,
+    /// A prepared file taken for the next roll before a group wrote anything (see
+    /// [`Wal::write_group`]); used by the next roll it is large enough for.
+    spare: Option<segment::Prepared>,
     /// Offsets (in the active segment) of the records being written; kept to reuse
     /// its allocation.
     run_offsets: Vec<u32>,
@@ -333,11 +360,14 @@ impl Wal {
                 durable_seq: 0,
                 leader_active: false,
                 last_queued: recovered.last_index,
+                refused_no_space: std::collections::BTreeSet::new(),
+                no_space: None,
                 failed: None,
             }),
             cond: Condvar::new(),
             io: Mutex::new(Io {
                 active: recovered.active,
+                spare: None,
                 run_offsets: Vec::new(),
             }),
             view: RwLock::new(View {
@@ -450,7 +480,7 @@ impl Wal {
         };
         let mut st = lock(&self.state);
         let seq = self.enqueue(&mut st, first.index, batch)?;
-        self.wait_durable(st, seq)
+        self.wait_durable(st, seq, true)
     }
 
     /// Appends the entries `build(next)` returns, where `next` is the index that follows
@@ -471,7 +501,7 @@ impl Wal {
         let count = entries.len() as u64;
         let first_index = entries[0].index;
         let seq = self.enqueue(&mut st, first_index, batch)?;
-        self.wait_durable(st, seq)?;
+        self.wait_durable(st, seq, true)?;
         Ok(first_index..=first_index + count - 1)
     }
 
@@ -527,8 +557,36 @@ impl Wal {
     }
 
     /// Waits until batch `seq` is durable, leading group commits while nobody else is.
-    fn wait_durable<'a>(&'a self, mut st: MutexGuard<'a, WriterState>, seq: u64) -> Result<()> {
+    /// The appender that queued `seq` is its `owner`: it alone clears a refusal, which
+    /// anyone else waiting for `seq` (a barrier) also sees while it stands.
+    fn wait_durable<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, WriterState>,
+        seq: u64,
+        owner: bool,
+    ) -> Result<()> {
         loop {
+            let refused = if owner {
+                st.refused_no_space.remove(&seq)
+            } else {
+                st.refused_no_space.contains(&seq)
+            };
+            if refused {
+                return Err(match &st.no_space {
+                    Some(Error::NoSpace {
+                        context,
+                        path,
+                        free_bytes,
+                    }) => Error::NoSpace {
+                        context,
+                        path: path.clone(),
+                        free_bytes: *free_bytes,
+                    },
+                    _ => Error::Closed {
+                        reason: "an append was refused for lack of space".into(),
+                    },
+                });
+            }
             if st.durable_seq >= seq {
                 return Ok(());
             }
@@ -583,6 +641,7 @@ impl Wal {
         }
         drop(st);
 
+        let last_before = self.last_index();
         let result = self.write_group(&mut group);
 
         let mut st = lock(&self.state);
@@ -592,6 +651,24 @@ impl Wal {
             _ => unreachable!("lead is only called with a non-empty queue"),
         };
         let error = match result {
+            Err(e) if e.is_no_space() && self.last_index() == last_before => {
+                // Nothing of the group was published, and no sync failed (`space.rs`):
+                // refuse the group and everything queued behind it (which continues it),
+                // and let the next append start over from the last durable entry.
+                tracing::warn!(dir = %self.dir.display(), error = %e, "WAL append refused: no space");
+                assert!(
+                    *seqs.start() == st.durable_seq + 1,
+                    "group {seqs:?} does not follow durable batch {}",
+                    st.durable_seq
+                );
+                let last_seq = st.next_seq - 1;
+                st.refused_no_space.extend(*seqs.start()..=last_seq);
+                st.queue.clear();
+                st.durable_seq = last_seq;
+                st.last_queued = last_before;
+                st.no_space = Some(e);
+                None
+            }
             Ok(()) => {
                 assert!(
                     *seqs.start() == st.durable_seq + 1,
@@ -626,6 +703,17 @@ impl Wal {
         {
             // The common case: everything fits the active segment.
             return self.write_run(io, group, at, (group.len(), 0));
+        }
+        if io.spare.is_none() {
+            // The group needs a new segment: take it before writing anything, so that a
+            // full disk refuses the whole group (nothing written) rather than leaving part
+            // of it durable and the rest refused.
+            if let Some(record_len) = first_record_past(io, group, at) {
+                io.spare = Some(
+                    self.preparer
+                        .take((SEGMENT_HEADER_BYTES as u64) + record_len)?,
+                );
+            }
         }
         while at.0 < group.len() {
             let remaining = io.active.as_ref().map_or(0, |a| a.remaining());
@@ -685,11 +773,13 @@ impl Wal {
         let records_len = offset - active.write_offset;
         let marker = active.marker_bytes_after(records_len);
         slices.push(IoSlice::new(&END_MARKER[..marker]));
+        // ENOSPC here is survivable (`space.rs`): whatever landed lies past the published
+        // end, was never synced nor acknowledged, and the retry writes over it.
         failpoint::inject("wal::write")
-            .map_err(|e| Error::io("write WAL segment", &active.path, e))?;
+            .map_err(|e| Error::io_or_no_space("write WAL segment", &active.path, e))?;
         self.fs
             .write_vectored_at(&active.file, &slices, active.write_offset)
-            .map_err(|e| Error::io("write WAL segment", &active.path, e))?;
+            .map_err(|e| Error::io_or_no_space("write WAL segment", &active.path, e))?;
         failpoint::inject("wal::fdatasync")
             .map_err(|e| Error::io("fdatasync WAL segment", &active.path, e))?;
         self.fs
@@ -722,7 +812,13 @@ impl Wal {
     /// is `record_len` bytes long.
     fn roll(&self, io: &mut Io, first_index: u64, record_len: usize) -> Result<()> {
         let need = (SEGMENT_HEADER_BYTES + record_len) as u64;
-        let prepared = self.preparer.take(need)?;
+        let prepared = match io.spare.take() {
+            Some(spare) if spare.capacity >= need => spare,
+            other => {
+                io.spare = other;
+                self.preparer.take(need)?
+            }
+        };
         // An active segment with no records (just recovered or created, and this record
         // is too large for it) is replaced: the rename below swaps it atomically.
         let replace_empty = io
@@ -978,7 +1074,7 @@ impl Wal {
     pub fn sync(&self) -> Result<()> {
         let st = lock(&self.state);
         let target = st.next_seq - 1;
-        self.wait_durable(st, target)
+        self.wait_durable(st, target, false)
     }
 
     /// Waits for pending appends, stops the background preparer and closes the files.

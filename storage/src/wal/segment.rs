@@ -17,8 +17,9 @@
 //!   blocks are written, so appends into them cost what appends into a zero-filled file
 //!   cost, and nothing extra is written.
 //! - **A new file** (before the first compaction, or when compaction falls behind) is
-//!   written full of zeros and synced once, by a background thread, before the log
-//!   needs it. The exception is a workload of large syncs (over [`LARGE_SYNC_BYTES`] on
+//!   reserved with `fallocate`, written full of zeros and synced once, by a background
+//!   thread, before the log needs it. Reserving first makes a full disk fail fast there,
+//!   before any record of a write lands (`crate::space`). The exception is a workload of large syncs (over [`LARGE_SYNC_BYTES`] on
 //!   average): the zeros would double the bytes it writes, so its new files are only
 //!   `fallocate`d, and it pays the extent conversion until recycling starts.
 
@@ -182,8 +183,14 @@ pub fn write_zeros(fs: &dyn WalFs, file: &File, path: &Path, from: u64, to: u64)
 /// doubles the bytes written, so segments are only `fallocate`d.
 pub const LARGE_SYNC_BYTES: u64 = 256 << 10;
 
-/// Creates `path` as a file of `size_bytes` zeros, synced: a prepared segment. With
-/// `allocate_only`, the zeros are reserved with `fallocate` instead of written.
+/// Creates `path` as a file of `size_bytes` zeros, synced: a prepared segment. Its space
+/// is reserved with `fallocate` first, so a full disk fails here, fast and before the log
+/// needs the file (`space.rs`), not in the middle of a record; then, unless
+/// `allocate_only`, the zeros are written so that appends find written blocks.
+///
+/// On failure the file is removed, so a full disk is not made fuller by half-prepared
+/// files, and ENOSPC is [`Error::NoSpace`]: nothing depends on a file that was never
+/// handed out, so even a failed fdatasync of it may be retried with a new file.
 pub fn prepare_file(
     fs: &dyn WalFs,
     path: &Path,
@@ -194,14 +201,57 @@ pub fn prepare_file(
         .map_err(|e| Error::io("create prepared segment", path, e))?;
     let file = fs
         .create_new(path)
-        .map_err(|e| Error::io("create prepared segment", path, e))?;
-    let allocated = allocate_only && fs.allocate(&file, size_bytes).is_ok();
-    if !allocated {
-        write_zeros(fs, &file, path, 0, size_bytes)?;
+        .map_err(|e| Error::io_or_no_space("create prepared WAL segment", path, e))?;
+    let filled = fill_prepared(fs, &file, path, size_bytes, allocate_only);
+    if let Err(e) = filled {
+        drop(file);
+        if let Err(remove) = fs.remove_file(path) {
+            tracing::warn!(file = %path.display(), error = %remove, "cannot remove a half-prepared WAL segment; the next open removes it");
+        }
+        return Err(e);
     }
-    fs.sync_data(&file)
-        .map_err(|e| Error::io("fdatasync prepared segment", path, e))?;
     Ok(file)
+}
+
+fn fill_prepared(
+    fs: &dyn WalFs,
+    file: &File,
+    path: &Path,
+    size_bytes: u64,
+    allocate_only: bool,
+) -> Result<()> {
+    match fs.allocate(file, size_bytes) {
+        Ok(()) => {}
+        Err(e) if crate::space::is_out_of_space(&e) => {
+            return Err(Error::io_or_no_space(
+                "reserve space for a WAL segment",
+                path,
+                e,
+            ))
+        }
+        // Not supported here (or refused for another reason): writing the zeros below
+        // allocates the blocks as well.
+        Err(_) if allocate_only => write_zeros(fs, file, path, 0, size_bytes).map_err(no_space)?,
+        Err(_) => {}
+    }
+    if !allocate_only {
+        write_zeros(fs, file, path, 0, size_bytes).map_err(no_space)?;
+    }
+    fs.sync_data(file)
+        .map_err(|e| Error::io_or_no_space("fdatasync prepared WAL segment", path, e))
+}
+
+/// Turns an out-of-space [`Error::Io`] into [`Error::NoSpace`]; for failures that leave
+/// nothing half-done (see [`prepare_file`]).
+fn no_space(e: Error) -> Error {
+    match e {
+        Error::Io {
+            context,
+            path,
+            source,
+        } => Error::io_or_no_space(context, path, source),
+        other => other,
+    }
 }
 
 /// Turns a prepared file into the segment starting at `first_index`: header and end
@@ -389,8 +439,6 @@ impl Preparer {
                                 "background segment preparation failed; appends will prepare \
                                  segments themselves"
                             );
-                            // Best effort: a half-written .prep is removed on next open.
-                            let _ = fs.remove_file(&path);
                             st.failed = Some(e.to_string());
                         }
                     }
@@ -440,7 +488,14 @@ impl Preparer {
         let path = self.next_path();
         let large = self.bytes_per_sync.load(Ordering::Relaxed) >= LARGE_SYNC_BYTES;
         let file = prepare_file(self.fs.as_ref(), &path, size, large)?;
-        lock(&self.shared.state).stats.new_files += 1;
+        let mut st = lock(&self.shared.state);
+        st.stats.new_files += 1;
+        if st.failed.take().is_some() {
+            // The disk had room again (space was freed): the background thread resumes
+            // preparing ahead.
+            self.shared.cond.notify_all();
+        }
+        drop(st);
         Ok(Prepared {
             path,
             file,

@@ -998,3 +998,160 @@ fn a_version_2_segment_still_refuses_valid_records_after_damage() {
         other => panic!("expected corruption in a version 2 segment, got {other:?}"),
     }
 }
+
+/// A [`StdFs`] whose disk can be made full: then every space-taking call (`fallocate`,
+/// writes) fails with ENOSPC, as on a full filesystem; with `sync_fails`, fdatasync does
+/// too (as on NFS or a thin-provisioned volume, where ENOSPC can first show at sync).
+#[derive(Debug, Default)]
+struct FullDiskFs {
+    full: std::sync::atomic::AtomicBool,
+    sync_fails: std::sync::atomic::AtomicBool,
+}
+
+impl FullDiskFs {
+    fn set_full(&self, full: bool) {
+        self.full.store(full, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn check(&self, flag: &std::sync::atomic::AtomicBool) -> std::io::Result<()> {
+        if flag.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
+    }
+}
+
+impl WalFs for FullDiskFs {
+    fn create_new(&self, path: &Path) -> std::io::Result<std::fs::File> {
+        StdFs.create_new(path)
+    }
+    fn open_rw(&self, path: &Path) -> std::io::Result<std::fs::File> {
+        StdFs.open_rw(path)
+    }
+    fn write_all_at(&self, file: &std::fs::File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.check(&self.full)?;
+        StdFs.write_all_at(file, buf, offset)
+    }
+    fn write_vectored_at(
+        &self,
+        file: &std::fs::File,
+        bufs: &[std::io::IoSlice<'_>],
+        offset: u64,
+    ) -> std::io::Result<()> {
+        self.check(&self.full)?;
+        StdFs.write_vectored_at(file, bufs, offset)
+    }
+    fn sync_data(&self, file: &std::fs::File) -> std::io::Result<()> {
+        self.check(&self.sync_fails)?;
+        StdFs.sync_data(file)
+    }
+    fn allocate(&self, file: &std::fs::File, len: u64) -> std::io::Result<()> {
+        self.check(&self.full)?;
+        StdFs.allocate(file, len)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        StdFs.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        StdFs.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        StdFs.sync_dir(dir)
+    }
+}
+
+fn prepared_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("list dir")
+        .map(|d| d.expect("dirent").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "prep"))
+        .collect()
+}
+
+/// `space.rs`: ENOSPC while preparing the next segment (or in a write that was never
+/// synced) leaves the log as it was and refuses only that append; once space is freed
+/// the same append succeeds, and everything is there after a reopen.
+#[test]
+fn out_of_space_refuses_the_append_and_the_log_resumes_once_space_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(FullDiskFs::default());
+    let wal = Wal::open(dir.path(), small(fs.clone(), false)).unwrap();
+    let before = entries(1, 6, 1, 100);
+    wal.append(&before).unwrap();
+    let mut log = before.clone();
+    let mut refused_at_roll = false;
+    let mut refused_in_segment = false;
+    fs.set_full(true);
+    // Each round: an append on the full disk is refused, then succeeds once space is
+    // freed. The first rounds fail in the active segment's write, the one that needs a
+    // new segment fails preparing it.
+    for next in 6..18 {
+        let batch = entries(next, next + 1, 1, 100);
+        let rolls = lock(&wal.io)
+            .active
+            .as_ref()
+            .is_some_and(|a| a.remaining() < 200);
+        let err = wal.append(&batch).expect_err("append on a full disk");
+        assert!(err.is_no_space(), "expected NoSpace, got {err}");
+        assert!(
+            err.to_string().contains(&dir.path().display().to_string()),
+            "the error names the directory: {err}"
+        );
+        if rolls {
+            refused_at_roll = true;
+        } else {
+            refused_in_segment = true;
+        }
+        assert_eq!(
+            wal.last_index(),
+            next - 1,
+            "a refused append changed the log"
+        );
+        assert!(
+            prepared_files(dir.path()).is_empty(),
+            "a failed preparation left {:?} behind",
+            prepared_files(dir.path())
+        );
+        fs.set_full(false);
+        wal.append(&batch)
+            .expect("the same append once space is freed");
+        log.extend(batch);
+        fs.set_full(true);
+        if refused_at_roll && refused_in_segment {
+            break;
+        }
+    }
+    fs.set_full(false);
+    assert!(
+        refused_at_roll,
+        "no append had to roll while the disk was full"
+    );
+    assert!(refused_in_segment, "no append fitted the active segment");
+    assert_log(&wal, &log, 1);
+    wal.close().unwrap();
+    let reopened = open_small(dir.path());
+    assert_log(&reopened, &log, 1);
+}
+
+/// The fsyncgate rule (`space.rs`): a failed fdatasync is never retried as a success,
+/// even when it says ENOSPC; the log refuses every later write until reopened.
+#[test]
+fn a_failed_fdatasync_stays_fatal_even_when_it_reports_no_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(FullDiskFs::default());
+    let wal = Wal::open(dir.path(), small(fs.clone(), false)).unwrap();
+    wal.append(&entries(1, 3, 1, 10)).unwrap();
+    fs.sync_fails
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = wal.append(&entries(3, 4, 1, 10)).expect_err("sync fails");
+    assert!(
+        !err.is_no_space(),
+        "a failed fdatasync was reported as retryable: {err}"
+    );
+    fs.sync_fails
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let err = wal
+        .append(&entries(3, 4, 1, 10))
+        .expect_err("the log must stay failed");
+    assert!(matches!(err, Error::Closed { .. }), "got {err}");
+}
