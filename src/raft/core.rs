@@ -78,6 +78,12 @@ pub struct RaftCore<S: LogStorage> {
     commit_broadcast_needed: bool,
     transferee: Option<NodeId>,
     transfer_elapsed: u32,
+    /// `(index, payload bytes)` of this leader's own normal entries above the commit
+    /// index, oldest first (etcd raft's `uncommittedSize`, kept per entry so that commit
+    /// releases exactly what was taken). Empty unless leading.
+    uncommitted_payloads: VecDeque<(u64, u64)>,
+    /// Invariant: the sum of the bytes in `uncommitted_payloads`.
+    uncommitted_bytes: u64,
     /// A TimeoutNow went out this term: its target may win an election that ignores our
     /// lease, so lease reads are off until the next term.
     timeout_now_sent: bool,
@@ -147,6 +153,8 @@ impl<S: LogStorage> RaftCore<S> {
             commit_broadcast_needed: false,
             transferee: None,
             transfer_elapsed: 0,
+            uncommitted_payloads: VecDeque::new(),
+            uncommitted_bytes: 0,
             timeout_now_sent: false,
             incoming_snapshot: None,
             installing: None,
@@ -272,7 +280,20 @@ impl<S: LogStorage> RaftCore<S> {
     /// entry with this index and term appears in `Ready::committed_entries`.
     pub fn propose(&mut self, data: Bytes) -> Result<(u64, u64), ProposeError> {
         self.check_can_propose()?;
-        Ok(self.append_as_leader(EntryKind::Normal, data))
+        self.check_uncommitted_bytes(data.len() as u64)?;
+        let at = self.append_as_leader(EntryKind::Normal, data.clone());
+        if !data.is_empty() {
+            self.uncommitted_payloads
+                .push_back((at.0, data.len() as u64));
+            self.uncommitted_bytes += data.len() as u64;
+        }
+        Ok(at)
+    }
+
+    /// Payload bytes of this leader's entries that are not committed yet (0 unless
+    /// leading); the driver reports it as a gauge.
+    pub fn uncommitted_bytes(&self) -> u64 {
+        self.uncommitted_bytes
     }
 
     /// Appends a membership change; `(index, term)` as for [`RaftCore::propose`].
@@ -671,6 +692,10 @@ impl<S: LogStorage> RaftCore<S> {
         if was_leader {
             self.progress.clear();
             self.transferee = None;
+            // A follower proposes nothing; a future term starts counting afresh (etcd
+            // raft resets `uncommittedSize` in `reset`).
+            self.uncommitted_payloads.clear();
+            self.uncommitted_bytes = 0;
             self.reads.fail_all(leader, &mut self.failed_reads);
             self.append_needed = false;
             self.read_round_needed = false;
@@ -770,6 +795,10 @@ impl<S: LogStorage> RaftCore<S> {
         self.heartbeat_elapsed = 0;
         self.progress.clear();
         self.reset_progress();
+        // Entries of earlier leaders are not counted (etcd raft resets `uncommittedSize`
+        // on becoming leader): this leader never took their bytes.
+        self.uncommitted_payloads.clear();
+        self.uncommitted_bytes = 0;
         // Raft §5.4.2 / thesis §6.4: an entry of this term commits the earlier ones and
         // tells the leader the cluster's commit index.
         self.noop_index = self.log.last_index() + 1;
@@ -1292,6 +1321,36 @@ impl<S: LogStorage> RaftCore<S> {
         Ok(())
     }
 
+    /// etcd raft's `increaseUncommittedSize` (raft.go): refuse a proposal that would take
+    /// the uncommitted payload bytes past the bound, except when nothing is uncommitted
+    /// (an entry larger than the bound would otherwise never be accepted) and for an empty
+    /// payload (etcd exempts those so a new leader's empty entry always goes in).
+    fn check_uncommitted_bytes(&self, proposal_bytes: u64) -> Result<(), ProposeError> {
+        let max_bytes = self.config.max_uncommitted_bytes;
+        if self.uncommitted_bytes > 0
+            && proposal_bytes > 0
+            && self.uncommitted_bytes.saturating_add(proposal_bytes) > max_bytes
+        {
+            return Err(ProposeError::UncommittedBytesFull {
+                uncommitted_bytes: self.uncommitted_bytes,
+                proposal_bytes,
+                max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// etcd raft's `reduceUncommittedSize`: committed entries no longer count.
+    fn release_uncommitted_bytes(&mut self, commit: u64) {
+        while let Some(&(index, bytes)) = self.uncommitted_payloads.front() {
+            if index > commit {
+                break;
+            }
+            self.uncommitted_payloads.pop_front();
+            self.uncommitted_bytes -= bytes;
+        }
+    }
+
     fn append_as_leader(&mut self, kind: EntryKind, payload: Bytes) -> (u64, u64) {
         let entry = Entry {
             index: self.log.last_index() + 1,
@@ -1601,6 +1660,7 @@ impl<S: LogStorage> RaftCore<S> {
     fn advance_commit(&mut self, index: u64) {
         self.log.commit_to(index);
         self.membership.compact(index);
+        self.release_uncommitted_bytes(index);
     }
 
     fn on_commit_advanced(&mut self) {
@@ -3642,5 +3702,130 @@ mod uncommitted_demotion_tests {
             matches!(role, Role::PreCandidate | Role::Candidate),
             "a voter whose demotion is uncommitted sat out the election as {role:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod uncommitted_bytes_tests {
+    //! The byte bound on uncommitted proposals (etcd raft's `MaxUncommittedEntriesSize`).
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::raft::test_cluster::{member, Cluster};
+
+    const BOUND: u64 = 100;
+
+    fn payload(bytes: usize) -> Bytes {
+        Bytes::from(vec![b'v'; bytes])
+    }
+
+    /// A three-node cluster led by 1 whose followers are cut off: nothing 1 proposes
+    /// commits until `heal`.
+    fn leader_cut_off() -> Cluster {
+        let mut c = Cluster::new(&[1, 2, 3], |config| config.max_uncommitted_bytes = BOUND);
+        c.elect(1);
+        c.isolate(1);
+        c
+    }
+
+    #[test]
+    fn proposal_past_uncommitted_bytes_bound_is_refused_until_commit() {
+        let mut c = leader_cut_off();
+        assert!(c.node_mut(1).propose(payload(60)).is_ok());
+        let last_index = c.node(1).status().last_log_index;
+        assert_eq!(
+            c.node_mut(1).propose(payload(60)),
+            Err(ProposeError::UncommittedBytesFull {
+                uncommitted_bytes: 60,
+                proposal_bytes: 60,
+                max_bytes: BOUND,
+            })
+        );
+        assert_eq!(
+            c.node(1).status().last_log_index,
+            last_index,
+            "a refused proposal appended nothing"
+        );
+        assert!(
+            c.node_mut(1).propose(payload(40)).is_ok(),
+            "exactly the bound is within it"
+        );
+        assert_eq!(c.node(1).uncommitted_bytes(), BOUND);
+        c.settle();
+        c.heal();
+        c.tick_all(10);
+        assert_eq!(
+            c.node(1).status().commit_index,
+            c.node(1).status().last_log_index
+        );
+        assert_eq!(
+            c.node(1).uncommitted_bytes(),
+            0,
+            "commit releases the bytes"
+        );
+        assert!(c.node_mut(1).propose(payload(60)).is_ok());
+    }
+
+    #[test]
+    fn proposal_larger_than_the_bound_is_accepted_when_nothing_is_uncommitted() {
+        let mut c = leader_cut_off();
+        assert!(
+            c.node_mut(1).propose(payload(3 * BOUND as usize)).is_ok(),
+            "etcd raft: an oversized entry must not be refused forever"
+        );
+        assert!(matches!(
+            c.node_mut(1).propose(payload(1)),
+            Err(ProposeError::UncommittedBytesFull { .. })
+        ));
+    }
+
+    #[test]
+    fn empty_proposal_is_never_refused_by_the_byte_bound() {
+        let mut c = leader_cut_off();
+        assert!(c.node_mut(1).propose(payload(BOUND as usize)).is_ok());
+        assert!(c.node_mut(1).propose(Bytes::new()).is_ok());
+        assert_eq!(c.node(1).uncommitted_bytes(), BOUND);
+    }
+
+    #[test]
+    fn membership_change_is_not_refused_by_the_byte_bound() {
+        let mut c = Cluster::new(&[1, 2, 3], |config| config.max_uncommitted_bytes = BOUND);
+        c.elect(1);
+        c.isolate(1);
+        assert!(c.node_mut(1).propose(payload(BOUND as usize)).is_ok());
+        let change = MembershipChange::AddOrUpdate {
+            id: 4,
+            member: member(false),
+        };
+        assert!(
+            c.node_mut(1).propose_membership_change(change).is_ok(),
+            "an operator must be able to reconfigure an overloaded leader"
+        );
+    }
+
+    #[test]
+    fn new_leader_counts_only_its_own_proposals() {
+        let mut c = leader_cut_off();
+        assert!(c.node_mut(1).propose(payload(BOUND as usize)).is_ok());
+        c.settle();
+        // 2 and 3 elect one of them without 1 (whose entry they never got); 1 steps down
+        // (CheckQuorum) and learns of the new leader when healed.
+        c.tick_all(60);
+        let new_leader = c.leader().expect("2 and 3 elect a leader");
+        assert_ne!(new_leader, 1);
+        c.heal();
+        c.tick_all(10);
+        assert_eq!(c.node(1).status().role, Role::Follower);
+        assert_eq!(
+            c.node(1).uncommitted_bytes(),
+            0,
+            "a follower counts nothing"
+        );
+        assert_eq!(c.node(new_leader).uncommitted_bytes(), 0);
+        assert!(c
+            .node_mut(new_leader)
+            .propose(payload(BOUND as usize))
+            .is_ok());
     }
 }
