@@ -73,6 +73,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         wal_segment_bytes: 4 << 20,
         tick: Duration::from_millis(10),
         membership_policy: Default::default(),
+        max_uncommitted_bytes: raftlog::config::DEFAULT_MAX_UNCOMMITTED_BYTES,
+        pending_write_bytes_max: raftlog::config::DEFAULT_PENDING_WRITE_BYTES_MAX,
     };
     let node = node::start(options, Counter::default()).await?;
 

@@ -42,6 +42,22 @@ pub const DEFAULT_WAL_SEGMENT_BYTES: u64 = 64 << 20;
 /// extra syncs each) too often; above 1 GiB one segment is more disk than most logs need.
 pub const WAL_SEGMENT_BYTES_RANGE: std::ops::RangeInclusive<u64> = (1 << 20)..=(1 << 30);
 
+// Issue 12, overload: proposals bounded in bytes.
+/// Default of `max_uncommitted_bytes`: 32 MiB. The WAL's group commit sustains 50–100 MiB/s
+/// here (`docs/BENCHMARKS.md`), so this is 0.3–0.6 s of disk work: enough to keep every
+/// fsync batch full (a batch is capped at ~1 MiB), small next to a node's memory.
+pub const DEFAULT_MAX_UNCOMMITTED_BYTES: u64 = 32 << 20;
+/// Default of `pending_write_bytes_max`: 64 MiB, twice `max_uncommitted_bytes`. The budget
+/// also covers writes still queued for the raft loop and writes committed but not yet
+/// applied and answered, so it must exceed the uncommitted bound for that bound to be
+/// reachable; twice leaves as much again for those. 64 one-MiB values, or 64 Ki tiny writes
+/// (each is charged 1 KiB of overhead).
+pub const DEFAULT_PENDING_WRITE_BYTES_MAX: u64 = 64 << 20;
+/// Accepted range of `max_uncommitted_bytes` and `pending_write_bytes_max`: at least one
+/// value of the largest size (1 MiB), at most 4 GiB less one byte (the budget's permits are
+/// counted in a `u32`).
+pub const PENDING_BYTES_RANGE: std::ops::RangeInclusive<u64> = (1 << 20)..=(u32::MAX as u64);
+
 const TOP_LEVEL_FIELDS: &[&str] = &[
     "cluster_id",
     "nodes",
@@ -53,6 +69,8 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "wal_segment_bytes",
     "promote_lag_entries",
     "promote_stable_ms",
+    "max_uncommitted_bytes",
+    "pending_write_bytes_max",
 ];
 const NODE_FIELDS: &[&str] = &["raft_addr", "api_addr"];
 
@@ -118,6 +136,9 @@ pub struct ClusterConfig {
     wal_segment_bytes: u64,
     promote_lag_entries: u64,
     promote_stable_ms: u64,
+    // Issue 12, overload. Invariant: both within PENDING_BYTES_RANGE.
+    max_uncommitted_bytes: u64,
+    pending_write_bytes_max: u64,
 }
 
 impl ClusterConfig {
@@ -265,6 +286,18 @@ impl ClusterConfig {
         Duration::from_millis(self.promote_stable_ms)
     }
 
+    /// A leader refuses a proposal (`503 overloaded`) that would take the payload bytes of
+    /// its uncommitted entries past this (etcd's `MaxUncommittedEntriesSize`).
+    pub fn max_uncommitted_bytes(&self) -> u64 {
+        self.max_uncommitted_bytes
+    }
+
+    /// Bytes of client writes a node holds in progress (queued, proposed, being applied or
+    /// forwarded) before it answers further writes `503 overloaded`.
+    pub fn pending_write_bytes_max(&self) -> u64 {
+        self.pending_write_bytes_max
+    }
+
     /// The configuration as cluster-file JSON (all fields explicit), e.g. for `raftlog
     /// cluster` to write the file it generated. Parsing it gives back an equal config.
     pub fn to_json(&self) -> String {
@@ -292,6 +325,8 @@ impl ClusterConfig {
             "wal_segment_bytes": self.wal_segment_bytes,
             "promote_lag_entries": self.promote_lag_entries,
             "promote_stable_ms": self.promote_stable_ms,
+            "max_uncommitted_bytes": self.max_uncommitted_bytes,
+            "pending_write_bytes_max": self.pending_write_bytes_max,
         });
         // Serializing a `Value` cannot fail (string keys only).
         serde_json::to_string_pretty(&value).unwrap_or_default()
@@ -484,6 +519,16 @@ impl Parser<'_> {
             None => DEFAULT_PROMOTE_STABLE_MS,
             Some(v) => self.unsigned(v, "promote_stable_ms")?,
         };
+        let max_uncommitted_bytes = self.pending_bytes(
+            get("max_uncommitted_bytes"),
+            "max_uncommitted_bytes",
+            DEFAULT_MAX_UNCOMMITTED_BYTES,
+        )?;
+        let pending_write_bytes_max = self.pending_bytes(
+            get("pending_write_bytes_max"),
+            "pending_write_bytes_max",
+            DEFAULT_PENDING_WRITE_BYTES_MAX,
+        )?;
         Ok(ClusterConfig {
             path: self.path.to_path_buf(),
             cluster_id,
@@ -496,7 +541,34 @@ impl Parser<'_> {
             wal_segment_bytes,
             promote_lag_entries,
             promote_stable_ms,
+            max_uncommitted_bytes,
+            pending_write_bytes_max,
         })
+    }
+
+    /// A byte bound of issue 12 (overload): `default` when absent, else within
+    /// [`PENDING_BYTES_RANGE`].
+    fn pending_bytes(
+        &self,
+        value: Option<&Json>,
+        field: &str,
+        default: u64,
+    ) -> Result<u64, ConfigError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        let bytes = self.positive(value, field)?;
+        if !PENDING_BYTES_RANGE.contains(&bytes) {
+            return Err(self.err(
+                field,
+                format!(
+                    "{bytes} is outside {}..={} (1 MiB, the largest value, to 4 GiB - 1)",
+                    PENDING_BYTES_RANGE.start(),
+                    PENDING_BYTES_RANGE.end()
+                ),
+            ));
+        }
+        Ok(bytes)
     }
 
     /// The entries of an object, refusing fields not in `allowed`.
@@ -711,6 +783,32 @@ mod tests {
             &format!("\"cluster_id\": \"c\", {extra},"),
             1,
         )
+    }
+
+    #[test]
+    fn pending_byte_bounds_have_defaults_and_ranges() {
+        let cfg = parse(MINIMAL).unwrap();
+        assert_eq!(cfg.max_uncommitted_bytes(), DEFAULT_MAX_UNCOMMITTED_BYTES);
+        assert_eq!(
+            cfg.pending_write_bytes_max(),
+            DEFAULT_PENDING_WRITE_BYTES_MAX
+        );
+        let cfg = parse(&with(
+            r#""max_uncommitted_bytes": 2097152, "pending_write_bytes_max": 4194304"#,
+        ))
+        .unwrap();
+        assert_eq!(cfg.max_uncommitted_bytes(), 2 << 20);
+        assert_eq!(cfg.pending_write_bytes_max(), 4 << 20);
+        for field in ["max_uncommitted_bytes", "pending_write_bytes_max"] {
+            let msg = error(&with(&format!(r#""{field}": 1000"#)));
+            assert!(msg.contains(field) && msg.contains("1 MiB"), "{msg}");
+            let msg = error(&with(&format!(r#""{field}": 8589934592"#)));
+            assert!(msg.contains(field), "{msg}");
+            let msg = error(&with(&format!(r#""{field}": "big""#)));
+            assert!(msg.contains(field), "{msg}");
+        }
+        let round_trip = parse(&cfg.to_json()).unwrap();
+        assert_eq!(round_trip.pending_write_bytes_max(), 4 << 20);
     }
 
     #[test]

@@ -52,6 +52,26 @@ impl ApiError {
         }
     }
 
+    /// `503 overloaded`: too much is pending (back-pressure); nothing was proposed; retry
+    /// with backoff.
+    pub fn overloaded(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "overloaded",
+            message: message.into(),
+        }
+    }
+
+    /// `503 transfer_in_progress`: the leader is handing over leadership (at most an
+    /// election timeout); nothing was proposed; retry shortly.
+    pub fn transfer_in_progress(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "transfer_in_progress",
+            message: message.into(),
+        }
+    }
+
     /// `409 conflict`.
     pub fn conflict(message: impl Into<String>) -> ApiError {
         ApiError {

@@ -16,7 +16,7 @@ use storage::{EntryKind, Membership};
 use super::{forward, ApiError, ApiState};
 use crate::kv::{Applied, Command, KvCommand, KvResponse, RequestId};
 use crate::node::transfer::TransferError;
-use crate::node::{MemberReplication, ReplicationReport, RequestError};
+use crate::node::{MemberReplication, ReplicationReport, RequestError, WritePermit};
 use crate::raft::{ReadMode, Role};
 
 type ApiResult = Result<Response, ApiError>;
@@ -167,7 +167,61 @@ fn write_error(error: RequestError) -> ApiError {
         RequestError::Unknown => ApiError::timeout(
             "the write was proposed but its outcome is not known yet; it may or may not take effect (retry with the same Request-Id to find out)",
         ),
-        RequestError::Refused(message) => ApiError::no_leader(message),
+        RequestError::Overloaded(message) => ApiError::overloaded(message),
+        RequestError::TransferInProgress => ApiError::transfer_in_progress(
+            "the leader is handing over leadership (at most an election timeout); nothing was proposed; retry shortly",
+        ),
+        RequestError::NotApplied(message) => ApiError::internal(message),
+    }
+}
+
+/// Takes the write budget for a request whose body is still unread, before reading it:
+/// the body's bytes are charged (`Content-Length`, or the largest value when the length
+/// is not announced), so the bodies a node buffers never exceed its budget. A body over
+/// the value limit is `413`; a write past the budget is `503 overloaded`. The body of a
+/// refused request is read and discarded a frame at a time, so the client, still
+/// uploading, reads the answer instead of a connection reset.
+async fn admit_body(
+    state: &ApiState,
+    headers: &HeaderMap,
+    extra_bytes: usize,
+    body: Body,
+) -> Result<(WritePermit, Bytes), ApiError> {
+    let limit = state.options.value_bytes_max;
+    let announced = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let refusal = match announced {
+        Some(length) if length > limit as u64 => Some(ApiError::too_large(format!(
+            "the request body ({length} bytes) exceeds the {limit}-byte limit for values"
+        ))),
+        _ => None,
+    };
+    let charge = announced.unwrap_or(limit as u64) + extra_bytes as u64;
+    let admitted = match refusal {
+        Some(refusal) => Err(refusal),
+        None => state.node.admit_write(charge).map_err(write_error),
+    };
+    match admitted {
+        Ok(permit) => Ok((permit, read_body(state, body).await?)),
+        Err(refusal) => {
+            discard_body(body, limit).await;
+            Err(refusal)
+        }
+    }
+}
+
+/// Reads and drops up to a little more than `limit` bytes of `body`, one frame at a time.
+async fn discard_body(body: Body, limit: usize) {
+    use http_body_util::BodyExt as _;
+    let mut body = body;
+    let mut seen = 0usize;
+    while seen <= limit {
+        match body.frame().await {
+            Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len()),
+            _ => return,
+        }
     }
 }
 
@@ -179,7 +233,7 @@ pub async fn put_key(
     body: Body,
 ) -> ApiResult {
     let key = key_from_uri(&uri)?;
-    let value = read_body(&state, body).await?;
+    let (_permit, value) = admit_body(&state, &headers, key.len(), body).await?;
     let origin = ClientWrite {
         method: Method::PUT,
         uri: &uri,
@@ -201,6 +255,10 @@ pub async fn delete_key(
     headers: HeaderMap,
 ) -> ApiResult {
     let key = key_from_uri(&uri)?;
+    let _permit = state
+        .node
+        .admit_write(key.len() as u64)
+        .map_err(write_error)?;
     let origin = ClientWrite {
         method: Method::DELETE,
         uri: &uri,
@@ -239,7 +297,7 @@ pub async fn cas(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let raw = read_body(&state, body).await?;
+    let (_permit, raw) = admit_body(&state, &headers, 0, body).await?;
     let parsed: CasBody = serde_json::from_slice(&raw).map_err(|e| {
         ApiError::bad_request(format!(
             "the CAS body must be JSON {{\"key\": string, \"expected\": string|null, \"value\": string|null}}: {e}"
@@ -669,6 +727,11 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         "proposals_refused_total",
         "Proposals refused (not leader, back-pressure).",
         m.proposals_refused.get(),
+    );
+    counter(
+        "writes_overloaded_total",
+        "Client writes answered 503 overloaded (write budget, request queue, uncommitted bounds); nothing was proposed.",
+        m.writes_overloaded.get(),
     );
     counter(
         "entries_applied_total",
