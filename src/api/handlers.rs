@@ -125,8 +125,8 @@ async fn write(
                 Applied::Fresh(response) => (index, response),
                 Applied::Duplicate { response, index } => (index, response),
                 Applied::Stale => {
-                    return Err(ApiError::conflict(
-                        "this Request-Id is older than the client's latest request; its outcome is no longer known",
+                    return Err(ApiError::stale_request_id(
+                        "this Request-Id's sequence is older than the client's latest applied request, so its outcome is no longer known; it was NOT applied; send new requests with a sequence above every one used before",
                     ))
                 }
                 Applied::Expired { index } => {
@@ -280,14 +280,60 @@ pub async fn delete_key(
     )
 }
 
+/// `POST /v1/cas` body. Each of key, expected and value comes either as UTF-8 text or as
+/// base64 (`*_base64`, standard alphabet) for bytes that are not UTF-8; never both.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CasBody {
-    key: String,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    key_base64: Option<String>,
     #[serde(default)]
     expected: Option<String>,
     #[serde(default)]
+    expected_base64: Option<String>,
+    #[serde(default)]
     value: Option<String>,
+    #[serde(default)]
+    value_base64: Option<String>,
+}
+
+/// One CAS field from its text or base64 form; `None` when neither is given (null).
+fn cas_field(
+    name: &str,
+    text: Option<String>,
+    encoded: Option<String>,
+) -> Result<Option<Bytes>, ApiError> {
+    use base64::Engine as _;
+    match (text, encoded) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(format!(
+            "the CAS body gives both {name} and {name}_base64; give one (base64 for bytes that are not UTF-8)"
+        ))),
+        (Some(text), None) => Ok(Some(Bytes::from(text.into_bytes()))),
+        (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+            .decode(encoded.as_bytes())
+            .map(|bytes| Some(Bytes::from(bytes)))
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "{name}_base64 in the CAS body is not standard base64 (with padding): {e}"
+                ))
+            }),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Adds `bytes` to `object` as `name` when it is UTF-8, else as `name_base64`, the way
+/// API.md gives non-UTF-8 keys and values elsewhere; never a lossy conversion.
+fn put_bytes_field(object: &mut serde_json::Map<String, Value>, name: &str, bytes: &[u8]) {
+    use base64::Engine as _;
+    match std::str::from_utf8(bytes) {
+        Ok(text) => object.insert(name.to_string(), Value::String(text.to_string())),
+        Err(_) => object.insert(
+            format!("{name}_base64"),
+            Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    };
 }
 
 /// `POST /v1/cas`.
@@ -300,18 +346,20 @@ pub async fn cas(
     let (_permit, raw) = admit_body(&state, &headers, 0, body).await?;
     let parsed: CasBody = serde_json::from_slice(&raw).map_err(|e| {
         ApiError::bad_request(format!(
-            "the CAS body must be JSON {{\"key\": string, \"expected\": string|null, \"value\": string|null}}: {e}"
+            "the CAS body must be JSON {{\"key\": string, \"expected\": string|null, \"value\": string|null}} (or key_base64, expected_base64, value_base64 for bytes that are not UTF-8): {e}"
         ))
     })?;
-    if parsed.key.is_empty() || parsed.key.len() > KEY_BYTES_MAX {
+    let key = cas_field("key", parsed.key, parsed.key_base64)?.unwrap_or_default();
+    if key.is_empty() || key.len() > KEY_BYTES_MAX {
         return Err(ApiError::bad_request(format!(
-            "a key must be 1 to {KEY_BYTES_MAX} bytes"
+            "a key (key or key_base64) must be 1 to {KEY_BYTES_MAX} bytes; got {}",
+            key.len()
         )));
     }
     let command = KvCommand::Cas {
-        key: Bytes::from(parsed.key.into_bytes()),
-        expected: parsed.expected.map(|s| Bytes::from(s.into_bytes())),
-        value: parsed.value.map(|s| Bytes::from(s.into_bytes())),
+        key,
+        expected: cas_field("expected", parsed.expected, parsed.expected_base64)?,
+        value: cas_field("value", parsed.value, parsed.value_base64)?,
     };
     let origin = ClientWrite {
         method: Method::POST,
@@ -320,12 +368,18 @@ pub async fn cas(
         body: raw,
     };
     Ok(match write(&state, command, origin).await? {
-        Ok((index, KvResponse::Cas { succeeded, current })) => Json(json!({
-            "succeeded": succeeded,
-            "current": current.map(|c| String::from_utf8_lossy(&c).into_owned()),
-            "index": index,
-        }))
-        .into_response(),
+        Ok((index, KvResponse::Cas { succeeded, current })) => {
+            let mut answer = serde_json::Map::new();
+            answer.insert("succeeded".to_string(), Value::Bool(succeeded));
+            match current {
+                Some(current) => put_bytes_field(&mut answer, "current", &current),
+                None => {
+                    answer.insert("current".to_string(), Value::Null);
+                }
+            }
+            answer.insert("index".to_string(), json!(index));
+            Json(Value::Object(answer)).into_response()
+        }
         Ok((_, other)) => {
             return Err(ApiError::internal(format!(
                 "unexpected answer to a CAS: {other:?}"
