@@ -75,6 +75,12 @@ impl Default for ClusterSpec {
 impl Cluster {
     /// Writes a config with free ports and starts every node.
     pub fn start(spec: ClusterSpec) -> Cluster {
+        Cluster::start_with_fields(spec, json!({}))
+    }
+
+    /// As [`Cluster::start`], with `fields` (a JSON object) added to or replacing the
+    /// cluster file's top-level fields, e.g. `{"election_timeout_ms": [1000, 2000]}`.
+    pub fn start_with_fields(spec: ClusterSpec, fields: Value) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut nodes_json = serde_json::Map::new();
         let mut nodes = BTreeMap::new();
@@ -104,6 +110,10 @@ impl Cluster {
             "snapshot_trailing_entries": spec.snapshot_trailing_entries,
             "wal_segment_bytes": spec.wal_segment_bytes,
         });
+        let mut config = config;
+        for (name, value) in fields.as_object().into_iter().flatten() {
+            config[name] = value.clone();
+        }
         let config_path = dir.path().join("config.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
         let client = reqwest::Client::builder()
