@@ -74,6 +74,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         storage_quota_bytes: None,
         tick: Duration::from_millis(10),
         membership_policy: Default::default(),
+        max_uncommitted_bytes: raftlog::config::DEFAULT_MAX_UNCOMMITTED_BYTES,
+        pending_write_bytes_max: raftlog::config::DEFAULT_PENDING_WRITE_BYTES_MAX,
     };
     let node = node::start(options, Counter::default()).await?;
 

@@ -74,6 +74,21 @@ pub const DEFAULT_SNAPSHOT_REQUEST_TIMEOUT_MS: u64 = 60_000;
 /// one prepared ahead and the two kept for reuse are allocated in full however little the
 /// log holds, so a smaller quota would refuse every write from the start.
 pub const STORAGE_QUOTA_SEGMENTS_MIN: u64 = 4;
+// Issue 12, overload: proposals bounded in bytes.
+/// Default of `max_uncommitted_bytes`: 32 MiB. The WAL's group commit sustains 50–100 MiB/s
+/// here (`docs/BENCHMARKS.md`), so this is 0.3–0.6 s of disk work: enough to keep every
+/// fsync batch full (a batch is capped at ~1 MiB), small next to a node's memory.
+pub const DEFAULT_MAX_UNCOMMITTED_BYTES: u64 = 32 << 20;
+/// Default of `pending_write_bytes_max`: 64 MiB, twice `max_uncommitted_bytes`. The budget
+/// also covers writes still queued for the raft loop and writes committed but not yet
+/// applied and answered, so it must exceed the uncommitted bound for that bound to be
+/// reachable; twice leaves as much again for those. 64 one-MiB values, or 64 Ki tiny writes
+/// (each is charged 1 KiB of overhead).
+pub const DEFAULT_PENDING_WRITE_BYTES_MAX: u64 = 64 << 20;
+/// Accepted range of `max_uncommitted_bytes` and `pending_write_bytes_max`: at least one
+/// value of the largest size (1 MiB), at most 4 GiB less one byte (the budget's permits are
+/// counted in a `u32`).
+pub const PENDING_BYTES_RANGE: std::ops::RangeInclusive<u64> = (1 << 20)..=(u32::MAX as u64);
 
 const TOP_LEVEL_FIELDS: &[&str] = &[
     "cluster_id",
@@ -94,6 +109,8 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "log_page_max_entries",
     "snapshot_request_timeout_ms",
     "storage_quota_bytes",
+    "max_uncommitted_bytes",
+    "pending_write_bytes_max",
 ];
 const NODE_FIELDS: &[&str] = &["raft_addr", "api_addr"];
 
@@ -170,6 +187,9 @@ pub struct ClusterConfig {
     // Issue 12, diskfull.
     // Invariant: None, or at least STORAGE_QUOTA_SEGMENTS_MIN × wal_segment_bytes.
     storage_quota_bytes: Option<u64>,
+    // Issue 12, overload. Invariant: both within PENDING_BYTES_RANGE.
+    max_uncommitted_bytes: u64,
+    pending_write_bytes_max: u64,
 }
 
 /// Bounds on the client API's connections (issue 12 "net"), so that idle or silent
@@ -372,6 +392,18 @@ impl ClusterConfig {
         self.storage_quota_bytes
     }
 
+    /// A leader refuses a proposal (`503 overloaded`) that would take the payload bytes of
+    /// its uncommitted entries past this (etcd's `MaxUncommittedEntriesSize`).
+    pub fn max_uncommitted_bytes(&self) -> u64 {
+        self.max_uncommitted_bytes
+    }
+
+    /// Bytes of client writes a node holds in progress (queued, proposed, being applied or
+    /// forwarded) before it answers further writes `503 overloaded`.
+    pub fn pending_write_bytes_max(&self) -> u64 {
+        self.pending_write_bytes_max
+    }
+
     /// The configuration as cluster-file JSON (all fields explicit), e.g. for `raftlog
     /// cluster` to write the file it generated. Parsing it gives back an equal config.
     pub fn to_json(&self) -> String {
@@ -405,6 +437,8 @@ impl ClusterConfig {
             "log_page_max_entries": self.log_page_max_entries,
             "snapshot_request_timeout_ms": self.snapshot_request_timeout_ms,
             "storage_quota_bytes": self.storage_quota_bytes,
+            "max_uncommitted_bytes": self.max_uncommitted_bytes,
+            "pending_write_bytes_max": self.pending_write_bytes_max,
         });
         let mut value = value;
         if let Some(max) = self.client_connections.connections_max {
@@ -635,6 +669,16 @@ impl Parser<'_> {
                 Some(bytes)
             }
         };
+        let max_uncommitted_bytes = self.pending_bytes(
+            get("max_uncommitted_bytes"),
+            "max_uncommitted_bytes",
+            DEFAULT_MAX_UNCOMMITTED_BYTES,
+        )?;
+        let pending_write_bytes_max = self.pending_bytes(
+            get("pending_write_bytes_max"),
+            "pending_write_bytes_max",
+            DEFAULT_PENDING_WRITE_BYTES_MAX,
+        )?;
         Ok(ClusterConfig {
             path: self.path.to_path_buf(),
             cluster_id,
@@ -652,6 +696,8 @@ impl Parser<'_> {
             log_page_max_entries,
             snapshot_request_timeout_ms,
             storage_quota_bytes,
+            max_uncommitted_bytes,
+            pending_write_bytes_max,
         })
     }
 
@@ -691,6 +737,31 @@ impl Parser<'_> {
             ));
         }
         Ok(value)
+    }
+
+    /// A byte bound of issue 12 (overload): `default` when absent, else within
+    /// [`PENDING_BYTES_RANGE`].
+    fn pending_bytes(
+        &self,
+        value: Option<&Json>,
+        field: &str,
+        default: u64,
+    ) -> Result<u64, ConfigError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        let bytes = self.positive(value, field)?;
+        if !PENDING_BYTES_RANGE.contains(&bytes) {
+            return Err(self.err(
+                field,
+                format!(
+                    "{bytes} is outside {}..={} (1 MiB, the largest value, to 4 GiB - 1)",
+                    PENDING_BYTES_RANGE.start(),
+                    PENDING_BYTES_RANGE.end()
+                ),
+            ));
+        }
+        Ok(bytes)
     }
 
     /// The entries of an object, refusing fields not in `allowed`.
@@ -922,6 +993,32 @@ mod tests {
             &format!("\"cluster_id\": \"c\", {extra},"),
             1,
         )
+    }
+
+    #[test]
+    fn pending_byte_bounds_have_defaults_and_ranges() {
+        let cfg = parse(MINIMAL).unwrap();
+        assert_eq!(cfg.max_uncommitted_bytes(), DEFAULT_MAX_UNCOMMITTED_BYTES);
+        assert_eq!(
+            cfg.pending_write_bytes_max(),
+            DEFAULT_PENDING_WRITE_BYTES_MAX
+        );
+        let cfg = parse(&with(
+            r#""max_uncommitted_bytes": 2097152, "pending_write_bytes_max": 4194304"#,
+        ))
+        .unwrap();
+        assert_eq!(cfg.max_uncommitted_bytes(), 2 << 20);
+        assert_eq!(cfg.pending_write_bytes_max(), 4 << 20);
+        for field in ["max_uncommitted_bytes", "pending_write_bytes_max"] {
+            let msg = error(&with(&format!(r#""{field}": 1000"#)));
+            assert!(msg.contains(field) && msg.contains("1 MiB"), "{msg}");
+            let msg = error(&with(&format!(r#""{field}": 8589934592"#)));
+            assert!(msg.contains(field), "{msg}");
+            let msg = error(&with(&format!(r#""{field}": "big""#)));
+            assert!(msg.contains(field), "{msg}");
+        }
+        let round_trip = parse(&cfg.to_json()).unwrap();
+        assert_eq!(round_trip.pending_write_bytes_max(), 4 << 20);
     }
 
     #[test]

@@ -52,6 +52,39 @@ impl ApiError {
         }
     }
 
+    /// `503 overloaded`: too much is pending (back-pressure); nothing was proposed; retry
+    /// with backoff.
+    pub fn overloaded(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "overloaded",
+            message: message.into(),
+        }
+    }
+
+    /// `503 transfer_in_progress`: the leader is handing over leadership (at most an
+    /// election timeout); nothing was proposed; retry shortly.
+    pub fn transfer_in_progress(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "transfer_in_progress",
+            message: message.into(),
+        }
+    }
+
+    /// `422 stale_request_id`: the `Request-Id`'s sequence is older than the client's
+    /// latest applied request, so its outcome is no longer known; nothing was applied.
+    /// Not 409 (API.md keeps that for membership conflicts) and not 500 (nothing failed):
+    /// the request is well-formed but cannot be processed as sent, and repeating it cannot
+    /// help, which is what 422 says.
+    pub fn stale_request_id(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "stale_request_id",
+            message: message.into(),
+        }
+    }
+
     /// `409 conflict`.
     pub fn conflict(message: impl Into<String>) -> ApiError {
         ApiError {
@@ -99,15 +132,6 @@ impl ApiError {
         }
     }
 
-    /// `503 overloaded`: too much is pending; nothing was proposed; retry later.
-    pub fn overloaded(message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "overloaded",
-            message: message.into(),
-        }
-    }
-
     /// `409 unsafe_change`: the membership change would leave too few reachable voters.
     pub fn unsafe_change(message: impl Into<String>) -> ApiError {
         ApiError {
@@ -116,6 +140,79 @@ impl ApiError {
             message: message.into(),
         }
     }
+}
+
+/// The code for an error answer that was not built as an [`ApiError`] (axum's extractor
+/// rejections, its 405 and body-limit answers), by status.
+fn code_for_status(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNAUTHORIZED => "unauthenticated",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::REQUEST_TIMEOUT => "timeout",
+        status if status.is_server_error() => "internal",
+        _ => "bad_request",
+    }
+}
+
+/// Largest non-JSON error body carried over into the JSON message (axum's rejection texts
+/// are one line).
+const PLAIN_ERROR_BYTES_MAX: usize = 4096;
+
+/// Rewrites an error answer whose body is not JSON into the JSON error object of API.md,
+/// keeping its status and headers (e.g. `Allow` on a 405) and its text as the message,
+/// prefixed with the request it answers. Everything else passes unchanged.
+pub async fn into_json_error(method: &str, path: &str, response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, PLAIN_ERROR_BYTES_MAX).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let message = match (status, text.is_empty()) {
+        (StatusCode::METHOD_NOT_ALLOWED, _) => {
+            match parts
+                .headers
+                .get(axum::http::header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(allowed) => {
+                    format!("{method} is not supported on {path}; allowed: {allowed}")
+                }
+                None => format!(
+                    "{method} is not supported on {path}; see API.md for the methods it takes"
+                ),
+            }
+        }
+        (_, true) => format!(
+            "{method} {path}: {}",
+            status.canonical_reason().unwrap_or("error")
+        ),
+        (_, false) => format!("{method} {path}: {text}; see API.md for this endpoint"),
+    };
+    let json = ApiError {
+        status,
+        code: code_for_status(status),
+        message,
+    }
+    .into_response();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, json.into_body())
 }
 
 impl IntoResponse for ApiError {

@@ -16,7 +16,7 @@ use storage::{EntryKind, Membership};
 use super::{forward, ApiError, ApiState};
 use crate::kv::{Applied, Command, KvCommand, KvResponse, RequestId};
 use crate::node::transfer::TransferError;
-use crate::node::{MemberReplication, ReplicationReport, RequestError};
+use crate::node::{MemberReplication, ReplicationReport, RequestError, WritePermit};
 use crate::raft::{ReadMode, Role};
 
 type ApiResult = Result<Response, ApiError>;
@@ -125,8 +125,8 @@ async fn write(
                 Applied::Fresh(response) => (index, response),
                 Applied::Duplicate { response, index } => (index, response),
                 Applied::Stale => {
-                    return Err(ApiError::conflict(
-                        "this Request-Id is older than the client's latest request; its outcome is no longer known",
+                    return Err(ApiError::stale_request_id(
+                        "this Request-Id's sequence is older than the client's latest applied request, so its outcome is no longer known; it was NOT applied; send new requests with a sequence above every one used before",
                     ))
                 }
                 Applied::Expired { index } => {
@@ -167,8 +167,62 @@ fn write_error(error: RequestError) -> ApiError {
         RequestError::Unknown => ApiError::timeout(
             "the write was proposed but its outcome is not known yet; it may or may not take effect (retry with the same Request-Id to find out)",
         ),
-        RequestError::Refused(message) => ApiError::no_leader(message),
         RequestError::NoSpace(message) => ApiError::no_space(message),
+        RequestError::Overloaded(message) => ApiError::overloaded(message),
+        RequestError::TransferInProgress => ApiError::transfer_in_progress(
+            "the leader is handing over leadership (at most an election timeout); nothing was proposed; retry shortly",
+        ),
+        RequestError::NotApplied(message) => ApiError::internal(message),
+    }
+}
+
+/// Takes the write budget for a request whose body is still unread, before reading it:
+/// the body's bytes are charged (`Content-Length`, or the largest value when the length
+/// is not announced), so the bodies a node buffers never exceed its budget. A body over
+/// the value limit is `413`; a write past the budget is `503 overloaded`. The body of a
+/// refused request is read and discarded a frame at a time, so the client, still
+/// uploading, reads the answer instead of a connection reset.
+async fn admit_body(
+    state: &ApiState,
+    headers: &HeaderMap,
+    extra_bytes: usize,
+    body: Body,
+) -> Result<(WritePermit, Bytes), ApiError> {
+    let limit = state.options.value_bytes_max;
+    let announced = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let refusal = match announced {
+        Some(length) if length > limit as u64 => Some(ApiError::too_large(format!(
+            "the request body ({length} bytes) exceeds the {limit}-byte limit for values"
+        ))),
+        _ => None,
+    };
+    let charge = announced.unwrap_or(limit as u64) + extra_bytes as u64;
+    let admitted = match refusal {
+        Some(refusal) => Err(refusal),
+        None => state.node.admit_write(charge).map_err(write_error),
+    };
+    match admitted {
+        Ok(permit) => Ok((permit, read_body(state, body).await?)),
+        Err(refusal) => {
+            discard_body(body, limit).await;
+            Err(refusal)
+        }
+    }
+}
+
+/// Reads and drops up to a little more than `limit` bytes of `body`, one frame at a time.
+async fn discard_body(body: Body, limit: usize) {
+    use http_body_util::BodyExt as _;
+    let mut body = body;
+    let mut seen = 0usize;
+    while seen <= limit {
+        match body.frame().await {
+            Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len()),
+            _ => return,
+        }
     }
 }
 
@@ -180,7 +234,7 @@ pub async fn put_key(
     body: Body,
 ) -> ApiResult {
     let key = key_from_uri(&uri)?;
-    let value = read_body(&state, body).await?;
+    let (_permit, value) = admit_body(&state, &headers, key.len(), body).await?;
     let origin = ClientWrite {
         method: Method::PUT,
         uri: &uri,
@@ -202,6 +256,10 @@ pub async fn delete_key(
     headers: HeaderMap,
 ) -> ApiResult {
     let key = key_from_uri(&uri)?;
+    let _permit = state
+        .node
+        .admit_write(key.len() as u64)
+        .map_err(write_error)?;
     let origin = ClientWrite {
         method: Method::DELETE,
         uri: &uri,
@@ -223,14 +281,60 @@ pub async fn delete_key(
     )
 }
 
+/// `POST /v1/cas` body. Each of key, expected and value comes either as UTF-8 text or as
+/// base64 (`*_base64`, standard alphabet) for bytes that are not UTF-8; never both.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CasBody {
-    key: String,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    key_base64: Option<String>,
     #[serde(default)]
     expected: Option<String>,
     #[serde(default)]
+    expected_base64: Option<String>,
+    #[serde(default)]
     value: Option<String>,
+    #[serde(default)]
+    value_base64: Option<String>,
+}
+
+/// One CAS field from its text or base64 form; `None` when neither is given (null).
+fn cas_field(
+    name: &str,
+    text: Option<String>,
+    encoded: Option<String>,
+) -> Result<Option<Bytes>, ApiError> {
+    use base64::Engine as _;
+    match (text, encoded) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(format!(
+            "the CAS body gives both {name} and {name}_base64; give one (base64 for bytes that are not UTF-8)"
+        ))),
+        (Some(text), None) => Ok(Some(Bytes::from(text.into_bytes()))),
+        (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+            .decode(encoded.as_bytes())
+            .map(|bytes| Some(Bytes::from(bytes)))
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "{name}_base64 in the CAS body is not standard base64 (with padding): {e}"
+                ))
+            }),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Adds `bytes` to `object` as `name` when it is UTF-8, else as `name_base64`, the way
+/// API.md gives non-UTF-8 keys and values elsewhere; never a lossy conversion.
+fn put_bytes_field(object: &mut serde_json::Map<String, Value>, name: &str, bytes: &[u8]) {
+    use base64::Engine as _;
+    match std::str::from_utf8(bytes) {
+        Ok(text) => object.insert(name.to_string(), Value::String(text.to_string())),
+        Err(_) => object.insert(
+            format!("{name}_base64"),
+            Value::String(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    };
 }
 
 /// `POST /v1/cas`.
@@ -240,21 +344,23 @@ pub async fn cas(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let raw = read_body(&state, body).await?;
+    let (_permit, raw) = admit_body(&state, &headers, 0, body).await?;
     let parsed: CasBody = serde_json::from_slice(&raw).map_err(|e| {
         ApiError::bad_request(format!(
-            "the CAS body must be JSON {{\"key\": string, \"expected\": string|null, \"value\": string|null}}: {e}"
+            "the CAS body must be JSON {{\"key\": string, \"expected\": string|null, \"value\": string|null}} (or key_base64, expected_base64, value_base64 for bytes that are not UTF-8): {e}"
         ))
     })?;
-    if parsed.key.is_empty() || parsed.key.len() > KEY_BYTES_MAX {
+    let key = cas_field("key", parsed.key, parsed.key_base64)?.unwrap_or_default();
+    if key.is_empty() || key.len() > KEY_BYTES_MAX {
         return Err(ApiError::bad_request(format!(
-            "a key must be 1 to {KEY_BYTES_MAX} bytes"
+            "a key (key or key_base64) must be 1 to {KEY_BYTES_MAX} bytes; got {}",
+            key.len()
         )));
     }
     let command = KvCommand::Cas {
-        key: Bytes::from(parsed.key.into_bytes()),
-        expected: parsed.expected.map(|s| Bytes::from(s.into_bytes())),
-        value: parsed.value.map(|s| Bytes::from(s.into_bytes())),
+        key,
+        expected: cas_field("expected", parsed.expected, parsed.expected_base64)?,
+        value: cas_field("value", parsed.value, parsed.value_base64)?,
     };
     let origin = ClientWrite {
         method: Method::POST,
@@ -263,12 +369,18 @@ pub async fn cas(
         body: raw,
     };
     Ok(match write(&state, command, origin).await? {
-        Ok((index, KvResponse::Cas { succeeded, current })) => Json(json!({
-            "succeeded": succeeded,
-            "current": current.map(|c| String::from_utf8_lossy(&c).into_owned()),
-            "index": index,
-        }))
-        .into_response(),
+        Ok((index, KvResponse::Cas { succeeded, current })) => {
+            let mut answer = serde_json::Map::new();
+            answer.insert("succeeded".to_string(), Value::Bool(succeeded));
+            match current {
+                Some(current) => put_bytes_field(&mut answer, "current", &current),
+                None => {
+                    answer.insert("current".to_string(), Value::Null);
+                }
+            }
+            answer.insert("index".to_string(), json!(index));
+            Json(Value::Object(answer)).into_response()
+        }
         Ok((_, other)) => {
             return Err(ApiError::internal(format!(
                 "unexpected answer to a CAS: {other:?}"
@@ -750,6 +862,11 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         "proposals_refused_total",
         "Proposals refused (not leader, back-pressure).",
         m.proposals_refused.get(),
+    );
+    counter(
+        "writes_overloaded_total",
+        "Client writes answered 503 overloaded (write budget, request queue, uncommitted bounds); nothing was proposed.",
+        m.writes_overloaded.get(),
     );
     counter(
         "entries_applied_total",

@@ -141,8 +141,19 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
     };
     router
         .fallback(handlers::not_found)
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), leader_header))
         .with_state(state)
+}
+
+/// API.md: every error, including a malformed query string or an unsupported method, has
+/// the JSON error body. Handlers answer [`ApiError`]s; this catches the rest in one place
+/// (axum's extractor rejections, 405s, body limits) rather than in every handler.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    error::into_json_error(&method, &path, response).await
 }
 
 /// Adds `X-Raft-Leader` to every answer when a leader is known (a forwarded answer

@@ -319,10 +319,12 @@ fn print_human(op: &Op, value: &Value) {
             );
         }
         Op::Cas { .. } => {
-            let current = value["current"]
-                .as_str()
-                .map(|s| format!("{s:?}"))
-                .unwrap_or("(absent)".into());
+            // A value that is not UTF-8 comes as current_base64 (never converted lossily).
+            let current = match (value["current"].as_str(), value["current_base64"].as_str()) {
+                (Some(text), _) => format!("{text:?}"),
+                (None, Some(encoded)) => format!("base64:{encoded}"),
+                (None, None) => "(absent)".into(),
+            };
             if value["succeeded"].as_bool().unwrap_or(false) {
                 println!("swapped: now {current} (index {})", value["index"]);
             } else {

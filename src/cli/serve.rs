@@ -52,6 +52,8 @@ pub fn node_options(
             promote_lag_entries: config.promote_lag_entries(),
             promote_stable: config.promote_stable(),
         },
+        max_uncommitted_bytes: config.max_uncommitted_bytes(),
+        pending_write_bytes_max: config.pending_write_bytes_max(),
     })
 }
 

@@ -590,9 +590,9 @@ fn propose(
             ProposeError::NotLeader { leader_hint } => ChangeRefused::NotLeader(leader_hint),
             ProposeError::MembershipChangePending => ChangeRefused::InProgress,
             ProposeError::InvalidMembershipChange(message) => ChangeRefused::Invalid(message),
-            other @ (ProposeError::TransferInProgress | ProposeError::Backpressure) => {
-                ChangeRefused::Busy(other.to_string())
-            }
+            other @ (ProposeError::TransferInProgress
+            | ProposeError::Backpressure
+            | ProposeError::UncommittedBytesFull { .. }) => ChangeRefused::Busy(other.to_string()),
         })?;
     metrics.membership_changes.inc();
     let (write_tx, write_rx) = oneshot::channel();

@@ -36,7 +36,7 @@ use storage::snapshot::SnapshotStore;
 use storage::stable::StableStore;
 use storage::wal::{Wal, WalOptions};
 use storage::{Membership, NodeId, SnapshotMeta};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use self::apply::{Applier, ApplyJob, PendingWrite, PendingWrites, WriteOutcome};
 use self::clock::TickClock;
@@ -83,7 +83,23 @@ pub struct NodeOptions {
     pub tick: Duration,
     /// When learners added as voters are promoted.
     pub membership_policy: MembershipPolicy,
+    /// The core's bound on this leader's uncommitted payload bytes
+    /// ([`raft::Config::max_uncommitted_bytes`]).
+    pub max_uncommitted_bytes: u64,
+    /// The node's budget for client writes in progress, in bytes (see [`WritePermit`]).
+    pub pending_write_bytes_max: u64,
 }
+
+/// Requests queued for the raft loop before writes are refused `503 overloaded`: the count
+/// bound beside the byte budget. It drains a full round ([`REQUESTS_PER_ROUND_MAX`]) per
+/// wake-up, so this is many rounds of backlog; writes alone reach it only with a write
+/// budget over 64 MiB, as each write is charged at least [`WRITE_OVERHEAD_BYTES`].
+pub const REQUEST_QUEUE_CAPACITY: usize = 65_536;
+
+/// What a write is charged against the write budget besides its own bytes: what the node
+/// keeps per pending write (channels, the pending-write entry, HTTP state), rounded up. It
+/// also turns the byte budget into a count bound for tiny writes.
+pub const WRITE_OVERHEAD_BYTES: u64 = 1024;
 
 /// Things the persistence and apply threads tell the raft loop.
 #[derive(Debug)]
@@ -200,6 +216,9 @@ pub struct Metrics {
     pub proposals: Counter,
     /// Proposals refused (not leader, back-pressure).
     pub proposals_refused: Counter,
+    /// Client writes answered `503 overloaded` (write budget, request queue, or the core's
+    /// uncommitted bounds); nothing was proposed.
+    pub writes_overloaded: Counter,
     /// Entries applied to the state machine.
     pub entries_applied: Counter,
     /// WAL appends (one fdatasync each).
@@ -310,6 +329,9 @@ pub struct Node<S: StateMachine> {
     election_timeout_max: Duration,
     /// Free space and usage of the data directory (issue 12, diskfull).
     pub space: Arc<StorageSpace>,
+    /// Permits are bytes of client writes in progress on this node (see [`WritePermit`]).
+    write_budget: Arc<Semaphore>,
+    write_budget_bytes: u64,
 }
 
 impl<S: StateMachine> Clone for Node<S> {
@@ -329,6 +351,8 @@ impl<S: StateMachine> Clone for Node<S> {
             stopping: self.stopping.clone(),
             election_timeout_max: self.election_timeout_max,
             space: self.space.clone(),
+            write_budget: self.write_budget.clone(),
+            write_budget_bytes: self.write_budget_bytes,
         }
     }
 }
@@ -344,16 +368,61 @@ pub enum RequestError {
     Unknown,
     /// The write was proposed but another entry committed at its index: not applied.
     NotCommitted,
-    /// Refused for another reason (e.g. a membership change in progress).
-    Refused(String),
     /// Issue 12, diskfull: the disk is full or the storage quota reached (the message
     /// says which, naming the directory and its space). Nothing was proposed.
     NoSpace(String),
+    /// Too much is pending; the message names the limit that was hit. Nothing was proposed.
+    Overloaded(String),
+    /// The leader is handing over leadership (thesis §3.10: it takes no proposals for at
+    /// most an election timeout). Nothing was proposed.
+    TransferInProgress,
+    /// The state machine did not apply the command; the message says why.
+    NotApplied(String),
+}
+
+/// The bytes of one client write, held against the node's write budget
+/// (`pending_write_bytes_max`) from the moment its body is admitted until it is answered or
+/// dropped. Every copy of a write's bytes the node keeps while it is pending (the request
+/// body, the proposed entry, the entry on its way to the WAL and to the apply thread) lives
+/// no longer than this permit, so the budget bounds them all, whichever node the client
+/// asked: a follower forwarding the write holds its own permit too.
+#[derive(Debug)]
+pub struct WritePermit {
+    _bytes: OwnedSemaphorePermit,
 }
 
 impl<S: StateMachine> Node<S> {
+    /// Takes `bytes` of the node's write budget for one client write, at once or not at
+    /// all: past the budget the write is refused ([`RequestError::Overloaded`]) rather than
+    /// queued, so memory stays bounded however many clients write at once. Each write is
+    /// charged `bytes` plus [`WRITE_OVERHEAD_BYTES`]; one larger than the whole budget takes
+    /// all of it (config validation keeps the budget above the largest value).
+    pub fn admit_write(&self, bytes: u64) -> Result<WritePermit, RequestError> {
+        let wanted = bytes
+            .saturating_add(WRITE_OVERHEAD_BYTES)
+            .min(self.write_budget_bytes);
+        let permits = u32::try_from(wanted).unwrap_or(u32::MAX);
+        match self.write_budget.clone().try_acquire_many_owned(permits) {
+            Ok(permit) => Ok(WritePermit { _bytes: permit }),
+            Err(TryAcquireError::Closed) => Err(RequestError::Stopped),
+            Err(TryAcquireError::NoPermits) => {
+                self.metrics.writes_overloaded.inc();
+                Err(RequestError::Overloaded(format!(
+                    "node {}: writes in progress hold {} of its {} bytes of write budget \
+                     (pending_write_bytes_max) and this one needs {bytes}; nothing was \
+                     proposed; retry with backoff",
+                    self.id,
+                    self.write_budget_bytes
+                        .saturating_sub(self.write_budget.available_permits() as u64),
+                    self.write_budget_bytes
+                )))
+            }
+        }
+    }
+
     /// Proposes `command` (a serialized [`crate::kv::Command`]) and waits until it is
-    /// applied, for at most `timeout`.
+    /// applied, for at most `timeout`. A full request queue refuses the write at once
+    /// ([`RequestError::Overloaded`]) instead of making the caller wait for room.
     pub async fn write(
         &self,
         command: Bytes,
@@ -365,21 +434,46 @@ impl<S: StateMachine> Node<S> {
             return Err(RequestError::NoSpace(message));
         }
         let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::Propose { command, reply })
-            .await
-            .map_err(|_| RequestError::Stopped)?;
+        match self.requests.try_send(Request::Propose { command, reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.writes_overloaded.inc();
+                return Err(RequestError::Overloaded(format!(
+                    "node {}: its request queue is full ({REQUEST_QUEUE_CAPACITY} requests); \
+                     nothing was proposed; retry with backoff",
+                    self.id
+                )));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(RequestError::Stopped),
+        }
         let waiting = match answer.await.map_err(|_| RequestError::Stopped)? {
             Ok(waiting) => waiting,
             Err(ProposeError::NotLeader { leader_hint }) => {
                 return Err(RequestError::NotLeader(leader_hint))
             }
-            Err(ProposeError::TransferInProgress) => {
-                return Err(RequestError::Refused(
-                    "leadership is being transferred (at most an election timeout); nothing was proposed; retry shortly".to_string(),
-                ))
+            Err(ProposeError::TransferInProgress) => return Err(RequestError::TransferInProgress),
+            Err(
+                refused @ (ProposeError::Backpressure | ProposeError::UncommittedBytesFull { .. }),
+            ) => {
+                self.metrics.writes_overloaded.inc();
+                return Err(RequestError::Overloaded(format!(
+                    "node {} (leader): {refused} (max_uncommitted_bytes; at most {} entries); \
+                     nothing was proposed; retry with backoff",
+                    self.id,
+                    raft::Config::new(self.id).max_uncommitted_entries
+                )));
             }
-            Err(other) => return Err(RequestError::Refused(other.to_string())),
+            Err(
+                other @ (ProposeError::MembershipChangePending
+                | ProposeError::InvalidMembershipChange(_)),
+            ) => {
+                // The core refuses these only for membership changes, never for a command.
+                return Err(RequestError::NotApplied(format!(
+                    "node {}: the core refused a client command as if it were a membership \
+                     change ({other}); nothing was proposed; please report this",
+                    self.id
+                )));
+            }
         };
         match tokio::time::timeout(timeout, waiting).await {
             Ok(Ok(WriteOutcome::Applied { index, applied })) => Ok((index, applied)),
@@ -402,7 +496,7 @@ impl<S: StateMachine> Node<S> {
         match self.write(wrapped.encode().into(), timeout).await? {
             (index, crate::kv::Applied::Fresh(response)) => Ok((index, response)),
             (index, crate::kv::Applied::Duplicate { response, .. }) => Ok((index, response)),
-            (_, other) => Err(RequestError::Refused(format!(
+            (_, other) => Err(RequestError::NotApplied(format!(
                 "the command was not applied: {other:?}"
             ))),
         }
@@ -566,6 +660,7 @@ fn core_config(options: &NodeOptions) -> raft::Config {
     let ticks = |d: Duration| (d.as_millis() / options.tick.as_millis().max(1)).max(1) as u32;
     let mut config = raft::Config::new(options.id);
     config.heartbeat_interval_ticks = ticks(options.heartbeat_interval);
+    config.max_uncommitted_bytes = options.max_uncommitted_bytes;
     config.election_timeout_ticks_min = ticks(options.election_timeout.0);
     config.election_timeout_ticks_max =
         ticks(options.election_timeout.1).max(config.election_timeout_ticks_min + 1);
@@ -708,7 +803,7 @@ pub async fn start<S: StateMachine>(
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (apply_tx, apply_rx) = mpsc::unbounded_channel();
     let (write_tx, write_rx) = mpsc::unbounded_channel();
-    let (requests_tx, requests_rx) = mpsc::channel(65_536);
+    let (requests_tx, requests_rx) = mpsc::channel(REQUEST_QUEUE_CAPACITY);
     let (fatal_tx, fatal_rx) = watch::channel(None);
     let fatal_tx = Arc::new(fatal_tx);
     let pending: PendingWrites = Arc::default();
@@ -816,6 +911,8 @@ pub async fn start<S: StateMachine>(
         stopping: Arc::new(AtomicBool::new(false)),
         election_timeout_max: options.election_timeout.1,
         space,
+        write_budget: Arc::new(Semaphore::new(options.pending_write_bytes_max as usize)),
+        write_budget_bytes: options.pending_write_bytes_max,
     })
 }
 

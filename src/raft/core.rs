@@ -78,6 +78,12 @@ pub struct RaftCore<S: LogStorage> {
     commit_broadcast_needed: bool,
     transferee: Option<NodeId>,
     transfer_elapsed: u32,
+    /// `(index, payload bytes)` of this leader's own normal entries above the commit
+    /// index, oldest first (etcd raft's `uncommittedSize`, kept per entry so that commit
+    /// releases exactly what was taken). Empty unless leading.
+    uncommitted_payloads: VecDeque<(u64, u64)>,
+    /// Invariant: the sum of the bytes in `uncommitted_payloads`.
+    uncommitted_bytes: u64,
     /// A TimeoutNow went out this term: its target may win an election that ignores our
     /// lease, so lease reads are off until the next term.
     timeout_now_sent: bool,
@@ -147,6 +153,8 @@ impl<S: LogStorage> RaftCore<S> {
             commit_broadcast_needed: false,
             transferee: None,
             transfer_elapsed: 0,
+            uncommitted_payloads: VecDeque::new(),
+            uncommitted_bytes: 0,
             timeout_now_sent: false,
             incoming_snapshot: None,
             installing: None,
@@ -272,7 +280,20 @@ impl<S: LogStorage> RaftCore<S> {
     /// entry with this index and term appears in `Ready::committed_entries`.
     pub fn propose(&mut self, data: Bytes) -> Result<(u64, u64), ProposeError> {
         self.check_can_propose()?;
-        Ok(self.append_as_leader(EntryKind::Normal, data))
+        self.check_uncommitted_bytes(data.len() as u64)?;
+        let at = self.append_as_leader(EntryKind::Normal, data.clone());
+        if !data.is_empty() {
+            self.uncommitted_payloads
+                .push_back((at.0, data.len() as u64));
+            self.uncommitted_bytes += data.len() as u64;
+        }
+        Ok(at)
+    }
+
+    /// Payload bytes of this leader's entries that are not committed yet (0 unless
+    /// leading); the driver reports it as a gauge.
+    pub fn uncommitted_bytes(&self) -> u64 {
+        self.uncommitted_bytes
     }
 
     /// Appends a membership change; `(index, term)` as for [`RaftCore::propose`].
@@ -671,6 +692,10 @@ impl<S: LogStorage> RaftCore<S> {
         if was_leader {
             self.progress.clear();
             self.transferee = None;
+            // A follower proposes nothing; a future term starts counting afresh (etcd
+            // raft resets `uncommittedSize` in `reset`).
+            self.uncommitted_payloads.clear();
+            self.uncommitted_bytes = 0;
             self.reads.fail_all(leader, &mut self.failed_reads);
             self.append_needed = false;
             self.read_round_needed = false;
@@ -770,6 +795,10 @@ impl<S: LogStorage> RaftCore<S> {
         self.heartbeat_elapsed = 0;
         self.progress.clear();
         self.reset_progress();
+        // Entries of earlier leaders are not counted (etcd raft resets `uncommittedSize`
+        // on becoming leader): this leader never took their bytes.
+        self.uncommitted_payloads.clear();
+        self.uncommitted_bytes = 0;
         // Raft §5.4.2 / thesis §6.4: an entry of this term commits the earlier ones and
         // tells the leader the cluster's commit index.
         self.noop_index = self.log.last_index() + 1;
@@ -1394,6 +1423,36 @@ impl<S: LogStorage> RaftCore<S> {
         Ok(())
     }
 
+    /// etcd raft's `increaseUncommittedSize` (raft.go): refuse a proposal that would take
+    /// the uncommitted payload bytes past the bound, except when nothing is uncommitted
+    /// (an entry larger than the bound would otherwise never be accepted) and for an empty
+    /// payload (etcd exempts those so a new leader's empty entry always goes in).
+    fn check_uncommitted_bytes(&self, proposal_bytes: u64) -> Result<(), ProposeError> {
+        let max_bytes = self.config.max_uncommitted_bytes;
+        if self.uncommitted_bytes > 0
+            && proposal_bytes > 0
+            && self.uncommitted_bytes.saturating_add(proposal_bytes) > max_bytes
+        {
+            return Err(ProposeError::UncommittedBytesFull {
+                uncommitted_bytes: self.uncommitted_bytes,
+                proposal_bytes,
+                max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// etcd raft's `reduceUncommittedSize`: committed entries no longer count.
+    fn release_uncommitted_bytes(&mut self, commit: u64) {
+        while let Some(&(index, bytes)) = self.uncommitted_payloads.front() {
+            if index > commit {
+                break;
+            }
+            self.uncommitted_payloads.pop_front();
+            self.uncommitted_bytes -= bytes;
+        }
+    }
+
     fn append_as_leader(&mut self, kind: EntryKind, payload: Bytes) -> (u64, u64) {
         let entry = Entry {
             index: self.log.last_index() + 1,
@@ -1719,6 +1778,7 @@ impl<S: LogStorage> RaftCore<S> {
     fn advance_commit(&mut self, index: u64) {
         self.log.commit_to(index);
         self.membership.compact(index);
+        self.release_uncommitted_bytes(index);
     }
 
     fn on_commit_advanced(&mut self) {

@@ -77,6 +77,13 @@ pub struct Config {
     /// Flow control: a leader refuses proposals ([`ProposeError::Backpressure`]) while
     /// this many of its entries are uncommitted.
     pub max_uncommitted_entries: u64,
+    /// Flow control in bytes (etcd raft's `MaxUncommittedEntriesSize`): a leader refuses a
+    /// proposal ([`ProposeError::UncommittedBytesFull`]) whose payload would take the
+    /// payload bytes of its own uncommitted entries past this bound. A proposal made while
+    /// nothing is uncommitted is always accepted, so an entry larger than the bound is not
+    /// refused forever; empty entries (the leader's no-op) and membership changes (one at a
+    /// time, so bounded anyway) are never refused by it.
+    pub max_uncommitted_bytes: u64,
     /// Messages dropped at the door ([`validate`]) are logged at most once per reason per
     /// this many ticks (every drop is counted).
     pub drop_log_interval_ticks: u64,
@@ -104,6 +111,8 @@ impl Config {
             lease_clock_drift_ticks: 2,
             seed: id,
             max_uncommitted_entries: 1 << 16,
+            // 64 one-MiB values, or 64 Ki small ones before the entry bound binds.
+            max_uncommitted_bytes: 64 << 20,
             // One second at the node's 10 ms tick.
             drop_log_interval_ticks: 100,
             planted_bug: None,
@@ -402,6 +411,20 @@ pub enum ProposeError {
     /// The flow-control window for uncommitted entries is full.
     #[error("too many uncommitted entries")]
     Backpressure,
+    /// The proposal would take the leader's uncommitted payload bytes past
+    /// [`Config::max_uncommitted_bytes`]; nothing was appended.
+    #[error(
+        "{uncommitted_bytes} bytes are uncommitted and the proposal adds {proposal_bytes}, \
+         past the bound of {max_bytes} bytes"
+    )]
+    UncommittedBytesFull {
+        /// Payload bytes of this leader's entries not yet committed.
+        uncommitted_bytes: u64,
+        /// Payload bytes of the refused proposal.
+        proposal_bytes: u64,
+        /// The configured bound.
+        max_bytes: u64,
+    },
 }
 
 /// Why [`LogStorage`] could not answer. Every implementation gives the same variant for

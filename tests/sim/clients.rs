@@ -313,9 +313,9 @@ impl Sim {
                 }
                 Ok(())
             }
-            Err(ProposeError::NotLeader { .. }) | Err(ProposeError::Backpressure) => {
-                self.handle_ready(i)
-            }
+            Err(ProposeError::NotLeader { .. })
+            | Err(ProposeError::Backpressure)
+            | Err(ProposeError::UncommittedBytesFull { .. }) => self.handle_ready(i),
             Err(ProposeError::TransferInProgress) => self.handle_ready(i),
             Err(other) => Err(proposal_failed(id, other)),
         }

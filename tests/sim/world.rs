@@ -248,6 +248,9 @@ impl Sim {
         config.check_quorum = p.check_quorum;
         config.max_inflight_msgs = p.max_inflight;
         config.max_uncommitted_entries = p.max_uncommitted;
+        // The byte bound binds at half the entry window (writes carry 9-byte payloads), so
+        // both refusals happen; derived, not drawn, to keep every seed's schedule as it was.
+        config.max_uncommitted_bytes = p.max_uncommitted * 9 / 2;
         config.max_msg_bytes = p.max_msg_bytes;
         config.max_apply_bytes = p.max_apply_bytes;
         config.snapshot_chunk_bytes = p.snapshot_chunk_bytes;

@@ -232,6 +232,12 @@ impl Cluster {
         *slot = Some(child);
     }
 
+    /// Node `id`'s process id, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        let slot = self.nodes[&id].child.lock().unwrap();
+        slot.as_ref().map(|child| child.id())
+    }
+
     /// Sends `signal` to node `id`'s process.
     pub fn signal(&self, id: u64, signal: i32) {
         let slot = self.nodes[&id].child.lock().unwrap();
@@ -734,4 +740,33 @@ pub async fn check_acknowledged_on_every_node(
             }
         }
     }
+}
+
+/// A process's resident memory, from `/proc/PID/status`, in KiB.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rss {
+    /// `VmRSS`: all resident pages.
+    pub total_kib: u64,
+    /// `RssAnon`: heap and stacks (what buffered requests take).
+    pub anon_kib: u64,
+    /// `RssFile`: resident pages of mapped files (e.g. mmapped WAL segments).
+    pub file_kib: u64,
+}
+
+/// Reads `pid`'s resident memory; `None` once the process is gone.
+pub fn rss(pid: u32) -> Option<Rss> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or(0)
+    };
+    Some(Rss {
+        total_kib: field("VmRSS:"),
+        anon_kib: field("RssAnon:"),
+        file_kib: field("RssFile:"),
+    })
 }

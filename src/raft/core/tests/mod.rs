@@ -14,6 +14,7 @@ mod read;
 mod replication;
 mod snapshot;
 mod storage_faults;
+mod uncommitted_bytes;
 
 fn env(from: NodeId, to: NodeId, message: Message) -> Envelope {
     Envelope { from, to, message }
