@@ -124,8 +124,8 @@ pub enum Error {
     /// files are as they were, and the same write may be retried once space is freed
     /// (`crate::space` explains which failures qualify).
     #[error(
-        "no space left on the device: {context} {} failed; the filesystem holding it has {} \
-         free; nothing of this write was stored. Free space on that filesystem (or grow it): \
+        "no space left on the device: {context} {} failed; the filesystem holding it has {}; \
+         nothing of this write was stored. Free space on that filesystem (or grow it): \
          writes resume on their own",
         path.display(),
         crate::space::describe_free_bytes(*free_bytes)

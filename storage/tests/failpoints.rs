@@ -161,12 +161,26 @@ fn wal_fault_injects_the_errno_asked_for() {
     let scenario = FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let wal = open_wal(dir.path());
-    failpoint::configure("wal::write", "return(ENOSPC)").unwrap();
+    // An fdatasync that fails is fatal whatever its errno, so it stays an I/O error that
+    // carries the errno injected.
+    failpoint::configure("wal::fdatasync", "return(ENOSPC)").unwrap();
     let error = append_next(&wal).expect_err("armed");
     let storage::Error::Io { source, .. } = &error else {
         panic!("an I/O error, got {error}");
     };
     assert_eq!(source.raw_os_error(), Some(libc::ENOSPC), "{error}");
+    drop(scenario);
+
+    // ENOSPC from the write itself (nothing synced) is a full disk, as a real one is.
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let wal = open_wal(dir.path());
+    failpoint::configure("wal::write", "return(ENOSPC)").unwrap();
+    let error = append_next(&wal).expect_err("armed");
+    assert!(
+        matches!(error, storage::Error::NoSpace { .. }),
+        "an injected ENOSPC on the write reads as a full disk, got {error}"
+    );
     drop(scenario);
 }
 
