@@ -473,10 +473,33 @@ fn the_storage_quota_refuses_writes_until_a_snapshot_reclaims_space() {
             free_bytes(&c.data_dir(leader)) > 64 << 20,
             "the disk itself is nearly full; this test needs the quota to stop writes first"
         );
+        // The first refusal may come from the estimate of what was written since the last
+        // measurement, which overcounts; write on until a refusal outlasts a measurement,
+        // after which usage cannot fall without a snapshot.
+        let big = "q".repeat(VALUE_BYTES);
+        let mut settled = false;
+        for attempt in 0..400 {
+            let first = c.put(leader, &format!("settle-{attempt}"), &big).await;
+            if first.map_err(|e| e.0) != Err(507) {
+                continue;
+            }
+            tokio::time::sleep(Duration::from_millis(1_200)).await;
+            let again = c
+                .put(leader, &format!("settle-{attempt}-again"), &big)
+                .await;
+            if again.map_err(|e| e.0) == Err(507) {
+                settled = true;
+                break;
+            }
+        }
+        assert!(
+            settled,
+            "the quota never refused writes across a measurement"
+        );
         // Nothing is proposed while refused: the log does not move.
         let before = c.status(leader).await.expect("status")["last_log_index"].as_u64();
-        for _ in 0..5 {
-            let refused = c.put(leader, "quota", "more").await;
+        for attempt in 0..5 {
+            let refused = c.put(leader, &format!("refused-{attempt}"), &big).await;
             assert_eq!(refused.map_err(|e| e.0), Err(507));
         }
         let after = c.status(leader).await.expect("status")["last_log_index"].as_u64();
