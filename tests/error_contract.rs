@@ -208,3 +208,45 @@ fn cas_round_trips_values_that_are_not_utf8() {
         assert_eq!((status, code.as_str()), (400, "bad_request"));
     });
 }
+
+/// API.md: a value that is not UTF-8 is given as `*_base64`, never altered; the log page
+/// (`GET /v1/log`) follows the same rule as the CAS answer.
+#[test]
+fn log_page_shows_values_that_are_not_utf8_as_base64() {
+    runtime().block_on(async {
+        let cluster = one_node();
+        cluster.wait_for_leader(Duration::from_secs(20)).await;
+        let value: &[u8] = &[0xff, 0xfe, 0x00, 0x80];
+        let base = format!("http://{}", cluster.api(1));
+        let put = cluster
+            .client
+            .put(format!("{base}/v1/kv/binary-in-log"))
+            .body(value.to_vec())
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(put.status().as_u16(), 200);
+        let page: Value = cluster
+            .client
+            .get(format!("{base}/v1/log?from=1&limit=1000"))
+            .send()
+            .await
+            .expect("log")
+            .json()
+            .await
+            .expect("log page is JSON");
+        let entry = page
+            .as_array()
+            .and_then(|entries| entries.iter().find(|e| e["data"]["key"] == "binary-in-log"))
+            .unwrap_or_else(|| panic!("the put is not in the log page: {page}"));
+        assert_eq!(
+            entry["data"]["value_base64"],
+            base64::engine::general_purpose::STANDARD.encode(value),
+            "{entry}"
+        );
+        assert!(
+            entry["data"].get("value").is_none(),
+            "no lossy text: {entry}"
+        );
+    });
+}

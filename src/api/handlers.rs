@@ -632,8 +632,28 @@ fn render_log_page(
     Ok(LogPage { body, next_index })
 }
 
+/// Sets `name` to `bytes` as text when they are UTF-8, else `name_base64` (API.md's rule for
+/// keys and values), so the log page never alters a value it shows.
+fn insert_bytes(object: &mut Value, name: &str, bytes: Option<&[u8]>) {
+    use base64::Engine as _;
+    let Some(map) = object.as_object_mut() else {
+        return;
+    };
+    match bytes.map(std::str::from_utf8) {
+        None => {
+            map.insert(name.to_string(), Value::Null);
+        }
+        Some(Ok(text)) => {
+            map.insert(name.to_string(), Value::String(text.to_string()));
+        }
+        Some(Err(_)) => {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(bytes.unwrap_or(&[]));
+            map.insert(format!("{name}_base64"), Value::String(encoded));
+        }
+    }
+}
+
 fn describe_entry(kind: EntryKind, payload: &[u8]) -> Value {
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     match kind {
         EntryKind::Noop => Value::Null,
         EntryKind::Membership => {
@@ -655,20 +675,27 @@ fn describe_entry(kind: EntryKind, payload: &[u8]) -> Value {
                 .map(|r| format!("{}:{}", r.client, r.sequence));
             match KvCommand::decode(&command.body) {
                 Some(KvCommand::Put { key, value }) => {
-                    json!({"op": "put", "key": text(&key), "value": text(&value), "request_id": request_id})
+                    let mut entry = json!({"op": "put", "request_id": request_id});
+                    insert_bytes(&mut entry, "key", Some(&key));
+                    insert_bytes(&mut entry, "value", Some(&value));
+                    entry
                 }
                 Some(KvCommand::Delete { key }) => {
-                    json!({"op": "delete", "key": text(&key), "request_id": request_id})
+                    let mut entry = json!({"op": "delete", "request_id": request_id});
+                    insert_bytes(&mut entry, "key", Some(&key));
+                    entry
                 }
                 Some(KvCommand::Cas {
                     key,
                     expected,
                     value,
-                }) => json!({
-                    "op": "cas", "key": text(&key),
-                    "expected": expected.map(|b| text(&b)), "value": value.map(|b| text(&b)),
-                    "request_id": request_id,
-                }),
+                }) => {
+                    let mut entry = json!({"op": "cas", "request_id": request_id});
+                    insert_bytes(&mut entry, "key", Some(&key));
+                    insert_bytes(&mut entry, "expected", expected.as_deref());
+                    insert_bytes(&mut entry, "value", value.as_deref());
+                    entry
+                }
                 None => Value::String(format!("<{} undecodable bytes>", command.body.len())),
             }
         }
