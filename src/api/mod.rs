@@ -81,7 +81,7 @@ pub struct ApiState {
     /// Client for forwarding to the leader (keeps connections alive).
     pub client: reqwest::Client,
     /// One permit per forward in flight, so that a flood of requests to a follower
-    /// opens at most [`forward::CONNECTIONS_MAX`] connections to the leader.
+    /// opens at most `forward::CONNECTIONS_MAX` (64) connections to the leader.
     pub forward_slots: tokio::sync::Semaphore,
 }
 

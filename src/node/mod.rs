@@ -91,7 +91,7 @@ pub struct NodeOptions {
 }
 
 /// Requests queued for the raft loop before writes are refused `503 overloaded`: the count
-/// bound beside the byte budget. It drains a full round ([`REQUESTS_PER_ROUND_MAX`]) per
+/// bound beside the byte budget. It drains a full round (`REQUESTS_PER_ROUND_MAX`) per
 /// wake-up, so this is many rounds of backlog; writes alone reach it only with a write
 /// budget over 64 MiB, as each write is charged at least [`WRITE_OVERHEAD_BYTES`].
 pub const REQUEST_QUEUE_CAPACITY: usize = 65_536;

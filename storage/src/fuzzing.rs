@@ -432,7 +432,7 @@ fn damage(dir: &Path, input: &mut Input) -> usize {
 /// what was fsynced, plus chance, survives; nothing acknowledged is lost).
 ///
 /// Layout: `| page size selector u8 | op * |`, each op a kind byte and its arguments
-/// (see [`wal_model_op`]); at most 64 ops are run.
+/// (see `wal_model_op`); at most 64 ops are run.
 pub fn wal_model(data: &[u8]) {
     let mut input = Input::new(data);
     let dir = ScratchDir::new("wal-model");

@@ -11,8 +11,8 @@
 //!
 //! | where ENOSPC surfaces                           | what is on disk          | outcome |
 //! |-------------------------------------------------|--------------------------|---------|
-//! | preparing the next WAL segment (`fallocate`, zero fill) | a `.prep` file, removed | [`Error::NoSpace`], retried |
-//! | the WAL's `pwritev`, before its `fdatasync`     | bytes past the published end, never synced nor acknowledged | [`Error::NoSpace`], rewritten by the retry |
+//! | preparing the next WAL segment (`fallocate`, zero fill) | a `.prep` file, removed | [`crate::Error::NoSpace`], retried |
+//! | the WAL's `pwritev`, before its `fdatasync`     | bytes past the published end, never synced nor acknowledged | [`crate::Error::NoSpace`], rewritten by the retry |
 //! | any `fdatasync` / `fsync`                       | unknown                  | fatal: fail-stop, recovery decides on restart |
 //! | renaming a segment or `wal.meta`, directory fsync | half a step            | fatal |
 //! | the stable store (sled)                         | unknown to us            | fatal |
