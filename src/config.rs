@@ -707,11 +707,11 @@ impl Parser<'_> {
     ) -> Result<ClientConnectionLimits, ConfigError> {
         let defaults = ClientConnectionLimits::default();
         let connections_max = get("max_client_connections")
-            .map(|v| self.in_range(v, "max_client_connections", &MAX_CLIENT_CONNECTIONS_RANGE))
+            .map(|v| self.within(v, "max_client_connections", MAX_CLIENT_CONNECTIONS_RANGE))
             .transpose()?;
         let timeout = |name: &str, default: u64| match get(name) {
             None => Ok(default),
-            Some(v) => self.in_range(v, name, &CLIENT_TIMEOUT_MS_RANGE),
+            Some(v) => self.within(v, name, CLIENT_TIMEOUT_MS_RANGE),
         };
         Ok(ClientConnectionLimits {
             connections_max,
@@ -721,22 +721,6 @@ impl Parser<'_> {
             )?,
             idle_timeout_ms: timeout("client_idle_timeout_ms", defaults.idle_timeout_ms)?,
         })
-    }
-
-    fn in_range(
-        &self,
-        json: &Json,
-        field: &str,
-        range: &std::ops::RangeInclusive<u64>,
-    ) -> Result<u64, ConfigError> {
-        let value = self.unsigned(json, field)?;
-        if !range.contains(&value) {
-            return Err(self.err(
-                field,
-                format!("{value} is outside {}..={}", range.start(), range.end()),
-            ));
-        }
-        Ok(value)
     }
 
     /// A byte bound of issue 12 (overload): `default` when absent, else within
