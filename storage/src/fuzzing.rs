@@ -935,6 +935,71 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     out
 }
 
+/// A fuzz target's entry point: panics when its property is broken.
+pub type FuzzEntry = fn(&[u8]);
+
+/// Every file under `<fuzz_dir>/<kind>/<target>/`, sorted (none if the directory is missing).
+fn committed_inputs(fuzz_dir: &Path, kind: &str, target: &str) -> Vec<PathBuf> {
+    let dir = fuzz_dir.join(kind).join(target);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Runs every committed seed (`<fuzz_dir>/corpus/<target>/`) and finding
+/// (`<fuzz_dir>/regressions/<target>/`) of `targets` through its entry point; panics naming
+/// every file whose property broke, and when a target has no seeds. Shared by both crates'
+/// `tests/fuzz_corpus.rs`.
+pub fn replay_committed_inputs(fuzz_dir: &Path, targets: &[(&str, FuzzEntry)]) {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    let mut failures = Vec::new();
+    let mut replayed = 0;
+    for &(target, run) in targets {
+        let seeds = committed_inputs(fuzz_dir, "corpus", target);
+        assert!(
+            !seeds.is_empty(),
+            "no seeds in fuzz/corpus/{target}/; regenerate them (see tests/fuzz_corpus.rs)"
+        );
+        for path in seeds
+            .iter()
+            .chain(&committed_inputs(fuzz_dir, "regressions", target))
+        {
+            let bytes = std::fs::read(path)
+                .unwrap_or_else(|e| panic!("read fuzz input {}: {e}", path.display()));
+            replayed += 1;
+            if catch_unwind(AssertUnwindSafe(|| run(&bytes))).is_err() {
+                failures.push(path.display().to_string());
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {replayed} fuzz inputs fail (each panic is printed above): {failures:#?}",
+        failures.len()
+    );
+}
+
+/// Writes `seeds` (target, name, bytes) to `<fuzz_dir>/corpus/<target>/seed-<name>`.
+pub fn write_seed_corpora(fuzz_dir: &Path, seeds: Vec<(&'static str, String, Vec<u8>)>) {
+    for (target, name, bytes) in seeds {
+        assert!(
+            bytes.len() < 64 << 10,
+            "seed {target}/{name} is {} bytes",
+            bytes.len()
+        );
+        let dir = fuzz_dir.join("corpus").join(target);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let path = dir.join(format!("seed-{name}"));
+        std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
