@@ -233,6 +233,26 @@ impl View {
         &self.segments[i - 1]
     }
 
+    /// Where the records `lo..hi` (all in range) lie, to be decoded without the lock.
+    fn locate(&self, lo: u64, hi: u64) -> Vec<LocatedRecord> {
+        let mut located = Vec::with_capacity((hi - lo) as usize);
+        let mut index = lo;
+        while index < hi {
+            let segment = self.segment(index);
+            let end = hi.min(segment.last_index() + 1);
+            for i in index..end {
+                located.push(LocatedRecord {
+                    index: i,
+                    map: Arc::clone(&segment.map),
+                    offset: segment.offsets[(i - segment.first_index) as usize],
+                    salt: segment.salt,
+                });
+            }
+            index = end;
+        }
+        located
+    }
+
     fn record(&self, index: u64) -> Result<&[u8]> {
         self.check(index)?;
         Ok(self.segment(index).record_bytes(index))
@@ -255,6 +275,32 @@ impl View {
             return Err(corruption(format!("record holds entry {}", entry.index)));
         }
         Ok(entry)
+    }
+}
+
+/// A record found under the view lock, decoded after it is released.
+struct LocatedRecord {
+    index: u64,
+    map: Arc<memmap2::Mmap>,
+    offset: u32,
+    salt: u32,
+}
+
+impl LocatedRecord {
+    /// The entry, if the bytes still hold a record of `index` that passes its CRC. The
+    /// record is copied first and the copy verified: the mapped bytes may be zeroed or
+    /// rewritten at any moment, also between a check and a copy.
+    fn decode(&self) -> Option<Entry> {
+        let mapped = self.map.get(self.offset as usize..)?;
+        let stated_len = record::peek_header(mapped).ok()?.record_len();
+        let copy = bytes::Bytes::copy_from_slice(mapped.get(..stated_len)?);
+        let header = record::decode_record(&copy, self.salt).ok()?;
+        (header.index == self.index).then(|| Entry {
+            index: header.index,
+            term: header.term,
+            kind: header.kind,
+            payload: copy.slice(RECORD_HEADER_BYTES..header.record_len()),
+        })
     }
 }
 
@@ -453,13 +499,32 @@ impl Wal {
         if lo >= hi {
             return Ok(Vec::new());
         }
-        let view = self.read_view();
-        view.check(lo)?;
-        view.check(hi - 1)?;
+        // Under the view lock only note where the records lie; copy and verify them after
+        // letting go. The appender takes this lock exclusively to publish every synced
+        // write, and a waiting writer holds off new readers, so a reader copying megabytes
+        // under it (perhaps at low priority, like the log page) stalls every client write
+        // (issue 12).
+        let located = {
+            let view = self.read_view();
+            view.check(lo)?;
+            view.check(hi - 1)?;
+            view.locate(lo, hi)
+        };
         let mut out = Vec::new();
         let mut total: u64 = 0;
-        for index in lo..hi {
-            let entry = view.entry(index)?;
+        for record in located {
+            let entry = match record.decode() {
+                Some(entry) => entry,
+                // Truncated (zeroed) or rewritten since the lock was released, or damaged:
+                // the view under the lock has the authoritative answer and the error.
+                None => match self.entry(record.index) {
+                    Ok(entry) => entry,
+                    Err(Error::Unavailable { .. } | Error::Compacted { .. }) if !out.is_empty() => {
+                        break
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
             let size = entry.size_bytes();
             if !out.is_empty() && total + size > max_bytes {
                 break;

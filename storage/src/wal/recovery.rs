@@ -297,7 +297,7 @@ fn valid_records_end(map: &[u8], from: usize, to: usize, index_min: u64, salt: u
 }
 
 /// A segment opened, mapped, header-checked and scanned: with its header.
-type Loaded = Result<(File, Mmap, record::SegmentHeader, Scan)>;
+type Loaded = Result<(File, std::sync::Arc<Mmap>, record::SegmentHeader, Scan)>;
 
 fn load_segment(fs: &dyn WalFs, first: u64, path: &Path, fence: u64) -> Loaded {
     let file = fs

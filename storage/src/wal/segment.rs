@@ -63,8 +63,10 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Maps a whole segment file for reading.
-pub fn map_file(file: &File, path: &Path, populate: bool) -> Result<Mmap> {
+/// Maps a whole segment file for reading. Shared, so that a reader can copy records out
+/// after letting go of the WAL's view lock (see [`super::Wal::entries`]); the map stays
+/// valid after the segment is compacted away and its file removed.
+pub fn map_file(file: &File, path: &Path, populate: bool) -> Result<Arc<Mmap>> {
     let mut options = MmapOptions::new();
     if populate {
         options.populate();
@@ -73,7 +75,7 @@ pub fn map_file(file: &File, path: &Path, populate: bool) -> Result<Mmap> {
     // only reads through the map bytes it wrote and synced itself, or that recovery
     // verified; nobody else is expected to modify files in the WAL directory.
     let map = unsafe { options.map(file) }.map_err(|e| Error::io("mmap segment", path, e))?;
-    Ok(map)
+    Ok(Arc::new(map))
 }
 
 /// One segment as readers see it: the map and where each record starts.
@@ -87,7 +89,7 @@ pub struct SegmentView {
     /// XORed into the stored CRC of each of its records (`record.rs`).
     pub salt: u32,
     /// The whole file, mapped.
-    pub map: Mmap,
+    pub map: Arc<Mmap>,
     /// Byte offset of record `first_index + i` is `offsets[i]`: 4 bytes per entry keeps
     /// the index of a 1 GiB log of small entries at a few MiB.
     pub offsets: Vec<u32>,
