@@ -92,7 +92,7 @@ pub const PENDING_BYTES_RANGE: std::ops::RangeInclusive<u64> = (1 << 20)..=(u32:
 
 // Issue 15: watch.
 /// Default of `watchers_max`: enough for a busy service's caches and indexes; 1,000 idle
-/// watchers cost about 10 MiB and no threads (docs/BENCHMARKS.md, "Watch").
+/// watchers cost about 15 MiB and no threads (docs/BENCHMARKS.md, "Watch").
 pub const DEFAULT_WATCHERS_MAX: u64 = 4096;
 /// Accepted range of `watchers_max`.
 pub const WATCHERS_MAX_RANGE: std::ops::RangeInclusive<u64> = 1..=1_000_000;

@@ -268,10 +268,10 @@ impl Watcher {
             Err(end) => end,
         };
         let position = self.position();
+        let too_slow = matches!(end, End::TooSlow(_));
         let last = match end {
             End::Gone => return,
             End::TooSlow(resume_index) => {
-                self.metrics().watchers_cut.fetch_add(1, Ordering::Relaxed);
                 json!({"error": {
                     "code": "watcher_too_slow",
                     "message": format!(
@@ -297,6 +297,18 @@ impl Watcher {
             }}),
         };
         self.send_unbounded(render_format(self.format, "error", None, &last));
+        // Counted once the watcher's slot is free, so `/metrics` never shows a cut watcher
+        // as still open.
+        let state = self.state.clone();
+        drop(self);
+        if too_slow {
+            state
+                .node
+                .watch
+                .metrics
+                .watchers_cut
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn metrics(&self) -> &crate::node::watch_hub::WatchMetrics {

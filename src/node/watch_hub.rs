@@ -200,10 +200,12 @@ impl WatchHub {
         let Some(last) = entries.last() else {
             return;
         };
+        let mut state = self.lock();
         // Decoding every value again costs a copy per write: only while someone watches.
+        // Asked under the lock: a watcher that subscribes between this question and the
+        // send would otherwise have the batch in neither its history nor its feed.
         let build_events = self.sender.receiver_count() > 0;
         let mut events = Vec::new();
-        let mut state = self.lock();
         assert_eq!(
             entries[0].index,
             state.published_index + 1,
