@@ -124,3 +124,52 @@ fn range_read_gives_bytes_that_are_not_utf8_as_base64_and_refuses_bad_queries() 
         }
     });
 }
+
+#[test]
+fn cli_get_prefix_and_from_to_print_every_page_of_the_range() {
+    runtime().block_on(async {
+        let c = Cluster::start(ClusterSpec::default());
+        c.wait_for_leader(Duration::from_secs(10)).await;
+        for i in 0..1205 {
+            c.put_eventually(
+                &format!("p/{i:05}"),
+                &format!("v{i}"),
+                Duration::from_secs(10),
+            )
+            .await;
+        }
+        c.put_eventually("q", "outside", Duration::from_secs(10))
+            .await;
+        let node = c.running()[0];
+        let run = |args: &[&str]| {
+            let output = std::process::Command::new(support::raftlog_bin())
+                .args(args)
+                .args(["--addr", c.api(node)])
+                .output()
+                .expect("raftlog runs");
+            (
+                output.status.code(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        };
+        // More than one page (1000 by default): the CLI follows `more` with `after`.
+        let (code, stdout, stderr) = run(&["get", "--prefix", "p/"]);
+        assert_eq!(code, Some(0), "{stderr}");
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 1205, "{stderr}");
+        assert_eq!(lines[0], "p/00000\tv0");
+        assert_eq!(lines[1204], "p/01204\tv1204");
+        let (code, stdout, _) =
+            run(&["get", "--from", "p/00010", "--to", "p/00012", "--keys-only"]);
+        assert_eq!(code, Some(0));
+        assert_eq!(stdout, "p/00010\np/00011\n");
+        let (code, _, stderr) = run(&["get"]);
+        assert_eq!(
+            code,
+            Some(2),
+            "a get with neither a key nor a range is a usage error: {stderr}"
+        );
+        assert!(stderr.contains("--prefix"), "{stderr}");
+    });
+}

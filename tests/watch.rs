@@ -772,3 +772,55 @@ fn watchers_beyond_the_cap_are_refused_and_sse_is_served_on_request() {
         );
     });
 }
+
+#[test]
+fn cli_watch_prints_changes_as_they_commit() {
+    use std::io::{BufRead, BufReader};
+    runtime().block_on(async {
+        let c = Cluster::start(ClusterSpec {
+            nodes: 1,
+            ..ClusterSpec::default()
+        });
+        let node = c.wait_for_leader(Duration::from_secs(10)).await;
+        let first = c.put(node, "cli/a", "1").await.unwrap()["index"]
+            .as_u64()
+            .unwrap();
+        let mut child = std::process::Command::new(support::raftlog_bin())
+            .args([
+                "watch",
+                "cli/",
+                "--from",
+                &first.to_string(),
+                "--addr",
+                c.api(node),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("raftlog watch runs");
+        c.put(node, "other", "x").await.unwrap();
+        let second = c.delete(node, "cli/a").await.unwrap()["index"]
+            .as_u64()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = tokio::task::spawn_blocking(move || {
+            BufReader::new(stdout)
+                .lines()
+                .take(2)
+                .map(|l| l.unwrap())
+                .collect::<Vec<_>>()
+        });
+        let lines = tokio::time::timeout(Duration::from_secs(10), lines)
+            .await
+            .expect("raftlog watch printed two lines")
+            .unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            lines,
+            [
+                format!("{first} put cli/a 1"),
+                format!("{second} delete cli/a")
+            ]
+        );
+    });
+}

@@ -328,30 +328,27 @@ impl Watcher {
         self.lines.send(line).is_ok()
     }
 
-    fn line_of(&self, event: &WatchEvent) -> Bytes {
-        let mut object = serde_json::Map::new();
-        object.insert("index".into(), json!(event.index));
-        object.insert(
-            "op".into(),
-            json!(if event.value.is_some() {
-                "put"
-            } else {
-                "delete"
-            }),
-        );
-        put_bytes_field(&mut object, "key", &event.key);
-        match &event.value {
-            Some(value) => put_bytes_field(&mut object, "value", value),
-            None => {
-                object.insert("value".into(), Value::Null);
+    /// Appends `event`'s line to `out`.
+    fn append_line(&self, out: &mut Vec<u8>, event: &WatchEvent) {
+        let json = event.json.get_or_init(|| event_json(event));
+        match self.format {
+            Format::NdJson => {
+                out.extend_from_slice(json);
+                out.push(b'\n');
+            }
+            Format::EventStream => {
+                let kind = if event.value.is_some() {
+                    "put"
+                } else {
+                    "delete"
+                };
+                out.extend_from_slice(
+                    format!("id: {}\nevent: {kind}\ndata: ", event.index).as_bytes(),
+                );
+                out.extend_from_slice(json);
+                out.extend_from_slice(b"\n\n");
             }
         }
-        let kind = if event.value.is_some() {
-            "put"
-        } else {
-            "delete"
-        };
-        render_format(self.format, kind, Some(event.index), &Value::Object(object))
     }
 
     fn progress_line(&self) -> Bytes {
@@ -392,6 +389,9 @@ impl Watcher {
             if entries.is_empty() {
                 return Err(compacted());
             }
+            // One chunk of the connection's body per chunk of the log.
+            let mut out = Vec::new();
+            let mut sent = 0;
             for entry in entries {
                 // Compaction behind the reader makes the WAL skip ahead: that is a gap.
                 if entry.index != next {
@@ -400,17 +400,20 @@ impl Watcher {
                 if entry.kind == EntryKind::Normal && !no_change.contains(&entry.index) {
                     if let Some(event) = event_of(entry.index, &entry.payload) {
                         if event.key.starts_with(&self.prefix) {
-                            let line = self.line_of(&event);
-                            if !self.send_unbounded(line) {
-                                return Err(End::Gone);
-                            }
-                            self.metrics().events_sent.fetch_add(1, Ordering::Relaxed);
+                            self.append_line(&mut out, &event);
+                            sent += 1;
                         }
                     }
                 }
-                self.set_position(entry.index);
                 next = entry.index + 1;
             }
+            if !out.is_empty() && !self.send_unbounded(Bytes::from(out)) {
+                return Err(End::Gone);
+            }
+            self.metrics()
+                .events_sent
+                .fetch_add(sent, Ordering::Relaxed);
+            self.set_position(next - 1);
         }
         self.set_position(subscribed_at.max(self.position()));
         let progress = self.progress_line();
@@ -444,6 +447,10 @@ impl Watcher {
                 published = live.recv() => match published {
                     Ok(published) => match &*published {
                         Published::Applied { events, applied_index } => {
+                            // One chunk of the connection's body per apply batch.
+                            let mut out = Vec::new();
+                            let mut sent = 0;
+                            let mut cut_at = None;
                             for event in events {
                                 if event.index <= subscribed_at
                                     || event.index < self.from
@@ -451,14 +458,21 @@ impl Watcher {
                                 {
                                     continue;
                                 }
-                                if self.buffer.full() {
-                                    return End::TooSlow(event.index);
+                                if self.buffer.bytes.load(Ordering::Acquire) + out.len()
+                                    >= self.buffer.bytes_max
+                                {
+                                    cut_at = Some(event.index);
+                                    break;
                                 }
-                                let line = self.line_of(event);
-                                if !self.send_unbounded(line) {
-                                    return End::Gone;
-                                }
-                                self.metrics().events_sent.fetch_add(1, Ordering::Relaxed);
+                                self.append_line(&mut out, event);
+                                sent += 1;
+                            }
+                            if !out.is_empty() && !self.send_unbounded(Bytes::from(out)) {
+                                return End::Gone;
+                            }
+                            self.metrics().events_sent.fetch_add(sent, Ordering::Relaxed);
+                            if let Some(index) = cut_at {
+                                return End::TooSlow(index);
                             }
                             if *applied_index > self.position() {
                                 self.set_position(*applied_index);
@@ -478,6 +492,29 @@ impl Watcher {
             }
         }
     }
+}
+
+/// `{"index", "op", "key", "value"}`, with `*_base64` for bytes that are not UTF-8.
+fn event_json(event: &WatchEvent) -> Bytes {
+    let mut object = serde_json::Map::new();
+    object.insert("index".into(), json!(event.index));
+    object.insert(
+        "op".into(),
+        json!(if event.value.is_some() {
+            "put"
+        } else {
+            "delete"
+        }),
+    );
+    put_bytes_field(&mut object, "key", &event.key);
+    match &event.value {
+        Some(value) => put_bytes_field(&mut object, "value", value),
+        None => {
+            object.insert("value".into(), Value::Null);
+        }
+    }
+    // Writing a `Value` into a Vec cannot fail.
+    Bytes::from(serde_json::to_vec(&Value::Object(object)).unwrap_or_default())
 }
 
 /// Entries `[lo, hi)` still in the WAL (fewer, or from a later index, if compacted).

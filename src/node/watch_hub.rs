@@ -49,6 +49,9 @@ pub struct WatchEvent {
     pub key: Bytes,
     /// The new value; `None` for a delete.
     pub value: Option<Bytes>,
+    /// The event as JSON, rendered by the first watcher that sends it and shared by the
+    /// rest: 100 watchers of one feed render each event once, not 100 times.
+    pub json: std::sync::OnceLock<Bytes>,
 }
 
 /// What the apply thread broadcasts.
@@ -84,7 +87,12 @@ pub fn event_of(index: u64, payload: &[u8]) -> Option<WatchEvent> {
         } => return None,
         KvCommand::Cas { key, value, .. } => (key, value),
     };
-    Some(WatchEvent { index, key, value })
+    Some(WatchEvent {
+        index,
+        key,
+        value,
+        json: std::sync::OnceLock::new(),
+    })
 }
 
 /// Whether an applied Normal entry changed the state (see `event_of` for which change).
