@@ -824,3 +824,77 @@ fn cli_watch_prints_changes_as_they_commit() {
         );
     });
 }
+
+#[test]
+fn follower_watch_ends_with_compacted_when_a_snapshot_from_the_leader_replaces_its_history() {
+    runtime().block_on(async {
+        let spec = ClusterSpec {
+            snapshot_threshold: 40,
+            snapshot_trailing_entries: 5,
+            ..ClusterSpec::default()
+        };
+        let c = Arc::new(Cluster::configure(spec));
+        for id in 1..=3 {
+            c.spawn_with_env(id, &[("RAFTLOG_TEST_FAULTS", "1")]);
+        }
+        let leader = c.wait_for_leader(Duration::from_secs(10)).await;
+        let follower = c.running().into_iter().find(|id| *id != leader).unwrap();
+        let start = c.put(leader, "f/0", "x").await.unwrap()["index"]
+            .as_u64()
+            .unwrap();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = tokio::spawn(follow(
+            c.api(follower).to_string(),
+            "/v1/changes".to_string(),
+            start,
+            seen.clone(),
+            stop.clone(),
+        ));
+        wait_position(&seen, start, Duration::from_secs(10), &c).await;
+        let isolate = |on: bool| {
+            let url = format!("http://{}/v1/debug/isolate?on={on}", c.api(follower));
+            let client = c.client.clone();
+            async move { client.post(url).send().await.unwrap().status().as_u16() }
+        };
+        assert_eq!(isolate(true).await, 200);
+        for i in 0..200 {
+            c.put(leader, &format!("f/{}", i % 7), &format!("v{i}"))
+                .await
+                .unwrap();
+        }
+        assert_eq!(isolate(false).await, 200);
+        // The follower installs the leader's snapshot: its stream ends with `compacted`,
+        // and resuming from where it stopped is refused with the index to start over from.
+        let ended = tokio::time::timeout(Duration::from_secs(30), watcher).await;
+        stop.store(true, Ordering::Relaxed);
+        assert!(
+            ended.is_ok(),
+            "the follower's watch never ended\n{}",
+            c.logs_tail()
+        );
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.errors.len() >= 2,
+            "expected a compacted line and a 410: {:?}",
+            seen.errors
+        );
+        let line: Value = serde_json::from_str(&seen.errors[0]).unwrap();
+        assert_eq!(line["error"]["code"], "compacted", "{line}");
+        let first_index = line["error"]["first_index"].as_u64().unwrap();
+        assert!(
+            first_index > seen.position + 1,
+            "{line} at {}",
+            seen.position
+        );
+        let refusal = seen.errors.last().unwrap();
+        assert!(refusal.starts_with("410"), "{refusal}");
+        assert!(
+            refusal.contains(&format!("\"first_index\":{first_index}")),
+            "{refusal}"
+        );
+        // Everything sent before the snapshot was a change the log made, in order.
+        let indexes: Vec<u64> = seen.changes.iter().map(|c| c.index).collect();
+        assert!(indexes.windows(2).all(|w| w[0] < w[1]), "{indexes:?}");
+    });
+}
