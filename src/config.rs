@@ -90,6 +90,18 @@ pub const DEFAULT_PENDING_WRITE_BYTES_MAX: u64 = 64 << 20;
 /// counted in a `u32`).
 pub const PENDING_BYTES_RANGE: std::ops::RangeInclusive<u64> = (1 << 20)..=(u32::MAX as u64);
 
+// Issue 15: watch.
+/// Default of `watchers_max`: enough for a busy service's caches and indexes; 1,000 idle
+/// watchers cost about 15 MiB and no threads (docs/BENCHMARKS.md, "Watch").
+pub const DEFAULT_WATCHERS_MAX: u64 = 4096;
+/// Accepted range of `watchers_max`.
+pub const WATCHERS_MAX_RANGE: std::ops::RangeInclusive<u64> = 1..=1_000_000;
+/// Default of `watch_buffer_bytes_max`: a few large values, or thousands of small events,
+/// buffered for one watcher before it is cut as too slow.
+pub const DEFAULT_WATCH_BUFFER_BYTES_MAX: u64 = 4 << 20;
+/// Accepted range of `watch_buffer_bytes_max`: at least a few events, at most 1 GiB.
+pub const WATCH_BUFFER_BYTES_MAX_RANGE: std::ops::RangeInclusive<u64> = (4 << 10)..=(1 << 30);
+
 const TOP_LEVEL_FIELDS: &[&str] = &[
     "cluster_id",
     "nodes",
@@ -111,6 +123,9 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "storage_quota_bytes",
     "max_uncommitted_bytes",
     "pending_write_bytes_max",
+    // Issue 15.
+    "watchers_max",
+    "watch_buffer_bytes_max",
 ];
 const NODE_FIELDS: &[&str] = &["raft_addr", "api_addr"];
 
@@ -190,6 +205,9 @@ pub struct ClusterConfig {
     // Issue 12, overload. Invariant: both within PENDING_BYTES_RANGE.
     max_uncommitted_bytes: u64,
     pending_write_bytes_max: u64,
+    // Issue 15. Invariant: within WATCHERS_MAX_RANGE and WATCH_BUFFER_BYTES_MAX_RANGE.
+    watchers_max: u64,
+    watch_buffer_bytes_max: u64,
 }
 
 /// Bounds on the client API's connections (issue 12 "net"), so that idle or silent
@@ -404,6 +422,18 @@ impl ClusterConfig {
         self.pending_write_bytes_max
     }
 
+    /// Issue 15: the most watch and change-feed streams a node serves at once (more are
+    /// refused `503 overloaded`).
+    pub fn watchers_max(&self) -> u64 {
+        self.watchers_max
+    }
+
+    /// Issue 15: bytes of events buffered for one watcher before it is cut as too slow
+    /// (its stream ends with the index to resume from).
+    pub fn watch_buffer_bytes_max(&self) -> u64 {
+        self.watch_buffer_bytes_max
+    }
+
     /// The configuration as cluster-file JSON (all fields explicit), e.g. for `raftlog
     /// cluster` to write the file it generated. Parsing it gives back an equal config.
     pub fn to_json(&self) -> String {
@@ -439,6 +469,8 @@ impl ClusterConfig {
             "storage_quota_bytes": self.storage_quota_bytes,
             "max_uncommitted_bytes": self.max_uncommitted_bytes,
             "pending_write_bytes_max": self.pending_write_bytes_max,
+            "watchers_max": self.watchers_max,
+            "watch_buffer_bytes_max": self.watch_buffer_bytes_max,
         });
         let mut value = value;
         if let Some(max) = self.client_connections.connections_max {
@@ -679,6 +711,14 @@ impl Parser<'_> {
             "pending_write_bytes_max",
             DEFAULT_PENDING_WRITE_BYTES_MAX,
         )?;
+        let watchers_max = match get("watchers_max") {
+            None => DEFAULT_WATCHERS_MAX,
+            Some(v) => self.within(v, "watchers_max", WATCHERS_MAX_RANGE)?,
+        };
+        let watch_buffer_bytes_max = match get("watch_buffer_bytes_max") {
+            None => DEFAULT_WATCH_BUFFER_BYTES_MAX,
+            Some(v) => self.within(v, "watch_buffer_bytes_max", WATCH_BUFFER_BYTES_MAX_RANGE)?,
+        };
         Ok(ClusterConfig {
             path: self.path.to_path_buf(),
             cluster_id,
@@ -698,6 +738,8 @@ impl Parser<'_> {
             storage_quota_bytes,
             max_uncommitted_bytes,
             pending_write_bytes_max,
+            watchers_max,
+            watch_buffer_bytes_max,
         })
     }
 
@@ -1408,5 +1450,27 @@ mod tests {
         for (extra, expect) in cases {
             assert_eq!(error(&with(extra)), expect, "{extra}");
         }
+    }
+
+    #[test]
+    fn watch_limits_have_defaults_and_bounds() {
+        let cfg = parse(MINIMAL).unwrap();
+        assert_eq!(cfg.watchers_max(), 4096);
+        assert_eq!(cfg.watch_buffer_bytes_max(), 4 << 20);
+        let cfg = parse(&with(
+            r#""watchers_max": 2, "watch_buffer_bytes_max": 8192"#,
+        ))
+        .unwrap();
+        assert_eq!(cfg.watchers_max(), 2);
+        assert_eq!(cfg.watch_buffer_bytes_max(), 8192);
+        assert_eq!(parse(&cfg.to_json()).unwrap(), cfg);
+        assert_eq!(
+            error(&with(r#""watchers_max": 0"#)),
+            "config.json: watchers_max: 0 is outside 1..=1000000"
+        );
+        assert_eq!(
+            error(&with(r#""watch_buffer_bytes_max": 10"#)),
+            "config.json: watch_buffer_bytes_max: 10 is outside 4096..=1073741824"
+        );
     }
 }

@@ -326,7 +326,11 @@ fn cas_field(
 
 /// Adds `bytes` to `object` as `name` when it is UTF-8, else as `name_base64`, the way
 /// API.md gives non-UTF-8 keys and values elsewhere; never a lossy conversion.
-fn put_bytes_field(object: &mut serde_json::Map<String, Value>, name: &str, bytes: &[u8]) {
+pub(super) fn put_bytes_field(
+    object: &mut serde_json::Map<String, Value>,
+    name: &str,
+    bytes: &[u8],
+) {
     use base64::Engine as _;
     match std::str::from_utf8(bytes) {
         Ok(text) => object.insert(name.to_string(), Value::String(text.to_string())),
@@ -392,7 +396,7 @@ pub async fn cas(
 
 #[derive(Deserialize)]
 pub struct ReadParams {
-    consistency: Option<String>,
+    pub(super) consistency: Option<String>,
 }
 
 /// The read barrier `?consistency=` asks for; `None` for a stale (local) read.
@@ -404,6 +408,43 @@ pub(super) fn read_mode(params: &ReadParams) -> Result<Option<ReadMode>, ApiErro
         Some(other) => Err(ApiError::bad_request(format!(
             "consistency must be linearizable, lease or stale, not {other:?}"
         ))),
+    }
+}
+
+/// Issue 15: the read barrier `params` asks for, as single gets take it; `Some(answer)`
+/// when this node does not lead and the request was forwarded to the leader.
+pub(super) async fn read_barrier_or_forward(
+    state: &ApiState,
+    params: &ReadParams,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Option<Response>, ApiError> {
+    let Some(mode) = read_mode(params)? else {
+        return Ok(None);
+    };
+    match state
+        .node
+        .read_barrier(mode, state.options.request_timeout)
+        .await
+    {
+        Ok(_) => Ok(None),
+        Err(RequestError::NotLeader(leader)) => Ok(Some(
+            forward::to_leader(
+                state,
+                leader,
+                method,
+                &path_and_query(uri),
+                headers,
+                Bytes::new(),
+                true,
+            )
+            .await,
+        )),
+        Err(RequestError::Unknown) => Err(ApiError::timeout(
+            "could not confirm leadership in time for a linearizable read; retry",
+        )),
+        Err(e) => Err(write_error(e)),
     }
 }
 
@@ -507,6 +548,9 @@ pub async fn status(State(state): State<Arc<ApiState>>) -> ApiResult {
         "applied_index": status.applied_index,
         "last_log_index": status.last_log_index,
         "snapshot_index": status.snapshot_index,
+        // Issue 15: where history starts, in the log and for watches.
+        "first_log_index": state.node.log.wal.first_index(),
+        "watch_first_index": state.node.watch.history_first_index(state.node.log.wal.first_index()),
     });
     // Only the leader knows how far each member got.
     if let Some(report) = state.node.replication().await.map_err(write_error)? {
@@ -1091,5 +1135,7 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         "# HELP raftlog_applied_index Highest applied log index.\n# TYPE raftlog_applied_index gauge\nraftlog_applied_index {}",
         state.node.applied_index()
     );
+    // Issue 15.
+    super::watch::render_metrics(&state, &mut out);
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }

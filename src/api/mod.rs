@@ -11,7 +11,9 @@ mod forward;
 pub mod fuzzing;
 mod handlers;
 mod members;
+mod range;
 pub mod server;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +48,8 @@ pub struct ApiOptions {
     pub log_page_max_entries: u64,
     /// How long `POST /v1/snapshot` waits before answering `504 timeout`.
     pub snapshot_request_timeout: Duration,
+    /// Issue 15: limits of watches.
+    pub watch: watch::WatchOptions,
 }
 
 impl Default for ApiOptions {
@@ -66,6 +70,7 @@ impl Default for ApiOptions {
             snapshot_request_timeout: Duration::from_millis(
                 crate::config::DEFAULT_SNAPSHOT_REQUEST_TIMEOUT_MS,
             ),
+            watch: watch::WatchOptions::default(),
         }
     }
 }
@@ -131,7 +136,11 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
         .route("/v1/leader/transfer", post(handlers::transfer_leader))
         .route("/metrics", get(handlers::metrics))
         .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::readyz));
+        .route("/readyz", get(handlers::readyz))
+        // Issue 15: range reads, watch, change feed.
+        .route("/v1/kv", get(range::range))
+        .route("/v1/watch", get(watch::watch))
+        .route("/v1/changes", get(watch::changes));
     let router = if test_faults {
         router
             .route("/v1/debug/isolate", post(debug::isolate))

@@ -148,7 +148,7 @@ pub fn run(target: Target, op: Op) -> i32 {
 }
 
 /// `--addr` alone, or every node of `--config` (default ./config.json).
-fn addresses(target: &Target) -> Result<Vec<String>, String> {
+pub(super) fn addresses(target: &Target) -> Result<Vec<String>, String> {
     if let Some(addr) = &target.addr {
         return Ok(vec![addr.clone()]);
     }

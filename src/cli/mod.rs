@@ -6,6 +6,7 @@ mod client;
 mod cluster;
 mod join;
 mod serve;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -74,13 +75,39 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Print the value of KEY.
+    /// Print the value of KEY, or the keys and values of a range (--prefix, --from/--to).
     Get {
-        /// The key.
-        key: String,
+        /// The key (omit with --prefix or --from/--to).
+        key: Option<String>,
         /// linearizable (default), lease or stale.
         #[arg(long, default_value = "linearizable")]
         consistency: String,
+        /// Issue 15: every key starting with P.
+        #[arg(long, value_name = "P", conflicts_with_all = ["key", "from", "to"])]
+        prefix: Option<String>,
+        /// Issue 15: keys from A (inclusive).
+        #[arg(long, value_name = "A", conflicts_with = "key")]
+        from: Option<String>,
+        /// Issue 15: keys up to B (exclusive).
+        #[arg(long, value_name = "B", conflicts_with = "key")]
+        to: Option<String>,
+        /// Print at most N pairs of a range.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+        /// Print only the keys of a range.
+        #[arg(long)]
+        keys_only: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Issue 15: print every change to keys starting with PREFIX as it commits ("" for
+    /// every key), reconnecting from the last index seen when a stream ends.
+    Watch {
+        /// The key prefix.
+        prefix: String,
+        /// The first log index wanted (default: the next change).
+        #[arg(long, value_name = "N")]
+        from: Option<u64>,
         #[command(flatten)]
         target: Target,
     },
@@ -241,10 +268,52 @@ pub fn run() -> i32 {
         Command::Cluster { nodes, config } => cluster::run(&config, nodes),
         Command::Put { key, value, target } => client::run(target, client::Op::Put { key, value }),
         Command::Get {
-            key,
+            key: Some(key),
             consistency,
+            prefix: None,
+            from: None,
+            to: None,
             target,
+            ..
         } => client::run(target, client::Op::Get { key, consistency }),
+        Command::Get {
+            consistency,
+            prefix,
+            from,
+            to,
+            limit,
+            keys_only,
+            target,
+            ..
+        } => match client::addresses(&target) {
+            Ok(addrs) => watch::range(
+                addrs,
+                watch::RangeArgs {
+                    prefix,
+                    from,
+                    to,
+                    limit,
+                    keys_only,
+                    consistency,
+                },
+                target.json,
+            ),
+            Err(message) => {
+                eprintln!("{message}");
+                EXIT_USAGE
+            }
+        },
+        Command::Watch {
+            prefix,
+            from,
+            target,
+        } => match client::addresses(&target) {
+            Ok(addrs) => watch::watch(addrs, watch::WatchArgs { prefix, from }, target.json),
+            Err(message) => {
+                eprintln!("{message}");
+                EXIT_USAGE
+            }
+        },
         Command::Delete { key, target } => client::run(target, client::Op::Delete { key }),
         Command::Cas {
             key,

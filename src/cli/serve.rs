@@ -218,6 +218,11 @@ fn api_options(config: &ClusterConfig, connections: ConnectionLimits) -> ApiOpti
         log_page_max_entries: config.log_page_max_entries(),
         snapshot_request_timeout: config.snapshot_request_timeout(),
         connections,
+        watch: api::watch::WatchOptions {
+            watchers_max: config.watchers_max() as usize,
+            buffer_bytes_max: config.watch_buffer_bytes_max() as usize,
+            ..Default::default()
+        },
         ..ApiOptions::default()
     }
 }

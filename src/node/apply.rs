@@ -77,6 +77,8 @@ pub(super) struct Applier<S: StateMachine> {
     pub snapshot_waiters: Vec<(u64, oneshot::Sender<Result<u64, String>>)>,
     /// When the threshold may start a snapshot again after failures.
     pub snapshot_backoff: SnapshotBackoff,
+    /// Issue 15: watchers are told of every applied batch.
+    pub watch: Arc<super::watch_hub::WatchHub>,
 }
 
 /// Spaces out snapshot attempts after failures: the first retry after `delay_min`, each
@@ -225,6 +227,11 @@ impl<S: StateMachine> Applier<S> {
                 };
                 outcomes.push((entry.index, entry.term, applied));
             }
+            // Under the state's write lock, so a reader holding the read lock sees the
+            // published index of exactly the state it reads (range reads name it).
+            let applied: Vec<Option<&Applied>> = outcomes.iter().map(|o| o.2.as_ref()).collect();
+            self.watch
+                .publish(&entries, &applied, self.log.wal.first_index());
         }
         self.applied_term = last.1;
         self.answer_clients(outcomes);
@@ -275,6 +282,7 @@ impl<S: StateMachine> Applier<S> {
                     meta.last_index
                 )
             })?;
+            self.watch.restored(meta.last_index);
         }
         self.applied_index = meta.last_index;
         self.applied_term = meta.last_term;
@@ -475,6 +483,7 @@ mod tests {
             snapshot_in_progress: false,
             snapshot_waiters: Vec::new(),
             snapshot_backoff: SnapshotBackoff::default(),
+            watch: super::super::watch_hub::WatchHub::new(0),
         };
         (applier, jobs_rx)
     }

@@ -22,6 +22,7 @@ pub mod log_storage;
 pub mod membership;
 pub mod space;
 pub mod transfer;
+pub mod watch_hub;
 pub mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -332,6 +333,8 @@ pub struct Node<S: StateMachine> {
     /// Permits are bytes of client writes in progress on this node (see [`WritePermit`]).
     write_budget: Arc<Semaphore>,
     write_budget_bytes: u64,
+    /// Issue 15: watchers subscribe here; the apply thread publishes.
+    pub watch: Arc<watch_hub::WatchHub>,
 }
 
 impl<S: StateMachine> Clone for Node<S> {
@@ -353,6 +356,7 @@ impl<S: StateMachine> Clone for Node<S> {
             space: self.space.clone(),
             write_budget: self.write_budget.clone(),
             write_budget_bytes: self.write_budget_bytes,
+            watch: self.watch.clone(),
         }
     }
 }
@@ -807,6 +811,7 @@ pub async fn start<S: StateMachine>(
     let (fatal_tx, fatal_rx) = watch::channel(None);
     let fatal_tx = Arc::new(fatal_tx);
     let pending: PendingWrites = Arc::default();
+    let watch_hub = watch_hub::WatchHub::new(snapshot_meta.last_index);
 
     let applier = Applier {
         id: options.id,
@@ -831,6 +836,7 @@ pub async fn start<S: StateMachine>(
         snapshot_in_progress: false,
         snapshot_waiters: Vec::new(),
         snapshot_backoff: apply::SnapshotBackoff::default(),
+        watch: watch_hub.clone(),
     };
     spawn_thread("apply", events_tx.clone(), move || applier.run(apply_rx));
     let writer = Writer {
@@ -913,6 +919,7 @@ pub async fn start<S: StateMachine>(
         space,
         write_budget: Arc::new(Semaphore::new(options.pending_write_bytes_max as usize)),
         write_budget_bytes: options.pending_write_bytes_max,
+        watch: watch_hub,
     })
 }
 
