@@ -4,6 +4,7 @@
 mod bench;
 mod client;
 mod cluster;
+mod completions;
 mod join;
 mod serve;
 
@@ -110,6 +111,12 @@ enum Command {
     },
     /// Show every node: role, term, commit and applied index, leader.
     Status {
+        /// Redraw the table in place until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch redraws, milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..))]
+        interval_ms: u64,
         #[command(flatten)]
         target: Target,
     },
@@ -146,6 +153,13 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Print a shell completion script, e.g. `raftlog completions bash > /etc/bash_completion.d/raftlog`.
+    Completions {
+        /// bash, zsh or fish (also elvish, powershell).
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `raftlog manpage > raftlog.1`.
+    Manpage,
 }
 
 #[derive(Subcommand, Debug)]
@@ -260,7 +274,21 @@ pub fn run() -> i32 {
                 EXIT_USAGE
             }
         },
-        Command::Status { target } => client::run(target, client::Op::Status),
+        Command::Status {
+            watch: false,
+            target,
+            ..
+        } => client::run(target, client::Op::Status),
+        Command::Status {
+            watch: true,
+            interval_ms,
+            target,
+        } => client::run(
+            target,
+            client::Op::StatusWatch {
+                interval: std::time::Duration::from_millis(interval_ms),
+            },
+        ),
         Command::Log {
             from,
             limit,
@@ -305,6 +333,8 @@ pub fn run() -> i32 {
         } => client::run(target, client::Op::LeaderTransfer { id }),
         Command::Snapshot { target } => client::run(target, client::Op::Snapshot),
         Command::Bench { args, target } => client::run(target, client::Op::Bench(args)),
+        Command::Completions { shell } => completions::completions(shell),
+        Command::Manpage => completions::manpage(),
     }
 }
 
