@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use raftlog::config::ClusterConfig;
+use serde::Deserialize;
 use serde_yaml::Value;
 
 fn repo() -> PathBuf {
@@ -316,4 +317,205 @@ fn a_renamed_flag_is_caught() {
         .collect();
     let argv = std::iter::once("raftlog".to_string()).chain(args);
     assert!(raftlog::cli::Cli::try_parse_from(argv).is_err());
+}
+
+/// Every document of the Kubernetes manifest, by `kind/name`.
+fn kubernetes() -> BTreeMap<String, Value> {
+    let text = read("deploy/kubernetes/raftlog.yaml");
+    let mut docs = BTreeMap::new();
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let value = Value::deserialize(document).expect("each manifest document is YAML");
+        if value.is_null() {
+            continue;
+        }
+        let kind = value["kind"].as_str().expect("a kind").to_string();
+        let name = value["metadata"]["name"]
+            .as_str()
+            .expect("a name")
+            .to_string();
+        docs.insert(format!("{kind}/{name}"), value);
+    }
+    docs
+}
+
+/// What `sh -c SCRIPT` runs in pod `hostname`: the script with its `exec raftlog` replaced by
+/// a printer, so the shell expands the arguments exactly as the container's shell would.
+fn container_args(script: &str, hostname: &str) -> Vec<String> {
+    let printing = script.replacen("exec raftlog ", "printf '%s\\n' ", 1);
+    assert_ne!(
+        printing, script,
+        "the container's script must `exec raftlog ...`: {script}"
+    );
+    let output = std::process::Command::new("sh")
+        .args(["-c", &printing])
+        .env("HOSTNAME", hostname)
+        .output()
+        .expect("sh runs");
+    assert!(output.status.success(), "sh -c {printing}: {output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn kubernetes_statefulset_services_and_probes_match_the_binary_and_config() {
+    let docs = kubernetes();
+    let get = |key: &str| {
+        docs.get(key).unwrap_or_else(|| {
+            panic!(
+                "deploy/kubernetes/raftlog.yaml has no {key}; it has {:?}",
+                docs.keys()
+            )
+        })
+    };
+    let config_map = get("ConfigMap/raftlog-config");
+    let config_text = config_map["data"]["config.json"]
+        .as_str()
+        .expect("config.json in the ConfigMap");
+    let config = ClusterConfig::parse(
+        config_text,
+        std::path::Path::new("ConfigMap raftlog-config"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let set = get("StatefulSet/raftlog");
+    let spec = &set["spec"];
+    assert_eq!(
+        spec["podManagementPolicy"].as_str(),
+        Some("Parallel"),
+        "StatefulSet: podManagementPolicy"
+    );
+    let replicas = spec["replicas"].as_u64().expect("replicas");
+    assert_eq!(
+        replicas as usize,
+        config.nodes().len(),
+        "StatefulSet: one replica per configured node"
+    );
+    let headless = get(&format!(
+        "Service/{}",
+        spec["serviceName"].as_str().expect("serviceName")
+    ));
+    assert_eq!(
+        headless["spec"]["clusterIP"].as_str(),
+        Some("None"),
+        "the StatefulSet's service is headless"
+    );
+    let pod = &spec["template"]["spec"];
+    assert_eq!(
+        pod["securityContext"]["runAsNonRoot"].as_bool(),
+        Some(true),
+        "pods run as non-root"
+    );
+    let container = &pod["containers"][0];
+    assert_eq!(
+        strings(&container["command"], "command"),
+        ["sh", "-c"],
+        "the container runs a shell script"
+    );
+    let script = container["args"][0].as_str().expect("the script");
+    let port = |name: &str| {
+        container["ports"]
+            .as_sequence()
+            .expect("ports")
+            .iter()
+            .find(|p| p["name"].as_str() == Some(name))
+            .and_then(|p| p["containerPort"].as_u64())
+            .unwrap_or_else(|| panic!("the container has no port named {name}"))
+    };
+    let mounts: BTreeMap<String, String> = container["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts")
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or("").to_string(),
+                m["mountPath"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    for ordinal in 0..replicas {
+        let pod_name = format!("raftlog-{ordinal}");
+        let args = container_args(script, &pod_name);
+        parse_command_line(&format!("StatefulSet raftlog, pod {pod_name}"), &args);
+        let id: u64 = flag_value(&args, "--id")
+            .and_then(|v| v.parse().ok())
+            .expect("--id N");
+        assert_eq!(id, ordinal + 1, "pod {pod_name} runs node {id}");
+        assert!(
+            args.iter().any(|a| a == "--bind-all"),
+            "a Service IP cannot be bound: --bind-all"
+        );
+        let addrs = config
+            .node(id)
+            .unwrap_or_else(|| panic!("node {id} of pod {pod_name} is not in config.json"));
+        assert_eq!(
+            u64::from(addrs.raft_addr.port()),
+            port("raft"),
+            "containerPort raft vs nodes.\"{id}\".raft_addr"
+        );
+        assert_eq!(
+            u64::from(addrs.api_addr.port()),
+            port("api"),
+            "containerPort api vs nodes.\"{id}\".api_addr"
+        );
+        // The node's configured IP is its own Service's fixed ClusterIP.
+        let service = get(&format!("Service/{pod_name}"));
+        assert_eq!(
+            service["spec"]["clusterIP"].as_str(),
+            Some(addrs.raft_addr.ip().to_string().as_str()),
+            "Service {pod_name}: clusterIP vs nodes.\"{id}\" in config.json"
+        );
+        assert_eq!(
+            addrs.raft_addr.ip(),
+            addrs.api_addr.ip(),
+            "node {id}: one Service serves both ports"
+        );
+        assert_eq!(
+            service["spec"]["selector"]["statefulset.kubernetes.io/pod-name"].as_str(),
+            Some(pod_name.as_str()),
+            "Service {pod_name} selects its pod"
+        );
+        let config_flag = flag_value(&args, "--config").expect("--config");
+        assert_eq!(
+            Some(config_flag.to_string()),
+            mounts.get("config").map(|dir| format!("{dir}/config.json")),
+            "--config is the mounted ConfigMap"
+        );
+    }
+    assert_eq!(
+        mounts.get("data").map(String::as_str),
+        Some(config.data_dir().to_string_lossy().as_ref()),
+        "the data volume is mounted at data_dir"
+    );
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        assert_eq!(
+            container[probe]["httpGet"]["path"].as_str(),
+            Some(path),
+            "{probe}"
+        );
+        assert_eq!(
+            container[probe]["httpGet"]["port"].as_str(),
+            Some("api"),
+            "{probe} port"
+        );
+    }
+    let client = get("Service/raftlog");
+    assert_eq!(client["spec"]["selector"]["app"].as_str(), Some("raftlog"));
+    assert!(
+        client["spec"]["publishNotReadyAddresses"].as_bool() != Some(true),
+        "the client Service must route to ready pods only"
+    );
+    let budget = get("PodDisruptionBudget/raftlog");
+    let tolerance = (config.nodes().len() as u64 - 1) / 2;
+    assert!(
+        budget["spec"]["maxUnavailable"]
+            .as_u64()
+            .is_some_and(|m| m >= 1 && m <= tolerance),
+        "the PodDisruptionBudget must keep a quorum: maxUnavailable within 1..={tolerance}"
+    );
+    assert_eq!(
+        budget["spec"]["selector"]["matchLabels"]["app"].as_str(),
+        Some("raftlog")
+    );
 }

@@ -56,6 +56,10 @@ enum Command {
         /// added as a learner, promoted once caught up. Harmless once already a member.
         #[arg(long, value_name = "ADDR[,ADDR...]")]
         join: Option<String>,
+        /// Listen on every interface (0.0.0.0 or ::) at the configured ports, for when the
+        /// configured addresses are not this host's own (Kubernetes Service IPs, NAT).
+        #[arg(long)]
+        bind_all: bool,
     },
     /// Run a whole local cluster as child processes, for trying raftlog out.
     Cluster {
@@ -251,7 +255,8 @@ pub fn run() -> i32 {
             id,
             data_dir,
             join,
-        } => serve::run(&config, id, data_dir, join),
+            bind_all,
+        } => serve::run(&config, id, data_dir, join, bind_all),
         Command::Cluster { nodes, config } => cluster::run(&config, nodes),
         Command::Put { key, value, target } => client::run(target, client::Op::Put { key, value }),
         Command::Get {
