@@ -12,6 +12,7 @@ pub mod fuzzing;
 mod handlers;
 mod members;
 pub mod server;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,7 +132,10 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
         .route("/v1/leader/transfer", post(handlers::transfer_leader))
         .route("/metrics", get(handlers::metrics))
         .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::readyz));
+        .route("/readyz", get(handlers::readyz))
+        // Issue 17: the live cluster page and the endpoint it polls.
+        .route("/ui", get(ui::page))
+        .route("/v1/cluster/status", get(ui::cluster_status));
     let router = if test_faults {
         router
             .route("/v1/debug/isolate", post(debug::isolate))
