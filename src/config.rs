@@ -988,6 +988,17 @@ fn parse_node_id(key: &str) -> Result<NodeId, String> {
         .map_err(|_| format!("node id {key:?} is too large (ids fit in 64 bits)"))
 }
 
+// Issue 17: docs/API.md documents every field; `tests/api_doc.rs` checks it against these.
+/// Every top-level field of the cluster file, as the parser accepts them.
+pub fn top_level_field_names() -> &'static [&'static str] {
+    TOP_LEVEL_FIELDS
+}
+
+/// Every field of an entry of `nodes`, as the parser accepts them.
+pub fn node_field_names() -> &'static [&'static str] {
+    NODE_FIELDS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

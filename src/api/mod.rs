@@ -13,6 +13,7 @@ mod handlers;
 mod members;
 mod range;
 pub mod server;
+mod ui;
 pub mod watch;
 
 use std::sync::Arc;
@@ -140,7 +141,10 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
         // Issue 15: range reads, watch, change feed.
         .route("/v1/kv", get(range::range))
         .route("/v1/watch", get(watch::watch))
-        .route("/v1/changes", get(watch::changes));
+        .route("/v1/changes", get(watch::changes))
+        // Issue 17: the live cluster page and the endpoint it polls.
+        .route("/ui", get(ui::page))
+        .route("/v1/cluster/status", get(ui::cluster_status));
     let router = if test_faults {
         router
             .route("/v1/debug/isolate", post(debug::isolate))

@@ -28,6 +28,10 @@ pub enum Op {
         value: Option<String>,
     },
     Status,
+    /// `status --watch`: redraw the table every `interval` until interrupted.
+    StatusWatch {
+        interval: Duration,
+    },
     Log {
         from: Option<u64>,
         limit: u64,
@@ -141,6 +145,9 @@ pub fn run(target: Target, op: Op) -> i32 {
         };
         match op {
             Op::Status => status(&client, &addrs, target.json).await,
+            Op::StatusWatch { interval } => {
+                status_watch(&client, &addrs, target.json, interval).await
+            }
             Op::Bench(args) => super::bench::run(&client, &addrs, args, target.json).await,
             op => single(&client, &addrs, op, target.json).await,
         }
@@ -197,7 +204,7 @@ fn request(client: &reqwest::Client, addr: &str, op: &Op) -> reqwest::RequestBui
         } => client
             .post(url("/v1/cas"))
             .json(&json!({"key": key, "expected": expected, "value": value})),
-        Op::Status => client.get(url("/v1/status")),
+        Op::Status | Op::StatusWatch { .. } => client.get(url("/v1/status")),
         Op::Log { from, limit } => {
             let from = from.map(|f| format!("&from={f}")).unwrap_or_default();
             client.get(url(&format!("/v1/log?limit={limit}{from}")))
@@ -375,6 +382,42 @@ fn cell(value: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Null => "-".to_string(),
         other => other.to_string(),
+    }
+}
+
+/// `status --watch`: the table redrawn in place (cursor home, clear to the end) at a
+/// terminal, so it reads like `watch raftlog status`; piped, one table after another with a
+/// timestamp line, so a log of it stays readable. Runs until Ctrl-C (exit 0); a round in
+/// which no node answered is shown, not fatal, since a whole-cluster restart is exactly
+/// what one watches.
+async fn status_watch(
+    client: &reqwest::Client,
+    addrs: &[String],
+    as_json: bool,
+    interval: Duration,
+) -> i32 {
+    use std::io::{IsTerminal, Write};
+    let at_terminal = std::io::stdout().is_terminal();
+    loop {
+        if at_terminal && !as_json {
+            print!("\x1b[H\x1b[J");
+        }
+        if !as_json {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            println!(
+                "raftlog status, every {} ms (unix time {now}; Ctrl-C stops)",
+                interval.as_millis()
+            );
+        }
+        status(client, addrs, as_json).await;
+        let _ = std::io::stdout().flush();
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::signal::ctrl_c() => return 0,
+        }
     }
 }
 

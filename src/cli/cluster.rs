@@ -239,6 +239,10 @@ async fn supervise(
     );
     println!("  raftlog get greeting --config {}", cluster_file.display());
     println!("  raftlog status --config {}", cluster_file.display());
+    // Issue 17: the live page, on any node.
+    if let Some(first) = nodes.first() {
+        println!("Watch it live: http://{}/ui", first.api_addr);
+    }
     println!("Ctrl-C stops the cluster.");
     loop {
         tokio::select! {

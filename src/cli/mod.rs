@@ -4,6 +4,7 @@
 mod bench;
 mod client;
 mod cluster;
+mod completions;
 mod join;
 mod serve;
 mod watch;
@@ -56,6 +57,10 @@ enum Command {
         /// added as a learner, promoted once caught up. Harmless once already a member.
         #[arg(long, value_name = "ADDR[,ADDR...]")]
         join: Option<String>,
+        /// Listen on every interface (0.0.0.0 or ::) at the configured ports, for when the
+        /// configured addresses are not this host's own (Kubernetes Service IPs, NAT).
+        #[arg(long)]
+        bind_all: bool,
     },
     /// Run a whole local cluster as child processes, for trying raftlog out.
     Cluster {
@@ -137,6 +142,12 @@ enum Command {
     },
     /// Show every node: role, term, commit and applied index, leader.
     Status {
+        /// Redraw the table in place until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch redraws, milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..))]
+        interval_ms: u64,
         #[command(flatten)]
         target: Target,
     },
@@ -173,6 +184,13 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Print a shell completion script, e.g. `raftlog completions bash > /etc/bash_completion.d/raftlog`.
+    Completions {
+        /// bash, zsh or fish (also elvish, powershell).
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `raftlog manpage > raftlog.1`.
+    Manpage,
 }
 
 #[derive(Subcommand, Debug)]
@@ -264,7 +282,8 @@ pub fn run() -> i32 {
             id,
             data_dir,
             join,
-        } => serve::run(&config, id, data_dir, join),
+            bind_all,
+        } => serve::run(&config, id, data_dir, join, bind_all),
         Command::Cluster { nodes, config } => cluster::run(&config, nodes),
         Command::Put { key, value, target } => client::run(target, client::Op::Put { key, value }),
         Command::Get {
@@ -329,7 +348,21 @@ pub fn run() -> i32 {
                 EXIT_USAGE
             }
         },
-        Command::Status { target } => client::run(target, client::Op::Status),
+        Command::Status {
+            watch: false,
+            target,
+            ..
+        } => client::run(target, client::Op::Status),
+        Command::Status {
+            watch: true,
+            interval_ms,
+            target,
+        } => client::run(
+            target,
+            client::Op::StatusWatch {
+                interval: std::time::Duration::from_millis(interval_ms),
+            },
+        ),
         Command::Log {
             from,
             limit,
@@ -374,6 +407,8 @@ pub fn run() -> i32 {
         } => client::run(target, client::Op::LeaderTransfer { id }),
         Command::Snapshot { target } => client::run(target, client::Op::Snapshot),
         Command::Bench { args, target } => client::run(target, client::Op::Bench(args)),
+        Command::Completions { shell } => completions::completions(shell),
+        Command::Manpage => completions::manpage(),
     }
 }
 

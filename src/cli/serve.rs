@@ -1,5 +1,6 @@
 //! `raftlog serve`: run one node until SIGTERM/SIGINT.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -58,7 +59,13 @@ pub fn node_options(
 }
 
 /// Runs the node; returns the exit status.
-pub fn run(config_path: &Path, id: u64, data_dir: Option<PathBuf>, join: Option<String>) -> i32 {
+pub fn run(
+    config_path: &Path,
+    id: u64,
+    data_dir: Option<PathBuf>,
+    join: Option<String>,
+    bind_all: bool,
+) -> i32 {
     init_tracing();
     let join = match join.as_deref().map(join::parse_addrs).transpose() {
         Ok(join) => join,
@@ -98,7 +105,22 @@ pub fn run(config_path: &Path, id: u64, data_dir: Option<PathBuf>, join: Option<
     let fd_limit = raise_fd_limit();
     let connections = client_connection_limits(&config, fd_limit);
     let api_options = api_options(&config, connections);
-    runtime.block_on(serve(options, api_options, join))
+    runtime.block_on(serve(options, api_options, join, bind_all))
+}
+
+/// The address to bind for `configured`: itself, or with `--bind-all` the same port on
+/// every interface. Kubernetes needs the latter (`deploy/kubernetes/`): a node's configured
+/// address there is its Service's fixed ClusterIP, which survives the pod being rescheduled
+/// but is not an address of the pod, so it cannot be bound.
+fn listen_addr(configured: SocketAddr, bind_all: bool) -> SocketAddr {
+    if !bind_all {
+        return configured;
+    }
+    let any: IpAddr = match configured {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    SocketAddr::new(any, configured.port())
 }
 
 /// Arms the storage failpoints named in `FAILPOINTS` (`name=actions;...`, the `fail`
@@ -231,6 +253,7 @@ async fn serve(
     mut options: NodeOptions,
     api_options: ApiOptions,
     join: Option<Vec<String>>,
+    bind_all: bool,
 ) -> i32 {
     let configured = options.bootstrap.clone();
     if let Some(addrs) = &join {
@@ -252,7 +275,13 @@ async fn serve(
     let raft_addr = options.raft_addr;
     let data_dir = options.data_dir.clone();
     let heartbeat_interval = options.heartbeat_interval;
-    let node = match node::start(options, KvStore::new()).await {
+    // The configured addresses stay what peers and clients are told (membership, join);
+    // only the sockets change with --bind-all.
+    let listen_options = NodeOptions {
+        raft_addr: listen_addr(options.raft_addr, bind_all),
+        ..options
+    };
+    let node = match node::start(listen_options, KvStore::new()).await {
         Ok(node) => node,
         Err(e) => {
             eprintln!(
@@ -262,7 +291,7 @@ async fn serve(
             return EXIT_FAILED;
         }
     };
-    let listener = match api::server::bind(api_addr) {
+    let listener = match api::server::bind(listen_addr(api_addr, bind_all)) {
         Ok(listener) => listener,
         Err(e) => {
             eprintln!("raftlog serve: cannot listen for clients on {api_addr}: {e}; is another process using it?");

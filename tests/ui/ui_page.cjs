@@ -1,0 +1,126 @@
+// The live page in a real browser (run by tests/ui_page.rs, which starts the cluster).
+//
+// Environment: RAFTLOG_UI_NODES = [{"id", "api", "pid"}] of a running 3-node cluster,
+// PLAYWRIGHT_CORE = the playwright-core module directory, CHROMIUM = the browser binary,
+// RAFTLOG_UI_SCREENSHOT = where to save a screenshot of the healthy cluster.
+// Exits 0 when every check holds, 1 with the reason otherwise.
+"use strict";
+const { chromium } = require(process.env.PLAYWRIGHT_CORE || "playwright-core");
+
+const nodes = JSON.parse(process.env.RAFTLOG_UI_NODES);
+const FAILOVER_MS_MAX = 2000;
+
+function fail(message) {
+  console.error("ui_page: FAILED: " + message);
+  process.exit(1);
+}
+
+async function status(node) {
+  const response = await fetch(`http://${node.api}/v1/status`, { signal: AbortSignal.timeout(1000) });
+  return response.json();
+}
+
+async function put(node, key, value) {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    try {
+      const response = await fetch(`http://${node.api}/v1/kv/${key}`, { method: "PUT", body: value });
+      if (response.ok) return (await response.json()).index;
+    } catch (e) { /* retried: a leader change is under way */ }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  fail(`PUT ${key} via node ${node.id} never succeeded`);
+}
+
+/// Reads the page's state every 50 ms until `check(state)` holds; returns that state.
+async function until(page, what, timeoutMs, check) {
+  const started = Date.now();
+  for (;;) {
+    const state = await page.evaluate(pageState);
+    const value = check(state) && state;
+    if (value) return { value, elapsedMs: Date.now() - started };
+    if (Date.now() - started > timeoutMs) {
+      const rows = await page.evaluate(() => [...document.querySelectorAll("#nodes tr")].map((tr) => tr.innerText.replace(/\s+/g, " ")).join(" | "));
+      const banner = await page.evaluate(() => document.getElementById("banner").innerText);
+      fail(`${what}: not seen within ${timeoutMs} ms; the page shows: ${rows}; banner: ${banner}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+const pageState = () => {
+  const rows = [...document.querySelectorAll("#nodes tr")].map((tr) => ({
+    id: Number(tr.dataset.nodeId),
+    state: tr.dataset.state,
+    role: tr.dataset.role,
+    commit: Number(tr.querySelector('[data-field="commit_index"]').textContent),
+  }));
+  return { rows, leader: document.getElementById("leader").dataset.leaderId, banner: document.getElementById("banner").innerText };
+};
+
+(async () => {
+  const statuses = await Promise.all(nodes.map(status));
+  const leaderId = statuses.find((s) => s.role === "leader").id;
+  const leader = nodes.find((n) => n.id === leaderId);
+  const follower = nodes.find((n) => n.id !== leaderId);
+  console.log(`ui_page: node ${leaderId} leads; the page is served by follower ${follower.id}`);
+
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  const page = await browser.newPage({ viewport: { width: 1280, height: 640 } });
+  page.on("pageerror", (e) => fail("a script error in the page: " + e.message));
+  await page.goto(`http://${follower.api}/ui`);
+
+  // Three nodes, all up, exactly one leader, and it is the real one.
+  await until(page, "three nodes up and one leader", 10000, (s) =>
+    s.rows.length === 3 && s.rows.every((r) => r.state === "up") &&
+      s.rows.filter((r) => r.role === "leader").length === 1 && s.leader !== "").then(({ value }) => {
+    if (Number(value.leader) !== leaderId) fail(`the page names node ${value.leader} as leader, the cluster says ${leaderId}`);
+  });
+  const before = (await page.evaluate(pageState)).rows;
+  console.log("ui_page: three nodes, one leader: " + JSON.stringify(before));
+
+  // A write makes the indexes move, on every node.
+  const index = await put(follower, "ui-page-1", "one");
+  const moved = await until(page, `every node's commit index reaching ${index}`, 5000,
+    (s) => s.rows.every((r) => r.commit >= index));
+  console.log(`ui_page: write at index ${index} shown on every node after ${moved.elapsedMs} ms`);
+  if (process.env.RAFTLOG_UI_SCREENSHOT) {
+    await page.screenshot({ path: process.env.RAFTLOG_UI_SCREENSHOT });
+    console.log("ui_page: screenshot saved to " + process.env.RAFTLOG_UI_SCREENSHOT);
+  }
+
+  // SIGKILL the leader: within 2 s the page shows it down and another leader.
+  process.kill(leader.pid, "SIGKILL");
+  const failover = await until(page, `node ${leaderId} down and a new leader`, 10000, (s) => {
+    const dead = s.rows.find((r) => r.id === leaderId);
+    return dead && dead.state === "down" && s.leader !== "" && Number(s.leader) !== leaderId;
+  });
+  console.log(`ui_page: leader ${leaderId} shown down and node ${failover.value.leader} leading ${failover.elapsedMs} ms after SIGKILL`);
+  if (failover.elapsedMs > FAILOVER_MS_MAX) fail(`the failover took ${failover.elapsedMs} ms to show, more than ${FAILOVER_MS_MAX}`);
+  const events = await page.evaluate(() => document.getElementById("events").innerText);
+  if (!events.includes(`node ${leaderId} unreachable`)) fail("the event list does not say the leader became unreachable: " + events);
+  if (!events.includes("is the new leader")) fail("the event list does not name the new leader: " + events);
+
+  // After the failover a write still moves the indexes of the two live nodes.
+  const index2 = await put(follower, "ui-page-2", "two");
+  await until(page, `the live nodes' commit index reaching ${index2}`, 5000,
+    (s) => s.rows.filter((r) => r.id !== leaderId).every((r) => r.commit >= index2));
+  console.log(`ui_page: write at index ${index2} after the failover shown`);
+
+  // Cut the serving node off from its peers: the page says so.
+  const isolate = (on) => fetch(`http://${follower.api}/v1/debug/isolate?on=${on}`, { method: "POST" });
+  if ((await isolate(true)).ok) {
+    const cut = await until(page, "the banner saying the serving node is cut off", 5000,
+      (s) => s.banner.includes("cut off"));
+    console.log(`ui_page: isolated node ${follower.id} shown cut off after ${cut.elapsedMs} ms: ${cut.value.banner}`);
+    await isolate(false);
+  } else {
+    fail("POST /v1/debug/isolate was refused: the test cluster must run with RAFTLOG_TEST_FAULTS=1");
+  }
+  await browser.close();
+  console.log("ui_page: all checks passed");
+  process.exit(0);
+})().catch((e) => fail(e.stack || String(e)));
