@@ -11,6 +11,7 @@ mod forward;
 pub mod fuzzing;
 mod handlers;
 mod members;
+mod metrics;
 pub mod server;
 
 use std::sync::Arc;
@@ -129,7 +130,7 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
         .route("/v1/members/{id}/promote", post(members::promote))
         .route("/v1/members/{id}/demote", post(members::demote))
         .route("/v1/leader/transfer", post(handlers::transfer_leader))
-        .route("/metrics", get(handlers::metrics))
+        .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz));
     let router = if test_faults {
