@@ -444,10 +444,9 @@ pub async fn get_key(
     }
     // Read the value and the applied index under one lock so the index names the state
     // the value came from.
-    let (value, index) = {
-        let state_machine = state.node.state.read().unwrap_or_else(|p| p.into_inner());
-        (state_machine.state.get(&key), state.node.applied_index())
-    };
+    let (value, index) = state
+        .node
+        .read_local(|kv, applied_index| (kv.get(&key), applied_index));
     let index_header = HeaderValue::from(index);
     match value {
         Some(value) => Ok((
@@ -546,13 +545,13 @@ pub async fn log(State(state): State<Arc<ApiState>>, Query(params): Query<LogPar
         .unwrap_or(100)
         .min(state.options.log_page_max_entries);
     let bytes_max = state.options.log_page_max_bytes;
-    let log = state.node.log.clone();
+    let log = state.node.log_reader();
     // Copying up to `log_page_max_bytes` out of the WAL and rendering it is slow and may
     // block on the disk: off the async workers, at low priority (`background.rs`).
     let page = state
         .background
         .run(move || {
-            let from = params.from.unwrap_or(0).max(log.wal.first_index());
+            let from = params.from.unwrap_or(0).max(log.first_index());
             render_log_page(&log, from, limit, bytes_max)
         })
         .await
@@ -591,7 +590,7 @@ struct LogPage {
 /// Renders up to `limit` entries from `from` as a JSON array of at most `bytes_max` bytes
 /// (a first entry larger than that is still sent, so the client always makes progress).
 fn render_log_page(
-    log: &crate::node::log_storage::DurableLog,
+    log: &crate::node::LogReader,
     from: u64,
     limit: u64,
     bytes_max: u64,
@@ -655,15 +654,10 @@ fn insert_bytes(object: &mut Value, name: &str, bytes: Option<&[u8]>) {
 fn describe_entry(kind: EntryKind, payload: &[u8]) -> Value {
     match kind {
         EntryKind::Noop => Value::Null,
-        EntryKind::Membership => {
-            match bincode::serde::decode_from_slice::<Membership, _>(
-                payload,
-                bincode::config::standard(),
-            ) {
-                Ok((membership, _)) => members_json(&membership),
-                Err(_) => Value::String(format!("<{} undecodable bytes>", payload.len())),
-            }
-        }
+        EntryKind::Membership => match crate::raft::membership::decode_membership(payload) {
+            Ok(membership) => members_json(&membership),
+            Err(_) => Value::String(format!("<{} undecodable bytes>", payload.len())),
+        },
         EntryKind::Normal => {
             let Some(command) = Command::decode(payload) else {
                 return Value::String(format!("<{} undecodable bytes>", payload.len()));

@@ -12,10 +12,10 @@ use crate::node::{MemberReplication, ReplicationReport};
 
 /// `GET /metrics` in the Prometheus text format.
 pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
-    let m = &state.node.metrics;
-    let t = state.node.transport.metrics();
-    // Counted by the WAL itself, read here rather than mirrored on every append.
-    let segments = state.node.log.wal.segment_stats();
+    let report = state.node.metrics();
+    let m = &report.counters;
+    let t = report.transport;
+    let segments = report.wal_segments;
     let mut out = String::new();
     let mut counter = |name: &str, help: &str, value: u64| {
         let _ = writeln!(
@@ -216,28 +216,28 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         m.snapshot_last_bytes.get()
     );
     // Issue 12, diskfull.
-    let space = &state.node.space;
+    let space = report.space;
     let _ = writeln!(
         out,
         "# HELP raftlog_storage_no_space 1 while writes are refused because the disk is full or the storage quota is reached.\n# TYPE raftlog_storage_no_space gauge\nraftlog_storage_no_space {}",
-        u8::from(space.no_space())
+        u8::from(space.no_space)
     );
     let _ = writeln!(
         out,
         "# HELP raftlog_storage_free_bytes Bytes free on the filesystem of the data directory.\n# TYPE raftlog_storage_free_bytes gauge\nraftlog_storage_free_bytes {}",
-        space.free_bytes()
+        space.free_bytes
     );
-    if let Some(quota) = space.quota_bytes() {
+    if let Some(quota) = space.quota_bytes {
         let _ = writeln!(
             out,
             "# HELP raftlog_storage_used_bytes Bytes the data directory occupies (checked against storage_quota_bytes).\n# TYPE raftlog_storage_used_bytes gauge\nraftlog_storage_used_bytes {}\n# HELP raftlog_storage_quota_bytes storage_quota_bytes.\n# TYPE raftlog_storage_quota_bytes gauge\nraftlog_storage_quota_bytes {quota}",
-            space.used_bytes()
+            space.used_bytes
         );
     }
     let _ = writeln!(
         out,
         "# HELP raftlog_applied_index Highest applied log index.\n# TYPE raftlog_applied_index gauge\nraftlog_applied_index {}",
-        state.node.applied_index()
+        report.applied_index
     );
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }

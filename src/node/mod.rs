@@ -283,6 +283,57 @@ impl Metrics {
     }
 }
 
+/// What [`Node::metrics`] reports.
+pub struct MetricsReport {
+    /// The node's own counters and histograms (live: they keep counting).
+    pub counters: Arc<Metrics>,
+    /// The peer transport's counters at the time of the call.
+    pub transport: crate::transport::TransportMetrics,
+    /// Segment files the WAL started, new and recycled.
+    pub wal_segments: storage::wal::SegmentStats,
+    /// The data directory's space (issue 12, diskfull).
+    pub space: SpaceReport,
+    /// The highest applied index.
+    pub applied_index: u64,
+}
+
+/// Space of the data directory, as [`StorageSpace`] last measured it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpaceReport {
+    /// Writes are refused: the disk is full or the storage quota reached.
+    pub no_space: bool,
+    /// Bytes free on the filesystem of the data directory.
+    pub free_bytes: u64,
+    /// Bytes the data directory occupies.
+    pub used_bytes: u64,
+    /// `storage_quota_bytes`, if set.
+    pub quota_bytes: Option<u64>,
+}
+
+/// A read-only view of the node's log (see [`Node::log_reader`]).
+#[derive(Clone)]
+pub struct LogReader(Arc<DurableLog>);
+
+impl LogReader {
+    /// The first index still in the log (entries before it are compacted into a snapshot).
+    pub fn first_index(&self) -> u64 {
+        self.0.wal.first_index()
+    }
+
+    /// Visits the entries in `[lo, hi)` in order until `visit` breaks; returns the index to
+    /// continue from. Entries are copied out `chunk_bytes` at a time, each chunk under its
+    /// own short hold of the WAL's view lock.
+    pub fn visit_entries(
+        &self,
+        lo: u64,
+        hi: u64,
+        chunk_bytes: u64,
+        visit: impl FnMut(storage::Entry) -> std::ops::ControlFlow<()>,
+    ) -> Result<u64, storage::Error> {
+        self.0.visit_entries(lo, hi, chunk_bytes, visit)
+    }
+}
+
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -312,15 +363,15 @@ pub struct Node<S: StateMachine> {
     pub id: NodeId,
     requests: mpsc::Sender<Request>,
     /// The replicated state machine, for reads.
-    pub state: Arc<RwLock<Replicated<S>>>,
+    state: Arc<RwLock<Replicated<S>>>,
     applied: watch::Receiver<u64>,
     apply_jobs: mpsc::UnboundedSender<ApplyJob>,
     /// Counters for `/metrics`.
-    pub metrics: Arc<Metrics>,
+    metrics: Arc<Metrics>,
     /// The peer transport (for its metrics).
-    pub transport: Transport,
+    transport: Transport,
     /// The durable log (for `GET /v1/log`).
-    pub log: Arc<DurableLog>,
+    log: Arc<DurableLog>,
     leader: watch::Receiver<Option<NodeId>>,
     membership: Arc<RwLock<Membership>>,
     fatal: watch::Receiver<Option<String>>,
@@ -328,7 +379,7 @@ pub struct Node<S: StateMachine> {
     stopping: Arc<AtomicBool>,
     election_timeout_max: Duration,
     /// Free space and usage of the data directory (issue 12, diskfull).
-    pub space: Arc<StorageSpace>,
+    space: Arc<StorageSpace>,
     /// Permits are bytes of client writes in progress on this node (see [`WritePermit`]).
     write_budget: Arc<Semaphore>,
     write_budget_bytes: u64,
@@ -552,6 +603,38 @@ impl<S: StateMachine> Node<S> {
     /// The highest applied index.
     pub fn applied_index(&self) -> u64 {
         *self.applied.borrow()
+    }
+
+    /// Reads this node's own state machine as it stands, without a read barrier (a `stale`
+    /// read); `read` also gets the applied index, taken under the same lock so that it
+    /// names the state the value came from.
+    pub fn read_local<T>(&self, read: impl FnOnce(&S, u64) -> T) -> T {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        read(&state.state, self.applied_index())
+    }
+
+    /// The node's figures for `/metrics`: its counters and histograms, the transport's,
+    /// the WAL's segment files and the data directory's space.
+    pub fn metrics(&self) -> MetricsReport {
+        MetricsReport {
+            counters: self.metrics.clone(),
+            transport: self.transport.metrics(),
+            // Counted by the WAL itself, read here rather than mirrored on every append.
+            wal_segments: self.log.wal.segment_stats(),
+            space: SpaceReport {
+                no_space: self.space.no_space(),
+                free_bytes: self.space.free_bytes(),
+                used_bytes: self.space.used_bytes(),
+                quota_bytes: self.space.quota_bytes(),
+            },
+            applied_index: self.applied_index(),
+        }
+    }
+
+    /// A read-only view of the entries still in the log, for `GET /v1/log`; it may be
+    /// moved to another thread (reading it may wait on the disk).
+    pub fn log_reader(&self) -> LogReader {
+        LogReader(self.log.clone())
     }
 
     /// The current status.
