@@ -84,6 +84,8 @@ pub struct ApiState {
     /// One permit per forward in flight, so that a flood of requests to a follower
     /// opens at most `forward::CONNECTIONS_MAX` (64) connections to the leader.
     pub forward_slots: tokio::sync::Semaphore,
+    /// What the API measures itself (request latency, connections) for `/metrics`.
+    pub metrics: Arc<metrics::ApiMetrics>,
 }
 
 /// The header that names the leader on every answer.
@@ -113,6 +115,7 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
         background: background::BackgroundReader::start(),
         client,
         forward_slots: tokio::sync::Semaphore::new(forward::CONNECTIONS_MAX),
+        metrics: Arc::default(),
     });
     let router = Router::new()
         .route(
@@ -144,6 +147,10 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
         .fallback(handlers::not_found)
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), leader_header))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::time_requests,
+        ))
         .with_state(state)
 }
 

@@ -186,6 +186,7 @@ impl<S: StateMachine> Applier<S> {
         }
         let mut removed_at = None;
         let mut outcomes = Vec::with_capacity(entries.len());
+        let started = Instant::now();
         {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
             for entry in &entries {
@@ -226,6 +227,7 @@ impl<S: StateMachine> Applier<S> {
                 outcomes.push((entry.index, entry.term, applied));
             }
         }
+        self.metrics.apply_batch_seconds.observe(started.elapsed());
         self.applied_term = last.1;
         self.answer_clients(outcomes);
         self.metrics.entries_applied.add(entries.len() as u64);
