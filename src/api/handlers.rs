@@ -128,6 +128,12 @@ async fn write(
                         "this Request-Id's sequence is older than the client's latest applied request, so its outcome is no longer known; it was NOT applied; send new requests with a sequence above every one used before",
                     ))
                 }
+                Applied::Reused { index } => {
+                    let id = command.request_id.as_ref().map(|r| format!("{}:{}", r.client, r.sequence)).unwrap_or_default();
+                    return Err(ApiError::request_id_reused(format!(
+                        "Request-Id {id} was already used for another command, applied at index {index}; this one was NOT applied; give each new request a new sequence"
+                    )))
+                }
                 Applied::Expired { index } => {
                     return Err(ApiError::session_expired(format!(
                         "this Request-Id was applied at index {index}, but its outcome is no longer known (the session table evicted it, or the key it answered about was written since); it was NOT applied again; read the key and send the next request with a higher sequence"
