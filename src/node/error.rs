@@ -67,6 +67,9 @@ pub enum NodeFailure {
     /// The node was asked to stop while it waited for disk space; not a failure of its own.
     #[error("the node stopped while its disk was full")]
     StoppedWhileDiskFull,
+    /// The node's activities ended without naming a failure (the process is stopping).
+    #[error("the node stopped")]
+    Stopped,
 }
 
 /// What the node was doing with its storage when it failed.
@@ -114,7 +117,7 @@ impl std::fmt::Display for StorageStep {
 
 impl NodeFailure {
     /// Wraps a storage error with the step that failed.
-    pub fn storage(step: StorageStep) -> impl FnOnce(storage::Error) -> NodeFailure {
+    pub fn storage(step: StorageStep) -> impl Fn(storage::Error) -> NodeFailure + Copy {
         move |source| NodeFailure::Storage { step, source }
     }
 
@@ -127,7 +130,7 @@ impl NodeFailure {
             | NodeFailure::Environment { .. }
             | NodeFailure::CoreStopped(_) => WhoActs::Operator,
             NodeFailure::Panicked { .. } => WhoActs::Developer,
-            NodeFailure::StoppedWhileDiskFull => WhoActs::Nobody,
+            NodeFailure::StoppedWhileDiskFull | NodeFailure::Stopped => WhoActs::Nobody,
         }
     }
 }
@@ -177,4 +180,61 @@ pub enum Inconsistency {
         #[source]
         source: std::io::Error,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io_error() -> storage::Error {
+        storage::Error::io(
+            "fdatasync",
+            "/data/node-1/wal/00000000000000000001.wal",
+            std::io::Error::from_raw_os_error(libc::EIO),
+        )
+    }
+
+    #[test]
+    fn storage_failures_name_the_step_the_file_and_the_remedy_for_the_operator() {
+        let failure = NodeFailure::storage(StorageStep::SaveHardState)(io_error());
+        let text = failure.to_string();
+        // tests/failpoints.rs and operators grep for these words.
+        assert!(text.starts_with("cannot persist term and vote: "), "{text}");
+        assert!(text.contains("00000000000000000001.wal"), "{text}");
+        assert!(text.contains("check the disk"), "{text}");
+        assert_eq!(failure.who_acts(), WhoActs::Operator);
+        let truncate = NodeFailure::storage(StorageStep::TruncateSuffix { from: 7 })(io_error());
+        assert!(truncate
+            .to_string()
+            .starts_with("cannot truncate the log from 7: "));
+    }
+
+    #[test]
+    fn a_panic_is_a_bug_and_names_its_thread() {
+        let failure = NodeFailure::Panicked {
+            thread: "apply",
+            message: "boom".to_string(),
+        };
+        // tests/fail_stop.rs looks for this phrase in the node's output.
+        assert!(failure
+            .to_string()
+            .contains("the apply thread panicked: boom"));
+        assert_eq!(failure.who_acts(), WhoActs::Developer);
+        assert_eq!(NodeFailure::Stopped.who_acts(), WhoActs::Nobody);
+    }
+
+    #[test]
+    fn inconsistencies_say_what_is_lost() {
+        let gap = Inconsistency::LogGap {
+            first_index: 501,
+            snapshot_index: 200,
+            skipped: String::new(),
+        };
+        // tests/snapshots.rs looks for this phrase.
+        assert!(gap
+            .to_string()
+            .starts_with("the log starts at entry 501 but the newest usable snapshot ends at 200"));
+        let lost = Inconsistency::StableStoreLost { last_index: 9 };
+        assert!(lost.to_string().contains("cannot know whom it voted for"));
+    }
 }

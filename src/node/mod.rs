@@ -18,6 +18,7 @@
 pub mod apply;
 mod bootstrap;
 mod clock;
+mod error;
 pub mod log_storage;
 pub mod membership;
 pub mod space;
@@ -50,6 +51,8 @@ use self::writer::{WriteJob, Writer};
 use crate::kv::{Replicated, StateMachine};
 use crate::raft::{self, Envelope, ProposeError, RaftCore, ReadMode, Ready, Role};
 use crate::transport::{Transport, TransportConfig};
+
+pub use self::error::{Inconsistency, NodeFailure, StorageStep, WhoActs};
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
@@ -128,7 +131,7 @@ pub(crate) enum Event {
     SnapshotInstalled(SnapshotMeta),
     /// A snapshot from the leader could not be written or failed verification.
     SnapshotFailed(SnapshotMeta),
-    Fatal(String),
+    Fatal(NodeFailure),
 }
 
 /// Client requests to the raft loop.
@@ -380,9 +383,16 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    /// The durable state is inconsistent.
-    #[error("{0}")]
-    Inconsistent(String),
+    /// The durable state is inconsistent: the operator must restore the data directory
+    /// from a backup, or remove it and re-add this node as a new member.
+    #[error("{}: {problem}. Restore the data directory from a backup, or remove it and re-add this node as a new member", dir.display())]
+    Inconsistent {
+        /// The node's data directory.
+        dir: PathBuf,
+        /// What does not add up.
+        #[source]
+        problem: Inconsistency,
+    },
     /// This node was removed from the cluster (its stable store holds a tombstone).
     #[error("{0}")]
     Removed(String),
@@ -405,7 +415,7 @@ pub struct Node<S: StateMachine> {
     log: Arc<DurableLog>,
     leader: watch::Receiver<Option<NodeId>>,
     membership: Arc<RwLock<Membership>>,
-    fatal: watch::Receiver<Option<String>>,
+    fatal: watch::Receiver<Option<Arc<NodeFailure>>>,
     /// A graceful stop began: `/readyz` answers 503.
     stopping: Arc<AtomicBool>,
     election_timeout_max: Duration,
@@ -739,19 +749,19 @@ impl<S: StateMachine> Node<S> {
             .clone()
     }
 
-    /// The fatal error that stopped the node, if one did.
-    pub fn failure(&self) -> Option<String> {
+    /// The failure that stopped the node, if one did.
+    pub fn failure(&self) -> Option<Arc<NodeFailure>> {
         self.fatal.borrow().clone()
     }
 
-    /// Resolves when the node hits a fatal error; carries the message.
-    pub async fn failed(&self) -> String {
+    /// Resolves when the node hits a fatal error; carries it.
+    pub async fn failed(&self) -> Arc<NodeFailure> {
         let mut fatal = self.fatal.clone();
-        let message = match fatal.wait_for(|f| f.is_some()).await {
-            Ok(message) => message.clone().unwrap_or_default(),
-            Err(_) => "the node stopped".to_string(),
+        let failure = match fatal.wait_for(|f| f.is_some()).await {
+            Ok(failure) => failure.clone(),
+            Err(_) => None,
         };
-        message
+        failure.unwrap_or_else(|| Arc::new(NodeFailure::Stopped))
     }
 }
 
@@ -809,13 +819,12 @@ pub async fn start<S: StateMachine>(
     if stable.is_fresh() && (wal.last_index() > 0 || snapshots.latest()?.is_some()) {
         // The log survived but the term and vote did not: restarting at term 0 could let
         // this node vote twice in a term. Refuse rather than guess.
-        return Err(StartError::Inconsistent(format!(
-            "{}: the stable store (term, vote, membership) is missing or empty but the log \
-             holds entries up to {}; the node cannot know whom it voted for. Restore the \
-             data directory from a backup, or remove it and re-add this node as a new member",
-            dir.display(),
-            wal.last_index()
-        )));
+        return Err(StartError::Inconsistent {
+            dir: dir.clone(),
+            problem: Inconsistency::StableStoreLost {
+                last_index: wal.last_index(),
+            },
+        });
     }
     if let Some(tombstone) = stable.tombstone()? {
         return Err(StartError::Removed(bootstrap::removed_message(
@@ -840,19 +849,22 @@ pub async fn start<S: StateMachine>(
     // Checked with or without a snapshot: a compacted log whose snapshot files are all
     // gone must not start from an empty state machine either.
     if log.wal.first_index() > snapshot_meta.last_index + 1 {
-        return Err(StartError::Inconsistent(format!(
-            "{}: the log starts at entry {} but the newest usable snapshot ends at {}{}: \
-             entries in between are lost. Restore the data directory from a backup, or \
-             remove it and re-add this node as a new member",
-            dir.display(),
-            log.wal.first_index(),
-            snapshot_meta.last_index,
-            skipped_snapshots(&log.snapshots, &snapshot_meta)
-        )));
+        return Err(StartError::Inconsistent {
+            dir: dir.clone(),
+            problem: Inconsistency::LogGap {
+                first_index: log.wal.first_index(),
+                snapshot_index: snapshot_meta.last_index,
+                skipped: skipped_snapshots(&log.snapshots, &snapshot_meta),
+            },
+        });
     }
     if snapshot_meta.last_index > 0 {
-        writer::reconcile_log_with_snapshot(&log, &snapshot_meta)
-            .map_err(StartError::Inconsistent)?;
+        writer::reconcile_log_with_snapshot(&log, &snapshot_meta).map_err(|failure| {
+            StartError::Inconsistent {
+                dir: dir.clone(),
+                problem: Inconsistency::Reconcile(failure),
+            }
+        })?;
     }
     // Any newer snapshot failed verification and the log covers for it: set it aside so
     // retention never deletes the snapshot this node now relies on in its favor.
@@ -868,13 +880,15 @@ pub async fn start<S: StateMachine>(
     let mut replicated = Replicated::new(state_machine);
     if snapshot_meta.last_index > 0 {
         let mut reader = log.snapshots.open_reader(&snapshot_meta)?;
-        replicated.restore(&mut reader).map_err(|e| {
-            StartError::Inconsistent(format!(
-                "{}: cannot restore the state machine from snapshot {}: {e}",
-                dir.display(),
-                snapshot_meta.last_index
-            ))
-        })?;
+        replicated
+            .restore(&mut reader)
+            .map_err(|source| StartError::Inconsistent {
+                dir: dir.clone(),
+                problem: Inconsistency::SnapshotRestore {
+                    index: snapshot_meta.last_index,
+                    source,
+                },
+            })?;
         tracing::info!(
             last_index = snapshot_meta.last_index,
             "restored state machine from snapshot"
@@ -1000,12 +1014,12 @@ pub async fn start<S: StateMachine>(
     tokio::spawn(async move {
         if let Err(e) = raft_loop.await {
             if e.is_panic() {
-                let message = format!(
-                    "the raft loop panicked: {}",
-                    panic_message(&*e.into_panic())
-                );
-                tracing::error!("{message}");
-                let _ = fatal_tx.send(Some(message));
+                let failure = NodeFailure::Panicked {
+                    thread: "raft loop",
+                    message: panic_message(&*e.into_panic()),
+                };
+                tracing::error!("{failure}");
+                let _ = fatal_tx.send(Some(Arc::new(failure)));
             }
         }
     });
@@ -1113,12 +1127,12 @@ fn spawn_thread(
 ) {
     let guarded = move || {
         if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
-            let message = format!(
-                "the {name} thread panicked: {}; the node stops rather than serve without it",
-                panic_message(&*payload)
-            );
-            tracing::error!("{message}");
-            let _ = events.send(Event::Fatal(message));
+            let failure = NodeFailure::Panicked {
+                thread: name,
+                message: panic_message(&*payload),
+            };
+            tracing::error!("{failure}");
+            let _ = events.send(Event::Fatal(failure));
         }
     };
     let spawned = std::thread::Builder::new()
@@ -1143,7 +1157,7 @@ struct RaftLoop {
     leader: watch::Sender<Option<NodeId>>,
     membership: Arc<RwLock<Membership>>,
     metrics: Arc<Metrics>,
-    fatal: Arc<watch::Sender<Option<String>>>,
+    fatal: Arc<watch::Sender<Option<Arc<NodeFailure>>>>,
     last_role: Option<Role>,
     /// Ticks owed to the core, counted through stalls (see `clock.rs`).
     clock: TickClock,
@@ -1227,9 +1241,9 @@ impl RaftLoop {
             }
             if let Some(error) = self.core.fatal() {
                 // Issue 11, item 8: the core stopped on a storage read it cannot trust.
-                let message = format!("the Raft core stopped: {error}");
-                tracing::error!("{message}");
-                let _ = self.fatal.send(Some(message));
+                let failure = NodeFailure::CoreStopped(error.to_string());
+                tracing::error!("{failure}");
+                let _ = self.fatal.send(Some(Arc::new(failure)));
                 return;
             }
             while self.core.has_ready() {
@@ -1288,8 +1302,8 @@ impl RaftLoop {
                 self.core.on_snapshot_installed(meta);
             }
             Event::SnapshotFailed(meta) => self.core.on_snapshot_failed(meta),
-            Event::Fatal(message) => {
-                let _ = self.fatal.send(Some(message));
+            Event::Fatal(failure) => {
+                let _ = self.fatal.send(Some(Arc::new(failure)));
                 return false;
             }
         }
@@ -1472,8 +1486,12 @@ impl RaftLoop {
                 self.data_dir.display()
             ),
         };
-        tracing::error!("{message}");
-        let _ = self.fatal.send(Some(message));
+        let failure = NodeFailure::Membership {
+            id: status.id,
+            remedy: message,
+        };
+        tracing::error!("{failure}");
+        let _ = self.fatal.send(Some(Arc::new(failure)));
         false
     }
 
