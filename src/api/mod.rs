@@ -129,9 +129,12 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
         .route("/v1/log", get(handlers::log))
         .route("/v1/snapshot", post(handlers::snapshot))
         .route("/v1/members", get(members::list).post(members::add))
-        .route("/v1/members/{id}", axum::routing::delete(members::remove))
-        .route("/v1/members/{id}/promote", post(members::promote))
-        .route("/v1/members/{id}/demote", post(members::demote))
+        .route(
+            "/v1/members/{id}",
+            axum::routing::delete(members::change_by_id),
+        )
+        .route("/v1/members/{id}/promote", post(members::change_by_id))
+        .route("/v1/members/{id}/demote", post(members::change_by_id))
         .route("/v1/leader/transfer", post(handlers::transfer_leader))
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(handlers::healthz))
