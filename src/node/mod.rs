@@ -54,7 +54,8 @@ use crate::transport::{Transport, TransportConfig};
 
 pub use self::error::{Inconsistency, NodeFailure, StorageStep, WhoActs};
 
-/// Everything a node needs to start.
+/// Everything a node needs to start. [`NodeOptions::new`] gives the defaults of
+/// `config.json` for a single-node cluster; set the fields to change them.
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
     /// This node's id.
@@ -67,8 +68,6 @@ pub struct NodeOptions {
     pub bootstrap: Membership,
     /// Where this node listens for peers.
     pub raft_addr: SocketAddr,
-    /// Where this node serves clients.
-    pub api_addr: SocketAddr,
     /// Leader heartbeat period.
     pub heartbeat_interval: Duration,
     /// Election timeouts are drawn from this range.
@@ -92,6 +91,50 @@ pub struct NodeOptions {
     /// The node's budget for client writes in progress, in bytes (see [`WritePermit`]).
     pub pending_write_bytes_max: u64,
 }
+
+impl NodeOptions {
+    /// Options for node `id` keeping its data in `data_dir` and listening for peers on
+    /// `raft_addr`, with the defaults of `config.json`; `bootstrap` is a cluster of this
+    /// node alone (set it to the initial voters of a larger cluster). The node takes no
+    /// client address: serving clients is up to the embedder (`raftlog serve` runs the
+    /// HTTP API of [`crate::api`]).
+    pub fn new(id: NodeId, data_dir: impl Into<PathBuf>, raft_addr: SocketAddr) -> NodeOptions {
+        use crate::config as defaults;
+        let mut bootstrap = Membership::default();
+        bootstrap.members.insert(
+            id,
+            storage::Member {
+                raft_addr: raft_addr.to_string(),
+                api_addr: String::new(),
+                voter: true,
+            },
+        );
+        let (election_min_ms, election_max_ms) = defaults::DEFAULT_ELECTION_TIMEOUT_MS;
+        NodeOptions {
+            id,
+            cluster_id: "raftlog".to_string(),
+            data_dir: data_dir.into(),
+            bootstrap,
+            raft_addr,
+            heartbeat_interval: Duration::from_millis(defaults::DEFAULT_HEARTBEAT_INTERVAL_MS),
+            election_timeout: (
+                Duration::from_millis(election_min_ms),
+                Duration::from_millis(election_max_ms),
+            ),
+            snapshot_threshold: defaults::DEFAULT_SNAPSHOT_THRESHOLD,
+            snapshot_trailing_entries: defaults::DEFAULT_SNAPSHOT_TRAILING_ENTRIES,
+            wal_segment_bytes: defaults::DEFAULT_WAL_SEGMENT_BYTES,
+            storage_quota_bytes: None,
+            tick: DEFAULT_TICK,
+            membership_policy: MembershipPolicy::default(),
+            max_uncommitted_bytes: defaults::DEFAULT_MAX_UNCOMMITTED_BYTES,
+            pending_write_bytes_max: defaults::DEFAULT_PENDING_WRITE_BYTES_MAX,
+        }
+    }
+}
+
+/// The core's clock period `raftlog serve` uses: a tenth of the default heartbeat.
+pub const DEFAULT_TICK: Duration = Duration::from_millis(10);
 
 /// Requests queued for the raft loop before writes are refused `503 overloaded`: the count
 /// bound beside the byte budget. It drains a full round (`REQUESTS_PER_ROUND_MAX`) per
@@ -449,26 +492,34 @@ impl<S: StateMachine> Clone for Node<S> {
     }
 }
 
-/// Why a client request failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a client request failed: each variant says what the client may do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
-    /// This node does not lead; `leader` if known. Nothing was proposed.
+    /// This node does not lead; `leader` if known. Nothing was proposed: retry there.
+    #[error("this node does not lead (leader: {0:?}); nothing was proposed; retry on the leader")]
     NotLeader(Option<NodeId>),
     /// The node is shutting down or failed. Nothing was proposed.
+    #[error("the node is stopping; nothing was proposed; retry on another node")]
     Stopped,
     /// The outcome is unknown (timeout, or a snapshot replaced the log around it).
+    #[error("the outcome is unknown: the command may or may not take effect")]
     Unknown,
     /// The write was proposed but another entry committed at its index: not applied.
+    #[error("leadership changed before the command committed; it was not applied; safe to retry")]
     NotCommitted,
     /// Issue 12, diskfull: the disk is full or the storage quota reached (the message
     /// says which, naming the directory and its space). Nothing was proposed.
+    #[error("{0}")]
     NoSpace(String),
     /// Too much is pending; the message names the limit that was hit. Nothing was proposed.
+    #[error("{0}")]
     Overloaded(String),
     /// The leader is handing over leadership (thesis §3.10: it takes no proposals for at
     /// most an election timeout). Nothing was proposed.
+    #[error("the leader is handing over leadership; nothing was proposed; retry shortly")]
     TransferInProgress,
     /// The state machine did not apply the command; the message says why.
+    #[error("{0}")]
     NotApplied(String),
 }
 
