@@ -170,7 +170,7 @@ pub enum Inconsistency {
     },
     /// The log could not be made to start after the snapshot.
     #[error("{0}")]
-    Reconcile(#[source] NodeFailure),
+    Reconcile(#[source] Box<NodeFailure>),
     /// The snapshot does not restore into the state machine.
     #[error("cannot restore the state machine from snapshot {index}: {source}")]
     SnapshotRestore {

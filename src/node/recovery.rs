@@ -95,7 +95,7 @@ pub(super) fn recover<S: StateMachine>(
         writer::reconcile_log_with_snapshot(&log, &snapshot_meta).map_err(|failure| {
             StartError::Inconsistent {
                 dir: dir.clone(),
-                problem: Inconsistency::Reconcile(failure),
+                problem: Inconsistency::Reconcile(Box::new(failure)),
             }
         })?;
     }
