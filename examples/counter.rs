@@ -6,9 +6,7 @@
 use std::io::{self, Read, Write};
 use std::time::Duration;
 
-use raftlog::kv::{SnapshotSource, StateMachine};
-use raftlog::node::{self, NodeOptions};
-use raftlog::storage::{Member, Membership};
+use raftlog::{NodeOptions, RequestError, SnapshotSource, StateMachine};
 
 /// The whole state: one number. Commands are little-endian i64 deltas.
 #[derive(Default)]
@@ -48,36 +46,10 @@ fn free_addr() -> io::Result<std::net::SocketAddr> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let (raft_addr, api_addr) = (free_addr()?, free_addr()?);
-    let mut membership = Membership::default();
-    membership.members.insert(
-        1,
-        Member {
-            raft_addr: raft_addr.to_string(),
-            api_addr: api_addr.to_string(),
-            voter: true,
-        },
-    );
-    let options = NodeOptions {
-        id: 1,
-        cluster_id: "counter-demo".into(),
-        data_dir: dir.path().join("node-1"),
-        bootstrap: membership,
-        raft_addr,
-        api_addr,
-        heartbeat_interval: Duration::from_millis(50),
-        election_timeout: (Duration::from_millis(150), Duration::from_millis(300)),
-        snapshot_threshold: 10_000,
-        snapshot_trailing_entries: 5_000,
-        // A demo log: small preallocated segments.
-        wal_segment_bytes: 4 << 20,
-        storage_quota_bytes: None,
-        tick: Duration::from_millis(10),
-        membership_policy: Default::default(),
-        max_uncommitted_bytes: raftlog::config::DEFAULT_MAX_UNCOMMITTED_BYTES,
-        pending_write_bytes_max: raftlog::config::DEFAULT_PENDING_WRITE_BYTES_MAX,
-    };
-    let node = node::start(options, Counter::default()).await?;
+    let mut options = NodeOptions::new(1, dir.path().join("node-1"), free_addr()?);
+    // A demo log: small preallocated segments.
+    options.wal_segment_bytes = 4 << 20;
+    let node = raftlog::start(options, Counter::default()).await?;
 
     // A one-node cluster elects itself; proposals wait until then.
     let timeout = Duration::from_secs(5);
@@ -86,19 +58,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (index, response) = loop {
             match node.propose(&delta.to_le_bytes(), timeout).await {
                 Ok(answer) => break answer,
-                Err(node::RequestError::NotLeader(_)) => {
+                Err(RequestError::NotLeader(_)) => {
                     tokio::time::sleep(Duration::from_millis(50)).await
                 }
-                Err(e) => return Err(format!("proposal failed: {e:?}").into()),
+                Err(e) => return Err(e.into()),
             }
         };
         total = i64::from_le_bytes(response.as_slice().try_into()?);
         println!("added {delta:>3} at log index {index}: counter = {total}");
     }
-    let read = node
-        .read(timeout, |counter: &Counter| counter.0)
-        .await
-        .map_err(|e| format!("read failed: {e:?}"))?;
+    let read = node.read(timeout, |counter: &Counter| counter.0).await?;
     assert_eq!(read, total);
     println!("linearizable read: counter = {read}");
     Ok(())

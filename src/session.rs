@@ -28,8 +28,22 @@
 //! `clients_max` more recent clients, is forgotten: a retry from it is indistinguishable
 //! from a new client's first request (clients name themselves; nothing registers them).
 //!
+//! # A reused request id
+//! Beside the record, a session keeps a fingerprint of the command it answered for (XXH3-64
+//! of the state machine's bytes, seed 0: a specified hash, the same on every node, platform
+//! and version). A request with the client's latest sequence but another command is not a
+//! retry: answering it with the first command's outcome would tell the client a write was
+//! applied that never was. It is refused with [`Applied::Reused`] (`422 request_id_reused`)
+//! and not applied. Sessions read from a snapshot older than version 3 have no fingerprint
+//! and answer every request with their sequence as a retry, as before.
+//!
 //! # Snapshot format
 //! ```text
+//! version 3 = | magic u64 = SESSIONS_FORMAT_3 | session count u64 |
+//!             { | client len u64 | client | sequence u64 | last_index u64 |
+//!               | has record u8 | (record len u64 | record)? |
+//!               | has fingerprint u8 | fingerprint u64? | } * count |
+//!             | state machine snapshot |
 //! version 2 = | magic u64 = SESSIONS_FORMAT_2 | session count u64 |
 //!             { | client len u64 | client | sequence u64 | last_index u64 |
 //!               | has record u8 | (record len u64 | record)? | } * count |
@@ -39,8 +53,8 @@
 //! ```
 //! Little endian; the snapshot file adds its own framing and checksums. Every item is
 //! length-prefixed and read as it arrives (no per-item cap), so restore accepts whatever
-//! `write_to` wrote. Version 1 (before issue 11) is still read: its first word, a byte
-//! length, never equals the version 2 magic.
+//! `write_to` wrote. Versions 2 (before issue 13) and 1 (before issue 11) are still read:
+//! version 1's first word, a byte length, never equals a magic.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
@@ -55,6 +69,15 @@ use crate::state_machine::{
 
 /// First word of a version 2 session snapshot: "RLSESS02" read as a little-endian u64.
 const SESSIONS_FORMAT_2: u64 = u64::from_le_bytes(*b"RLSESS02");
+
+/// First word of a version 3 session snapshot (sessions carry a command fingerprint).
+const SESSIONS_FORMAT_3: u64 = u64::from_le_bytes(*b"RLSESS03");
+
+/// The fingerprint a session keeps of the command it answered for: XXH3-64 with seed 0,
+/// which is specified byte for byte, so every replica computes the same value.
+pub fn command_fingerprint(body: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(body)
+}
 
 /// Longest client id a `Request-Id` may carry.
 pub const CLIENT_ID_BYTES_MAX: usize = 256;
@@ -118,6 +141,12 @@ pub enum Applied {
     },
     /// A request id older than the client's latest: its outcome is no longer known.
     Stale,
+    /// The client's latest request id with a different command: not a retry, and not
+    /// applied (the id answers for the command applied at `index`).
+    Reused {
+        /// Where the command that owns the id was applied.
+        index: u64,
+    },
     /// A retry of the client's latest request whose outcome is no longer known (its record
     /// was evicted, or can no longer be rebuilt exactly): not applied again.
     Expired {
@@ -158,6 +187,9 @@ struct Session {
     last_index: u64,
     /// `None` once evicted: the client is remembered, its latest outcome is not.
     record: Option<Bytes>,
+    /// [`command_fingerprint`] of the latest request's command; `None` for sessions read
+    /// from a snapshot older than version 3.
+    fingerprint: Option<u64>,
 }
 
 /// The bounded session table; every change keeps the recency indexes and byte count exact.
@@ -273,7 +305,15 @@ impl<S: StateMachine> Replicated<S> {
         let Some(request_id) = command.request_id else {
             return Applied::Fresh(self.state.apply(index, &command.body));
         };
+        let fingerprint = command_fingerprint(&command.body);
         if let Some(session) = self.table.sessions.get(&request_id.client) {
+            if request_id.sequence == session.sequence
+                && session.fingerprint.is_some_and(|f| f != fingerprint)
+            {
+                return Applied::Reused {
+                    index: session.last_index,
+                };
+            }
             if request_id.sequence == session.sequence {
                 // Raft thesis §6.3: answer a retry from the session, never apply it twice;
                 // when the first outcome is no longer known, say so (SESSION_EXPIRED).
@@ -303,6 +343,7 @@ impl<S: StateMachine> Replicated<S> {
                 sequence: request_id.sequence,
                 last_index: index,
                 record: Some(Bytes::from(record)),
+                fingerprint: Some(fingerprint),
             },
         );
         Applied::Fresh(response)
@@ -344,8 +385,8 @@ impl<S: StateMachine> Replicated<S> {
     /// (or in the version 1 format, see the module docs).
     pub fn restore(&mut self, reader: &mut dyn Read) -> io::Result<()> {
         let first_word = read_u64(reader)?;
-        let sessions = if first_word == SESSIONS_FORMAT_2 {
-            let sessions = read_sessions(reader)?;
+        let sessions = if first_word == SESSIONS_FORMAT_3 || first_word == SESSIONS_FORMAT_2 {
+            let sessions = read_sessions(reader, first_word == SESSIONS_FORMAT_3)?;
             self.state.restore(reader)?;
             sessions
         } else {
@@ -359,6 +400,7 @@ impl<S: StateMachine> Replicated<S> {
                         sequence: s.sequence,
                         last_index: s.last_index,
                         record: Some(Bytes::from(record)),
+                        fingerprint: None,
                     };
                     (client, session)
                 })
@@ -378,7 +420,11 @@ impl<S: StateMachine> Replicated<S> {
     }
 }
 
-fn read_sessions(reader: &mut dyn Read) -> io::Result<Vec<(String, Session)>> {
+/// Reads the sessions of a version 3 (`with_fingerprints`) or version 2 snapshot.
+fn read_sessions(
+    reader: &mut dyn Read,
+    with_fingerprints: bool,
+) -> io::Result<Vec<(String, Session)>> {
     let count = read_u64(reader)?;
     // No capacity from `count`: a damaged count must not allocate; the stream ends first.
     let mut sessions = Vec::new();
@@ -399,12 +445,27 @@ fn read_sessions(reader: &mut dyn Read) -> io::Result<Vec<(String, Session)>> {
             )))
             }
         };
+        let fingerprint = if !with_fingerprints {
+            None
+        } else {
+            match read_u8(reader)? {
+                0 => None,
+                1 => Some(read_u64(reader)?),
+                other => {
+                    return Err(invalid_data(format!(
+                        "snapshot session of client {client:?} has fingerprint flag {other} \
+                         (0 or 1 expected)"
+                    )))
+                }
+            }
+        };
         sessions.push((
             client,
             Session {
                 sequence,
                 last_index,
                 record,
+                fingerprint,
             },
         ));
     }
@@ -434,9 +495,9 @@ pub struct ReplicatedSnapshot {
 }
 
 impl ReplicatedSnapshot {
-    /// Streams sessions then state, in the version 2 format of the module docs.
+    /// Streams sessions then state, in the version 3 format of the module docs.
     pub fn write_to(&self, writer: &mut dyn Write) -> io::Result<()> {
-        writer.write_all(&SESSIONS_FORMAT_2.to_le_bytes())?;
+        writer.write_all(&SESSIONS_FORMAT_3.to_le_bytes())?;
         writer.write_all(&(self.sessions.len() as u64).to_le_bytes())?;
         for (client, session) in self.sessions.iter() {
             write_len_prefixed(writer, client.as_bytes())?;
@@ -447,6 +508,13 @@ impl ReplicatedSnapshot {
                 Some(record) => {
                     writer.write_all(&[1])?;
                     write_len_prefixed(writer, record)?;
+                }
+            }
+            match session.fingerprint {
+                None => writer.write_all(&[0])?,
+                Some(fingerprint) => {
+                    writer.write_all(&[1])?;
+                    writer.write_all(&fingerprint.to_le_bytes())?;
                 }
             }
         }
@@ -532,6 +600,80 @@ mod tests {
     }
 
     #[test]
+    fn reused_request_id_with_another_command_is_not_answered_as_a_retry() {
+        let mut sm = Replicated::new(KvStore::new());
+        sm.apply(1, &command(Some(("c1", 7)), put("k", "one")));
+        // Same id, another command: answering "Put ok at index 1" would tell the client
+        // its second write was applied when it was not.
+        let reused = sm.apply(2, &command(Some(("c1", 7)), put("other", "two")));
+        assert_eq!(reused, Applied::Reused { index: 1 });
+        assert_eq!(sm.state.get(b"other"), None);
+        // The true retry is still answered with the first outcome, after a snapshot too.
+        let mut restored = round_trip(&sm);
+        for sm in [&mut sm, &mut restored] {
+            assert!(matches!(
+                sm.apply(3, &command(Some(("c1", 7)), put("k", "one"))),
+                Applied::Duplicate { index: 1, .. }
+            ));
+            assert_eq!(
+                sm.apply(4, &command(Some(("c1", 7)), put("k", "other"))),
+                Applied::Reused { index: 1 }
+            );
+        }
+    }
+
+    #[test]
+    fn version_2_snapshot_restores_sessions_without_fingerprints() {
+        // | magic | count | client len | client | sequence | last_index | record | state |
+        let response = KvResponse::Put.encode();
+        let record = KvStore::new().session_record(Some(&put("x", "z")), &response);
+        let mut v2 = Vec::new();
+        v2.extend_from_slice(&SESSIONS_FORMAT_2.to_le_bytes());
+        v2.extend_from_slice(&1u64.to_le_bytes());
+        v2.extend_from_slice(&1u64.to_le_bytes());
+        v2.extend_from_slice(b"c");
+        v2.extend_from_slice(&4u64.to_le_bytes());
+        v2.extend_from_slice(&9u64.to_le_bytes());
+        v2.push(1);
+        v2.extend_from_slice(&(record.len() as u64).to_le_bytes());
+        v2.extend_from_slice(&record);
+        // KvStore: | count u64 | { | key_len u32 | value_len u32 | key | value | } * count |
+        v2.extend_from_slice(&1u64.to_le_bytes());
+        v2.extend_from_slice(&1u32.to_le_bytes());
+        v2.extend_from_slice(&1u32.to_le_bytes());
+        v2.extend_from_slice(b"kv");
+
+        let mut sm = Replicated::new(KvStore::new());
+        sm.restore(&mut v2.as_slice()).unwrap();
+        assert_eq!(sm.state.get(b"k"), Some(Bytes::from_static(b"v")));
+        // No fingerprint: the old rule, a retry by id alone.
+        assert_eq!(
+            sm.apply(10, &command(Some(("c", 4)), put("x", "y"))),
+            Applied::Duplicate { response, index: 9 }
+        );
+        assert_eq!(sm.state.get(b"x"), None);
+        // Written again, it is version 3 and reads back the same.
+        let again = round_trip(&sm);
+        assert!(again.same_sessions(&sm));
+        // The client's next request gets a fingerprint.
+        sm.apply(11, &command(Some(("c", 5)), put("k", "w")));
+        assert_eq!(
+            sm.apply(12, &command(Some(("c", 5)), put("k", "other"))),
+            Applied::Reused { index: 11 }
+        );
+    }
+
+    #[test]
+    fn command_fingerprint_is_xxh3_64_with_seed_zero() {
+        // Replicated state: the value must never change between versions or platforms.
+        assert_eq!(command_fingerprint(b""), 0x2d06800538d394c2);
+        assert_eq!(
+            command_fingerprint(b"raftlog"),
+            xxhash_rust::xxh3::xxh3_64_with_seed(b"raftlog", 0)
+        );
+    }
+
+    #[test]
     fn snapshot_round_trip_keeps_state_and_sessions() {
         let mut sm = Replicated::new(KvStore::new());
         for i in 0..1000u64 {
@@ -551,7 +693,7 @@ mod tests {
         assert_eq!(restored.state.len(), 1000);
         assert_eq!(restored.state.get(b"late"), None);
         assert_eq!(
-            restored.apply(2000, &command(Some(("c", 999)), put("k999", "again"))),
+            restored.apply(2000, &command(Some(("c", 999)), put("k999", "v999"))),
             Applied::Duplicate {
                 response: KvResponse::Put.encode(),
                 index: 1000
@@ -661,12 +803,12 @@ mod tests {
         assert_eq!((sm.session_count(), sm.session_record_count()), (3, 2));
         // Raft thesis §6.3: the evicted session's retry is refused, not applied again.
         assert_eq!(
-            sm.apply(4, &command(Some(("a", 1)), put("a", "again"))),
+            sm.apply(4, &command(Some(("a", 1)), put("a", "1"))),
             Applied::Expired { index: 1 }
         );
         assert_eq!(sm.state.get(b"a"), Some(Bytes::from_static(b"1")));
         assert!(matches!(
-            sm.apply(5, &command(Some(("b", 1)), put("b", "again"))),
+            sm.apply(5, &command(Some(("b", 1)), put("b", "1"))),
             Applied::Duplicate { index: 2, .. }
         ));
         // The client's next request is applied and renews its session.
@@ -675,11 +817,11 @@ mod tests {
             Applied::Fresh(_)
         ));
         assert!(matches!(
-            sm.apply(7, &command(Some(("a", 2)), put("a", "x"))),
+            sm.apply(7, &command(Some(("a", 2)), put("a", "2"))),
             Applied::Duplicate { index: 6, .. }
         ));
         assert_eq!(
-            sm.apply(8, &command(Some(("b", 1)), put("b", "again"))),
+            sm.apply(8, &command(Some(("b", 1)), put("b", "1"))),
             Applied::Expired { index: 2 }
         );
     }

@@ -131,6 +131,46 @@ fn stale_request_id_gets_its_own_code() {
     });
 }
 
+/// A `Request-Id` reused for a different command is refused, not answered with the other
+/// command's outcome: the session keeps a fingerprint of the command it answered for.
+#[test]
+fn reused_request_id_with_another_command_is_refused_not_answered() {
+    runtime().block_on(async {
+        let cluster = one_node();
+        cluster.wait_for_leader(Duration::from_secs(20)).await;
+        cluster
+            .put_with_id(1, "k", "first", "client-b:1")
+            .await
+            .expect("first write");
+        let url = format!("http://{}/v1/kv/other", cluster.api(1));
+        let (status, code, message) = json_error(
+            cluster
+                .client
+                .put(url)
+                .header("Request-Id", "client-b:1")
+                .body("second"),
+        )
+        .await;
+        assert_eq!(
+            (status, code.as_str()),
+            (422, "request_id_reused"),
+            "{message}"
+        );
+        assert!(message.contains("client-b:1"), "names the id: {message}");
+        assert_eq!(
+            cluster.get(1, "other", "linearizable").await,
+            Ok(None),
+            "the second command was not applied"
+        );
+        // The true retry still answers the first outcome.
+        let retry = cluster.put_with_id(1, "k", "first", "client-b:1").await;
+        assert!(
+            retry.is_ok(),
+            "a retry answers the first outcome: {retry:?}"
+        );
+    });
+}
+
 #[test]
 fn cas_round_trips_values_that_are_not_utf8() {
     runtime().block_on(async {

@@ -266,7 +266,7 @@ fn sessions_survive_install_snapshot_and_sigkill_of_the_leader() {
             assert!(retry["current"].as_str() == Some(big.as_str()));
         }
         let retry_put = c
-            .put_with_id(new_leader, "small", "retried", "writer:1")
+            .put_with_id(new_leader, "small", "z", "writer:1")
             .await
             .unwrap_or_else(|e| panic!("retry writer:1: {e:?}"));
         assert_eq!(retry_put["index"].as_u64(), Some(put_index));

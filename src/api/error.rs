@@ -85,6 +85,17 @@ impl ApiError {
         }
     }
 
+    /// `422 request_id_reused`: the `Request-Id` is the client's latest, but it came with
+    /// another command than the one applied under it: not a retry, and not applied.
+    /// 422 as for a stale id: well-formed, cannot be processed as sent, repeating cannot help.
+    pub fn request_id_reused(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "request_id_reused",
+            message: message.into(),
+        }
+    }
+
     /// `409 conflict`.
     pub fn conflict(message: impl Into<String>) -> ApiError {
         ApiError {

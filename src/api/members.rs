@@ -137,39 +137,21 @@ pub async fn add(
     .await
 }
 
-/// `DELETE /v1/members/{id}`.
-pub async fn remove(
+/// `DELETE /v1/members/{id}`, `POST /v1/members/{id}/promote` and
+/// `POST /v1/members/{id}/demote`: one handler, the change named by the route.
+pub async fn change_by_id(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let op = MembershipOp::Remove { id: parse_id(&id)? };
-    change(&state, op, Origin::empty(method, uri, headers)).await
-}
-
-/// `POST /v1/members/{id}/promote`.
-pub async fn promote(
-    State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let op = MembershipOp::Promote { id: parse_id(&id)? };
-    change(&state, op, Origin::empty(method, uri, headers)).await
-}
-
-/// `POST /v1/members/{id}/demote`.
-pub async fn demote(
-    State(state): State<Arc<ApiState>>,
-    Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let op = MembershipOp::Demote { id: parse_id(&id)? };
+    let id = parse_id(&id)?;
+    let op = match (method.as_str(), uri.path().rsplit('/').next()) {
+        ("POST", Some("promote")) => MembershipOp::Promote { id },
+        ("POST", Some("demote")) => MembershipOp::Demote { id },
+        _ => MembershipOp::Remove { id },
+    };
     change(&state, op, Origin::empty(method, uri, headers)).await
 }
 

@@ -11,6 +11,7 @@ mod forward;
 pub mod fuzzing;
 mod handlers;
 mod members;
+mod metrics;
 mod range;
 pub mod server;
 mod ui;
@@ -89,6 +90,8 @@ pub struct ApiState {
     /// One permit per forward in flight, so that a flood of requests to a follower
     /// opens at most `forward::CONNECTIONS_MAX` (64) connections to the leader.
     pub forward_slots: tokio::sync::Semaphore,
+    /// What the API measures itself (request latency, connections) for `/metrics`.
+    pub metrics: Arc<metrics::ApiMetrics>,
 }
 
 /// The header that names the leader on every answer.
@@ -118,6 +121,7 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
         background: background::BackgroundReader::start(),
         client,
         forward_slots: tokio::sync::Semaphore::new(forward::CONNECTIONS_MAX),
+        metrics: Arc::default(),
     });
     let router = Router::new()
         .route(
@@ -131,11 +135,14 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
         .route("/v1/log", get(handlers::log))
         .route("/v1/snapshot", post(handlers::snapshot))
         .route("/v1/members", get(members::list).post(members::add))
-        .route("/v1/members/{id}", axum::routing::delete(members::remove))
-        .route("/v1/members/{id}/promote", post(members::promote))
-        .route("/v1/members/{id}/demote", post(members::demote))
+        .route(
+            "/v1/members/{id}",
+            axum::routing::delete(members::change_by_id),
+        )
+        .route("/v1/members/{id}/promote", post(members::change_by_id))
+        .route("/v1/members/{id}/demote", post(members::change_by_id))
         .route("/v1/leader/transfer", post(handlers::transfer_leader))
-        .route("/metrics", get(handlers::metrics))
+        .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         // Issue 15: range reads, watch, change feed.
@@ -156,6 +163,10 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
         .fallback(handlers::not_found)
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), leader_header))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::time_requests,
+        ))
         .with_state(state)
 }
 

@@ -220,8 +220,9 @@ async fn range_inner(
     // Under the read lock the watch hub's index is the state's (the apply thread publishes
     // under the write lock), so `index` names exactly the state scanned.
     let (store, index): (KvStore, u64) = {
-        let guard = state.node.state.read().unwrap_or_else(|p| p.into_inner());
-        (guard.state.clone(), state.node.watch.published_index())
+        state
+            .node
+            .read_local(|store, _| (store.clone(), state.node.watch().published_index()))
     };
     let page = store.range(&range, limit, RANGE_PAGE_BYTES_MAX);
     let kvs: Vec<Value> = page

@@ -386,18 +386,52 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// Serves a one-route router within `limits`; returns its address and the stop switch.
+    type Server = tokio::task::JoinHandle<io::Result<()>>;
+
+    /// Serves a one-route router within `limits`; returns its address, the stop switch and
+    /// the serving task.
     async fn start(
         limits: ConnectionLimits,
-    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        Server,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = Router::new().route("/", axum::routing::get(|| async { "ok" }));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(listener, router, limits, async move {
+        let server = tokio::spawn(serve(listener, router, limits, async move {
             let _ = stop_rx.await;
         }));
-        (addr, stop_tx)
+        (addr, stop_tx, server)
+    }
+
+    /// Limits with the two timeouts given in milliseconds and room for 8 connections.
+    fn limits(header_read_timeout_ms: u64, idle_timeout_ms: u64) -> ConnectionLimits {
+        ConnectionLimits {
+            connections_max: 8,
+            header_read_timeout: Duration::from_millis(header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(idle_timeout_ms),
+        }
+    }
+
+    /// Sends `sent` on a new connection (and reads the answer when it is a whole request),
+    /// then asserts the server closes the connection within 5 s, and not before 200 ms
+    /// (the timeouts under test are 300 ms); `what` says what stayed open.
+    async fn assert_closed_by_timeout(limits: ConnectionLimits, sent: &[u8], what: &str) {
+        let (addr, _stop, _server) = start(limits).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(sent).await.unwrap();
+        if sent == GET {
+            assert!(read_answer(&mut stream).await.starts_with("HTTP/1.1 200"));
+        }
+        let closed = closed_within(&mut stream, Duration::from_secs(5)).await;
+        let closed = closed.unwrap_or_else(|| panic!("{what} stayed open for 5 s"));
+        assert!(
+            closed >= Duration::from_millis(200),
+            "closed after only {closed:?}"
+        );
     }
 
     const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: test\r\n\r\n";
@@ -431,64 +465,25 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
-        let (addr, _stop) = start(ConnectionLimits {
-            connections_max: 8,
-            header_read_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_millis(300),
-        })
-        .await;
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(GET).await.unwrap();
-        assert!(read_answer(&mut stream).await.starts_with("HTTP/1.1 200"));
-        let closed = closed_within(&mut stream, Duration::from_secs(5)).await;
-        let closed = closed.expect("an idle keep-alive connection stayed open for 5 s");
-        assert!(
-            closed >= Duration::from_millis(200),
-            "closed after only {closed:?}"
-        );
+        assert_closed_by_timeout(limits(30_000, 300), GET, "an idle keep-alive connection").await;
     }
 
     #[tokio::test]
     async fn a_keep_alive_connection_is_closed_when_its_next_request_head_is_late() {
-        let (addr, _stop) = start(ConnectionLimits {
-            connections_max: 8,
-            header_read_timeout: Duration::from_millis(300),
-            idle_timeout: Duration::from_secs(30),
-        })
-        .await;
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(GET).await.unwrap();
-        read_answer(&mut stream).await;
-        let closed = closed_within(&mut stream, Duration::from_secs(5)).await;
-        let closed = closed.expect("a keep-alive connection waited 5 s for its next request");
-        assert!(
-            closed >= Duration::from_millis(200),
-            "closed after only {closed:?}"
-        );
+        let what = "a keep-alive connection waiting for its next request";
+        assert_closed_by_timeout(limits(300, 30_000), GET, what).await;
     }
 
     #[tokio::test]
     async fn a_silent_connection_is_closed_after_the_header_read_timeout() {
-        let (addr, _stop) = start(ConnectionLimits {
-            connections_max: 8,
-            header_read_timeout: Duration::from_millis(300),
-            idle_timeout: Duration::from_secs(30),
-        })
-        .await;
-        let mut stream = TcpStream::connect(addr).await.unwrap();
         // Half a request head, then nothing.
-        stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        let closed = closed_within(&mut stream, Duration::from_secs(5)).await;
-        let closed = closed.expect("a connection that never finished its headers stayed open");
-        assert!(
-            closed >= Duration::from_millis(200),
-            "closed after only {closed:?}"
-        );
+        let what = "a connection that never finished its headers";
+        assert_closed_by_timeout(limits(300, 30_000), b"GET / HTTP/1.1\r\n", what).await;
     }
 
     #[tokio::test]
     async fn connections_beyond_the_cap_wait_until_a_slot_frees() {
-        let (addr, _stop) = start(ConnectionLimits {
+        let (addr, _stop, _server) = start(ConnectionLimits {
             connections_max: 2,
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(30),
@@ -519,18 +514,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_graceful_stop_finishes_and_closes_open_connections() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = Router::new().route("/", axum::routing::get(|| async { "ok" }));
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let limits = ConnectionLimits {
-            connections_max: 4,
-            header_read_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(30),
-        };
-        let server = tokio::spawn(serve(listener, router, limits, async move {
-            let _ = stop_rx.await;
-        }));
+        let (addr, stop_tx, server) = start(limits(30_000, 30_000)).await;
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.write_all(GET).await.unwrap();
         read_answer(&mut stream).await;

@@ -37,8 +37,8 @@ use tokio::sync::{broadcast, mpsc, Notify};
 use super::handlers::put_bytes_field;
 use super::range::{number, query_pairs};
 use super::{ApiError, ApiState};
-use crate::node::log_storage::DurableLog;
 use crate::node::watch_hub::{event_of, Published, Subscription, WatchEvent, WatcherSlot};
+use crate::node::LogReader;
 
 /// The header naming the node that serves a watch.
 pub const SERVED_BY_HEADER: &str = "x-raft-served-by";
@@ -153,22 +153,22 @@ fn start(
     };
     let node = &state.node;
     let options = &state.options.watch;
-    let slot = node.watch.register(options.watchers_max).ok_or_else(|| {
+    let slot = node.watch().register(options.watchers_max).ok_or_else(|| {
         ApiError::overloaded(format!(
             "node {} already serves {} watchers (watchers_max); retry later, or watch another node",
             node.id, options.watchers_max
         ))
     })?;
-    let subscription = node.watch.subscribe(from_index.unwrap_or(0));
+    let subscription = node.watch().subscribe(from_index.unwrap_or(0));
     let subscribed_at = subscription.subscribed_at;
     // Without from_index: from the next change.
     let from = from_index.unwrap_or(subscribed_at + 1).max(1);
     if from <= subscribed_at {
         let first_index = subscription
             .history_first_index
-            .max(node.log.wal.first_index());
+            .max(node.log_reader().first_index());
         if from < first_index {
-            node.watch
+            node.watch()
                 .metrics
                 .compacted_refusals
                 .fetch_add(1, Ordering::Relaxed);
@@ -187,7 +187,7 @@ fn start(
         bytes_max: options.buffer_bytes_max,
     });
     let watcher = Watcher {
-        log: node.log.clone(),
+        log: node.log_reader(),
         state: state.clone(),
         prefix: Bytes::from(prefix),
         from,
@@ -249,7 +249,7 @@ enum End {
 }
 
 struct Watcher {
-    log: Arc<DurableLog>,
+    log: LogReader,
     state: Arc<ApiState>,
     prefix: Bytes,
     from: u64,
@@ -304,7 +304,7 @@ impl Watcher {
         if too_slow {
             state
                 .node
-                .watch
+                .watch()
                 .metrics
                 .watchers_cut
                 .fetch_add(1, Ordering::Relaxed);
@@ -312,7 +312,7 @@ impl Watcher {
     }
 
     fn metrics(&self) -> &crate::node::watch_hub::WatchMetrics {
-        &self.state.node.watch.metrics
+        &self.state.node.watch().metrics
     }
 
     fn position(&self) -> u64 {
@@ -381,7 +381,7 @@ impl Watcher {
             let chunk = tokio::task::spawn_blocking(move || read_chunk(&log, next, hi))
                 .await
                 .map_err(|_| End::Stopping(next))?;
-            let compacted = || End::Compacted(self.log.wal.first_index());
+            let compacted = || End::Compacted(self.log.first_index());
             let entries = chunk.map_err(|e| {
                 tracing::warn!("watch: cannot read the log at {next}: {e}");
                 compacted()
@@ -518,7 +518,7 @@ fn event_json(event: &WatchEvent) -> Bytes {
 }
 
 /// Entries `[lo, hi)` still in the WAL (fewer, or from a later index, if compacted).
-fn read_chunk(log: &DurableLog, lo: u64, hi: u64) -> storage::Result<Vec<Entry>> {
+fn read_chunk(log: &LogReader, lo: u64, hi: u64) -> storage::Result<Vec<Entry>> {
     let mut entries = Vec::new();
     log.visit_entries(lo, hi, HISTORY_CHUNK_BYTES, |entry| {
         entries.push(entry);
@@ -547,51 +547,45 @@ fn render_format(format: Format, kind: &str, index: Option<u64>, value: &Value) 
     Bytes::from(out)
 }
 
-/// The watch lines of `/metrics`.
-pub fn render_metrics(state: &ApiState, out: &mut String) {
-    use std::fmt::Write as _;
-    let hub = &state.node.watch;
+/// The watch figures of `/metrics`.
+pub fn register_metrics(state: &ApiState, registry: &mut prometheus_client::registry::Registry) {
+    use prometheus_client::metrics::counter::ConstCounter;
+    use prometheus_client::metrics::gauge::ConstGauge;
+    let hub = state.node.watch();
     let m = &hub.metrics;
-    let mut line = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP raftlog_{name} {help}\n# TYPE raftlog_{name} {kind}\nraftlog_{name} {value}"
-        );
-    };
-    line(
+    registry.register(
         "watchers",
-        "gauge",
-        "Watch and change-feed streams open on this node.",
-        hub.watchers() as u64,
+        "Watch and change-feed streams open on this node",
+        ConstGauge::new(hub.watchers() as u64),
     );
-    line(
+    registry.register(
         "watch_lag_entries_max",
-        "gauge",
-        "Entries between this node's applied index and the furthest-behind watcher's position.",
-        hub.lag_max(),
+        "Entries between this node's applied index and the furthest-behind watcher's position",
+        ConstGauge::new(hub.lag_max()),
     );
-    line(
-        "watch_events_sent_total",
-        "counter",
-        "Change events handed to watchers' connections.",
-        m.events_sent.load(Ordering::Relaxed),
-    );
-    line(
-        "watchers_cut_total",
-        "counter",
-        "Watchers cut because their client read too slowly (their stream ended with a resume index).",
-        m.watchers_cut.load(Ordering::Relaxed),
-    );
-    line(
-        "watch_compacted_total",
-        "counter",
-        "Watch requests answered 410 compacted.",
-        m.compacted_refusals.load(Ordering::Relaxed),
-    );
-    line(
-        "watch_refused_total",
-        "counter",
-        "Watch requests refused because watchers_max streams were open.",
-        m.capacity_refusals.load(Ordering::Relaxed),
-    );
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 4] = [
+        (
+            "watch_events_sent",
+            "Change events handed to watchers' connections",
+            &m.events_sent,
+        ),
+        (
+            "watchers_cut",
+            "Watchers cut because their client read too slowly (their stream ended with a resume index)",
+            &m.watchers_cut,
+        ),
+        (
+            "watch_compacted",
+            "Watch requests answered 410 compacted",
+            &m.compacted_refusals,
+        ),
+        (
+            "watch_refused",
+            "Watch requests refused because watchers_max streams were open",
+            &m.capacity_refusals,
+        ),
+    ];
+    for (name, help, value) in counters {
+        registry.register(name, help, ConstCounter::new(value.load(Ordering::Relaxed)));
+    }
 }

@@ -41,7 +41,6 @@ pub fn node_options(
         data_dir: data_dir.unwrap_or_else(|| config.node_data_dir(id)),
         bootstrap: config.membership(),
         raft_addr: me.raft_addr,
-        api_addr: me.api_addr,
         heartbeat_interval: config.heartbeat_interval(),
         election_timeout: config.election_timeout(),
         snapshot_threshold: config.snapshot_threshold(),
@@ -105,7 +104,12 @@ pub fn run(
     let fd_limit = raise_fd_limit();
     let connections = client_connection_limits(&config, fd_limit);
     let api_options = api_options(&config, connections);
-    runtime.block_on(serve(options, api_options, join, bind_all))
+    // `node_options` found this node in the cluster file.
+    let Some(api_addr) = config.node(id).map(|me| me.api_addr) else {
+        eprintln!("raftlog serve: node {id} is not in nodes");
+        return EXIT_USAGE;
+    };
+    runtime.block_on(serve(options, api_addr, api_options, join, bind_all))
 }
 
 /// The address to bind for `configured`: itself, or with `--bind-all` the same port on
@@ -251,6 +255,7 @@ fn api_options(config: &ClusterConfig, connections: ConnectionLimits) -> ApiOpti
 
 async fn serve(
     mut options: NodeOptions,
+    api_addr: std::net::SocketAddr,
     api_options: ApiOptions,
     join: Option<Vec<String>>,
     bind_all: bool,
@@ -271,7 +276,6 @@ async fn serve(
             }
         };
     }
-    let api_addr = options.api_addr;
     let raft_addr = options.raft_addr;
     let data_dir = options.data_dir.clone();
     let heartbeat_interval = options.heartbeat_interval;

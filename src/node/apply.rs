@@ -9,7 +9,7 @@ use storage::{Entry, EntryKind, Membership, SnapshotMeta};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::log_storage::DurableLog;
-use super::{Event, Metrics};
+use super::{Event, Metrics, NodeFailure, StorageStep};
 use crate::kv::{Applied, Replicated, StateMachine};
 
 /// What a client waiting on a proposal learns.
@@ -164,9 +164,9 @@ impl<S: StateMachine> Applier<S> {
                     // stopped), and the core could hand out entries past the snapshot
                     // before the restore was queued here.
                     let _ = self.events.send(Event::SnapshotInstalled(meta.clone()));
-                    if let Err(message) = self.restore(&meta) {
-                        tracing::error!("{message}");
-                        let _ = self.events.send(Event::Fatal(message));
+                    if let Err(failure) = self.restore(&meta) {
+                        tracing::error!("{failure}");
+                        let _ = self.events.send(Event::Fatal(failure));
                         return;
                     }
                 }
@@ -188,6 +188,7 @@ impl<S: StateMachine> Applier<S> {
         }
         let mut removed_at = None;
         let mut outcomes = Vec::with_capacity(entries.len());
+        let started = Instant::now();
         {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
             for entry in &entries {
@@ -233,6 +234,7 @@ impl<S: StateMachine> Applier<S> {
             self.watch
                 .publish(&entries, &applied, self.log.wal.first_index());
         }
+        self.metrics.apply_batch_seconds.observe(started.elapsed());
         self.applied_term = last.1;
         self.answer_clients(outcomes);
         self.metrics.entries_applied.add(entries.len() as u64);
@@ -267,21 +269,24 @@ impl<S: StateMachine> Applier<S> {
         }
     }
 
-    fn restore(&mut self, meta: &SnapshotMeta) -> Result<(), String> {
+    fn restore(&mut self, meta: &SnapshotMeta) -> Result<(), NodeFailure> {
         let started = Instant::now();
         let mut reader = self
             .log
             .snapshots
             .open_reader(meta)
-            .map_err(|e| format!("cannot open installed snapshot {}: {e}", meta.last_index))?;
+            .map_err(NodeFailure::storage(StorageStep::OpenSnapshot {
+                index: meta.last_index,
+            }))?;
         {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-            state.restore(&mut reader).map_err(|e| {
-                format!(
-                    "cannot restore the state machine from snapshot {}: {e}",
-                    meta.last_index
-                )
-            })?;
+            state
+                .restore(&mut reader)
+                .map_err(|source| NodeFailure::SnapshotRestore {
+                    dir: self.log.snapshots.dir().to_path_buf(),
+                    index: meta.last_index,
+                    source,
+                })?;
             self.watch.restored(meta.last_index);
         }
         self.applied_index = meta.last_index;

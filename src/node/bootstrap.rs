@@ -52,7 +52,7 @@ use storage::stable::{StableStore, Tombstone};
 use storage::{HardState, Membership, NodeId};
 use tokio::sync::{mpsc, watch};
 
-use super::Event;
+use super::{Event, NodeFailure, StorageStep};
 
 /// How often a fresh node asks its peers again.
 const PROBE_INTERVAL: Duration = Duration::from_millis(50);
@@ -143,9 +143,10 @@ pub(crate) async fn confirm_first_start(
     let client = match reqwest::Client::builder().timeout(PROBE_TIMEOUT).build() {
         Ok(client) => client,
         Err(e) => {
-            let _ = events.send(Event::Fatal(format!(
-                "cannot build the HTTP client that asks peers whether the cluster exists: {e}"
-            )));
+            let _ = events.send(Event::Fatal(NodeFailure::Environment {
+                what: "build the HTTP client that asks peers whether the cluster exists",
+                reason: e.to_string(),
+            }));
             return;
         }
     };
@@ -189,7 +190,10 @@ pub(crate) async fn confirm_first_start(
                         dir.display(),
                         dir.display()
                     );
-                    let _ = events.send(Event::Fatal(message));
+                    let _ = events.send(Event::Fatal(NodeFailure::Membership {
+                        id,
+                        remedy: message,
+                    }));
                     return;
                 }
                 PeerAnswer::Unreachable(why) => {
@@ -199,10 +203,10 @@ pub(crate) async fn confirm_first_start(
         }
         if seen_fresh.len() >= fresh_needed {
             if let Err(e) = stable.mark_bootstrapped() {
-                let _ = events.send(Event::Fatal(format!(
-                    "cannot record the first start of the cluster in {}: {e}",
-                    stable.path().display()
-                )));
+                let _ = events.send(Event::Fatal(NodeFailure::Storage {
+                    step: StorageStep::MarkBootstrapped,
+                    source: e,
+                }));
                 return;
             }
             tracing::info!(

@@ -18,8 +18,10 @@
 pub mod apply;
 mod bootstrap;
 mod clock;
+mod error;
 pub mod log_storage;
 pub mod membership;
+mod recovery;
 pub mod space;
 pub mod transfer;
 pub mod watch_hub;
@@ -33,9 +35,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use storage::snapshot::SnapshotStore;
 use storage::stable::StableStore;
-use storage::wal::{Wal, WalOptions};
 use storage::{Membership, NodeId, SnapshotMeta};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
@@ -45,6 +45,7 @@ use self::log_storage::{DurableLog, NodeLogStorage};
 use self::membership::{
     ChangeRefused, ChangeTicket, MembershipDriver, MembershipOp, MembershipPolicy,
 };
+use self::recovery::Recovered;
 use self::space::StorageSpace;
 use self::transfer::{TransferReply, TransferWaiters};
 use self::writer::{WriteJob, Writer};
@@ -52,7 +53,10 @@ use crate::kv::{Replicated, StateMachine};
 use crate::raft::{self, Envelope, ProposeError, RaftCore, ReadMode, Ready, Role};
 use crate::transport::{Transport, TransportConfig};
 
-/// Everything a node needs to start.
+pub use self::error::{Inconsistency, NodeFailure, StorageStep, WhoActs};
+
+/// Everything a node needs to start. [`NodeOptions::new`] gives the defaults of
+/// `config.json` for a single-node cluster; set the fields to change them.
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
     /// This node's id.
@@ -65,8 +69,6 @@ pub struct NodeOptions {
     pub bootstrap: Membership,
     /// Where this node listens for peers.
     pub raft_addr: SocketAddr,
-    /// Where this node serves clients.
-    pub api_addr: SocketAddr,
     /// Leader heartbeat period.
     pub heartbeat_interval: Duration,
     /// Election timeouts are drawn from this range.
@@ -90,6 +92,50 @@ pub struct NodeOptions {
     /// The node's budget for client writes in progress, in bytes (see [`WritePermit`]).
     pub pending_write_bytes_max: u64,
 }
+
+impl NodeOptions {
+    /// Options for node `id` keeping its data in `data_dir` and listening for peers on
+    /// `raft_addr`, with the defaults of `config.json`; `bootstrap` is a cluster of this
+    /// node alone (set it to the initial voters of a larger cluster). The node takes no
+    /// client address: serving clients is up to the embedder (`raftlog serve` runs the
+    /// HTTP API of [`crate::api`]).
+    pub fn new(id: NodeId, data_dir: impl Into<PathBuf>, raft_addr: SocketAddr) -> NodeOptions {
+        use crate::config as defaults;
+        let mut bootstrap = Membership::default();
+        bootstrap.members.insert(
+            id,
+            storage::Member {
+                raft_addr: raft_addr.to_string(),
+                api_addr: String::new(),
+                voter: true,
+            },
+        );
+        let (election_min_ms, election_max_ms) = defaults::DEFAULT_ELECTION_TIMEOUT_MS;
+        NodeOptions {
+            id,
+            cluster_id: "raftlog".to_string(),
+            data_dir: data_dir.into(),
+            bootstrap,
+            raft_addr,
+            heartbeat_interval: Duration::from_millis(defaults::DEFAULT_HEARTBEAT_INTERVAL_MS),
+            election_timeout: (
+                Duration::from_millis(election_min_ms),
+                Duration::from_millis(election_max_ms),
+            ),
+            snapshot_threshold: defaults::DEFAULT_SNAPSHOT_THRESHOLD,
+            snapshot_trailing_entries: defaults::DEFAULT_SNAPSHOT_TRAILING_ENTRIES,
+            wal_segment_bytes: defaults::DEFAULT_WAL_SEGMENT_BYTES,
+            storage_quota_bytes: None,
+            tick: DEFAULT_TICK,
+            membership_policy: MembershipPolicy::default(),
+            max_uncommitted_bytes: defaults::DEFAULT_MAX_UNCOMMITTED_BYTES,
+            pending_write_bytes_max: defaults::DEFAULT_PENDING_WRITE_BYTES_MAX,
+        }
+    }
+}
+
+/// The core's clock period `raftlog serve` uses: a tenth of the default heartbeat.
+pub const DEFAULT_TICK: Duration = Duration::from_millis(10);
 
 /// Requests queued for the raft loop before writes are refused `503 overloaded`: the count
 /// bound beside the byte budget. It drains a full round (`REQUESTS_PER_ROUND_MAX`) per
@@ -129,7 +175,7 @@ pub(crate) enum Event {
     SnapshotInstalled(SnapshotMeta),
     /// A snapshot from the leader could not be written or failed verification.
     SnapshotFailed(SnapshotMeta),
-    Fatal(String),
+    Fatal(NodeFailure),
 }
 
 /// Client requests to the raft loop.
@@ -262,6 +308,36 @@ pub struct Metrics {
     pub transfers_failed: Counter,
     /// Membership changes this node proposed as leader (promotions included).
     pub membership_changes: Counter,
+    /// Time of each WAL append, write and fdatasync.
+    pub wal_sync_seconds: LatencyHistogram,
+    /// Time to apply each batch of committed entries.
+    pub apply_batch_seconds: LatencyHistogram,
+}
+
+/// A latency histogram exported on `/metrics`, in seconds.
+#[derive(Clone, Debug)]
+pub struct LatencyHistogram(prometheus_client::metrics::histogram::Histogram);
+
+impl Default for LatencyHistogram {
+    /// Buckets from 50 µs doubling to about 1.6 s: an fdatasync on a fast SSD takes tens
+    /// of microseconds, on a busy disk hundreds of milliseconds.
+    fn default() -> Self {
+        LatencyHistogram(prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(50e-6, 2.0, 16),
+        ))
+    }
+}
+
+impl LatencyHistogram {
+    /// Records one duration.
+    pub fn observe(&self, elapsed: Duration) {
+        self.0.observe(elapsed.as_secs_f64());
+    }
+
+    /// The histogram itself (shared: it keeps counting), for the exporter.
+    pub fn histogram(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.0.clone()
+    }
 }
 
 impl Metrics {
@@ -270,6 +346,7 @@ impl Metrics {
         self.wal_entries.add(entries);
         self.wal_bytes.add(bytes);
         self.wal_append_micros.add(elapsed.as_micros() as u64);
+        self.wal_sync_seconds.observe(elapsed);
     }
 
     fn record_snapshot(&self, bytes: u64, elapsed: Duration) {
@@ -281,6 +358,57 @@ impl Metrics {
 
     fn add_snapshot_bytes_received(&self, bytes: u64) {
         self.snapshot_bytes_received.add(bytes);
+    }
+}
+
+/// What [`Node::metrics`] reports.
+pub struct MetricsReport {
+    /// The node's own counters and histograms (live: they keep counting).
+    pub counters: Arc<Metrics>,
+    /// The peer transport's counters at the time of the call.
+    pub transport: crate::transport::TransportMetrics,
+    /// Segment files the WAL started, new and recycled.
+    pub wal_segments: storage::wal::SegmentStats,
+    /// The data directory's space (issue 12, diskfull).
+    pub space: SpaceReport,
+    /// The highest applied index.
+    pub applied_index: u64,
+}
+
+/// Space of the data directory, as [`StorageSpace`] last measured it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpaceReport {
+    /// Writes are refused: the disk is full or the storage quota reached.
+    pub no_space: bool,
+    /// Bytes free on the filesystem of the data directory.
+    pub free_bytes: u64,
+    /// Bytes the data directory occupies.
+    pub used_bytes: u64,
+    /// `storage_quota_bytes`, if set.
+    pub quota_bytes: Option<u64>,
+}
+
+/// A read-only view of the node's log (see [`Node::log_reader`]).
+#[derive(Clone)]
+pub struct LogReader(Arc<DurableLog>);
+
+impl LogReader {
+    /// The first index still in the log (entries before it are compacted into a snapshot).
+    pub fn first_index(&self) -> u64 {
+        self.0.wal.first_index()
+    }
+
+    /// Visits the entries in `[lo, hi)` in order until `visit` breaks; returns the index to
+    /// continue from. Entries are copied out `chunk_bytes` at a time, each chunk under its
+    /// own short hold of the WAL's view lock.
+    pub fn visit_entries(
+        &self,
+        lo: u64,
+        hi: u64,
+        chunk_bytes: u64,
+        visit: impl FnMut(storage::Entry) -> std::ops::ControlFlow<()>,
+    ) -> Result<u64, storage::Error> {
+        self.0.visit_entries(lo, hi, chunk_bytes, visit)
     }
 }
 
@@ -299,9 +427,16 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    /// The durable state is inconsistent.
-    #[error("{0}")]
-    Inconsistent(String),
+    /// The durable state is inconsistent: the operator must restore the data directory
+    /// from a backup, or remove it and re-add this node as a new member.
+    #[error("{}: {problem}. Restore the data directory from a backup, or remove it and re-add this node as a new member", dir.display())]
+    Inconsistent {
+        /// The node's data directory.
+        dir: PathBuf,
+        /// What does not add up.
+        #[source]
+        problem: Inconsistency,
+    },
     /// This node was removed from the cluster (its stable store holds a tombstone).
     #[error("{0}")]
     Removed(String),
@@ -313,28 +448,28 @@ pub struct Node<S: StateMachine> {
     pub id: NodeId,
     requests: mpsc::Sender<Request>,
     /// The replicated state machine, for reads.
-    pub state: Arc<RwLock<Replicated<S>>>,
+    state: Arc<RwLock<Replicated<S>>>,
     applied: watch::Receiver<u64>,
     apply_jobs: mpsc::UnboundedSender<ApplyJob>,
     /// Counters for `/metrics`.
-    pub metrics: Arc<Metrics>,
+    metrics: Arc<Metrics>,
     /// The peer transport (for its metrics).
-    pub transport: Transport,
+    transport: Transport,
     /// The durable log (for `GET /v1/log`).
-    pub log: Arc<DurableLog>,
+    log: Arc<DurableLog>,
     leader: watch::Receiver<Option<NodeId>>,
     membership: Arc<RwLock<Membership>>,
-    fatal: watch::Receiver<Option<String>>,
+    fatal: watch::Receiver<Option<Arc<NodeFailure>>>,
     /// A graceful stop began: `/readyz` answers 503.
     stopping: Arc<AtomicBool>,
     election_timeout_max: Duration,
     /// Free space and usage of the data directory (issue 12, diskfull).
-    pub space: Arc<StorageSpace>,
+    space: Arc<StorageSpace>,
     /// Permits are bytes of client writes in progress on this node (see [`WritePermit`]).
     write_budget: Arc<Semaphore>,
     write_budget_bytes: u64,
     /// Issue 15: watchers subscribe here; the apply thread publishes.
-    pub watch: Arc<watch_hub::WatchHub>,
+    watch: Arc<watch_hub::WatchHub>,
 }
 
 impl<S: StateMachine> Clone for Node<S> {
@@ -361,26 +496,34 @@ impl<S: StateMachine> Clone for Node<S> {
     }
 }
 
-/// Why a client request failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a client request failed: each variant says what the client may do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
-    /// This node does not lead; `leader` if known. Nothing was proposed.
+    /// This node does not lead; `leader` if known. Nothing was proposed: retry there.
+    #[error("this node does not lead (leader: {0:?}); nothing was proposed; retry on the leader")]
     NotLeader(Option<NodeId>),
     /// The node is shutting down or failed. Nothing was proposed.
+    #[error("the node is stopping; nothing was proposed; retry on another node")]
     Stopped,
     /// The outcome is unknown (timeout, or a snapshot replaced the log around it).
+    #[error("the outcome is unknown: the command may or may not take effect")]
     Unknown,
     /// The write was proposed but another entry committed at its index: not applied.
+    #[error("leadership changed before the command committed; it was not applied; safe to retry")]
     NotCommitted,
     /// Issue 12, diskfull: the disk is full or the storage quota reached (the message
     /// says which, naming the directory and its space). Nothing was proposed.
+    #[error("{0}")]
     NoSpace(String),
     /// Too much is pending; the message names the limit that was hit. Nothing was proposed.
+    #[error("{0}")]
     Overloaded(String),
     /// The leader is handing over leadership (thesis §3.10: it takes no proposals for at
     /// most an election timeout). Nothing was proposed.
+    #[error("the leader is handing over leadership; nothing was proposed; retry shortly")]
     TransferInProgress,
     /// The state machine did not apply the command; the message says why.
+    #[error("{0}")]
     NotApplied(String),
 }
 
@@ -558,6 +701,43 @@ impl<S: StateMachine> Node<S> {
         *self.applied.borrow()
     }
 
+    /// Reads this node's own state machine as it stands, without a read barrier (a `stale`
+    /// read); `read` also gets the applied index, taken under the same lock so that it
+    /// names the state the value came from.
+    pub fn read_local<T>(&self, read: impl FnOnce(&S, u64) -> T) -> T {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        read(&state.state, self.applied_index())
+    }
+
+    /// The node's figures for `/metrics`: its counters and histograms, the transport's,
+    /// the WAL's segment files and the data directory's space.
+    pub fn metrics(&self) -> MetricsReport {
+        MetricsReport {
+            counters: self.metrics.clone(),
+            transport: self.transport.metrics(),
+            // Counted by the WAL itself, read here rather than mirrored on every append.
+            wal_segments: self.log.wal.segment_stats(),
+            space: SpaceReport {
+                no_space: self.space.no_space(),
+                free_bytes: self.space.free_bytes(),
+                used_bytes: self.space.used_bytes(),
+                quota_bytes: self.space.quota_bytes(),
+            },
+            applied_index: self.applied_index(),
+        }
+    }
+
+    /// A read-only view of the entries still in the log, for `GET /v1/log`; it may be
+    /// moved to another thread (reading it may wait on the disk).
+    pub fn log_reader(&self) -> LogReader {
+        LogReader(self.log.clone())
+    }
+
+    /// The hub that feeds watch and change-feed streams from the apply thread.
+    pub fn watch(&self) -> &Arc<watch_hub::WatchHub> {
+        &self.watch
+    }
+
     /// The current status.
     pub async fn status(&self) -> Result<NodeStatus, RequestError> {
         let (reply, answer) = oneshot::channel();
@@ -629,19 +809,19 @@ impl<S: StateMachine> Node<S> {
             .clone()
     }
 
-    /// The fatal error that stopped the node, if one did.
-    pub fn failure(&self) -> Option<String> {
+    /// The failure that stopped the node, if one did.
+    pub fn failure(&self) -> Option<Arc<NodeFailure>> {
         self.fatal.borrow().clone()
     }
 
-    /// Resolves when the node hits a fatal error; carries the message.
-    pub async fn failed(&self) -> String {
+    /// Resolves when the node hits a fatal error; carries it.
+    pub async fn failed(&self) -> Arc<NodeFailure> {
         let mut fatal = self.fatal.clone();
-        let message = match fatal.wait_for(|f| f.is_some()).await {
-            Ok(message) => message.clone().unwrap_or_default(),
-            Err(_) => "the node stopped".to_string(),
+        let failure = match fatal.wait_for(|f| f.is_some()).await {
+            Ok(failure) => failure.clone(),
+            Err(_) => None,
         };
-        message
+        failure.unwrap_or_else(|| Arc::new(NodeFailure::Stopped))
     }
 }
 
@@ -684,70 +864,26 @@ pub async fn start<S: StateMachine>(
     options: NodeOptions,
     state_machine: S,
 ) -> Result<Node<S>, StartError> {
+    let recovered = recovery::recover(&options, state_machine)?;
+    spawn(options, recovered).await
+}
+
+/// Starts the node's activities on the state recovery left: the transport, the
+/// persistence and apply threads, and the raft loop.
+async fn spawn<S: StateMachine>(
+    options: NodeOptions,
+    recovered: Recovered<S>,
+) -> Result<Node<S>, StartError> {
+    let Recovered {
+        stable,
+        log,
+        snapshot_meta,
+        bootstrap,
+        hard_state,
+        standing,
+        replicated,
+    } = recovered;
     let dir = &options.data_dir;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| storage::Error::io("create data directory", dir, e))?;
-    let stable = Arc::new(StableStore::open(dir.join("stable"))?);
-    let snapshots = SnapshotStore::open(dir.join("snapshots"))?;
-    let wal = Wal::open(
-        &dir.join("wal"),
-        WalOptions {
-            segment_size_bytes_max: options.wal_segment_bytes,
-            ..WalOptions::default()
-        },
-    )?;
-    if stable.is_fresh() && (wal.last_index() > 0 || snapshots.latest()?.is_some()) {
-        // The log survived but the term and vote did not: restarting at term 0 could let
-        // this node vote twice in a term. Refuse rather than guess.
-        return Err(StartError::Inconsistent(format!(
-            "{}: the stable store (term, vote, membership) is missing or empty but the log \
-             holds entries up to {}; the node cannot know whom it voted for. Restore the \
-             data directory from a backup, or remove it and re-add this node as a new member",
-            dir.display(),
-            wal.last_index()
-        )));
-    }
-    if let Some(tombstone) = stable.tombstone()? {
-        return Err(StartError::Removed(bootstrap::removed_message(
-            options.id, dir, &tombstone,
-        )));
-    }
-    let holds_log = wal.last_index() > 0 || snapshots.latest()?.is_some();
-    stable.bind_identity(&options.cluster_id, options.id)?;
-    let bootstrap = match stable.membership()? {
-        Some(membership) => membership,
-        None => {
-            stable.save_membership(&options.bootstrap)?;
-            options.bootstrap.clone()
-        }
-    };
-    let hard_state = stable.hard_state()?;
-    let standing = bootstrap::standing(&stable, &hard_state, holds_log, options.id, &bootstrap)?;
-
-    // The newest snapshot that verifies; an older one is good enough if the log covers the gap.
-    let snapshot_meta = snapshots.latest_verified()?.unwrap_or_default();
-    let log = Arc::new(DurableLog::new(wal, snapshots, snapshot_meta.clone()));
-    // Checked with or without a snapshot: a compacted log whose snapshot files are all
-    // gone must not start from an empty state machine either.
-    if log.wal.first_index() > snapshot_meta.last_index + 1 {
-        return Err(StartError::Inconsistent(format!(
-            "{}: the log starts at entry {} but the newest usable snapshot ends at {}{}: \
-             entries in between are lost. Restore the data directory from a backup, or \
-             remove it and re-add this node as a new member",
-            dir.display(),
-            log.wal.first_index(),
-            snapshot_meta.last_index,
-            skipped_snapshots(&log.snapshots, &snapshot_meta)
-        )));
-    }
-    if snapshot_meta.last_index > 0 {
-        writer::reconcile_log_with_snapshot(&log, &snapshot_meta)
-            .map_err(StartError::Inconsistent)?;
-    }
-    // Any newer snapshot failed verification and the log covers for it: set it aside so
-    // retention never deletes the snapshot this node now relies on in its favor.
-    log.snapshots.quarantine_newer_than(&snapshot_meta)?;
-
     let metrics = Arc::new(Metrics::default());
     let space = Arc::new(StorageSpace::new(
         dir,
@@ -755,22 +891,6 @@ pub async fn start<S: StateMachine>(
         options.wal_segment_bytes,
     ));
     StorageSpace::start_measuring(&space);
-    let mut replicated = Replicated::new(state_machine);
-    if snapshot_meta.last_index > 0 {
-        let mut reader = log.snapshots.open_reader(&snapshot_meta)?;
-        replicated.restore(&mut reader).map_err(|e| {
-            StartError::Inconsistent(format!(
-                "{}: cannot restore the state machine from snapshot {}: {e}",
-                dir.display(),
-                snapshot_meta.last_index
-            ))
-        })?;
-        tracing::info!(
-            last_index = snapshot_meta.last_index,
-            "restored state machine from snapshot"
-        );
-    }
-
     let storage = NodeLogStorage(log.clone());
     let core_config = core_config(&options);
     // "Reachable" for the quorum-safety check: heard from within an election timeout.
@@ -892,12 +1012,12 @@ pub async fn start<S: StateMachine>(
     tokio::spawn(async move {
         if let Err(e) = raft_loop.await {
             if e.is_panic() {
-                let message = format!(
-                    "the raft loop panicked: {}",
-                    panic_message(&*e.into_panic())
-                );
-                tracing::error!("{message}");
-                let _ = fatal_tx.send(Some(message));
+                let failure = NodeFailure::Panicked {
+                    thread: "raft loop",
+                    message: panic_message(&*e.into_panic()),
+                };
+                tracing::error!("{failure}");
+                let _ = fatal_tx.send(Some(Arc::new(failure)));
             }
         }
     });
@@ -921,35 +1041,6 @@ pub async fn start<S: StateMachine>(
         write_budget_bytes: options.pending_write_bytes_max,
         watch: watch_hub,
     })
-}
-
-/// Names the snapshot files newer than `used` that startup skipped because they failed
-/// verification (the reason is in the log line above), for the error that follows.
-fn skipped_snapshots(snapshots: &SnapshotStore, used: &SnapshotMeta) -> String {
-    let used_name = snapshots
-        .file_path(used.last_index, used.last_term)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut skipped: Vec<String> = std::fs::read_dir(snapshots.dir())
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                // Names are zero-padded `snap-<index>-<term>.snap`: newer sorts later.
-                .filter(|n| n.starts_with("snap-") && n.ends_with(".snap") && *n > used_name)
-                .collect()
-        })
-        .unwrap_or_default();
-    if skipped.is_empty() {
-        return String::new();
-    }
-    skipped.sort();
-    let paths: Vec<String> = skipped
-        .iter()
-        .map(|n| snapshots.dir().join(n).display().to_string())
-        .collect();
-    format!(" (newer snapshot {} failed verification)", paths.join(", "))
 }
 
 fn raft_peers(membership: &Membership) -> BTreeMap<NodeId, SocketAddr> {
@@ -1006,12 +1097,12 @@ fn spawn_thread(
 ) {
     let guarded = move || {
         if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
-            let message = format!(
-                "the {name} thread panicked: {}; the node stops rather than serve without it",
-                panic_message(&*payload)
-            );
-            tracing::error!("{message}");
-            let _ = events.send(Event::Fatal(message));
+            let failure = NodeFailure::Panicked {
+                thread: name,
+                message: panic_message(&*payload),
+            };
+            tracing::error!("{failure}");
+            let _ = events.send(Event::Fatal(failure));
         }
     };
     let spawned = std::thread::Builder::new()
@@ -1036,7 +1127,7 @@ struct RaftLoop {
     leader: watch::Sender<Option<NodeId>>,
     membership: Arc<RwLock<Membership>>,
     metrics: Arc<Metrics>,
-    fatal: Arc<watch::Sender<Option<String>>>,
+    fatal: Arc<watch::Sender<Option<Arc<NodeFailure>>>>,
     last_role: Option<Role>,
     /// Ticks owed to the core, counted through stalls (see `clock.rs`).
     clock: TickClock,
@@ -1120,9 +1211,9 @@ impl RaftLoop {
             }
             if let Some(error) = self.core.fatal() {
                 // Issue 11, item 8: the core stopped on a storage read it cannot trust.
-                let message = format!("the Raft core stopped: {error}");
-                tracing::error!("{message}");
-                let _ = self.fatal.send(Some(message));
+                let failure = NodeFailure::CoreStopped(error.to_string());
+                tracing::error!("{failure}");
+                let _ = self.fatal.send(Some(Arc::new(failure)));
                 return;
             }
             while self.core.has_ready() {
@@ -1181,8 +1272,8 @@ impl RaftLoop {
                 self.core.on_snapshot_installed(meta);
             }
             Event::SnapshotFailed(meta) => self.core.on_snapshot_failed(meta),
-            Event::Fatal(message) => {
-                let _ = self.fatal.send(Some(message));
+            Event::Fatal(failure) => {
+                let _ = self.fatal.send(Some(Arc::new(failure)));
                 return false;
             }
         }
@@ -1365,8 +1456,12 @@ impl RaftLoop {
                 self.data_dir.display()
             ),
         };
-        tracing::error!("{message}");
-        let _ = self.fatal.send(Some(message));
+        let failure = NodeFailure::Membership {
+            id: status.id,
+            remedy: message,
+        };
+        tracing::error!("{failure}");
+        let _ = self.fatal.send(Some(Arc::new(failure)));
         false
     }
 

@@ -14,7 +14,7 @@ use storage::{Entry, HardState, SnapshotMeta};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use super::log_storage::DurableLog;
-use super::{apply::ApplyJob, Event};
+use super::{apply::ApplyJob, Event, NodeFailure, StorageStep};
 use crate::raft::{Envelope, SnapshotChunk};
 use crate::transport::Transport;
 
@@ -81,9 +81,9 @@ impl Writer {
             while let Ok(job) = jobs.try_recv() {
                 pending.push(job);
             }
-            if let Err(message) = self.write_round(pending, &mut receiving) {
-                tracing::error!("{message}");
-                let _ = self.events.send(Event::Fatal(message));
+            if let Err(failure) = self.write_round(pending, &mut receiving) {
+                tracing::error!("{failure}");
+                let _ = self.events.send(Event::Fatal(failure));
                 return;
             }
         }
@@ -93,7 +93,7 @@ impl Writer {
         &mut self,
         jobs: Vec<WriteJob>,
         receiving: &mut Option<(SnapshotMeta, SnapshotReceiver)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), NodeFailure> {
         let mut round = Round {
             batch: Vec::new(),
             batch_bytes: 0,
@@ -148,7 +148,7 @@ impl Writer {
         if let Some(hard_state) = round.hard_state {
             self.stable
                 .save_hard_state(&hard_state)
-                .map_err(|e| format!("cannot persist term and vote: {e}; stopping the node"))?;
+                .map_err(NodeFailure::storage(StorageStep::SaveHardState))?;
         }
         for envelope in round.messages.drain(..) {
             let _ = self.transport.send(envelope);
@@ -161,7 +161,7 @@ impl Writer {
 
     /// Prepares to append at `index`: a conflicting suffix (Raft §5.3) is dropped from the
     /// pending batch, or from the WAL once the batch is out of the way.
-    fn make_room(&mut self, round: &mut Round, index: u64) -> Result<(), String> {
+    fn make_room(&mut self, round: &mut Round, index: u64) -> Result<(), NodeFailure> {
         if let Some(batch_first) = round.batch.first().map(|e| e.index) {
             if index > batch_first {
                 round.batch.truncate((index - batch_first) as usize);
@@ -176,12 +176,14 @@ impl Writer {
             self.log
                 .wal
                 .truncate_suffix(index)
-                .map_err(|e| format!("cannot truncate the log from {index}: {e}"))?;
+                .map_err(NodeFailure::storage(StorageStep::TruncateSuffix {
+                    from: index,
+                }))?;
         }
         Ok(())
     }
 
-    fn flush(&mut self, round: &mut Round) -> Result<(), String> {
+    fn flush(&mut self, round: &mut Round) -> Result<(), NodeFailure> {
         if round.batch.is_empty() {
             return Ok(());
         }
@@ -189,11 +191,7 @@ impl Writer {
         match self.log.wal.append(&round.batch) {
             Ok(()) => {}
             Err(e) if e.is_no_space() => self.append_once_space_is_freed(&round.batch, e)?,
-            Err(e) => {
-                return Err(format!(
-                    "cannot append to the write-ahead log: {e}; stopping the node"
-                ))
-            }
+            Err(e) => return Err(NodeFailure::storage(StorageStep::AppendWal)(e)),
         }
         self.metrics.record_wal_append(
             round.batch.len() as u64,
@@ -213,7 +211,7 @@ impl Writer {
         &mut self,
         batch: &[Entry],
         error: storage::Error,
-    ) -> Result<(), String> {
+    ) -> Result<(), NodeFailure> {
         tracing::error!(
             "{error}; this node refuses writes (507 no_space) and retries every {} ms",
             super::space::RETRY_INTERVAL.as_millis()
@@ -222,7 +220,7 @@ impl Writer {
         loop {
             std::thread::sleep(super::space::RETRY_INTERVAL);
             if self.events.is_closed() {
-                return Err("the node stopped while its disk was full".to_string());
+                return Err(NodeFailure::StoppedWhileDiskFull);
             }
             match self.log.wal.append(batch) {
                 Ok(()) => {
@@ -238,9 +236,7 @@ impl Writer {
                 Err(e) if e.is_no_space() => {}
                 Err(e) => {
                     self.space.set_disk_full(false);
-                    return Err(format!(
-                        "cannot append to the write-ahead log: {e}; stopping the node"
-                    ));
+                    return Err(NodeFailure::storage(StorageStep::AppendWal)(e));
                 }
             }
         }
@@ -253,7 +249,7 @@ impl Writer {
         &mut self,
         chunk: SnapshotChunk,
         receiving: &mut Option<(SnapshotMeta, SnapshotReceiver)>,
-    ) -> Result<ChunkOutcome, String> {
+    ) -> Result<ChunkOutcome, NodeFailure> {
         if chunk.offset == 0 {
             abandon(receiving);
             tracing::info!(
@@ -311,7 +307,7 @@ impl Writer {
 
     /// The snapshot file is durable: make the log agree with it (Raft §7: keep a suffix that
     /// matches, else discard the whole log), then hand the state machine to the apply thread.
-    fn install(&mut self, meta: &SnapshotMeta) -> Result<(), String> {
+    fn install(&mut self, meta: &SnapshotMeta) -> Result<(), NodeFailure> {
         reconcile_log_with_snapshot(&self.log, meta)?;
         self.log.set_snapshot_meta(meta.clone());
         self.metrics.snapshots_installed.inc();
@@ -327,17 +323,17 @@ impl Writer {
 
 /// Makes the WAL start right after `meta` unless it holds a suffix matching it. Used when
 /// installing a received snapshot and on startup (a crash may fall between the two steps).
-pub fn reconcile_log_with_snapshot(log: &DurableLog, meta: &SnapshotMeta) -> Result<(), String> {
+pub fn reconcile_log_with_snapshot(
+    log: &DurableLog,
+    meta: &SnapshotMeta,
+) -> Result<(), NodeFailure> {
     let wal = &log.wal;
     let matches = wal.last_index() >= meta.last_index
         && wal.first_index() <= meta.last_index
         && wal.term(meta.last_index).ok() == Some(meta.last_term);
-    let fail = |e: storage::Error| {
-        format!(
-            "cannot compact the log to snapshot {}: {e}",
-            meta.last_index
-        )
-    };
+    let fail = NodeFailure::storage(StorageStep::CompactToSnapshot {
+        index: meta.last_index,
+    });
     if !matches && wal.last_index() >= wal.first_index() {
         wal.truncate_suffix(wal.first_index()).map_err(fail)?;
     }
