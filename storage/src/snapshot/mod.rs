@@ -9,7 +9,7 @@
 //! trailer = | 0xFFFF_FFFF u32 | frame_count u64 | payload_bytes u64 |
 //!             crc32(header_crc ‖ 0xFFFF_FFFF ‖ frame_count ‖ payload_bytes) u32 |
 //! ```
-//! All integers are little-endian; `meta` is the [`SnapshotMeta`] (last index, last term,
+//! All integers are little-endian; `meta` is the [`SnapshotMeta`](crate::SnapshotMeta) (last index, last term,
 //! membership). Every frame's checksum is seeded with the header's and numbers the frame, so
 //! a frame that is damaged, lost, duplicated, reordered or copied from another snapshot fails
 //! verification; the trailer catches truncation at a frame boundary and trailing garbage.

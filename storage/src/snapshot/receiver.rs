@@ -159,7 +159,7 @@ impl SnapshotReceiver {
         }
     }
 
-    /// Appends the raw bytes a leader read with [`SnapshotStore::read_chunk`] at `offset`.
+    /// Appends the raw bytes a leader read with [`SnapshotStore::read_chunk`](super::SnapshotStore::read_chunk) at `offset`.
     /// `offset` must equal [`SnapshotReceiver::received`] (chunks arrive in order, no gaps);
     /// otherwise, or if the bytes fail a frame checksum, the error says so and the caller
     /// should drop this receiver and restart the transfer from offset 0.
@@ -190,7 +190,7 @@ impl SnapshotReceiver {
     }
 
     /// Checks that the trailer arrived, then installs the snapshot like
-    /// [`SnapshotWriter::finish`].
+    /// [`SnapshotWriter::finish`](super::SnapshotWriter::finish).
     pub fn finish(self) -> Result<SnapshotMeta> {
         if !matches!(self.parser.state, ParseState::Done) {
             return Err(Error::SnapshotCorrupt {
