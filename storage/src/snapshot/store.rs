@@ -17,6 +17,7 @@ use super::{
 };
 use crate::dir::DirHandle;
 use crate::error::{Error, Result};
+use crate::failpoint;
 use crate::SnapshotMeta;
 
 /// The directory of snapshot files. Cheap to clone; clones share the temp-name counter.
@@ -49,7 +50,7 @@ impl SnapshotStore {
         let dir = dir.as_ref().to_path_buf();
         if !dir.exists() {
             std::fs::create_dir_all(&dir)
-                .map_err(|e| Error::io("create snapshot directory", &dir, e))?;
+                .map_err(|e| Error::io_or_no_space("create snapshot directory", &dir, e))?;
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                 sync_dir(parent)?;
             }
@@ -230,9 +231,9 @@ impl SnapshotStore {
     }
 
     pub(super) fn sync_dir(&self) -> Result<()> {
-        self.dir_handle
-            .sync()
-            .map_err(|e| Error::io("fsync directory", &self.dir, e))
+        failpoint::inject("snapshot::dir_fsync")
+            .and_then(|()| self.dir_handle.sync())
+            .map_err(|e| Error::io_or_no_space("fsync directory", &self.dir, e))
     }
 
     /// `(last_index, last_term)` of every snapshot file, newest first.
@@ -262,7 +263,7 @@ impl SnapshotStore {
             target.push(".corrupt");
             let target = PathBuf::from(target);
             std::fs::rename(&path, &target)
-                .map_err(|e| Error::io("quarantine a corrupt snapshot", &path, e))?;
+                .map_err(|e| Error::io_or_no_space("quarantine a corrupt snapshot", &path, e))?;
             tracing::warn!(
                 file = %target.display(),
                 "snapshot failed verification; renamed so it is never used or counted"
@@ -303,7 +304,7 @@ fn parse_file_name(name: &str) -> Option<(u64, u64)> {
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("fsync directory", dir, e))
+        .map_err(|e| Error::io_or_no_space("fsync directory", dir, e))
 }
 
 #[cfg(test)]

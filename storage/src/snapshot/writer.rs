@@ -37,7 +37,7 @@ impl TempTarget {
             .write(true)
             .create_new(true)
             .open(&temp_path)
-            .map_err(|e| Error::io("create snapshot temp file", &temp_path, e))?;
+            .map_err(|e| Error::io_or_no_space("create snapshot temp file", &temp_path, e))?;
         let mut target = TempTarget {
             file,
             temp_path,
@@ -53,23 +53,31 @@ impl TempTarget {
 
     pub(super) fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
         failpoint::inject("snapshot::write")
-            .map_err(|e| Error::io("write snapshot", &self.temp_path, e))?;
+            .map_err(|e| Error::io_or_no_space("write snapshot", &self.temp_path, e))?;
         self.file
             .write_all(bytes)
-            .map_err(|e| Error::io("write snapshot", &self.temp_path, e))
+            .map_err(|e| Error::io_or_no_space("write snapshot", &self.temp_path, e))
     }
 
     /// fsync, rename into place, fsync the directory, prune old snapshots.
+    ///
+    /// A full disk is [`Error::NoSpace`] at every step, the fsyncs included: a snapshot
+    /// that fails is never retried, the next one is a new temp file (`crate::space`). If
+    /// the directory fsync fails, the new file stays in place, synced, but it may not be
+    /// durable; the caller does not count on it (a node compacts its log only after
+    /// `finish` returned), and a restart finds it or the one before.
     pub(super) fn install(mut self, id: (u64, u64)) -> Result<()> {
         failpoint::inject("snapshot::fsync")
-            .map_err(|e| Error::io("fsync snapshot temp file", &self.temp_path, e))?;
+            .map_err(|e| Error::io_or_no_space("fsync snapshot temp file", &self.temp_path, e))?;
         self.file
             .sync_all()
-            .map_err(|e| Error::io("fsync snapshot temp file", &self.temp_path, e))?;
-        failpoint::inject("snapshot::rename")
-            .map_err(|e| Error::io("rename snapshot into place", &self.final_path, e))?;
-        std::fs::rename(&self.temp_path, &self.final_path)
-            .map_err(|e| Error::io("rename snapshot into place", &self.final_path, e))?;
+            .map_err(|e| Error::io_or_no_space("fsync snapshot temp file", &self.temp_path, e))?;
+        failpoint::inject("snapshot::rename").map_err(|e| {
+            Error::io_or_no_space("rename snapshot into place", &self.final_path, e)
+        })?;
+        std::fs::rename(&self.temp_path, &self.final_path).map_err(|e| {
+            Error::io_or_no_space("rename snapshot into place", &self.final_path, e)
+        })?;
         self.done = true;
         self.store.sync_dir()?;
         // The new snapshot is durable; older ones may go. A failure to delete one is not a

@@ -81,6 +81,7 @@ use super::segment::{
     map_file, parse_segment_file_name, write_zeros, ActiveSegment, SegmentView, END_MARKER_BYTES,
     PREPARED_SUFFIX,
 };
+use crate::failpoint;
 use crate::{Error, Result};
 
 /// Name of the metadata file (logical first index, pending truncation).
@@ -118,7 +119,21 @@ pub(crate) struct Recovered {
 
 /// Writes the metadata file atomically: temp file, fdatasync, rename, directory fsync.
 /// After it returns the new metadata is durable; a crash before leaves the old one.
+///
+/// A full disk is [`Error::NoSpace`] at every step. Before the rename ([`replace_meta`])
+/// `wal.meta` is the old one and the temp file is removed: a retry writes and syncs a
+/// new temp file, never the one whose fdatasync failed. A failed directory fsync leaves
+/// the new `wal.meta` in place but not known durable; whether the log may go on with
+/// either one on disk is the caller's call (`Wal::compact_prefix`: yes, both describe
+/// the files; `Wal::truncate_suffix`: no, it fails stop).
 pub(crate) fn write_meta(fs: &dyn WalFs, dir: &Path, meta: &Meta) -> Result<()> {
+    replace_meta(fs, dir, meta)?;
+    sync_wal_dir(fs, dir)
+}
+
+/// [`write_meta`] up to the rename: `wal.meta` says `meta` to anyone who reads it from
+/// now on, and a crash may still bring back the old one.
+pub(crate) fn replace_meta(fs: &dyn WalFs, dir: &Path, meta: &Meta) -> Result<()> {
     let tmp = dir.join(META_TMP_FILE);
     match fs.remove_file(&tmp) {
         Ok(()) => {}
@@ -127,16 +142,41 @@ pub(crate) fn write_meta(fs: &dyn WalFs, dir: &Path, meta: &Meta) -> Result<()> 
     }
     let file = fs
         .create_new(&tmp)
-        .map_err(|e| Error::io("create WAL metadata temp file", &tmp, e))?;
-    fs.write_all_at(&file, &record::encode_meta(meta), 0)
-        .map_err(|e| Error::io("write WAL metadata temp file", &tmp, e))?;
-    fs.sync_data(&file)
-        .map_err(|e| Error::io("fdatasync WAL metadata temp file", &tmp, e))?;
+        .map_err(|e| Error::io_or_no_space("create WAL metadata temp file", &tmp, e))?;
     let path = dir.join(META_FILE);
-    fs.rename(&tmp, &path)
-        .map_err(|e| Error::io("rename WAL metadata file", &path, e))?;
-    fs.sync_dir(dir)
-        .map_err(|e| Error::io("fsync WAL directory", dir, e))
+    let replaced = failpoint::inject("wal::meta_write")
+        .and_then(|()| fs.write_all_at(&file, &record::encode_meta(meta), 0))
+        .map_err(|e| Error::io_or_no_space("write WAL metadata temp file", &tmp, e))
+        .and_then(|()| {
+            // The temp file is never synced again after a failure (it is removed
+            // below): ENOSPC here is a full disk, not an unknown state (`space.rs`).
+            fs.sync_data(&file)
+                .map_err(|e| Error::io_or_no_space("fdatasync WAL metadata temp file", &tmp, e))
+        })
+        .and_then(|()| {
+            failpoint::inject("wal::meta_rename")
+                .and_then(|()| fs.rename(&tmp, &path))
+                .map_err(|e| Error::io_or_no_space("rename WAL metadata file", &path, e))
+        });
+    if let Err(e) = replaced {
+        drop(file);
+        // The old `wal.meta` stands. The temp file only takes space on what may be a
+        // full disk; the next write or open removes it if this cannot.
+        if let Err(remove) = fs.remove_file(&tmp) {
+            tracing::warn!(file = %tmp.display(), error = %remove, "cannot remove the WAL metadata temp file");
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// fsyncs the WAL directory (failpoint `wal::dir_fsync`). ENOSPC is [`Error::NoSpace`]:
+/// each caller redoes the renames it covers or lets them stand either way, and never
+/// syncs the directory again in place of this one (`space.rs`).
+pub(crate) fn sync_wal_dir(fs: &dyn WalFs, dir: &Path) -> Result<()> {
+    failpoint::inject("wal::dir_fsync")
+        .and_then(|()| fs.sync_dir(dir))
+        .map_err(|e| Error::io_or_no_space("fsync WAL directory", dir, e))
 }
 
 /// Whether every byte is zero. Folds 4 KiB chunks so the compiler vectorizes it.

@@ -198,7 +198,7 @@ pub fn prepare_file(
     allocate_only: bool,
 ) -> Result<File> {
     failpoint::inject("wal::segment_prepare")
-        .map_err(|e| Error::io("create prepared segment", path, e))?;
+        .map_err(|e| Error::io_or_no_space("create prepared segment", path, e))?;
     let file = fs
         .create_new(path)
         .map_err(|e| Error::io_or_no_space("create prepared WAL segment", path, e))?;
@@ -255,9 +255,13 @@ fn no_space(e: Error) -> Error {
 }
 
 /// Turns a prepared file into the segment starting at `first_index`: header and end
-/// marker, fdatasync, rename, directory fsync. The header is durable before the name
-/// is, so recovery never finds a named segment without a valid header, and the marker
-/// makes a recycled file read as empty.
+/// marker, fdatasync, rename; the caller fsyncs the directory before it writes a record
+/// there. The header is durable before the name is, so recovery never finds a named
+/// segment without a valid header, and the marker makes a recycled file read as empty.
+///
+/// A failure removes the prepared file: it was never named, so nothing depends on it,
+/// and a retry takes another file, never syncing this one again (`space.rs`). ENOSPC is
+/// therefore [`Error::NoSpace`] at every step, the header's fdatasync included.
 pub fn activate(
     fs: &dyn WalFs,
     dir: &Path,
@@ -279,18 +283,26 @@ pub fn activate(
     .to_vec();
     let marker = (capacity - start.len() as u64).min(END_MARKER_BYTES as u64) as usize;
     start.resize(start.len() + marker, 0);
-    fs.write_all_at(&file, &start, 0)
-        .map_err(|e| Error::io("write segment header", &prep_path, e))?;
-    fs.sync_data(&file)
-        .map_err(|e| Error::io("fdatasync segment header", &prep_path, e))?;
     let path = dir.join(segment_file_name(first_index));
-    failpoint::inject("wal::segment_rename")
-        .map_err(|e| Error::io("rename prepared segment", &path, e))?;
-    fs.rename(&prep_path, &path)
-        .map_err(|e| Error::io("rename prepared segment", &path, e))?;
-    failpoint::inject("wal::dir_fsync").map_err(|e| Error::io("fsync WAL directory", dir, e))?;
-    fs.sync_dir(dir)
-        .map_err(|e| Error::io("fsync WAL directory", dir, e))?;
+    let named = fs
+        .write_all_at(&file, &start, 0)
+        .map_err(|e| Error::io_or_no_space("write segment header", &prep_path, e))
+        .and_then(|()| {
+            fs.sync_data(&file)
+                .map_err(|e| Error::io_or_no_space("fdatasync segment header", &prep_path, e))
+        })
+        .and_then(|()| {
+            failpoint::inject("wal::segment_rename")
+                .and_then(|()| fs.rename(&prep_path, &path))
+                .map_err(|e| Error::io_or_no_space("rename prepared segment", &path, e))
+        });
+    if let Err(e) = named {
+        drop(file);
+        if let Err(remove) = fs.remove_file(&prep_path) {
+            tracing::warn!(file = %prep_path.display(), error = %remove, "cannot remove a prepared WAL segment that failed to activate; the next open removes it");
+        }
+        return Err(e);
+    }
     let map = map_file(&file, &path, false)?;
     let view = SegmentView {
         first_index,
@@ -524,9 +536,28 @@ impl Preparer {
         let prep_path = self.next_path();
         // Renamed first: from here on a crash leaves a `.prep` leftover, which recovery
         // deletes, never a segment whose entries were compacted away.
-        self.fs
-            .rename(path, &prep_path)
-            .map_err(|e| Error::io("rename compacted WAL segment for reuse", &prep_path, e))?;
+        let renamed = failpoint::inject("wal::segment_recycle")
+            .and_then(|()| self.fs.rename(path, &prep_path));
+        match renamed {
+            Ok(()) => {}
+            Err(e) if crate::space::is_out_of_space(&e) => {
+                // The new name needs room in the directory: on a full disk the segment
+                // is deleted instead, which gives its space back.
+                st.stats.deleted += 1;
+                drop(st);
+                return self
+                    .fs
+                    .remove_file(path)
+                    .map_err(|e| Error::io("remove compacted WAL segment", path, e));
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    "rename compacted WAL segment for reuse",
+                    &prep_path,
+                    e,
+                ))
+            }
+        }
         let file = self
             .fs
             .open_rw(&prep_path)
