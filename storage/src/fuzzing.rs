@@ -504,16 +504,12 @@ pub fn run_wal_model(
                 after,
                 torn,
             } => {
-                let r = resolve(&model, mutation);
-                let Some(new) = apply(&model, &r) else {
+                let Some((r, new, acknowledged)) =
+                    run_interrupted(&wal, &fs, &model, mutation, after, torn)
+                else {
                     continue;
                 };
-                fs.set_torn_write_bytes(torn);
-                fs.set_crash_at(fs.ops() + after);
-                let result = run(&wal, &r);
-                fs.set_crash_at(u64::MAX);
-                fs.set_torn_write_bytes(0);
-                if result.is_ok() {
+                if acknowledged {
                     model = new;
                 } else {
                     drop(wal);
@@ -526,18 +522,16 @@ pub fn run_wal_model(
                 after,
                 seed,
             } => {
-                let r = resolve(&model, mutation);
-                let Some(new) = apply(&model, &r) else {
+                let Some((r, new, acknowledged)) =
+                    run_interrupted(&wal, &fs, &model, mutation, after, 0)
+                else {
                     continue;
                 };
-                fs.set_crash_at(fs.ops() + after);
-                let result = run(&wal, &r);
-                fs.set_crash_at(u64::MAX);
                 drop(wal);
                 fs.power_cut(seed)
                     .unwrap_or_else(|e| panic!("{context}: power cut: {e}"));
                 wal = open(&context);
-                model = if result.is_ok() {
+                model = if acknowledged {
                     // Acknowledged, so fsynced: all of it must have survived.
                     new
                 } else {
@@ -547,6 +541,28 @@ pub fn run_wal_model(
         }
         check(&wal, &model, &context);
     }
+}
+
+/// Runs `mutation` with a crash `after` filesystem operations into it (a torn write of
+/// `torn` bytes if the crash hits a write): the mutation resolved, the model it leads to,
+/// and whether the WAL acknowledged it. `None`, running nothing, if the model says the
+/// WAL must refuse it.
+fn run_interrupted(
+    wal: &Wal,
+    fs: &PowerCutFs,
+    model: &Model,
+    mutation: Mutation,
+    after: u64,
+    torn: usize,
+) -> Option<(Resolved, Model, bool)> {
+    let r = resolve(model, mutation);
+    let new = apply(model, &r)?;
+    fs.set_torn_write_bytes(torn);
+    fs.set_crash_at(fs.ops() + after);
+    let acknowledged = run(wal, &r).is_ok();
+    fs.set_crash_at(u64::MAX);
+    fs.set_torn_write_bytes(0);
+    Some((r, new, acknowledged))
 }
 
 /// One operation of [`run_wal_model`].

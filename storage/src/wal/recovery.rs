@@ -78,8 +78,8 @@ use super::record::{
     self, decode_record, DecodeError, Meta, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use super::segment::{
-    map_file, parse_segment_file_name, write_zeros, ActiveSegment, SegmentView, END_MARKER_BYTES,
-    PREPARED_SUFFIX,
+    map_file, parse_segment_file_name, write_sync_rename, write_zeros, ActiveSegment, RenameSteps,
+    SegmentView, END_MARKER_BYTES, PREPARED_SUFFIX,
 };
 use crate::failpoint;
 use crate::{Error, Result};
@@ -143,31 +143,16 @@ pub(crate) fn replace_meta(fs: &dyn WalFs, dir: &Path, meta: &Meta) -> Result<()
     let file = fs
         .create_new(&tmp)
         .map_err(|e| Error::io_or_no_space("create WAL metadata temp file", &tmp, e))?;
-    let path = dir.join(META_FILE);
-    let replaced = failpoint::inject("wal::meta_write")
-        .and_then(|()| fs.write_all_at(&file, &record::encode_meta(meta), 0))
-        .map_err(|e| Error::io_or_no_space("write WAL metadata temp file", &tmp, e))
-        .and_then(|()| {
-            // The temp file is never synced again after a failure (it is removed
-            // below): ENOSPC here is a full disk, not an unknown state (`space.rs`).
-            fs.sync_data(&file)
-                .map_err(|e| Error::io_or_no_space("fdatasync WAL metadata temp file", &tmp, e))
-        })
-        .and_then(|()| {
-            failpoint::inject("wal::meta_rename")
-                .and_then(|()| fs.rename(&tmp, &path))
-                .map_err(|e| Error::io_or_no_space("rename WAL metadata file", &path, e))
-        });
-    if let Err(e) = replaced {
-        drop(file);
-        // The old `wal.meta` stands. The temp file only takes space on what may be a
-        // full disk; the next write or open removes it if this cannot.
-        if let Err(remove) = fs.remove_file(&tmp) {
-            tracing::warn!(file = %tmp.display(), error = %remove, "cannot remove the WAL metadata temp file");
-        }
-        return Err(e);
-    }
-    Ok(())
+    let steps = RenameSteps {
+        write_failpoint: Some("wal::meta_write"),
+        write: "write WAL metadata temp file",
+        sync: "fdatasync WAL metadata temp file",
+        rename_failpoint: "wal::meta_rename",
+        rename: "rename WAL metadata file",
+    };
+    // On failure the old `wal.meta` stands.
+    let meta_bytes = record::encode_meta(meta);
+    write_sync_rename(fs, &file, &tmp, &meta_bytes, &dir.join(META_FILE), &steps)
 }
 
 /// fsyncs the WAL directory (failpoint `wal::dir_fsync`). ENOSPC is [`Error::NoSpace`]:
