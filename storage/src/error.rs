@@ -119,9 +119,10 @@ pub enum Error {
         reason: String,
     },
 
-    /// The filesystem ran out of space (ENOSPC or EDQUOT) at a point where nothing was
-    /// half-written and no fsync failed: nothing of the refused write is durable, the
-    /// files are as they were, and the same write may be retried once space is freed
+    /// The filesystem ran out of space (ENOSPC or EDQUOT) at a point the store can go on
+    /// from: nothing of the refused write is durable, no fsync failed on a file the store
+    /// keeps, the files describe the store as it was (or, where both are valid, as it
+    /// would have been), and the same write may be retried once space is freed
     /// (`crate::space` explains which failures qualify).
     #[error(
         "no space left on the device: {context} {} failed; the filesystem holding it has {}; \
@@ -168,8 +169,9 @@ impl Error {
     }
 
     /// Like [`Error::io`], but an out-of-space failure (ENOSPC, EDQUOT) becomes
-    /// [`Error::NoSpace`]. Only for calls whose failure leaves nothing half-done and no
-    /// fsync failed (see `crate::space`); anywhere else ENOSPC stays a plain I/O error.
+    /// [`Error::NoSpace`]. Only for calls after whose failure the store can go on (see
+    /// `crate::space`, and `Error::into_fatal` for a caller that cannot); anywhere else
+    /// ENOSPC stays a plain I/O error.
     pub fn io_or_no_space(
         context: &'static str,
         path: impl Into<PathBuf>,
@@ -194,5 +196,20 @@ impl Error {
     /// Whether this is [`Error::NoSpace`]: the write may be retried once space is freed.
     pub fn is_no_space(&self) -> bool {
         matches!(self, Error::NoSpace { .. })
+    }
+
+    /// This error as one that stops the store: [`Error::NoSpace`] becomes the plain
+    /// [`Error::Io`] (ENOSPC) it came from. For a full disk that hit an operation past
+    /// its point of no return, which cannot be retried (see `crate::space`), so the error
+    /// must not promise that writes resume on their own.
+    pub(crate) fn into_fatal(self) -> Error {
+        match self {
+            Error::NoSpace { context, path, .. } => Error::Io {
+                context,
+                path,
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            },
+            other => other,
+        }
     }
 }

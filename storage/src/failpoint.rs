@@ -19,11 +19,15 @@
 //! | `wal::fdatasync`       | the `fdatasync` that makes that run durable                 |
 //! | `wal::segment_prepare` | creating a new segment file (zeros or `fallocate`, synced) |
 //! | `wal::segment_rename`  | renaming a prepared segment to its segment name            |
-//! | `wal::dir_fsync`       | every fsync of the WAL directory (roll, truncate, compact) |
+//! | `wal::dir_fsync`       | every fsync of the WAL directory (roll, truncate, compact, `wal.meta`) |
 //! | `wal::compact`         | a prefix compaction (before `wal.meta` moves)              |
+//! | `wal::meta_write`      | writing `wal.meta.tmp` (compaction, truncation, open)      |
+//! | `wal::meta_rename`     | renaming it over `wal.meta`                                 |
+//! | `wal::segment_recycle` | renaming a compacted segment to a `.prep` name for reuse   |
 //! | `snapshot::write`      | each write into a snapshot temp file (taken or received)   |
 //! | `snapshot::fsync`      | the fsync of a complete snapshot temp file                 |
 //! | `snapshot::rename`     | renaming it into place                                      |
+//! | `snapshot::dir_fsync`  | every fsync of the snapshot directory (install, open, quarantine) |
 //! | `stable::save`         | the fsyncs that make a stable-store write (term, vote, ...) durable, after sled applied it |
 
 use std::io;
@@ -37,9 +41,13 @@ pub const NAMES: &[&str] = &[
     "wal::segment_rename",
     "wal::dir_fsync",
     "wal::compact",
+    "wal::meta_write",
+    "wal::meta_rename",
+    "wal::segment_recycle",
     "snapshot::write",
     "snapshot::fsync",
     "snapshot::rename",
+    "snapshot::dir_fsync",
     "stable::save",
 ];
 

@@ -108,19 +108,30 @@ impl<'a> Input<'a> {
 // ---------------------------------------------------------------------------------------
 // WAL: the operations both WAL targets decode.
 
-/// A change to the log, with its arguments still relative to the log's bounds.
+/// A change to the log, with its arguments still relative to the log's bounds. Shared
+/// with the proptest model test (`storage/tests/wal_model.rs`), which draws picks from
+/// the whole `u16` range; the fuzz inputs give a byte.
 #[derive(Clone, Copy, Debug)]
-enum Mutation {
+pub enum Mutation {
     /// Append `count` entries of `len` bytes; `new_term` bumps the term first.
     Append {
+        /// Entries in the batch.
         count: u64,
+        /// Payload bytes of each (0: a no-op entry).
         len: usize,
+        /// Whether the batch starts a new term.
         new_term: bool,
     },
     /// Truncate from a point chosen by `pick` in `[first - 1, last + 1]`.
-    Truncate { pick: u8 },
+    Truncate {
+        /// Chooses the point, modulo the range.
+        pick: u16,
+    },
     /// Compact up to a point chosen by `pick` in `[first - 2, last + 3]`.
-    Compact { pick: u8 },
+    Compact {
+        /// Chooses the point, modulo the range.
+        pick: u16,
+    },
 }
 
 /// Three bytes: kind (appends are 6 in 8, truncations and compactions 1 in 8 each),
@@ -129,8 +140,8 @@ fn mutation(input: &mut Input) -> Mutation {
     let kind = input.byte();
     let (a, b) = (input.byte(), input.byte());
     match kind % 8 {
-        6 => Mutation::Truncate { pick: a },
-        7 => Mutation::Compact { pick: a },
+        6 => Mutation::Truncate { pick: a.into() },
+        7 => Mutation::Compact { pick: a.into() },
         _ => Mutation::Append {
             count: u64::from(a % 12) + 1,
             len: usize::from(b % 100),
@@ -179,7 +190,7 @@ enum Resolved {
 }
 
 fn resolve(model: &Model, m: Mutation) -> Resolved {
-    let span = |lo: u64, hi: u64, pick: u8| lo + u64::from(pick) % (hi - lo + 1);
+    let span = |lo: u64, hi: u64, pick: u16| lo + u64::from(pick) % (hi - lo + 1);
     match m {
         Mutation::Append {
             count,
@@ -293,6 +304,12 @@ fn check(wal: &Wal, model: &Model, context: &str) {
         entries == model.entries,
         "{context}: entries differ from the model"
     );
+    if let Some(e) = model.entries.last() {
+        let term = wal
+            .term(e.index)
+            .unwrap_or_else(|err| panic!("{context}: term of the last entry: {err}"));
+        assert_eq!(term, e.term, "{context}: term of the last entry");
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -301,8 +318,16 @@ fn check(wal: &Wal, model: &Model, context: &str) {
 /// Segments of 256 to 704 bytes: a few entries each, so a short input spans several
 /// segments and damage can land in a segment that is not the last.
 fn small_segments(selector: u8, fs: Arc<dyn crate::wal::WalFs>) -> WalOptions {
+    model_options(small_segment_bytes(selector), fs)
+}
+
+fn small_segment_bytes(selector: u8) -> u64 {
+    256 + 64 * u64::from(selector % 8)
+}
+
+fn model_options(segment_size_bytes_max: u64, fs: Arc<dyn crate::wal::WalFs>) -> WalOptions {
     WalOptions {
-        segment_size_bytes_max: 256 + 64 * u64::from(selector % 8),
+        segment_size_bytes_max,
         group_commit_bytes_max: 1 << 20,
         // No background thread: a fuzz run is one deterministic execution.
         prepare_segments_in_background: false,
@@ -435,12 +460,25 @@ fn damage(dir: &Path, input: &mut Input) -> usize {
 /// (see `wal_model_op`); at most 64 ops are run.
 pub fn wal_model(data: &[u8]) {
     let mut input = Input::new(data);
-    let dir = ScratchDir::new("wal-model");
     // Units smaller than the segments: otherwise one unit holds a whole segment, and a
     // power cut could never persist one write out of order.
     let page_bytes = [64, 128, 512, 4096][usize::from(input.byte() % 4)];
+    let segment_size_bytes_max = small_segment_bytes(input.byte());
+    let ops = std::iter::from_fn(|| (!input.exhausted()).then(|| wal_model_op(&mut input)));
+    run_wal_model(page_bytes, segment_size_bytes_max, ops.take(64));
+}
+
+/// Runs `ops` against a WAL over a [`PowerCutFs`] of `page_bytes` pages with segments of
+/// `segment_size_bytes_max`, and against a `Vec` model, comparing them after every step
+/// (see [`wal_model`]); panics, naming the step, where they differ.
+pub fn run_wal_model(
+    page_bytes: u64,
+    segment_size_bytes_max: u64,
+    ops: impl IntoIterator<Item = ModelOp>,
+) {
+    let dir = ScratchDir::new("wal-model");
     let fs = Arc::new(PowerCutFs::with_page_bytes(page_bytes));
-    let options = small_segments(input.byte(), fs.clone());
+    let options = model_options(segment_size_bytes_max, fs.clone());
     let open = |context: &str| {
         fs.set_crash_at(u64::MAX);
         fs.set_torn_write_bytes(0);
@@ -449,11 +487,7 @@ pub fn wal_model(data: &[u8]) {
     };
     let mut wal = open("at the start");
     let mut model = Model::new();
-    for step in 0..64 {
-        if input.exhausted() {
-            break;
-        }
-        let op = wal_model_op(&mut input);
+    for (step, op) in ops.into_iter().enumerate() {
         let context = format!("step {step}: {op:?}");
         match op {
             ModelOp::Do(m) => run_acknowledged(&wal, &mut model, m, &context),
@@ -470,16 +504,12 @@ pub fn wal_model(data: &[u8]) {
                 after,
                 torn,
             } => {
-                let r = resolve(&model, mutation);
-                let Some(new) = apply(&model, &r) else {
+                let Some((r, new, acknowledged)) =
+                    run_interrupted(&wal, &fs, &model, mutation, after, torn)
+                else {
                     continue;
                 };
-                fs.set_torn_write_bytes(torn);
-                fs.set_crash_at(fs.ops() + after);
-                let result = run(&wal, &r);
-                fs.set_crash_at(u64::MAX);
-                fs.set_torn_write_bytes(0);
-                if result.is_ok() {
+                if acknowledged {
                     model = new;
                 } else {
                     drop(wal);
@@ -492,18 +522,16 @@ pub fn wal_model(data: &[u8]) {
                 after,
                 seed,
             } => {
-                let r = resolve(&model, mutation);
-                let Some(new) = apply(&model, &r) else {
+                let Some((r, new, acknowledged)) =
+                    run_interrupted(&wal, &fs, &model, mutation, after, 0)
+                else {
                     continue;
                 };
-                fs.set_crash_at(fs.ops() + after);
-                let result = run(&wal, &r);
-                fs.set_crash_at(u64::MAX);
                 drop(wal);
                 fs.power_cut(seed)
                     .unwrap_or_else(|e| panic!("{context}: power cut: {e}"));
                 wal = open(&context);
-                model = if result.is_ok() {
+                model = if acknowledged {
                     // Acknowledged, so fsynced: all of it must have survived.
                     new
                 } else {
@@ -515,24 +543,55 @@ pub fn wal_model(data: &[u8]) {
     }
 }
 
-/// One operation of [`wal_model`].
-#[derive(Debug)]
-enum ModelOp {
+/// Runs `mutation` with a crash `after` filesystem operations into it (a torn write of
+/// `torn` bytes if the crash hits a write): the mutation resolved, the model it leads to,
+/// and whether the WAL acknowledged it. `None`, running nothing, if the model says the
+/// WAL must refuse it.
+fn run_interrupted(
+    wal: &Wal,
+    fs: &PowerCutFs,
+    model: &Model,
+    mutation: Mutation,
+    after: u64,
+    torn: usize,
+) -> Option<(Resolved, Model, bool)> {
+    let r = resolve(model, mutation);
+    let new = apply(model, &r)?;
+    fs.set_torn_write_bytes(torn);
+    fs.set_crash_at(fs.ops() + after);
+    let acknowledged = run(wal, &r).is_ok();
+    fs.set_crash_at(u64::MAX);
+    fs.set_torn_write_bytes(0);
+    Some((r, new, acknowledged))
+}
+
+/// One operation of [`run_wal_model`].
+#[derive(Clone, Copy, Debug)]
+pub enum ModelOp {
+    /// Run the mutation; the WAL and the model must agree on its outcome.
     Do(Mutation),
+    /// A barrier over every append so far.
     Sync,
+    /// Close and reopen cleanly.
     Reopen,
     /// A process crash `after` filesystem operations into the mutation (a torn write of
     /// `torn` bytes if it hits a write), then recovery.
     Crash {
+        /// What is interrupted.
         mutation: Mutation,
+        /// Filesystem operations into it.
         after: u64,
+        /// Bytes of a write the crash hits that still land.
         torn: usize,
     },
     /// A crash `after` filesystem operations into the mutation (or none if it takes
     /// fewer), then a power cut keeping the unsynced pages `seed` picks.
     PowerCut {
+        /// What is interrupted.
         mutation: Mutation,
+        /// Filesystem operations into it.
         after: u64,
+        /// Picks the unsynced pages that survive.
         seed: u64,
     },
 }

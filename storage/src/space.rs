@@ -11,18 +11,28 @@
 //!
 //! | where ENOSPC surfaces                           | what is on disk          | outcome |
 //! |-------------------------------------------------|--------------------------|---------|
-//! | preparing the next WAL segment (`fallocate`, zero fill) | a `.prep` file, removed | [`crate::Error::NoSpace`], retried |
+//! | preparing the next WAL segment (`fallocate`, zero fill, its `fdatasync`) | a `.prep` file, removed | [`crate::Error::NoSpace`], retried |
 //! | the WAL's `pwritev`, before its `fdatasync`     | bytes past the published end, never synced nor acknowledged | [`crate::Error::NoSpace`], rewritten by the retry |
-//! | any `fdatasync` / `fsync`                       | unknown                  | fatal: fail-stop, recovery decides on restart |
-//! | renaming a segment or `wal.meta`, directory fsync | half a step            | fatal |
+//! | starting a segment: its header, the header's `fdatasync`, the rename | the prepared file, removed | [`crate::Error::NoSpace`], the retry takes another file |
+//! | the directory fsync after that rename           | a named segment, never written to | [`crate::Error::NoSpace`]; the retry renames a new file over it, a truncation deletes it |
+//! | `wal.meta`: its temp file, the temp file's `fdatasync`, the rename | the old `wal.meta`; the temp file removed | [`crate::Error::NoSpace`]: the compaction or truncation is refused, the log goes on |
+//! | a compaction after that (`wal.meta`'s directory fsync, the segments' removal) | the old or the new first index, both true of the files | [`crate::Error::NoSpace`]: the log goes on, the next compaction retries |
+//! | renaming a compacted segment for reuse          | the segment              | deleted instead (frees its space) |
+//! | a truncation past its mark (directory fsync, zeroing, clearing the mark) | between two logs | fatal ([`crate::Error::Io`], ENOSPC): recovery completes it on restart |
+//! | any `fdatasync` of data the log keeps (records, a truncated segment, the last segment on open) | unknown | fatal: fail-stop, recovery decides on restart |
 //! | the stable store (sled)                         | unknown to us            | fatal |
-//! | writing a snapshot                              | a temp file, removed     | the snapshot fails, the node goes on |
+//! | a snapshot: temp file, its fsync, the rename, the directory fsync | a temp file, removed; or the new file in place, synced | [`crate::Error::NoSpace`]: the snapshot fails, the node goes on |
 //!
 //! The fsync rows follow the "fsyncgate" rule (PostgreSQL 2018, Rebello et al., "Can
 //! Applications Recover from fsync Failures?", ATC '20): after a failed `fsync` Linux may
 //! already have dropped the dirty pages and marked them clean, so a second `fsync` can
 //! report success for data that never reached the disk. A failed sync is therefore never
-//! retried as a success; the process stops and recovery reads what is really there.
+//! retried as a success. Where a failed fsync still reads as a full disk, it failed on a
+//! file that is then thrown away (a temp file, a prepared segment: the retry writes and
+//! syncs a new one), or on the directory after a rename that the retry does again or
+//! that may stand undone (a compaction's); the next successful fsync then covers a new
+//! change and never stands in for the failed one. Anywhere else, ENOSPC from an fsync is
+//! as fatal as EIO: the process stops and recovery reads what is really there.
 //!
 //! Segments are prepared ahead of use (`wal/segment.rs`): their space is reserved with
 //! `fallocate` and, for small writes, zero-filled before the log needs them, so appends

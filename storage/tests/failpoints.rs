@@ -302,3 +302,289 @@ fn snapshot_is_not_installed_after_a_failed_fsync() {
 fn snapshot_is_not_installed_after_a_failed_rename() {
     snapshot_fault_is_never_installed("snapshot::rename", "rename snapshot into place");
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue 12, a full disk. An injected ENOSPC where nothing was half-done, or where what
+// was done may stand either way, is `NoSpace`: the store stays writable (the node keeps
+// retrying, `src/node/space.rs`), the same write succeeds once space is back, and a
+// reopened store has everything acknowledged. Which fsyncs may say ENOSPC this way, and
+// which stay fatal, is the table in `storage::space`.
+
+/// Arms `name` with ENOSPC while appends roll into new segments: the append that rolls is
+/// refused as `NoSpace` (again while the disk stays full), nothing else changes, and the
+/// same append and more go through once it is disarmed.
+fn wal_roll_out_of_space_is_retried(name: &str) {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let wal = open_wal(dir.path());
+    for _ in 0..2 {
+        append_next(&wal).expect("append before the disk fills");
+    }
+    failpoint::configure(name, "return(ENOSPC)").unwrap();
+    let (acknowledged, error) = append_until_error(&wal);
+    assert!(error.is_no_space(), "{name}: a full disk, got {error}");
+    assert!(
+        error
+            .to_string()
+            .contains(&dir.path().display().to_string()),
+        "{name}: the error names the directory: {error}"
+    );
+    let again = append_next(&wal).expect_err("the disk is still full");
+    assert!(again.is_no_space(), "{name}: refused, not failed: {again}");
+    assert_eq!(
+        wal.last_index(),
+        acknowledged,
+        "{name}: a refusal changed the log"
+    );
+    failpoint::configure(name, "off").unwrap();
+    let next = append_next(&wal).expect("the same append once space is back");
+    assert_eq!(next, acknowledged + 1);
+    for _ in 0..8 {
+        append_next(&wal).expect("appends go on, rolling into more segments");
+    }
+    let last = wal.last_index();
+    drop(wal);
+    let reopened = open_wal(dir.path());
+    assert_eq!(reopened.last_index(), last, "{name}");
+    for index in 1..=last {
+        assert_eq!(
+            reopened.entry(index).unwrap(),
+            entry(index, 1024),
+            "{name}: {index}"
+        );
+    }
+    drop(scenario);
+}
+
+#[test]
+fn wal_append_is_retried_after_no_space_preparing_a_segment() {
+    wal_roll_out_of_space_is_retried("wal::segment_prepare");
+}
+
+#[test]
+fn wal_append_is_retried_after_no_space_renaming_a_segment() {
+    wal_roll_out_of_space_is_retried("wal::segment_rename");
+}
+
+#[test]
+fn wal_append_is_retried_after_no_space_fsyncing_the_directory() {
+    wal_roll_out_of_space_is_retried("wal::dir_fsync");
+}
+
+/// A roll whose directory fsync failed left a segment named past the end of the log: a
+/// truncation must take it away too, or the reopened log finds it after the new end.
+#[test]
+fn truncation_removes_the_segment_of_a_roll_that_ran_out_of_space() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let wal = open_wal(dir.path());
+    for _ in 0..2 {
+        append_next(&wal).expect("append before the disk fills");
+    }
+    failpoint::configure("wal::dir_fsync", "return(ENOSPC)").unwrap();
+    let (acknowledged, error) = append_until_error(&wal);
+    assert!(acknowledged >= 2, "{acknowledged}");
+    assert!(error.is_no_space(), "{error}");
+    failpoint::configure("wal::dir_fsync", "off").unwrap();
+    wal.truncate_suffix(2).expect("truncate once space is back");
+    assert_eq!(wal.last_index(), 1);
+    drop(wal);
+    let reopened = open_wal(dir.path());
+    assert_eq!(
+        reopened.last_index(),
+        1,
+        "acknowledged up to {acknowledged}, kept 1"
+    );
+    assert_eq!(reopened.entry(1).unwrap(), entry(1, 1024));
+    append_next(&reopened).expect("appends after the truncation");
+    drop(scenario);
+}
+
+/// Arms `name` with ENOSPC for one compaction: it is refused as `NoSpace`, the log keeps
+/// appending, the compaction succeeds once space is back, and a reopened log starts
+/// after it with every acknowledged entry since.
+fn wal_compaction_out_of_space_is_retried(name: &str) {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let wal = open_wal(dir.path());
+    for _ in 0..8 {
+        append_next(&wal).expect("append");
+    }
+    failpoint::configure(name, "return(ENOSPC)").unwrap();
+    let error = wal
+        .compact_prefix(4)
+        .expect_err("compaction on a full disk");
+    assert!(error.is_no_space(), "{name}: a full disk, got {error}");
+    failpoint::configure(name, "off").unwrap();
+    append_next(&wal).expect("the log still appends after a refused compaction");
+    wal.compact_prefix(4)
+        .expect("the compaction once space is back");
+    assert_eq!(wal.first_index(), 5, "{name}");
+    append_next(&wal).expect("append after the compaction");
+    let last = wal.last_index();
+    drop(wal);
+    let reopened = open_wal(dir.path());
+    assert_eq!(
+        (reopened.first_index(), reopened.last_index()),
+        (5, last),
+        "{name}"
+    );
+    for index in 5..=last {
+        assert_eq!(
+            reopened.entry(index).unwrap(),
+            entry(index, 1024),
+            "{name}: {index}"
+        );
+    }
+    drop(scenario);
+}
+
+#[test]
+fn wal_compaction_is_retried_after_no_space_writing_its_metadata() {
+    wal_compaction_out_of_space_is_retried("wal::meta_write");
+}
+
+#[test]
+fn wal_compaction_is_retried_after_no_space_renaming_its_metadata() {
+    wal_compaction_out_of_space_is_retried("wal::meta_rename");
+}
+
+#[test]
+fn wal_compaction_is_retried_after_no_space_fsyncing_the_directory() {
+    wal_compaction_out_of_space_is_retried("wal::dir_fsync");
+}
+
+/// On a full disk a compacted segment is deleted rather than kept for reuse under a new
+/// name, which needs room in the directory: the compaction succeeds and frees space.
+#[test]
+fn wal_compaction_on_a_full_disk_deletes_instead_of_recycling() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let wal = open_wal(dir.path());
+    for _ in 0..8 {
+        append_next(&wal).expect("append");
+    }
+    let deleted = wal.segment_stats().deleted;
+    failpoint::configure("wal::segment_recycle", "return(ENOSPC)").unwrap();
+    wal.compact_prefix(4).expect("compaction deletes instead");
+    assert!(wal.segment_stats().deleted > deleted, "no segment deleted");
+    failpoint::configure("wal::segment_recycle", "off").unwrap();
+    let last = append_next(&wal).expect("append after the compaction");
+    drop(wal);
+    let reopened = open_wal(dir.path());
+    assert_eq!((reopened.first_index(), reopened.last_index()), (5, last));
+    drop(scenario);
+}
+
+/// Until the truncation mark replaces `wal.meta` nothing has changed: ENOSPC refuses the
+/// truncation and the log goes on. After it (the directory fsync), the files are between
+/// two logs only recovery may settle: the error is fatal and says ENOSPC, not `NoSpace`.
+#[test]
+fn wal_truncation_is_refused_before_its_mark_and_fatal_after() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let wal = open_wal(dir.path());
+    for _ in 0..8 {
+        append_next(&wal).expect("append");
+    }
+    for name in ["wal::meta_write", "wal::meta_rename"] {
+        failpoint::configure(name, "return(ENOSPC)").unwrap();
+        let error = wal
+            .truncate_suffix(6)
+            .expect_err("truncation on a full disk");
+        assert!(error.is_no_space(), "{name}: {error}");
+        failpoint::configure(name, "off").unwrap();
+        assert_eq!(
+            wal.last_index(),
+            8,
+            "{name}: a refused truncation changed the log"
+        );
+    }
+    let nine = append_next(&wal).expect("the log still appends");
+    assert_eq!(nine, 9);
+    failpoint::configure("wal::dir_fsync", "return(ENOSPC)").unwrap();
+    let error = wal.truncate_suffix(6).expect_err("fsync fails");
+    let storage::Error::Io { source, .. } = &error else {
+        panic!("a truncation past its mark cannot be retried: fatal, got {error}");
+    };
+    assert_eq!(source.raw_os_error(), Some(libc::ENOSPC), "{error}");
+    failpoint::configure("wal::dir_fsync", "off").unwrap();
+    append_next(&wal).expect_err("refused until reopened");
+    drop(wal);
+    let reopened = open_wal(dir.path());
+    let last = reopened.last_index();
+    assert!(
+        last == 5 || last == 9,
+        "the old log or the truncated one, got {last}"
+    );
+    for index in 1..=last {
+        assert_eq!(
+            reopened.entry(index).unwrap(),
+            entry(index, 1024),
+            "{index}"
+        );
+    }
+    drop(scenario);
+}
+
+/// A snapshot that runs out of space at any step is refused as `NoSpace`; the store
+/// keeps the previous snapshot (or, if only the directory fsync failed, the new one,
+/// whose data was synced), leaves no temp file, and takes the next snapshot.
+fn snapshot_out_of_space_is_refused(name: &str) {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(dir.path()).unwrap();
+    write_snapshot(&store, 10).expect("snapshot before the disk fills");
+    failpoint::configure(name, "return(ENOSPC)").unwrap();
+    let error = write_snapshot(&store, 20).expect_err("armed");
+    assert!(error.is_no_space(), "{name}: a full disk, got {error}");
+    failpoint::configure(name, "off").unwrap();
+    let latest = store.latest_verified().unwrap().map(|m| m.last_index);
+    if name == "snapshot::dir_fsync" {
+        assert!(matches!(latest, Some(10 | 20)), "{name}: {latest:?}");
+    } else {
+        assert_eq!(
+            latest,
+            Some(10),
+            "{name}: the failed snapshot is not installed"
+        );
+    }
+    let temps = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".tmp")
+        })
+        .count();
+    assert_eq!(temps, 0, "{name}: temp files left");
+    write_snapshot(&store, 30).expect("a snapshot once space is back");
+    let reopened = SnapshotStore::open(dir.path()).unwrap();
+    assert_eq!(
+        reopened.latest_verified().unwrap().map(|m| m.last_index),
+        Some(30)
+    );
+    drop(scenario);
+}
+
+#[test]
+fn snapshot_is_refused_after_no_space_writing() {
+    snapshot_out_of_space_is_refused("snapshot::write");
+}
+
+#[test]
+fn snapshot_is_refused_after_no_space_fsyncing() {
+    snapshot_out_of_space_is_refused("snapshot::fsync");
+}
+
+#[test]
+fn snapshot_is_refused_after_no_space_renaming() {
+    snapshot_out_of_space_is_refused("snapshot::rename");
+}
+
+#[test]
+fn snapshot_is_refused_after_no_space_fsyncing_the_directory() {
+    snapshot_out_of_space_is_refused("snapshot::dir_fsync");
+}

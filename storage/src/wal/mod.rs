@@ -192,6 +192,10 @@ struct Io {
     /// Offsets (in the active segment) of the records being written; kept to reuse
     /// its allocation.
     run_offsets: Vec<u32>,
+    /// A segment renamed into place by a roll whose directory fsync then failed for lack
+    /// of space: not in the view, never written to. The roll's retry renames a new file
+    /// over it; a truncation deletes it, or recovery would find it past the new end.
+    unsynced_segment: Option<PathBuf>,
 }
 
 /// What readers see.
@@ -415,6 +419,7 @@ impl Wal {
                 active: recovered.active,
                 spare: None,
                 run_offsets: Vec::new(),
+                unsynced_segment: None,
             }),
             view: RwLock::new(View {
                 first_index: recovered.first_index,
@@ -884,12 +889,14 @@ impl Wal {
                 self.preparer.take(need)?
             }
         };
-        // An active segment with no records (just recovered or created, and this record
-        // is too large for it) is replaced: the rename below swaps it atomically.
-        let replace_empty = io
-            .active
-            .as_ref()
-            .is_some_and(|a| a.write_offset == SEGMENT_HEADER_BYTES as u64);
+        // A last segment with no records (just recovered or created, and this record is
+        // too large for it; or kept by a roll that failed) is replaced: the rename below
+        // swaps it atomically.
+        let replace_empty = self
+            .read_view()
+            .segments
+            .back()
+            .is_some_and(|s| s.first_index == first_index && s.offsets.is_empty());
         if let Some(a) = &io.active {
             assert!(
                 replace_empty || a.first_index < first_index,
@@ -899,6 +906,15 @@ impl Wal {
         }
         io.active = None;
         let (active, view) = segment::activate(self.fs.as_ref(), &self.dir, prepared, first_index)?;
+        if let Err(e) = recovery::sync_wal_dir(self.fs.as_ref(), &self.dir) {
+            // The name may not be durable: no record may go into the file, or a power
+            // cut could take acknowledged entries with the name. It is left out of the
+            // log; a retry renames a new file over it and syncs the directory for that
+            // rename, never in place of this failed fsync (`space.rs`).
+            io.unsynced_segment = Some(active.path);
+            return Err(e);
+        }
+        io.unsynced_segment = None;
         let mut v = self.write_view();
         if replace_empty {
             let replaced = v.segments.pop_back();
@@ -974,25 +990,33 @@ impl Wal {
                 first_index: first,
             });
         }
+        let mark = Meta {
+            first_index: first,
+            truncate_from: from,
+        };
+        // Until the mark replaces `wal.meta` nothing has changed: a full disk only
+        // refuses this truncation (`space.rs`).
+        if let Err(e) = recovery::replace_meta(self.fs.as_ref(), &self.dir, &mark) {
+            return Err(if e.is_no_space() {
+                e
+            } else {
+                self.fail(&mut st, e)
+            });
+        }
+        // From here the files are between the old log and the truncated one, which only
+        // recovery may settle: every failure is fatal, a full disk too.
         match self.truncate_files(first, from) {
             Ok(()) => {
                 st.last_queued = from - 1;
                 Ok(())
             }
-            Err(e) => Err(self.fail(&mut st, e)),
+            Err(e) => Err(self.fail(&mut st, e.into_fatal())),
         }
     }
 
     fn truncate_files(&self, first: u64, from: u64) -> Result<()> {
         let fs = self.fs.as_ref();
-        recovery::write_meta(
-            fs,
-            &self.dir,
-            &Meta {
-                first_index: first,
-                truncate_from: from,
-            },
-        )?;
+        recovery::sync_wal_dir(fs, &self.dir)?;
         let mut io = lock(&self.io);
         // Readers stop seeing the dropped entries before any byte of them changes.
         let (doomed, zero_range) = {
@@ -1017,6 +1041,13 @@ impl Wal {
         };
         if io.active.as_ref().is_some_and(|a| a.first_index >= from) {
             io.active = None;
+        }
+        let mut doomed = doomed;
+        if let Some(path) = io.unsynced_segment.take() {
+            // It starts past the old end of the log, so past the new one.
+            if !doomed.contains(&path) {
+                doomed.push(path);
+            }
         }
         for path in &doomed {
             fs.remove_file(path)
@@ -1079,6 +1110,14 @@ impl Wal {
                 st.last_queued = st.last_queued.max(upto);
                 Ok(())
             }
+            Err(e) if e.is_no_space() => {
+                // `wal.meta` holds the old first index or (not known durable) the new
+                // one, and either describes the files: compaction only lets go of
+                // entries a snapshot holds, and recovery deletes segments below the first
+                // index. So the log goes on, and the next compaction retries (`space.rs`).
+                st.last_queued = st.last_queued.max(self.last_index());
+                Err(e)
+            }
             Err(e) => Err(self.fail(&mut st, e)),
         }
     }
@@ -1126,10 +1165,7 @@ impl Wal {
             self.preparer.recycle(path, *salt, *size_bytes)?;
         }
         if !doomed.is_empty() {
-            failpoint::inject("wal::dir_fsync")
-                .map_err(|e| Error::io("fsync WAL directory", &self.dir, e))?;
-            fs.sync_dir(&self.dir)
-                .map_err(|e| Error::io("fsync WAL directory", &self.dir, e))?;
+            recovery::sync_wal_dir(fs, &self.dir)?;
         }
         Ok(())
     }

@@ -319,6 +319,14 @@ pub fn encode_segment_header(header: SegmentHeader) -> [u8; SEGMENT_HEADER_BYTES
     h
 }
 
+/// `Err` naming both when `buf` (at least 8 bytes) does not start with `magic`.
+fn check_magic(buf: &[u8], magic: &[u8; 8]) -> Result<(), String> {
+    if buf[0..8] != *magic {
+        return Err(format!("magic is {:?}, expected {:?}", &buf[0..8], magic));
+    }
+    Ok(())
+}
+
 /// Decodes a segment header; `Err` says what is wrong with it.
 pub fn decode_segment_header(buf: &[u8]) -> Result<SegmentHeader, String> {
     if buf.len() < SEGMENT_HEADER_BYTES {
@@ -327,13 +335,7 @@ pub fn decode_segment_header(buf: &[u8]) -> Result<SegmentHeader, String> {
             buf.len()
         ));
     }
-    if buf[0..8] != SEGMENT_MAGIC {
-        return Err(format!(
-            "magic is {:?}, expected {:?}",
-            &buf[0..8],
-            SEGMENT_MAGIC
-        ));
-    }
+    check_magic(buf, &SEGMENT_MAGIC)?;
     let version = u32_at(buf, 8);
     if !(1..=SEGMENT_VERSION).contains(&version) {
         return Err(format!(
@@ -392,13 +394,7 @@ pub fn decode_meta(buf: &[u8]) -> Result<Meta, String> {
     if buf.len() != META_BYTES {
         return Err(format!("{} bytes, expected {META_BYTES}", buf.len()));
     }
-    if buf[0..8] != META_MAGIC {
-        return Err(format!(
-            "magic is {:?}, expected {:?}",
-            &buf[0..8],
-            META_MAGIC
-        ));
-    }
+    check_magic(buf, &META_MAGIC)?;
     let version = u32_at(buf, 8);
     if version != META_VERSION {
         return Err(format!(

@@ -78,9 +78,10 @@ use super::record::{
     self, decode_record, DecodeError, Meta, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use super::segment::{
-    map_file, parse_segment_file_name, write_zeros, ActiveSegment, SegmentView, END_MARKER_BYTES,
-    PREPARED_SUFFIX,
+    map_file, parse_segment_file_name, write_sync_rename, write_zeros, ActiveSegment, RenameSteps,
+    SegmentView, END_MARKER_BYTES, PREPARED_SUFFIX,
 };
+use crate::failpoint;
 use crate::{Error, Result};
 
 /// Name of the metadata file (logical first index, pending truncation).
@@ -118,7 +119,21 @@ pub(crate) struct Recovered {
 
 /// Writes the metadata file atomically: temp file, fdatasync, rename, directory fsync.
 /// After it returns the new metadata is durable; a crash before leaves the old one.
+///
+/// A full disk is [`Error::NoSpace`] at every step. Before the rename ([`replace_meta`])
+/// `wal.meta` is the old one and the temp file is removed: a retry writes and syncs a
+/// new temp file, never the one whose fdatasync failed. A failed directory fsync leaves
+/// the new `wal.meta` in place but not known durable; whether the log may go on with
+/// either one on disk is the caller's call (`Wal::compact_prefix`: yes, both describe
+/// the files; `Wal::truncate_suffix`: no, it fails stop).
 pub(crate) fn write_meta(fs: &dyn WalFs, dir: &Path, meta: &Meta) -> Result<()> {
+    replace_meta(fs, dir, meta)?;
+    sync_wal_dir(fs, dir)
+}
+
+/// [`write_meta`] up to the rename: `wal.meta` says `meta` to anyone who reads it from
+/// now on, and a crash may still bring back the old one.
+pub(crate) fn replace_meta(fs: &dyn WalFs, dir: &Path, meta: &Meta) -> Result<()> {
     let tmp = dir.join(META_TMP_FILE);
     match fs.remove_file(&tmp) {
         Ok(()) => {}
@@ -127,16 +142,26 @@ pub(crate) fn write_meta(fs: &dyn WalFs, dir: &Path, meta: &Meta) -> Result<()> 
     }
     let file = fs
         .create_new(&tmp)
-        .map_err(|e| Error::io("create WAL metadata temp file", &tmp, e))?;
-    fs.write_all_at(&file, &record::encode_meta(meta), 0)
-        .map_err(|e| Error::io("write WAL metadata temp file", &tmp, e))?;
-    fs.sync_data(&file)
-        .map_err(|e| Error::io("fdatasync WAL metadata temp file", &tmp, e))?;
-    let path = dir.join(META_FILE);
-    fs.rename(&tmp, &path)
-        .map_err(|e| Error::io("rename WAL metadata file", &path, e))?;
-    fs.sync_dir(dir)
-        .map_err(|e| Error::io("fsync WAL directory", dir, e))
+        .map_err(|e| Error::io_or_no_space("create WAL metadata temp file", &tmp, e))?;
+    let steps = RenameSteps {
+        write_failpoint: Some("wal::meta_write"),
+        write: "write WAL metadata temp file",
+        sync: "fdatasync WAL metadata temp file",
+        rename_failpoint: "wal::meta_rename",
+        rename: "rename WAL metadata file",
+    };
+    // On failure the old `wal.meta` stands.
+    let meta_bytes = record::encode_meta(meta);
+    write_sync_rename(fs, &file, &tmp, &meta_bytes, &dir.join(META_FILE), &steps)
+}
+
+/// fsyncs the WAL directory (failpoint `wal::dir_fsync`). ENOSPC is [`Error::NoSpace`]:
+/// each caller redoes the renames it covers or lets them stand either way, and never
+/// syncs the directory again in place of this one (`space.rs`).
+pub(crate) fn sync_wal_dir(fs: &dyn WalFs, dir: &Path) -> Result<()> {
+    failpoint::inject("wal::dir_fsync")
+        .and_then(|()| fs.sync_dir(dir))
+        .map_err(|e| Error::io_or_no_space("fsync WAL directory", dir, e))
 }
 
 /// Whether every byte is zero. Folds 4 KiB chunks so the compiler vectorizes it.
@@ -355,11 +380,233 @@ fn load_segments(fs: &dyn WalFs, keep: &[(u64, PathBuf)], fence: u64) -> Vec<Opt
         .collect()
 }
 
-/// Scans `dir` and rebuilds the log. See the module documentation for the rules.
-pub(crate) fn recover(dir: &Path, fs: &dyn WalFs) -> Result<Recovered> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("create WAL directory", dir, e))?;
-    let mut report = RecoveryReport::default();
+/// A row of the case table in the module documentation: what it means that one
+/// segment's records stop where they do. [`classify`] decides it, [`refusal`], [`zero_to`]
+/// and [`warn_torn_tail`] act on it.
+#[derive(Debug, PartialEq, Eq)]
+enum Case {
+    /// Not the last segment, and its records end where the next segment starts: fine.
+    Continues,
+    /// Not the last segment, its records stop before the next one starts, and a valid
+    /// record of entry `index` follows at offset `at`: corruption.
+    FollowedBeforeNext { at: usize, index: u64 },
+    /// Not the last segment, and its records stop at damage before the next one starts:
+    /// corruption.
+    DamagedBeforeNext,
+    /// Not the last segment, and its records end at an end marker before the next one
+    /// starts, or run past that next one's first entry: corruption, named at the next one.
+    Discontiguous,
+    /// The last segment; its records stop at an end marker and nothing valid follows:
+    /// the clean end of the log.
+    CleanEnd,
+    /// The last segment; its records stop at damage and nothing valid follows: a torn
+    /// tail, cut at the damage.
+    TornTail,
+    /// The last segment; a valid record of entry `index` follows the stop at `at`, and
+    /// entry `start_index` at `start_at` starts a later write, so the damaged bytes had
+    /// been synced: corruption.
+    LaterWriteFollows {
+        at: usize,
+        index: u64,
+        start_at: usize,
+        start_index: u64,
+    },
+    /// The last segment, of a version that marks writes; the valid records after the
+    /// stop all belong to the last write and end at `end`: a torn write, zeroed to there.
+    TornWrite { end: usize },
+    /// The last segment, of a `version` (1 or 2) that does not mark writes; a valid
+    /// record of entry `index` follows the stop at `at`: corruption.
+    UnmarkedFollows { at: usize, index: u64, version: u32 },
+    /// A pending truncation mark stopped the records: every valid record past it, up to
+    /// `end`, is zeroed and the truncation completes.
+    PendingTruncation { end: usize },
+}
 
+/// Decides which row of the case table a scanned segment falls under, from its bytes
+/// (`map`, the whole file) alone: `next_first` is the first entry of the next segment
+/// kept (`None` for the last one), `fence` the pending truncation mark (0: none).
+fn classify(
+    map: &[u8],
+    header: &record::SegmentHeader,
+    scan: &Scan,
+    first: u64,
+    next_first: Option<u64>,
+    fence: u64,
+) -> Case {
+    let expected = first + scan.offsets.len() as u64;
+    let salt = header.salt;
+    // A valid record after the end of the records. Not looked for past a pending
+    // truncation mark, whose records are about to be zeroed.
+    let follows = || {
+        if scan.stop == Stop::Fence {
+            return None;
+        }
+        let skip = if scan.stop == Stop::Clean {
+            END_MARKER_BYTES
+        } else {
+            1
+        };
+        find_valid_record(map, scan.end + skip, nonzero_end(map), expected, salt)
+    };
+    if let Some(next) = next_first {
+        if expected < next {
+            if let Some((at, index)) = follows() {
+                return Case::FollowedBeforeNext { at, index };
+            }
+            if matches!(scan.stop, Stop::Damaged(_)) {
+                return Case::DamagedBeforeNext;
+            }
+        }
+        return if expected == next {
+            Case::Continues
+        } else {
+            Case::Discontiguous
+        };
+    }
+    if scan.stop == Stop::Fence {
+        let end = valid_records_end(map, scan.end, map.len(), fence, salt);
+        return Case::PendingTruncation { end };
+    }
+    if let Some((at, index)) = follows() {
+        if header.version < record::FIRST_VERSION_MARKING_RUNS {
+            let version = header.version;
+            return Case::UnmarkedFollows { at, index, version };
+        }
+        let later = valid_records(map, at, nonzero_end(map), index, salt);
+        return match later.first_run_start {
+            Some((start_at, start_index)) => Case::LaterWriteFollows {
+                at,
+                index,
+                start_at,
+                start_index,
+            },
+            None => Case::TornWrite { end: later.end },
+        };
+    }
+    match scan.stop {
+        Stop::Damaged(_) => Case::TornTail,
+        Stop::Clean | Stop::Fence => Case::CleanEnd,
+    }
+}
+
+/// The error a case that refuses to open stands for; `None` for the cases recovery
+/// goes on from. `path` is the segment, `next` the next one kept (with its first entry).
+fn refusal(
+    case: &Case,
+    scan: &Scan,
+    path: &Path,
+    expected: u64,
+    next: Option<&(u64, PathBuf)>,
+) -> Option<Error> {
+    let corruption = |file: &Path, offset: usize, reason: String| Error::Corruption {
+        file: file.to_path_buf(),
+        offset: offset as u64,
+        index: Some(expected),
+        reason,
+    };
+    let what_stopped = match &scan.stop {
+        Stop::Damaged(reason) => reason.clone(),
+        Stop::Clean | Stop::Fence => "end of records".to_string(),
+    };
+    let not_last = next.map_or(String::new(), |(next, _)| {
+        format!(" (not the last segment: the next one starts at entry {next})")
+    });
+    let valid_follows = |index: u64, at: usize, why: &str| {
+        corruption(
+            path,
+            scan.end,
+            format!(
+                "{what_stopped}, yet a valid record of entry {index} follows at offset \
+                 {at}{not_last}{why}"
+            ),
+        )
+    };
+    match *case {
+        Case::FollowedBeforeNext { at, index } => Some(valid_follows(index, at, "")),
+        Case::DamagedBeforeNext => Some(corruption(
+            path,
+            scan.end,
+            format!("{what_stopped}{not_last}"),
+        )),
+        Case::Discontiguous => next.map(|(next, next_path)| {
+            corruption(
+                next_path,
+                0,
+                format!(
+                    "segment starts at entry {next} but the previous segment ends at entry {}",
+                    expected - 1
+                ),
+            )
+        }),
+        Case::LaterWriteFollows {
+            at,
+            index,
+            start_at,
+            start_index,
+        } => Some(valid_follows(
+            index,
+            at,
+            &format!(
+                ", and entry {start_index} at offset {start_at} starts a later write, so \
+                 the damaged bytes had been synced"
+            ),
+        )),
+        Case::UnmarkedFollows { at, index, version } => Some(valid_follows(
+            index,
+            at,
+            &format!(" (a version {version} segment, which does not mark where each write starts)"),
+        )),
+        Case::Continues
+        | Case::CleanEnd
+        | Case::TornTail
+        | Case::TornWrite { .. }
+        | Case::PendingTruncation { .. } => None,
+    }
+}
+
+/// How far the last segment is zeroed from the end of its records (`scan.end`: not at
+/// all): past a torn tail, over the rest of a torn write, or over every record past a
+/// pending truncation mark, with room for an end marker.
+fn zero_to(case: &Case, scan: &Scan, map_len: usize) -> usize {
+    let past_marker = scan.end + END_MARKER_BYTES;
+    let end = match *case {
+        Case::CleanEnd => scan.end,
+        Case::PendingTruncation { end } => end.max(past_marker),
+        // The records after the damage verify: left in place, a later recovery could
+        // take them for entries.
+        Case::TornWrite { end } => end.max(past_marker),
+        Case::TornTail => past_marker,
+        _ => unreachable!("{case:?} is not a case of a last segment that opens"),
+    };
+    end.min(map_len)
+}
+
+/// Logs the torn tail or torn write recovery cuts off the last segment `path`.
+fn warn_torn_tail(path: &Path, case: &Case, scan: &Scan, expected: u64) {
+    let what_stopped = match &scan.stop {
+        Stop::Damaged(reason) => reason.clone(),
+        Stop::Clean | Stop::Fence => "end of records".to_string(),
+    };
+    let torn_to = match *case {
+        Case::TornWrite { end } => {
+            format!(" and the rest of the same unsynced write, up to offset {end}, is zeroed")
+        }
+        _ => String::new(),
+    };
+    tracing::warn!(
+        file = %path.display(),
+        offset = scan.end,
+        entry = expected,
+        "WAL: torn tail ({what_stopped}) at offset {} of {}: cutting the log \
+         there{torn_to}; entries from {expected} on were never acknowledged",
+        scan.end,
+        path.display()
+    );
+}
+
+/// The segment files in `dir`, sorted, as (first index, path); removes the leftovers of
+/// a segment preparation or metadata update that never completed.
+fn list_segments(dir: &Path, fs: &dyn WalFs) -> Result<Vec<(u64, PathBuf)>> {
     let mut found: Vec<(u64, PathBuf)> = Vec::new();
     let listing = std::fs::read_dir(dir).map_err(|e| Error::io("list WAL directory", dir, e))?;
     for dirent in listing {
@@ -376,7 +623,11 @@ pub(crate) fn recover(dir: &Path, fs: &dyn WalFs) -> Result<Recovered> {
         }
     }
     found.sort();
+    Ok(found)
+}
 
+/// The metadata file as found (`None` if there is none), and the metadata in effect.
+fn read_meta(dir: &Path, found: &[(u64, PathBuf)]) -> Result<(Option<Meta>, Meta)> {
     let meta_path = dir.join(META_FILE);
     let meta_found = match std::fs::read(&meta_path) {
         Ok(bytes) => Some(
@@ -402,12 +653,15 @@ pub(crate) fn recover(dir: &Path, fs: &dyn WalFs) -> Result<Recovered> {
             reason: "first index is 0 (indexes start at 1)".into(),
         });
     }
-    let fence = meta.truncate_from;
-    report.truncation_completed = fence != 0;
+    Ok((meta_found, meta))
+}
 
-    // Segments wholly below the logical first index were compacted; segments at or past
-    // a pending truncation mark are being truncated. Neither is scanned: a crash in the
-    // middle of deleting them must not turn into a corruption error.
+/// Splits the segments `found` into those to delete and those to keep (first index,
+/// path). Segments wholly below the logical first index were compacted; segments at or
+/// past a pending truncation mark are being truncated. Neither is scanned: a crash in
+/// the middle of deleting them must not turn into a corruption error.
+fn split_doomed(found: Vec<(u64, PathBuf)>, meta: &Meta) -> (Vec<PathBuf>, Vec<(u64, PathBuf)>) {
+    let fence = meta.truncate_from;
     let mut doomed: Vec<PathBuf> = Vec::new();
     let mut keep: Vec<(u64, PathBuf)> = Vec::new();
     for (i, (first, path)) in found.iter().enumerate() {
@@ -418,126 +672,71 @@ pub(crate) fn recover(dir: &Path, fs: &dyn WalFs) -> Result<Recovered> {
             keep.push((*first, path.clone()));
         }
     }
+    (doomed, keep)
+}
 
+/// Deletes the `doomed` segments and makes the directory and `wal.meta` durable as the
+/// log now stands (first entry `first_index`, no truncation pending).
+fn settle_directory(
+    fs: &dyn WalFs,
+    dir: &Path,
+    doomed: &[PathBuf],
+    meta_found: Option<Meta>,
+    first_index: u64,
+) -> Result<()> {
+    for path in doomed {
+        match fs.remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove compacted or truncated segment", path, e)),
+        }
+    }
+    // Always: a crash between a segment's rename into place and the directory fsync
+    // leaves a name this log now relies on that a power cut could still undo.
+    fs.sync_dir(dir)
+        .map_err(|e| Error::io("fsync WAL directory", dir, e))?;
+    let settled = Meta {
+        first_index,
+        truncate_from: 0,
+    };
+    if meta_found != Some(settled) {
+        write_meta(fs, dir, &settled)?;
+    }
+    Ok(())
+}
+
+/// Scans `dir` and rebuilds the log. See the module documentation for the rules.
+pub(crate) fn recover(dir: &Path, fs: &dyn WalFs) -> Result<Recovered> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create WAL directory", dir, e))?;
+    let mut report = RecoveryReport::default();
+    let found = list_segments(dir, fs)?;
+    let (meta_found, meta) = read_meta(dir, &found)?;
+    let fence = meta.truncate_from;
+    report.truncation_completed = fence != 0;
+
+    let (mut doomed, keep) = split_doomed(found, &meta);
     let mut loaded = load_segments(fs, &keep, fence);
     let mut views: Vec<SegmentView> = Vec::new();
     let mut last_file: Option<(File, u64, bool)> = None;
     let mut expected_next: Option<u64> = None;
     for (i, (first, path)) in keep.iter().enumerate() {
-        let next_first = keep.get(i + 1).map(|s| s.0);
+        let next = keep.get(i + 1);
         let Some(result) = loaded[i].take() else {
             unreachable!("segment {} was not loaded", path.display());
         };
         let (file, map, header, scan) = result?;
-        let salt = header.salt;
-        let marks_runs = header.version >= record::FIRST_VERSION_MARKING_RUNS;
         report.bytes_scanned += scan.end as u64;
         let expected = *first + scan.offsets.len() as u64;
-        let corruption = |file: &Path, offset: usize, reason: String| Error::Corruption {
-            file: file.to_path_buf(),
-            offset: offset as u64,
-            index: Some(expected),
-            reason,
-        };
-        let what_stopped = match &scan.stop {
-            Stop::Damaged(reason) => reason.clone(),
-            Stop::Clean | Stop::Fence => "end of records".to_string(),
-        };
-        // A non-last segment must end where the next one starts.
-        let ends_early = next_first.is_some_and(|next| expected < next);
-        let not_last = next_first.map_or(String::new(), |next| {
-            format!(" (not the last segment: the next one starts at entry {next})")
-        });
-        // A valid record after the end of the records (not looked for past a pending
-        // truncation mark, whose records are about to be zeroed).
-        let follows = if (ends_early || next_first.is_none()) && scan.stop != Stop::Fence {
-            let skip = if scan.stop == Stop::Clean {
-                END_MARKER_BYTES
-            } else {
-                1
-            };
-            find_valid_record(&map, scan.end + skip, nonzero_end(&map), expected, salt)
-        } else {
-            None
-        };
-        // Where the valid records after the stop end, when they are what is left of
-        // the last write, which never became durable (see the module documentation).
-        let mut torn_write_end = None;
-        if let Some((o, index)) = follows {
-            let later = valid_records(&map, o, nonzero_end(&map), index, salt);
-            let why = match later.first_run_start {
-                _ if next_first.is_some() => String::new(),
-                _ if !marks_runs => format!(
-                    " (a version {} segment, which does not mark where each write starts)",
-                    header.version
-                ),
-                Some((start_at, start_index)) => format!(
-                    ", and entry {start_index} at offset {start_at} starts a later write, so \
-                     the damaged bytes had been synced"
-                ),
-                None => {
-                    torn_write_end = Some(later.end);
-                    String::new()
-                }
-            };
-            if torn_write_end.is_none() {
-                return Err(corruption(
-                    path,
-                    scan.end,
-                    format!(
-                        "{what_stopped}, yet a valid record of entry {index} follows at offset \
-                         {o}{not_last}{why}"
-                    ),
-                ));
-            }
+        let case = classify(&map, &header, &scan, *first, next.map(|s| s.0), fence);
+        if let Some(error) = refusal(&case, &scan, path, expected, next) {
+            return Err(error);
         }
-        if let Some(next) = next_first {
-            if ends_early && matches!(scan.stop, Stop::Damaged(_)) {
-                return Err(corruption(
-                    path,
-                    scan.end,
-                    format!("{what_stopped}{not_last}"),
-                ));
+        if next.is_none() {
+            if matches!(case, Case::TornTail | Case::TornWrite { .. }) {
+                warn_torn_tail(path, &case, &scan, expected);
+                report.tail_truncated_at = Some((path.clone(), scan.end as u64));
             }
-            if expected != next {
-                let next_path = &keep[i + 1].1;
-                return Err(corruption(
-                    next_path,
-                    0,
-                    format!(
-                        "segment starts at entry {next} but the previous segment ends at entry {}",
-                        expected - 1
-                    ),
-                ));
-            }
-        } else {
-            let zero_to = match (&scan.stop, torn_write_end) {
-                (Stop::Clean, None) => scan.end,
-                (Stop::Fence, _) => valid_records_end(&map, scan.end, map.len(), fence, salt)
-                    .max(scan.end + END_MARKER_BYTES),
-                (Stop::Clean | Stop::Damaged(_), _) => {
-                    let torn_to = torn_write_end.map_or(String::new(), |end| {
-                        format!(
-                            " and the rest of the same unsynced write, up to offset {end}, \
-                             is zeroed"
-                        )
-                    });
-                    tracing::warn!(
-                        file = %path.display(),
-                        offset = scan.end,
-                        entry = expected,
-                        "WAL: torn tail ({what_stopped}) at offset {} of {}: cutting the log \
-                         there{torn_to}; entries from {expected} on were never acknowledged",
-                        scan.end,
-                        path.display()
-                    );
-                    report.tail_truncated_at = Some((path.clone(), scan.end as u64));
-                    // The records after the damage verify: left in place, a later
-                    // recovery could take them for entries.
-                    torn_write_end.unwrap_or(0).max(scan.end + END_MARKER_BYTES)
-                }
-            }
-            .min(map.len());
+            let zero_to = zero_to(&case, &scan, map.len());
             if zero_to > scan.end {
                 write_zeros(fs, &file, path, scan.end as u64, zero_to as u64)?;
             }
@@ -548,13 +747,14 @@ pub(crate) fn recover(dir: &Path, fs: &dyn WalFs) -> Result<Recovered> {
             // a new segment before writing here, nothing else would ever sync them.
             fs.sync_data(&file)
                 .map_err(|e| Error::io("fdatasync the last WAL segment on open", path, e))?;
+            let marks_runs = header.version >= record::FIRST_VERSION_MARKING_RUNS;
             last_file = Some((file, scan.end as u64, marks_runs));
         }
         expected_next = Some(expected);
         views.push(SegmentView {
             first_index: *first,
             path: path.clone(),
-            salt,
+            salt: header.salt,
             map,
             offsets: scan.offsets,
         });
@@ -583,24 +783,7 @@ pub(crate) fn recover(dir: &Path, fs: &dyn WalFs) -> Result<Recovered> {
     }
 
     report.segments_removed = doomed.len();
-    for path in &doomed {
-        match fs.remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove compacted or truncated segment", path, e)),
-        }
-    }
-    // Always: a crash between a segment's rename into place and the directory fsync
-    // leaves a name this log now relies on that a power cut could still undo.
-    fs.sync_dir(dir)
-        .map_err(|e| Error::io("fsync WAL directory", dir, e))?;
-    let settled = Meta {
-        first_index,
-        truncate_from: 0,
-    };
-    if meta_found != Some(settled) {
-        write_meta(fs, dir, &settled)?;
-    }
+    settle_directory(fs, dir, &doomed, meta_found, first_index)?;
 
     let active = match (last_file, views.last()) {
         (Some((file, end, marks_runs)), Some(v)) => Some(ActiveSegment {
@@ -697,5 +880,152 @@ mod tests {
         assert_eq!(nonzero_end(&buf), 10_000);
         assert!(!all_zero(&buf));
         assert!(all_zero(&buf[1..5000]));
+    }
+}
+
+/// [`classify`] against the case table in the module documentation, one row at a time.
+#[cfg(test)]
+mod case_table {
+    use super::*;
+
+    const SALT: u32 = 0x5EED;
+    /// Records of 15 payload bytes: 40 bytes each.
+    const PAYLOAD: usize = 15;
+    const RECORD: usize = RECORD_HEADER_BYTES + PAYLOAD;
+
+    /// Offset of the record of entry `index` in a segment starting at entry 1.
+    fn at(index: u64) -> usize {
+        SEGMENT_HEADER_BYTES + (index as usize - 1) * RECORD
+    }
+
+    /// A 1 KiB segment of `version` holding entries `indexes` (from entry 1), the ones in
+    /// `run_starts` flagged as the first record of a write.
+    fn segment(
+        version: u32,
+        indexes: std::ops::RangeInclusive<u64>,
+        run_starts: &[u64],
+    ) -> Vec<u8> {
+        let mut map = vec![0u8; 1024];
+        let header = record::encode_segment_header(record::SegmentHeader {
+            version,
+            first_index: 1,
+            salt: SALT,
+        });
+        map[..SEGMENT_HEADER_BYTES].copy_from_slice(&header);
+        for index in indexes {
+            let mut rec = Vec::new();
+            let entry = crate::Entry {
+                index,
+                term: 1,
+                kind: crate::EntryKind::Normal,
+                payload: bytes::Bytes::from(vec![index as u8; PAYLOAD]),
+            };
+            record::encode_record(&entry, &mut rec);
+            if run_starts.contains(&index) {
+                record::mark_run_start(&mut rec, PAYLOAD);
+            }
+            record::salt_record(&mut rec, SALT);
+            map[at(index)..at(index) + RECORD].copy_from_slice(&rec);
+        }
+        map
+    }
+
+    /// Flips a payload byte of entry `index`'s record.
+    fn damage(mut map: Vec<u8>, index: u64) -> Vec<u8> {
+        map[at(index) + RECORD_HEADER_BYTES + 3] ^= 0x20;
+        map
+    }
+
+    fn case_of(map: &[u8], next_first: Option<u64>, fence: u64) -> Case {
+        let header = record::decode_segment_header(map).expect("segment header");
+        let scan = scan_segment(map, 1, fence, header.salt);
+        classify(map, &header, &scan, 1, next_first, fence)
+    }
+
+    #[test]
+    fn not_last_ending_at_the_next_segment_is_fine() {
+        let map = segment(3, 1..=5, &[1]);
+        assert_eq!(case_of(&map, Some(6), 0), Case::Continues);
+    }
+
+    #[test]
+    fn not_last_ending_anywhere_else_is_corruption() {
+        let map = segment(3, 1..=4, &[1]);
+        assert_eq!(
+            case_of(&map, Some(6), 0),
+            Case::Discontiguous,
+            "marker too early"
+        );
+        let map = segment(3, 1..=5, &[1]);
+        assert_eq!(
+            case_of(&map, Some(4), 0),
+            Case::Discontiguous,
+            "runs past the next"
+        );
+        let map = damage(segment(3, 1..=5, &[1]), 5);
+        assert_eq!(case_of(&map, Some(6), 0), Case::DamagedBeforeNext);
+        let map = damage(segment(3, 1..=5, &[1]), 3);
+        assert_eq!(
+            case_of(&map, Some(6), 0),
+            Case::FollowedBeforeNext {
+                at: at(4),
+                index: 4
+            }
+        );
+    }
+
+    #[test]
+    fn last_ending_at_a_marker_is_the_clean_end() {
+        let map = segment(3, 1..=5, &[1, 4]);
+        assert_eq!(case_of(&map, None, 0), Case::CleanEnd);
+    }
+
+    #[test]
+    fn last_ending_at_damage_with_nothing_valid_after_is_a_torn_tail() {
+        let map = damage(segment(3, 1..=5, &[1, 4]), 5);
+        assert_eq!(case_of(&map, None, 0), Case::TornTail);
+    }
+
+    #[test]
+    fn last_with_a_later_write_after_the_damage_is_corruption() {
+        let map = damage(segment(3, 1..=5, &[1, 4]), 2);
+        assert_eq!(
+            case_of(&map, None, 0),
+            Case::LaterWriteFollows {
+                at: at(3),
+                index: 3,
+                start_at: at(4),
+                start_index: 4
+            }
+        );
+    }
+
+    #[test]
+    fn last_with_only_the_last_write_after_the_damage_is_a_torn_write() {
+        // Entry 3 starts the last write and is damaged; 4 and 5 belong to the same write.
+        let map = damage(segment(3, 1..=5, &[1, 3]), 3);
+        assert_eq!(case_of(&map, None, 0), Case::TornWrite { end: at(6) });
+    }
+
+    #[test]
+    fn last_of_a_version_that_does_not_mark_writes_with_a_valid_record_after_is_corruption() {
+        let map = damage(segment(2, 1..=5, &[]), 3);
+        assert_eq!(
+            case_of(&map, None, 0),
+            Case::UnmarkedFollows {
+                at: at(4),
+                index: 4,
+                version: 2
+            }
+        );
+    }
+
+    #[test]
+    fn a_pending_truncation_zeroes_every_record_past_its_mark() {
+        let map = segment(3, 1..=5, &[1]);
+        assert_eq!(
+            case_of(&map, None, 4),
+            Case::PendingTruncation { end: at(6) }
+        );
     }
 }

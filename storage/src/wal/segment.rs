@@ -180,6 +180,59 @@ pub fn write_zeros(fs: &dyn WalFs, file: &File, path: &Path, from: u64, to: u64)
     Ok(())
 }
 
+/// What each step of [`write_sync_rename`] is called in its errors, and the failpoints
+/// in front of them.
+pub struct RenameSteps {
+    /// Failpoint before the write, if any.
+    pub write_failpoint: Option<&'static str>,
+    /// The write.
+    pub write: &'static str,
+    /// Its fdatasync.
+    pub sync: &'static str,
+    /// Failpoint before the rename.
+    pub rename_failpoint: &'static str,
+    /// The rename.
+    pub rename: &'static str,
+}
+
+/// Writes `bytes` at the start of the file `tmp` (open as `file`), fdatasyncs it and
+/// renames it to `to`; the caller fsyncs the directory. On failure `tmp` is removed: it
+/// was never named, so nothing depends on it, and a retry writes and syncs another
+/// file, never this one again. That is why ENOSPC is [`Error::NoSpace`] at every step,
+/// the fdatasync included (`space.rs`).
+pub fn write_sync_rename(
+    fs: &dyn WalFs,
+    file: &File,
+    tmp: &Path,
+    bytes: &[u8],
+    to: &Path,
+    steps: &RenameSteps,
+) -> Result<()> {
+    let renamed = steps
+        .write_failpoint
+        .map_or(Ok(()), failpoint::inject)
+        .and_then(|()| fs.write_all_at(file, bytes, 0))
+        .map_err(|e| Error::io_or_no_space(steps.write, tmp, e))
+        .and_then(|()| {
+            fs.sync_data(file)
+                .map_err(|e| Error::io_or_no_space(steps.sync, tmp, e))
+        })
+        .and_then(|()| {
+            failpoint::inject(steps.rename_failpoint)
+                .and_then(|()| fs.rename(tmp, to))
+                .map_err(|e| Error::io_or_no_space(steps.rename, to, e))
+        });
+    if let Err(e) = renamed {
+        // Only takes space on what may be a full disk; the next open removes it if this
+        // cannot.
+        if let Err(remove) = fs.remove_file(tmp) {
+            tracing::warn!(file = %tmp.display(), error = %remove, "cannot remove a temp file that failed to replace {}", to.display());
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// Appends that write at least this many bytes per fdatasync (on average) are bound by
 /// disk bandwidth rather than sync latency: for them, writing 64 MiB of zeros ahead
 /// doubles the bytes written, so segments are only `fallocate`d.
@@ -200,7 +253,7 @@ pub fn prepare_file(
     allocate_only: bool,
 ) -> Result<File> {
     failpoint::inject("wal::segment_prepare")
-        .map_err(|e| Error::io("create prepared segment", path, e))?;
+        .map_err(|e| Error::io_or_no_space("create prepared segment", path, e))?;
     let file = fs
         .create_new(path)
         .map_err(|e| Error::io_or_no_space("create prepared WAL segment", path, e))?;
@@ -257,9 +310,11 @@ fn no_space(e: Error) -> Error {
 }
 
 /// Turns a prepared file into the segment starting at `first_index`: header and end
-/// marker, fdatasync, rename, directory fsync. The header is durable before the name
-/// is, so recovery never finds a named segment without a valid header, and the marker
-/// makes a recycled file read as empty.
+/// marker, fdatasync, rename; the caller fsyncs the directory before it writes a record
+/// there. The header is durable before the name is, so recovery never finds a named
+/// segment without a valid header, and the marker makes a recycled file read as empty.
+///
+/// A failure removes the prepared file ([`write_sync_rename`]): a retry takes another.
 pub fn activate(
     fs: &dyn WalFs,
     dir: &Path,
@@ -281,18 +336,15 @@ pub fn activate(
     .to_vec();
     let marker = (capacity - start.len() as u64).min(END_MARKER_BYTES as u64) as usize;
     start.resize(start.len() + marker, 0);
-    fs.write_all_at(&file, &start, 0)
-        .map_err(|e| Error::io("write segment header", &prep_path, e))?;
-    fs.sync_data(&file)
-        .map_err(|e| Error::io("fdatasync segment header", &prep_path, e))?;
     let path = dir.join(segment_file_name(first_index));
-    failpoint::inject("wal::segment_rename")
-        .map_err(|e| Error::io("rename prepared segment", &path, e))?;
-    fs.rename(&prep_path, &path)
-        .map_err(|e| Error::io("rename prepared segment", &path, e))?;
-    failpoint::inject("wal::dir_fsync").map_err(|e| Error::io("fsync WAL directory", dir, e))?;
-    fs.sync_dir(dir)
-        .map_err(|e| Error::io("fsync WAL directory", dir, e))?;
+    let steps = RenameSteps {
+        write_failpoint: None,
+        write: "write segment header",
+        sync: "fdatasync segment header",
+        rename_failpoint: "wal::segment_rename",
+        rename: "rename prepared segment",
+    };
+    write_sync_rename(fs, &file, &prep_path, &start, &path, &steps)?;
     let map = map_file(&file, &path, false)?;
     let view = SegmentView {
         first_index,
@@ -512,34 +564,46 @@ impl Preparer {
     /// returns; the caller fsyncs the directory.
     pub fn recycle(&self, path: &Path, salt: u32, size_bytes: u64) -> Result<()> {
         let mut st = lock(&self.shared.state);
-        if st.shutdown
-            || st.recycled.len() >= RECYCLED_SEGMENTS_MAX
-            || size_bytes != self.size_bytes
-        {
-            st.stats.deleted += 1;
-            drop(st);
-            return self
-                .fs
-                .remove_file(path)
-                .map_err(|e| Error::io("remove compacted WAL segment", path, e));
+        let reuse = !st.shutdown
+            && st.recycled.len() < RECYCLED_SEGMENTS_MAX
+            && size_bytes == self.size_bytes;
+        if reuse {
+            let prep_path = self.next_path();
+            // Renamed first: from here on a crash leaves a `.prep` leftover, which recovery
+            // deletes, never a segment whose entries were compacted away.
+            let renamed = failpoint::inject("wal::segment_recycle")
+                .and_then(|()| self.fs.rename(path, &prep_path));
+            match renamed {
+                Ok(()) => {
+                    let file = self
+                        .fs
+                        .open_rw(&prep_path)
+                        .map_err(|e| Error::io("open recycled WAL segment", &prep_path, e))?;
+                    st.recycled.push(Prepared {
+                        path: prep_path,
+                        file,
+                        capacity: size_bytes,
+                        previous_salt: Some(salt),
+                    });
+                    return Ok(());
+                }
+                // The new name needs room in the directory: on a full disk the segment
+                // is deleted instead, which gives its space back.
+                Err(e) if crate::space::is_out_of_space(&e) => {}
+                Err(e) => {
+                    return Err(Error::io(
+                        "rename compacted WAL segment for reuse",
+                        &prep_path,
+                        e,
+                    ))
+                }
+            }
         }
-        let prep_path = self.next_path();
-        // Renamed first: from here on a crash leaves a `.prep` leftover, which recovery
-        // deletes, never a segment whose entries were compacted away.
+        st.stats.deleted += 1;
+        drop(st);
         self.fs
-            .rename(path, &prep_path)
-            .map_err(|e| Error::io("rename compacted WAL segment for reuse", &prep_path, e))?;
-        let file = self
-            .fs
-            .open_rw(&prep_path)
-            .map_err(|e| Error::io("open recycled WAL segment", &prep_path, e))?;
-        st.recycled.push(Prepared {
-            path: prep_path,
-            file,
-            capacity: size_bytes,
-            previous_salt: Some(salt),
-        });
-        Ok(())
+            .remove_file(path)
+            .map_err(|e| Error::io("remove compacted WAL segment", path, e))
     }
 
     /// What happened to segment files so far.
