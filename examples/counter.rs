@@ -76,6 +76,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         membership_policy: Default::default(),
         max_uncommitted_bytes: raftlog::config::DEFAULT_MAX_UNCOMMITTED_BYTES,
         pending_write_bytes_max: raftlog::config::DEFAULT_PENDING_WRITE_BYTES_MAX,
+        snapshot_threshold_bytes: raftlog::config::DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
+        snapshot_min_interval: Duration::from_millis(
+            raftlog::config::DEFAULT_SNAPSHOT_MIN_INTERVAL_MS,
+        ),
     };
     let node = node::start(options, Counter::default()).await?;
 

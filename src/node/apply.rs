@@ -9,6 +9,7 @@ use storage::{Entry, EntryKind, Membership, SnapshotMeta};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::log_storage::DurableLog;
+use super::snapshot_policy::SnapshotPolicy;
 use super::{Event, Metrics};
 use crate::kv::{Applied, Replicated, StateMachine};
 
@@ -64,7 +65,8 @@ pub(super) struct Applier<S: StateMachine> {
     pub events: mpsc::UnboundedSender<Event>,
     pub jobs_tx: mpsc::UnboundedSender<ApplyJob>,
     pub metrics: Arc<Metrics>,
-    pub snapshot_threshold: u64,
+    /// When applying starts a snapshot (entries, bytes, minimum interval; issue 14).
+    pub snapshot_policy: SnapshotPolicy,
     pub snapshot_trailing_entries: u64,
     /// Membership as of `applied_index` (what a snapshot taken now records).
     pub membership: Membership,
@@ -198,6 +200,7 @@ impl<S: StateMachine> Applier<S> {
                     self.applied_index
                 );
                 self.applied_index = entry.index;
+                self.snapshot_policy.applied(entry.payload.len() as u64);
                 let applied = match entry.kind {
                     EntryKind::Normal => Some(state.apply(entry.index, &entry.payload)),
                     EntryKind::Noop => None,
@@ -233,8 +236,11 @@ impl<S: StateMachine> Applier<S> {
         let _ = self.events.send(Event::Applied {
             index: self.applied_index,
         });
-        if self.applied_index - self.last_snapshot_index >= self.snapshot_threshold
-            && self.snapshot_backoff.may_retry(Instant::now())
+        let now = Instant::now();
+        if self
+            .snapshot_policy
+            .should_start(self.applied_index - self.last_snapshot_index, now)
+            && self.snapshot_backoff.may_retry(now)
         {
             self.start_snapshot();
         }
@@ -279,6 +285,7 @@ impl<S: StateMachine> Applier<S> {
         self.applied_index = meta.last_index;
         self.applied_term = meta.last_term;
         self.last_snapshot_index = meta.last_index;
+        self.snapshot_policy.restored();
         self.membership = meta.membership.clone();
         // Proposals the snapshot jumped over may or may not be in it.
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -315,6 +322,7 @@ impl<S: StateMachine> Applier<S> {
             return;
         }
         self.snapshot_in_progress = true;
+        self.snapshot_policy.started(Instant::now());
         let frozen = self
             .state
             .read()
@@ -349,6 +357,7 @@ impl<S: StateMachine> Applier<S> {
         match result {
             Ok(meta) => {
                 self.snapshot_backoff.succeeded();
+                self.snapshot_policy.succeeded();
                 self.last_snapshot_index = self.last_snapshot_index.max(meta.last_index);
                 self.log.set_snapshot_meta(meta.clone());
                 let compact_upto = meta
@@ -370,6 +379,7 @@ impl<S: StateMachine> Applier<S> {
             }
             Err(message) => {
                 self.metrics.snapshot_failures.inc();
+                self.snapshot_policy.failed();
                 let retry_in = self.snapshot_backoff.failed(Instant::now());
                 tracing::error!(
                     failures_in_row = self.snapshot_backoff.failures_in_row(),
@@ -466,7 +476,7 @@ mod tests {
             events: events_tx,
             jobs_tx: jobs_tx.clone(),
             metrics: Arc::default(),
-            snapshot_threshold,
+            snapshot_policy: SnapshotPolicy::new(snapshot_threshold, u64::MAX, Duration::ZERO),
             snapshot_trailing_entries: 0,
             membership: Membership::default(),
             applied_index: 0,
@@ -540,6 +550,40 @@ mod tests {
             metrics.snapshots_taken.get() == 1
         });
         assert_eq!(metrics.snapshot_failures.get(), 2);
+    }
+
+    /// Issue 14: the entry threshold reached on every batch starts a snapshot at most once
+    /// per `snapshot_min_interval`, not once per batch (the old rule started one each time
+    /// a snapshot finished, several a second at a high write rate).
+    #[test]
+    fn threshold_starts_at_most_one_snapshot_per_min_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut applier, jobs_rx) = test_applier(dir.path(), 5);
+        let interval = Duration::from_millis(300);
+        applier.snapshot_policy = SnapshotPolicy::new(5, u64::MAX, interval);
+        let (jobs, metrics) = (applier.jobs_tx.clone(), applier.metrics.clone());
+        std::thread::spawn(move || applier.run(jobs_rx));
+        let started = Instant::now();
+        let mut index = 1;
+        while started.elapsed() < interval * 2 + interval / 3 {
+            assert!(jobs
+                .send(ApplyJob::Entries(noops(index, index + 9)))
+                .is_ok());
+            index += 10;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let sent_for = started.elapsed();
+        wait_until("every entry applied", || {
+            metrics.entries_applied.get() == index - 1
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let taken = metrics.snapshots_taken.get();
+        let allowed = sent_for.as_millis() / interval.as_millis() + 1;
+        assert!(
+            (1..=allowed as u64).contains(&taken),
+            "{taken} snapshots in {sent_for:?} of batches past the threshold, interval \
+             {interval:?}: at most {allowed} allowed"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod bootstrap;
 mod clock;
 pub mod log_storage;
 pub mod membership;
+pub mod snapshot_policy;
 pub mod space;
 pub mod transfer;
 pub mod writer;
@@ -88,6 +89,10 @@ pub struct NodeOptions {
     pub max_uncommitted_bytes: u64,
     /// The node's budget for client writes in progress, in bytes (see [`WritePermit`]).
     pub pending_write_bytes_max: u64,
+    /// Issue 14: log payload bytes applied since the last snapshot that trigger a new one.
+    pub snapshot_threshold_bytes: u64,
+    /// Issue 14: the least time between the starts of two threshold-triggered snapshots.
+    pub snapshot_min_interval: Duration,
 }
 
 /// Requests queued for the raft loop before writes are refused `503 overloaded`: the count
@@ -818,7 +823,11 @@ pub async fn start<S: StateMachine>(
         events: events_tx.clone(),
         jobs_tx: apply_tx.clone(),
         metrics: metrics.clone(),
-        snapshot_threshold: options.snapshot_threshold.max(1),
+        snapshot_policy: snapshot_policy::SnapshotPolicy::new(
+            options.snapshot_threshold.max(1),
+            options.snapshot_threshold_bytes.max(1),
+            options.snapshot_min_interval,
+        ),
         snapshot_trailing_entries: options.snapshot_trailing_entries,
         membership: if snapshot_meta.last_index > 0 {
             snapshot_meta.membership.clone()
