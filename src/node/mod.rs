@@ -828,6 +828,7 @@ pub async fn start<S: StateMachine>(
             options.snapshot_threshold_bytes.max(1),
             options.snapshot_min_interval,
         ),
+        snapshot_timer_armed: false,
         snapshot_trailing_entries: options.snapshot_trailing_entries,
         membership: if snapshot_meta.last_index > 0 {
             snapshot_meta.membership.clone()

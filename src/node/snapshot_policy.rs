@@ -70,12 +70,25 @@ impl SnapshotPolicy {
     /// Whether to start a snapshot at `now`, with `entries_since_snapshot` applied since
     /// the last one.
     pub fn should_start(&self, entries_since_snapshot: u64, now: Instant) -> bool {
-        let due = entries_since_snapshot >= self.threshold_entries
-            || self.bytes_since_snapshot() >= self.threshold_bytes;
-        let interval_passed = self
-            .last_started
-            .is_none_or(|at| now.saturating_duration_since(at) >= self.min_interval);
-        due && interval_passed
+        self.due(entries_since_snapshot) && self.held_back_for(now).is_none()
+    }
+
+    /// How long a due snapshot must still wait at `now` (`None`: it need not). The apply
+    /// thread arms a timer for it: after a burst of writes ends, nothing else would start
+    /// the snapshot and the log would stay uncompacted until the next write.
+    pub fn deferred_for(&self, entries_since_snapshot: u64, now: Instant) -> Option<Duration> {
+        self.held_back_for(now)
+            .filter(|_| self.due(entries_since_snapshot))
+    }
+
+    fn due(&self, entries_since_snapshot: u64) -> bool {
+        entries_since_snapshot >= self.threshold_entries
+            || self.bytes_since_snapshot() >= self.threshold_bytes
+    }
+
+    fn held_back_for(&self, now: Instant) -> Option<Duration> {
+        let next = self.last_started? + self.min_interval;
+        next.checked_duration_since(now).filter(|d| !d.is_zero())
     }
 
     /// A snapshot of everything applied so far started at `now`.
@@ -140,7 +153,13 @@ mod tests {
         policy.started(t0);
         policy.succeeded();
         assert!(!policy.should_start(5_000, t0 + SECOND / 2));
+        assert_eq!(
+            policy.deferred_for(5_000, t0 + SECOND / 4),
+            Some(SECOND * 3 / 4)
+        );
+        assert_eq!(policy.deferred_for(10, t0 + SECOND / 4), None, "not due");
         assert!(policy.should_start(5_000, t0 + SECOND));
+        assert_eq!(policy.deferred_for(5_000, t0 + SECOND), None);
     }
 
     #[test]
