@@ -54,6 +54,8 @@ pub fn node_options(
         },
         max_uncommitted_bytes: config.max_uncommitted_bytes(),
         pending_write_bytes_max: config.pending_write_bytes_max(),
+        snapshot_threshold_bytes: config.snapshot_threshold_bytes(),
+        snapshot_min_interval: config.snapshot_min_interval(),
     })
 }
 

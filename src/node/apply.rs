@@ -9,6 +9,7 @@ use storage::{Entry, EntryKind, Membership, SnapshotMeta};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::log_storage::DurableLog;
+use super::snapshot_policy::SnapshotPolicy;
 use super::{Event, Metrics, NodeFailure, StorageStep};
 use crate::kv::{Applied, Replicated, StateMachine};
 
@@ -48,6 +49,8 @@ pub enum ApplyJob {
     Restore(SnapshotMeta),
     /// Take a snapshot now (`POST /v1/snapshot`); the reply carries its index.
     TakeSnapshot(oneshot::Sender<Result<u64, String>>),
+    /// The minimum interval that held back a due snapshot has passed: check again.
+    SnapshotIntervalPassed,
     /// A background snapshot finished (or failed).
     SnapshotDone(Result<SnapshotMeta, String>),
 }
@@ -64,7 +67,10 @@ pub(super) struct Applier<S: StateMachine> {
     pub events: mpsc::UnboundedSender<Event>,
     pub jobs_tx: mpsc::UnboundedSender<ApplyJob>,
     pub metrics: Arc<Metrics>,
-    pub snapshot_threshold: u64,
+    /// When applying starts a snapshot (entries, bytes, minimum interval; issue 14).
+    pub snapshot_policy: SnapshotPolicy,
+    /// A timer will send [`ApplyJob::SnapshotIntervalPassed`].
+    pub snapshot_timer_armed: bool,
     pub snapshot_trailing_entries: u64,
     /// Membership as of `applied_index` (what a snapshot taken now records).
     pub membership: Membership,
@@ -174,6 +180,10 @@ impl<S: StateMachine> Applier<S> {
                     self.snapshot_waiters.push((self.applied_index, reply));
                     self.start_snapshot();
                 }
+                ApplyJob::SnapshotIntervalPassed => {
+                    self.snapshot_timer_armed = false;
+                    self.maybe_start_snapshot();
+                }
                 ApplyJob::SnapshotDone(result) => self.snapshot_done(result),
             }
         }
@@ -201,6 +211,7 @@ impl<S: StateMachine> Applier<S> {
                     self.applied_index
                 );
                 self.applied_index = entry.index;
+                self.snapshot_policy.applied(entry.payload.len() as u64);
                 let applied = match entry.kind {
                     EntryKind::Normal => Some(state.apply(entry.index, &entry.payload)),
                     EntryKind::Noop => None,
@@ -242,15 +253,36 @@ impl<S: StateMachine> Applier<S> {
         let _ = self.events.send(Event::Applied {
             index: self.applied_index,
         });
-        if self.applied_index - self.last_snapshot_index >= self.snapshot_threshold
-            && self.snapshot_backoff.may_retry(Instant::now())
-        {
-            self.start_snapshot();
-        }
+        self.maybe_start_snapshot();
         if let Some(index) = removed_at {
             let _ = self.events.send(Event::RemovedFromMembership {
                 index,
                 confirmed_by: None,
+            });
+        }
+    }
+
+    /// Starts a snapshot if the policy says one is due and may start, or arms a timer for
+    /// when the minimum interval has passed.
+    fn maybe_start_snapshot(&mut self) {
+        let now = Instant::now();
+        let entries_since_snapshot = self.applied_index - self.last_snapshot_index;
+        if self
+            .snapshot_policy
+            .should_start(entries_since_snapshot, now)
+            && self.snapshot_backoff.may_retry(now)
+        {
+            self.start_snapshot();
+        } else if let Some(wait) = self
+            .snapshot_policy
+            .deferred_for(entries_since_snapshot, now)
+            .filter(|_| !self.snapshot_timer_armed)
+        {
+            self.snapshot_timer_armed = true;
+            let jobs = self.jobs_tx.clone();
+            super::spawn_thread("snapshot-timer", self.events.clone(), move || {
+                std::thread::sleep(wait);
+                let _ = jobs.send(ApplyJob::SnapshotIntervalPassed);
             });
         }
     }
@@ -292,6 +324,7 @@ impl<S: StateMachine> Applier<S> {
         self.applied_index = meta.last_index;
         self.applied_term = meta.last_term;
         self.last_snapshot_index = meta.last_index;
+        self.snapshot_policy.restored();
         self.membership = meta.membership.clone();
         // Proposals the snapshot jumped over may or may not be in it.
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -328,6 +361,7 @@ impl<S: StateMachine> Applier<S> {
             return;
         }
         self.snapshot_in_progress = true;
+        self.snapshot_policy.started(Instant::now());
         let frozen = self
             .state
             .read()
@@ -362,6 +396,7 @@ impl<S: StateMachine> Applier<S> {
         match result {
             Ok(meta) => {
                 self.snapshot_backoff.succeeded();
+                self.snapshot_policy.succeeded();
                 self.last_snapshot_index = self.last_snapshot_index.max(meta.last_index);
                 self.log.set_snapshot_meta(meta.clone());
                 let compact_upto = meta
@@ -383,6 +418,7 @@ impl<S: StateMachine> Applier<S> {
             }
             Err(message) => {
                 self.metrics.snapshot_failures.inc();
+                self.snapshot_policy.failed();
                 let retry_in = self.snapshot_backoff.failed(Instant::now());
                 tracing::error!(
                     failures_in_row = self.snapshot_backoff.failures_in_row(),
@@ -479,7 +515,8 @@ mod tests {
             events: events_tx,
             jobs_tx: jobs_tx.clone(),
             metrics: Arc::default(),
-            snapshot_threshold,
+            snapshot_policy: SnapshotPolicy::new(snapshot_threshold, u64::MAX, Duration::ZERO),
+            snapshot_timer_armed: false,
             snapshot_trailing_entries: 0,
             membership: Membership::default(),
             applied_index: 0,
@@ -554,6 +591,68 @@ mod tests {
             metrics.snapshots_taken.get() == 1
         });
         assert_eq!(metrics.snapshot_failures.get(), 2);
+    }
+
+    /// Issue 14: the entry threshold reached on every batch starts a snapshot at most once
+    /// per `snapshot_min_interval`, not once per batch (the old rule started one each time
+    /// a snapshot finished, several a second at a high write rate).
+    #[test]
+    fn threshold_starts_at_most_one_snapshot_per_min_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut applier, jobs_rx) = test_applier(dir.path(), 5);
+        let interval = Duration::from_millis(300);
+        applier.snapshot_policy = SnapshotPolicy::new(5, u64::MAX, interval);
+        let (jobs, metrics) = (applier.jobs_tx.clone(), applier.metrics.clone());
+        std::thread::spawn(move || applier.run(jobs_rx));
+        let started = Instant::now();
+        let mut index = 1;
+        while started.elapsed() < interval * 2 + interval / 3 {
+            assert!(jobs
+                .send(ApplyJob::Entries(noops(index, index + 9)))
+                .is_ok());
+            index += 10;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let sent_for = started.elapsed();
+        wait_until("every entry applied", || {
+            metrics.entries_applied.get() == index - 1
+        });
+        std::thread::sleep(interval + Duration::from_millis(200));
+        let taken = metrics.snapshots_taken.get();
+        // One per interval while batches arrive, and one more the timer may start after.
+        let allowed = sent_for.as_millis() / interval.as_millis() + 2;
+        assert!(
+            (1..=allowed as u64).contains(&taken),
+            "{taken} snapshots in {sent_for:?} of batches past the threshold, interval \
+             {interval:?}: at most {allowed} allowed"
+        );
+    }
+
+    /// A snapshot that the minimum interval held back is taken when the interval ends,
+    /// even if no entry is applied after it: otherwise the log after a burst of writes
+    /// stays uncompacted until the next write.
+    #[test]
+    fn held_back_snapshot_is_taken_when_the_interval_ends_without_more_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut applier, jobs_rx) = test_applier(dir.path(), 5);
+        let interval = Duration::from_secs(1);
+        applier.snapshot_policy = SnapshotPolicy::new(5, u64::MAX, interval);
+        let (jobs, metrics) = (applier.jobs_tx.clone(), applier.metrics.clone());
+        let log = applier.log.clone();
+        std::thread::spawn(move || applier.run(jobs_rx));
+        assert!(jobs.send(ApplyJob::Entries(noops(1, 5))).is_ok());
+        wait_until("the first snapshot", || metrics.snapshots_taken.get() == 1);
+        assert!(jobs.send(ApplyJob::Entries(noops(6, 10))).is_ok());
+        wait_until("every entry applied", || {
+            metrics.entries_applied.get() == 10
+        });
+        assert_eq!(metrics.snapshots_taken.get(), 1, "the interval was ignored");
+        // The metric counts a snapshot once written; the log records it when the apply
+        // thread has handled its completion.
+        wait_until("the held-back snapshot", || {
+            log.snapshot_meta().last_index == 10
+        });
+        assert_eq!(metrics.snapshots_taken.get(), 2);
     }
 
     #[test]

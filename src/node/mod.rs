@@ -22,6 +22,7 @@ mod error;
 pub mod log_storage;
 pub mod membership;
 mod recovery;
+pub mod snapshot_policy;
 pub mod space;
 pub mod transfer;
 pub mod watch_hub;
@@ -91,6 +92,10 @@ pub struct NodeOptions {
     pub max_uncommitted_bytes: u64,
     /// The node's budget for client writes in progress, in bytes (see [`WritePermit`]).
     pub pending_write_bytes_max: u64,
+    /// Issue 14: log payload bytes applied since the last snapshot that trigger a new one.
+    pub snapshot_threshold_bytes: u64,
+    /// Issue 14: the least time between the starts of two threshold-triggered snapshots.
+    pub snapshot_min_interval: Duration,
 }
 
 impl NodeOptions {
@@ -130,6 +135,10 @@ impl NodeOptions {
             membership_policy: MembershipPolicy::default(),
             max_uncommitted_bytes: defaults::DEFAULT_MAX_UNCOMMITTED_BYTES,
             pending_write_bytes_max: defaults::DEFAULT_PENDING_WRITE_BYTES_MAX,
+            snapshot_threshold_bytes: defaults::DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
+            snapshot_min_interval: Duration::from_millis(
+                defaults::DEFAULT_SNAPSHOT_MIN_INTERVAL_MS,
+            ),
         }
     }
 }
@@ -943,7 +952,12 @@ async fn spawn<S: StateMachine>(
         events: events_tx.clone(),
         jobs_tx: apply_tx.clone(),
         metrics: metrics.clone(),
-        snapshot_threshold: options.snapshot_threshold.max(1),
+        snapshot_policy: snapshot_policy::SnapshotPolicy::new(
+            options.snapshot_threshold.max(1),
+            options.snapshot_threshold_bytes.max(1),
+            options.snapshot_min_interval,
+        ),
+        snapshot_timer_armed: false,
         snapshot_trailing_entries: options.snapshot_trailing_entries,
         membership: if snapshot_meta.last_index > 0 {
             snapshot_meta.membership.clone()

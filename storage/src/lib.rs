@@ -14,6 +14,7 @@ pub mod dir;
 pub mod error;
 pub mod failpoint;
 pub mod fuzzing;
+pub mod pacing;
 pub mod snapshot;
 pub mod space;
 pub mod stable;

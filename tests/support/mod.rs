@@ -128,6 +128,9 @@ impl Cluster {
             "snapshot_threshold": spec.snapshot_threshold,
             "snapshot_trailing_entries": spec.snapshot_trailing_entries,
             "wal_segment_bytes": spec.wal_segment_bytes,
+            // Issue 14: these tests count on `snapshot_threshold` alone deciding when a
+            // snapshot starts; the default minimum interval (1 s) would hold them back.
+            "snapshot_min_interval_ms": 0,
         });
         if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
             config.extend(extra.clone());

@@ -56,7 +56,9 @@ impl TempTarget {
             .map_err(|e| Error::io_or_no_space("write snapshot", &self.temp_path, e))?;
         self.file
             .write_all(bytes)
-            .map_err(|e| Error::io_or_no_space("write snapshot", &self.temp_path, e))
+            .map_err(|e| Error::io_or_no_space("write snapshot", &self.temp_path, e))?;
+        crate::pacing::after_write(&self.file, bytes.len());
+        Ok(())
     }
 
     /// fsync, rename into place, fsync the directory, prune old snapshots.
