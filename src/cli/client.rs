@@ -50,7 +50,6 @@ pub enum Op {
         id: Option<u64>,
     },
     Snapshot,
-    Bench(super::bench::BenchArgs),
 }
 
 /// A change to an existing member.
@@ -141,14 +140,13 @@ pub fn run(target: Target, op: Op) -> i32 {
         };
         match op {
             Op::Status => status(&client, &addrs, target.json).await,
-            Op::Bench(args) => super::bench::run(&client, &addrs, args, target.json).await,
             op => single(&client, &addrs, op, target.json).await,
         }
     })
 }
 
 /// `--addr` alone, or every node of `--config` (default ./config.json).
-fn addresses(target: &Target) -> Result<Vec<String>, String> {
+pub(super) fn addresses(target: &Target) -> Result<Vec<String>, String> {
     if let Some(addr) = &target.addr {
         return Ok(vec![addr.clone()]);
     }
@@ -232,7 +230,6 @@ fn request(client: &reqwest::Client, addr: &str, op: &Op) -> reqwest::RequestBui
             .json(&json!({"to": id})),
         Op::LeaderTransfer { id: None } => client.post(url("/v1/leader/transfer")),
         Op::Snapshot => client.post(url("/v1/snapshot")),
-        Op::Bench(_) => client.get(url("/v1/status")),
     }
 }
 
