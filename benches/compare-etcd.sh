@@ -68,7 +68,6 @@ STARTED=()   # every process this script started, and only those, is stopped on 
 PIDS=()      # the running cluster's node processes, by node index 0..2
 cleanup() {
   for pid in "${STARTED[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  { wait; } 2>/dev/null || true
   if [ "$KEEP" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK/raftlog" "$WORK/etcd"; fi
 }
 trap cleanup EXIT
@@ -106,6 +105,19 @@ start_node() { # system index(0..2)
   esac
   PIDS[$i]=$!
   STARTED+=("$!")
+  # Out of the job table: bash would print "Killed" for every node a failover trial kills.
+  # (bash still reaps it; `gone` waits for that.)
+  disown "$!"
+}
+
+# Waits until process $1 is gone (up to 10 s), then SIGKILLs it.
+gone() {
+  local tries=0
+  while kill -0 "$1" 2>/dev/null && [ "$tries" -lt 200 ]; do
+    sleep 0.05
+    tries=$((tries + 1))
+  done
+  kill -9 "$1" 2>/dev/null || true
 }
 
 # Waits until a put succeeds through every node (so all three serve, the leader elected).
@@ -149,7 +161,7 @@ JSON
 stop_cluster() {
   local pid
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do { wait "$pid"; } 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do gone "$pid"; done
   PIDS=()
   rm -rf "${WORK:?}/$1"
 }
@@ -239,7 +251,7 @@ if [ "$FAILOVER" = 1 ]; then
       echo "$result" >>"$OUT/failover-$system.jsonl"
       killed="$(echo "$result" | grep -o '"killed_index":[0-9]*' | cut -d: -f2)"
       times+=("$(fmt "$(echo "$result" | grep -o '"failover_ms":[0-9.e+-]*' | cut -d: -f2)" 1)")
-      { wait "${PIDS[$killed]}"; } 2>/dev/null || true
+      gone "${PIDS[$killed]}"
       start_node "$system" "$killed"
       wait_writable "$system"
       sleep 1 # let the restarted node catch up before the next leader is killed
