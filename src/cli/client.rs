@@ -54,7 +54,6 @@ pub enum Op {
         id: Option<u64>,
     },
     Snapshot,
-    Bench(super::bench::BenchArgs),
 }
 
 /// A change to an existing member.
@@ -148,7 +147,6 @@ pub fn run(target: Target, op: Op) -> i32 {
             Op::StatusWatch { interval } => {
                 status_watch(&client, &addrs, target.json, interval).await
             }
-            Op::Bench(args) => super::bench::run(&client, &addrs, args, target.json).await,
             op => single(&client, &addrs, op, target.json).await,
         }
     })
@@ -239,7 +237,6 @@ fn request(client: &reqwest::Client, addr: &str, op: &Op) -> reqwest::RequestBui
             .json(&json!({"to": id})),
         Op::LeaderTransfer { id: None } => client.post(url("/v1/leader/transfer")),
         Op::Snapshot => client.post(url("/v1/snapshot")),
-        Op::Bench(_) => client.get(url("/v1/status")),
     }
 }
 

@@ -177,7 +177,8 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Measure write throughput and latency against a running cluster.
+    /// Load a running cluster (raftlog, or etcd with --target etcd) and report throughput,
+    /// errors and latency percentiles; `bench failover` times a leader failover.
     Bench {
         #[command(flatten)]
         args: bench::BenchArgs,
@@ -406,7 +407,7 @@ pub fn run() -> i32 {
             action: LeaderAction::Transfer { id, target },
         } => client::run(target, client::Op::LeaderTransfer { id }),
         Command::Snapshot { target } => client::run(target, client::Op::Snapshot),
-        Command::Bench { args, target } => client::run(target, client::Op::Bench(args)),
+        Command::Bench { args, target } => bench::run(target, args),
         Command::Completions { shell } => completions::completions(shell),
         Command::Manpage => completions::manpage(),
     }

@@ -1,0 +1,174 @@
+//! The requests of each system: raftlog's `/v1/kv/{key}` and etcd v3's HTTP JSON gateway
+//! (`POST /v3/kv/put`, `POST /v3/kv/range`, keys and values base64), so the same clients
+//! measure both.
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request};
+
+use super::Consistency;
+
+/// The system under load.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum System {
+    /// raftlog's HTTP API.
+    Raftlog,
+    /// etcd v3's HTTP JSON gateway (etcd 3.4 and later).
+    Etcd,
+}
+
+impl System {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Raftlog => "raftlog",
+            System::Etcd => "etcd",
+        }
+    }
+}
+
+/// Builds the requests of one run: the value (and its base64 for etcd) is made once.
+pub struct Requests {
+    system: System,
+    consistency: Consistency,
+    value: Bytes,
+    value_base64: String,
+}
+
+impl Requests {
+    /// Requests that write `value_size`-byte values and read with `consistency`.
+    pub fn new(system: System, value_size: usize, consistency: Consistency) -> Requests {
+        let value = Bytes::from(vec![b'x'; value_size]);
+        let value_base64 = base64::engine::general_purpose::STANDARD.encode(&value);
+        Requests {
+            system,
+            consistency,
+            value,
+            value_base64,
+        }
+    }
+
+    /// A write of key `bench-{key}`.
+    pub fn put(&self, host: &str, key: u64) -> Request<Full<Bytes>> {
+        match self.system {
+            System::Raftlog => build(
+                Method::PUT,
+                host,
+                format!("/v1/kv/bench-{key}"),
+                self.value.clone(),
+            ),
+            System::Etcd => build(
+                Method::POST,
+                host,
+                "/v3/kv/put".to_string(),
+                Bytes::from(format!(
+                    r#"{{"key":"{}","value":"{}"}}"#,
+                    etcd_key(key),
+                    self.value_base64
+                )),
+            ),
+        }
+    }
+
+    /// A read of key `bench-{key}`.
+    pub fn get(&self, host: &str, key: u64) -> Request<Full<Bytes>> {
+        match self.system {
+            System::Raftlog => build(
+                Method::GET,
+                host,
+                format!("/v1/kv/bench-{key}?consistency={}", self.consistency.name()),
+                Bytes::new(),
+            ),
+            System::Etcd => {
+                // etcd's serializable range answers from the member's own state: its stale
+                // read. (`lease` is refused before the run: etcd has none.)
+                let serializable = if self.consistency == Consistency::Stale {
+                    r#","serializable":true"#
+                } else {
+                    ""
+                };
+                build(
+                    Method::POST,
+                    host,
+                    "/v3/kv/range".to_string(),
+                    Bytes::from(format!(r#"{{"key":"{}"{serializable}}}"#, etcd_key(key))),
+                )
+            }
+        }
+    }
+
+    /// Whether a read's status is an answer: raftlog says 404 for a key never written.
+    pub fn read_answered(&self, status: u16) -> bool {
+        (200..300).contains(&status) || (self.system == System::Raftlog && status == 404)
+    }
+}
+
+/// `bench-{key}` in base64, as etcd's gateway wants keys.
+fn etcd_key(key: u64) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("bench-{key}"))
+}
+
+fn build(method: Method, host: &str, path: String, body: Bytes) -> Request<Full<Bytes>> {
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = method.clone();
+    // A path is always a valid URI here: `bench-`, digits and a fixed query.
+    *request.uri_mut() = path.parse().unwrap_or_default();
+    if let Ok(host) = host.parse() {
+        request.headers_mut().insert(hyper::header::HOST, host);
+    }
+    if method == Method::POST {
+        // Only etcd's gateway gets POSTs; raftlog's values are raw bytes, no JSON.
+        request.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+    }
+    request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body(request: Request<Full<Bytes>>) -> String {
+        let bytes = request.into_body().collect().await.map(|b| b.to_bytes());
+        String::from_utf8(bytes.unwrap_or_default().to_vec()).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn etcd_requests_speak_the_v3_gateway_in_base64() {
+        let requests = Requests::new(System::Etcd, 3, Consistency::Stale);
+        let put = requests.put("127.0.0.1:2379", 7);
+        assert_eq!(put.method(), Method::POST);
+        assert_eq!(put.uri().path(), "/v3/kv/put");
+        // base64("bench-7") = YmVuY2gtNw==, base64("xxx") = eHh4
+        assert_eq!(body(put).await, r#"{"key":"YmVuY2gtNw==","value":"eHh4"}"#);
+        let get = requests.get("127.0.0.1:2379", 7);
+        assert_eq!(get.uri().path(), "/v3/kv/range");
+        assert_eq!(
+            body(get).await,
+            r#"{"key":"YmVuY2gtNw==","serializable":true}"#
+        );
+        let linearizable = Requests::new(System::Etcd, 3, Consistency::Linearizable);
+        assert_eq!(
+            body(linearizable.get("h", 7)).await,
+            r#"{"key":"YmVuY2gtNw=="}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn raftlog_requests_use_the_kv_endpoint_with_the_consistency_asked() {
+        let requests = Requests::new(System::Raftlog, 4, Consistency::Lease);
+        let put = requests.put("127.0.0.1:8001", 42);
+        assert_eq!(put.method(), Method::PUT);
+        assert_eq!(put.uri().path(), "/v1/kv/bench-42");
+        assert_eq!(body(put).await, "xxxx");
+        let get = requests.get("127.0.0.1:8001", 42);
+        assert_eq!(get.method(), Method::GET);
+        assert_eq!(get.uri().to_string(), "/v1/kv/bench-42?consistency=lease");
+        assert!(requests.read_answered(404));
+        assert!(!Requests::new(System::Etcd, 1, Consistency::Stale).read_answered(404));
+    }
+}
