@@ -1054,11 +1054,24 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         "Inbound peer connections closed after the idle timeout.",
         t.inbound_idle_closed,
     );
+    // Issue 16.
+    counter(
+        "transport_tls_refused_total",
+        "Inbound peer connections refused in the TLS handshake (no certificate, or not signed by the cluster CA).",
+        t.tls_refused,
+    );
     counter(
         "membership_changes_total",
         "Membership changes this node proposed as leader (promotions included).",
         m.membership_changes.get(),
     );
+    // Issue 16.
+    if let Some(not_after) = t.tls_cert_not_after_unix {
+        let _ = writeln!(
+            out,
+            "# HELP raftlog_tls_cert_not_after_seconds When this node's TLS certificate expires (Unix time; reloaded on SIGHUP).\n# TYPE raftlog_tls_cert_not_after_seconds gauge\nraftlog_tls_cert_not_after_seconds {not_after}"
+        );
+    }
     if let Ok(Some(report)) = state.node.replication().await {
         membership_gauges(&mut out, &state.node.membership(), &report);
     }

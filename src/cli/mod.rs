@@ -2,6 +2,7 @@
 //! configuration error.
 
 mod bench;
+mod certs;
 mod client;
 mod cluster;
 mod join;
@@ -64,6 +65,9 @@ enum Command {
         /// The cluster file to take addresses and settings from.
         #[arg(long, default_value = "config.json")]
         config: PathBuf,
+        /// Mutual TLS between the nodes, with certificates made under <data_dir>/certs.
+        #[arg(long)]
+        tls: bool,
     },
     /// Set KEY to VALUE.
     Put {
@@ -145,6 +149,25 @@ enum Command {
         args: bench::BenchArgs,
         #[command(flatten)]
         target: Target,
+    },
+    /// TLS certificates (issue 16).
+    Certs {
+        #[command(subcommand)]
+        action: CertsAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsAction {
+    /// Write a CA, node certificates (node-<id>.pem) and client certificates
+    /// (client-<role>.pem for read, write, admin), for trying TLS out.
+    Init {
+        /// Node certificates for ids 1..=N.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// The directory to write them to (created if missing; existing files are kept).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -238,7 +261,7 @@ pub fn run() -> i32 {
             data_dir,
             join,
         } => serve::run(&config, id, data_dir, join),
-        Command::Cluster { nodes, config } => cluster::run(&config, nodes),
+        Command::Cluster { nodes, config, tls } => cluster::run(&config, nodes, tls),
         Command::Put { key, value, target } => client::run(target, client::Op::Put { key, value }),
         Command::Get {
             key,
@@ -305,6 +328,9 @@ pub fn run() -> i32 {
         } => client::run(target, client::Op::LeaderTransfer { id }),
         Command::Snapshot { target } => client::run(target, client::Op::Snapshot),
         Command::Bench { args, target } => client::run(target, client::Op::Bench(args)),
+        Command::Certs {
+            action: CertsAction::Init { nodes, out },
+        } => certs::init(nodes, &out),
     }
 }
 

@@ -88,6 +88,8 @@ pub struct NodeOptions {
     pub max_uncommitted_bytes: u64,
     /// The node's budget for client writes in progress, in bytes (see [`WritePermit`]).
     pub pending_write_bytes_max: u64,
+    /// Issue 16: mutual TLS between peers; `None`: plaintext, with the source-address check.
+    pub tls: Option<Arc<crate::security::tls::NodeTls>>,
 }
 
 /// Requests queued for the raft loop before writes are refused `503 overloaded`: the count
@@ -790,6 +792,7 @@ pub async fn start<S: StateMachine>(
         peers,
     );
     transport_config.max_frame_bytes = max_frame_bytes;
+    transport_config.tls = options.tls.clone();
     let (transport, inbound) =
         Transport::start(transport_config)
             .await
