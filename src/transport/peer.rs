@@ -310,6 +310,8 @@ async fn pump(
             read = reader.read(&mut probe) => {
                 return Ended::Lost(match read {
                     Ok(0) => "closed by the peer".into(),
+                    // Over TLS, a peer that exits without close_notify reads as this.
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => "closed by the peer".into(),
                     Ok(_) => "peer sent unexpected bytes".into(),
                     Err(e) => e.to_string(),
                 });

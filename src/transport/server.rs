@@ -381,6 +381,11 @@ async fn read_frames(
                 )
             }
             Ok(_) => {}
+            // Over TLS, a peer that exits without close_notify (any SIGKILL, most stops)
+            // reads as an unexpected EOF: between frames that is an ordinary close.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && buf.is_empty() => {
+                return "closed by the peer".into()
+            }
             Err(e) => return format!("read failed: {e}"),
         }
     }
@@ -395,6 +400,33 @@ fn garbage(shared: &Shared, remote: SocketAddr, peer: NodeId, what: &str) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_tls_a_peer_id_is_believed_only_from_its_members_ip() {
+        let addr = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        let peers = super::super::PeerSet {
+            addrs: std::sync::RwLock::new(
+                [
+                    (2, addr("10.0.0.2:7002")),
+                    (3, addr("0.0.0.0:7003")),
+                    (4, addr("[fd00::4]:7004")),
+                ]
+                .into_iter()
+                .collect(),
+            ),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        };
+        assert!(peers.source_matches(2, addr("10.0.0.2:50000")));
+        assert!(!peers.source_matches(2, addr("10.0.0.9:50000")));
+        assert!(!peers.source_matches(2, addr("127.0.0.1:50000")));
+        // An IPv4 peer seen through a dual-stack listener.
+        assert!(peers.source_matches(2, addr("[::ffff:10.0.0.2]:50000")));
+        assert!(peers.source_matches(4, addr("[fd00::4]:1")));
+        assert!(!peers.source_matches(4, addr("[fd00::5]:1")));
+        // 0.0.0.0 names no host: nothing to compare with.
+        assert!(peers.source_matches(3, addr("192.0.2.1:1")));
+        assert!(!peers.source_matches(9, addr("10.0.0.2:1")));
+    }
 
     #[test]
     fn refusals_warn_once_per_sender_and_verdict_within_the_quiet_period() {
