@@ -85,24 +85,10 @@ async fn start_cluster() -> Cluster {
     }
     let mut nodes = Vec::new();
     for (id, (raft_addr, api_addr)) in &addrs {
-        let options = NodeOptions {
-            id: *id,
-            cluster_id: "cluster-append-bench".into(),
-            data_dir: dir.path().join(format!("node-{id}")),
-            bootstrap: membership.clone(),
-            raft_addr: *raft_addr,
-            api_addr: *api_addr,
-            heartbeat_interval: Duration::from_millis(50),
-            election_timeout: (Duration::from_millis(150), Duration::from_millis(300)),
-            snapshot_threshold: 10_000,
-            snapshot_trailing_entries: 5_000,
-            wal_segment_bytes: 64 << 20,
-            storage_quota_bytes: None,
-            tick: Duration::from_millis(10),
-            membership_policy: Default::default(),
-            max_uncommitted_bytes: raftlog::config::DEFAULT_MAX_UNCOMMITTED_BYTES,
-            pending_write_bytes_max: raftlog::config::DEFAULT_PENDING_WRITE_BYTES_MAX,
-        };
+        let mut options = NodeOptions::new(*id, dir.path().join(format!("node-{id}")), *raft_addr);
+        options.cluster_id = "cluster-append-bench".into();
+        options.bootstrap = membership.clone();
+        options.wal_segment_bytes = 64 << 20;
         let node = node::start(options, KvStore::new())
             .await
             .unwrap_or_else(|e| panic!("node {id} did not start: {e:?}"));

@@ -144,7 +144,11 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     // Issue 14.
     "snapshot_threshold_bytes",
     "snapshot_min_interval_ms",
+    // Issue 16.
+    "tls",
 ];
+/// Fields of `tls`.
+const TLS_FIELDS: &[&str] = &["ca", "cert", "key"];
 const NODE_FIELDS: &[&str] = &["raft_addr", "api_addr"];
 
 /// A configuration problem. `Display` is the single line to show the operator.
@@ -230,6 +234,20 @@ pub struct ClusterConfig {
     snapshot_threshold_bytes: u64,
     // Invariant: within SNAPSHOT_MIN_INTERVAL_MS_RANGE.
     snapshot_min_interval_ms: u64,
+    // Issue 16. Invariant: each path non-empty.
+    tls: Option<TlsFiles>,
+}
+
+/// The `tls` section as written: PEM file paths, relative to the config file's directory,
+/// each of which may contain `{id}` for the node's id (so one file serves every node).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The cluster CA certificate.
+    pub ca: String,
+    /// The node's certificate (chain), leaf first.
+    pub cert: String,
+    /// The node's private key.
+    pub key: String,
 }
 
 /// Bounds on the client API's connections (issue 12 "net"), so that idle or silent
@@ -468,6 +486,30 @@ impl ClusterConfig {
         Duration::from_millis(self.snapshot_min_interval_ms)
     }
 
+    /// The `tls` section, if any (issue 16).
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// Node `id`'s TLS files: `{id}` replaced, relative paths taken from the config file's
+    /// directory. `None` without a `tls` section.
+    pub fn tls_paths(&self, id: NodeId) -> Option<crate::security::tls::TlsPaths> {
+        let tls = self.tls.as_ref()?;
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let resolve = |template: &str| base.join(template.replace("{id}", &id.to_string()));
+        Some(crate::security::tls::TlsPaths {
+            ca: resolve(&tls.ca),
+            cert: resolve(&tls.cert),
+            key: resolve(&tls.key),
+        })
+    }
+
+    /// Adds (or replaces) the `tls` section, e.g. for `raftlog cluster --tls`.
+    pub fn with_tls(mut self, tls: TlsFiles) -> ClusterConfig {
+        self.tls = Some(tls);
+        self
+    }
+
     /// The configuration as cluster-file JSON (all fields explicit), e.g. for `raftlog
     /// cluster` to write the file it generated. Parsing it gives back an equal config.
     pub fn to_json(&self) -> String {
@@ -511,6 +553,9 @@ impl ClusterConfig {
         let mut value = value;
         if let Some(max) = self.client_connections.connections_max {
             value["max_client_connections"] = serde_json::json!(max);
+        }
+        if let Some(tls) = &self.tls {
+            value["tls"] = serde_json::json!({"ca": tls.ca, "cert": tls.cert, "key": tls.key});
         }
         // Serializing a `Value` cannot fail (string keys only).
         serde_json::to_string_pretty(&value).unwrap_or_default()
@@ -772,6 +817,10 @@ impl Parser<'_> {
                 SNAPSHOT_MIN_INTERVAL_MS_RANGE,
             )?,
         };
+        let tls = match get("tls") {
+            None | Some(Json::Null) => None,
+            Some(v) => Some(self.tls(v)?),
+        };
         Ok(ClusterConfig {
             path: self.path.to_path_buf(),
             cluster_id,
@@ -795,6 +844,31 @@ impl Parser<'_> {
             watch_buffer_bytes_max,
             snapshot_threshold_bytes,
             snapshot_min_interval_ms,
+            tls,
+        })
+    }
+
+    fn tls(&self, json: &Json) -> Result<TlsFiles, ConfigError> {
+        let fields = self.object(json, "tls", TLS_FIELDS)?;
+        let path = |name: &str| -> Result<String, ConfigError> {
+            let field = format!("tls.{name}");
+            let Some((_, v)) = fields.iter().find(|(k, _)| k == name) else {
+                return Err(self.err(
+                    &field,
+                    "missing (required): tls needs ca, cert and key (PEM files; `raftlog certs \
+                     init` makes a set)",
+                ));
+            };
+            let text = self.string(v, &field)?;
+            if text.trim().is_empty() {
+                return Err(self.err(&field, "is empty; expected the path of a PEM file"));
+            }
+            Ok(text)
+        };
+        Ok(TlsFiles {
+            ca: path("ca")?,
+            cert: path("cert")?,
+            key: path("key")?,
         })
     }
 
@@ -1569,5 +1643,52 @@ mod tests {
         for (extra, expect) in cases {
             assert_eq!(error(&with(extra)), expect, "{extra}");
         }
+    }
+}
+
+/// Issue 16: the `tls` section.
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<ClusterConfig, ConfigError> {
+        ClusterConfig::parse(
+            &format!(
+                r#"{{"cluster_id": "c", "nodes": {{"1": {{"raft_addr": "127.0.0.1:7001",
+                    "api_addr": "127.0.0.1:8001"}}}}{extra}}}"#
+            ),
+            Path::new("/etc/raftlog/config.json"),
+        )
+    }
+
+    #[test]
+    fn tls_paths_are_relative_to_the_config_file_and_take_the_node_id() {
+        let config = parse(
+            r#", "tls": {"ca": "ca.pem", "cert": "certs/node-{id}.pem", "key": "/abs/node-{id}-key.pem"}"#,
+        )
+        .unwrap();
+        let paths = config.tls_paths(1).unwrap();
+        assert_eq!(paths.ca, Path::new("/etc/raftlog/ca.pem"));
+        assert_eq!(paths.cert, Path::new("/etc/raftlog/certs/node-1.pem"));
+        assert_eq!(paths.key, Path::new("/abs/node-1-key.pem"));
+        // The section survives the round trip `raftlog cluster` makes.
+        let again = ClusterConfig::parse(&config.to_json(), config.path()).unwrap();
+        assert_eq!(again.tls(), config.tls());
+        assert!(parse("").unwrap().tls_paths(1).is_none());
+    }
+
+    #[test]
+    fn a_bad_tls_section_names_the_field() {
+        let error = |extra: &str| parse(extra).unwrap_err().to_string();
+        assert!(error(r#", "tls": {"ca": "ca.pem", "cert": "c.pem"}"#)
+            .starts_with("/etc/raftlog/config.json: tls.key: missing (required)"),);
+        assert!(
+            error(r#", "tls": {"ca": "", "cert": "c", "key": "k"}"#).contains("tls.ca: is empty")
+        );
+        assert!(
+            error(r#", "tls": {"ca": "a", "cert": "c", "key": "k", "crl": "x"}"#)
+                .contains("tls.crl: unknown field; expected one of: ca, cert, key")
+        );
+        assert!(error(r#", "tls": "yes""#).contains("tls: expected an object"));
     }
 }

@@ -92,6 +92,7 @@ pub mod fuzzing;
 pub mod kv;
 pub mod node;
 pub mod raft;
+pub mod security;
 pub mod session;
 pub mod state_machine;
 pub mod transport;

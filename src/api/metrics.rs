@@ -205,6 +205,11 @@ const COUNTERS: &[(&str, &str, CounterValue)] = &[
         |r| r.transport.inbound_idle_closed,
     ),
     (
+        "transport_tls_refused",
+        "Inbound peer connections refused in the TLS handshake (no certificate, or not signed by the cluster CA)",
+        |r| r.transport.tls_refused,
+    ),
+    (
         "membership_changes",
         "Membership changes this node proposed as leader (promotions included)",
         |r| r.counters.membership_changes.get(),
@@ -291,6 +296,15 @@ fn registry(
     }
     if let Some((membership, report)) = replication {
         membership_gauges(&mut registry, membership, report);
+    }
+    // Issue 16: when this node's peer certificate expires (reloaded on SIGHUP).
+    if let Some(not_after) = report.transport.tls_cert_not_after_unix {
+        gauge(
+            &mut registry,
+            "tls_cert_not_after_seconds",
+            "When this node's TLS certificate expires (Unix time; reloaded on SIGHUP)",
+            not_after,
+        );
     }
     let counters = &report.counters;
     gauge(
@@ -482,6 +496,7 @@ mod tests {
         "raftlog_transport_handshakes_refused_total",
         "raftlog_transport_inbound_replaced_total",
         "raftlog_transport_inbound_idle_closed_total",
+        "raftlog_transport_tls_refused_total",
         "raftlog_membership_changes_total",
         "raftlog_snapshot_last_bytes",
         "raftlog_storage_no_space",

@@ -55,8 +55,57 @@ fn plan(config: &ClusterConfig, count: usize) -> Result<Vec<Planned>, String> {
     Ok(nodes)
 }
 
+/// With `--tls`, certificates from `certs init` under `<data_dir>/certs` (made on the first
+/// run, reused after); without it, a `tls` section of the user's file with its paths made
+/// absolute, since the generated file lives elsewhere.
+fn tls_for_cluster_file(
+    config: ClusterConfig,
+    config_path: &Path,
+    data_dir: &Path,
+    nodes: &[Planned],
+    tls: bool,
+) -> Result<ClusterConfig, String> {
+    use crate::config::TlsFiles;
+    if tls {
+        let certs = data_dir.join("certs");
+        if !certs.join("ca.pem").exists() {
+            let highest = nodes.iter().map(|n| n.id).max().unwrap_or(1);
+            crate::security::certs::init(highest, &certs).map_err(|e| e.to_string())?;
+        }
+        for n in nodes {
+            let cert = certs.join(format!("node-{}.pem", n.id));
+            if !cert.exists() {
+                return Err(format!(
+                    "{} is missing: the certificates in {} were made for fewer nodes; remove                      that directory to make a new set",
+                    cert.display(),
+                    certs.display()
+                ));
+            }
+        }
+        return Ok(config.with_tls(TlsFiles {
+            ca: "certs/ca.pem".into(),
+            cert: "certs/node-{id}.pem".into(),
+            key: "certs/node-{id}-key.pem".into(),
+        }));
+    }
+    let Some(files) = config.tls().cloned() else {
+        return Ok(config);
+    };
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let absolute = |p: &str| -> Result<String, String> {
+        std::path::absolute(base.join(p))
+            .map(|p| p.to_string_lossy().into_owned())
+            .map_err(|e| format!("cannot resolve tls path {p}: {e}"))
+    };
+    Ok(config.with_tls(TlsFiles {
+        ca: absolute(&files.ca)?,
+        cert: absolute(&files.cert)?,
+        key: absolute(&files.key)?,
+    }))
+}
+
 /// Runs the cluster until Ctrl-C or SIGTERM; returns the exit status.
-pub fn run(config_path: &Path, count: usize) -> i32 {
+pub fn run(config_path: &Path, count: usize, tls: bool) -> i32 {
     if count == 0 {
         eprintln!("raftlog cluster: --nodes must be at least 1");
         return EXIT_USAGE;
@@ -81,6 +130,14 @@ pub fn run(config_path: &Path, count: usize) -> i32 {
         return EXIT_FAILED;
     }
     let cluster_file = data_dir.join("cluster.json");
+    // The nodes read `cluster_file`, in `data_dir`: TLS paths must be relative to it.
+    let config = match tls_for_cluster_file(config, config_path, &data_dir, &nodes, tls) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("raftlog cluster: {message}");
+            return EXIT_FAILED;
+        }
+    };
     let file_nodes = nodes
         .iter()
         .map(|n| {

@@ -2,6 +2,7 @@
 //! configuration error.
 
 mod bench;
+mod certs;
 mod client;
 mod cluster;
 mod completions;
@@ -70,6 +71,9 @@ enum Command {
         /// The cluster file to take addresses and settings from.
         #[arg(long, default_value = "config.json")]
         config: PathBuf,
+        /// Mutual TLS between the nodes, with certificates made under <data_dir>/certs.
+        #[arg(long)]
+        tls: bool,
     },
     /// Set KEY to VALUE.
     Put {
@@ -192,6 +196,25 @@ enum Command {
     },
     /// Print the man page (roff), e.g. `raftlog manpage > raftlog.1`.
     Manpage,
+    /// TLS certificates (issue 16).
+    Certs {
+        #[command(subcommand)]
+        action: CertsAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsAction {
+    /// Write a CA, node certificates (node-<id>.pem) and client certificates
+    /// (client-<role>.pem for read, write, admin), for trying TLS out.
+    Init {
+        /// Node certificates for ids 1..=N.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// The directory to write them to (created if missing; existing files are kept).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -285,7 +308,7 @@ pub fn run() -> i32 {
             join,
             bind_all,
         } => serve::run(&config, id, data_dir, join, bind_all),
-        Command::Cluster { nodes, config } => cluster::run(&config, nodes),
+        Command::Cluster { nodes, config, tls } => cluster::run(&config, nodes, tls),
         Command::Put { key, value, target } => client::run(target, client::Op::Put { key, value }),
         Command::Get {
             key: Some(key),
@@ -410,6 +433,9 @@ pub fn run() -> i32 {
         Command::Bench { args, target } => bench::run(target, args),
         Command::Completions { shell } => completions::completions(shell),
         Command::Manpage => completions::manpage(),
+        Command::Certs {
+            action: CertsAction::Init { nodes, out },
+        } => certs::init(nodes, &out),
     }
 }
 

@@ -56,6 +56,11 @@ pub fn node_options(
         pending_write_bytes_max: config.pending_write_bytes_max(),
         snapshot_threshold_bytes: config.snapshot_threshold_bytes(),
         snapshot_min_interval: config.snapshot_min_interval(),
+        tls: config
+            .tls_paths(id)
+            .map(|paths| crate::security::tls::NodeTls::load(id, paths))
+            .transpose()
+            .map_err(|e| format!("{}: {e}", config.path().display()))?,
     })
 }
 
@@ -279,6 +284,10 @@ async fn serve(
         };
     }
     let raft_addr = options.raft_addr;
+    crate::security::warn_if_exposed(options.id, raft_addr, api_addr, options.tls.is_some());
+    if let Some(tls) = options.tls.clone() {
+        tokio::spawn(reload_tls_on_sighup(tls));
+    }
     let data_dir = options.data_dir.clone();
     let heartbeat_interval = options.heartbeat_interval;
     // The configured addresses stay what peers and clients are told (membership, join);
@@ -431,6 +440,33 @@ fn describe(membership: &Membership) -> String {
         })
         .collect();
     parts.join(", ")
+}
+
+/// Re-reads the TLS certificates and keys on every SIGHUP (issue 16), so a certificate is
+/// rotated by replacing the files and signalling, without a restart. New connections use
+/// the new material; open ones keep theirs. A file that fails to load is reported and the
+/// material in use is kept.
+async fn reload_tls_on_sighup(tls: std::sync::Arc<crate::security::tls::NodeTls>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP ({e}); certificates reload only on restart");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!(
+                cert = %tls.paths().cert.display(),
+                not_after_unix = tls.not_after_unix(),
+                "SIGHUP: reloaded the TLS certificate and key"
+            ),
+            Err(e) => {
+                tracing::error!("SIGHUP: cannot reload TLS material, keeping the old one: {e}")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() -> &'static str {

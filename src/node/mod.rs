@@ -96,6 +96,8 @@ pub struct NodeOptions {
     pub snapshot_threshold_bytes: u64,
     /// Issue 14: the least time between the starts of two threshold-triggered snapshots.
     pub snapshot_min_interval: Duration,
+    /// Issue 16: mutual TLS between peers; `None`: plaintext, with the source-address check.
+    pub tls: Option<Arc<crate::security::tls::NodeTls>>,
 }
 
 impl NodeOptions {
@@ -139,6 +141,7 @@ impl NodeOptions {
             snapshot_min_interval: Duration::from_millis(
                 defaults::DEFAULT_SNAPSHOT_MIN_INTERVAL_MS,
             ),
+            tls: None,
         }
     }
 }
@@ -923,6 +926,7 @@ async fn spawn<S: StateMachine>(
         peers,
     );
     transport_config.max_frame_bytes = max_frame_bytes;
+    transport_config.tls = options.tls.clone();
     let (transport, inbound) =
         Transport::start(transport_config)
             .await

@@ -135,6 +135,13 @@ pub enum HandshakeStatus {
     UnknownSender = 3,
     /// The acceptor is not the node the dialer meant to reach.
     WrongReceiver = 4,
+    /// Without TLS, the dialer connects from an address other than the IP of the
+    /// `raft_addr` its claimed id has in the acceptor's membership (issue 16): it may be
+    /// a stranger posing as that member.
+    WrongAddress = 5,
+    /// With TLS, the dialer's certificate does not name the node id its handshake claims
+    /// (`raftlog-node-<id>`): a valid member certificate used to pose as another member.
+    WrongCertificate = 6,
 }
 
 impl HandshakeStatus {
@@ -145,6 +152,8 @@ impl HandshakeStatus {
             2 => Some(HandshakeStatus::ClusterMismatch),
             3 => Some(HandshakeStatus::UnknownSender),
             4 => Some(HandshakeStatus::WrongReceiver),
+            5 => Some(HandshakeStatus::WrongAddress),
+            6 => Some(HandshakeStatus::WrongCertificate),
             _ => None,
         }
     }

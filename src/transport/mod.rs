@@ -32,6 +32,15 @@
 //!   (connected, lost, unreachable with a new reason), not once per retry.
 //! - **Ordering.** Envelopes to one peer arrive in the order sent, as long as its
 //!   connection stays up; across a reconnect some may be lost, never reordered.
+//! - **Identity** (issue 16). The handshake's `from` is a claim; the acceptor checks it
+//!   before reading any frame. With [`TransportConfig::tls`], the connection is mutual TLS
+//!   (`stream.rs`, `crate::security::tls`): the dialer's certificate must chain to the
+//!   cluster CA (else the TLS handshake fails, counted in `tls_refused`) and name the
+//!   claimed id as `raftlog-node-<id>` (else [`codec::HandshakeStatus::WrongCertificate`]);
+//!   the dialer checks the acceptor's certificate names the id it dialed. Without TLS, the
+//!   dialer must connect from the IP of the claimed member's `raft_addr`
+//!   ([`codec::HandshakeStatus::WrongAddress`]), and dials leave from this node's own
+//!   `raft_addr` IP so that the check holds on hosts with several addresses.
 //!
 //! # Example
 //! ```no_run
@@ -49,6 +58,7 @@
 pub mod codec;
 mod peer;
 mod server;
+mod stream;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -105,6 +115,11 @@ pub struct TransportConfig {
     /// TCP keepalive: the first probe goes out after this much silence, then two more at
     /// a third of it; a peer that answers none is declared dead by the kernel.
     pub keepalive_idle: Duration,
+    /// Mutual TLS (issue 16): with it, every connection is TLS, both ends verify the
+    /// other's certificate against the cluster CA, and an acceptor takes a handshake's
+    /// `from` id only if the dialer's certificate names it. Without it, a peer's id is
+    /// vouched for by its source IP alone.
+    pub tls: Option<Arc<crate::security::tls::NodeTls>>,
 }
 
 /// Per-frame slack beyond the payloads: the envelope, the message fields, bincode's
@@ -170,6 +185,7 @@ impl TransportConfig {
             backoff_max: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(120),
             keepalive_idle: Duration::from_secs(15),
+            tls: None,
         }
     }
 
@@ -293,6 +309,12 @@ pub struct TransportMetrics {
     pub inbound_idle_closed: u64,
     /// Peers whose outbound connection is up right now.
     pub peers_connected: u64,
+    /// Inbound connections whose TLS handshake failed: no certificate, or one that does not
+    /// chain to the cluster CA (issue 16). Refused before any handshake or Raft message.
+    pub tls_refused: u64,
+    /// When this node's TLS certificate expires (Unix seconds), as of the last (re)load;
+    /// `None` without TLS.
+    pub tls_cert_not_after_unix: Option<u64>,
 }
 
 /// The live counters behind [`TransportMetrics`].
@@ -317,6 +339,7 @@ struct Counters {
     envelopes_refused: AtomicU64,
     inbound_replaced: AtomicU64,
     inbound_idle_closed: AtomicU64,
+    tls_refused: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, n: u64) {
@@ -347,6 +370,8 @@ impl Counters {
             inbound_replaced: get(&self.inbound_replaced),
             inbound_idle_closed: get(&self.inbound_idle_closed),
             peers_connected: 0,
+            tls_refused: get(&self.tls_refused),
+            tls_cert_not_after_unix: None,
         }
     }
 
@@ -377,12 +402,29 @@ impl PeerSet {
     fn contains(&self, id: NodeId) -> bool {
         read_lock(&self.addrs).contains_key(&id)
     }
+
+    /// Whether a connection from `remote` may claim to be member `id`: its IP must be that
+    /// of the member's `raft_addr` (issue 16), unless that is unspecified (`0.0.0.0`, which
+    /// names no host). Without TLS this is the only proof of identity a peer gives, and it
+    /// closes the cheapest attack: any process that knows the (public) cluster id posing
+    /// as a member, pushing its term up or having followers apply entries it invented.
+    fn source_matches(&self, id: NodeId, remote: SocketAddr) -> bool {
+        let Some(member) = read_lock(&self.addrs).get(&id).copied() else {
+            return false;
+        };
+        let canonical = |ip: std::net::IpAddr| ip.to_canonical();
+        member.ip().is_unspecified() || canonical(member.ip()) == canonical(remote.ip())
+    }
 }
 
 /// What every task of one transport shares.
 struct Shared {
     id: NodeId,
     cluster_id: String,
+    /// The node's `raft_addr`; outbound connections leave from its IP.
+    listen: SocketAddr,
+    /// Mutual TLS material, re-read on SIGHUP; `None`: plaintext.
+    tls: Option<Arc<crate::security::tls::NodeTls>>,
     max_frame_bytes: u32,
     batch_bytes_max: usize,
     connect_timeout: Duration,
@@ -534,6 +576,8 @@ impl Transport {
         let shared = Arc::new(Shared {
             id: config.id,
             cluster_id: config.cluster_id.clone(),
+            listen: config.listen,
+            tls: config.tls.clone(),
             max_frame_bytes: config.max_frame_bytes,
             batch_bytes_max: config.batch_bytes_max.max(1),
             connect_timeout: config.connect_timeout,
@@ -577,6 +621,7 @@ impl Transport {
             id = config.id,
             addr = %local_addr,
             cluster_id = %config.cluster_id,
+            tls = config.tls.is_some(),
             "peer transport listening"
         );
         Ok((transport, inbound_rx))
@@ -723,6 +768,12 @@ impl Transport {
             .values()
             .filter(|peer| peer.connected.load(Ordering::Relaxed))
             .count() as u64;
+        metrics.tls_cert_not_after_unix = self
+            .inner
+            .shared
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.not_after_unix());
         metrics
     }
 

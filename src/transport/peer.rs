@@ -1,19 +1,20 @@
 //! The outbound side: one task per peer that dials it, handshakes, and drains the
 //! peer's queue onto the connection in coalesced batches.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Notify};
 
 use super::codec::{
     self, Handshake, HandshakeError, HandshakeReply, HandshakeStatus, HANDSHAKE_REPLY_BYTES,
     PROTOCOL_VERSION,
 };
+use super::stream::PeerStream;
 use super::{bump, Shared};
 use crate::raft::{Envelope, NodeId};
 
@@ -26,6 +27,11 @@ enum ConnectError {
     ConnectTimeout(Duration),
     #[error("handshake I/O failed: {0}")]
     HandshakeIo(std::io::Error),
+    #[error(
+        "TLS handshake failed: {0} (does its certificate chain to our tls.ca and name the node \
+         we dialed as raftlog-node-<id>?)"
+    )]
+    Tls(std::io::Error),
     #[error("no handshake reply within {0:?}")]
     HandshakeTimeout(Duration),
     #[error("bad handshake reply: {0}")]
@@ -42,6 +48,7 @@ impl ConnectError {
             ConnectError::ConnectTimeout(_) => "connect-timeout".into(),
             ConnectError::HandshakeTimeout(_) => "handshake-timeout".into(),
             ConnectError::BadReply(_) => "bad-reply".into(),
+            ConnectError::Tls(e) => format!("tls:{e}"),
             ConnectError::Refused { reason, .. } => format!("refused:{reason}"),
         }
     }
@@ -50,7 +57,7 @@ impl ConnectError {
     fn is_misconfiguration(&self) -> bool {
         matches!(
             self,
-            ConnectError::BadReply(_) | ConnectError::Refused { .. }
+            ConnectError::BadReply(_) | ConnectError::Refused { .. } | ConnectError::Tls(_)
         )
     }
 }
@@ -180,9 +187,9 @@ async fn connect(
     shared: &Shared,
     peer: NodeId,
     addr: SocketAddr,
-) -> Result<TcpStream, ConnectError> {
-    let mut stream =
-        match tokio::time::timeout(shared.connect_timeout, TcpStream::connect(addr)).await {
+) -> Result<PeerStream, ConnectError> {
+    let stream =
+        match tokio::time::timeout(shared.connect_timeout, dial(shared.listen.ip(), addr)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return Err(ConnectError::Connect(e)),
             Err(_) => return Err(ConnectError::ConnectTimeout(shared.connect_timeout)),
@@ -193,6 +200,27 @@ async fn connect(
         .set_nodelay(true)
         .map_err(ConnectError::HandshakeIo)?;
     shared.set_keepalive(&stream);
+    let mut stream: PeerStream = match &shared.tls {
+        None => Box::new(stream),
+        Some(tls) => {
+            // The acceptor's certificate must name the node we mean to reach, so a stale
+            // address that now belongs to another member (or a stranger) is not trusted.
+            let name = rustls::pki_types::ServerName::try_from(crate::security::node_name(peer))
+                .map_err(|e| {
+                    ConnectError::Tls(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+                })?;
+            match tokio::time::timeout(
+                shared.handshake_timeout,
+                tls.peer_connector().connect(name, stream),
+            )
+            .await
+            {
+                Ok(Ok(stream)) => Box::new(stream),
+                Ok(Err(e)) => return Err(ConnectError::Tls(e)),
+                Err(_) => return Err(ConnectError::HandshakeTimeout(shared.handshake_timeout)),
+            }
+        }
+    };
     let mut hello = Vec::with_capacity(codec::HANDSHAKE_FIXED_BYTES + shared.cluster_id.len() + 4);
     Handshake {
         version: PROTOCOL_VERSION,
@@ -203,6 +231,7 @@ async fn connect(
     .encode(&mut hello);
     let exchange = async {
         stream.write_all(&hello).await?;
+        stream.flush().await?;
         let mut reply = [0u8; HANDSHAKE_REPLY_BYTES];
         stream.read_exact(&mut reply).await?;
         Ok::<_, std::io::Error>(reply)
@@ -221,11 +250,38 @@ async fn connect(
         }
         HandshakeStatus::UnknownSender => "this node's id is not among its peers",
         HandshakeStatus::WrongReceiver => "it is not the node id we dialed (stale address?)",
+        HandshakeStatus::WrongCertificate => {
+            "our TLS certificate does not name this node's id (raftlog-node-<id>)"
+        }
+        HandshakeStatus::WrongAddress => {
+            "we connect from an address other than this node's raft_addr in its membership \
+             (a host with several addresses: give raft_addr the one it routes from)"
+        }
     };
     Err(ConnectError::Refused {
         reason,
         version: reply.version,
     })
+}
+
+/// Connects to `addr` from `source`, this node's `raft_addr` IP, when that is a specific
+/// address on the same side of loopback as `addr`. Without TLS the acceptor checks that a
+/// peer connects from the IP of its `raft_addr` (issue 16), and on a host with several
+/// addresses the kernel might otherwise pick another one.
+async fn dial(source: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    if source.is_unspecified()
+        || source.is_loopback() != addr.ip().is_loopback()
+        || source.is_ipv4() != addr.is_ipv4()
+    {
+        return TcpStream::connect(addr).await;
+    }
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
 }
 
 /// Moves queued envelopes onto the connection until it fails or the queue closes.
@@ -238,12 +294,12 @@ async fn pump(
     shared: &Shared,
     peer: NodeId,
     addr: SocketAddr,
-    stream: TcpStream,
+    stream: PeerStream,
     queue: &mut mpsc::Receiver<Envelope>,
     buf: &mut Vec<u8>,
 ) -> Ended {
     let counters = &shared.counters;
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = tokio::io::split(stream);
     // The acceptor never sends after its handshake reply, so a readable socket means it
     // closed (EOF) or broke: noticing that here reports the loss at once instead of at
     // the next write, which may be long after on an idle link.
@@ -254,6 +310,8 @@ async fn pump(
             read = reader.read(&mut probe) => {
                 return Ended::Lost(match read {
                     Ok(0) => "closed by the peer".into(),
+                    // Over TLS, a peer that exits without close_notify reads as this.
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => "closed by the peer".into(),
                     Ok(_) => "peer sent unexpected bytes".into(),
                     Err(e) => e.to_string(),
                 });
@@ -280,7 +338,12 @@ async fn pump(
         if frames == 0 {
             continue;
         }
-        match tokio::time::timeout(shared.write_timeout, writer.write_all(buf)).await {
+        let write = async {
+            writer.write_all(buf).await?;
+            // TLS holds the last record until flushed; for TCP this is a no-op.
+            writer.flush().await
+        };
+        match tokio::time::timeout(shared.write_timeout, write).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 bump(&counters.dropped_write_failed, frames);

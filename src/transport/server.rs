@@ -13,11 +13,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use super::codec::{
     FrameHeader, Handshake, HandshakeReply, HandshakeStatus, FRAME_HEADER_BYTES,
     HANDSHAKE_FIXED_BYTES, PROTOCOL_VERSION,
 };
+use super::stream::PeerStream;
 use super::{bump, Shared};
 use crate::raft::{Envelope, NodeId};
 
@@ -68,7 +70,7 @@ pub(super) async fn run_listener(
 /// Serves one inbound connection until it closes, misbehaves, or its peer is removed.
 async fn serve(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     remote: SocketAddr,
     inbound: mpsc::Sender<Envelope>,
 ) {
@@ -77,6 +79,9 @@ async fn serve(
         tracing::debug!(id = shared.id, %remote, "set_nodelay failed: {e}");
     }
     shared.set_keepalive(&stream);
+    let Some((mut stream, peer_cert)) = secure(&shared, stream, remote).await else {
+        return;
+    };
     let hello = match tokio::time::timeout(shared.handshake_timeout, read_handshake(&mut stream))
         .await
     {
@@ -95,7 +100,7 @@ async fn serve(
             return;
         }
     };
-    let status = judge(&shared, &hello);
+    let status = judge(&shared, &hello, remote, peer_cert.as_ref());
     let reply = HandshakeReply {
         version: PROTOCOL_VERSION,
         status,
@@ -120,10 +125,19 @@ async fn serve(
             tracing::debug!(id = shared.id, %remote, from = hello.from, "refused a peer connection again: {status:?}");
         }
         // Best effort: tell the dialer why, so it can log it; then close.
-        let _ = tokio::time::timeout(shared.handshake_timeout, stream.write_all(&reply)).await;
+        let _ = tokio::time::timeout(shared.handshake_timeout, async {
+            stream.write_all(&reply).await?;
+            stream.flush().await
+        })
+        .await;
         return;
     }
-    if let Err(e) = stream.write_all(&reply).await {
+    if let Err(e) = async {
+        stream.write_all(&reply).await?;
+        stream.flush().await
+    }
+    .await
+    {
         tracing::debug!(id = shared.id, %remote, "handshake reply failed: {e}");
         return;
     }
@@ -134,6 +148,61 @@ async fn serve(
     let why = read_frames(&shared, &mut stream, remote, peer, &inbound, &replaced).await;
     shared.unregister_inbound(peer, seq);
     tracing::info!(id = shared.id, peer, %remote, "inbound peer connection closed: {why}");
+}
+
+/// With TLS, performs the TLS handshake: the dialer must present a certificate that chains
+/// to the cluster CA, or nothing more is read. Returns the stream and the dialer's leaf
+/// certificate; `None` once the connection is refused (logged and counted).
+async fn secure(
+    shared: &Shared,
+    stream: TcpStream,
+    remote: SocketAddr,
+) -> Option<(PeerStream, Option<CertificateDer<'static>>)> {
+    let Some(tls) = &shared.tls else {
+        return Some((Box::new(stream), None));
+    };
+    let refused = |why: String| {
+        bump(&shared.counters.tls_refused, 1);
+        // Node id 0 is nobody: TLS refusals come before any id is claimed.
+        if shared
+            .refusals
+            .should_warn(0, HandshakeStatus::WrongCertificate)
+        {
+            tracing::warn!(
+                id = shared.id,
+                %remote,
+                "refused a peer connection: {why} (repeats within {:?} are logged at debug)",
+                RefusalLog::QUIET
+            );
+        } else {
+            tracing::debug!(id = shared.id, %remote, "refused a peer connection again: {why}");
+        }
+    };
+    match tokio::time::timeout(shared.handshake_timeout, tls.peer_acceptor().accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let cert = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|cert| cert.clone().into_owned());
+            Some((Box::new(stream), cert))
+        }
+        Ok(Err(e)) => {
+            refused(format!(
+                "TLS handshake failed: {e} (a peer must present a certificate signed by this \
+                 cluster's tls.ca)"
+            ));
+            None
+        }
+        Err(_) => {
+            refused(format!(
+                "no TLS handshake within {:?}",
+                shared.handshake_timeout
+            ));
+            None
+        }
+    }
 }
 
 /// Remembers when each kind of refusal was last logged at warn level.
@@ -168,7 +237,12 @@ impl RefusalLog {
 }
 
 /// The acceptor's checks, in order (a case table rather than nested ifs).
-fn judge(shared: &Shared, hello: &Handshake) -> HandshakeStatus {
+fn judge(
+    shared: &Shared,
+    hello: &Handshake,
+    remote: SocketAddr,
+    peer_cert: Option<&CertificateDer<'_>>,
+) -> HandshakeStatus {
     if hello.version != PROTOCOL_VERSION {
         HandshakeStatus::VersionMismatch
     } else if hello.cluster_id != shared.cluster_id {
@@ -177,6 +251,19 @@ fn judge(shared: &Shared, hello: &Handshake) -> HandshakeStatus {
         HandshakeStatus::WrongReceiver
     } else if hello.from == shared.id || !shared.peers.contains(hello.from) {
         HandshakeStatus::UnknownSender
+    } else if shared.tls.is_some() {
+        // TLS proved the dialer holds a key the CA certified; the id it may speak for is
+        // the one its certificate names, whatever address it comes from.
+        let named = peer_cert.is_some_and(|cert| {
+            crate::security::tls::names(cert, &crate::security::node_name(hello.from))
+        });
+        if named {
+            HandshakeStatus::Accepted
+        } else {
+            HandshakeStatus::WrongCertificate
+        }
+    } else if !shared.peers.source_matches(hello.from, remote) {
+        HandshakeStatus::WrongAddress
     } else {
         HandshakeStatus::Accepted
     }
@@ -187,7 +274,7 @@ enum HandshakeFailure {
     Io(std::io::Error),
 }
 
-async fn read_handshake(stream: &mut TcpStream) -> Result<Handshake, HandshakeFailure> {
+async fn read_handshake(stream: &mut PeerStream) -> Result<Handshake, HandshakeFailure> {
     let mut buf = vec![0u8; HANDSHAKE_FIXED_BYTES];
     stream
         .read_exact(&mut buf)
@@ -212,7 +299,7 @@ async fn read_handshake(stream: &mut TcpStream) -> Result<Handshake, HandshakeFa
 /// returns what did.
 async fn read_frames(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut PeerStream,
     remote: SocketAddr,
     peer: NodeId,
     inbound: &mpsc::Sender<Envelope>,
@@ -294,6 +381,11 @@ async fn read_frames(
                 )
             }
             Ok(_) => {}
+            // Over TLS, a peer that exits without close_notify (any SIGKILL, most stops)
+            // reads as an unexpected EOF: between frames that is an ordinary close.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && buf.is_empty() => {
+                return "closed by the peer".into()
+            }
             Err(e) => return format!("read failed: {e}"),
         }
     }
@@ -308,6 +400,33 @@ fn garbage(shared: &Shared, remote: SocketAddr, peer: NodeId, what: &str) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_tls_a_peer_id_is_believed_only_from_its_members_ip() {
+        let addr = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        let peers = super::super::PeerSet {
+            addrs: std::sync::RwLock::new(
+                [
+                    (2, addr("10.0.0.2:7002")),
+                    (3, addr("0.0.0.0:7003")),
+                    (4, addr("[fd00::4]:7004")),
+                ]
+                .into_iter()
+                .collect(),
+            ),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        };
+        assert!(peers.source_matches(2, addr("10.0.0.2:50000")));
+        assert!(!peers.source_matches(2, addr("10.0.0.9:50000")));
+        assert!(!peers.source_matches(2, addr("127.0.0.1:50000")));
+        // An IPv4 peer seen through a dual-stack listener.
+        assert!(peers.source_matches(2, addr("[::ffff:10.0.0.2]:50000")));
+        assert!(peers.source_matches(4, addr("[fd00::4]:1")));
+        assert!(!peers.source_matches(4, addr("[fd00::5]:1")));
+        // 0.0.0.0 names no host: nothing to compare with.
+        assert!(peers.source_matches(3, addr("192.0.2.1:1")));
+        assert!(!peers.source_matches(9, addr("10.0.0.2:1")));
+    }
 
     #[test]
     fn refusals_warn_once_per_sender_and_verdict_within_the_quiet_period() {

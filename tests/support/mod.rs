@@ -135,6 +135,20 @@ impl Cluster {
         if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
             config.extend(extra.clone());
         }
+        // Issue 16: `RAFTLOG_TEST_TLS=1` runs every process test with mutual TLS between the
+        // nodes (certificates for ids up to 9, so tests that add nodes have theirs too).
+        if std::env::var("RAFTLOG_TEST_TLS").is_ok_and(|v| v == "1") && config.get("tls").is_none()
+        {
+            let certs = dir.path().join("certs");
+            let status = Command::new(raftlog_bin())
+                .args(["certs", "init", "--nodes", "9", "--out"])
+                .arg(&certs)
+                .stdout(Stdio::null())
+                .status()
+                .expect("run raftlog certs init");
+            assert!(status.success(), "raftlog certs init failed: {status}");
+            config["tls"] = json!({"ca": "certs/ca.pem", "cert": "certs/node-{id}.pem", "key": "certs/node-{id}-key.pem"});
+        }
         let config_path = dir.path().join("config.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
         let client = reqwest::Client::builder()

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The cost of mutual TLS between nodes on the 64-client put benchmark (issue 16).
+# Starts a local 3-node cluster in plaintext, then with `tls`, alternating ROUNDS times, and
+# runs `raftlog bench --clients 64` against each; prints writes/s and latency per run.
+# Usage: benches/tls_cost.sh [path/to/raftlog] [rounds] [duration_s]
+set -euo pipefail
+BIN=${1:-target/release/raftlog}
+ROUNDS=${2:-2}
+DURATION=${3:-10}
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+"$BIN" certs init --nodes 3 --out "$WORK/certs" >/dev/null
+
+run() { # mode: plain | tls
+  local mode=$1 dir="$WORK/$1-$RANDOM" tls=""
+  mkdir -p "$dir"
+  [ "$mode" = tls ] && tls=", \"tls\": {\"ca\": \"$WORK/certs/ca.pem\", \"cert\": \"$WORK/certs/node-{id}.pem\", \"key\": \"$WORK/certs/node-{id}-key.pem\"}"
+  cat > "$dir/config.json" <<JSON
+{"cluster_id": "bench", "data_dir": "$dir/data",
+ "nodes": {"1": {"raft_addr": "127.0.0.1:17101", "api_addr": "127.0.0.1:18101"},
+           "2": {"raft_addr": "127.0.0.1:17102", "api_addr": "127.0.0.1:18102"},
+           "3": {"raft_addr": "127.0.0.1:17103", "api_addr": "127.0.0.1:18103"}}$tls}
+JSON
+  local pids=()
+  for id in 1 2 3; do
+    RUST_LOG=warn "$BIN" serve --config "$dir/config.json" --id $id 2>"$dir/node-$id.log" &
+    pids+=($!)
+  done
+  sleep 3
+  echo -n "$mode: "
+  "$BIN" bench --clients 64 --duration "$DURATION" --config "$dir/config.json" --json
+  for pid in "${pids[@]}"; do kill "$pid"; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+
+for _ in $(seq "$ROUNDS"); do
+  run plain
+  run tls
+done
