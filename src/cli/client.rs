@@ -132,15 +132,8 @@ pub fn run(target: Target, op: Op) -> i32 {
         }
     };
     runtime.block_on(async move {
-        let client = match reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-        {
-            Ok(client) => client,
-            Err(e) => {
-                eprintln!("raftlog: cannot build an HTTP client: {e}");
-                return EXIT_FAILED;
-            }
+        let Some(client) = http_client(reqwest::Client::builder().timeout(REQUEST_TIMEOUT)) else {
+            return EXIT_FAILED;
         };
         match op {
             Op::Status => status(&client, &addrs, target.json).await,
@@ -468,4 +461,15 @@ async fn status(client: &reqwest::Client, addrs: &[String], as_json: bool) -> i3
         return EXIT_FAILED;
     }
     0
+}
+
+/// How long a client command waits for one answer.
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds the commands' HTTP client, or says on stderr why it cannot.
+pub(super) fn http_client(builder: reqwest::ClientBuilder) -> Option<reqwest::Client> {
+    builder
+        .build()
+        .map_err(|e| eprintln!("raftlog: cannot build an HTTP client: {e}"))
+        .ok()
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::client::REQUEST_TIMEOUT;
 use super::{EXIT_FAILED, EXIT_USAGE};
 
 /// What a range read asks for.
@@ -103,15 +104,10 @@ pub fn range(addrs: Vec<String>, args: RangeArgs, as_json: bool) -> i32 {
         return EXIT_FAILED;
     };
     runtime.block_on(async move {
-        let client = match reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-        {
-            Ok(client) => client,
-            Err(e) => {
-                eprintln!("raftlog: cannot build an HTTP client: {e}");
-                return EXIT_FAILED;
-            }
+        let Some(client) =
+            super::client::http_client(reqwest::Client::builder().timeout(REQUEST_TIMEOUT))
+        else {
+            return EXIT_FAILED;
         };
         let mut printed = 0u64;
         let mut after: Option<String> = None;
@@ -209,15 +205,11 @@ pub fn watch(addrs: Vec<String>, args: WatchArgs, as_json: bool) -> i32 {
         return EXIT_FAILED;
     };
     runtime.block_on(async move {
-        let client = match reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-        {
-            Ok(client) => client,
-            Err(e) => {
-                eprintln!("raftlog: cannot build an HTTP client: {e}");
-                return EXIT_FAILED;
-            }
+        // No overall timeout: a watch stream stays open for as long as it is read.
+        let Some(client) = super::client::http_client(
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(5)),
+        ) else {
+            return EXIT_FAILED;
         };
         let mut next_index = args.from;
         let mut attempt = 0usize;
