@@ -328,9 +328,15 @@ pub fn reconcile_log_with_snapshot(
     meta: &SnapshotMeta,
 ) -> Result<(), NodeFailure> {
     let wal = &log.wal;
-    let matches = wal.last_index() >= meta.last_index
+    // A WAL that begins right after the snapshot continues it: startup compacts the WAL to
+    // the snapshot, so this is what every later start finds. Its entries may have been
+    // acknowledged (Raft §5.4) and must be kept. Otherwise the log must hold the snapshot's
+    // last entry, with the same term, for its suffix to be kept (§7).
+    let continues_snapshot = wal.first_index() == meta.last_index + 1;
+    let holds_snapshot_entry = wal.last_index() >= meta.last_index
         && wal.first_index() <= meta.last_index
         && wal.term(meta.last_index).ok() == Some(meta.last_term);
+    let matches = continues_snapshot || holds_snapshot_entry;
     let fail = NodeFailure::storage(StorageStep::CompactToSnapshot {
         index: meta.last_index,
     });
@@ -341,4 +347,84 @@ pub fn reconcile_log_with_snapshot(
         wal.compact_prefix(meta.last_index).map_err(fail)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use storage::snapshot::SnapshotStore;
+    use storage::wal::{Wal, WalOptions};
+    use storage::{Entry, EntryKind, SnapshotMeta};
+
+    use super::reconcile_log_with_snapshot;
+    use crate::node::log_storage::DurableLog;
+
+    fn log_with_entries(dir: &std::path::Path, last: u64) -> DurableLog {
+        let wal = Wal::open(&dir.join("wal"), WalOptions::default()).expect("WAL");
+        let snapshots = SnapshotStore::open(dir.join("snapshots")).expect("snapshots");
+        let entries: Vec<Entry> = (1..=last)
+            .map(|index| Entry {
+                index,
+                term: 1,
+                kind: EntryKind::Normal,
+                payload: Bytes::from_static(b"v"),
+            })
+            .collect();
+        wal.append(&entries).expect("append");
+        DurableLog::new(wal, snapshots, SnapshotMeta::default())
+    }
+
+    fn snapshot_at(last_index: u64, last_term: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_index,
+            last_term,
+            ..SnapshotMeta::default()
+        }
+    }
+
+    /// Startup reconciles the WAL with the snapshot and compacts it; the next startup sees
+    /// a WAL that begins right after the snapshot. That WAL continues the snapshot (the
+    /// entry it would have to match is the snapshot's own last entry) and must survive:
+    /// it holds entries acknowledged to clients (Raft §5.4, Leader Completeness).
+    #[test]
+    fn a_wal_starting_right_after_the_snapshot_is_kept_across_reconciles() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = log_with_entries(dir.path(), 20);
+        let meta = snapshot_at(10, 1);
+        for round in 1..=3 {
+            reconcile_log_with_snapshot(&log, &meta).expect("reconcile");
+            assert_eq!(
+                (log.wal.first_index(), log.wal.last_index()),
+                (11, 20),
+                "after reconcile number {round}, entries 11..=20 must still be in the WAL"
+            );
+        }
+    }
+
+    /// Raft §7: a log with no entry matching the snapshot's last index and term is
+    /// discarded whole, since the snapshot supersedes it.
+    #[test]
+    fn a_wal_that_disagrees_with_the_snapshot_is_discarded() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = log_with_entries(dir.path(), 20);
+        reconcile_log_with_snapshot(&log, &snapshot_at(15, 2)).expect("reconcile");
+        assert!(
+            log.wal.last_index() < log.wal.first_index(),
+            "a log whose entry 15 has term 1 disagrees with a snapshot at (15, 2): got {}..={}",
+            log.wal.first_index(),
+            log.wal.last_index()
+        );
+        assert_eq!(log.wal.first_index(), 16);
+    }
+
+    /// A snapshot beyond the end of the log (a follower far behind) leaves an empty log
+    /// that starts right after it.
+    #[test]
+    fn a_wal_behind_the_snapshot_is_replaced_by_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = log_with_entries(dir.path(), 5);
+        reconcile_log_with_snapshot(&log, &snapshot_at(30, 3)).expect("reconcile");
+        assert_eq!(log.wal.first_index(), 31);
+        assert!(log.wal.last_index() < log.wal.first_index());
+    }
 }
