@@ -173,8 +173,16 @@ fn sigkill_loses_no_acknowledged_append() {
             }
             (acked, compact_intent, recycled)
         });
-        // Kill anywhere from during open/recovery to well into appending.
-        let delay_ms = 5 + next_random(&mut rng) % 120;
+        // Kill anywhere from during open/recovery to well into appending. Past the planned
+        // rounds with no segment recycled yet (a starved child gets little done in 125 ms),
+        // let children live up to 625 ms, long enough to compact and roll into a recycled
+        // segment even at a load average of 15.
+        let delay_span_ms = if round > rounds && recycled_total == 0 {
+            620
+        } else {
+            120
+        };
+        let delay_ms = 5 + next_random(&mut rng) % delay_span_ms;
         std::thread::sleep(Duration::from_millis(delay_ms));
         child.kill().expect("SIGKILL child");
         child.wait().expect("reap child");
