@@ -150,10 +150,10 @@ async fn change_terms_until_exit(c: &Cluster) -> (std::process::ExitStatus, u32)
         let Some(leader) = leader else {
             continue;
         };
-        let to = [2, 4, 5]
-            .into_iter()
-            .find(|id| *id != leader && (transfers as usize + *id as usize) % 2 == 0)
-            .unwrap_or(if leader == 2 { 4 } else { 2 });
+        // Among the healthy nodes only: the full one is to follow, and save each new term
+        // as a follower does.
+        let others: Vec<u64> = [2, 4, 5].into_iter().filter(|id| *id != leader).collect();
+        let to = others[transfers as usize % others.len()];
         let url = format!("http://{}/v1/leader/transfer", c.api(leader));
         let sent = c.client.post(url).json(&json!({ "to": to })).send().await;
         if sent.is_ok() {
