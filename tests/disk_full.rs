@@ -9,79 +9,17 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::tmpfs::{free_bytes, Tmpfs};
 use support::{runtime, Cluster, ClusterSpec};
 
 const TMPFS_BYTES: u64 = 48 << 20;
 /// Free space left next to the ballast: a few WAL segments' worth.
 const LEFT_FREE_BYTES: u64 = 4 << 20;
 const VALUE_BYTES: usize = 32 << 10;
-
-/// A tmpfs mounted for the length of a test; unmounted on drop, even after a panic.
-struct Tmpfs {
-    path: PathBuf,
-    mounted: bool,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size_bytes` at `path` (created if needed); `None`, with the
-    /// reason printed, when this process may not mount (not root, no mount namespace).
-    fn mount(path: &Path, size_bytes: u64) -> Option<Tmpfs> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIPPED: mounting a tmpfs needs root; run this test as root");
-            return None;
-        }
-        std::fs::create_dir_all(path).expect("create the mount point");
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_bytes}")])
-            .arg("tmpfs")
-            .arg(path)
-            .output();
-        match output {
-            Ok(out) if out.status.success() => Some(Tmpfs {
-                path: path.to_path_buf(),
-                mounted: true,
-            }),
-            Ok(out) => {
-                eprintln!(
-                    "SKIPPED: cannot mount a tmpfs at {}: {}",
-                    path.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-                None
-            }
-            Err(e) => {
-                eprintln!("SKIPPED: cannot run mount: {e}");
-                None
-            }
-        }
-    }
-
-    fn unmount(&mut self) {
-        if !self.mounted {
-            return;
-        }
-        self.mounted = false;
-        let plain = Command::new("umount").arg(&self.path).status();
-        if !plain.is_ok_and(|s| s.success()) {
-            // Something still holds it open: detach it now, it goes when released.
-            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        self.unmount();
-    }
-}
 
 /// A cluster one of whose nodes keeps its data on a tmpfs. Dropping it kills the nodes
 /// before unmounting, so the unmount never finds the filesystem busy.
@@ -135,16 +73,6 @@ impl Drop for FullDiskSetup {
         }
         self.tmpfs.unmount();
     }
-}
-
-/// Bytes free for unprivileged use on the filesystem holding `path` (statvfs).
-fn free_bytes(path: &Path) -> u64 {
-    let c_path = CString::new(path.as_os_str().as_bytes()).unwrap();
-    // SAFETY: statvfs fills the zeroed struct we own; the path is NUL-terminated.
-    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stats) };
-    assert_eq!(rc, 0, "statvfs {}", path.display());
-    stats.f_bavail * stats.f_frsize
 }
 
 /// The value of metric `name` on node `id`, if it answers and exports it.

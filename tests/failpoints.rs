@@ -490,3 +490,105 @@ fn snapshot_faults_are_reported_and_lose_no_acknowledged_write() {
         );
     });
 }
+
+/// Raft Figure 2 ("updated on stable storage before responding to RPCs"): a node whose save
+/// of term and vote fails sends no vote. Of a 3-node cluster, follower `armed` fails every
+/// stable-store save and the leader is killed; the other follower, `candidate`, campaigns
+/// and needs `armed`'s vote. `armed` must fail-stop without answering, so `candidate`
+/// cannot become leader until the old leader is back. A vote sent before (or despite) the
+/// failed save would make it leader at once.
+///
+/// `armed` runs with a long election timeout, so that `candidate` (default timeout)
+/// campaigns first: were `armed` to campaign itself, its save of its own vote would fail
+/// first and nobody would ask for its vote.
+#[test]
+fn a_vote_whose_save_failed_never_leaves_the_node() {
+    runtime().block_on(async {
+        let cluster = Cluster::start(ClusterSpec::default());
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+        let armed = leader % 3 + 1;
+        let candidate = armed % 3 + 1;
+        let mut acknowledged = BTreeMap::new();
+        for i in 0..20 {
+            let (key, value) = (format!("before-{i}"), format!("v{i}"));
+            cluster
+                .put_eventually(&key, &value, Duration::from_secs(10))
+                .await;
+            acknowledged.insert(key, value);
+        }
+        // Restarted with a slow election timeout, then armed once it follows the leader.
+        cluster.set_config_field("election_timeout_ms", serde_json::json!([1000, 60000]));
+        cluster.kill(armed);
+        cluster.spawn(armed);
+        // Once it answers it has read the config; the others restart with the default.
+        wait_caught_up(&cluster, armed).await;
+        cluster.set_config_field("election_timeout_ms", serde_json::json!([150, 300]));
+        cluster.set_failpoint(armed, "stable::save", "return").await;
+        let armed_log_before = cluster.log_text(armed).len();
+        let candidate_log_before = cluster.log_text(candidate).len();
+        cluster.kill(leader);
+
+        let exit = cluster
+            .wait_exit(armed, Duration::from_secs(20))
+            .unwrap_or_else(|| {
+                panic!(
+                    "node {armed} still runs 20 s after its leader died with its stable \
+                     store failing\n{}",
+                    cluster.logs_tail()
+                )
+            });
+        let armed_log = cluster.log_text(armed);
+        let last_words = &armed_log[armed_log_before.min(armed_log.len())..];
+        assert_eq!(exit.code(), Some(1), "{last_words}");
+        assert!(
+            last_words.contains(&format!(
+                "node {armed} stopped: cannot persist term and vote"
+            )),
+            "node {armed}'s exit must name the failed save:\n{last_words}"
+        );
+        assert!(
+            !last_words.contains("became candidate"),
+            "node {armed} campaigned itself instead of being asked for its vote (its long \
+             election timeout fired first); the scenario did not happen:\n{last_words}"
+        );
+        // `candidate` asked for the vote; give it many election timeouts to (wrongly) win.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Some(status) = cluster.status(candidate).await {
+                assert_ne!(
+                    status["role"],
+                    "leader",
+                    "node {candidate} became leader with its only peer's vote, which node \
+                     {armed} never saved: {status}\n{}",
+                    cluster.logs_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let candidate_log = cluster.log_text(candidate);
+        let campaign = &candidate_log[candidate_log_before.min(candidate_log.len())..];
+        assert!(
+            campaign.contains("became candidate"),
+            "node {candidate} never asked for a vote:\n{campaign}"
+        );
+        assert!(
+            !campaign.contains("became leader"),
+            "node {candidate} led with a vote node {armed} never saved:\n{campaign}"
+        );
+
+        // Back to a majority: the old leader and then the stopped node (failpoints live in
+        // the process, so it starts unarmed) rejoin, and nothing acknowledged is lost.
+        cluster.spawn(leader);
+        cluster.wait_for_leader(Duration::from_secs(10)).await;
+        for i in 0..20 {
+            let (key, value) = (format!("after-{i}"), format!("v{i}"));
+            cluster
+                .put_eventually(&key, &value, Duration::from_secs(10))
+                .await;
+            acknowledged.insert(key, value);
+        }
+        cluster.spawn(armed);
+        wait_caught_up(&cluster, armed).await;
+        check_acknowledged_on_every_node(&cluster, &acknowledged, Duration::from_secs(30)).await;
+    });
+}

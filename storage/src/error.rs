@@ -140,6 +140,27 @@ pub enum Error {
         free_bytes: Option<u64>,
     },
 
+    /// A stable-store write (term, vote, membership, ...) failed because the filesystem
+    /// holding the store is full. Unlike [`Error::NoSpace`] it cannot be retried: sled
+    /// gives no account of what it wrote (and keeps failing once one write failed), and a
+    /// failed fsync is never retried as a success, so the store stops and the node with it.
+    #[error(
+        "no space left on the device: the stable store {} could not save a write: {source}; \
+         the filesystem holding it has {}; the write was not saved and nothing that depends \
+         on it was sent. Free space on that filesystem (or grow it), then restart the node",
+        path.display(),
+        crate::space::describe_free_bytes(*free_bytes)
+    )]
+    StableNoSpace {
+        /// The sled directory.
+        path: PathBuf,
+        /// Bytes free for unprivileged use on its filesystem (statvfs), when known.
+        free_bytes: Option<u64>,
+        /// The failure as the store saw it (sled's, or the fsync's).
+        #[source]
+        source: Box<Error>,
+    },
+
     /// The stable store belongs to another cluster or another node.
     #[error(
         "stable store {}: this data directory belongs to {what} {stored}, not {what} {expected}; \

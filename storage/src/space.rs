@@ -20,7 +20,7 @@
 //! | renaming a compacted segment for reuse          | the segment              | deleted instead (frees its space) |
 //! | a truncation past its mark (directory fsync, zeroing, clearing the mark) | between two logs | fatal ([`crate::Error::Io`], ENOSPC): recovery completes it on restart |
 //! | any `fdatasync` of data the log keeps (records, a truncated segment, the last segment on open) | unknown | fatal: fail-stop, recovery decides on restart |
-//! | the stable store (sled)                         | unknown to us            | fatal |
+//! | the stable store (sled)                         | unknown to us            | fatal: [`crate::Error::StableNoSpace`] names the free space; restart once it is freed |
 //! | a snapshot: temp file, its fsync, the rename, the directory fsync | a temp file, removed; or the new file in place, synced | [`crate::Error::NoSpace`]: the snapshot fails, the node goes on |
 //!
 //! The fsync rows follow the "fsyncgate" rule (PostgreSQL 2018, Rebello et al., "Can

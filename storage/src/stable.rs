@@ -470,10 +470,41 @@ impl StableStore {
                 state.generation = generation;
                 self.write_witness(state)
             });
+        let result = result.map_err(|e| self.out_of_space_named(e));
         if let Err(e) = &result {
             state.failed = Some(e.to_string());
         }
         result
+    }
+
+    /// A failed write due to a full filesystem becomes [`Error::StableNoSpace`], which names
+    /// the free space and the remedy; any other error is returned as it is. sled reports the
+    /// first ENOSPC with its errno, and every later call with a copy that keeps only the
+    /// error's kind, so both are recognised.
+    fn out_of_space_named(&self, error: Error) -> Error {
+        let out_of_space = |e: &std::io::Error| {
+            crate::space::is_out_of_space(e)
+                || matches!(
+                    e.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                )
+        };
+        let full = match &error {
+            Error::Io { source, .. } => out_of_space(source),
+            Error::Stable {
+                source: sled::Error::Io(source),
+                ..
+            } => out_of_space(source),
+            _ => false,
+        };
+        if !full {
+            return error;
+        }
+        Error::StableNoSpace {
+            path: self.path.clone(),
+            free_bytes: crate::space::free_bytes(&self.path).ok(),
+            source: Box::new(error),
+        }
     }
 
     /// Records `state.generation` in the witness file, durably.

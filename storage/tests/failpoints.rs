@@ -236,6 +236,48 @@ fn stable_store_refuses_writes_after_a_failed_save() {
     drop(scenario);
 }
 
+/// A full disk under the stable store cannot be waited out as the WAL's can (sled keeps
+/// failing once a write failed, and a failed fsync is never retried): the error says so,
+/// naming the store's directory, the free space and what the operator must do.
+#[test]
+fn stable_store_out_of_space_names_the_directory_the_free_space_and_the_remedy() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = StableStore::open(dir.path()).unwrap();
+    store
+        .save_hard_state(&HardState {
+            term: 3,
+            voted_for: Some(2),
+        })
+        .unwrap();
+    failpoint::configure("stable::save", "return(ENOSPC)").unwrap();
+    let error = store
+        .save_hard_state(&HardState {
+            term: 4,
+            voted_for: Some(1),
+        })
+        .expect_err("armed");
+    assert!(
+        matches!(error, storage::Error::StableNoSpace { .. }),
+        "an ENOSPC under the stable store is fatal, and says the disk is full: {error}"
+    );
+    let message = error.to_string();
+    for part in [
+        dir.path().display().to_string().as_str(),
+        "bytes (",
+        "free",
+        "Free space on that filesystem",
+        "restart the node",
+    ] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+    assert!(
+        !message.contains("resume on their own"),
+        "must not promise a retry: {message}"
+    );
+    drop(scenario);
+}
+
 fn snapshot_meta(index: u64) -> SnapshotMeta {
     SnapshotMeta {
         last_index: index,

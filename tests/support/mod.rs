@@ -2,6 +2,8 @@
 //! temporary data directories, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod tmpfs;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
