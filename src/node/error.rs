@@ -1,9 +1,10 @@
 //! Why a node stops or refuses to start, typed by who can act (openraft's `Fatal` beside its
 //! `APIError`): the operator (the disk, the data directory, the cluster's membership) or the
-//! developers (a bug). What a client can do about a single request is [`super::RequestError`].
+//! developers (a bug). What a client can do about a single request is [`RequestError`].
 //!
 //! Every message names what failed, where, and what to do.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use storage::NodeId;
@@ -180,6 +181,67 @@ pub enum Inconsistency {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Storage could not be opened or recovered.
+    #[error("{0}")]
+    Storage(#[from] storage::Error),
+    /// The peer transport could not start.
+    #[error("cannot listen for peers on {addr}: {source}")]
+    Transport {
+        /// The raft address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The durable state is inconsistent: the operator must restore the data directory
+    /// from a backup, or remove it and re-add this node as a new member.
+    #[error("{}: {problem}. Restore the data directory from a backup, or remove it and re-add this node as a new member", dir.display())]
+    Inconsistent {
+        /// The node's data directory.
+        dir: PathBuf,
+        /// What does not add up.
+        #[source]
+        problem: Inconsistency,
+    },
+    /// This node was removed from the cluster (its stable store holds a tombstone).
+    #[error("{0}")]
+    Removed(String),
+}
+
+/// Why a client request failed: each variant says what the client may do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// This node does not lead; `leader` if known. Nothing was proposed: retry there.
+    #[error("this node does not lead (leader: {0:?}); nothing was proposed; retry on the leader")]
+    NotLeader(Option<NodeId>),
+    /// The node is shutting down or failed. Nothing was proposed.
+    #[error("the node is stopping; nothing was proposed; retry on another node")]
+    Stopped,
+    /// The outcome is unknown (timeout, or a snapshot replaced the log around it).
+    #[error("the outcome is unknown: the command may or may not take effect")]
+    Unknown,
+    /// The write was proposed but another entry committed at its index: not applied.
+    #[error("leadership changed before the command committed; it was not applied; safe to retry")]
+    NotCommitted,
+    /// Issue 12, diskfull: the disk is full or the storage quota reached (the message
+    /// says which, naming the directory and its space). Nothing was proposed.
+    #[error("{0}")]
+    NoSpace(String),
+    /// Too much is pending; the message names the limit that was hit. Nothing was proposed.
+    #[error("{0}")]
+    Overloaded(String),
+    /// The leader is handing over leadership (thesis §3.10: it takes no proposals for at
+    /// most an election timeout). Nothing was proposed.
+    #[error("the leader is handing over leadership; nothing was proposed; retry shortly")]
+    TransferInProgress,
+    /// The state machine did not apply the command; the message says why.
+    #[error("{0}")]
+    NotApplied(String),
 }
 
 #[cfg(test)]
