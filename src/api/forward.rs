@@ -252,3 +252,71 @@ async fn relay(answer: reqwest::Response) -> Response {
         .into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::extract::Path;
+    use axum::routing::get;
+
+    use super::*;
+    use crate::api::error::tests::every_request_error;
+
+    /// A follower relays what the leader answered: a refusal reaches the client with the
+    /// status, code and message it had at the leader, whichever kind it is.
+    #[tokio::test]
+    async fn a_refusal_relayed_from_the_leader_keeps_its_status_code_and_message() {
+        let refusals = every_request_error();
+        let answers: Vec<ApiError> = refusals
+            .iter()
+            .map(|(error, _, _)| ApiError::from(error.clone()))
+            .collect();
+        let leader = axum::Router::new().route(
+            "/{n}",
+            get(move |Path(n): Path<usize>| {
+                let answer = answers[n].clone();
+                async move { answer }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the stand-in leader's port");
+        let addr = listener
+            .local_addr()
+            .expect("the stand-in leader's address");
+        let server = tokio::spawn(async move { axum::serve(listener, leader).await });
+        let client = reqwest::Client::new();
+        for (n, (error, status, code)) in refusals.into_iter().enumerate() {
+            let at_leader = ApiError::from(error.clone()).into_response();
+            let leader_body = axum::body::to_bytes(at_leader.into_body(), 1 << 16)
+                .await
+                .expect("the leader's answer body");
+            let answer = client
+                .get(format!("http://{addr}/{n}"))
+                .send()
+                .await
+                .expect("the stand-in leader answers");
+            let relayed = relay(answer).await;
+            assert_eq!(
+                relayed.status(),
+                status,
+                "{error:?} relayed with another status"
+            );
+            assert_eq!(
+                relayed.headers().get("content-type").map(|v| v.as_bytes()),
+                Some(&b"application/json"[..]),
+                "{error:?} relayed without its content type"
+            );
+            let body = axum::body::to_bytes(relayed.into_body(), 1 << 16)
+                .await
+                .expect("the relayed body");
+            assert_eq!(body, leader_body, "{error:?}: the body changed on the way");
+            let json: serde_json::Value =
+                serde_json::from_slice(&body).expect("the relayed body is JSON");
+            assert_eq!(
+                json["error"]["code"], code,
+                "{error:?} relayed with another code"
+            );
+        }
+        server.abort();
+    }
+}

@@ -54,7 +54,10 @@ use crate::kv::{Replicated, StateMachine};
 use crate::raft::{self, Envelope, ProposeError, RaftCore, ReadMode, Ready, Role};
 use crate::transport::{Transport, TransportConfig};
 
-pub use self::error::{Inconsistency, NodeFailure, RequestError, StartError, StorageStep, WhoActs};
+pub use self::error::{
+    Inconsistency, NoSpace, NodeFailure, NotApplied, Overload, Refusal, Removal, RequestError,
+    StartError, StorageStep, WhoActs,
+};
 
 /// Everything a node needs to start. [`NodeOptions::new`] gives the defaults of
 /// `config.json` for a single-node cluster; set the fields to change them.
@@ -505,15 +508,16 @@ impl<S: StateMachine> Node<S> {
             Err(TryAcquireError::Closed) => Err(RequestError::Stopped),
             Err(TryAcquireError::NoPermits) => {
                 self.metrics.writes_overloaded.inc();
-                Err(RequestError::Overloaded(format!(
-                    "node {}: writes in progress hold {} of its {} bytes of write budget \
-                     (pending_write_bytes_max) and this one needs {bytes}; nothing was \
-                     proposed; retry with backoff",
-                    self.id,
-                    self.write_budget_bytes
-                        .saturating_sub(self.write_budget.available_permits() as u64),
-                    self.write_budget_bytes
-                )))
+                Err(RequestError::Overloaded {
+                    node: self.id,
+                    limit: Overload::PendingBytes {
+                        held_bytes: self
+                            .write_budget_bytes
+                            .saturating_sub(self.write_budget.available_permits() as u64),
+                        budget_bytes: self.write_budget_bytes,
+                        wanted_bytes: bytes,
+                    },
+                })
             }
         }
     }
@@ -527,20 +531,21 @@ impl<S: StateMachine> Node<S> {
         timeout: Duration,
     ) -> Result<(u64, crate::kv::Applied), RequestError> {
         // Issue 12, diskfull: refused before it is proposed (`space.rs`).
-        if let Some(message) = self.space.refusal(command.len() as u64) {
+        if let Some(refusal) = self.space.refusal(command.len() as u64) {
             self.metrics.proposals_refused.inc();
-            return Err(RequestError::NoSpace(message));
+            return Err(RequestError::NoSpace(refusal));
         }
         let (reply, answer) = oneshot::channel();
         match self.requests.try_send(Request::Propose { command, reply }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.metrics.writes_overloaded.inc();
-                return Err(RequestError::Overloaded(format!(
-                    "node {}: its request queue is full ({REQUEST_QUEUE_CAPACITY} requests); \
-                     nothing was proposed; retry with backoff",
-                    self.id
-                )));
+                return Err(RequestError::Overloaded {
+                    node: self.id,
+                    limit: Overload::RequestQueue {
+                        capacity: REQUEST_QUEUE_CAPACITY,
+                    },
+                });
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(RequestError::Stopped),
         }
@@ -550,27 +555,41 @@ impl<S: StateMachine> Node<S> {
                 return Err(RequestError::NotLeader(leader_hint))
             }
             Err(ProposeError::TransferInProgress) => return Err(RequestError::TransferInProgress),
-            Err(
-                refused @ (ProposeError::Backpressure | ProposeError::UncommittedBytesFull { .. }),
-            ) => {
+            Err(ProposeError::Backpressure) => {
                 self.metrics.writes_overloaded.inc();
-                return Err(RequestError::Overloaded(format!(
-                    "node {} (leader): {refused} (max_uncommitted_bytes; at most {} entries); \
-                     nothing was proposed; retry with backoff",
-                    self.id,
-                    raft::Config::new(self.id).max_uncommitted_entries
-                )));
+                return Err(RequestError::Overloaded {
+                    node: self.id,
+                    limit: Overload::ProposalsInFlight {
+                        max_entries: raft::Config::new(self.id).max_uncommitted_entries,
+                    },
+                });
+            }
+            Err(ProposeError::UncommittedBytesFull {
+                uncommitted_bytes,
+                proposal_bytes,
+                max_bytes,
+            }) => {
+                self.metrics.writes_overloaded.inc();
+                return Err(RequestError::Overloaded {
+                    node: self.id,
+                    limit: Overload::UncommittedBytes {
+                        uncommitted_bytes,
+                        proposal_bytes,
+                        max_bytes,
+                    },
+                });
             }
             Err(
-                other @ (ProposeError::MembershipChangePending
+                reason @ (ProposeError::MembershipChangePending
                 | ProposeError::InvalidMembershipChange(_)),
             ) => {
                 // The core refuses these only for membership changes, never for a command.
-                return Err(RequestError::NotApplied(format!(
-                    "node {}: the core refused a client command as if it were a membership \
-                     change ({other}); nothing was proposed; please report this",
-                    self.id
-                )));
+                return Err(RequestError::NotApplied(
+                    NotApplied::RefusedAsMembershipChange {
+                        node: self.id,
+                        reason,
+                    },
+                ));
             }
         };
         match tokio::time::timeout(timeout, waiting).await {
@@ -591,13 +610,12 @@ impl<S: StateMachine> Node<S> {
             request_id: None,
             body: Bytes::copy_from_slice(command),
         };
-        match self.write(wrapped.encode().into(), timeout).await? {
-            (index, crate::kv::Applied::Fresh(response)) => Ok((index, response)),
-            (index, crate::kv::Applied::Duplicate { response, .. }) => Ok((index, response)),
-            (_, other) => Err(RequestError::NotApplied(format!(
-                "the command was not applied: {other:?}"
-            ))),
-        }
+        let (index, applied) = self.write(wrapped.encode().into(), timeout).await?;
+        // A command without a client session is applied or undecodable, but the
+        // session's whole verdict is passed on rather than assumed.
+        let response = Refusal::response(applied)
+            .map_err(|refusal| RequestError::NotApplied(NotApplied::Refused(refusal)))?;
+        Ok((index, response))
     }
 
     /// Reads the state machine after a linearizable read barrier.
@@ -1168,7 +1186,7 @@ impl RaftLoop {
             }
             if let Some(error) = self.core.fatal() {
                 // Issue 11, item 8: the core stopped on a storage read it cannot trust.
-                let failure = NodeFailure::CoreStopped(error.to_string());
+                let failure = NodeFailure::CoreStopped(error.clone());
                 tracing::error!("{failure}");
                 let _ = self.fatal.send(Some(Arc::new(failure)));
                 return;
@@ -1405,7 +1423,12 @@ impl RaftLoop {
             removed_at_index: index,
         };
         let message = match self.stable.save_tombstone(&tombstone) {
-            Ok(()) => bootstrap::removed_message(status.id, &self.data_dir, &tombstone),
+            Ok(()) => Removal {
+                id: status.id,
+                dir: self.data_dir.clone(),
+                removed_at_index: tombstone.removed_at_index,
+            }
+            .to_string(),
             Err(e) => format!(
                 "this node was removed from the cluster (membership entry {index}) but the \
                  tombstone could not be saved: {e}; delete {} before starting it again, with \
