@@ -65,41 +65,20 @@ pub async fn to_leader(
     body: Bytes,
     idempotent: bool,
 ) -> Response {
-    let timeout = state.options.request_timeout + Duration::from_secs(1);
-    to_leader_with_timeout(
-        state,
-        leader,
-        method,
-        path_and_query,
-        headers,
-        body,
-        idempotent,
-        timeout,
-    )
-    .await
+    let request = Forwarded::new(state, method, path_and_query, headers, body);
+    send_to_leader(state, leader, request, idempotent, true).await
 }
 
-/// [`to_leader`] for a request the leader may take longer than a write to answer
-/// (a membership change waits for a learner to catch up).
-#[allow(clippy::too_many_arguments)]
+/// [`to_leader`] for a write the leader may take longer than `request_timeout` to answer
+/// (a membership change waits for a learner to catch up): it waits up to `timeout`.
 pub async fn to_leader_with_timeout(
     state: &ApiState,
     leader: Option<NodeId>,
-    method: Method,
-    path_and_query: &str,
-    headers: &HeaderMap,
-    body: Bytes,
-    idempotent: bool,
+    request: Forwarded<'_>,
     timeout: Duration,
 ) -> Response {
-    let request = Forwarded {
-        method,
-        path_and_query,
-        headers,
-        body,
-        timeout,
-    };
-    send_to_leader(state, leader, request, idempotent, true).await
+    let request = Forwarded { timeout, ..request };
+    send_to_leader(state, leader, request, false, true).await
 }
 
 /// Forwards a leadership transfer: unlike a write, its answer is still awaited when this
@@ -111,22 +90,37 @@ pub async fn transfer_to_leader(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request = Forwarded {
-        method: Method::POST,
-        path_and_query,
-        headers,
-        body,
-        timeout: state.options.request_timeout + Duration::from_secs(1),
-    };
+    let request = Forwarded::new(state, Method::POST, path_and_query, headers, body);
     send_to_leader(state, leader, request, false, false).await
 }
 
-struct Forwarded<'a> {
+/// A client request to replay against the leader.
+pub struct Forwarded<'a> {
     method: Method,
     path_and_query: &'a str,
     headers: &'a HeaderMap,
     body: Bytes,
     timeout: Duration,
+}
+
+impl<'a> Forwarded<'a> {
+    /// The request, given as long as a write takes: `request_timeout` and a second for
+    /// the hop.
+    pub fn new(
+        state: &ApiState,
+        method: Method,
+        path_and_query: &'a str,
+        headers: &'a HeaderMap,
+        body: Bytes,
+    ) -> Forwarded<'a> {
+        Forwarded {
+            method,
+            path_and_query,
+            headers,
+            body,
+            timeout: state.options.request_timeout + Duration::from_secs(1),
+        }
+    }
 }
 
 async fn send_to_leader(
