@@ -843,15 +843,6 @@ async fn spawn<S: StateMachine>(
     options: NodeOptions,
     recovered: Recovered<S>,
 ) -> Result<Node<S>, StartError> {
-    let Recovered {
-        stable,
-        log,
-        snapshot_meta,
-        bootstrap,
-        hard_state,
-        standing,
-        replicated,
-    } = recovered;
     let dir = &options.data_dir;
     let metrics = Arc::new(Metrics::default());
     let space = Arc::new(StorageSpace::new(
@@ -860,7 +851,7 @@ async fn spawn<S: StateMachine>(
         options.wal_segment_bytes,
     ));
     StorageSpace::start_measuring(&space);
-    let storage = NodeLogStorage(log.clone());
+    let storage = NodeLogStorage(recovered.log.clone());
     let core_config = core_config(&options);
     // "Reachable" for the quorum-safety check: heard from within an election timeout.
     let membership_driver = MembershipDriver::new(
@@ -873,7 +864,12 @@ async fn spawn<S: StateMachine>(
         COMMAND_BYTES_MAX,
         core_config.snapshot_chunk_bytes,
     );
-    let core = RaftCore::new(core_config, storage, hard_state, bootstrap.clone());
+    let core = RaftCore::new(
+        core_config,
+        storage,
+        recovered.hard_state,
+        recovered.bootstrap.clone(),
+    );
     let initial_membership = core.status().membership;
     let peers = raft_peers(&initial_membership);
     let mut transport_config = TransportConfig::new(
@@ -892,8 +888,8 @@ async fn spawn<S: StateMachine>(
                 source,
             })?;
 
-    let state = Arc::new(RwLock::new(replicated));
-    let (applied_tx, applied_rx) = watch::channel(snapshot_meta.last_index);
+    let state = Arc::new(RwLock::new(recovered.replicated));
+    let (applied_tx, applied_rx) = watch::channel(recovered.snapshot_meta.last_index);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (apply_tx, apply_rx) = mpsc::unbounded_channel();
     let (write_tx, write_rx) = mpsc::unbounded_channel();
@@ -901,13 +897,13 @@ async fn spawn<S: StateMachine>(
     let (fatal_tx, fatal_rx) = watch::channel(None);
     let fatal_tx = Arc::new(fatal_tx);
     let pending: PendingWrites = Arc::default();
-    let watch_hub = watch_hub::WatchHub::new(snapshot_meta.last_index);
+    let watch_hub = watch_hub::WatchHub::new(recovered.snapshot_meta.last_index);
 
     let applier = Applier {
         id: options.id,
         fault_panic_apply_at: fault_panic_apply_at(),
         state: state.clone(),
-        log: log.clone(),
+        log: recovered.log.clone(),
         pending: pending.clone(),
         applied_tx,
         events: events_tx.clone(),
@@ -920,14 +916,14 @@ async fn spawn<S: StateMachine>(
         ),
         snapshot_timer_armed: false,
         snapshot_trailing_entries: options.snapshot_trailing_entries,
-        membership: if snapshot_meta.last_index > 0 {
-            snapshot_meta.membership.clone()
+        membership: if recovered.snapshot_meta.last_index > 0 {
+            recovered.snapshot_meta.membership.clone()
         } else {
-            bootstrap.clone()
+            recovered.bootstrap.clone()
         },
-        applied_index: snapshot_meta.last_index,
-        applied_term: snapshot_meta.last_term,
-        last_snapshot_index: snapshot_meta.last_index,
+        applied_index: recovered.snapshot_meta.last_index,
+        applied_term: recovered.snapshot_meta.last_term,
+        last_snapshot_index: recovered.snapshot_meta.last_index,
         snapshot_in_progress: false,
         snapshot_waiters: Vec::new(),
         snapshot_backoff: apply::SnapshotBackoff::default(),
@@ -935,8 +931,8 @@ async fn spawn<S: StateMachine>(
     };
     spawn_thread("apply", events_tx.clone(), move || applier.run(apply_rx));
     let writer = Writer {
-        log: log.clone(),
-        stable: stable.clone(),
+        log: recovered.log.clone(),
+        stable: recovered.stable.clone(),
         transport: transport.clone(),
         events: events_tx.clone(),
         apply: apply_tx.clone(),
@@ -944,13 +940,13 @@ async fn spawn<S: StateMachine>(
         space: space.clone(),
     };
     spawn_thread("persist", events_tx.clone(), move || writer.run(write_rx));
-    if standing == bootstrap::Standing::Fresh {
+    if recovered.standing == bootstrap::Standing::Fresh {
         tokio::spawn(bootstrap::confirm_first_start(
             options.id,
             options.cluster_id.clone(),
             dir.clone(),
-            bootstrap.clone(),
-            stable.clone(),
+            recovered.bootstrap.clone(),
+            recovered.stable.clone(),
             events_tx.clone(),
         ));
     }
@@ -959,7 +955,7 @@ async fn spawn<S: StateMachine>(
     let membership = Arc::new(RwLock::new(initial_membership));
     let raft_loop = RaftLoop {
         core,
-        log: log.clone(),
+        log: recovered.log.clone(),
         transport: transport.clone(),
         write_tx,
         apply_tx: apply_tx.clone(),
@@ -974,10 +970,10 @@ async fn spawn<S: StateMachine>(
         clock: TickClock::new(options.tick, catch_up_ticks_max(&options)),
         transfers: TransferWaiters::default(),
         election_timeout_max: options.election_timeout.1,
-        awaiting_first_start: standing == bootstrap::Standing::Fresh,
+        awaiting_first_start: recovered.standing == bootstrap::Standing::Fresh,
         watching_removal: Arc::default(),
         events_tx: events_tx.clone(),
-        stable: stable.clone(),
+        stable: recovered.stable.clone(),
         data_dir: dir.clone(),
         membership_driver,
         tick: options.tick,
@@ -1005,7 +1001,7 @@ async fn spawn<S: StateMachine>(
         apply_jobs: apply_tx,
         metrics,
         transport,
-        log,
+        log: recovered.log,
         leader: leader_rx,
         membership,
         fatal: fatal_rx,
