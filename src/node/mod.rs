@@ -709,12 +709,17 @@ impl<S: StateMachine> Node<S> {
 
     /// The current status.
     pub async fn status(&self) -> Result<NodeStatus, RequestError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::Status { reply })
+        self.ask(|reply| Request::Status { reply })
             .await
-            .map_err(|_| RequestError::Stopped)?;
-        answer.await.map_err(|_| RequestError::Stopped)
+            .ok_or(RequestError::Stopped)
+    }
+
+    /// Sends the raft loop the request `request` builds around a reply channel and waits
+    /// for its answer; `None` once the loop is gone (the node stopped).
+    async fn ask<T>(&self, request: impl FnOnce(oneshot::Sender<T>) -> Request) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(request(reply)).await.ok()?;
+        answer.await.ok()
     }
 
     /// Asks the leader loop to validate and propose a membership change. The ticket's
@@ -724,22 +729,16 @@ impl<S: StateMachine> Node<S> {
         op: MembershipOp,
         force: bool,
     ) -> Result<ChangeTicket, ChangeRefused> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::ChangeMembership { op, force, reply })
+        self.ask(|reply| Request::ChangeMembership { op, force, reply })
             .await
-            .map_err(|_| ChangeRefused::Stopped)?;
-        answer.await.map_err(|_| ChangeRefused::Stopped)?
+            .ok_or(ChangeRefused::Stopped)?
     }
 
     /// Each member's replication as this node sees it, if it leads.
     pub async fn replication(&self) -> Result<Option<ReplicationReport>, RequestError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::Replication { reply })
+        self.ask(|reply| Request::Replication { reply })
             .await
-            .map_err(|_| RequestError::Stopped)?;
-        answer.await.map_err(|_| RequestError::Stopped)
+            .ok_or(RequestError::Stopped)
     }
 
     /// Takes a snapshot now; returns its last index.
