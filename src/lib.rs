@@ -99,7 +99,10 @@ pub mod transport;
 
 pub use storage;
 
-pub use node::{start, Node, NodeFailure, NodeOptions, RequestError, StartError};
+pub use node::{
+    start, NoSpace, Node, NodeFailure, NodeOptions, NotApplied, Overload, Refusal, Removal,
+    RequestError, StartError,
+};
 pub use session::{Applied, Command, RequestId};
 pub use state_machine::{SnapshotSource, StateMachine};
 pub use storage::{Entry, EntryKind, Member, Membership, NodeId};

@@ -4,6 +4,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use crate::node::RequestError;
+
 /// An error answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -153,6 +155,55 @@ impl ApiError {
     }
 }
 
+/// The one place a refused request's kind becomes an answer: each [`RequestError`] variant
+/// has exactly one status and code (API.md's table); the message is the node's own, which
+/// names the limit, directory or reason. A follower relays the leader's answer unchanged
+/// (`forward.rs`), so a client sees the same kind whichever node it asked.
+impl From<RequestError> for ApiError {
+    fn from(error: RequestError) -> ApiError {
+        match error {
+            RequestError::NotLeader(_) => {
+                ApiError::no_leader("no leader is known right now; nothing was proposed")
+            }
+            RequestError::Stopped => ApiError::no_leader(
+                "the node is stopping; nothing was proposed; retry on another node",
+            ),
+            RequestError::NotCommitted => ApiError::no_leader(
+                "leadership changed before the write committed; it was not applied and never will be; safe to retry",
+            ),
+            RequestError::Unknown => ApiError::timeout(
+                "the write was proposed but its outcome is not known yet; it may or may not take effect (retry with the same Request-Id to find out)",
+            ),
+            e @ RequestError::NoSpace(_) => ApiError::no_space(e.to_string()),
+            e @ RequestError::Overloaded { .. } => ApiError::overloaded(e.to_string()),
+            RequestError::TransferInProgress => ApiError::transfer_in_progress(
+                "the leader is handing over leadership (at most an election timeout); nothing was proposed; retry shortly",
+            ),
+            // Every reason a command is not applied through `Node::write` is a bug (the
+            // API answers a client session's verdicts itself).
+            e @ RequestError::NotApplied(_) => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+impl ApiError {
+    /// The answer to a read barrier that failed: the status and code of [`From`], worded
+    /// for a read where a write's wording would mislead (nothing was proposed).
+    pub fn from_read(error: RequestError) -> ApiError {
+        let unknown = matches!(error, RequestError::Unknown);
+        let answer = ApiError::from(error);
+        if unknown {
+            ApiError {
+                message: "could not confirm leadership in time for a linearizable read; retry"
+                    .to_string(),
+                ..answer
+            }
+        } else {
+            answer
+        }
+    }
+}
+
 /// The code for an error answer that was not built as an [`ApiError`] (axum's extractor
 /// rejections, its 405 and body-limit answers), by status.
 fn code_for_status(status: StatusCode) -> &'static str {
@@ -232,5 +283,169 @@ impl IntoResponse for ApiError {
             "error": { "code": self.code, "message": self.message }
         });
         (self.status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::node::{NoSpace, NotApplied, Overload, Refusal};
+    use crate::raft::ProposeError;
+
+    /// One of every kind of [`RequestError`], with the status and code API.md's error table
+    /// gives it.
+    pub(crate) fn every_request_error() -> Vec<(RequestError, StatusCode, &'static str)> {
+        let overloaded = |limit| RequestError::Overloaded { node: 2, limit };
+        vec![
+            (
+                RequestError::NotLeader(Some(3)),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_leader",
+            ),
+            (
+                RequestError::Stopped,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_leader",
+            ),
+            (
+                RequestError::NotCommitted,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_leader",
+            ),
+            (
+                RequestError::Unknown,
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+            ),
+            (
+                RequestError::NoSpace(NoSpace::DiskFull {
+                    dir: PathBuf::from("/data/node-2"),
+                    free_bytes: 4096,
+                }),
+                StatusCode::INSUFFICIENT_STORAGE,
+                "no_space",
+            ),
+            (
+                RequestError::NoSpace(NoSpace::QuotaReached {
+                    dir: PathBuf::from("/data/node-2"),
+                    used_bytes: 12 << 20,
+                    quota_bytes: 16 << 20,
+                    segment_bytes: 4 << 20,
+                    free_bytes: 1 << 30,
+                }),
+                StatusCode::INSUFFICIENT_STORAGE,
+                "no_space",
+            ),
+            (
+                overloaded(Overload::PendingBytes {
+                    held_bytes: 60 << 20,
+                    budget_bytes: 64 << 20,
+                    wanted_bytes: 5 << 20,
+                }),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+            ),
+            (
+                overloaded(Overload::RequestQueue { capacity: 1024 }),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+            ),
+            (
+                overloaded(Overload::ProposalsInFlight { max_entries: 65536 }),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+            ),
+            (
+                overloaded(Overload::UncommittedBytes {
+                    uncommitted_bytes: 30 << 20,
+                    proposal_bytes: 4 << 20,
+                    max_bytes: 32 << 20,
+                }),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+            ),
+            (
+                RequestError::TransferInProgress,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transfer_in_progress",
+            ),
+            (
+                RequestError::NotApplied(NotApplied::RefusedAsMembershipChange {
+                    node: 2,
+                    reason: ProposeError::MembershipChangePending,
+                }),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+            (
+                RequestError::NotApplied(NotApplied::Refused(Refusal::Undecodable)),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+        ]
+    }
+
+    #[test]
+    fn each_request_error_answers_the_status_and_code_of_api_md() {
+        for (error, status, code) in every_request_error() {
+            let answer = ApiError::from(error.clone());
+            assert_eq!(
+                (answer.status, answer.code),
+                (status, code),
+                "{error:?} must answer {status} {code} as API.md's error table says"
+            );
+            assert!(
+                !answer.message.is_empty(),
+                "{error:?} answers without a message"
+            );
+            let read = ApiError::from_read(error.clone());
+            assert_eq!(
+                (read.status, read.code),
+                (status, code),
+                "{error:?} on a read barrier must answer as on a write"
+            );
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_limit_the_directory_and_the_remedy() {
+        let messages: Vec<String> = every_request_error()
+            .into_iter()
+            .map(|(error, _, _)| ApiError::from(error).message)
+            .collect();
+        let find = |what: &str| {
+            messages
+                .iter()
+                .find(|m| m.contains(what))
+                .unwrap_or_else(|| panic!("no refusal names {what:?}: {messages:#?}"))
+        };
+        let full = find("is full");
+        assert!(
+            full.contains("/data/node-2") && full.contains("4096 bytes (4.0 KiB) free"),
+            "{full}"
+        );
+        let quota = find("storage quota reached");
+        assert!(
+            quota.contains("storage_quota_bytes 16777216 (16.0 MiB)"),
+            "{quota}"
+        );
+        assert!(quota.contains("next WAL segment (4.0 MiB)"), "{quota}");
+        let budget = find("pending_write_bytes_max");
+        assert!(
+            budget.starts_with("node 2: writes in progress hold 62914560 of its 67108864"),
+            "{budget}"
+        );
+        assert!(
+            budget.ends_with("nothing was proposed; retry with backoff"),
+            "{budget}"
+        );
+        assert!(find("request queue is full (1024 requests)").starts_with("node 2: "));
+        assert!(find("uncommitted entries (at most 65536)").contains("nothing was proposed"));
+        let bytes = find("max_uncommitted_bytes");
+        assert!(bytes.contains("31457280 bytes are uncommitted and the proposal adds 4194304, past the bound of 33554432 bytes"), "{bytes}");
+        assert!(find("as if it were a membership change").contains("please report this"));
+        assert!(find("the command was not applied").contains("did not decode"));
     }
 }

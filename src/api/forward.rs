@@ -65,41 +65,20 @@ pub async fn to_leader(
     body: Bytes,
     idempotent: bool,
 ) -> Response {
-    let timeout = state.options.request_timeout + Duration::from_secs(1);
-    to_leader_with_timeout(
-        state,
-        leader,
-        method,
-        path_and_query,
-        headers,
-        body,
-        idempotent,
-        timeout,
-    )
-    .await
+    let request = Forwarded::new(state, method, path_and_query, headers, body);
+    send_to_leader(state, leader, request, idempotent, true).await
 }
 
-/// [`to_leader`] for a request the leader may take longer than a write to answer
-/// (a membership change waits for a learner to catch up).
-#[allow(clippy::too_many_arguments)]
+/// [`to_leader`] for a write the leader may take longer than `request_timeout` to answer
+/// (a membership change waits for a learner to catch up): it waits up to `timeout`.
 pub async fn to_leader_with_timeout(
     state: &ApiState,
     leader: Option<NodeId>,
-    method: Method,
-    path_and_query: &str,
-    headers: &HeaderMap,
-    body: Bytes,
-    idempotent: bool,
+    request: Forwarded<'_>,
     timeout: Duration,
 ) -> Response {
-    let request = Forwarded {
-        method,
-        path_and_query,
-        headers,
-        body,
-        timeout,
-    };
-    send_to_leader(state, leader, request, idempotent, true).await
+    let request = Forwarded { timeout, ..request };
+    send_to_leader(state, leader, request, false, true).await
 }
 
 /// Forwards a leadership transfer: unlike a write, its answer is still awaited when this
@@ -111,22 +90,37 @@ pub async fn transfer_to_leader(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request = Forwarded {
-        method: Method::POST,
-        path_and_query,
-        headers,
-        body,
-        timeout: state.options.request_timeout + Duration::from_secs(1),
-    };
+    let request = Forwarded::new(state, Method::POST, path_and_query, headers, body);
     send_to_leader(state, leader, request, false, false).await
 }
 
-struct Forwarded<'a> {
+/// A client request to replay against the leader.
+pub struct Forwarded<'a> {
     method: Method,
     path_and_query: &'a str,
     headers: &'a HeaderMap,
     body: Bytes,
     timeout: Duration,
+}
+
+impl<'a> Forwarded<'a> {
+    /// The request, given as long as a write takes: `request_timeout` and a second for
+    /// the hop.
+    pub fn new(
+        state: &ApiState,
+        method: Method,
+        path_and_query: &'a str,
+        headers: &'a HeaderMap,
+        body: Bytes,
+    ) -> Forwarded<'a> {
+        Forwarded {
+            method,
+            path_and_query,
+            headers,
+            body,
+            timeout: state.options.request_timeout + Duration::from_secs(1),
+        }
+    }
 }
 
 async fn send_to_leader(
@@ -250,5 +244,73 @@ async fn relay(answer: reqwest::Response) -> Response {
             "the leader's answer was cut off: {e}; the outcome is unknown"
         ))
         .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::extract::Path;
+    use axum::routing::get;
+
+    use super::*;
+    use crate::api::error::tests::every_request_error;
+
+    /// A follower relays what the leader answered: a refusal reaches the client with the
+    /// status, code and message it had at the leader, whichever kind it is.
+    #[tokio::test]
+    async fn a_refusal_relayed_from_the_leader_keeps_its_status_code_and_message() {
+        let refusals = every_request_error();
+        let answers: Vec<ApiError> = refusals
+            .iter()
+            .map(|(error, _, _)| ApiError::from(error.clone()))
+            .collect();
+        let leader = axum::Router::new().route(
+            "/{n}",
+            get(move |Path(n): Path<usize>| {
+                let answer = answers[n].clone();
+                async move { answer }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the stand-in leader's port");
+        let addr = listener
+            .local_addr()
+            .expect("the stand-in leader's address");
+        let server = tokio::spawn(async move { axum::serve(listener, leader).await });
+        let client = reqwest::Client::new();
+        for (n, (error, status, code)) in refusals.into_iter().enumerate() {
+            let at_leader = ApiError::from(error.clone()).into_response();
+            let leader_body = axum::body::to_bytes(at_leader.into_body(), 1 << 16)
+                .await
+                .expect("the leader's answer body");
+            let answer = client
+                .get(format!("http://{addr}/{n}"))
+                .send()
+                .await
+                .expect("the stand-in leader answers");
+            let relayed = relay(answer).await;
+            assert_eq!(
+                relayed.status(),
+                status,
+                "{error:?} relayed with another status"
+            );
+            assert_eq!(
+                relayed.headers().get("content-type").map(|v| v.as_bytes()),
+                Some(&b"application/json"[..]),
+                "{error:?} relayed without its content type"
+            );
+            let body = axum::body::to_bytes(relayed.into_body(), 1 << 16)
+                .await
+                .expect("the relayed body");
+            assert_eq!(body, leader_body, "{error:?}: the body changed on the way");
+            let json: serde_json::Value =
+                serde_json::from_slice(&body).expect("the relayed body is JSON");
+            assert_eq!(
+                json["error"]["code"], code,
+                "{error:?} relayed with another code"
+            );
+        }
+        server.abort();
     }
 }

@@ -158,26 +158,7 @@ async fn write(
             false,
         )
         .await)),
-        Err(e) => Err(write_error(e)),
-    }
-}
-
-fn write_error(error: RequestError) -> ApiError {
-    match error {
-        RequestError::NotLeader(_) => ApiError::no_leader("no leader is known right now; nothing was proposed"),
-        RequestError::Stopped => ApiError::no_leader("the node is stopping; nothing was proposed; retry on another node"),
-        RequestError::NotCommitted => ApiError::no_leader(
-            "leadership changed before the write committed; it was not applied and never will be; safe to retry",
-        ),
-        RequestError::Unknown => ApiError::timeout(
-            "the write was proposed but its outcome is not known yet; it may or may not take effect (retry with the same Request-Id to find out)",
-        ),
-        RequestError::NoSpace(message) => ApiError::no_space(message),
-        RequestError::Overloaded(message) => ApiError::overloaded(message),
-        RequestError::TransferInProgress => ApiError::transfer_in_progress(
-            "the leader is handing over leadership (at most an election timeout); nothing was proposed; retry shortly",
-        ),
-        RequestError::NotApplied(message) => ApiError::internal(message),
+        Err(e) => Err(ApiError::from(e)),
     }
 }
 
@@ -207,7 +188,7 @@ async fn admit_body(
     let charge = announced.unwrap_or(limit as u64) + extra_bytes as u64;
     let admitted = match refusal {
         Some(refusal) => Err(refusal),
-        None => state.node.admit_write(charge).map_err(write_error),
+        None => state.node.admit_write(charge).map_err(ApiError::from),
     };
     match admitted {
         Ok(permit) => Ok((permit, read_body(state, body).await?)),
@@ -264,7 +245,7 @@ pub async fn delete_key(
     let _permit = state
         .node
         .admit_write(key.len() as u64)
-        .map_err(write_error)?;
+        .map_err(ApiError::from)?;
     let origin = ClientWrite {
         method: Method::DELETE,
         uri: &uri,
@@ -446,10 +427,7 @@ pub(super) async fn read_barrier_or_forward(
             )
             .await,
         )),
-        Err(RequestError::Unknown) => Err(ApiError::timeout(
-            "could not confirm leadership in time for a linearizable read; retry",
-        )),
-        Err(e) => Err(write_error(e)),
+        Err(e) => Err(ApiError::from_read(e)),
     }
 }
 
@@ -481,12 +459,7 @@ pub async fn get_key(
                 )
                 .await)
             }
-            Err(RequestError::Unknown) => {
-                return Err(ApiError::timeout(
-                    "could not confirm leadership in time for a linearizable read; retry",
-                ))
-            }
-            Err(e) => return Err(write_error(e)),
+            Err(e) => return Err(ApiError::from_read(e)),
         }
     }
     // Read the value and the applied index under one lock so the index names the state
@@ -541,7 +514,7 @@ pub(super) fn members_json(membership: &Membership) -> Value {
 
 /// `GET /v1/status`.
 pub async fn status(State(state): State<Arc<ApiState>>) -> ApiResult {
-    let status = state.node.status().await.map_err(write_error)?;
+    let status = state.node.status().await.map_err(ApiError::from)?;
     let mut members = members_json(&status.membership);
     let mut body = json!({
         "id": status.id,
@@ -557,7 +530,7 @@ pub async fn status(State(state): State<Arc<ApiState>>) -> ApiResult {
         "watch_first_index": state.node.watch().history_first_index(state.node.log_reader().first_index()),
     });
     // Only the leader knows how far each member got.
-    if let Some(report) = state.node.replication().await.map_err(write_error)? {
+    if let Some(report) = state.node.replication().await.map_err(ApiError::from)? {
         for member in members.as_array_mut().into_iter().flatten() {
             let id = member["id"].as_u64();
             if let Some(r) = report.members.iter().find(|r| Some(r.id) == id) {

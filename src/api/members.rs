@@ -185,17 +185,10 @@ async fn change(state: &ApiState, op: MembershipOp, origin: Origin) -> Result<Re
                 .map(|pq| pq.as_str().to_string())
                 .unwrap_or_else(|| origin.uri.path().to_string());
             // Nothing was proposed here; the leader validates again.
-            return Ok(forward::to_leader_with_timeout(
-                state,
-                leader,
-                origin.method,
-                &path,
-                &origin.headers,
-                origin.body,
-                false,
-                MEMBERSHIP_WAIT_MAX + Duration::from_secs(2),
-            )
-            .await);
+            let request =
+                forward::Forwarded::new(state, origin.method, &path, &origin.headers, origin.body);
+            let timeout = MEMBERSHIP_WAIT_MAX + Duration::from_secs(2);
+            return Ok(forward::to_leader_with_timeout(state, leader, request, timeout).await);
         }
         Err(refused) => return Err(refusal_error(refused)),
     };

@@ -114,15 +114,8 @@ pub fn cas_op(
 
 /// Runs `op` and returns the exit status.
 pub fn run(target: Target, op: Op) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("raftlog: cannot start the async runtime: {e}");
-            return EXIT_FAILED;
-        }
+    let Some(runtime) = runtime() else {
+        return EXIT_FAILED;
     };
     let addrs = match addresses(&target) {
         Ok(addrs) => addrs,
@@ -164,9 +157,26 @@ pub(super) fn addresses(target: &Target) -> Result<Vec<String>, String> {
         .collect())
 }
 
-fn encode_key(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for byte in key.bytes() {
+/// The runtime a client command runs its requests on; `None` (said on stderr) when it
+/// cannot start.
+pub(super) fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(e) => {
+            eprintln!("raftlog: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+/// `text` percent-encoded for a URL path segment or query value (RFC 3986: everything but
+/// the unreserved characters).
+pub(super) fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
             out.push(byte as char);
         } else {
@@ -180,14 +190,14 @@ fn request(client: &reqwest::Client, addr: &str, op: &Op) -> reqwest::RequestBui
     let url = |path: &str| format!("http://{addr}{path}");
     match op {
         Op::Put { key, value } => client
-            .put(url(&format!("/v1/kv/{}", encode_key(key))))
+            .put(url(&format!("/v1/kv/{}", percent_encode(key))))
             .body(value.clone()),
         Op::Get { key, consistency } => client.get(url(&format!(
             "/v1/kv/{}?consistency={}",
-            encode_key(key),
-            encode_key(consistency)
+            percent_encode(key),
+            percent_encode(consistency)
         ))),
-        Op::Delete { key } => client.delete(url(&format!("/v1/kv/{}", encode_key(key)))),
+        Op::Delete { key } => client.delete(url(&format!("/v1/kv/{}", percent_encode(key)))),
         Op::Cas {
             key,
             expected,
@@ -255,6 +265,31 @@ async fn single(client: &reqwest::Client, addrs: &[String], op: Op, as_json: boo
     EXIT_FAILED
 }
 
+/// The whole body of an answer; `None` (said on stderr) when it was cut off.
+pub(super) async fn read_body(response: reqwest::Response) -> Option<bytes::Bytes> {
+    match response.bytes().await {
+        Ok(body) => Some(body),
+        Err(e) => {
+            eprintln!("raftlog: the answer was cut off: {e}");
+            None
+        }
+    }
+}
+
+/// An error answer's `code: message`, or its text when it is not API.md's JSON error.
+pub(super) fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            Some(format!(
+                "{}: {}",
+                v["error"]["code"].as_str()?,
+                v["error"]["message"].as_str()?
+            ))
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
+}
+
 async fn print_answer(op: &Op, response: reqwest::Response, as_json: bool) -> i32 {
     let status = response.status();
     let index = response
@@ -262,22 +297,11 @@ async fn print_answer(op: &Op, response: reqwest::Response, as_json: bool) -> i3
         .get("x-raft-index")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = match response.bytes().await {
-        Ok(body) => body,
-        Err(e) => {
-            eprintln!("raftlog: the answer was cut off: {e}");
-            return EXIT_FAILED;
-        }
+    let Some(body) = read_body(response).await else {
+        return EXIT_FAILED;
     };
     if !status.is_success() {
-        let message = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| {
-                let code = v["error"]["code"].as_str()?.to_string();
-                let message = v["error"]["message"].as_str()?.to_string();
-                Some(format!("{code}: {message}"))
-            })
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        let message = error_message(&body);
         if as_json {
             println!("{}", String::from_utf8_lossy(&body));
         }

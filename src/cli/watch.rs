@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::client::REQUEST_TIMEOUT;
+use super::client::{error_message, percent_encode, read_body, runtime, REQUEST_TIMEOUT};
 use super::{EXIT_FAILED, EXIT_USAGE};
 
 /// What a range read asks for.
@@ -25,31 +25,6 @@ pub struct RangeArgs {
     pub consistency: String,
 }
 
-fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => Some(runtime),
-        Err(e) => {
-            eprintln!("raftlog: cannot start the async runtime: {e}");
-            None
-        }
-    }
-}
-
 /// A field given as text, or as `NAME_base64` for bytes that are not UTF-8 (shown escaped).
 fn text_field(object: &Value, name: &str) -> Option<String> {
     if let Some(text) = object[name].as_str() {
@@ -63,31 +38,18 @@ fn text_field(object: &Value, name: &str) -> Option<String> {
     Some(bytes.escape_ascii().to_string())
 }
 
-fn error_message(body: &[u8]) -> String {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| {
-            Some(format!(
-                "{}: {}",
-                v["error"]["code"].as_str()?,
-                v["error"]["message"].as_str()?
-            ))
-        })
-        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
-}
-
 /// Runs a range read against the first node of `addrs` that answers; every page, following
 /// `more` with `after=`. Returns the exit status.
 pub fn range(addrs: Vec<String>, args: RangeArgs, as_json: bool) -> i32 {
     let mut query = match (&args.prefix, &args.from, &args.to) {
-        (Some(prefix), None, None) => format!("prefix={}", encode(prefix)),
+        (Some(prefix), None, None) => format!("prefix={}", percent_encode(prefix)),
         (None, from, to) if from.is_some() || to.is_some() => {
             let mut parts = Vec::new();
             if let Some(from) = from {
-                parts.push(format!("start={}", encode(from)));
+                parts.push(format!("start={}", percent_encode(from)));
             }
             if let Some(to) = to {
-                parts.push(format!("end={}", encode(to)));
+                parts.push(format!("end={}", percent_encode(to)));
             }
             parts.join("&")
         }
@@ -96,7 +58,10 @@ pub fn range(addrs: Vec<String>, args: RangeArgs, as_json: bool) -> i32 {
             return EXIT_USAGE;
         }
     };
-    query.push_str(&format!("&consistency={}", encode(&args.consistency)));
+    query.push_str(&format!(
+        "&consistency={}",
+        percent_encode(&args.consistency)
+    ));
     if args.keys_only {
         query.push_str("&keys_only=true");
     }
@@ -142,12 +107,8 @@ pub fn range(addrs: Vec<String>, args: RangeArgs, as_json: bool) -> i32 {
                 return EXIT_FAILED;
             };
             let status = response.status();
-            let body = match response.bytes().await {
-                Ok(body) => body,
-                Err(e) => {
-                    eprintln!("raftlog: the answer was cut off: {e}");
-                    return EXIT_FAILED;
-                }
+            let Some(body) = read_body(response).await else {
+                return EXIT_FAILED;
             };
             if !status.is_success() {
                 eprintln!("raftlog: {} ({status})", error_message(&body));
@@ -173,7 +134,7 @@ pub fn range(addrs: Vec<String>, args: RangeArgs, as_json: bool) -> i32 {
             let last_key = kvs.last().and_then(|kv| {
                 use base64::Engine as _;
                 match kv["key"].as_str() {
-                    Some(key) => Some(encode(key)),
+                    Some(key) => Some(percent_encode(key)),
                     None => kv["key_base64"]
                         .as_str()
                         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
@@ -217,7 +178,7 @@ pub fn watch(addrs: Vec<String>, args: WatchArgs, as_json: bool) -> i32 {
         loop {
             let addr = &addrs[attempt % addrs.len()];
             attempt += 1;
-            let mut url = format!("http://{addr}/v1/watch?prefix={}", encode(&args.prefix));
+            let mut url = format!("http://{addr}/v1/watch?prefix={}", percent_encode(&args.prefix));
             if let Some(from) = next_index {
                 url.push_str(&format!("&from_index={from}"));
             }

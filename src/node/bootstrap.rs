@@ -43,12 +43,11 @@
 //! together (`raftlog cluster`, the process tests) see each other fresh.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use storage::stable::{StableStore, Tombstone};
+use storage::stable::StableStore;
 use storage::{HardState, Membership, NodeId};
 use tokio::sync::{mpsc, watch};
 
@@ -92,18 +91,6 @@ pub(crate) fn standing(
         return Ok(Standing::Bootstrapped);
     }
     Ok(Standing::Fresh)
-}
-
-/// The message of a node started on the data of a removed member.
-pub(crate) fn removed_message(id: NodeId, dir: &Path, tombstone: &Tombstone) -> String {
-    format!(
-        "node {id} was removed from the cluster (membership entry {}); its data in {} is kept \
-         only for inspection. To bring it back: delete {}, then start it with `--join \
-         <api addr of a member>` to be added as a new learner",
-        tombstone.removed_at_index,
-        dir.display(),
-        dir.display()
-    )
 }
 
 /// What one peer answered.

@@ -1,12 +1,16 @@
 //! Why a node stops or refuses to start, typed by who can act (openraft's `Fatal` beside its
 //! `APIError`): the operator (the disk, the data directory, the cluster's membership) or the
-//! developers (a bug). What a client can do about a single request is [`super::RequestError`].
+//! developers (a bug). What a client can do about a single request is [`RequestError`].
 //!
 //! Every message names what failed, where, and what to do.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use storage::space::{describe_free_bytes, human_bytes};
 use storage::NodeId;
+
+use crate::raft::ProposeError;
 
 /// A failure that stopped a running node (fail-stop): `/healthz` answers `503 failed` with
 /// it and `raftlog serve` exits 1 printing it.
@@ -63,7 +67,7 @@ pub enum NodeFailure {
     /// The Raft core stopped on a storage read it cannot trust (a damaged or inconsistent
     /// log): the operator must check the data directory.
     #[error("the Raft core stopped: {0}; check the data directory, restore it from a backup or re-add this node as a new member")]
-    CoreStopped(String),
+    CoreStopped(#[source] crate::raft::StorageError),
     /// The node was asked to stop while it waited for disk space; not a failure of its own.
     #[error("the node stopped while its disk was full")]
     StoppedWhileDiskFull,
@@ -182,6 +186,245 @@ pub enum Inconsistency {
     },
 }
 
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Storage could not be opened or recovered.
+    #[error("{0}")]
+    Storage(#[from] storage::Error),
+    /// The peer transport could not start.
+    #[error("cannot listen for peers on {addr}: {source}")]
+    Transport {
+        /// The raft address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The durable state is inconsistent: the operator must restore the data directory
+    /// from a backup, or remove it and re-add this node as a new member.
+    #[error("{}: {problem}. Restore the data directory from a backup, or remove it and re-add this node as a new member", dir.display())]
+    Inconsistent {
+        /// The node's data directory.
+        dir: PathBuf,
+        /// What does not add up.
+        #[source]
+        problem: Inconsistency,
+    },
+    /// This node was removed from the cluster (its stable store holds a tombstone).
+    #[error("{0}")]
+    Removed(Removal),
+}
+
+/// Why a client request failed: each variant says what the client may do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// This node does not lead; `leader` if known. Nothing was proposed: retry there.
+    #[error("this node does not lead (leader: {0:?}); nothing was proposed; retry on the leader")]
+    NotLeader(Option<NodeId>),
+    /// The node is shutting down or failed. Nothing was proposed.
+    #[error("the node is stopping; nothing was proposed; retry on another node")]
+    Stopped,
+    /// The outcome is unknown (timeout, or a snapshot replaced the log around it).
+    #[error("the outcome is unknown: the command may or may not take effect")]
+    Unknown,
+    /// The write was proposed but another entry committed at its index: not applied.
+    #[error("leadership changed before the command committed; it was not applied; safe to retry")]
+    NotCommitted,
+    /// Issue 12, diskfull: the disk is full or the storage quota reached, naming the
+    /// directory and its space. Nothing was proposed.
+    #[error("{0}")]
+    NoSpace(NoSpace),
+    /// Too much is pending on `node`: `limit` names the bound that was hit and its value.
+    /// Nothing was proposed; retry with backoff.
+    #[error("node {node}: {limit}; nothing was proposed; retry with backoff")]
+    Overloaded {
+        /// The node that refused.
+        node: NodeId,
+        /// The bound that was hit.
+        limit: Overload,
+    },
+    /// The leader is handing over leadership (thesis §3.10: it takes no proposals for at
+    /// most an election timeout). Nothing was proposed.
+    #[error("the leader is handing over leadership; nothing was proposed; retry shortly")]
+    TransferInProgress,
+    /// The command was not applied; the reason says why.
+    #[error("{0}")]
+    NotApplied(NotApplied),
+}
+
+/// Why a write was refused for lack of space (`507 no_space`): the operator must free
+/// space or raise the quota; the client may retry on another node meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoSpace {
+    /// The WAL refused an append for lack of space and the node is retrying it.
+    #[error(
+        "the disk holding this node's data directory {} is full ({}): the node cannot \
+         persist new entries; nothing was proposed. Free space on that filesystem (or grow \
+         it): the node resumes on its own within a second; other nodes may still accept \
+         writes",
+        .dir.display(),
+        describe_free_bytes(Some(*.free_bytes))
+    )]
+    DiskFull {
+        /// The node's data directory.
+        dir: PathBuf,
+        /// Bytes free on its filesystem, as last measured.
+        free_bytes: u64,
+    },
+    /// The data directory, plus the write and the next WAL segment, would pass
+    /// `storage_quota_bytes`.
+    #[error(
+        "storage quota reached: this node's data directory {} uses {used_bytes} bytes ({}) \
+         of its storage_quota_bytes {quota_bytes} ({}), and the next WAL segment ({}) would \
+         not fit; {} on its filesystem; nothing was proposed. Reclaim space with a snapshot \
+         (POST /v1/snapshot compacts the log), or raise storage_quota_bytes and restart the \
+         node",
+        .dir.display(),
+        human_bytes(*.used_bytes),
+        human_bytes(*.quota_bytes),
+        human_bytes(*.segment_bytes),
+        describe_free_bytes(Some(*.free_bytes))
+    )]
+    QuotaReached {
+        /// The node's data directory.
+        dir: PathBuf,
+        /// Bytes it occupies, as last measured.
+        used_bytes: u64,
+        /// `storage_quota_bytes`.
+        quota_bytes: u64,
+        /// What the next WAL segment allocates.
+        segment_bytes: u64,
+        /// Bytes free on its filesystem, as last measured.
+        free_bytes: u64,
+    },
+}
+
+/// The bound a refused write hit (`503 overloaded`): the client retries with backoff; an
+/// operator seeing many may raise the bound named.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Overload {
+    /// Bytes of client writes in progress on this node (`pending_write_bytes_max`).
+    #[error(
+        "writes in progress hold {held_bytes} of its {budget_bytes} bytes of write budget \
+         (pending_write_bytes_max) and this one needs {wanted_bytes}"
+    )]
+    PendingBytes {
+        /// Bytes of the budget held by writes in progress.
+        held_bytes: u64,
+        /// The whole budget.
+        budget_bytes: u64,
+        /// What this write asked for (its body).
+        wanted_bytes: u64,
+    },
+    /// Requests waiting for the raft loop.
+    #[error("its request queue is full ({capacity} requests)")]
+    RequestQueue {
+        /// How many requests the queue holds.
+        capacity: usize,
+    },
+    /// Proposals in flight: the leader's uncommitted entries.
+    #[error("as leader it holds too many uncommitted entries (at most {max_entries})")]
+    ProposalsInFlight {
+        /// The most uncommitted entries a leader keeps.
+        max_entries: u64,
+    },
+    /// Uncommitted payload bytes on the leader (`max_uncommitted_bytes`).
+    #[error(
+        "as leader {uncommitted_bytes} bytes are uncommitted and the proposal adds \
+         {proposal_bytes}, past the bound of {max_bytes} bytes (max_uncommitted_bytes)"
+    )]
+    UncommittedBytes {
+        /// Payload bytes of the leader's entries not yet committed.
+        uncommitted_bytes: u64,
+        /// Payload bytes of the refused proposal.
+        proposal_bytes: u64,
+        /// `max_uncommitted_bytes`.
+        max_bytes: u64,
+    },
+}
+
+/// Why a command was proposed, or offered, but not applied (`500 internal` through the
+/// API, which answers a client session's outcomes itself).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotApplied {
+    /// A bug: the Raft core refused a client command for a reason that only applies to
+    /// membership changes.
+    #[error(
+        "node {node}: the core refused a client command as if it were a membership change \
+         ({reason}); nothing was proposed; please report this"
+    )]
+    RefusedAsMembershipChange {
+        /// The node whose core refused.
+        node: NodeId,
+        /// What the core said.
+        reason: ProposeError,
+    },
+    /// The state machine did not apply the command: the client session's verdict.
+    #[error("the command was not applied: {0}")]
+    Refused(Refusal),
+}
+
+/// The state machine's reason for not applying a command (see [`crate::kv::Applied`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The request id is older than its client's latest applied one.
+    #[error("its request id is older than the client's latest applied request (Stale)")]
+    StaleRequestId,
+    /// The client's latest request id came with another command.
+    #[error(
+        "its request id was already used for another command, applied at index {index} (Reused)"
+    )]
+    RequestIdReused {
+        /// Where the command owning the id was applied.
+        index: u64,
+    },
+    /// A retry whose first outcome the session table no longer knows.
+    #[error(
+        "it retries a request applied at index {index} whose outcome is no longer known (Expired)"
+    )]
+    SessionExpired {
+        /// Where the first attempt was applied.
+        index: u64,
+    },
+    /// The entry did not decode as a command.
+    #[error("the entry did not decode as a command (Invalid)")]
+    Undecodable,
+}
+
+impl Refusal {
+    /// The state machine's response to an applied command, or why it was not applied.
+    pub fn response(applied: crate::kv::Applied) -> Result<Vec<u8>, Refusal> {
+        use crate::kv::Applied;
+        match applied {
+            Applied::Fresh(response) | Applied::Duplicate { response, .. } => Ok(response),
+            Applied::Stale => Err(Refusal::StaleRequestId),
+            Applied::Reused { index } => Err(Refusal::RequestIdReused { index }),
+            Applied::Expired { index } => Err(Refusal::SessionExpired { index }),
+            Applied::Invalid => Err(Refusal::Undecodable),
+        }
+    }
+}
+
+/// A node started, or running, on the data of a member the cluster removed: the operator
+/// must delete its data directory and join it anew.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "node {id} was removed from the cluster (membership entry {removed_at_index}); its data \
+     in {} is kept only for inspection. To bring it back: delete {}, then start it with \
+     `--join <api addr of a member>` to be added as a new learner",
+    .dir.display(),
+    .dir.display()
+)]
+pub struct Removal {
+    /// This node.
+    pub id: NodeId,
+    /// Its data directory.
+    pub dir: PathBuf,
+    /// Log index at or past the committed membership entry that no longer names it.
+    pub removed_at_index: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,5 +479,44 @@ mod tests {
             .starts_with("the log starts at entry 501 but the newest usable snapshot ends at 200"));
         let lost = Inconsistency::StableStoreLost { last_index: 9 };
         assert!(lost.to_string().contains("cannot know whom it voted for"));
+    }
+
+    #[test]
+    fn a_removed_node_is_told_the_way_back() {
+        let removal = Removal {
+            id: 3,
+            dir: PathBuf::from("/data/node-3"),
+            removed_at_index: 41,
+        };
+        // tests/removed_node.rs looks for the first phrase in the node's output.
+        assert_eq!(
+            removal.to_string(),
+            "node 3 was removed from the cluster (membership entry 41); its data in \
+             /data/node-3 is kept only for inspection. To bring it back: delete /data/node-3, \
+             then start it with `--join <api addr of a member>` to be added as a new learner"
+        );
+        assert_eq!(
+            StartError::Removed(removal.clone()).to_string(),
+            removal.to_string()
+        );
+    }
+
+    #[test]
+    fn a_stopped_core_names_the_storage_error_and_the_operator_remedy() {
+        let failure = NodeFailure::CoreStopped(crate::raft::StorageError::Unavailable {
+            index: 9,
+            last_index: 7,
+        });
+        let text = failure.to_string();
+        assert!(
+            text.starts_with("the Raft core stopped: entry 9 is beyond the end of the log"),
+            "{text}"
+        );
+        assert!(text.contains("check the data directory"), "{text}");
+        assert!(
+            std::error::Error::source(&failure).is_some(),
+            "the cause stays reachable"
+        );
+        assert_eq!(failure.who_acts(), WhoActs::Operator);
     }
 }

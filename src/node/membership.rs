@@ -211,67 +211,47 @@ pub enum Plan {
 /// refusal is unit-tested without a cluster.
 pub fn plan(current: &Membership, op: &MembershipOp) -> Result<Plan, ChangeRefused> {
     let voters: BTreeSet<NodeId> = current.voters().collect();
-    match op {
-        MembershipOp::Add { id, member } => plan_add(current, voters, *id, member),
+    let existing = |id: &NodeId| {
+        current
+            .members
+            .get(id)
+            .ok_or(ChangeRefused::UnknownMember(*id))
+    };
+    let (change, next_voters) = match op {
+        MembershipOp::Add { id, member } => return plan_add(current, voters, *id, member),
         MembershipOp::Remove { id } => {
-            let existing = current
-                .members
-                .get(id)
-                .ok_or(ChangeRefused::UnknownMember(*id))?;
-            let next_voters = without_voter(&voters, *id, existing.voter)?;
-            Ok(Plan::Propose {
-                change: MembershipChange::Remove { id: *id },
-                next_voters,
-                newcomer: None,
-                promote: false,
-            })
+            let next_voters = without_voter(&voters, *id, existing(id)?.voter)?;
+            (MembershipChange::Remove { id: *id }, next_voters)
         }
-        MembershipOp::Promote { id } => {
-            let existing = current
-                .members
-                .get(id)
-                .ok_or(ChangeRefused::UnknownMember(*id))?;
-            if existing.voter {
+        MembershipOp::Promote { id } | MembershipOp::Demote { id } => {
+            let voter = matches!(op, MembershipOp::Promote { .. });
+            let member = existing(id)?;
+            if member.voter == voter {
                 return Ok(Plan::Nothing);
             }
-            let mut next_voters = voters;
-            next_voters.insert(*id);
-            Ok(Plan::Propose {
-                change: MembershipChange::AddOrUpdate {
-                    id: *id,
-                    member: Member {
-                        voter: true,
-                        ..existing.clone()
-                    },
-                },
+            let next_voters = if voter {
+                let mut next_voters = voters;
+                next_voters.insert(*id);
+                next_voters
+            } else {
+                without_voter(&voters, *id, true)?
+            };
+            let member = Member {
+                voter,
+                ..member.clone()
+            };
+            (
+                MembershipChange::AddOrUpdate { id: *id, member },
                 next_voters,
-                newcomer: None,
-                promote: false,
-            })
+            )
         }
-        MembershipOp::Demote { id } => {
-            let existing = current
-                .members
-                .get(id)
-                .ok_or(ChangeRefused::UnknownMember(*id))?;
-            if !existing.voter {
-                return Ok(Plan::Nothing);
-            }
-            let next_voters = without_voter(&voters, *id, true)?;
-            Ok(Plan::Propose {
-                change: MembershipChange::AddOrUpdate {
-                    id: *id,
-                    member: Member {
-                        voter: false,
-                        ..existing.clone()
-                    },
-                },
-                next_voters,
-                newcomer: None,
-                promote: false,
-            })
-        }
-    }
+    };
+    Ok(Plan::Propose {
+        change,
+        next_voters,
+        newcomer: None,
+        promote: false,
+    })
 }
 
 fn plan_add(

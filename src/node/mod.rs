@@ -54,7 +54,10 @@ use crate::kv::{Replicated, StateMachine};
 use crate::raft::{self, Envelope, ProposeError, RaftCore, ReadMode, Ready, Role};
 use crate::transport::{Transport, TransportConfig};
 
-pub use self::error::{Inconsistency, NodeFailure, StorageStep, WhoActs};
+pub use self::error::{
+    Inconsistency, NoSpace, NodeFailure, NotApplied, Overload, Refusal, Removal, RequestError,
+    StartError, StorageStep, WhoActs,
+};
 
 /// Everything a node needs to start. [`NodeOptions::new`] gives the defaults of
 /// `config.json` for a single-node cluster; set the fields to change them.
@@ -424,36 +427,6 @@ impl LogReader {
     }
 }
 
-/// Why a node could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// Storage could not be opened or recovered.
-    #[error("{0}")]
-    Storage(#[from] storage::Error),
-    /// The peer transport could not start.
-    #[error("cannot listen for peers on {addr}: {source}")]
-    Transport {
-        /// The raft address.
-        addr: SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The durable state is inconsistent: the operator must restore the data directory
-    /// from a backup, or remove it and re-add this node as a new member.
-    #[error("{}: {problem}. Restore the data directory from a backup, or remove it and re-add this node as a new member", dir.display())]
-    Inconsistent {
-        /// The node's data directory.
-        dir: PathBuf,
-        /// What does not add up.
-        #[source]
-        problem: Inconsistency,
-    },
-    /// This node was removed from the cluster (its stable store holds a tombstone).
-    #[error("{0}")]
-    Removed(String),
-}
-
 /// The client-facing handle of a running node. Cheap to clone.
 pub struct Node<S: StateMachine> {
     /// This node's id.
@@ -508,37 +481,6 @@ impl<S: StateMachine> Clone for Node<S> {
     }
 }
 
-/// Why a client request failed: each variant says what the client may do.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
-    /// This node does not lead; `leader` if known. Nothing was proposed: retry there.
-    #[error("this node does not lead (leader: {0:?}); nothing was proposed; retry on the leader")]
-    NotLeader(Option<NodeId>),
-    /// The node is shutting down or failed. Nothing was proposed.
-    #[error("the node is stopping; nothing was proposed; retry on another node")]
-    Stopped,
-    /// The outcome is unknown (timeout, or a snapshot replaced the log around it).
-    #[error("the outcome is unknown: the command may or may not take effect")]
-    Unknown,
-    /// The write was proposed but another entry committed at its index: not applied.
-    #[error("leadership changed before the command committed; it was not applied; safe to retry")]
-    NotCommitted,
-    /// Issue 12, diskfull: the disk is full or the storage quota reached (the message
-    /// says which, naming the directory and its space). Nothing was proposed.
-    #[error("{0}")]
-    NoSpace(String),
-    /// Too much is pending; the message names the limit that was hit. Nothing was proposed.
-    #[error("{0}")]
-    Overloaded(String),
-    /// The leader is handing over leadership (thesis §3.10: it takes no proposals for at
-    /// most an election timeout). Nothing was proposed.
-    #[error("the leader is handing over leadership; nothing was proposed; retry shortly")]
-    TransferInProgress,
-    /// The state machine did not apply the command; the message says why.
-    #[error("{0}")]
-    NotApplied(String),
-}
-
 /// The bytes of one client write, held against the node's write budget
 /// (`pending_write_bytes_max`) from the moment its body is admitted until it is answered or
 /// dropped. Every copy of a write's bytes the node keeps while it is pending (the request
@@ -566,15 +508,16 @@ impl<S: StateMachine> Node<S> {
             Err(TryAcquireError::Closed) => Err(RequestError::Stopped),
             Err(TryAcquireError::NoPermits) => {
                 self.metrics.writes_overloaded.inc();
-                Err(RequestError::Overloaded(format!(
-                    "node {}: writes in progress hold {} of its {} bytes of write budget \
-                     (pending_write_bytes_max) and this one needs {bytes}; nothing was \
-                     proposed; retry with backoff",
-                    self.id,
-                    self.write_budget_bytes
-                        .saturating_sub(self.write_budget.available_permits() as u64),
-                    self.write_budget_bytes
-                )))
+                Err(RequestError::Overloaded {
+                    node: self.id,
+                    limit: Overload::PendingBytes {
+                        held_bytes: self
+                            .write_budget_bytes
+                            .saturating_sub(self.write_budget.available_permits() as u64),
+                        budget_bytes: self.write_budget_bytes,
+                        wanted_bytes: bytes,
+                    },
+                })
             }
         }
     }
@@ -588,20 +531,21 @@ impl<S: StateMachine> Node<S> {
         timeout: Duration,
     ) -> Result<(u64, crate::kv::Applied), RequestError> {
         // Issue 12, diskfull: refused before it is proposed (`space.rs`).
-        if let Some(message) = self.space.refusal(command.len() as u64) {
+        if let Some(refusal) = self.space.refusal(command.len() as u64) {
             self.metrics.proposals_refused.inc();
-            return Err(RequestError::NoSpace(message));
+            return Err(RequestError::NoSpace(refusal));
         }
         let (reply, answer) = oneshot::channel();
         match self.requests.try_send(Request::Propose { command, reply }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.metrics.writes_overloaded.inc();
-                return Err(RequestError::Overloaded(format!(
-                    "node {}: its request queue is full ({REQUEST_QUEUE_CAPACITY} requests); \
-                     nothing was proposed; retry with backoff",
-                    self.id
-                )));
+                return Err(RequestError::Overloaded {
+                    node: self.id,
+                    limit: Overload::RequestQueue {
+                        capacity: REQUEST_QUEUE_CAPACITY,
+                    },
+                });
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(RequestError::Stopped),
         }
@@ -611,27 +555,41 @@ impl<S: StateMachine> Node<S> {
                 return Err(RequestError::NotLeader(leader_hint))
             }
             Err(ProposeError::TransferInProgress) => return Err(RequestError::TransferInProgress),
-            Err(
-                refused @ (ProposeError::Backpressure | ProposeError::UncommittedBytesFull { .. }),
-            ) => {
+            Err(ProposeError::Backpressure) => {
                 self.metrics.writes_overloaded.inc();
-                return Err(RequestError::Overloaded(format!(
-                    "node {} (leader): {refused} (max_uncommitted_bytes; at most {} entries); \
-                     nothing was proposed; retry with backoff",
-                    self.id,
-                    raft::Config::new(self.id).max_uncommitted_entries
-                )));
+                return Err(RequestError::Overloaded {
+                    node: self.id,
+                    limit: Overload::ProposalsInFlight {
+                        max_entries: raft::Config::new(self.id).max_uncommitted_entries,
+                    },
+                });
+            }
+            Err(ProposeError::UncommittedBytesFull {
+                uncommitted_bytes,
+                proposal_bytes,
+                max_bytes,
+            }) => {
+                self.metrics.writes_overloaded.inc();
+                return Err(RequestError::Overloaded {
+                    node: self.id,
+                    limit: Overload::UncommittedBytes {
+                        uncommitted_bytes,
+                        proposal_bytes,
+                        max_bytes,
+                    },
+                });
             }
             Err(
-                other @ (ProposeError::MembershipChangePending
+                reason @ (ProposeError::MembershipChangePending
                 | ProposeError::InvalidMembershipChange(_)),
             ) => {
                 // The core refuses these only for membership changes, never for a command.
-                return Err(RequestError::NotApplied(format!(
-                    "node {}: the core refused a client command as if it were a membership \
-                     change ({other}); nothing was proposed; please report this",
-                    self.id
-                )));
+                return Err(RequestError::NotApplied(
+                    NotApplied::RefusedAsMembershipChange {
+                        node: self.id,
+                        reason,
+                    },
+                ));
             }
         };
         match tokio::time::timeout(timeout, waiting).await {
@@ -652,13 +610,12 @@ impl<S: StateMachine> Node<S> {
             request_id: None,
             body: Bytes::copy_from_slice(command),
         };
-        match self.write(wrapped.encode().into(), timeout).await? {
-            (index, crate::kv::Applied::Fresh(response)) => Ok((index, response)),
-            (index, crate::kv::Applied::Duplicate { response, .. }) => Ok((index, response)),
-            (_, other) => Err(RequestError::NotApplied(format!(
-                "the command was not applied: {other:?}"
-            ))),
-        }
+        let (index, applied) = self.write(wrapped.encode().into(), timeout).await?;
+        // A command without a client session is applied or undecodable, but the
+        // session's whole verdict is passed on rather than assumed.
+        let response = Refusal::response(applied)
+            .map_err(|refusal| RequestError::NotApplied(NotApplied::Refused(refusal)))?;
+        Ok((index, response))
     }
 
     /// Reads the state machine after a linearizable read barrier.
@@ -752,12 +709,17 @@ impl<S: StateMachine> Node<S> {
 
     /// The current status.
     pub async fn status(&self) -> Result<NodeStatus, RequestError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::Status { reply })
+        self.ask(|reply| Request::Status { reply })
             .await
-            .map_err(|_| RequestError::Stopped)?;
-        answer.await.map_err(|_| RequestError::Stopped)
+            .ok_or(RequestError::Stopped)
+    }
+
+    /// Sends the raft loop the request `request` builds around a reply channel and waits
+    /// for its answer; `None` once the loop is gone (the node stopped).
+    async fn ask<T>(&self, request: impl FnOnce(oneshot::Sender<T>) -> Request) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(request(reply)).await.ok()?;
+        answer.await.ok()
     }
 
     /// Asks the leader loop to validate and propose a membership change. The ticket's
@@ -767,22 +729,16 @@ impl<S: StateMachine> Node<S> {
         op: MembershipOp,
         force: bool,
     ) -> Result<ChangeTicket, ChangeRefused> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::ChangeMembership { op, force, reply })
+        self.ask(|reply| Request::ChangeMembership { op, force, reply })
             .await
-            .map_err(|_| ChangeRefused::Stopped)?;
-        answer.await.map_err(|_| ChangeRefused::Stopped)?
+            .ok_or(ChangeRefused::Stopped)?
     }
 
     /// Each member's replication as this node sees it, if it leads.
     pub async fn replication(&self) -> Result<Option<ReplicationReport>, RequestError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::Replication { reply })
+        self.ask(|reply| Request::Replication { reply })
             .await
-            .map_err(|_| RequestError::Stopped)?;
-        answer.await.map_err(|_| RequestError::Stopped)
+            .ok_or(RequestError::Stopped)
     }
 
     /// Takes a snapshot now; returns its last index.
@@ -886,15 +842,6 @@ async fn spawn<S: StateMachine>(
     options: NodeOptions,
     recovered: Recovered<S>,
 ) -> Result<Node<S>, StartError> {
-    let Recovered {
-        stable,
-        log,
-        snapshot_meta,
-        bootstrap,
-        hard_state,
-        standing,
-        replicated,
-    } = recovered;
     let dir = &options.data_dir;
     let metrics = Arc::new(Metrics::default());
     let space = Arc::new(StorageSpace::new(
@@ -903,7 +850,7 @@ async fn spawn<S: StateMachine>(
         options.wal_segment_bytes,
     ));
     StorageSpace::start_measuring(&space);
-    let storage = NodeLogStorage(log.clone());
+    let storage = NodeLogStorage(recovered.log.clone());
     let core_config = core_config(&options);
     // "Reachable" for the quorum-safety check: heard from within an election timeout.
     let membership_driver = MembershipDriver::new(
@@ -916,7 +863,12 @@ async fn spawn<S: StateMachine>(
         COMMAND_BYTES_MAX,
         core_config.snapshot_chunk_bytes,
     );
-    let core = RaftCore::new(core_config, storage, hard_state, bootstrap.clone());
+    let core = RaftCore::new(
+        core_config,
+        storage,
+        recovered.hard_state,
+        recovered.bootstrap.clone(),
+    );
     let initial_membership = core.status().membership;
     let peers = raft_peers(&initial_membership);
     let mut transport_config = TransportConfig::new(
@@ -935,8 +887,8 @@ async fn spawn<S: StateMachine>(
                 source,
             })?;
 
-    let state = Arc::new(RwLock::new(replicated));
-    let (applied_tx, applied_rx) = watch::channel(snapshot_meta.last_index);
+    let state = Arc::new(RwLock::new(recovered.replicated));
+    let (applied_tx, applied_rx) = watch::channel(recovered.snapshot_meta.last_index);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (apply_tx, apply_rx) = mpsc::unbounded_channel();
     let (write_tx, write_rx) = mpsc::unbounded_channel();
@@ -944,13 +896,13 @@ async fn spawn<S: StateMachine>(
     let (fatal_tx, fatal_rx) = watch::channel(None);
     let fatal_tx = Arc::new(fatal_tx);
     let pending: PendingWrites = Arc::default();
-    let watch_hub = watch_hub::WatchHub::new(snapshot_meta.last_index);
+    let watch_hub = watch_hub::WatchHub::new(recovered.snapshot_meta.last_index);
 
     let applier = Applier {
         id: options.id,
         fault_panic_apply_at: fault_panic_apply_at(),
         state: state.clone(),
-        log: log.clone(),
+        log: recovered.log.clone(),
         pending: pending.clone(),
         applied_tx,
         events: events_tx.clone(),
@@ -963,14 +915,14 @@ async fn spawn<S: StateMachine>(
         ),
         snapshot_timer_armed: false,
         snapshot_trailing_entries: options.snapshot_trailing_entries,
-        membership: if snapshot_meta.last_index > 0 {
-            snapshot_meta.membership.clone()
+        membership: if recovered.snapshot_meta.last_index > 0 {
+            recovered.snapshot_meta.membership.clone()
         } else {
-            bootstrap.clone()
+            recovered.bootstrap.clone()
         },
-        applied_index: snapshot_meta.last_index,
-        applied_term: snapshot_meta.last_term,
-        last_snapshot_index: snapshot_meta.last_index,
+        applied_index: recovered.snapshot_meta.last_index,
+        applied_term: recovered.snapshot_meta.last_term,
+        last_snapshot_index: recovered.snapshot_meta.last_index,
         snapshot_in_progress: false,
         snapshot_waiters: Vec::new(),
         snapshot_backoff: apply::SnapshotBackoff::default(),
@@ -978,8 +930,8 @@ async fn spawn<S: StateMachine>(
     };
     spawn_thread("apply", events_tx.clone(), move || applier.run(apply_rx));
     let writer = Writer {
-        log: log.clone(),
-        stable: stable.clone(),
+        log: recovered.log.clone(),
+        stable: recovered.stable.clone(),
         transport: transport.clone(),
         events: events_tx.clone(),
         apply: apply_tx.clone(),
@@ -987,13 +939,13 @@ async fn spawn<S: StateMachine>(
         space: space.clone(),
     };
     spawn_thread("persist", events_tx.clone(), move || writer.run(write_rx));
-    if standing == bootstrap::Standing::Fresh {
+    if recovered.standing == bootstrap::Standing::Fresh {
         tokio::spawn(bootstrap::confirm_first_start(
             options.id,
             options.cluster_id.clone(),
             dir.clone(),
-            bootstrap.clone(),
-            stable.clone(),
+            recovered.bootstrap.clone(),
+            recovered.stable.clone(),
             events_tx.clone(),
         ));
     }
@@ -1002,7 +954,7 @@ async fn spawn<S: StateMachine>(
     let membership = Arc::new(RwLock::new(initial_membership));
     let raft_loop = RaftLoop {
         core,
-        log: log.clone(),
+        log: recovered.log.clone(),
         transport: transport.clone(),
         write_tx,
         apply_tx: apply_tx.clone(),
@@ -1017,10 +969,10 @@ async fn spawn<S: StateMachine>(
         clock: TickClock::new(options.tick, catch_up_ticks_max(&options)),
         transfers: TransferWaiters::default(),
         election_timeout_max: options.election_timeout.1,
-        awaiting_first_start: standing == bootstrap::Standing::Fresh,
+        awaiting_first_start: recovered.standing == bootstrap::Standing::Fresh,
         watching_removal: Arc::default(),
         events_tx: events_tx.clone(),
-        stable: stable.clone(),
+        stable: recovered.stable.clone(),
         data_dir: dir.clone(),
         membership_driver,
         tick: options.tick,
@@ -1048,7 +1000,7 @@ async fn spawn<S: StateMachine>(
         apply_jobs: apply_tx,
         metrics,
         transport,
-        log,
+        log: recovered.log,
         leader: leader_rx,
         membership,
         fatal: fatal_rx,
@@ -1229,7 +1181,7 @@ impl RaftLoop {
             }
             if let Some(error) = self.core.fatal() {
                 // Issue 11, item 8: the core stopped on a storage read it cannot trust.
-                let failure = NodeFailure::CoreStopped(error.to_string());
+                let failure = NodeFailure::CoreStopped(error.clone());
                 tracing::error!("{failure}");
                 let _ = self.fatal.send(Some(Arc::new(failure)));
                 return;
@@ -1466,7 +1418,12 @@ impl RaftLoop {
             removed_at_index: index,
         };
         let message = match self.stable.save_tombstone(&tombstone) {
-            Ok(()) => bootstrap::removed_message(status.id, &self.data_dir, &tombstone),
+            Ok(()) => Removal {
+                id: status.id,
+                dir: self.data_dir.clone(),
+                removed_at_index: tombstone.removed_at_index,
+            }
+            .to_string(),
             Err(e) => format!(
                 "this node was removed from the cluster (membership entry {index}) but the \
                  tombstone could not be saved: {e}; delete {} before starting it again, with \

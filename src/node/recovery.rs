@@ -12,7 +12,7 @@ use storage::{HardState, Membership, SnapshotMeta};
 
 use super::bootstrap::{self, Standing};
 use super::log_storage::DurableLog;
-use super::{writer, Inconsistency, NodeOptions, StartError};
+use super::{writer, Inconsistency, NodeOptions, Removal, StartError};
 use crate::session::Replicated;
 use crate::state_machine::StateMachine;
 
@@ -60,9 +60,11 @@ pub(super) fn recover<S: StateMachine>(
         });
     }
     if let Some(tombstone) = stable.tombstone()? {
-        return Err(StartError::Removed(bootstrap::removed_message(
-            options.id, dir, &tombstone,
-        )));
+        return Err(StartError::Removed(Removal {
+            id: options.id,
+            dir: dir.clone(),
+            removed_at_index: tombstone.removed_at_index,
+        }));
     }
     let holds_log = wal.last_index() > 0 || snapshots.latest()?.is_some();
     stable.bind_identity(&options.cluster_id, options.id)?;

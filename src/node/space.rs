@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use storage::space::{describe_free_bytes, human_bytes};
+use super::error::NoSpace;
 
 /// How often free space and usage are measured, and a refused append is retried.
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(500);
@@ -153,18 +153,14 @@ impl StorageSpace {
         self.refusal(0).is_some()
     }
 
-    /// Why a write of `proposal_bytes` must be refused, if it must: the message of the
-    /// `507 no_space` answer, naming the directory and the space.
-    pub fn refusal(&self, proposal_bytes: u64) -> Option<String> {
-        let dir = self.data_dir.display();
+    /// Why a write of `proposal_bytes` must be refused, if it must: the `507 no_space`
+    /// answer, naming the directory and the space.
+    pub fn refusal(&self, proposal_bytes: u64) -> Option<NoSpace> {
         if self.disk_full.load(Ordering::Relaxed) {
-            return Some(format!(
-                "the disk holding this node's data directory {dir} is full ({}): the node \
-                 cannot persist new entries; nothing was proposed. Free space on that \
-                 filesystem (or grow it): the node resumes on its own within a second; \
-                 other nodes may still accept writes",
-                describe_free_bytes(Some(self.free_bytes()))
-            ));
+            return Some(NoSpace::DiskFull {
+                dir: self.data_dir.clone(),
+                free_bytes: self.free_bytes(),
+            });
         }
         let quota = self.quota_bytes?;
         let used = self.used_bytes();
@@ -177,17 +173,13 @@ impl StorageSpace {
                 .fetch_add(proposal_bytes, Ordering::Relaxed);
             return None;
         }
-        Some(format!(
-            "storage quota reached: this node's data directory {dir} uses {used} bytes ({}) \
-             of its storage_quota_bytes {quota} ({}), and the next WAL segment ({}) would \
-             not fit; {} on its filesystem; nothing was proposed. Reclaim space with a \
-             snapshot (POST /v1/snapshot compacts the log), or raise storage_quota_bytes \
-             and restart the node",
-            human_bytes(used),
-            human_bytes(quota),
-            human_bytes(self.segment_bytes),
-            describe_free_bytes(Some(self.free_bytes()))
-        ))
+        Some(NoSpace::QuotaReached {
+            dir: self.data_dir.clone(),
+            used_bytes: used,
+            quota_bytes: quota,
+            segment_bytes: self.segment_bytes,
+            free_bytes: self.free_bytes(),
+        })
     }
 }
 
@@ -201,7 +193,9 @@ mod tests {
         let space = StorageSpace::new(dir.path(), None, 1 << 20);
         assert_eq!(space.refusal(1 << 20), None, "no quota, disk not full");
         space.set_disk_full(true);
-        let message = space.refusal(1).expect("a full disk refuses writes");
+        let refusal = space.refusal(1).expect("a full disk refuses writes");
+        assert!(matches!(refusal, NoSpace::DiskFull { .. }), "{refusal:?}");
+        let message = refusal.to_string();
         assert!(
             message.contains(&dir.path().display().to_string()),
             "{message}"
@@ -223,9 +217,14 @@ mod tests {
             None,
             "1 + 1 + a 1 MiB segment fit in 4"
         );
-        let message = space
+        let refusal = space
             .refusal(3 << 20)
             .expect("1 + 3 + a 1 MiB segment exceed 4");
+        assert!(
+            matches!(refusal, NoSpace::QuotaReached { quota_bytes, .. } if quota_bytes == 4 << 20),
+            "{refusal:?}"
+        );
+        let message = refusal.to_string();
         assert!(message.contains("storage_quota_bytes"), "{message}");
         assert!(
             message.contains(&dir.path().display().to_string()),
