@@ -105,6 +105,15 @@ pub const DEFAULT_SNAPSHOT_MIN_INTERVAL_MS: u64 = 1_000;
 /// Accepted range of `snapshot_min_interval_ms`: 0 (no minimum) to an hour.
 pub const SNAPSHOT_MIN_INTERVAL_MS_RANGE: std::ops::RangeInclusive<u64> = 0..=3_600_000;
 
+// Issue 17: readiness of a follower that is far behind.
+/// Default of `ready_max_lag_entries`: a follower this many entries behind the cluster's
+/// commit index answers `/readyz` 503. At the 45,000 writes/s measured in
+/// docs/BENCHMARKS.md that is a fraction of a second of writes: a node that has just caught
+/// up is ready, one still replaying or receiving a backlog is not.
+pub const DEFAULT_READY_MAX_LAG_ENTRIES: u64 = 10_000;
+/// Accepted range of `ready_max_lag_entries`: 0 (no lag check) to a billion.
+pub const READY_MAX_LAG_ENTRIES_RANGE: std::ops::RangeInclusive<u64> = 0..=1_000_000_000;
+
 // Issue 15: watch.
 /// Default of `watchers_max`: enough for a busy service's caches and indexes; 1,000 idle
 /// watchers cost about 15 MiB and no threads (docs/BENCHMARKS.md, "Watch").
@@ -146,6 +155,8 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "snapshot_min_interval_ms",
     // Issue 16.
     "tls",
+    // Issue 17.
+    "ready_max_lag_entries",
 ];
 /// Fields of `tls`.
 const TLS_FIELDS: &[&str] = &["ca", "cert", "key"];
@@ -236,6 +247,8 @@ pub struct ClusterConfig {
     snapshot_min_interval_ms: u64,
     // Issue 16. Invariant: each path non-empty.
     tls: Option<TlsFiles>,
+    // Issue 17. Invariant: within READY_MAX_LAG_ENTRIES_RANGE.
+    ready_max_lag_entries: u64,
 }
 
 /// The `tls` section as written: PEM file paths, relative to the config file's directory,
@@ -486,6 +499,12 @@ impl ClusterConfig {
         Duration::from_millis(self.snapshot_min_interval_ms)
     }
 
+    /// Issue 17: how many entries a node may be behind the commit index it last heard from
+    /// a leader and still answer `/readyz` 200 (0: no lag check).
+    pub fn ready_max_lag_entries(&self) -> u64 {
+        self.ready_max_lag_entries
+    }
+
     /// The `tls` section, if any (issue 16).
     pub fn tls(&self) -> Option<&TlsFiles> {
         self.tls.as_ref()
@@ -549,6 +568,7 @@ impl ClusterConfig {
             "watch_buffer_bytes_max": self.watch_buffer_bytes_max,
             "snapshot_threshold_bytes": self.snapshot_threshold_bytes,
             "snapshot_min_interval_ms": self.snapshot_min_interval_ms,
+            "ready_max_lag_entries": self.ready_max_lag_entries,
         });
         let mut value = value;
         if let Some(max) = self.client_connections.connections_max {
@@ -821,6 +841,10 @@ impl Parser<'_> {
             None | Some(Json::Null) => None,
             Some(v) => Some(self.tls(v)?),
         };
+        let ready_max_lag_entries = match get("ready_max_lag_entries") {
+            None => DEFAULT_READY_MAX_LAG_ENTRIES,
+            Some(v) => self.within(v, "ready_max_lag_entries", READY_MAX_LAG_ENTRIES_RANGE)?,
+        };
         Ok(ClusterConfig {
             path: self.path.to_path_buf(),
             cluster_id,
@@ -845,6 +869,7 @@ impl Parser<'_> {
             snapshot_threshold_bytes,
             snapshot_min_interval_ms,
             tls,
+            ready_max_lag_entries,
         })
     }
 
@@ -1638,6 +1663,28 @@ mod tests {
             (
                 r#""snapshot_min_interval_ms": -1"#,
                 "config.json: snapshot_min_interval_ms: expected a non-negative integer, got -1",
+            ),
+        ];
+        for (extra, expect) in cases {
+            assert_eq!(error(&with(extra)), expect, "{extra}");
+        }
+    }
+
+    #[test]
+    fn ready_max_lag_entries_has_a_default_and_bounds() {
+        let cfg = parse(MINIMAL).unwrap();
+        assert_eq!(cfg.ready_max_lag_entries(), 10_000);
+        let cfg = parse(&with(r#""ready_max_lag_entries": 0"#)).unwrap();
+        assert_eq!(cfg.ready_max_lag_entries(), 0);
+        assert_eq!(parse(&cfg.to_json()).unwrap(), cfg);
+        let cases = [
+            (
+                r#""ready_max_lag_entries": 1000000001"#,
+                "config.json: ready_max_lag_entries: 1000000001 is outside 0..=1000000000",
+            ),
+            (
+                r#""ready_max_lag_entries": -5"#,
+                "config.json: ready_max_lag_entries: expected a non-negative integer, got -5",
             ),
         ];
         for (extra, expect) in cases {

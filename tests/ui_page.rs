@@ -1,6 +1,7 @@
 //! The live page (`GET /ui`) in a real browser: Debian's chromium, headless, driven by
 //! Playwright (`tests/ui/ui_page.cjs`) against three real nodes. The page served by a
 //! follower shows three nodes and one leader; a write moves every node's commit index;
+//! an InstallSnapshot the leader reports in progress shows as "installing snapshot NN%";
 //! after a SIGKILL of the leader it shows the leader down and a new leader within 2 s;
 //! a node cut off from its peers says so.
 //!

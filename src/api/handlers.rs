@@ -528,7 +528,15 @@ pub async fn status(State(state): State<Arc<ApiState>>) -> ApiResult {
         // Issue 15: where history starts, in the log and for watches.
         "first_log_index": state.node.log_reader().first_index(),
         "watch_first_index": state.node.watch().history_first_index(state.node.log_reader().first_index()),
+        "commit_index_heard": status.commit_index_heard,
     });
+    if let Some(r) = status.snapshot_receiving {
+        body["snapshot_receiving"] = json!({
+            "last_index": r.last_index,
+            "bytes_received": r.bytes_received,
+            "installing": r.installing,
+        });
+    }
     // Only the leader knows how far each member got.
     if let Some(report) = state.node.replication().await.map_err(ApiError::from)? {
         for member in members.as_array_mut().into_iter().flatten() {
@@ -537,12 +545,29 @@ pub async fn status(State(state): State<Arc<ApiState>>) -> ApiResult {
                 member["match_index"] = json!(r.match_index);
                 member["lag"] = json!(r.lag);
                 member["last_contact_ms"] = json!(r.last_contact_ms);
+                if let Some(snapshot) = &r.snapshot {
+                    member["snapshot_sending"] = snapshot_sending_json(snapshot);
+                }
             }
         }
         body["failure_tolerance"] = json!(report.failure_tolerance);
     }
     body["members"] = members;
     Ok(Json(body).into_response())
+}
+
+/// Issue 17: an InstallSnapshot transfer as the leader reports it; `percent` is whole
+/// percent of the bytes sent, absent when the size is unknown.
+fn snapshot_sending_json(s: &crate::node::SnapshotSendReport) -> Value {
+    let mut value = json!({
+        "last_index": s.last_index,
+        "bytes_sent": s.bytes_sent,
+        "bytes_total": s.bytes_total,
+    });
+    if let Some(total) = s.bytes_total.filter(|&t| t > 0) {
+        value["percent"] = json!(s.bytes_sent.min(total).saturating_mul(100) / total);
+    }
+    value
 }
 
 #[derive(Deserialize)]
@@ -750,9 +775,10 @@ pub async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
 }
 
 /// `GET /readyz`: 200 when this node can serve linearizable requests; 503 while it stops,
-/// knows no leader, or is a learner.
+/// knows no leader, is a learner, or is more than `ready_max_lag_entries` behind.
 pub async fn readyz(State(state): State<Arc<ApiState>>) -> ApiResult {
-    match state.node.readiness() {
+    let max_lag_entries = state.options.ready_max_lag_entries;
+    match state.node.readiness_within_lag(max_lag_entries).await {
         Ok(leader) => Ok(Json(json!({ "ready": true, "leader_id": leader })).into_response()),
         Err(why) => Err(ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,

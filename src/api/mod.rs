@@ -52,6 +52,9 @@ pub struct ApiOptions {
     pub snapshot_request_timeout: Duration,
     /// Issue 15: limits of watches.
     pub watch: watch::WatchOptions,
+    /// Issue 17: `/readyz` answers 503 while the node is more entries than this behind the
+    /// commit index last heard from a leader (0: no lag check).
+    pub ready_max_lag_entries: u64,
 }
 
 impl Default for ApiOptions {
@@ -73,6 +76,7 @@ impl Default for ApiOptions {
                 crate::config::DEFAULT_SNAPSHOT_REQUEST_TIMEOUT_MS,
             ),
             watch: watch::WatchOptions::default(),
+            ready_max_lag_entries: crate::config::DEFAULT_READY_MAX_LAG_ENTRIES,
         }
     }
 }

@@ -176,9 +176,12 @@ pub fn run(config_path: &Path, count: usize, tls: bool) -> i32 {
         data_dir.display()
     );
     for n in &nodes {
+        // Issue 17: the live page's address on the first screen, so that the README's
+        // second command is opening it.
         println!(
-            "  node {}: api http://{}  raft {}  log {}",
+            "  node {}: live page http://{}/ui  api http://{}  raft {}  log {}",
             n.id,
+            n.api_addr,
             n.api_addr,
             n.raft_addr,
             data_dir.join(format!("node-{}.log", n.id)).display()

@@ -250,6 +250,7 @@ fn api_options(config: &ClusterConfig, connections: ConnectionLimits) -> ApiOpti
         log_page_max_bytes: config.log_page_max_bytes(),
         log_page_max_entries: config.log_page_max_entries(),
         snapshot_request_timeout: config.snapshot_request_timeout(),
+        ready_max_lag_entries: config.ready_max_lag_entries(),
         connections,
         watch: api::watch::WatchOptions {
             watchers_max: config.watchers_max() as usize,

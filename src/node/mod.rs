@@ -240,6 +240,20 @@ pub struct MemberReplication {
     pub lag: u64,
     /// Milliseconds since it last answered the leader.
     pub last_contact_ms: u64,
+    /// The InstallSnapshot transfer to it in progress, if any (issue 17).
+    pub snapshot: Option<SnapshotSendReport>,
+}
+
+/// An InstallSnapshot transfer from the leader to one member, for `/v1/status` and `/ui`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotSendReport {
+    /// The snapshot's last index.
+    pub last_index: u64,
+    /// Bytes sent so far.
+    pub bytes_sent: u64,
+    /// The snapshot's size in bytes; `None` if its file could not be read (a newer
+    /// snapshot replaced it, and the transfer restarts with that one).
+    pub bytes_total: Option<u64>,
 }
 
 /// What `GET /v1/status` reports: the core's own status.
@@ -1458,9 +1472,25 @@ impl RaftLoop {
                     match_index: p.match_index,
                     lag: status.last_log_index.saturating_sub(p.match_index),
                     last_contact_ms: p.ticks_since_contact.saturating_mul(tick_ms),
+                    snapshot: p.snapshot_sending.map(|s| SnapshotSendReport {
+                        last_index: s.last_index,
+                        bytes_sent: s.bytes_sent,
+                        bytes_total: self.snapshot_bytes(s.last_index, s.last_term),
+                    }),
                 })
                 .collect(),
         })
+    }
+
+    /// Size of the snapshot the core streams, the data it hands out in chunks. The core
+    /// always sends the latest snapshot, so only that one is looked up (a stat of one file,
+    /// and only while a transfer runs).
+    fn snapshot_bytes(&self, last_index: u64, last_term: u64) -> Option<u64> {
+        let meta = self.log.snapshot_meta();
+        if (meta.last_index, meta.last_term) != (last_index, last_term) {
+            return None;
+        }
+        self.log.snapshots.data_len(&meta).ok()
     }
 
     fn refresh_membership_if_changed(&mut self) {

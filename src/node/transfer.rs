@@ -282,10 +282,75 @@ impl<S: StateMachine> Node<S> {
             )),
         }
     }
+
+    /// [`Node::readiness`], and also not ready while more than `max_lag_entries` behind the
+    /// cluster's commit index as last heard from a leader (0: no lag check); see
+    /// [`catching_up`].
+    pub async fn readiness_within_lag(&self, max_lag_entries: u64) -> Result<NodeId, String> {
+        let leader = self.readiness()?;
+        if max_lag_entries == 0 {
+            return Ok(leader);
+        }
+        let status = self
+            .status()
+            .await
+            .map_err(|e| format!("node {}: {e}", self.id))?;
+        catching_up(
+            self.id,
+            status.commit_index_heard,
+            status.applied_index,
+            max_lag_entries,
+        )?;
+        Ok(leader)
+    }
+}
+
+/// Issue 17: `Err` saying by how much when a node that has applied up to `applied_index`
+/// is more than `max_lag_entries` (0: no limit) behind `commit_index_heard`, the highest
+/// commit index a leader announced to it ([`crate::raft::Status::commit_index_heard`]).
+///
+/// The rule keeps the core pure: the core only records what leaders announced; the
+/// comparison happens here, when `/readyz` asks. The figure is a lower bound on the true
+/// lag (the leader may have committed more since), which errs toward "ready" only for a
+/// node that hears from no leader, and such a node is not ready anyway.
+pub fn catching_up(
+    id: NodeId,
+    commit_index_heard: u64,
+    applied_index: u64,
+    max_lag_entries: u64,
+) -> Result<(), String> {
+    let lag = commit_index_heard.saturating_sub(applied_index);
+    if max_lag_entries == 0 || lag <= max_lag_entries {
+        return Ok(());
+    }
+    Err(format!(
+        "node {id} is catching up: {lag} entries behind (applied index {applied_index}, \
+         commit index {commit_index_heard} as last heard from the leader; ready within \
+         ready_max_lag_entries = {max_lag_entries})"
+    ))
 }
 
 #[cfg(test)]
 mod tests {
+    /// Issue 17: behind by more than the limit is "catching up", with the figures; at the
+    /// limit, ahead (a stale heard commit after a restart) or with the check off, ready.
+    #[test]
+    fn readiness_waits_until_the_lag_is_within_the_limit() {
+        let err = super::catching_up(2, 12_000, 1_000, 10_000).unwrap_err();
+        assert!(
+            err.contains("node 2 is catching up: 11000 entries behind"),
+            "{err}"
+        );
+        assert!(
+            err.contains("applied index 1000, commit index 12000"),
+            "{err}"
+        );
+        assert!(err.contains("ready_max_lag_entries = 10000"), "{err}");
+        assert_eq!(super::catching_up(2, 11_000, 1_000, 10_000), Ok(()));
+        assert_eq!(super::catching_up(2, 5, 9, 1), Ok(()));
+        assert_eq!(super::catching_up(2, 1 << 40, 0, 0), Ok(()));
+    }
+
     use bytes::Bytes;
 
     use super::*;

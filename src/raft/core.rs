@@ -14,7 +14,8 @@ use super::validate::{self, DropReason, DroppedMessages};
 use super::{
     Config, Entry, EntryKind, Envelope, FailedRead, HardState, LogStorage, MemberProgress,
     Membership, MembershipChange, Message, NodeId, PlantedBug, ProposeError, ReadMode, ReadState,
-    Ready, Role, SnapshotChunk, SnapshotMeta, SoftState, Status, StorageError,
+    Ready, Role, SnapshotChunk, SnapshotMeta, SnapshotReceiving, SnapshotSending, SoftState,
+    Status, StorageError,
 };
 
 /// SplitMix64 (Steele, Lea, Flood 2014): a tiny, well-mixed generator, seeded from the
@@ -89,6 +90,9 @@ pub struct RaftCore<S: LogStorage> {
     timeout_now_sent: bool,
 
     // Follower state.
+    /// Highest commit index a leader announced (see [`Status::commit_index_heard`]).
+    /// Invariant: never decreases.
+    commit_heard: u64,
     /// Snapshot being received: its meta and the offset expected next.
     incoming_snapshot: Option<(SnapshotMeta, u64)>,
     /// Snapshot whose last chunk was handed out, waiting for the driver to report it
@@ -156,6 +160,7 @@ impl<S: LogStorage> RaftCore<S> {
             uncommitted_payloads: VecDeque::new(),
             uncommitted_bytes: 0,
             timeout_now_sent: false,
+            commit_heard: 0,
             incoming_snapshot: None,
             installing: None,
             dropped: DroppedMessages::default(),
@@ -552,7 +557,32 @@ impl<S: LogStorage> RaftCore<S> {
             last_log_index: self.log.last_index(),
             snapshot_index: self.log.snapshot_index(),
             membership: self.membership.current().clone(),
+            commit_index_heard: self.commit_index_heard(),
+            snapshot_receiving: self.snapshot_receiving(),
         }
+    }
+
+    /// See [`Status::commit_index_heard`] (without building a whole status).
+    pub fn commit_index_heard(&self) -> u64 {
+        self.commit_heard.max(self.log.commit())
+    }
+
+    /// The snapshot being received, from the chunk expected next or the install under way.
+    fn snapshot_receiving(&self) -> Option<SnapshotReceiving> {
+        if let Some((meta, _, size)) = &self.installing {
+            return Some(SnapshotReceiving {
+                last_index: meta.last_index,
+                bytes_received: *size,
+                installing: true,
+            });
+        }
+        self.incoming_snapshot
+            .as_ref()
+            .map(|(meta, next_offset)| SnapshotReceiving {
+                last_index: meta.last_index,
+                bytes_received: *next_offset,
+                installing: false,
+            })
     }
 
     /// The leader's view of every member's replication: match index and ticks since it was
@@ -572,16 +602,26 @@ impl<S: LogStorage> RaftCore<S> {
                     id,
                     match_index: self.log.last_index(),
                     ticks_since_contact: 0,
+                    snapshot_sending: None,
                 },
                 Some(pr) => MemberProgress {
                     id,
                     match_index: pr.match_index,
                     ticks_since_contact: self.now.saturating_sub(pr.last_heard_tick),
+                    snapshot_sending: match &pr.state {
+                        ProgressState::Snapshot(t) => Some(SnapshotSending {
+                            last_index: t.meta.last_index,
+                            last_term: t.meta.last_term,
+                            bytes_sent: t.sent_end.max(t.offset),
+                        }),
+                        _ => None,
+                    },
                 },
                 None => MemberProgress {
                     id,
                     match_index: 0,
                     ticks_since_contact: self.now,
+                    snapshot_sending: None,
                 },
             })
             .collect()
@@ -1179,6 +1219,9 @@ impl<S: LogStorage> RaftCore<S> {
         read_ctx: u64,
     ) {
         self.assert_following(from, "AppendEntries");
+        // Heard even when the entries cannot be taken (an install under way, a mismatch):
+        // readiness compares it with the applied index (issue 17).
+        self.commit_heard = self.commit_heard.max(leader_commit);
         // The door checked the entries are the slice of a log right after `prev` (Raft
         // §5.3): contiguous, terms never falling and never beyond this term (§5.1).
         let (mut prev_index, prev_term) = (prev.0, prev.1);
@@ -1326,6 +1369,8 @@ impl<S: LogStorage> RaftCore<S> {
             data.len(),
             self.term
         );
+        // A snapshot holds only committed entries (Raft §7).
+        self.commit_heard = self.commit_heard.max(meta.last_index);
         if self.installing.is_some() {
             // One install at a time; the leader resends when it hears nothing.
             return;

@@ -528,6 +528,31 @@ pub struct MemberProgress {
     pub match_index: u64,
     /// Leader ticks since it last answered.
     pub ticks_since_contact: u64,
+    /// The snapshot being sent to it (InstallSnapshot, Raft §7), if any.
+    pub snapshot_sending: Option<SnapshotSending>,
+}
+
+/// An InstallSnapshot transfer as the leader sees it, for progress reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotSending {
+    /// The snapshot's last index.
+    pub last_index: u64,
+    /// The snapshot's last term.
+    pub last_term: u64,
+    /// Bytes of the snapshot sent so far (up to the end of the chunk last sent; the core
+    /// does not know the total, the driver's snapshot store does).
+    pub bytes_sent: u64,
+}
+
+/// An InstallSnapshot transfer as the receiving follower sees it, for progress reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotReceiving {
+    /// The snapshot's last index.
+    pub last_index: u64,
+    /// Bytes of it received and handed to the driver so far.
+    pub bytes_received: u64,
+    /// The last chunk arrived: the driver is making it durable, verifying and installing it.
+    pub installing: bool,
 }
 
 /// A snapshot of the core's state for status reports.
@@ -551,4 +576,13 @@ pub struct Status {
     pub snapshot_index: u64,
     /// The membership in effect (the latest appended configuration).
     pub membership: Membership,
+    /// Highest commit index a leader announced to this node (an AppendEntries'
+    /// `leader_commit`, or the last index of a snapshot it sent), or this node's own
+    /// commit index if higher. An entry once committed stays committed whichever leader
+    /// announced it, so this is a lower bound on the cluster's commit index even when it
+    /// came from a deposed leader. After a restart it starts again from the node's own
+    /// commit index.
+    pub commit_index_heard: u64,
+    /// The snapshot this node is receiving from the leader, if any.
+    pub snapshot_receiving: Option<SnapshotReceiving>,
 }

@@ -517,6 +517,22 @@ impl Sim {
                     ),
                 ));
             }
+            // Issue 17: what a node heard of the cluster's commit index (readiness compares
+            // its applied index with it) was committed somewhere: never above the highest
+            // commit index any node reported.
+            if let Some(core) = &node.core {
+                let heard = core.commit_index_heard();
+                if heard > self.max_commit_seen {
+                    return Err(violation(
+                        "commit index heard <= highest commit index",
+                        format!(
+                            "node {} heard of commit index {heard}, but no node ever committed \
+                             beyond {}",
+                            node.id, self.max_commit_seen
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
     }

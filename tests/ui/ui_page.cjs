@@ -82,6 +82,21 @@ const pageState = () => {
   const before = (await page.evaluate(pageState)).rows;
   console.log("ui_page: three nodes, one leader: " + JSON.stringify(before));
 
+  // An InstallSnapshot the leader reports in progress shows on the receiving node's row (a
+  // real transfer is tests/snapshot_progress.rs; here, how the page draws one): the next
+  // poll redraws the real state.
+  const receiver = nodes.find((n) => n.id !== leaderId).id;
+  const installing = await page.evaluate(async (id) => {
+    const cluster = await (await fetch("/v1/cluster/status")).json();
+    const lead = cluster.nodes.find((n) => n.reachable && n.status.role === "leader");
+    const member = lead.status.members.find((m) => m.id === id);
+    member.snapshot_sending = { last_index: 900, bytes_sent: 1048576, bytes_total: 4194304, percent: 25 };
+    render(cluster);
+    return document.querySelector(`#nodes tr[data-node-id="${id}"] td.role`).innerText;
+  }, receiver);
+  if (!installing.includes("installing snapshot 25%")) fail(`node ${receiver}'s role cell does not show the snapshot at 25%: ${installing}`);
+  console.log(`ui_page: a snapshot transfer shows as "${installing}"`);
+
   // A write makes the indexes move, on every node.
   const index = await put(follower, "ui-page-1", "one");
   const moved = await until(page, `every node's commit index reaching ${index}`, 5000,

@@ -361,3 +361,34 @@ fn committed_entries_are_handed_out_once_in_order_within_max_apply_bytes() {
     let idx: Vec<u64> = rd.committed_entries.iter().map(|e| e.index).collect();
     assert_eq!(idx, vec![4, 5]);
 }
+
+/// Issue 17: a follower far behind learns how far the cluster's commit index is even from
+/// an AppendEntries it must reject (its log is too short for `prev`), and a later heartbeat
+/// carrying a lower `leader_commit` (the leader sends `min(commit, match)`) does not lower
+/// it: it only ever grows. `/readyz` compares it with the applied index.
+#[test]
+fn follower_hears_the_leaders_commit_beyond_its_own_log() {
+    let mut core = core_with(2, &[1, 2, 3], &[1, 1], 1, |_| {});
+    assert_eq!(core.status().commit_index_heard, 0);
+    let append = |prev_log_index, leader_commit| Message::AppendEntries {
+        term: 1,
+        prev_log_index,
+        prev_log_term: 1,
+        entries: vec![],
+        leader_commit,
+        read_ctx: 0,
+    };
+    core.step(env(1, 2, append(100, 120)));
+    take(&mut core);
+    let status = core.status();
+    assert_eq!(status.commit_index, 0, "nothing verified can be committed");
+    assert_eq!(status.commit_index_heard, 120);
+    core.step(env(1, 2, append(2, 2)));
+    take(&mut core);
+    let status = core.status();
+    assert_eq!(status.commit_index, 2);
+    assert_eq!(
+        status.commit_index_heard, 120,
+        "a lower leader_commit lowered it"
+    );
+}

@@ -328,3 +328,126 @@ fn last_snapshot_chunk_is_neither_installed_nor_acknowledged_before_durable() {
         "a resend was answered success before the snapshot was durable"
     );
 }
+
+/// Issue 17: progress of an InstallSnapshot transfer is visible on both sides while it runs.
+/// The leader reports, per follower, the snapshot and the bytes sent up to the chunk in
+/// flight (4, 8, then 10 of 10); the follower reports the bytes it took so far, then, with
+/// the last chunk handed to the driver, that it is installing; afterwards neither reports a
+/// transfer.
+#[test]
+fn snapshot_transfer_progress_is_reported_by_leader_and_follower() {
+    let mut c = Cluster::new(&[1, 2, 3], |cfg| cfg.snapshot_chunk_bytes = 4);
+    c.elect(1);
+    c.isolate(3);
+    for _ in 0..10 {
+        c.propose(1, b"v");
+    }
+    let applied = c.applied_index[&1];
+    let meta = c.snapshot(1, Bytes::from_static(b"0123456789"), applied);
+    let sending = |c: &Cluster| {
+        c.node(1)
+            .member_progress()
+            .iter()
+            .find(|p| p.id == 3)
+            .and_then(|p| p.snapshot_sending)
+            .map(|s| (s.last_index, s.last_term, s.bytes_sent))
+    };
+    assert_eq!(
+        sending(&c),
+        None,
+        "no transfer before the follower is heard"
+    );
+    c.heal();
+    let mut seen_sending = Vec::new();
+    let mut seen_receiving = Vec::new();
+    // `settle` by hand, looking at both sides after every delivered message.
+    for _ in 0..40 {
+        for id in [1, 2, 3] {
+            c.node_mut(id).tick();
+        }
+        loop {
+            for id in [1, 2, 3] {
+                c.process(id);
+            }
+            if let Some(s) = sending(&c) {
+                seen_sending.push(s);
+            }
+            if let Some(r) = c.node(3).status().snapshot_receiving {
+                seen_receiving.push((r.last_index, r.bytes_received, r.installing));
+            }
+            let Some(m) = c.queue.pop_front() else {
+                break;
+            };
+            c.node_mut(m.to).step(m);
+        }
+    }
+    seen_sending.dedup();
+    seen_receiving.dedup();
+    let (index, term) = (meta.last_index, meta.last_term);
+    assert!(
+        seen_sending
+            .iter()
+            .all(|&(i, t, b)| i == index && t == term && [4, 8, 10].contains(&b)),
+        "leader's reports: {seen_sending:?}"
+    );
+    assert!(
+        !seen_sending.is_empty(),
+        "the leader never reported the transfer"
+    );
+    assert!(
+        seen_receiving
+            .iter()
+            .all(|&(i, b, _)| i == index && [4, 8, 10].contains(&b)),
+        "follower's reports: {seen_receiving:?}"
+    );
+    assert_eq!(c.node(3).storage().snapshot_meta(), meta);
+    assert_eq!(sending(&c), None, "the transfer is over on the leader");
+    assert_eq!(c.node(3).status().snapshot_receiving, None);
+}
+
+/// Issue 17: the follower's own view of a transfer, chunk by chunk: bytes taken so far,
+/// then `installing` once the last chunk is handed out and until the driver reports it.
+#[test]
+fn follower_reports_bytes_received_then_installing() {
+    let mut core = core_with(2, &[1, 2, 3], &[], 0, |_| {});
+    let meta = SnapshotMeta {
+        last_index: 5,
+        last_term: 1,
+        membership: voters(&[1, 2, 3]),
+    };
+    let chunk = |offset, data: &'static [u8], done| Message::InstallSnapshot {
+        term: 1,
+        meta: meta.clone(),
+        offset,
+        data: Bytes::from_static(data),
+        done,
+    };
+    assert_eq!(core.status().snapshot_receiving, None);
+    core.step(env(1, 2, chunk(0, b"abc", false)));
+    take(&mut core);
+    let receiving = |core: &RaftCore<MemStorage>| core.status().snapshot_receiving;
+    assert_eq!(
+        receiving(&core),
+        Some(SnapshotReceiving {
+            last_index: 5,
+            bytes_received: 3,
+            installing: false
+        })
+    );
+    core.step(env(1, 2, chunk(3, b"de", true)));
+    take(&mut core);
+    assert_eq!(
+        receiving(&core),
+        Some(SnapshotReceiving {
+            last_index: 5,
+            bytes_received: 5,
+            installing: true
+        })
+    );
+    // A snapshot holds only committed entries: the cluster's commit is at least 5.
+    assert_eq!(core.status().commit_index_heard, 5);
+    core.storage_mut()
+        .install_snapshot(meta.clone(), Bytes::from_static(b"abcde"));
+    core.on_snapshot_installed(meta);
+    assert_eq!(receiving(&core), None);
+}

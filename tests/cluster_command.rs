@@ -1,0 +1,135 @@
+//! `raftlog cluster`, the README's first command (issue 17): as its nodes start it prints
+//! every node's live page address, and each of those addresses serves the page, so that a
+//! newcomer goes from the README to the live page of a running cluster in two commands.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{free_port, raftlog_bin, runtime};
+
+/// The `raftlog cluster` process and the nodes it started, all in one process group that
+/// is SIGKILLed on drop, so that a failing test leaves no node running.
+struct ClusterCommand {
+    child: Child,
+}
+
+impl Drop for ClusterCommand {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group of a child we spawned as its leader.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn cluster_command_prints_each_nodes_live_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let api_addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let nodes: serde_json::Map<String, serde_json::Value> = api_addrs
+        .iter()
+        .enumerate()
+        .map(|(i, api)| {
+            let raft = format!("127.0.0.1:{}", free_port());
+            (
+                (i + 1).to_string(),
+                json!({"raft_addr": raft, "api_addr": api}),
+            )
+        })
+        .collect();
+    let config = json!({
+        "cluster_id": "cluster-command-test",
+        "nodes": nodes,
+        "data_dir": dir.path().join("data"),
+        "heartbeat_interval_ms": 50,
+        "election_timeout_ms": [300, 600],
+    });
+    let config_path = dir.path().join("config.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let child = Command::new(raftlog_bin())
+        .arg("cluster")
+        .arg("--config")
+        .arg(&config_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("raftlog cluster starts");
+    let mut cluster = ClusterCommand { child };
+    let stdout = cluster.child.stdout.take().unwrap();
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Everything up to the line that says the cluster is up and how to stop it.
+    let mut printed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let done = line.contains("Ctrl-C");
+                printed.push(line);
+                if done {
+                    break;
+                }
+            }
+            Err(e) => panic!(
+                "raftlog cluster did not say it was up within 30 s ({e}); it printed:\n{}",
+                printed.join("\n")
+            ),
+        }
+    }
+    let output = printed.join("\n");
+    let pages: Vec<String> = api_addrs.iter().map(|a| format!("http://{a}/ui")).collect();
+    for (i, page) in pages.iter().enumerate() {
+        let node_line = printed
+            .iter()
+            .find(|l| l.trim_start().starts_with(&format!("node {}:", i + 1)))
+            .unwrap_or_else(|| panic!("no line for node {} in:\n{output}", i + 1));
+        assert!(
+            node_line.contains(&format!("live page {page}")),
+            "node {}'s line must name its live page {page}: {node_line:?}\nall output:\n{output}",
+            i + 1
+        );
+    }
+    runtime().block_on(async {
+        let client = reqwest::Client::new();
+        for page in &pages {
+            let response = client
+                .get(page)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("GET {page} (printed by raftlog cluster): {e}"));
+            assert_eq!(response.status(), 200, "GET {page}");
+            let body = response.text().await.unwrap();
+            assert!(
+                body.contains("<title>raftlog: live cluster</title>"),
+                "GET {page} did not serve the live page: {}",
+                &body[..body.len().min(200)]
+            );
+        }
+    });
+    // SAFETY: kill(2) on the child we spawned; it stops its nodes on SIGTERM.
+    unsafe { libc::kill(cluster.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cluster.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "raftlog cluster did not exit within 15 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
