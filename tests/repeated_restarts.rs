@@ -13,18 +13,7 @@ use support::{Cluster, ClusterSpec};
 
 async fn snapshot_every_node(c: &Cluster) {
     for id in c.running() {
-        let response = c
-            .client
-            .post(format!("http://{}/v1/snapshot", c.api(id)))
-            .send()
-            .await
-            .expect("POST /v1/snapshot");
-        assert_eq!(
-            response.status().as_u16(),
-            200,
-            "POST /v1/snapshot on node {id}: {}",
-            response.text().await.unwrap_or_default()
-        );
+        c.take_snapshot(id).await;
     }
 }
 

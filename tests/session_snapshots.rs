@@ -75,18 +75,7 @@ fn session_table_of_large_cas_answers_snapshots_and_restores() {
             first_answers.push(answer["index"].as_u64().expect("CAS answer has an index"));
         }
 
-        let response = c
-            .client
-            .post(format!("http://{}/v1/snapshot", c.api(1)))
-            .send()
-            .await
-            .expect("POST /v1/snapshot");
-        assert_eq!(
-            response.status().as_u16(),
-            200,
-            "snapshot refused: {}",
-            response.text().await.unwrap_or_default()
-        );
+        c.take_snapshot(1).await;
 
         let status = c.terminate(1);
         assert!(status.success(), "SIGTERM exit: {status:?}");

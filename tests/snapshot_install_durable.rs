@@ -28,16 +28,6 @@ fn corrupt_newest_snapshot(c: &Cluster, id: u64) -> String {
     newest
 }
 
-async fn take_snapshot(c: &Cluster, id: u64) {
-    let response = c
-        .client
-        .post(format!("http://{}/v1/snapshot", c.api(id)))
-        .send()
-        .await
-        .expect("POST /v1/snapshot");
-    assert_eq!(response.status().as_u16(), 200, "POST /v1/snapshot on {id}");
-}
-
 async fn put_many(c: &Cluster, prefix: &str, count: u64) {
     for i in 0..count {
         c.put_eventually(&format!("{prefix}{i}"), "v", Duration::from_secs(20))
@@ -68,13 +58,13 @@ fn follower_refuses_a_corrupt_snapshot_and_recovers_from_a_good_one() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Its own snapshot holds the old state it must go on serving after the restart.
-        take_snapshot(&c, follower).await;
+        c.take_snapshot(follower).await;
         c.kill(follower);
 
         // The leader compacts past the follower's log: only a snapshot can catch it up.
         put_many(&c, "k", 300).await;
         let leader = c.wait_for_leader(Duration::from_secs(10)).await;
-        take_snapshot(&c, leader).await;
+        c.take_snapshot(leader).await;
         let corrupted = corrupt_newest_snapshot(&c, leader);
 
         c.spawn(follower);
@@ -103,7 +93,7 @@ fn follower_refuses_a_corrupt_snapshot_and_recovers_from_a_good_one() {
         // A good snapshot on the leader: the follower catches up from it.
         put_many(&c, "more", 20).await;
         let leader = c.wait_for_leader(Duration::from_secs(10)).await;
-        take_snapshot(&c, leader).await;
+        c.take_snapshot(leader).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         while stale(&c, follower, "k299").await.as_deref() != Some("v") {
             assert!(

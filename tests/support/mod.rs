@@ -508,6 +508,19 @@ impl Cluster {
         );
     }
 
+    /// `POST /v1/snapshot` on node `id`; panics naming the node and the answer unless 200.
+    pub async fn take_snapshot(&self, id: u64) {
+        let response = self
+            .client
+            .post(format!("http://{}/v1/snapshot", self.api(id)))
+            .send()
+            .await
+            .expect("POST /v1/snapshot");
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "POST /v1/snapshot on node {id}: {body}");
+    }
+
     pub fn data_dir(&self, id: u64) -> PathBuf {
         self.dir.path().join("data").join(format!("node-{id}"))
     }
