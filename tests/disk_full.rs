@@ -82,29 +82,6 @@ async fn metric(cluster: &Cluster, id: u64, name: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// Makes `to` the leader (through `POST /v1/leader/transfer`) unless it already leads.
-async fn make_leader(cluster: &Cluster, to: u64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if cluster.wait_for_leader(Duration::from_secs(10)).await == to {
-            return;
-        }
-        let url = format!("http://{}/v1/leader/transfer", cluster.api(to));
-        let _ = cluster
-            .client
-            .post(url)
-            .json(&json!({ "to": to }))
-            .send()
-            .await;
-        assert!(
-            Instant::now() < deadline,
-            "node {to} never became leader\n{}",
-            cluster.logs_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn value_for(key: &str) -> String {
     let mut value = format!("{key}:");
     while value.len() < VALUE_BYTES {
@@ -302,7 +279,7 @@ fn a_follower_with_a_full_disk_refuses_writes_and_resumes_once_space_is_freed() 
     };
     runtime().block_on(async {
         let c = &setup.cluster;
-        make_leader(c, 1).await;
+        c.make_leader(1).await;
         setup.place_ballast();
         let mut acknowledged = BTreeMap::new();
         write_until_out_of_space(&setup, 1, &mut acknowledged).await;
@@ -327,7 +304,7 @@ fn a_leader_with_a_full_disk_refuses_writes_and_resumes_once_space_is_freed() {
     };
     runtime().block_on(async {
         let c = &setup.cluster;
-        make_leader(c, 1).await;
+        c.make_leader(1).await;
         setup.place_ballast();
         let mut acknowledged = BTreeMap::new();
         write_until_out_of_space(&setup, 1, &mut acknowledged).await;

@@ -46,26 +46,6 @@ impl Drop for Setup {
     }
 }
 
-/// Makes `to` the leader (through `POST /v1/leader/transfer`) unless it already leads.
-async fn make_leader(cluster: &Cluster, to: u64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while cluster.wait_for_leader(Duration::from_secs(10)).await != to {
-        let url = format!("http://{}/v1/leader/transfer", cluster.api(to));
-        let _ = cluster
-            .client
-            .post(url)
-            .json(&json!({ "to": to }))
-            .send()
-            .await;
-        assert!(
-            Instant::now() < deadline,
-            "node {to} never became leader\n{}",
-            cluster.logs_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Writes `count` keys named `prefix-N` through any node, recording each acknowledged one.
 async fn write_some(
     cluster: &Cluster,
@@ -182,7 +162,7 @@ fn a_follower_that_cannot_save_a_new_term_on_a_full_disk_stops_cleanly() {
     let setup = Setup { cluster, tmpfs };
     runtime().block_on(async {
         let c = &setup.cluster;
-        make_leader(c, LEADER).await;
+        c.make_leader(LEADER).await;
         let mut acknowledged = BTreeMap::new();
         write_some(c, "before", 20, &mut acknowledged).await;
         wait_caught_up(c, FULL).await;

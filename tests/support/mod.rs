@@ -508,6 +508,26 @@ impl Cluster {
         );
     }
 
+    /// Makes `to` the leader (through `POST /v1/leader/transfer`) unless it already leads.
+    pub async fn make_leader(&self, to: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.wait_for_leader(Duration::from_secs(10)).await != to {
+            let url = format!("http://{}/v1/leader/transfer", self.api(to));
+            let _ = self
+                .client
+                .post(url)
+                .json(&json!({ "to": to }))
+                .send()
+                .await;
+            assert!(
+                Instant::now() < deadline,
+                "node {to} never became leader\n{}",
+                self.logs_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// `POST /v1/snapshot` on node `id`; panics naming the node and the answer unless 200.
     pub async fn take_snapshot(&self, id: u64) {
         let response = self
