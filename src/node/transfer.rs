@@ -332,6 +332,12 @@ pub fn catching_up(
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::raft::test_cluster::{member, test_config, Cluster};
+    use crate::raft::{Envelope, HardState, MemStorage, Membership, MembershipChange, Message};
+
     /// Issue 17: behind by more than the limit is "catching up", with the figures; at the
     /// limit, ahead (a stale heard commit after a restart) or with the check off, ready.
     #[test]
@@ -350,12 +356,6 @@ mod tests {
         assert_eq!(super::catching_up(2, 5, 9, 1), Ok(()));
         assert_eq!(super::catching_up(2, 1 << 40, 0, 0), Ok(()));
     }
-
-    use bytes::Bytes;
-
-    use super::*;
-    use crate::raft::test_cluster::{member, test_config, Cluster};
-    use crate::raft::{Envelope, HardState, MemStorage, Membership, MembershipChange, Message};
 
     /// Asks node 1 of `c` to transfer; returns the receiver of its answer.
     fn ask(
