@@ -5,6 +5,7 @@
 //!   (SIGHUP), so certificates rotate without a restart.
 //! - [`certs`]: `raftlog certs init`, a CA and node and client certificates for trying TLS
 //!   out.
+//! - [`role`]: what a client may do, `read` ⊂ `write` ⊂ `admin`.
 //! - [`warn_if_exposed`]: the start-up warning for a node that listens beyond loopback
 //!   without TLS.
 //!
@@ -13,7 +14,10 @@
 //! ([`node_name`]), a client with a role is `raftlog-client-<role>` ([`client_name`]).
 
 pub mod certs;
+pub mod role;
 pub mod tls;
+
+pub use self::role::Role;
 
 use std::net::SocketAddr;
 
