@@ -166,7 +166,7 @@ pub fn config_json(data: &[u8]) {
 /// Committed seeds of this crate's targets, as (target, file name, bytes): real
 /// handshakes, frames, cluster files and requests, so the fuzzer starts deep.
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
-    use crate::raft::{Entry, EntryKind, Envelope, Member, Membership, Message, SnapshotMeta};
+    use crate::raft::{Entry, EntryKind, Envelope, Membership, Message, SnapshotMeta};
     use crate::transport::codec::{HandshakeStatus, PROTOCOL_VERSION};
     use bytes::Bytes;
 
@@ -198,15 +198,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         );
         out.push(("peer_codec", format!("reply-{status:?}"), bytes));
     }
-    let mut membership = Membership::default();
-    membership.members.insert(
-        1,
-        Member {
-            raft_addr: "127.0.0.1:7001".into(),
-            api_addr: "127.0.0.1:8001".into(),
-            voter: true,
-        },
-    );
+    let membership = Membership::single_voter(1, "127.0.0.1:7001", "127.0.0.1:8001");
     let entry = |index: u64, kind: EntryKind, payload: &[u8]| Entry {
         index,
         term: 3,

@@ -399,10 +399,11 @@ impl SnapshotSource for KvStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn put(key: &str, value: &str) -> Vec<u8> {
+    /// An encoded `Put`; shared with the session tests.
+    pub(crate) fn put(key: &str, value: &str) -> Vec<u8> {
         KvCommand::Put {
             key: Bytes::copy_from_slice(key.as_bytes()),
             value: Bytes::copy_from_slice(value.as_bytes()),
@@ -410,7 +411,8 @@ mod tests {
         .encode()
     }
 
-    fn cas(key: &str, expected: Option<&[u8]>, value: Option<&[u8]>) -> Vec<u8> {
+    /// An encoded `Cas`; shared with the session tests.
+    pub(crate) fn cas(key: &str, expected: Option<&[u8]>, value: Option<&[u8]>) -> Vec<u8> {
         KvCommand::Cas {
             key: Bytes::copy_from_slice(key.as_bytes()),
             expected: expected.map(Bytes::copy_from_slice),

@@ -527,21 +527,10 @@ mod tests {
     use super::*;
     use crate::kv::{KvCommand, KvResponse, KvStore};
 
-    fn put(key: &str, value: &str) -> Vec<u8> {
-        KvCommand::Put {
-            key: Bytes::copy_from_slice(key.as_bytes()),
-            value: Bytes::copy_from_slice(value.as_bytes()),
-        }
-        .encode()
-    }
+    use crate::kv::tests::put;
 
     fn cas(key: &str, expected: &[u8], value: &[u8]) -> Vec<u8> {
-        KvCommand::Cas {
-            key: Bytes::copy_from_slice(key.as_bytes()),
-            expected: Some(Bytes::copy_from_slice(expected)),
-            value: Some(Bytes::copy_from_slice(value)),
-        }
-        .encode()
+        crate::kv::tests::cas(key, Some(expected), Some(value))
     }
 
     fn command(request_id: Option<(&str, u64)>, body: Vec<u8>) -> Vec<u8> {

@@ -503,10 +503,12 @@ mod tests {
 
     #[test]
     fn a_stopped_core_names_the_storage_error_and_the_operator_remedy() {
-        let failure = NodeFailure::CoreStopped(crate::raft::StorageError::Unavailable {
-            index: 9,
-            last_index: 7,
-        });
+        let failure = NodeFailure::CoreStopped(crate::raft::StorageError::NotInLog(
+            crate::raft::NotInLog::Unavailable {
+                index: 9,
+                last_index: 7,
+            },
+        ));
         let text = failure.to_string();
         assert!(
             text.starts_with("the Raft core stopped: entry 9 is beyond the end of the log"),

@@ -8,6 +8,7 @@
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use storage::NotInLog;
 
 use bytes::Bytes;
 use storage::snapshot::SnapshotStore;
@@ -80,11 +81,13 @@ impl DurableLog {
             }
             let chunk = match self.wal.entries(next, chunk_end, chunk_bytes) {
                 Ok(chunk) => chunk,
-                Err(storage::Error::Compacted { first_index, .. }) if first_index > next => {
+                Err(storage::Error::NotInLog(NotInLog::Compacted { first_index, .. }))
+                    if first_index > next =>
+                {
                     next = first_index;
                     continue;
                 }
-                Err(storage::Error::Unavailable { .. }) => return Ok(next),
+                Err(storage::Error::NotInLog(NotInLog::Unavailable { .. })) => return Ok(next),
                 Err(e) => return Err(e),
             };
             for entry in chunk {
@@ -131,11 +134,11 @@ pub struct NodeLogStorage(pub Arc<DurableLog>);
 /// error names the file and offset.
 fn read_failed(what: &str, e: storage::Error) -> StorageError {
     match e {
-        storage::Error::Compacted { index, first_index } => {
-            StorageError::Compacted { index, first_index }
+        storage::Error::NotInLog(NotInLog::Compacted { index, first_index }) => {
+            StorageError::NotInLog(NotInLog::Compacted { index, first_index })
         }
-        storage::Error::Unavailable { index, last_index } => {
-            StorageError::Unavailable { index, last_index }
+        storage::Error::NotInLog(NotInLog::Unavailable { index, last_index }) => {
+            StorageError::NotInLog(NotInLog::Unavailable { index, last_index })
         }
         other => StorageError::Fatal(format!(
             "reading {what} failed: {other}; stopping the node, since answering from damaged \
@@ -170,17 +173,17 @@ impl LogStorage for NodeLogStorage {
         }
         let first = self.first_index();
         if index < first {
-            return Err(StorageError::Compacted {
+            return Err(StorageError::NotInLog(NotInLog::Compacted {
                 index,
                 first_index: first,
-            });
+            }));
         }
         let last = self.last_index();
         if index > last {
-            return Err(StorageError::Unavailable {
+            return Err(StorageError::NotInLog(NotInLog::Unavailable {
                 index,
                 last_index: last,
-            });
+            }));
         }
         self.0
             .wal
@@ -191,17 +194,17 @@ impl LogStorage for NodeLogStorage {
     fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
         let first = self.first_index();
         if lo < first {
-            return Err(StorageError::Compacted {
+            return Err(StorageError::NotInLog(NotInLog::Compacted {
                 index: lo,
                 first_index: first,
-            });
+            }));
         }
         let last = self.last_index();
         if hi > last + 1 {
-            return Err(StorageError::Unavailable {
+            return Err(StorageError::NotInLog(NotInLog::Unavailable {
                 index: hi - 1,
                 last_index: last,
-            });
+            }));
         }
         if lo >= hi {
             return Ok(Vec::new());
@@ -222,13 +225,7 @@ impl LogStorage for NodeLogStorage {
         offset: u64,
         max_len: u64,
     ) -> Result<(Bytes, bool), StorageError> {
-        let replaced = |current: &SnapshotMeta| {
-            let same = current.last_index == meta.last_index && current.last_term == meta.last_term;
-            (!same).then_some(StorageError::SnapshotReplaced {
-                requested: meta.last_index,
-                current: current.last_index,
-            })
-        };
+        let replaced = |current: &SnapshotMeta| StorageError::if_snapshot_replaced(meta, current);
         if let Some(e) = replaced(&self.0.snapshot_meta()) {
             return Err(e);
         }

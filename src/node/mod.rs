@@ -111,15 +111,7 @@ impl NodeOptions {
     /// HTTP API of [`crate::api`]).
     pub fn new(id: NodeId, data_dir: impl Into<PathBuf>, raft_addr: SocketAddr) -> NodeOptions {
         use crate::config as defaults;
-        let mut bootstrap = Membership::default();
-        bootstrap.members.insert(
-            id,
-            storage::Member {
-                raft_addr: raft_addr.to_string(),
-                api_addr: String::new(),
-                voter: true,
-            },
-        );
+        let bootstrap = Membership::single_voter(id, raft_addr.to_string(), String::new());
         let (election_min_ms, election_max_ms) = defaults::DEFAULT_ELECTION_TIMEOUT_MS;
         NodeOptions {
             id,

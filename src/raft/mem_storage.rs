@@ -12,7 +12,7 @@
 
 use bytes::Bytes;
 
-use super::{Entry, LogStorage, SnapshotMeta, StorageError};
+use super::{Entry, LogStorage, NotInLog, SnapshotMeta, StorageError};
 
 /// Durable log and snapshot of one node, in memory.
 #[derive(Clone, Debug, Default)]
@@ -172,10 +172,10 @@ impl LogStorage for MemStorage {
 
     fn term(&self, index: u64) -> Result<u64, StorageError> {
         if index < self.offset_index {
-            return Err(StorageError::Compacted {
+            return Err(StorageError::NotInLog(NotInLog::Compacted {
                 index,
                 first_index: self.first_index(),
-            });
+            }));
         }
         if index == self.offset_index {
             // Only the snapshot's last entry (or 0) is answered there: a compaction point
@@ -183,32 +183,32 @@ impl LogStorage for MemStorage {
             if index == 0 || index == self.snapshot_meta.last_index {
                 return Ok(self.offset_term);
             }
-            return Err(StorageError::Compacted {
+            return Err(StorageError::NotInLog(NotInLog::Compacted {
                 index,
                 first_index: self.first_index(),
-            });
+            }));
         }
         match self.entries.get((index - self.offset_index - 1) as usize) {
             Some(entry) => Ok(entry.term),
-            None => Err(StorageError::Unavailable {
+            None => Err(StorageError::NotInLog(NotInLog::Unavailable {
                 index,
                 last_index: self.last_index(),
-            }),
+            })),
         }
     }
 
     fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
         if lo <= self.offset_index {
-            return Err(StorageError::Compacted {
+            return Err(StorageError::NotInLog(NotInLog::Compacted {
                 index: lo,
                 first_index: self.first_index(),
-            });
+            }));
         }
         if hi > self.last_index() + 1 {
-            return Err(StorageError::Unavailable {
+            return Err(StorageError::NotInLog(NotInLog::Unavailable {
                 index: hi - 1,
                 last_index: self.last_index(),
-            });
+            }));
         }
         let mut out = Vec::new();
         let mut size = 0u64;
@@ -234,13 +234,8 @@ impl LogStorage for MemStorage {
         offset: u64,
         max_len: u64,
     ) -> Result<(Bytes, bool), StorageError> {
-        if meta.last_index != self.snapshot_meta.last_index
-            || meta.last_term != self.snapshot_meta.last_term
-        {
-            return Err(StorageError::SnapshotReplaced {
-                requested: meta.last_index,
-                current: self.snapshot_meta.last_index,
-            });
+        if let Some(replaced) = StorageError::if_snapshot_replaced(meta, &self.snapshot_meta) {
+            return Err(replaced);
         }
         let len = self.snapshot_data.len() as u64;
         let start = offset.min(len);
@@ -251,11 +246,12 @@ impl LogStorage for MemStorage {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::raft::EntryKind;
 
-    fn ent(index: u64, term: u64) -> Entry {
+    /// A normal entry whose payload names its index; shared with the validation tests.
+    pub(crate) fn ent(index: u64, term: u64) -> Entry {
         Entry {
             index,
             term,

@@ -43,7 +43,9 @@ pub use self::validate::{DropReason, DroppedMessages};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-pub use storage::{Entry, EntryKind, HardState, Member, Membership, NodeId, SnapshotMeta};
+pub use storage::{
+    Entry, EntryKind, HardState, Member, Membership, NodeId, NotInLog, SnapshotMeta,
+};
 
 /// Static parameters of one core.
 #[derive(Clone, Debug)]
@@ -431,22 +433,10 @@ pub enum ProposeError {
 /// the same situation; `raft::storage_conformance` checks that.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StorageError {
-    /// The entry was compacted into a snapshot: expected, the leader sends the snapshot.
-    #[error("entry {index} is compacted (the log starts at {first_index})")]
-    Compacted {
-        /// The index asked for.
-        index: u64,
-        /// The first index still in the log.
-        first_index: u64,
-    },
-    /// The entry is past the end of the log.
-    #[error("entry {index} is beyond the end of the log (last index {last_index})")]
-    Unavailable {
-        /// The index asked for.
-        index: u64,
-        /// The last index in the log.
-        last_index: u64,
-    },
+    /// The entry was compacted into a snapshot (expected: the leader sends the snapshot),
+    /// or is past the end of the log.
+    #[error(transparent)]
+    NotInLog(#[from] NotInLog),
     /// The snapshot asked for was replaced by a newer one: expected, the leader restarts
     /// the transfer with the newer one.
     #[error("snapshot {requested} was replaced by snapshot {current}")]
@@ -464,6 +454,23 @@ pub enum StorageError {
     Fatal(String),
 }
 
+impl StorageError {
+    /// `SnapshotReplaced` when `requested` is no longer the `current` snapshot, which every
+    /// [`LogStorage::snapshot_chunk`] must check before (and, if the file can vanish, after)
+    /// reading.
+    pub fn if_snapshot_replaced(
+        requested: &SnapshotMeta,
+        current: &SnapshotMeta,
+    ) -> Option<StorageError> {
+        let same =
+            current.last_index == requested.last_index && current.last_term == requested.last_term;
+        (!same).then_some(StorageError::SnapshotReplaced {
+            requested: requested.last_index,
+            current: current.last_index,
+        })
+    }
+}
+
 /// What the core can read of the persisted log and snapshot.
 ///
 /// # To ensure correctness
@@ -472,8 +479,8 @@ pub enum StorageError {
 /// - `first_index() - 1` is covered by the latest snapshot: `snapshot_meta().last_index
 ///   >= first_index() - 1` whenever the log is compacted.
 /// - Reads must be deterministic: the same calls in the same order give the same answers.
-/// - Errors: [`StorageError::Compacted`] below `first_index() - 1`,
-///   [`StorageError::Unavailable`] past `last_index()`, [`StorageError::SnapshotReplaced`]
+/// - Errors: [`NotInLog::Compacted`] below `first_index() - 1`,
+///   [`NotInLog::Unavailable`] past `last_index()`, [`StorageError::SnapshotReplaced`]
 ///   for a snapshot that is no longer the latest, and [`StorageError::Fatal`] for anything
 ///   that means the data cannot be trusted (never one of the others in its place).
 pub trait LogStorage {

@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 
-use super::{Entry, EntryKind, LogStorage, SnapshotMeta, StorageError};
+use super::{Entry, EntryKind, LogStorage, NotInLog, SnapshotMeta, StorageError};
 
 /// A storage with the driver's side of it: how the suite changes what the core reads.
 pub trait StorageUnderTest {
@@ -81,18 +81,18 @@ fn empty_log(t: impl StorageUnderTest) {
     assert_eq!(s.term(0), Ok(0), "term of index 0");
     assert_eq!(
         s.term(1),
-        Err(StorageError::Unavailable {
+        Err(StorageError::NotInLog(NotInLog::Unavailable {
             index: 1,
             last_index: 0
-        })
+        }))
     );
     assert_eq!(s.entries(1, 1, u64::MAX), Ok(Vec::new()));
     assert_eq!(
         s.entries(1, 2, u64::MAX),
-        Err(StorageError::Unavailable {
+        Err(StorageError::NotInLog(NotInLog::Unavailable {
             index: 1,
             last_index: 0
-        })
+        }))
     );
     assert_eq!(s.snapshot_meta().last_index, 0);
 }
@@ -106,10 +106,10 @@ fn appended_entries(mut t: impl StorageUnderTest) {
     }
     assert_eq!(
         s.term(6),
-        Err(StorageError::Unavailable {
+        Err(StorageError::NotInLog(NotInLog::Unavailable {
             index: 6,
             last_index: 5
-        })
+        }))
     );
     assert_eq!(indexes(&s.entries(2, 5, u64::MAX).unwrap()), vec![2, 3, 4]);
     assert_eq!(
@@ -121,10 +121,10 @@ fn appended_entries(mut t: impl StorageUnderTest) {
     assert_eq!(indexes(&s.entries(1, 6, two).unwrap()), vec![1, 2]);
     assert_eq!(
         s.entries(1, 7, u64::MAX),
-        Err(StorageError::Unavailable {
+        Err(StorageError::NotInLog(NotInLog::Unavailable {
             index: 6,
             last_index: 5
-        })
+        }))
     );
     assert_eq!(s.entries(3, 4, u64::MAX).unwrap(), vec![entry(3, 2)]);
 }
@@ -137,10 +137,10 @@ fn append_truncates_conflicting_suffix(mut t: impl StorageUnderTest) {
     assert_eq!(s.term(4), Ok(4));
     assert_eq!(
         s.term(5),
-        Err(StorageError::Unavailable {
+        Err(StorageError::NotInLog(NotInLog::Unavailable {
             index: 5,
             last_index: 4
-        })
+        }))
     );
     assert_eq!(
         s.entries(3, 5, u64::MAX).unwrap(),
@@ -158,17 +158,17 @@ fn compaction_to_the_snapshot(mut t: impl StorageUnderTest) {
     assert_eq!(s.term(4), Ok(2), "the snapshot's last entry");
     assert_eq!(
         s.term(3),
-        Err(StorageError::Compacted {
+        Err(StorageError::NotInLog(NotInLog::Compacted {
             index: 3,
             first_index: 5
-        })
+        }))
     );
     assert_eq!(
         s.entries(4, 6, u64::MAX),
-        Err(StorageError::Compacted {
+        Err(StorageError::NotInLog(NotInLog::Compacted {
             index: 4,
             first_index: 5
-        })
+        }))
     );
     assert_eq!(indexes(&s.entries(5, 7, u64::MAX).unwrap()), vec![5, 6]);
 }
@@ -184,10 +184,10 @@ fn compaction_keeping_trailing_entries(mut t: impl StorageUnderTest) {
     assert_eq!(s.term(4), Ok(2));
     assert_eq!(
         s.term(2),
-        Err(StorageError::Compacted {
+        Err(StorageError::NotInLog(NotInLog::Compacted {
             index: 2,
             first_index: 3
-        })
+        }))
     );
     assert_eq!(
         indexes(&s.entries(3, 7, u64::MAX).unwrap()),
@@ -252,17 +252,17 @@ fn install_beyond_the_log(mut t: impl StorageUnderTest) {
     assert_eq!(s.term(9), Ok(5));
     assert_eq!(
         s.term(3),
-        Err(StorageError::Compacted {
+        Err(StorageError::NotInLog(NotInLog::Compacted {
             index: 3,
             first_index: 10
-        })
+        }))
     );
     assert_eq!(
         s.entries(9, 10, u64::MAX),
-        Err(StorageError::Compacted {
+        Err(StorageError::NotInLog(NotInLog::Compacted {
             index: 9,
             first_index: 10
-        })
+        }))
     );
     assert_eq!(s.entries(10, 10, u64::MAX), Ok(Vec::new()));
     t.append(&[entry(10, 5)]);

@@ -249,14 +249,7 @@ mod tests {
     use super::*;
     use crate::raft::{Entry, EntryKind, SnapshotMeta};
 
-    fn ent(index: u64, term: u64) -> Entry {
-        Entry {
-            index,
-            term,
-            kind: EntryKind::Normal,
-            payload: Bytes::new(),
-        }
-    }
+    use crate::raft::mem_storage::tests::ent;
 
     fn append(prev: (u64, u64), entries: Vec<Entry>) -> Envelope {
         Envelope {

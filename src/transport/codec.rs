@@ -447,7 +447,7 @@ fn decode_envelope(body: &[u8]) -> Result<(Envelope, usize), DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::{Entry, EntryKind, Member, Membership, Message, SnapshotMeta};
+    use crate::raft::{Entry, EntryKind, Membership, Message, SnapshotMeta};
     use bytes::Bytes;
     use proptest::prelude::*;
 
@@ -455,15 +455,7 @@ mod tests {
 
     /// One envelope of each shape; the snapshot chunk carries `snapshot_bytes` of data.
     fn sample_envelopes(snapshot_bytes: usize) -> Vec<Envelope> {
-        let mut membership = Membership::default();
-        membership.members.insert(
-            1,
-            Member {
-                raft_addr: "127.0.0.1:7001".into(),
-                api_addr: "127.0.0.1:8001".into(),
-                voter: true,
-            },
-        );
+        let membership = Membership::single_voter(1, "127.0.0.1:7001", "127.0.0.1:8001");
         let messages = vec![
             Message::PreVote {
                 term: 3,

@@ -6,6 +6,28 @@ use std::path::PathBuf;
 /// Result alias for the storage crate.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// An index outside the entries a log holds. Shared by the WAL and by the Raft core's
+/// `LogStorage`, so that both say the same thing for the same situation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotInLog {
+    /// The entry was compacted into a snapshot.
+    #[error("entry {index} is compacted (the log starts at {first_index})")]
+    Compacted {
+        /// The index asked for.
+        index: u64,
+        /// The first index still in the log.
+        first_index: u64,
+    },
+    /// The entry is beyond the end of the log.
+    #[error("entry {index} is beyond the end of the log (last index {last_index})")]
+    Unavailable {
+        /// The index asked for.
+        index: u64,
+        /// The last index in the log.
+        last_index: u64,
+    },
+}
+
 /// Everything that can go wrong in storage.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -52,23 +74,9 @@ pub enum Error {
         reason: String,
     },
 
-    /// The entry was compacted into a snapshot.
-    #[error("entry {index} is compacted (the log starts at {first_index})")]
-    Compacted {
-        /// The index asked for.
-        index: u64,
-        /// The first index still in the log.
-        first_index: u64,
-    },
-
-    /// The entry is beyond the end of the log.
-    #[error("entry {index} is beyond the end of the log (last index {last_index})")]
-    Unavailable {
-        /// The index asked for.
-        index: u64,
-        /// The last index in the log.
-        last_index: u64,
-    },
+    /// The index is outside the entries the log holds.
+    #[error(transparent)]
+    NotInLog(#[from] NotInLog),
 
     /// An append did not continue the log where it ends.
     #[error("append at index {got} does not follow the last index {last_index}")]

@@ -16,6 +16,7 @@
 //! so the WAL targets run against tmpfs, not the disk).
 #![doc(hidden)]
 
+use crate::error::NotInLog;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -271,7 +272,7 @@ fn run_acknowledged(wal: &Wal, model: &mut Model, m: Mutation, context: &str) {
     let r = resolve(model, m);
     match (apply(model, &r), run(wal, &r)) {
         (Some(next), Ok(())) => *model = next,
-        (None, Err(Error::Compacted { .. })) => {}
+        (None, Err(Error::NotInLog(NotInLog::Compacted { .. }))) => {}
         (expected, got) => panic!("{context}: {r:?}: model {expected:?}, WAL {got:?}"),
     }
 }

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use error::{Error, Result};
+pub use error::{Error, NotInLog, Result};
 
 /// A node's identity within a cluster. Positive; 0 means "nobody".
 pub type NodeId = u64;
@@ -105,6 +105,22 @@ pub struct Membership {
 }
 
 impl Membership {
+    /// A cluster of one voter: how a node started alone, and many tests, begin.
+    pub fn single_voter(
+        id: NodeId,
+        raft_addr: impl Into<String>,
+        api_addr: impl Into<String>,
+    ) -> Membership {
+        let member = Member {
+            raft_addr: raft_addr.into(),
+            api_addr: api_addr.into(),
+            voter: true,
+        };
+        Membership {
+            members: BTreeMap::from([(id, member)]),
+        }
+    }
+
     /// Ids of the members that vote.
     pub fn voters(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.members

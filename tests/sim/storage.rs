@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use raftlog::raft::{Entry, HardState, LogStorage, SnapshotMeta, StorageError};
+use raftlog::raft::{Entry, HardState, LogStorage, NotInLog, SnapshotMeta, StorageError};
 
 /// Durable state of one node.
 #[derive(Debug, Default)]
@@ -142,15 +142,15 @@ impl LogStorage for SimStorage {
             return Ok(term);
         }
         if index < durable.first_index() {
-            Err(StorageError::Compacted {
+            Err(StorageError::NotInLog(NotInLog::Compacted {
                 index,
                 first_index: durable.first_index(),
-            })
+            }))
         } else {
-            Err(StorageError::Unavailable {
+            Err(StorageError::NotInLog(NotInLog::Unavailable {
                 index,
                 last_index: durable.last_index(),
-            })
+            }))
         }
     }
 
@@ -158,16 +158,16 @@ impl LogStorage for SimStorage {
         let durable = self.durable.borrow();
         let first = durable.first_index();
         if lo < first {
-            return Err(StorageError::Compacted {
+            return Err(StorageError::NotInLog(NotInLog::Compacted {
                 index: lo,
                 first_index: first,
-            });
+            }));
         }
         if hi > durable.last_index() + 1 {
-            return Err(StorageError::Unavailable {
+            return Err(StorageError::NotInLog(NotInLog::Unavailable {
                 index: hi - 1,
                 last_index: durable.last_index(),
-            });
+            }));
         }
         let mut out = Vec::new();
         let mut bytes = 0u64;

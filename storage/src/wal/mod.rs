@@ -53,6 +53,7 @@ pub mod record;
 mod recovery;
 mod segment;
 
+use crate::error::NotInLog;
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::path::{Path, PathBuf};
@@ -211,16 +212,16 @@ struct View {
 impl View {
     fn check(&self, index: u64) -> Result<()> {
         if index < self.first_index {
-            return Err(Error::Compacted {
+            return Err(Error::NotInLog(NotInLog::Compacted {
                 index,
                 first_index: self.first_index,
-            });
+            }));
         }
         if index > self.last_index {
-            return Err(Error::Unavailable {
+            return Err(Error::NotInLog(NotInLog::Unavailable {
                 index,
                 last_index: self.last_index,
-            });
+            }));
         }
         Ok(())
     }
@@ -466,9 +467,9 @@ impl Wal {
         self.read_view().last_index
     }
 
-    /// The term of the entry at `index`. [`Error::Compacted`] below `first_index()`
+    /// The term of the entry at `index`. [`NotInLog::Compacted`] below `first_index()`
     /// (the term of `first_index() - 1` comes from snapshot metadata, not from here),
-    /// [`Error::Unavailable`] past `last_index()`.
+    /// [`NotInLog::Unavailable`] past `last_index()`.
     pub fn term(&self, index: u64) -> Result<u64> {
         let view = self.read_view();
         let bytes = view.record(index)?;
@@ -498,7 +499,7 @@ impl Wal {
 
     /// Entries in `[lo, hi)`, stopping before the entry that would take the total of
     /// [`Entry::size_bytes`] past `max_bytes`, but always at least one when `lo < hi`.
-    /// [`Error::Compacted`] if `lo < first_index()`, [`Error::Unavailable`] if
+    /// [`NotInLog::Compacted`] if `lo < first_index()`, [`NotInLog::Unavailable`] if
     /// `hi > last_index() + 1`.
     pub fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>> {
         if lo >= hi {
@@ -524,9 +525,10 @@ impl Wal {
                 // the view under the lock has the authoritative answer and the error.
                 None => match self.entry(record.index) {
                     Ok(entry) => entry,
-                    Err(Error::Unavailable { .. } | Error::Compacted { .. }) if !out.is_empty() => {
-                        break
-                    }
+                    Err(
+                        Error::NotInLog(NotInLog::Unavailable { .. })
+                        | Error::NotInLog(NotInLog::Compacted { .. }),
+                    ) if !out.is_empty() => break,
                     Err(e) => return Err(e),
                 },
             };
@@ -969,7 +971,7 @@ impl Wal {
     }
 
     /// Drops every entry with index `>= from` (a follower's conflicting tail, Raft
-    /// §5.3). A no-op if `from > last_index()`; [`Error::Compacted`] if
+    /// §5.3). A no-op if `from > last_index()`; [`NotInLog::Compacted`] if
     /// `from < first_index()` (committed entries are never truncated).
     ///
     /// Crash-safe: the truncation mark is made durable in `wal.meta` first; recovery
@@ -985,10 +987,10 @@ impl Wal {
             return Ok(());
         }
         if from < first {
-            return Err(Error::Compacted {
+            return Err(Error::NotInLog(NotInLog::Compacted {
                 index: from,
                 first_index: first,
-            });
+            }));
         }
         let mark = Meta {
             first_index: first,

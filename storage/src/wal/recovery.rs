@@ -812,6 +812,19 @@ pub(crate) fn recover(dir: &Path, fs: &dyn WalFs) -> Result<Recovered> {
 mod tests {
     use super::*;
 
+    /// The record of a term-1 entry at `index` carrying `payload`, before salting.
+    pub(super) fn unsalted_record(index: u64, payload: Vec<u8>) -> Vec<u8> {
+        let entry = crate::Entry {
+            index,
+            term: 1,
+            kind: crate::EntryKind::Normal,
+            payload: bytes::Bytes::from(payload),
+        };
+        let mut rec = Vec::new();
+        record::encode_record(&entry, &mut rec);
+        rec
+    }
+
     /// A segment map of `size` bytes: header, then records of `indexes` (payload `len`
     /// bytes each) salted with `salt`, from offset `at`; zeros elsewhere.
     fn map_with_records(
@@ -830,14 +843,7 @@ mod tests {
         map[..SEGMENT_HEADER_BYTES].copy_from_slice(&header);
         let mut off = at;
         for index in indexes {
-            let mut rec = Vec::new();
-            let entry = crate::Entry {
-                index,
-                term: 1,
-                kind: crate::EntryKind::Normal,
-                payload: bytes::Bytes::from(vec![7u8; len]),
-            };
-            record::encode_record(&entry, &mut rec);
+            let mut rec = unsalted_record(index, vec![7u8; len]);
             record::salt_record(&mut rec, salt);
             map[off..off + rec.len()].copy_from_slice(&rec);
             off += rec.len();
@@ -886,6 +892,7 @@ mod tests {
 /// [`classify`] against the case table in the module documentation, one row at a time.
 #[cfg(test)]
 mod case_table {
+    use super::tests::unsalted_record;
     use super::*;
 
     const SALT: u32 = 0x5EED;
@@ -913,14 +920,7 @@ mod case_table {
         });
         map[..SEGMENT_HEADER_BYTES].copy_from_slice(&header);
         for index in indexes {
-            let mut rec = Vec::new();
-            let entry = crate::Entry {
-                index,
-                term: 1,
-                kind: crate::EntryKind::Normal,
-                payload: bytes::Bytes::from(vec![index as u8; PAYLOAD]),
-            };
-            record::encode_record(&entry, &mut rec);
+            let mut rec = unsalted_record(index, vec![index as u8; PAYLOAD]);
             if run_starts.contains(&index) {
                 record::mark_run_start(&mut rec, PAYLOAD);
             }

@@ -128,15 +128,18 @@ fn range_errors_and_contiguity() {
     wal.append(&entries(1, 11, 1, 100)).expect("append");
     assert!(matches!(
         wal.entry(11),
-        Err(Error::Unavailable {
+        Err(Error::NotInLog(NotInLog::Unavailable {
             index: 11,
             last_index: 10
-        })
+        }))
     ));
-    assert!(matches!(wal.entry(0), Err(Error::Compacted { .. })));
+    assert!(matches!(
+        wal.entry(0),
+        Err(Error::NotInLog(NotInLog::Compacted { .. }))
+    ));
     assert!(matches!(
         wal.entries(5, 12, u64::MAX),
-        Err(Error::Unavailable { index: 11, .. })
+        Err(Error::NotInLog(NotInLog::Unavailable { index: 11, .. }))
     ));
     // max_bytes: each entry is 100 + 24 bytes; at least one always comes back.
     assert_eq!(wal.entries(2, 10, 0).expect("entries").len(), 1);
@@ -146,18 +149,18 @@ fn range_errors_and_contiguity() {
     wal.compact_prefix(4).expect("compact");
     assert!(matches!(
         wal.term(4),
-        Err(Error::Compacted {
+        Err(Error::NotInLog(NotInLog::Compacted {
             index: 4,
             first_index: 5
-        })
+        }))
     ));
     assert!(matches!(
         wal.entries(4, 6, u64::MAX),
-        Err(Error::Compacted { .. })
+        Err(Error::NotInLog(NotInLog::Compacted { .. }))
     ));
     assert!(matches!(
         wal.truncate_suffix(3),
-        Err(Error::Compacted { .. })
+        Err(Error::NotInLog(NotInLog::Compacted { .. }))
     ));
     // An oversized entry gets a segment of its own.
     let big = entry(11, 2, 5000);
@@ -1187,7 +1190,10 @@ fn reads_racing_truncation_compaction_and_recycling_return_only_current_records(
                             }
                             entries_read += got.len() as u64;
                         }
-                        Err(Error::Compacted { .. } | Error::Unavailable { .. }) => {}
+                        Err(
+                            Error::NotInLog(NotInLog::Compacted { .. })
+                            | Error::NotInLog(NotInLog::Unavailable { .. }),
+                        ) => {}
                         Err(e) => panic!("a read racing the writer failed: {e}"),
                     }
                 }
