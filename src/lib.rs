@@ -100,8 +100,8 @@ pub mod transport;
 pub use storage;
 
 pub use node::{
-    start, NoSpace, Node, NodeFailure, NodeOptions, NotApplied, Overload, Refusal, Removal,
-    RequestError, StartError,
+    start, Inconsistency, MembershipLoss, NoSpace, Node, NodeFailure, NodeOptions, NotApplied,
+    Overload, Refusal, Removal, RequestError, SkippedSnapshots, StartError,
 };
 pub use session::{Applied, Command, RequestId};
 pub use state_machine::{SnapshotSource, StateMachine};

@@ -51,7 +51,7 @@ use storage::stable::StableStore;
 use storage::{HardState, Membership, NodeId};
 use tokio::sync::{mpsc, watch};
 
-use super::{Event, NodeFailure, StorageStep};
+use super::{Event, MembershipLoss, NodeFailure, StorageStep};
 
 /// How often a fresh node asks its peers again.
 const PROBE_INTERVAL: Duration = Duration::from_millis(50);
@@ -132,7 +132,7 @@ pub(crate) async fn confirm_first_start(
         Err(e) => {
             let _ = events.send(Event::Fatal(NodeFailure::Environment {
                 what: "build the HTTP client that asks peers whether the cluster exists",
-                reason: e.to_string(),
+                source: Box::new(e),
             }));
             return;
         }
@@ -166,21 +166,17 @@ pub(crate) async fn confirm_first_start(
                     last_log_index,
                     snapshot_index,
                 } => {
-                    let message = format!(
-                        "node {id} starts with an empty data directory ({}), but node {other} \
-                         ({api_addr}) holds state for cluster {cluster_id} (term {term}, last \
-                         log index {last_log_index}, snapshot index {snapshot_index}): this \
-                         node's data was lost, and voting with an empty log could lose \
-                         acknowledged writes. Remedy: on the cluster run `raftlog members \
-                         remove {id} --addr {api_addr}`, then delete {} and start this node \
-                         with `--join {api_addr}` to be added back as a new learner",
-                        dir.display(),
-                        dir.display()
-                    );
-                    let _ = events.send(Event::Fatal(NodeFailure::Membership {
+                    let loss = MembershipLoss::DataLost {
                         id,
-                        remedy: message,
-                    }));
+                        dir: dir.clone(),
+                        cluster_id: cluster_id.clone(),
+                        peer: other,
+                        peer_api_addr: api_addr.clone(),
+                        peer_term: term,
+                        peer_last_log_index: last_log_index,
+                        peer_snapshot_index: snapshot_index,
+                    };
+                    let _ = events.send(Event::Fatal(NodeFailure::Membership(loss)));
                     return;
                 }
                 PeerAnswer::Unreachable(why) => {

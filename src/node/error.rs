@@ -40,20 +40,16 @@ pub enum NodeFailure {
     },
     /// The operator must act on the cluster's membership: this node's data was lost or it
     /// was removed; the message says the way back.
-    #[error("{remedy}")]
-    Membership {
-        /// This node.
-        id: NodeId,
-        /// What happened and the commands that bring the node back.
-        remedy: String,
-    },
+    #[error(transparent)]
+    Membership(#[from] MembershipLoss),
     /// The operator must fix the machine: a resource the node needs could not be set up.
-    #[error("cannot {what}: {reason}; check the machine's resources (memory, file descriptors) and restart the node")]
+    #[error("cannot {what}: {source}; check the machine's resources (memory, file descriptors) and restart the node")]
     Environment {
         /// What the node tried.
         what: &'static str,
         /// Why it failed.
-        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A bug: a thread of the node panicked (the panic and its location are printed
     /// above). Please report it with the node's log.
@@ -130,11 +126,80 @@ impl NodeFailure {
         match self {
             NodeFailure::Storage { .. }
             | NodeFailure::SnapshotRestore { .. }
-            | NodeFailure::Membership { .. }
+            | NodeFailure::Membership(_)
             | NodeFailure::Environment { .. }
             | NodeFailure::CoreStopped(_) => WhoActs::Operator,
             NodeFailure::Panicked { .. } => WhoActs::Developer,
             NodeFailure::StoppedWhileDiskFull | NodeFailure::Stopped => WhoActs::Nobody,
+        }
+    }
+}
+
+/// How this node lost its place in the cluster, with the commands that bring it back.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipLoss {
+    /// The cluster removed this node (a committed membership entry no longer names it).
+    #[error(transparent)]
+    Removed(Removal),
+    /// The cluster removed this node, and the tombstone that would refuse a restart on the
+    /// same data could not be saved.
+    #[error(
+        "node {id} was removed from the cluster (membership entry {removed_at_index}) but \
+         the tombstone could not be saved: {source}; delete {} before starting it again, \
+         with `--join`",
+        .dir.display()
+    )]
+    RemovedTombstoneUnsaved {
+        /// This node.
+        id: NodeId,
+        /// Its data directory.
+        dir: PathBuf,
+        /// Log index at or past the membership entry that no longer names it.
+        removed_at_index: u64,
+        /// Why the tombstone was not saved.
+        #[source]
+        source: storage::Error,
+    },
+    /// This node starts with an empty data directory while a peer holds the cluster's
+    /// state: its data was lost, and voting with an empty log could lose acknowledged
+    /// writes (a replaced disk).
+    #[error(
+        "node {id} starts with an empty data directory ({}), but node {peer} ({peer_api_addr}) \
+         holds state for cluster {cluster_id} (term {peer_term}, last log index \
+         {peer_last_log_index}, snapshot index {peer_snapshot_index}): this node's data was \
+         lost, and voting with an empty log could lose acknowledged writes. Remedy: on the \
+         cluster run `raftlog members remove {id} --addr {peer_api_addr}`, then delete {} \
+         and start this node with `--join {peer_api_addr}` to be added back as a new learner",
+        .dir.display(),
+        .dir.display()
+    )]
+    DataLost {
+        /// This node.
+        id: NodeId,
+        /// Its (empty) data directory.
+        dir: PathBuf,
+        /// The cluster's id.
+        cluster_id: String,
+        /// The peer that holds state.
+        peer: NodeId,
+        /// That peer's client address.
+        peer_api_addr: String,
+        /// That peer's term.
+        peer_term: u64,
+        /// That peer's last log index.
+        peer_last_log_index: u64,
+        /// That peer's snapshot index.
+        peer_snapshot_index: u64,
+    },
+}
+
+impl MembershipLoss {
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        match self {
+            MembershipLoss::Removed(removal) => removal.id,
+            MembershipLoss::RemovedTombstoneUnsaved { id, .. }
+            | MembershipLoss::DataLost { id, .. } => *id,
         }
     }
 }
@@ -168,9 +233,8 @@ pub enum Inconsistency {
         first_index: u64,
         /// The last index of the newest snapshot that verified.
         snapshot_index: u64,
-        /// Newer snapshot files that failed verification, if any (` (newer snapshot … failed
-        /// verification)`).
-        skipped: String,
+        /// Newer snapshot files that failed verification, if any.
+        skipped: SkippedSnapshots,
     },
     /// The log could not be made to start after the snapshot.
     #[error("{0}")]
@@ -184,6 +248,27 @@ pub enum Inconsistency {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Snapshot files newer than the one a start used, skipped because they failed
+/// verification (the reason for each is in the log above the error).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SkippedSnapshots(pub Vec<PathBuf>);
+
+impl std::fmt::Display for SkippedSnapshots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        write!(f, " (newer snapshot ")?;
+        for (i, path) in self.0.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{}", path.display())?;
+        }
+        write!(f, " failed verification)")
+    }
 }
 
 /// Why a node could not start.
@@ -471,7 +556,7 @@ mod tests {
         let gap = Inconsistency::LogGap {
             first_index: 501,
             snapshot_index: 200,
-            skipped: String::new(),
+            skipped: SkippedSnapshots::default(),
         };
         // tests/snapshots.rs looks for this phrase.
         assert!(gap

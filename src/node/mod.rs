@@ -55,8 +55,8 @@ use crate::raft::{self, Envelope, ProposeError, RaftCore, ReadMode, Ready, Role}
 use crate::transport::{Transport, TransportConfig};
 
 pub use self::error::{
-    Inconsistency, NoSpace, NodeFailure, NotApplied, Overload, Refusal, Removal, RequestError,
-    StartError, StorageStep, WhoActs,
+    Inconsistency, MembershipLoss, NoSpace, NodeFailure, NotApplied, Overload, Refusal, Removal,
+    RequestError, SkippedSnapshots, StartError, StorageStep, WhoActs,
 };
 
 /// Everything a node needs to start. [`NodeOptions::new`] gives the defaults of
@@ -1423,24 +1423,19 @@ impl RaftLoop {
         let tombstone = storage::stable::Tombstone {
             removed_at_index: index,
         };
-        let message = match self.stable.save_tombstone(&tombstone) {
-            Ok(()) => Removal {
+        let failure = NodeFailure::Membership(match self.stable.save_tombstone(&tombstone) {
+            Ok(()) => MembershipLoss::Removed(Removal {
                 id: status.id,
                 dir: self.data_dir.clone(),
                 removed_at_index: tombstone.removed_at_index,
-            }
-            .to_string(),
-            Err(e) => format!(
-                "this node was removed from the cluster (membership entry {index}) but the \
-                 tombstone could not be saved: {e}; delete {} before starting it again, with \
-                 `--join`",
-                self.data_dir.display()
-            ),
-        };
-        let failure = NodeFailure::Membership {
-            id: status.id,
-            remedy: message,
-        };
+            }),
+            Err(source) => MembershipLoss::RemovedTombstoneUnsaved {
+                id: status.id,
+                dir: self.data_dir.clone(),
+                removed_at_index: index,
+                source,
+            },
+        });
         tracing::error!("{failure}");
         let _ = self.fatal.send(Some(Arc::new(failure)));
         false

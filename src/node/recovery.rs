@@ -11,6 +11,7 @@ use storage::wal::{Wal, WalOptions};
 use storage::{HardState, Membership, SnapshotMeta};
 
 use super::bootstrap::{self, Standing};
+use super::error::SkippedSnapshots;
 use super::log_storage::DurableLog;
 use super::{writer, Inconsistency, NodeOptions, Removal, StartError};
 use crate::session::Replicated;
@@ -136,7 +137,7 @@ pub(super) fn recover<S: StateMachine>(
 
 /// Names the snapshot files newer than `used` that startup skipped because they failed
 /// verification (the reason is in the log line above), for the error that follows.
-fn skipped_snapshots(snapshots: &SnapshotStore, used: &SnapshotMeta) -> String {
+fn skipped_snapshots(snapshots: &SnapshotStore, used: &SnapshotMeta) -> SkippedSnapshots {
     let used_name = snapshots
         .file_path(used.last_index, used.last_term)
         .file_name()
@@ -152,13 +153,6 @@ fn skipped_snapshots(snapshots: &SnapshotStore, used: &SnapshotMeta) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    if skipped.is_empty() {
-        return String::new();
-    }
     skipped.sort();
-    let paths: Vec<String> = skipped
-        .iter()
-        .map(|n| snapshots.dir().join(n).display().to_string())
-        .collect();
-    format!(" (newer snapshot {} failed verification)", paths.join(", "))
+    SkippedSnapshots(skipped.iter().map(|n| snapshots.dir().join(n)).collect())
 }
