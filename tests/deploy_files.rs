@@ -4,7 +4,10 @@
 //!
 //! There is no container runtime here, so nothing is built or started: each command line
 //! is parsed by the real clap definition, each cluster file by the real parser, and the
-//! addresses, ports, volumes and health checks are checked against them.
+//! addresses, ports, volumes and health checks are checked against them. The Kubernetes
+//! manifests are also validated against the API's own OpenAPI schemas (strict: an unknown
+//! or misspelt field fails) by `kubernetes-validate`, installed from PyPI into
+//! `RAFTLOG_K8S_VALIDATE_CACHE` (default `target/k8s-validate-cache`) when missing.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -517,5 +520,96 @@ fn kubernetes_statefulset_services_and_probes_match_the_binary_and_config() {
     assert_eq!(
         budget["spec"]["selector"]["matchLabels"]["app"].as_str(),
         Some("raftlog")
+    );
+}
+
+/// The `kubernetes-validate` version whose bundled schemas the manifests are checked
+/// against: it carries Kubernetes 1.25 to 1.37.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+/// The oldest and the newest Kubernetes the manifests must be valid for: the oldest
+/// release still common in managed clusters, and the newest the validator knows.
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.37.0"];
+
+/// The directory holding the `kubernetes_validate` module, installed when missing.
+fn kubernetes_validate() -> Result<PathBuf, String> {
+    let cache = std::env::var_os("RAFTLOG_K8S_VALIDATE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/k8s-validate-cache"));
+    if cache.join("kubernetes_validate/__init__.py").exists() {
+        return Ok(cache);
+    }
+    eprintln!(
+        "deploy_files: installing {KUBERNETES_VALIDATE} into {}",
+        cache.display()
+    );
+    let output = std::process::Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .arg("--target")
+        .arg(&cache)
+        .arg(KUBERNETES_VALIDATE)
+        .output()
+        .map_err(|e| format!("cannot run python3 -m pip: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "`python3 -m pip install --target {} {KUBERNETES_VALIDATE}` failed: {}",
+            cache.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(cache)
+}
+
+/// Runs the strict schema validation of `manifest` for one Kubernetes version.
+fn validate_manifest(
+    module_dir: &std::path::Path,
+    manifest: &std::path::Path,
+    version: &str,
+) -> std::process::Output {
+    std::process::Command::new("python3")
+        .env("PYTHONPATH", module_dir)
+        .args(["-m", "kubernetes_validate", "--strict", "--quiet", "--no-warn"])
+        .args(["--kubernetes-version", version])
+        .arg(manifest)
+        .output()
+        .expect("run python3 -m kubernetes_validate")
+}
+
+#[test]
+fn kubernetes_manifests_match_the_kubernetes_api_schemas() {
+    let module_dir = match kubernetes_validate() {
+        Ok(dir) => dir,
+        // Like the browser test: skip, saying why, only when installing is impossible.
+        Err(why) => {
+            eprintln!("deploy_files: SKIPPED the Kubernetes schema check: {why}");
+            return;
+        }
+    };
+    let manifest = repo().join("deploy/kubernetes/raftlog.yaml");
+    for version in KUBERNETES_VERSIONS {
+        let run = validate_manifest(&module_dir, &manifest, version);
+        assert!(
+            run.status.success(),
+            "deploy/kubernetes/raftlog.yaml is not valid for Kubernetes {version}:\n{}{}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+
+    // The validator itself must be able to fail: a misspelt field is refused.
+    let text = read("deploy/kubernetes/raftlog.yaml");
+    assert!(text.contains("podManagementPolicy:"));
+    let broken = text.replace("podManagementPolicy:", "podManagmentPolicy:");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken_path = dir.path().join("raftlog.yaml");
+    std::fs::write(&broken_path, broken).expect("write the broken manifest");
+    let run = validate_manifest(&module_dir, &broken_path, KUBERNETES_VERSIONS[1]);
+    assert!(
+        !run.status.success(),
+        "a misspelt StatefulSet field passed validation: the schema check checks nothing"
+    );
+    assert!(
+        String::from_utf8_lossy(&run.stdout).contains("podManagmentPolicy"),
+        "the validator's complaint should name the misspelt field: {}",
+        String::from_utf8_lossy(&run.stdout)
     );
 }
