@@ -66,9 +66,8 @@ pub enum ForwardFailure {
     /// [`FORWARDS_IN_FLIGHT_MAX`] forwards are in flight, or the link's queue is full.
     /// Nothing was sent.
     #[error(
-        "node {node} has {in_flight} writes in flight to leader {leader} over the peer link \
-         (at most {FORWARDS_IN_FLIGHT_MAX}); nothing was proposed; retry with backoff or send \
-         to the leader"
+        "node {node} has {in_flight} writes in flight to leader {leader} over the peer link, \
+         as many as it takes; nothing was proposed; retry with backoff or send to the leader"
     )]
     Overloaded {
         /// This node.
@@ -116,8 +115,9 @@ struct Waiting {
 }
 
 /// The follower's table of forwards in flight, and the counters `/metrics` shows.
-#[derive(Default)]
 pub struct Forwarder {
+    /// Most forwards in flight: [`FORWARDS_IN_FLIGHT_MAX`] but in tests.
+    cap: usize,
     next_id: AtomicU64,
     waiting: Mutex<HashMap<u64, Waiting>>,
     /// Forwards refused at the cap (nothing sent).
@@ -128,7 +128,48 @@ pub struct Forwarder {
     pub served: AtomicU64,
 }
 
+impl Default for Forwarder {
+    fn default() -> Self {
+        Forwarder::new(FORWARDS_IN_FLIGHT_MAX)
+    }
+}
+
 impl Forwarder {
+    /// A table that holds at most `cap` forwards in flight.
+    pub fn new(cap: usize) -> Forwarder {
+        Forwarder {
+            cap,
+            next_id: AtomicU64::new(0),
+            waiting: Mutex::new(HashMap::new()),
+            dropped_overload: AtomicU64::new(0),
+            dropped_lost: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+        }
+    }
+
+    /// Reads the test-only switch `RAFTLOG_TEST_FORWARDS_IN_FLIGHT_MAX=<n>`, which lowers
+    /// the cap so that process tests can reach it; [`FORWARDS_IN_FLIGHT_MAX`] otherwise.
+    /// Never set it in production.
+    pub fn from_env() -> Forwarder {
+        let cap = match std::env::var("RAFTLOG_TEST_FORWARDS_IN_FLIGHT_MAX") {
+            Err(_) => FORWARDS_IN_FLIGHT_MAX,
+            Ok(value) => match value.parse::<usize>() {
+                Ok(cap) => {
+                    tracing::warn!(
+                        cap,
+                        "test-only switch RAFTLOG_TEST_FORWARDS_IN_FLIGHT_MAX is set"
+                    );
+                    cap.min(FORWARDS_IN_FLIGHT_MAX)
+                }
+                Err(e) => {
+                    tracing::warn!("ignoring RAFTLOG_TEST_FORWARDS_IN_FLIGHT_MAX={value:?}: {e}");
+                    FORWARDS_IN_FLIGHT_MAX
+                }
+            },
+        };
+        Forwarder::new(cap)
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiting>> {
         self.waiting
             .lock()
@@ -143,7 +184,7 @@ impl Forwarder {
     /// Takes a slot for a forward to `leader`, or says how many are in flight.
     fn reserve(&self, leader: NodeId) -> Result<(u64, oneshot::Receiver<ForwardOutcome>), usize> {
         let mut table = self.table();
-        if table.len() >= FORWARDS_IN_FLIGHT_MAX {
+        if table.len() >= self.cap {
             self.dropped_overload.fetch_add(1, Ordering::Relaxed);
             return Err(table.len());
         }

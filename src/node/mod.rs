@@ -1042,7 +1042,7 @@ async fn spawn<S: StateMachine>(
         write_budget: Arc::new(Semaphore::new(options.pending_write_bytes_max as usize)),
         write_budget_bytes: options.pending_write_bytes_max,
         watch: watch_hub,
-        forwarder: Arc::default(),
+        forwarder: Arc::new(forwarding::Forwarder::from_env()),
     };
     forwarding::start(&node, &node.transport);
     Ok(node)
