@@ -7,9 +7,14 @@
 //!   so neither side's reads ever wait behind its writes.
 //! - **Handshake.** A connection opens with magic, protocol version, cluster id, the
 //!   dialer's node id and the id it means to reach ([`codec::Handshake`]); the acceptor
-//!   answers with a verdict. Another cluster, another version, a node id not among the
-//!   acceptor's peers, or the wrong receiver are refused, logged and counted.
-//! - **Frames.** `| len u32 | crc32 u32 | bincode(Envelope) |` ([`codec`]). An oversize
+//!   answers with a verdict. Another cluster, a version it does not speak, a node id not
+//!   among the acceptor's peers, or the wrong receiver are refused, logged and counted.
+//!   The connection's protocol version is the dialer's; a dialer refused for an older
+//!   version it also speaks redials in that one ([`Transport::peer_protocol`] tells).
+//! - **Frames.** `| len u32 | crc32 u32 | body |` ([`codec`]); the body is
+//!   `bincode(Envelope)` in version 1 and `bincode(PeerFrame)` from version 2, which adds
+//!   the client writes a follower forwards to the leader and their answers (issue 14;
+//!   delivered to the node's [`ForwardSink`], not the envelope channel). An oversize
 //!   length, a bad CRC or an undecodable body is garbage: the acceptor logs it naming the
 //!   peer address, counts it and drops the connection. Nothing a peer sends can make a
 //!   node panic or allocate more than the frame size limit allows; the limit is derived
