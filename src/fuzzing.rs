@@ -383,44 +383,6 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_seed_passes_its_target() {
-        for (target, name, bytes) in seeds() {
-            match target {
-                "peer_codec" => peer_codec(&bytes),
-                "config_json" => config_json(&bytes),
-                "http_request" => http_request(&bytes),
-                "core_step" => {
-                    core_step(&bytes);
-                }
-                other => panic!("seed {name} of an unknown target {other}"),
-            }
-        }
-    }
-
-    #[test]
-    fn seed_frames_decode_and_seed_configs_include_a_valid_one() {
-        let seeds = seeds();
-        let frame = &seeds
-            .iter()
-            .find(|(t, n, _)| *t == "peer_codec" && n == "frame-3")
-            .expect("frame seed")
-            .2;
-        assert!(matches!(decode_frame(&frame[2..], u32::MAX), Ok(Some(_))));
-        let demo = &seeds
-            .iter()
-            .find(|(t, n, _)| *t == "config_json" && n == "demo")
-            .expect("demo config")
-            .2;
-        let text = std::str::from_utf8(demo).expect("utf-8");
-        assert!(ClusterConfig::parse(text, Path::new("x")).is_ok());
-    }
-}
-
 /// One protocol version 2 frame of each kind issue 14 added, for the seed corpus.
 fn forward_seed_frames() -> Vec<(&'static str, PeerFrame)> {
     use crate::raft::{Envelope, Message};
@@ -491,4 +453,42 @@ fn forward_seed_frames() -> Vec<(&'static str, PeerFrame)> {
             }),
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_seed_passes_its_target() {
+        for (target, name, bytes) in seeds() {
+            match target {
+                "peer_codec" => peer_codec(&bytes),
+                "config_json" => config_json(&bytes),
+                "http_request" => http_request(&bytes),
+                "core_step" => {
+                    core_step(&bytes);
+                }
+                other => panic!("seed {name} of an unknown target {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn seed_frames_decode_and_seed_configs_include_a_valid_one() {
+        let seeds = seeds();
+        let frame = &seeds
+            .iter()
+            .find(|(t, n, _)| *t == "peer_codec" && n == "frame-3")
+            .expect("frame seed")
+            .2;
+        assert!(matches!(decode_frame(&frame[2..], u32::MAX), Ok(Some(_))));
+        let demo = &seeds
+            .iter()
+            .find(|(t, n, _)| *t == "config_json" && n == "demo")
+            .expect("demo config")
+            .2;
+        let text = std::str::from_utf8(demo).expect("utf-8");
+        assert!(ClusterConfig::parse(text, Path::new("x")).is_ok());
+    }
 }
