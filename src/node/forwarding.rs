@@ -348,21 +348,8 @@ impl<S: StateMachine> Node<S> {
     }
 
     async fn forwarded_outcome(&self, forward: Forward) -> ForwardOutcome {
-        // Re-checked here: the follower's word is not what authorizes a write.
-        if !forward.role.permits(Role::Write) {
-            return ForwardOutcome::Forbidden { role: forward.role };
-        }
-        if forward.command.len() as u64 > COMMAND_BYTES_MAX
-            || crate::session::Command::decode(&forward.command).is_none()
-        {
-            return ForwardOutcome::Invalid {
-                message: bounded_message(format!(
-                    "leader {} was forwarded {} bytes that are not a client command (at most \
-                     {COMMAND_BYTES_MAX} bytes); nothing was proposed",
-                    self.id,
-                    forward.command.len()
-                )),
-            };
+        if let Err(refused) = admissible(self.id, &forward) {
+            return refused;
         }
         let permit = match self.admit_write(forward.command.len() as u64) {
             Ok(permit) => permit,
@@ -377,6 +364,27 @@ impl<S: StateMachine> Node<S> {
         drop(permit);
         outcome
     }
+}
+
+/// Whether the leader `id` may propose `forward` at all: its role must permit a write
+/// (checked here, whatever the follower checked: the leader proposes only what the role it
+/// is told permits), and its command must be a client command within the size limit.
+fn admissible(id: NodeId, forward: &Forward) -> Result<(), ForwardOutcome> {
+    if !forward.role.permits(Role::Write) {
+        return Err(ForwardOutcome::Forbidden { role: forward.role });
+    }
+    if forward.command.len() as u64 > COMMAND_BYTES_MAX
+        || crate::session::Command::decode(&forward.command).is_none()
+    {
+        return Err(ForwardOutcome::Invalid {
+            message: bounded_message(format!(
+                "leader {id} was forwarded {} bytes that are not a client command (at most \
+                 {COMMAND_BYTES_MAX} bytes); nothing was proposed",
+                forward.command.len()
+            )),
+        });
+    }
+    Ok(())
 }
 
 /// The outcome for a write the leader refused or could not finish.
@@ -446,6 +454,35 @@ mod tests {
         forwarder.resolve(2, reply(id));
         assert_eq!(answer.try_recv().ok(), Some(reply(id).outcome));
         assert_eq!(forwarder.in_flight(), 0);
+    }
+
+    #[test]
+    fn the_leader_proposes_a_forward_only_for_a_role_that_permits_writes() {
+        let command = crate::session::Command {
+            request_id: None,
+            body: Bytes::from_static(b"a state machine command"),
+        };
+        let forward = |role, command: Bytes| Forward {
+            request_id: 1,
+            role,
+            command,
+            timeout_ms: 1000,
+        };
+        let encoded = Bytes::from(command.encode());
+        assert_eq!(
+            admissible(1, &forward(Role::Read, encoded.clone())),
+            Err(ForwardOutcome::Forbidden { role: Role::Read })
+        );
+        assert_eq!(
+            admissible(1, &forward(Role::Write, encoded.clone())),
+            Ok(())
+        );
+        assert_eq!(admissible(1, &forward(Role::Admin, encoded)), Ok(()));
+        let oversize = Bytes::from(vec![0u8; COMMAND_BYTES_MAX as usize + 1]);
+        assert!(matches!(
+            admissible(1, &forward(Role::Admin, oversize)),
+            Err(ForwardOutcome::Invalid { .. })
+        ));
     }
 
     #[test]
