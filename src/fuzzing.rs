@@ -11,8 +11,9 @@ use std::path::Path;
 
 use crate::config::ClusterConfig;
 use crate::transport::codec::{
-    decode_body, decode_frame, encode_frame, FrameHeader, Handshake, HandshakeReply,
-    FRAME_HEADER_BYTES, HANDSHAKE_FIXED_BYTES, HANDSHAKE_REPLY_BYTES,
+    decode_body, decode_frame, decode_peer_body, decode_peer_frame, encode_frame,
+    encode_peer_frame, FrameHeader, Handshake, HandshakeReply, PeerFrame, FRAME_HEADER_BYTES,
+    HANDSHAKE_FIXED_BYTES, HANDSHAKE_REPLY_BYTES, PROTOCOL_VERSION,
 };
 
 pub use crate::api::fuzzing::http_request;
@@ -31,12 +32,14 @@ const FRAME_LIMITS: [u32; 4] = [0, 64, 4096, 64 << 20];
 ///   until it wants more bytes or refuses), under the frame limit of the second byte.
 /// - `3`: one frame body under a header computed for it, so mutations reach bincode
 ///   instead of stopping at the CRC.
+/// - `4`: the same for a protocol version 2 body (a [`PeerFrame`]: a Raft envelope, or a
+///   forwarded write or its answer, issue 14). Accepted ones survive a round trip.
 ///
 /// Decoders answer `Ok` or their typed error, never panic; every envelope they return
 /// encodes back into a frame that decodes to the same envelope.
 pub fn peer_codec(data: &[u8]) {
     let (mode, rest) = data.split_first().unwrap_or((&0, &[]));
-    match mode % 4 {
+    match mode % 5 {
         0 => handshake(rest),
         1 => {
             if let Some(bytes) = rest.first_chunk::<HANDSHAKE_REPLY_BYTES>() {
@@ -53,7 +56,7 @@ pub fn peer_codec(data: &[u8]) {
             let (limit, stream) = rest.split_first().unwrap_or((&0, &[]));
             frames(stream, FRAME_LIMITS[usize::from(limit % 4)]);
         }
-        _ => {
+        3 => {
             let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
             let header = FrameHeader {
                 len,
@@ -61,6 +64,16 @@ pub fn peer_codec(data: &[u8]) {
             };
             if let Ok(envelope) = decode_body(&header, rest) {
                 round_trip(&envelope);
+            }
+        }
+        _ => {
+            let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
+            let header = FrameHeader {
+                len,
+                crc: crc32fast::hash(rest),
+            };
+            if let Ok(frame) = decode_peer_body(&header, rest, PROTOCOL_VERSION) {
+                peer_frame_round_trip(&frame);
             }
         }
     }
@@ -120,6 +133,19 @@ fn round_trip(envelope: &crate::raft::Envelope) {
     }
 }
 
+fn peer_frame_round_trip(frame: &PeerFrame) {
+    let mut bytes = Vec::new();
+    encode_peer_frame(frame, PROTOCOL_VERSION, u32::MAX, &mut bytes)
+        .unwrap_or_else(|e| panic!("a decoded peer frame does not encode: {e}"));
+    match decode_peer_frame(&bytes, PROTOCOL_VERSION, u32::MAX) {
+        Ok(Some((again, used))) => {
+            assert_eq!(used, bytes.len(), "re-encoded frame length");
+            assert!(again == *frame, "peer frame does not round-trip");
+        }
+        other => panic!("a re-encoded peer frame does not decode: {other:?}"),
+    }
+}
+
 /// `data` as the cluster file `config.json`: either a config that keeps every invariant
 /// of [`ClusterConfig`] and survives `to_json` (what `raftlog cluster` writes) unchanged,
 /// or an error whose message names the file.
@@ -167,7 +193,7 @@ pub fn config_json(data: &[u8]) {
 /// handshakes, frames, cluster files and requests, so the fuzzer starts deep.
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     use crate::raft::{Entry, EntryKind, Envelope, Membership, Message, SnapshotMeta};
-    use crate::transport::codec::{HandshakeStatus, PROTOCOL_VERSION};
+    use crate::transport::codec::HandshakeStatus;
     use bytes::Bytes;
 
     let mut out = Vec::new();
@@ -279,6 +305,14 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         out.push(("peer_codec", format!("frame-{i}"), single));
     }
     out.push(("peer_codec", "stream".into(), stream));
+    for (name, frame) in forward_seed_frames() {
+        let mut bytes = Vec::new();
+        // Bounded by construction: a few dozen bytes.
+        let _ = encode_peer_frame(&frame, PROTOCOL_VERSION, u32::MAX, &mut bytes);
+        let mut body = vec![4];
+        body.extend_from_slice(&bytes[FRAME_HEADER_BYTES..]);
+        out.push(("peer_codec", format!("v2-{name}"), body));
+    }
 
     let configs = [
         ("demo", include_str!("../config.json").to_string()),
@@ -339,6 +373,78 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         out.push(("core_step", format!("xorshift-{len}"), bytes));
     }
     out
+}
+
+/// One protocol version 2 frame of each kind issue 14 added, for the seed corpus.
+fn forward_seed_frames() -> Vec<(&'static str, PeerFrame)> {
+    use crate::raft::{Envelope, Message};
+    use crate::transport::codec::{Forward, ForwardOutcome, ForwardReply};
+    use bytes::Bytes;
+    let reply = |request_id, outcome| {
+        PeerFrame::ForwardReply(ForwardReply {
+            request_id,
+            outcome,
+        })
+    };
+    vec![
+        (
+            "forward",
+            PeerFrame::Forward(Forward {
+                request_id: 1,
+                role: crate::security::Role::Admin,
+                command: Bytes::from_static(b"\x00\x01put k v"),
+                timeout_ms: 5000,
+            }),
+        ),
+        (
+            "reply-applied",
+            reply(
+                1,
+                ForwardOutcome::Applied {
+                    index: 42,
+                    applied: crate::session::Applied::Duplicate {
+                        response: vec![1, 2],
+                        index: 40,
+                    },
+                },
+            ),
+        ),
+        (
+            "reply-not-leader",
+            reply(
+                2,
+                ForwardOutcome::NotLeader {
+                    leader_hint: Some(3),
+                },
+            ),
+        ),
+        (
+            "reply-unknown",
+            reply(
+                3,
+                ForwardOutcome::Unknown {
+                    message: "timed out".into(),
+                },
+            ),
+        ),
+        (
+            "reply-forbidden",
+            reply(
+                4,
+                ForwardOutcome::Forbidden {
+                    role: crate::security::Role::Read,
+                },
+            ),
+        ),
+        (
+            "raft",
+            PeerFrame::Raft(Envelope {
+                from: 2,
+                to: 1,
+                message: Message::TimeoutNow { term: 6 },
+            }),
+        ),
+    ]
 }
 
 #[cfg(test)]

@@ -126,8 +126,9 @@ impl Command {
     }
 }
 
-/// The outcome of applying one log command.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The outcome of applying one log command. Serializable: a leader sends it back to the
+/// follower that forwarded the write (`transport::codec::ForwardReply`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
     /// Applied now; the state machine's response.
     Fresh(Vec<u8>),

@@ -18,6 +18,15 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// `403 forbidden`: the client's role does not permit the request.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden",
+            message: message.into(),
+        }
+    }
+
     /// `400 bad_request`.
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError {

@@ -114,11 +114,21 @@ async fn write(
         request_id: request_id(origin.headers)?,
         body: command.encode().into(),
     };
-    match state
+    let encoded = Bytes::from(command.encode());
+    let written = match state
         .node
-        .write(command.encode().into(), state.options.request_timeout)
+        .write(encoded.clone(), state.options.request_timeout)
         .await
     {
+        Err(RequestError::NotLeader(leader)) => {
+            match over_peer_link(state, leader, encoded, origin.headers).await {
+                Some(answer) => answer?,
+                None => Err(RequestError::NotLeader(leader)),
+            }
+        }
+        other => other,
+    };
+    match written {
         Ok((index, applied)) => {
             let (index, response) = match applied {
                 Applied::Fresh(response) => (index, response),
@@ -160,6 +170,62 @@ async fn write(
         .await)),
         Err(e) => Err(ApiError::from(e)),
     }
+}
+
+/// Issue 14: forwards a write to `leader` over the peer link, when it speaks protocol
+/// version 2. `None` when it cannot carry it (no leader known, a version 1 leader, the link
+/// down, a request that already went through a follower): nothing was sent, so the caller
+/// forwards over HTTP as before. Otherwise the leader's outcome, or the refusal the
+/// follower gives when the answer cannot come (the write may or may not take effect).
+async fn over_peer_link(
+    state: &ApiState,
+    leader: Option<storage::NodeId>,
+    command: Bytes,
+    headers: &HeaderMap,
+) -> Option<Result<Result<(u64, Applied), RequestError>, ApiError>> {
+    use crate::node::forwarding::ForwardFailure;
+    use crate::transport::ForwardOutcome;
+    let leader = leader.filter(|l| *l != state.node.id)?;
+    if forward::was_forwarded(headers) {
+        return None;
+    }
+    // Client authentication is not wired yet (issue 16): every client may write, as
+    // `Admin`; the leader re-checks whatever role it is given.
+    let role = crate::security::Role::Admin;
+    let outcome = match state
+        .node
+        .forward_write(leader, command, role, state.options.request_timeout)
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(ForwardFailure::Unsupported { .. }) => return None,
+        Err(e @ ForwardFailure::Overloaded { .. }) => {
+            return Some(Err(ApiError::overloaded(e.to_string())))
+        }
+        Err(e @ ForwardFailure::Unknown { .. }) => {
+            return Some(Err(ApiError::timeout(e.to_string())))
+        }
+    };
+    Some(match outcome {
+        ForwardOutcome::Applied { index, applied } => Ok(Ok((index, applied))),
+        ForwardOutcome::NotLeader { leader_hint } => Err(ApiError::no_leader(format!(
+            "node {} forwarded the write to leader {leader}, which no longer leads (it knows \
+             of {}); nothing was proposed; leadership is changing, retry shortly",
+            state.node.id,
+            leader_hint.map_or("no leader".to_string(), |l| format!("leader {l}"))
+        ))),
+        ForwardOutcome::Forbidden { role } => Err(ApiError::forbidden(format!(
+            "leader {leader} refused the write: role {role} does not permit writes (needs \
+             write); nothing was proposed"
+        ))),
+        ForwardOutcome::Overloaded { message } => Err(ApiError::overloaded(message)),
+        ForwardOutcome::Unknown { message } => Err(ApiError::timeout(message)),
+        ForwardOutcome::NotCommitted => Ok(Err(RequestError::NotCommitted)),
+        ForwardOutcome::Stopped => Ok(Err(RequestError::Stopped)),
+        ForwardOutcome::TransferInProgress => Ok(Err(RequestError::TransferInProgress)),
+        ForwardOutcome::NoSpace { message } => Err(ApiError::no_space(message)),
+        ForwardOutcome::Invalid { message } => Err(ApiError::internal(message)),
+    })
 }
 
 /// Takes the write budget for a request whose body is still unread, before reading it:

@@ -210,6 +210,31 @@ const COUNTERS: &[(&str, &str, CounterValue)] = &[
         |r| r.transport.tls_refused,
     ),
     (
+        "transport_forwards_sent",
+        "Client writes this node forwarded to the leader over the peer link",
+        |r| r.transport.forwards_sent,
+    ),
+    (
+        "transport_forwards_dropped_overload",
+        "Client writes refused because this node had the most forwards in flight to the leader (nothing sent)",
+        |r| r.forwards_dropped_overload,
+    ),
+    (
+        "transport_forwards_dropped_lost",
+        "Forwarded client writes whose answer never came (connection lost, leader changed, timeout): answered as unknown outcome",
+        |r| r.forwards_dropped_lost,
+    ),
+    (
+        "transport_forwards_undelivered",
+        "Forward frames received from peers but dropped before the node handled them",
+        |r| r.transport.forwards_undelivered,
+    ),
+    (
+        "transport_forwards_served",
+        "Client writes peers forwarded to this node that it proposed as the leader",
+        |r| r.forwards_served,
+    ),
+    (
         "membership_changes",
         "Membership changes this node proposed as leader (promotions included)",
         |r| r.counters.membership_changes.get(),
@@ -312,6 +337,12 @@ fn registry(
         "snapshot_last_bytes",
         "Size of the last snapshot taken",
         counters.snapshot_last_bytes.get(),
+    );
+    gauge(
+        &mut registry,
+        "transport_forwards_in_flight",
+        "Client writes forwarded to the leader over the peer link and still awaiting its answer",
+        report.forwards_in_flight,
     );
     // Issue 12, diskfull.
     let space = report.space;
@@ -448,6 +479,10 @@ mod tests {
                 quota_bytes: Some(9),
             },
             applied_index: 42,
+            forwards_dropped_overload: 1,
+            forwards_dropped_lost: 2,
+            forwards_in_flight: 3,
+            forwards_served: 4,
         }
     }
 

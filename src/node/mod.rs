@@ -19,6 +19,7 @@ pub mod apply;
 mod bootstrap;
 mod clock;
 mod error;
+pub mod forwarding;
 pub mod log_storage;
 pub mod membership;
 mod recovery;
@@ -394,6 +395,15 @@ pub struct MetricsReport {
     pub space: SpaceReport,
     /// The highest applied index.
     pub applied_index: u64,
+    /// Issue 14: forwards over the peer link refused at the in-flight cap (nothing sent).
+    pub forwards_dropped_overload: u64,
+    /// Issue 14: forwards sent whose answer was lost (link loss, leader change, timeout):
+    /// each was answered "unknown outcome".
+    pub forwards_dropped_lost: u64,
+    /// Issue 14: forwards waiting for the leader's answer right now.
+    pub forwards_in_flight: u64,
+    /// Issue 14: forwards this node proposed as the leader.
+    pub forwards_served: u64,
 }
 
 /// Space of the data directory, as [`StorageSpace`] last measured it.
@@ -461,6 +471,8 @@ pub struct Node<S: StateMachine> {
     write_budget_bytes: u64,
     /// Issue 15: watchers subscribe here; the apply thread publishes.
     watch: Arc<watch_hub::WatchHub>,
+    /// Issue 14: writes forwarded to the leader over the peer link.
+    forwarder: Arc<forwarding::Forwarder>,
 }
 
 impl<S: StateMachine> Clone for Node<S> {
@@ -483,6 +495,7 @@ impl<S: StateMachine> Clone for Node<S> {
             write_budget: self.write_budget.clone(),
             write_budget_bytes: self.write_budget_bytes,
             watch: self.watch.clone(),
+            forwarder: self.forwarder.clone(),
         }
     }
 }
@@ -699,6 +712,10 @@ impl<S: StateMachine> Node<S> {
                 quota_bytes: self.space.quota_bytes(),
             },
             applied_index: self.applied_index(),
+            forwards_dropped_overload: self.forwarder.dropped_overload.load(Ordering::Relaxed),
+            forwards_dropped_lost: self.forwarder.dropped_lost.load(Ordering::Relaxed),
+            forwards_in_flight: self.forwarder.in_flight() as u64,
+            forwards_served: self.forwarder.served.load(Ordering::Relaxed),
         }
     }
 
@@ -885,6 +902,7 @@ async fn spawn<S: StateMachine>(
     );
     transport_config.max_frame_bytes = max_frame_bytes;
     transport_config.tls = options.tls.clone();
+    transport_config.protocol_version = test_peer_protocol();
     let (transport, inbound) =
         Transport::start(transport_config)
             .await
@@ -998,7 +1016,7 @@ async fn spawn<S: StateMachine>(
         }
     });
 
-    Ok(Node {
+    let node = Node {
         id: options.id,
         requests: requests_tx,
         state,
@@ -1016,7 +1034,37 @@ async fn spawn<S: StateMachine>(
         write_budget: Arc::new(Semaphore::new(options.pending_write_bytes_max as usize)),
         write_budget_bytes: options.pending_write_bytes_max,
         watch: watch_hub,
-    })
+        forwarder: Arc::new(forwarding::Forwarder::from_env()),
+    };
+    forwarding::start(&node, &node.transport);
+    Ok(node)
+}
+
+/// Reads the test-only switch `RAFTLOG_TEST_PEER_PROTOCOL=<version>`: the node speaks that
+/// older peer protocol version, as a node not yet upgraded would (issue 14 tests that
+/// writes through such a node still reach the leader, over HTTP). Never set it in
+/// production.
+fn test_peer_protocol() -> u16 {
+    use crate::transport::codec::{PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
+    let Ok(value) = std::env::var("RAFTLOG_TEST_PEER_PROTOCOL") else {
+        return PROTOCOL_VERSION;
+    };
+    match value.parse::<u16>() {
+        Ok(version) if (PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&version) => {
+            tracing::warn!(
+                version,
+                "test-only switch RAFTLOG_TEST_PEER_PROTOCOL is set"
+            );
+            version
+        }
+        _ => {
+            tracing::warn!(
+                "ignoring RAFTLOG_TEST_PEER_PROTOCOL={value:?}: not a version between \
+                 {PROTOCOL_VERSION_MIN} and {PROTOCOL_VERSION}"
+            );
+            PROTOCOL_VERSION
+        }
+    }
 }
 
 fn raft_peers(membership: &Membership) -> BTreeMap<NodeId, SocketAddr> {

@@ -10,10 +10,22 @@
 //! peer it sends to, so a pair of nodes uses two connections.
 //!
 //! All integers in headers are little-endian.
+//!
+//! Protocol version 2 adds two frames beside the Raft envelopes (issue 14): a follower
+//! sends a client write it cannot serve to the leader as a [`Forward`], and the leader
+//! answers with a [`ForwardReply`] on its own connection to the follower. A version 2
+//! frame body is a bincode [`PeerFrame`] (a variant tag, then the payload); a version 1
+//! body is a bare envelope. The version of a connection is the dialer's, which the
+//! acceptor takes if it is one it speaks ([`PROTOCOL_VERSION_MIN`] up to its own), so
+//! nodes of both versions keep talking Raft during a rolling upgrade.
 
 use bincode::error::DecodeError;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use crate::raft::{Envelope, NodeId};
+use crate::security::Role;
+use crate::session::Applied;
 
 /// Opens every handshake: "raftlog peer".
 pub const HANDSHAKE_MAGIC: [u8; 4] = *b"RLPR";
@@ -21,7 +33,15 @@ pub const HANDSHAKE_MAGIC: [u8; 4] = *b"RLPR";
 pub const HANDSHAKE_REPLY_MAGIC: [u8; 4] = *b"RLPA";
 /// Bumped whenever the handshake or frame layout, or the encoding of [`Envelope`],
 /// changes incompatibly. Nodes refuse a peer speaking another version.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest version this node still speaks: a version 1 peer exchanges Raft envelopes
+/// only, and its clients' writes are forwarded over HTTP as before.
+pub const PROTOCOL_VERSION_MIN: u16 = 1;
+/// The first version with [`Forward`] and [`ForwardReply`] frames.
+pub const PROTOCOL_VERSION_FORWARD: u16 = 2;
+/// Longest error message a [`ForwardOutcome`] carries; longer ones are cut (on a char
+/// boundary) by the sender and refused by the receiver.
+pub const FORWARD_MESSAGE_BYTES_MAX: usize = 4096;
 /// Fixed part of a handshake, before the cluster id.
 pub const HANDSHAKE_FIXED_BYTES: usize = 4 + 2 + 2 + 8 + 8;
 /// Longest cluster id a handshake carries; bounds what the acceptor reads before it
@@ -233,6 +253,118 @@ pub enum HandshakeError {
     },
 }
 
+/// A client write a follower hands to the leader (protocol version 2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    /// Chosen by the follower, unique among its forwards in flight; the reply carries it.
+    pub request_id: u64,
+    /// The client's role as the follower established it; the leader checks that it
+    /// permits a write before proposing anything.
+    pub role: Role,
+    /// The encoded `kv::Command` (session id and all) exactly as the leader proposes it,
+    /// so a retry through another node is deduplicated as a retry over HTTP is.
+    pub command: Bytes,
+    /// How long the leader may wait for the outcome, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// The leader's answer to a [`Forward`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardReply {
+    /// The forward's `request_id`.
+    pub request_id: u64,
+    /// What came of it.
+    pub outcome: ForwardOutcome,
+}
+
+/// What came of a forwarded write: enough for the follower to give the client the
+/// answer the leader would have given. Each refusal says whether the write may still
+/// take effect: only [`ForwardOutcome::Unknown`] leaves that open.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardOutcome {
+    /// Committed and applied at `index`; `applied` is the session's verdict and the
+    /// state machine's response.
+    Applied {
+        /// The entry's index.
+        index: u64,
+        /// The verdict.
+        applied: Applied,
+    },
+    /// The receiver does not lead; nothing was proposed.
+    NotLeader {
+        /// The leader it knows of, if any.
+        leader_hint: Option<NodeId>,
+    },
+    /// The role does not permit a write; nothing was proposed.
+    Forbidden {
+        /// The role the forward carried.
+        role: Role,
+    },
+    /// The leader is over one of its bounds; nothing was proposed.
+    Overloaded {
+        /// Which bound, as the leader words it.
+        message: String,
+    },
+    /// Proposed, but the outcome is not known (timeout): it may or may not take effect.
+    Unknown {
+        /// The leader's words.
+        message: String,
+    },
+    /// Proposed, but another entry committed at its index: not applied, safe to retry.
+    NotCommitted,
+    /// The leader is stopping; nothing was proposed.
+    Stopped,
+    /// The leader is handing over leadership; nothing was proposed.
+    TransferInProgress,
+    /// The leader's disk is full or its quota reached; nothing was proposed.
+    NoSpace {
+        /// Which directory and how much space, as the leader words it.
+        message: String,
+    },
+    /// The command is not a client write, or a bug; nothing was applied.
+    Invalid {
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl ForwardOutcome {
+    /// The message a refusal carries, if any.
+    fn message(&self) -> Option<&str> {
+        match self {
+            ForwardOutcome::Overloaded { message }
+            | ForwardOutcome::Unknown { message }
+            | ForwardOutcome::NoSpace { message }
+            | ForwardOutcome::Invalid { message } => Some(message),
+            _ => None,
+        }
+    }
+}
+
+/// Cuts `message` to [`FORWARD_MESSAGE_BYTES_MAX`] bytes on a char boundary, so that an
+/// outcome always fits what the receiver accepts.
+pub fn bounded_message(mut message: String) -> String {
+    if message.len() > FORWARD_MESSAGE_BYTES_MAX {
+        let mut cut = FORWARD_MESSAGE_BYTES_MAX;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    message
+}
+
+/// One frame of protocol version 2.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerFrame {
+    /// A Raft message.
+    Raft(Envelope),
+    /// A client write for the leader.
+    Forward(Forward),
+    /// The leader's answer to a forward.
+    ForwardReply(ForwardReply),
+}
+
 /// Bincode settings of frame bodies: variable-length integers, little-endian.
 fn bincode_config() -> bincode::config::Configuration {
     bincode::config::standard()
@@ -288,6 +420,13 @@ pub enum EncodeFrameError {
     /// bincode refused the value.
     #[error("bincode encoding failed: {0}")]
     Encode(String),
+    /// The frame does not exist in the connection's protocol version (a forward to a
+    /// version 1 peer): the caller should have checked the peer's version.
+    #[error("this frame does not exist in peer protocol version {version}")]
+    NotInVersion {
+        /// The connection's version.
+        version: u16,
+    },
 }
 
 /// The header of a frame whose length passed the size check.
@@ -409,7 +548,116 @@ pub fn decode_body(header: &FrameHeader, body: &[u8]) -> Result<Envelope, FrameE
     Ok(envelope)
 }
 
-/// Decodes an envelope with a bincode byte limit scaled to the body.
+/// Appends one frame carrying `frame` for a connection of protocol `version`: a bare
+/// envelope for version 1 (which has no other frames), a [`PeerFrame`] from version 2.
+/// On error `out` is left as it was.
+pub fn encode_peer_frame(
+    frame: &PeerFrame,
+    version: u16,
+    max_frame_bytes: u32,
+    out: &mut Vec<u8>,
+) -> Result<usize, EncodeFrameError> {
+    if version < PROTOCOL_VERSION_FORWARD {
+        return match frame {
+            PeerFrame::Raft(envelope) => encode_frame(envelope, max_frame_bytes, out),
+            _ => Err(EncodeFrameError::NotInVersion { version }),
+        };
+    }
+    let start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
+    if let Err(e) = bincode::serde::encode_into_std_write(frame, out, bincode_config()) {
+        out.truncate(start);
+        return Err(EncodeFrameError::Encode(e.to_string()));
+    }
+    let body_len = out.len() - start - FRAME_HEADER_BYTES;
+    if body_len > max_frame_bytes as usize {
+        out.truncate(start);
+        return Err(EncodeFrameError::TooLarge {
+            len: body_len,
+            max: max_frame_bytes,
+        });
+    }
+    let crc = crc32fast::hash(&out[start + FRAME_HEADER_BYTES..]);
+    out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(out.len() - start)
+}
+
+/// [`decode_body`] for a connection of protocol `version`.
+pub fn decode_peer_body(
+    header: &FrameHeader,
+    body: &[u8],
+    version: u16,
+) -> Result<PeerFrame, FrameError> {
+    if version < PROTOCOL_VERSION_FORWARD {
+        return decode_body(header, body).map(PeerFrame::Raft);
+    }
+    if body.len() != header.len as usize {
+        return Err(FrameError::Undecodable {
+            len: header.len,
+            reason: format!(
+                "{} body bytes for a header claiming {}",
+                body.len(),
+                header.len
+            ),
+        });
+    }
+    let computed = crc32fast::hash(body);
+    if computed != header.crc {
+        return Err(FrameError::BadCrc {
+            stored: header.crc,
+            computed,
+        });
+    }
+    let (frame, used) = decode_limited::<PeerFrame>(body).map_err(|e| FrameError::Undecodable {
+        len: header.len,
+        reason: e.to_string(),
+    })?;
+    if used != body.len() {
+        return Err(FrameError::TrailingBytes {
+            len: header.len,
+            trailing: body.len() - used,
+        });
+    }
+    let message = match &frame {
+        PeerFrame::ForwardReply(reply) => reply.outcome.message(),
+        _ => None,
+    };
+    if let Some(message) = message.filter(|m| m.len() > FORWARD_MESSAGE_BYTES_MAX) {
+        return Err(FrameError::Undecodable {
+            len: header.len,
+            reason: format!(
+                "forward reply message of {} bytes exceeds {FORWARD_MESSAGE_BYTES_MAX}",
+                message.len()
+            ),
+        });
+    }
+    Ok(frame)
+}
+
+/// [`decode_frame`] for a connection of protocol `version`.
+pub fn decode_peer_frame(
+    buf: &[u8],
+    version: u16,
+    max_frame_bytes: u32,
+) -> Result<Option<(PeerFrame, usize)>, FrameError> {
+    let Some(header) = buf.first_chunk::<FRAME_HEADER_BYTES>() else {
+        return Ok(None);
+    };
+    let header = FrameHeader::parse(header, max_frame_bytes)?;
+    let Some(body) = buf.get(FRAME_HEADER_BYTES..header.frame_len()) else {
+        return Ok(None);
+    };
+    let frame = decode_peer_body(&header, body, version)?;
+    Ok(Some((frame, header.frame_len())))
+}
+
+fn decode_envelope(body: &[u8]) -> Result<(Envelope, usize), DecodeError> {
+    decode_limited(body)
+}
+
+/// Decodes a frame body (an envelope, or a [`PeerFrame`]) with a bincode byte limit
+/// scaled to the body.
 ///
 /// Why the limit: bincode decodes a `Bytes`/`String` by allocating the length its prefix
 /// claims *before* reading the bytes, so a 20-byte body claiming a 2^60-byte payload
@@ -418,7 +666,7 @@ pub fn decode_body(header: &FrameHeader, body: &[u8]) -> Result<Envelope, FrameE
 /// `u64` of 1 byte claims 8), so a genuine body claims at most 8x its length. The limit
 /// is the smallest power-of-16 tier at or above that, so a forged length can make us
 /// allocate at most ~128x the body, which the frame size limit already bounds.
-fn decode_envelope(body: &[u8]) -> Result<(Envelope, usize), DecodeError> {
+fn decode_limited<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<(T, usize), DecodeError> {
     let claim_bound = (body.len() as u64).saturating_mul(8).saturating_add(64);
     macro_rules! tiers {
         ($($limit:literal),*) => {
@@ -757,5 +1005,217 @@ mod tests {
             frame.extend_from_slice(&body);
             let _ = decode_frame(&frame, MAX);
         }
+
+        #[test]
+        fn peer_frame_decoding_never_panics_on_arbitrary_bodies_with_valid_crc(
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let header = FrameHeader { len: body.len() as u32, crc: crc32fast::hash(&body) };
+            if let Ok(frame) = decode_peer_body(&header, &body, PROTOCOL_VERSION) {
+                let mut out = Vec::new();
+                encode_peer_frame(&frame, PROTOCOL_VERSION, MAX, &mut out).expect("re-encodes");
+                prop_assert_eq!(decode_peer_frame(&out, PROTOCOL_VERSION, MAX), Ok(Some((frame, out.len()))));
+            }
+        }
+
+        #[test]
+        fn peer_frame_decoding_never_panics_on_mutated_forward_frames(
+            pick in 0usize..64,
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        ) {
+            let frames = sample_peer_frames();
+            let frame = &frames[pick % frames.len()];
+            let mut body = bincode::serde::encode_to_vec(frame, bincode_config()).expect("encodes");
+            for (at, value) in edits {
+                let i = at % body.len();
+                body[i] = value;
+            }
+            let header = FrameHeader { len: body.len() as u32, crc: crc32fast::hash(&body) };
+            let _ = decode_peer_body(&header, &body, PROTOCOL_VERSION);
+        }
+    }
+
+    /// One frame of each kind protocol version 2 adds, with every outcome.
+    fn sample_peer_frames() -> Vec<PeerFrame> {
+        use crate::session::Applied;
+        let outcomes = vec![
+            ForwardOutcome::Applied {
+                index: 42,
+                applied: Applied::Fresh(b"ok".to_vec()),
+            },
+            ForwardOutcome::Applied {
+                index: u64::MAX,
+                applied: Applied::Duplicate {
+                    response: vec![0; 100],
+                    index: 7,
+                },
+            },
+            ForwardOutcome::Applied {
+                index: 1,
+                applied: Applied::Reused { index: 3 },
+            },
+            ForwardOutcome::NotLeader {
+                leader_hint: Some(3),
+            },
+            ForwardOutcome::NotLeader { leader_hint: None },
+            ForwardOutcome::Forbidden { role: Role::Read },
+            ForwardOutcome::Overloaded {
+                message: "request queue full".into(),
+            },
+            ForwardOutcome::Unknown {
+                message: "timed out".into(),
+            },
+            ForwardOutcome::NotCommitted,
+            ForwardOutcome::Stopped,
+            ForwardOutcome::TransferInProgress,
+            ForwardOutcome::NoSpace {
+                message: "disk full ✓".into(),
+            },
+            ForwardOutcome::Invalid {
+                message: String::new(),
+            },
+        ];
+        let mut frames = vec![PeerFrame::Forward(Forward {
+            request_id: 9,
+            role: Role::Admin,
+            command: Bytes::from_static(b"an encoded command"),
+            timeout_ms: 5000,
+        })];
+        frames.extend(outcomes.into_iter().enumerate().map(|(i, outcome)| {
+            PeerFrame::ForwardReply(ForwardReply {
+                request_id: i as u64,
+                outcome,
+            })
+        }));
+        frames.extend(sample_envelopes(64).into_iter().map(PeerFrame::Raft));
+        frames
+    }
+
+    #[test]
+    fn every_version_2_frame_round_trips_back_to_back_in_one_buffer() {
+        let frames = sample_peer_frames();
+        let mut buf = Vec::new();
+        for frame in &frames {
+            encode_peer_frame(frame, PROTOCOL_VERSION, MAX, &mut buf).expect("encodes");
+        }
+        let mut at = 0;
+        for frame in &frames {
+            let (decoded, len) = decode_peer_frame(&buf[at..], PROTOCOL_VERSION, MAX)
+                .expect("decodes")
+                .expect("complete");
+            assert_eq!(&decoded, frame);
+            at += len;
+        }
+        assert_eq!(at, buf.len());
+    }
+
+    #[test]
+    fn every_strict_prefix_of_a_forward_frame_is_incomplete_not_garbage() {
+        for frame in sample_peer_frames().iter().take(14) {
+            let mut buf = Vec::new();
+            encode_peer_frame(frame, PROTOCOL_VERSION, MAX, &mut buf).expect("encodes");
+            for cut in 0..buf.len() {
+                assert_eq!(
+                    decode_peer_frame(&buf[..cut], PROTOCOL_VERSION, MAX),
+                    Ok(None),
+                    "prefix of {cut} bytes of {frame:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_truncated_forward_body_with_a_matching_crc_is_undecodable() {
+        for frame in sample_peer_frames().iter().take(14) {
+            let body = bincode::serde::encode_to_vec(frame, bincode_config()).expect("encodes");
+            for cut in 0..body.len() {
+                let short = &body[..cut];
+                let header = FrameHeader {
+                    len: cut as u32,
+                    crc: crc32fast::hash(short),
+                };
+                assert!(
+                    decode_peer_body(&header, short, PROTOCOL_VERSION).is_err(),
+                    "{cut} bytes of {frame:?} decoded"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn version_1_connections_carry_raft_envelopes_only_in_the_old_layout() {
+        let env = sample_envelopes(16).remove(0);
+        let mut old = Vec::new();
+        encode_frame(&env, MAX, &mut old).expect("encodes");
+        let mut v1 = Vec::new();
+        encode_peer_frame(&PeerFrame::Raft(env.clone()), 1, MAX, &mut v1).expect("encodes");
+        assert_eq!(v1, old, "a version 1 peer must read what it always read");
+        assert_eq!(
+            decode_peer_frame(&v1, 1, MAX),
+            Ok(Some((PeerFrame::Raft(env), v1.len())))
+        );
+        let forward = &sample_peer_frames()[0];
+        let mut buf = vec![7];
+        assert_eq!(
+            encode_peer_frame(forward, 1, MAX, &mut buf),
+            Err(EncodeFrameError::NotInVersion { version: 1 })
+        );
+        assert_eq!(buf, [7], "a refused frame leaves the buffer alone");
+    }
+
+    #[test]
+    fn garbage_in_a_version_2_frame_is_refused() {
+        // An unknown frame tag.
+        let body = [200u8, 1, 2, 3];
+        let header = FrameHeader {
+            len: 4,
+            crc: crc32fast::hash(&body),
+        };
+        assert!(matches!(
+            decode_peer_body(&header, &body, PROTOCOL_VERSION),
+            Err(FrameError::Undecodable { .. })
+        ));
+        // A forward claiming a command of 2^60 bytes in a 20-byte body.
+        let mut body = vec![1u8, 9, 2]; // Forward, request_id 9, role Admin
+        body.push(0xFD);
+        body.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        body.extend_from_slice(&[0; 8]);
+        let header = FrameHeader {
+            len: body.len() as u32,
+            crc: crc32fast::hash(&body),
+        };
+        assert!(decode_peer_body(&header, &body, PROTOCOL_VERSION).is_err());
+        // A reply whose message is longer than any sender writes.
+        let reply = PeerFrame::ForwardReply(ForwardReply {
+            request_id: 1,
+            outcome: ForwardOutcome::Unknown {
+                message: "x".repeat(FORWARD_MESSAGE_BYTES_MAX + 1),
+            },
+        });
+        let body = bincode::serde::encode_to_vec(&reply, bincode_config()).expect("encodes");
+        let header = FrameHeader {
+            len: body.len() as u32,
+            crc: crc32fast::hash(&body),
+        };
+        assert!(decode_peer_body(&header, &body, PROTOCOL_VERSION).is_err());
+        // A flipped bit anywhere is caught by the CRC.
+        let mut buf = Vec::new();
+        encode_peer_frame(&sample_peer_frames()[0], PROTOCOL_VERSION, MAX, &mut buf)
+            .expect("encodes");
+        buf[FRAME_HEADER_BYTES + 3] ^= 0x10;
+        assert!(matches!(
+            decode_peer_frame(&buf, PROTOCOL_VERSION, MAX),
+            Err(FrameError::BadCrc { .. })
+        ));
+    }
+
+    #[test]
+    fn bounded_messages_fit_the_receiver_and_cut_on_a_char_boundary() {
+        let long = "é".repeat(FORWARD_MESSAGE_BYTES_MAX);
+        let cut = bounded_message(long);
+        assert!(
+            cut.len() <= FORWARD_MESSAGE_BYTES_MAX && cut.len() + 2 > FORWARD_MESSAGE_BYTES_MAX
+        );
+        assert_eq!(bounded_message("short".into()), "short");
     }
 }

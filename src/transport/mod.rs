@@ -7,9 +7,14 @@
 //!   so neither side's reads ever wait behind its writes.
 //! - **Handshake.** A connection opens with magic, protocol version, cluster id, the
 //!   dialer's node id and the id it means to reach ([`codec::Handshake`]); the acceptor
-//!   answers with a verdict. Another cluster, another version, a node id not among the
-//!   acceptor's peers, or the wrong receiver are refused, logged and counted.
-//! - **Frames.** `| len u32 | crc32 u32 | bincode(Envelope) |` ([`codec`]). An oversize
+//!   answers with a verdict. Another cluster, a version it does not speak, a node id not
+//!   among the acceptor's peers, or the wrong receiver are refused, logged and counted.
+//!   The connection's protocol version is the dialer's; a dialer refused for an older
+//!   version it also speaks redials in that one ([`Transport::peer_protocol`] tells).
+//! - **Frames.** `| len u32 | crc32 u32 | body |` ([`codec`]); the body is
+//!   `bincode(Envelope)` in version 1 and `bincode(PeerFrame)` from version 2, which adds
+//!   the client writes a follower forwards to the leader and their answers (issue 14;
+//!   delivered to the node's [`ForwardSink`], not the envelope channel). An oversize
 //!   length, a bad CRC or an undecodable body is garbage: the acceptor logs it naming the
 //!   peer address, counts it and drops the connection. Nothing a peer sends can make a
 //!   node panic or allocate more than the frame size limit allows; the limit is derived
@@ -63,7 +68,7 @@ mod stream;
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -71,6 +76,13 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 use crate::raft::{Envelope, Message, NodeId};
+
+pub use codec::{Forward, ForwardOutcome, ForwardReply, PeerFrame};
+
+/// Where forward frames received from peers go (`(sender, frame)`); set by the node with
+/// [`Transport::set_forward_sink`]. Only [`PeerFrame::Forward`] and
+/// [`PeerFrame::ForwardReply`] are delivered here; Raft envelopes keep their own channel.
+pub type ForwardSink = mpsc::Sender<(NodeId, PeerFrame)>;
 
 /// Settings of one node's transport.
 #[derive(Clone, Debug)]
@@ -120,6 +132,10 @@ pub struct TransportConfig {
     /// `from` id only if the dialer's certificate names it. Without it, a peer's id is
     /// vouched for by its source IP alone.
     pub tls: Option<Arc<crate::security::tls::NodeTls>>,
+    /// The peer protocol version this node speaks ([`codec::PROTOCOL_VERSION`]); a lower
+    /// one (down to [`codec::PROTOCOL_VERSION_MIN`]) makes it behave as an older node
+    /// would, which tests use to check that mixed clusters still work.
+    pub protocol_version: u16,
 }
 
 /// Per-frame slack beyond the payloads: the envelope, the message fields, bincode's
@@ -186,6 +202,7 @@ impl TransportConfig {
             idle_timeout: Duration::from_secs(120),
             keepalive_idle: Duration::from_secs(15),
             tls: None,
+            protocol_version: codec::PROTOCOL_VERSION,
         }
     }
 
@@ -225,6 +242,15 @@ impl TransportConfig {
             return invalid(format!(
                 "idle_timeout {:?} must be positive and keepalive_idle {:?} at least 1 s",
                 self.idle_timeout, self.keepalive_idle
+            ));
+        }
+        if !(codec::PROTOCOL_VERSION_MIN..=codec::PROTOCOL_VERSION).contains(&self.protocol_version)
+        {
+            return invalid(format!(
+                "protocol_version {} is not one this build speaks ({} to {})",
+                self.protocol_version,
+                codec::PROTOCOL_VERSION_MIN,
+                codec::PROTOCOL_VERSION
             ));
         }
         if let Some(id) = self.peers.keys().find(|id| **id == 0) {
@@ -315,6 +341,11 @@ pub struct TransportMetrics {
     /// When this node's TLS certificate expires (Unix seconds), as of the last (re)load;
     /// `None` without TLS.
     pub tls_cert_not_after_unix: Option<u64>,
+    /// Forward frames (client writes for the leader) queued to a peer.
+    pub forwards_sent: u64,
+    /// Forward and forward-reply frames received but not delivered (no sink, or its queue
+    /// full); the follower waiting on one answers "unknown outcome" at its timeout.
+    pub forwards_undelivered: u64,
 }
 
 /// The live counters behind [`TransportMetrics`].
@@ -340,6 +371,8 @@ struct Counters {
     inbound_replaced: AtomicU64,
     inbound_idle_closed: AtomicU64,
     tls_refused: AtomicU64,
+    forwards_sent: AtomicU64,
+    forwards_undelivered: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, n: u64) {
@@ -372,13 +405,18 @@ impl Counters {
             peers_connected: 0,
             tls_refused: get(&self.tls_refused),
             tls_cert_not_after_unix: None,
+            forwards_sent: get(&self.forwards_sent),
+            forwards_undelivered: get(&self.forwards_undelivered),
         }
     }
 
     /// Counts a dropped message. Snapshot chunks are big and their loss stalls a
     /// follower's catch-up until the leader retries, so each one is also logged.
-    fn dropped(&self, counter: &AtomicU64, env: &Envelope, why: &str) {
+    fn dropped(&self, counter: &AtomicU64, frame: &PeerFrame, why: &str) {
         bump(counter, 1);
+        let PeerFrame::Raft(env) = frame else {
+            return;
+        };
         if let Message::InstallSnapshot { offset, data, .. } = &env.message {
             bump(&self.dropped_snapshot_chunks, 1);
             tracing::warn!(
@@ -449,6 +487,16 @@ struct Shared {
     /// Test-only fault: drop every envelope in both directions, as a network partition
     /// would, while connections stay up ([`Transport::set_isolated`]).
     isolated: AtomicBool,
+    /// The version this node speaks (see [`TransportConfig::protocol_version`]).
+    protocol_version: u16,
+    /// Where received forward frames go.
+    forward_sink: RwLock<Option<ForwardSink>>,
+    /// Per peer, how many times a connection to or from it ended. A follower waiting for a
+    /// forward's reply compares it with the count when it sent: a change means the
+    /// forward or its reply may be lost, so the outcome is unknown.
+    link_losses: Mutex<BTreeMap<NodeId, u64>>,
+    /// Bumped on every entry of `link_losses`, so waiters wake up to compare.
+    link_loss_events: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -494,6 +542,12 @@ impl Shared {
         }
     }
 
+    /// A connection to or from `peer` ended: frames on it may be lost.
+    fn link_lost(&self, peer: NodeId) {
+        *lock(&self.link_losses).entry(peer).or_insert(0) += 1;
+        self.link_loss_events.send_modify(|n| *n += 1);
+    }
+
     /// `peer` just proved it is up: redial it now if we are backing off.
     fn poke_redial(&self, peer: NodeId) {
         if let Some(redial) = read_lock(&self.redial).get(&peer) {
@@ -505,8 +559,10 @@ impl Shared {
 /// One peer's outbound side, as [`Transport::send`] sees it.
 struct Outbound {
     addr: SocketAddr,
-    queue: mpsc::Sender<Envelope>,
+    queue: mpsc::Sender<PeerFrame>,
     connected: Arc<AtomicBool>,
+    /// The protocol version of the live connection; 0 while there is none.
+    version: Arc<AtomicU16>,
     task: JoinHandle<()>,
 }
 
@@ -597,6 +653,10 @@ impl Transport {
             redial: RwLock::new(BTreeMap::new()),
             refusals: server::RefusalLog::default(),
             isolated: AtomicBool::new(false),
+            protocol_version: config.protocol_version,
+            forward_sink: RwLock::new(None),
+            link_losses: Mutex::new(BTreeMap::new()),
+            link_loss_events: tokio::sync::watch::Sender::new(0),
         });
         let (inbound_tx, inbound_rx) = mpsc::channel(config.inbound_queue_len);
         let runtime = tokio::runtime::Handle::current();
@@ -644,31 +704,79 @@ impl Transport {
     pub fn send(&self, env: Envelope) -> Result<(), SendError> {
         let counters = &self.inner.shared.counters;
         let id = self.inner.shared.id;
-        if env.from != id {
-            counters.dropped(&counters.dropped_unknown_peer, &env, "not from this node");
-            return Err(SendError::NotFromThisNode { from: env.from, id });
+        let to = env.to;
+        let frame = PeerFrame::Raft(env);
+        if let PeerFrame::Raft(env) = &frame {
+            if env.from != id {
+                counters.dropped(&counters.dropped_unknown_peer, &frame, "not from this node");
+                return Err(SendError::NotFromThisNode { from: env.from, id });
+            }
         }
+        self.queue(to, frame)
+    }
+
+    /// Queues a [`PeerFrame::Forward`] or [`PeerFrame::ForwardReply`] for `to`, like
+    /// [`Transport::send`]. Only for a peer whose [`Transport::peer_protocol`] is at least
+    /// [`codec::PROTOCOL_VERSION_FORWARD`]; to an older one it is dropped when written.
+    pub fn send_forward(&self, to: NodeId, frame: PeerFrame) -> Result<(), SendError> {
+        let is_forward = matches!(frame, PeerFrame::Forward(_));
+        self.queue(to, frame)?;
+        if is_forward {
+            bump(&self.inner.shared.counters.forwards_sent, 1);
+        }
+        Ok(())
+    }
+
+    fn queue(&self, to: NodeId, frame: PeerFrame) -> Result<(), SendError> {
+        let counters = &self.inner.shared.counters;
         if self.inner.shared.isolated.load(Ordering::Relaxed) {
             return Ok(());
         }
         let outbound = read_lock(&self.inner.outbound);
-        let to = env.to;
         let Some(peer) = outbound.get(&to) else {
             if self.inner.shut_down.load(Ordering::Relaxed) {
                 return Err(SendError::Shutdown);
             }
-            counters.dropped(&counters.dropped_unknown_peer, &env, "unknown peer");
+            counters.dropped(&counters.dropped_unknown_peer, &frame, "unknown peer");
             return Err(SendError::UnknownPeer { to });
         };
-        match peer.queue.try_send(env) {
+        match peer.queue.try_send(frame) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(env)) => {
-                counters.dropped(&counters.dropped_queue_full, &env, "peer queue full");
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                counters.dropped(&counters.dropped_queue_full, &frame, "peer queue full");
                 Err(SendError::QueueFull { to })
             }
             // The peer's task ended: only after shutdown or removal of the peer.
             Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Shutdown),
         }
+    }
+
+    /// The protocol version of the live connection to `peer`, `None` while there is none.
+    pub fn peer_protocol(&self, peer: NodeId) -> Option<u16> {
+        let version = read_lock(&self.inner.outbound)
+            .get(&peer)?
+            .version
+            .load(Ordering::Relaxed);
+        (version != 0).then_some(version)
+    }
+
+    /// Where to deliver forward frames received from peers from now on. Without a sink
+    /// they are dropped and counted.
+    pub fn set_forward_sink(&self, sink: ForwardSink) {
+        *write_lock(&self.inner.shared.forward_sink) = Some(sink);
+    }
+
+    /// How many times a connection to or from `peer` has ended so far.
+    pub fn link_losses(&self, peer: NodeId) -> u64 {
+        lock(&self.inner.shared.link_losses)
+            .get(&peer)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Changes whenever a connection to or from any peer ends.
+    pub fn link_loss_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.shared.link_loss_events.subscribe()
     }
 
     /// Test-only fault injection: while `isolated`, every envelope to or from a peer is
@@ -719,6 +827,7 @@ impl Transport {
             }
             let (queue, rx) = mpsc::channel(self.inner.queue_len);
             let connected = Arc::new(AtomicBool::new(false));
+            let version = Arc::new(AtomicU16::new(0));
             let poke = Arc::new(Notify::new());
             redial.insert(id, Arc::clone(&poke));
             let task = self.inner.runtime.spawn(peer::run(
@@ -727,6 +836,7 @@ impl Transport {
                     peer: id,
                     addr,
                     connected: Arc::clone(&connected),
+                    version: Arc::clone(&version),
                     redial: poke,
                 },
                 rx,
@@ -737,6 +847,7 @@ impl Transport {
                     addr,
                     queue,
                     connected,
+                    version,
                     task,
                 },
             );

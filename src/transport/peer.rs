@@ -2,7 +2,7 @@
 //! peer's queue onto the connection in coalesced batches.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,12 +11,12 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Notify};
 
 use super::codec::{
-    self, Handshake, HandshakeError, HandshakeReply, HandshakeStatus, HANDSHAKE_REPLY_BYTES,
-    PROTOCOL_VERSION,
+    self, Handshake, HandshakeError, HandshakeReply, HandshakeStatus, PeerFrame,
+    HANDSHAKE_REPLY_BYTES, PROTOCOL_VERSION_MIN,
 };
 use super::stream::PeerStream;
 use super::{bump, Shared};
-use crate::raft::{Envelope, NodeId};
+use crate::raft::NodeId;
 
 /// Why a dial did not produce a usable connection.
 #[derive(Debug, thiserror::Error)]
@@ -78,17 +78,20 @@ pub(super) struct Link {
     pub addr: SocketAddr,
     /// Set while the connection is up (handshake accepted).
     pub connected: Arc<AtomicBool>,
+    /// The connection's protocol version while it is up, else 0.
+    pub version: Arc<AtomicU16>,
     /// Notified when the peer dialed us: cut the backoff short.
     pub redial: Arc<Notify>,
 }
 
 /// Runs until the peer's queue closes (transport dropped) or the task is aborted
 /// (shutdown, peer removed or moved).
-pub(super) async fn run(shared: Arc<Shared>, link: Link, mut queue: mpsc::Receiver<Envelope>) {
+pub(super) async fn run(shared: Arc<Shared>, link: Link, mut queue: mpsc::Receiver<PeerFrame>) {
     let Link {
         peer,
         addr,
         connected,
+        version,
         redial,
     } = link;
     let mut backoff = shared.backoff_min;
@@ -97,15 +100,18 @@ pub(super) async fn run(shared: Arc<Shared>, link: Link, mut queue: mpsc::Receiv
     // Reused for every batch: no allocation per message or per write in steady state.
     let mut buf: Vec<u8> = Vec::with_capacity(shared.batch_bytes_max.min(1 << 20) + 4096);
     loop {
-        match connect(&shared, peer, addr).await {
-            Ok(stream) => {
+        match connect_negotiating(&shared, peer, addr).await {
+            Ok((stream, spoken)) => {
                 bump(&shared.counters.connects, 1);
+                version.store(spoken, Ordering::Relaxed);
                 connected.store(true, Ordering::Relaxed);
-                tracing::info!(id = shared.id, peer, %addr, "peer connected");
+                tracing::info!(id = shared.id, peer, %addr, version = spoken, "peer connected");
                 backoff = shared.backoff_min;
                 last_logged = None;
-                let ended = pump(&shared, peer, addr, stream, &mut queue, &mut buf).await;
+                let ended = pump(&shared, peer, addr, stream, spoken, &mut queue, &mut buf).await;
                 connected.store(false, Ordering::Relaxed);
+                version.store(0, Ordering::Relaxed);
+                shared.link_lost(peer);
                 match ended {
                     Ended::QueueClosed => return,
                     Ended::Lost(why) => {
@@ -164,7 +170,7 @@ enum Backoff {
 /// peer gets fresh messages when it comes back rather than a stale backlog.
 async fn drop_during(
     shared: &Shared,
-    queue: &mut mpsc::Receiver<Envelope>,
+    queue: &mut mpsc::Receiver<PeerFrame>,
     redial: &Notify,
     backoff: Duration,
 ) -> Backoff {
@@ -182,11 +188,35 @@ async fn drop_during(
     }
 }
 
-/// Dials `addr` and performs the handshake.
+/// Dials `addr` in this node's protocol version; if the peer refuses it for an older
+/// version this node also speaks (a node not yet upgraded), dials again in that one.
+/// Returns the stream and the connection's version.
+async fn connect_negotiating(
+    shared: &Shared,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> Result<(PeerStream, u16), ConnectError> {
+    match connect(shared, peer, addr, shared.protocol_version).await {
+        Err(ConnectError::Refused {
+            reason: VERSION_MISMATCH,
+            version,
+        }) if (PROTOCOL_VERSION_MIN..shared.protocol_version).contains(&version) => {
+            tracing::debug!(id = shared.id, peer, %addr, version, "peer speaks an older protocol; dialing again in it");
+            let stream = connect(shared, peer, addr, version).await?;
+            Ok((stream, version))
+        }
+        other => other.map(|stream| (stream, shared.protocol_version)),
+    }
+}
+
+const VERSION_MISMATCH: &str = "protocol version mismatch";
+
+/// Dials `addr` and performs the handshake in protocol `version`.
 async fn connect(
     shared: &Shared,
     peer: NodeId,
     addr: SocketAddr,
+    version: u16,
 ) -> Result<PeerStream, ConnectError> {
     let stream =
         match tokio::time::timeout(shared.connect_timeout, dial(shared.listen.ip(), addr)).await {
@@ -223,7 +253,7 @@ async fn connect(
     };
     let mut hello = Vec::with_capacity(codec::HANDSHAKE_FIXED_BYTES + shared.cluster_id.len() + 4);
     Handshake {
-        version: PROTOCOL_VERSION,
+        version,
         cluster_id: shared.cluster_id.clone(),
         from: shared.id,
         to: peer,
@@ -244,7 +274,7 @@ async fn connect(
     let reply = HandshakeReply::decode(&reply).map_err(ConnectError::BadReply)?;
     let reason = match reply.status {
         HandshakeStatus::Accepted => return Ok(stream),
-        HandshakeStatus::VersionMismatch => "protocol version mismatch",
+        HandshakeStatus::VersionMismatch => VERSION_MISMATCH,
         HandshakeStatus::ClusterMismatch => {
             "cluster id mismatch (is it a node of another cluster?)"
         }
@@ -295,7 +325,8 @@ async fn pump(
     peer: NodeId,
     addr: SocketAddr,
     stream: PeerStream,
-    queue: &mut mpsc::Receiver<Envelope>,
+    version: u16,
+    queue: &mut mpsc::Receiver<PeerFrame>,
     buf: &mut Vec<u8>,
 ) -> Ended {
     let counters = &shared.counters;
@@ -323,12 +354,12 @@ async fn pump(
         buf.clear();
         let mut frames = 0u64;
         let mut next = Some(first);
-        while let Some(env) = next.take() {
-            match codec::encode_frame(&env, shared.max_frame_bytes, buf) {
+        while let Some(frame) = next.take() {
+            match codec::encode_peer_frame(&frame, version, shared.max_frame_bytes, buf) {
                 Ok(_) => frames += 1,
                 Err(e) => {
                     tracing::warn!(id = shared.id, peer, %addr, "dropping a message that cannot be framed: {e}");
-                    counters.dropped(&counters.dropped_oversize, &env, "too large to frame");
+                    counters.dropped(&counters.dropped_oversize, &frame, "too large to frame");
                 }
             }
             if buf.len() < shared.batch_bytes_max {

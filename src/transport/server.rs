@@ -16,8 +16,8 @@ use tokio::task::JoinSet;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use super::codec::{
-    FrameHeader, Handshake, HandshakeReply, HandshakeStatus, FRAME_HEADER_BYTES,
-    HANDSHAKE_FIXED_BYTES, PROTOCOL_VERSION,
+    FrameHeader, Handshake, HandshakeReply, HandshakeStatus, PeerFrame, FRAME_HEADER_BYTES,
+    HANDSHAKE_FIXED_BYTES, PROTOCOL_VERSION_MIN,
 };
 use super::stream::PeerStream;
 use super::{bump, Shared};
@@ -102,7 +102,7 @@ async fn serve(
     };
     let status = judge(&shared, &hello, remote, peer_cert.as_ref());
     let reply = HandshakeReply {
-        version: PROTOCOL_VERSION,
+        version: shared.protocol_version,
         status,
     }
     .encode();
@@ -145,8 +145,17 @@ async fn serve(
     tracing::info!(id = shared.id, peer, %remote, "inbound peer connection accepted");
     shared.poke_redial(peer);
     let (seq, replaced) = shared.register_inbound(peer);
-    let why = read_frames(&shared, &mut stream, remote, peer, &inbound, &replaced).await;
+    let why = read_frames(
+        &shared,
+        &mut stream,
+        remote,
+        (peer, hello.version),
+        &inbound,
+        &replaced,
+    )
+    .await;
     shared.unregister_inbound(peer, seq);
+    shared.link_lost(peer);
     tracing::info!(id = shared.id, peer, %remote, "inbound peer connection closed: {why}");
 }
 
@@ -243,7 +252,9 @@ fn judge(
     remote: SocketAddr,
     peer_cert: Option<&CertificateDer<'_>>,
 ) -> HandshakeStatus {
-    if hello.version != PROTOCOL_VERSION {
+    // A dialer of an older version this node still speaks is taken in its version; a
+    // node made to speak an older one (tests) refuses newer dialers as an old build would.
+    if !(PROTOCOL_VERSION_MIN..=shared.protocol_version).contains(&hello.version) {
         HandshakeStatus::VersionMismatch
     } else if hello.cluster_id != shared.cluster_id {
         HandshakeStatus::ClusterMismatch
@@ -301,7 +312,7 @@ async fn read_frames(
     shared: &Shared,
     stream: &mut PeerStream,
     remote: SocketAddr,
-    peer: NodeId,
+    (peer, version): (NodeId, u16),
     inbound: &mpsc::Sender<Envelope>,
     replaced: &tokio::sync::Notify,
 ) -> String {
@@ -321,12 +332,26 @@ async fn read_frames(
                 buf.reserve(frame_len - buf.len());
                 break;
             }
-            let envelope =
-                match super::codec::decode_body(&header, &buf[FRAME_HEADER_BYTES..frame_len]) {
-                    Ok(envelope) => envelope,
-                    Err(e) => return garbage(shared, remote, peer, &e.to_string()),
-                };
+            let frame = match super::codec::decode_peer_body(
+                &header,
+                &buf[FRAME_HEADER_BYTES..frame_len],
+                version,
+            ) {
+                Ok(frame) => frame,
+                Err(e) => return garbage(shared, remote, peer, &e.to_string()),
+            };
             buf.advance(frame_len);
+            let envelope = match frame {
+                PeerFrame::Raft(envelope) => envelope,
+                forward => {
+                    bump(&counters.frames_received, 1);
+                    bump(&counters.received_bytes, frame_len as u64);
+                    if !shared.isolated.load(Ordering::Relaxed) {
+                        deliver_forward(shared, peer, forward);
+                    }
+                    continue;
+                }
+            };
             if envelope.from != peer || envelope.to != shared.id {
                 bump(&counters.envelopes_refused, 1);
                 tracing::warn!(
@@ -388,6 +413,19 @@ async fn read_frames(
             }
             Err(e) => return format!("read failed: {e}"),
         }
+    }
+}
+
+/// Hands a forward frame to the node without waiting: a full sink drops it (counted),
+/// and the follower waiting on it answers "unknown outcome" at its timeout, rather than
+/// Raft's messages waiting behind client writes.
+fn deliver_forward(shared: &Shared, peer: NodeId, frame: PeerFrame) {
+    let sink = super::read_lock(&shared.forward_sink);
+    let delivered = sink
+        .as_ref()
+        .is_some_and(|sink| sink.try_send((peer, frame)).is_ok());
+    if !delivered {
+        bump(&shared.counters.forwards_undelivered, 1);
     }
 }
 

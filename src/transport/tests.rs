@@ -412,11 +412,13 @@ async fn an_unknown_node_is_refused_until_added_to_the_peer_set() {
 }
 
 /// Opens a raw connection to `addr` and handshakes as `from`.
+/// It speaks protocol version 1, whose frames are bare
+/// envelopes ([`encode_frame`]): a version 2 acceptor must still take them.
 async fn raw_peer(addr: SocketAddr, from: NodeId, to: NodeId) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let mut hello = Vec::new();
     Handshake {
-        version: PROTOCOL_VERSION,
+        version: 1,
         cluster_id: CLUSTER.into(),
         from,
         to,
@@ -1001,4 +1003,81 @@ fn the_frame_limit_fits_the_largest_append_entries_and_snapshot_chunk() {
         "default frame limit {default_limit}"
     );
     assert_eq!(max_frame_bytes_for(u64::MAX, 1, 1), u32::MAX);
+}
+
+/// Waits until `transport` has a live connection to `peer`; returns its version.
+async fn connected_version(transport: &Transport, peer: NodeId) -> u16 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(version) = transport.peer_protocol(peer) {
+            return version;
+        }
+        assert!(Instant::now() < deadline, "no connection to {peer}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn forward_frames_reach_the_sink_of_a_version_2_peer() {
+    let ((a, _a_in), (b, _b_in)) = pair(|_| {}).await;
+    let (sink, mut frames) = mpsc::channel(8);
+    b.set_forward_sink(sink);
+    assert_eq!(connected_version(&a, 2).await, PROTOCOL_VERSION);
+    let forward = PeerFrame::Forward(Forward {
+        request_id: 5,
+        role: crate::security::Role::Write,
+        command: Bytes::from_static(b"cmd"),
+        timeout_ms: 100,
+    });
+    a.send_forward(2, forward.clone()).expect("queued");
+    let got = tokio::time::timeout(WAIT, frames.recv())
+        .await
+        .expect("delivered in time");
+    assert_eq!(got, Some((1, forward)));
+    assert_eq!(a.metrics().forwards_sent, 1);
+}
+
+#[tokio::test]
+async fn a_version_2_node_talks_raft_to_a_version_1_node_in_version_1() {
+    let old = |config: &mut TransportConfig| config.protocol_version = 1;
+    let (a, mut a_in) = start_with(1, CLUSTER, localhost(), BTreeMap::new(), old).await;
+    let (b, mut b_in) = start(2, BTreeMap::from([(1, a.local_addr())])).await;
+    a.set_peers(BTreeMap::from([(2, b.local_addr())]));
+    assert_eq!(
+        connected_version(&b, 1).await,
+        1,
+        "the new node redials in v1"
+    );
+    assert_eq!(
+        connected_version(&a, 2).await,
+        1,
+        "the old node dials in v1"
+    );
+    b.send(numbered(2, 1, 1, Bytes::new())).expect("queued");
+    a.send(numbered(1, 2, 2, Bytes::new())).expect("queued");
+    let got = tokio::time::timeout(WAIT, a_in.recv())
+        .await
+        .expect("in time");
+    assert_eq!(got.map(|e| seq_of(&e)), Some(1));
+    let got = tokio::time::timeout(WAIT, b_in.recv())
+        .await
+        .expect("in time");
+    assert_eq!(got.map(|e| seq_of(&e)), Some(2));
+}
+
+#[tokio::test]
+async fn a_lost_connection_is_counted_for_its_peer() {
+    let ((a, _a_in), (b, _b_in)) = pair(|_| {}).await;
+    connected_version(&a, 2).await;
+    connected_version(&b, 1).await;
+    let mut events = a.link_loss_events();
+    let before = a.link_losses(2);
+    b.shutdown().await;
+    tokio::time::timeout(WAIT, async {
+        while a.link_losses(2) == before {
+            events.changed().await.expect("transport alive");
+        }
+    })
+    .await
+    .expect("the loss is noticed");
 }

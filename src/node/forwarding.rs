@@ -1,0 +1,507 @@
+//! Issue 14: a follower's client writes travel to the leader over the peer link.
+//!
+//! Before, a follower replayed each client write as a second HTTP request to the leader
+//! (a reqwest client here, a second HTTP parse there, the answer relayed back): the
+//! largest avoidable cost measured at 64 clients spread over the nodes. Now the follower
+//! sends the already-encoded command in a [`Forward`] frame on the connection it keeps to
+//! the leader anyway, and the leader proposes it through the same queue as its own
+//! clients' writes (so it is batched into the same proposals) and answers with a
+//! [`ForwardReply`] on its connection to the follower.
+//!
+//! The follower's side is a table of forwards in flight, one oneshot each, keyed by a
+//! request id it picks. It is capped ([`FORWARDS_IN_FLIGHT_MAX`]): past the cap a write is
+//! refused at once, nothing sent. A waiting forward is answered truthfully when the
+//! answer cannot come: once it went out, a lost connection, a leader change or a timeout
+//! all mean "unknown outcome" (it may have reached the leader and commit), never
+//! "failed". Nothing is ever sent twice, so a forward cannot be applied twice; and the
+//! command carries the client's `Request-Id` session, which the leader's state machine
+//! deduplicates exactly as for a write sent to it directly.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Node, RequestError, COMMAND_BYTES_MAX};
+use crate::raft::NodeId;
+use crate::security::Role;
+use crate::state_machine::StateMachine;
+use crate::transport::codec::{bounded_message, PROTOCOL_VERSION_FORWARD};
+use crate::transport::{Forward, ForwardOutcome, ForwardReply, PeerFrame, SendError, Transport};
+
+/// Most forwards one follower keeps in flight. Far above what keeps a leader busy (its
+/// proposals batch whatever is queued), low enough that a flood of clients on a follower
+/// costs bounded memory here and on the leader.
+pub const FORWARDS_IN_FLIGHT_MAX: usize = 4096;
+
+/// How long a forward is still awaited after this node learned of another leader. The old
+/// leader, if alive, answers the writes it proposed once the new leader commits (or
+/// overwrites) them, which takes one of the new leader's AppendEntries: milliseconds. One
+/// that is frozen never answers; waiting longer only delays the client's retry.
+const LEADER_CHANGE_WAIT: Duration = Duration::from_secs(1);
+
+/// Frames received from peers that the node's forwarding task has not handled yet.
+pub(super) const SINK_QUEUE_LEN: usize = 8192;
+
+/// How much longer than the leader's own wait the follower waits for its answer: the hop
+/// and back, as for a forward over HTTP.
+const HOP_SLACK: Duration = Duration::from_secs(1);
+
+/// Longest a leader waits for a forwarded write, whatever the follower asks.
+const LEADER_TIMEOUT_MAX: Duration = Duration::from_secs(60);
+
+/// Why a forward over the peer link gave no outcome from the leader.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardFailure {
+    /// The link to the leader is down or speaks protocol version 1. Nothing was sent:
+    /// forward over HTTP instead.
+    #[error("the peer link to leader {leader} cannot carry forwards; nothing was sent")]
+    Unsupported {
+        /// The leader.
+        leader: NodeId,
+    },
+    /// [`FORWARDS_IN_FLIGHT_MAX`] forwards are in flight, or the link's queue is full.
+    /// Nothing was sent.
+    #[error(
+        "node {node} has {in_flight} writes in flight to leader {leader} over the peer link, \
+         as many as it takes; nothing was proposed; retry with backoff or send to the leader"
+    )]
+    Overloaded {
+        /// This node.
+        node: NodeId,
+        /// The leader.
+        leader: NodeId,
+        /// Forwards in flight when this one was refused.
+        in_flight: usize,
+    },
+    /// The forward was sent but its answer cannot come: the write may or may not take
+    /// effect.
+    #[error(
+        "the write was forwarded to leader {leader} but {cause}; it may or may not take \
+         effect (retry with the same Request-Id to find out)"
+    )]
+    Unknown {
+        /// The leader.
+        leader: NodeId,
+        /// What cut the wait short.
+        cause: LostCause,
+    },
+}
+
+/// What ended the wait for a forward's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LostCause {
+    /// A connection to or from the leader closed.
+    #[error("the peer connection to it closed before it answered")]
+    LinkLost,
+    /// Another leader took over and the old one did not answer within a second.
+    #[error("leadership moved away from it before it answered")]
+    LeaderChanged,
+    /// No answer within the request timeout.
+    #[error("no answer came within the request timeout")]
+    Timeout,
+    /// This node is stopping.
+    #[error("this node is stopping")]
+    Stopped,
+}
+
+/// One forward in flight.
+struct Waiting {
+    leader: NodeId,
+    reply: oneshot::Sender<ForwardOutcome>,
+}
+
+/// The follower's table of forwards in flight, and the counters `/metrics` shows.
+pub struct Forwarder {
+    /// Most forwards in flight: [`FORWARDS_IN_FLIGHT_MAX`] but in tests.
+    cap: usize,
+    next_id: AtomicU64,
+    waiting: Mutex<HashMap<u64, Waiting>>,
+    /// Forwards refused at the cap (nothing sent).
+    pub dropped_overload: AtomicU64,
+    /// Forwards sent whose answer was lost (link loss, leader change, timeout).
+    pub dropped_lost: AtomicU64,
+    /// Forwards this node served as the leader.
+    pub served: AtomicU64,
+}
+
+impl Default for Forwarder {
+    fn default() -> Self {
+        Forwarder::new(FORWARDS_IN_FLIGHT_MAX)
+    }
+}
+
+impl Forwarder {
+    /// A table that holds at most `cap` forwards in flight.
+    pub fn new(cap: usize) -> Forwarder {
+        Forwarder {
+            cap,
+            next_id: AtomicU64::new(0),
+            waiting: Mutex::new(HashMap::new()),
+            dropped_overload: AtomicU64::new(0),
+            dropped_lost: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+        }
+    }
+
+    /// Reads the test-only switch `RAFTLOG_TEST_FORWARDS_IN_FLIGHT_MAX=<n>`, which lowers
+    /// the cap so that process tests can reach it; [`FORWARDS_IN_FLIGHT_MAX`] otherwise.
+    /// Never set it in production.
+    pub fn from_env() -> Forwarder {
+        let cap = match std::env::var("RAFTLOG_TEST_FORWARDS_IN_FLIGHT_MAX") {
+            Err(_) => FORWARDS_IN_FLIGHT_MAX,
+            Ok(value) => match value.parse::<usize>() {
+                Ok(cap) => {
+                    tracing::warn!(
+                        cap,
+                        "test-only switch RAFTLOG_TEST_FORWARDS_IN_FLIGHT_MAX is set"
+                    );
+                    cap.min(FORWARDS_IN_FLIGHT_MAX)
+                }
+                Err(e) => {
+                    tracing::warn!("ignoring RAFTLOG_TEST_FORWARDS_IN_FLIGHT_MAX={value:?}: {e}");
+                    FORWARDS_IN_FLIGHT_MAX
+                }
+            },
+        };
+        Forwarder::new(cap)
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiting>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Forwards waiting for an answer right now.
+    pub fn in_flight(&self) -> usize {
+        self.table().len()
+    }
+
+    /// Takes a slot for a forward to `leader`, or says how many are in flight.
+    fn reserve(&self, leader: NodeId) -> Result<(u64, oneshot::Receiver<ForwardOutcome>), usize> {
+        let mut table = self.table();
+        if table.len() >= self.cap {
+            self.dropped_overload.fetch_add(1, Ordering::Relaxed);
+            return Err(table.len());
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        table.insert(id, Waiting { leader, reply });
+        Ok((id, answer))
+    }
+
+    /// Delivers a reply from `from`. A reply for an id not waiting (answered already,
+    /// given up on) or from another node than the one asked is ignored.
+    pub(super) fn resolve(&self, from: NodeId, reply: ForwardReply) {
+        let mut table = self.table();
+        if table
+            .get(&reply.request_id)
+            .is_some_and(|waiting| waiting.leader == from)
+        {
+            if let Some(waiting) = table.remove(&reply.request_id) {
+                let _ = waiting.reply.send(reply.outcome);
+            }
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        self.table().remove(&id);
+    }
+}
+
+/// Removes a forward's entry however its wait ends, including when the client goes away
+/// and the handler's future is dropped.
+struct Slot<'a> {
+    forwarder: &'a Forwarder,
+    id: u64,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.forwarder.forget(self.id);
+    }
+}
+
+impl<S: StateMachine> Node<S> {
+    /// Sends `command` (an encoded `kv::Command`) to `leader` over the peer link and waits
+    /// for its outcome: the leader waits at most `timeout` for the write to apply, this node
+    /// a second more for the answer. `role` is the client's, for the leader to check.
+    pub async fn forward_write(
+        &self,
+        leader: NodeId,
+        command: Bytes,
+        role: Role,
+        timeout: Duration,
+    ) -> Result<ForwardOutcome, ForwardFailure> {
+        let transport = &self.transport;
+        if leader == self.id
+            || transport
+                .peer_protocol(leader)
+                .is_none_or(|version| version < PROTOCOL_VERSION_FORWARD)
+        {
+            return Err(ForwardFailure::Unsupported { leader });
+        }
+        let overloaded = |in_flight| ForwardFailure::Overloaded {
+            node: self.id,
+            leader,
+            in_flight,
+        };
+        let (request_id, answer) = self.forwarder.reserve(leader).map_err(overloaded)?;
+        let _slot = Slot {
+            forwarder: &self.forwarder,
+            id: request_id,
+        };
+        // Taken before sending: a loss after this point may have cost the frame or its
+        // reply.
+        let mut losses = transport.link_loss_events();
+        let losses_before = transport.link_losses(leader);
+        let frame = PeerFrame::Forward(Forward {
+            request_id,
+            role,
+            command,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        });
+        match transport.send_forward(leader, frame) {
+            Ok(()) => {}
+            Err(SendError::QueueFull { .. }) => {
+                self.forwarder
+                    .dropped_overload
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(overloaded(self.forwarder.in_flight()));
+            }
+            Err(SendError::UnknownPeer { .. } | SendError::NotFromThisNode { .. }) => {
+                return Err(ForwardFailure::Unsupported { leader })
+            }
+            Err(SendError::Shutdown) => {
+                return Err(ForwardFailure::Unknown {
+                    leader,
+                    cause: LostCause::Stopped,
+                })
+            }
+        }
+        let link_lost = async {
+            loop {
+                if transport.link_losses(leader) != losses_before {
+                    return;
+                }
+                if losses.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        };
+        let leader_changed = async {
+            self.leader_changed_from(leader).await;
+            tokio::time::sleep(LEADER_CHANGE_WAIT).await;
+        };
+        // Biased: an answer that arrived wins over giving up on it.
+        let cause = tokio::select! {
+            biased;
+            outcome = answer => match outcome {
+                Ok(outcome) => return Ok(outcome),
+                Err(_) => LostCause::Stopped,
+            },
+            () = link_lost => LostCause::LinkLost,
+            () = leader_changed => LostCause::LeaderChanged,
+            () = tokio::time::sleep(timeout + HOP_SLACK) => LostCause::Timeout,
+        };
+        self.forwarder.dropped_lost.fetch_add(1, Ordering::Relaxed);
+        Err(ForwardFailure::Unknown { leader, cause })
+    }
+
+    /// Serves the forward frames peers send this node: answers to its own forwards, and
+    /// forwards it must propose as the leader. Runs until the transport drops the sink.
+    pub(super) async fn serve_forwards(self, mut frames: mpsc::Receiver<(NodeId, PeerFrame)>) {
+        while let Some((from, frame)) = frames.recv().await {
+            match frame {
+                PeerFrame::ForwardReply(reply) => self.forwarder.resolve(from, reply),
+                PeerFrame::Forward(forward) => {
+                    let node = self.clone();
+                    tokio::spawn(async move { node.propose_forwarded(from, forward).await });
+                }
+                // The transport delivers Raft envelopes on their own channel.
+                PeerFrame::Raft(_) => {}
+            }
+        }
+    }
+
+    /// Proposes a write `from` forwarded, as the API would a client's, and answers it.
+    async fn propose_forwarded(&self, from: NodeId, forward: Forward) {
+        self.forwarder.served.fetch_add(1, Ordering::Relaxed);
+        let request_id = forward.request_id;
+        let outcome = self.forwarded_outcome(forward).await;
+        let reply = PeerFrame::ForwardReply(ForwardReply {
+            request_id,
+            outcome,
+        });
+        if let Err(e) = self.transport.send_forward(from, reply) {
+            // The follower answers "unknown outcome" when its wait ends.
+            tracing::debug!(
+                id = self.id,
+                peer = from,
+                "cannot queue a forward reply: {e}"
+            );
+        }
+    }
+
+    async fn forwarded_outcome(&self, forward: Forward) -> ForwardOutcome {
+        if let Err(refused) = admissible(self.id, &forward) {
+            return refused;
+        }
+        let permit = match self.admit_write(forward.command.len() as u64) {
+            Ok(permit) => permit,
+            Err(e) => return refusal(e),
+        };
+        let timeout = Duration::from_millis(forward.timeout_ms)
+            .clamp(Duration::from_millis(1), LEADER_TIMEOUT_MAX);
+        let outcome = match self.write(forward.command, timeout).await {
+            Ok((index, applied)) => ForwardOutcome::Applied { index, applied },
+            Err(e) => refusal(e),
+        };
+        drop(permit);
+        outcome
+    }
+}
+
+/// Whether the leader `id` may propose `forward` at all: its role must permit a write
+/// (checked here, whatever the follower checked: the leader proposes only what the role it
+/// is told permits), and its command must be a client command within the size limit.
+fn admissible(id: NodeId, forward: &Forward) -> Result<(), ForwardOutcome> {
+    if !forward.role.permits(Role::Write) {
+        return Err(ForwardOutcome::Forbidden { role: forward.role });
+    }
+    if forward.command.len() as u64 > COMMAND_BYTES_MAX
+        || crate::session::Command::decode(&forward.command).is_none()
+    {
+        return Err(ForwardOutcome::Invalid {
+            message: bounded_message(format!(
+                "leader {id} was forwarded {} bytes that are not a client command (at most \
+                 {COMMAND_BYTES_MAX} bytes); nothing was proposed",
+                forward.command.len()
+            )),
+        });
+    }
+    Ok(())
+}
+
+/// The outcome for a write the leader refused or could not finish.
+fn refusal(error: RequestError) -> ForwardOutcome {
+    let message = || bounded_message(error.to_string());
+    match &error {
+        RequestError::NotLeader(leader_hint) => ForwardOutcome::NotLeader {
+            leader_hint: *leader_hint,
+        },
+        RequestError::Stopped => ForwardOutcome::Stopped,
+        RequestError::Unknown => ForwardOutcome::Unknown { message: message() },
+        RequestError::NotCommitted => ForwardOutcome::NotCommitted,
+        RequestError::NoSpace(_) => ForwardOutcome::NoSpace { message: message() },
+        RequestError::Overloaded { .. } => ForwardOutcome::Overloaded { message: message() },
+        RequestError::TransferInProgress => ForwardOutcome::TransferInProgress,
+        RequestError::NotApplied(_) => ForwardOutcome::Invalid { message: message() },
+    }
+}
+
+/// The transport's sink for forward frames, and the task that serves it.
+pub(super) fn start<S: StateMachine>(node: &Node<S>, transport: &Transport) {
+    let (sink, frames) = mpsc::channel(SINK_QUEUE_LEN);
+    transport.set_forward_sink(sink);
+    tokio::spawn(node.clone().serve_forwards(frames));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::Applied;
+
+    #[test]
+    fn the_table_refuses_past_its_cap_and_frees_slots_when_waits_end() {
+        let forwarder = Forwarder::default();
+        let mut slots = Vec::new();
+        for _ in 0..FORWARDS_IN_FLIGHT_MAX {
+            slots.push(forwarder.reserve(2).expect("below the cap"));
+        }
+        assert_eq!(forwarder.reserve(2).err(), Some(FORWARDS_IN_FLIGHT_MAX));
+        assert_eq!(forwarder.dropped_overload.load(Ordering::Relaxed), 1);
+        let (id, _) = &slots[0];
+        forwarder.forget(*id);
+        assert!(
+            forwarder.reserve(2).is_ok(),
+            "a finished wait frees its slot"
+        );
+    }
+
+    #[test]
+    fn a_reply_reaches_only_the_forward_it_answers_and_only_from_the_node_asked() {
+        let forwarder = Forwarder::default();
+        let (id, mut answer) = forwarder.reserve(2).expect("a slot");
+        let reply = |request_id| ForwardReply {
+            request_id,
+            outcome: ForwardOutcome::Applied {
+                index: 7,
+                applied: Applied::Fresh(vec![1]),
+            },
+        };
+        forwarder.resolve(3, reply(id));
+        assert!(
+            answer.try_recv().is_err(),
+            "a reply from node 3 for a forward to 2"
+        );
+        forwarder.resolve(2, reply(id + 1));
+        assert!(answer.try_recv().is_err(), "a reply for another forward");
+        forwarder.resolve(2, reply(id));
+        assert_eq!(answer.try_recv().ok(), Some(reply(id).outcome));
+        assert_eq!(forwarder.in_flight(), 0);
+    }
+
+    #[test]
+    fn the_leader_proposes_a_forward_only_for_a_role_that_permits_writes() {
+        let command = crate::session::Command {
+            request_id: None,
+            body: Bytes::from_static(b"a state machine command"),
+        };
+        let forward = |role, command: Bytes| Forward {
+            request_id: 1,
+            role,
+            command,
+            timeout_ms: 1000,
+        };
+        let encoded = Bytes::from(command.encode());
+        assert_eq!(
+            admissible(1, &forward(Role::Read, encoded.clone())),
+            Err(ForwardOutcome::Forbidden { role: Role::Read })
+        );
+        assert_eq!(
+            admissible(1, &forward(Role::Write, encoded.clone())),
+            Ok(())
+        );
+        assert_eq!(admissible(1, &forward(Role::Admin, encoded)), Ok(()));
+        let oversize = Bytes::from(vec![0u8; COMMAND_BYTES_MAX as usize + 1]);
+        assert!(matches!(
+            admissible(1, &forward(Role::Admin, oversize)),
+            Err(ForwardOutcome::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn every_refusal_says_whether_the_write_may_still_take_effect() {
+        // Only a proposed write whose outcome is unknown may still take effect.
+        assert!(matches!(
+            refusal(RequestError::Unknown),
+            ForwardOutcome::Unknown { .. }
+        ));
+        assert_eq!(
+            refusal(RequestError::NotLeader(Some(3))),
+            ForwardOutcome::NotLeader {
+                leader_hint: Some(3)
+            }
+        );
+        assert_eq!(
+            refusal(RequestError::NotCommitted),
+            ForwardOutcome::NotCommitted
+        );
+        assert_eq!(refusal(RequestError::Stopped), ForwardOutcome::Stopped);
+    }
+}
