@@ -12,7 +12,15 @@ use storage::NodeId;
 use super::{ApiError, ApiState, FORWARDED_HEADER};
 
 /// Headers worth carrying each way.
-const RELAYED_REQUEST_HEADERS: [&str; 2] = ["request-id", "content-type"];
+/// `authorization` goes on so the leader authenticates the client again (issue 16): a
+/// follower never vouches for a password-authenticated client. The forwarded role is
+/// trusted by the leader only from a member presenting its node certificate.
+const RELAYED_REQUEST_HEADERS: [&str; 4] = [
+    "request-id",
+    "content-type",
+    "authorization",
+    super::auth::FORWARDED_ROLE_HEADER,
+];
 const RELAYED_RESPONSE_HEADERS: [&str; 3] = ["content-type", "x-raft-index", "x-raft-leader"];
 
 /// How long a forwarded request may still wait for the old leader's answer after this node

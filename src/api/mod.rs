@@ -3,6 +3,7 @@
 //! Any node accepts any request. A follower forwards writes and linearizable reads to the
 //! leader and relays the answer (`forward.rs`); `stale` reads are served locally.
 
+pub mod auth;
 mod background;
 mod debug;
 mod error;
@@ -55,6 +56,9 @@ pub struct ApiOptions {
     /// Issue 17: `/readyz` answers 503 while the node is more entries than this behind the
     /// commit index last heard from a leader (0: no lag check).
     pub ready_max_lag_entries: u64,
+    /// Issue 16: the users of the cluster file's `auth` section; `None`, every client is
+    /// `admin` as before.
+    pub auth: Option<Arc<auth::Authenticator>>,
 }
 
 impl Default for ApiOptions {
@@ -77,6 +81,7 @@ impl Default for ApiOptions {
             ),
             watch: watch::WatchOptions::default(),
             ready_max_lag_entries: crate::config::DEFAULT_READY_MAX_LAG_ENTRIES,
+            auth: None,
         }
     }
 }
@@ -164,6 +169,8 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
         router
     };
     router
+        // After routing, so the rights table is looked up by the matched route pattern.
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require))
         .fallback(handlers::not_found)
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), leader_header))

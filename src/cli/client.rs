@@ -124,8 +124,18 @@ pub fn run(target: Target, op: Op) -> i32 {
             return EXIT_USAGE;
         }
     };
+    let identity = match super::identity::Identity::from_target(&target) {
+        Ok(identity) => identity,
+        Err(message) => {
+            eprintln!("raftlog: {message}");
+            return EXIT_USAGE;
+        }
+    };
     runtime.block_on(async move {
-        let Some(client) = http_client(reqwest::Client::builder().timeout(REQUEST_TIMEOUT)) else {
+        let Some(client) = http_client(
+            reqwest::Client::builder().timeout(REQUEST_TIMEOUT),
+            &identity,
+        ) else {
             return EXIT_FAILED;
         };
         match op {
@@ -491,8 +501,12 @@ async fn status(client: &reqwest::Client, addrs: &[String], as_json: bool) -> i3
 pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds the commands' HTTP client, or says on stderr why it cannot.
-pub(super) fn http_client(builder: reqwest::ClientBuilder) -> Option<reqwest::Client> {
-    builder
+pub(super) fn http_client(
+    builder: reqwest::ClientBuilder,
+    identity: &super::identity::Identity,
+) -> Option<reqwest::Client> {
+    identity
+        .apply(builder)
         .build()
         .map_err(|e| eprintln!("raftlog: cannot build an HTTP client: {e}"))
         .ok()

@@ -6,6 +6,7 @@ mod certs;
 mod client;
 mod cluster;
 mod completions;
+mod identity;
 mod join;
 mod serve;
 mod watch;
@@ -39,6 +40,10 @@ pub struct Target {
     /// Machine-readable output.
     #[arg(long, global = true)]
     json: bool,
+    /// Authenticate as this user of the cluster's `auth` section (HTTP Basic); the password
+    /// comes from RAFTLOG_PASSWORD, else from stdin (a prompt at a terminal).
+    #[arg(long, global = true, value_name = "NAME")]
+    user: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -196,6 +201,9 @@ enum Command {
     },
     /// Print the man page (roff), e.g. `raftlog manpage > raftlog.1`.
     Manpage,
+    /// Read a password on stdin and print its Argon2id hash, for the cluster file's
+    /// `auth.users.NAME.password_hash`.
+    Passwd,
     /// TLS certificates (issue 16).
     Certs {
         #[command(subcommand)]
@@ -328,8 +336,10 @@ pub fn run() -> i32 {
             keys_only,
             target,
             ..
-        } => match client::addresses(&target) {
-            Ok(addrs) => watch::range(
+        } => match client::addresses(&target).and_then(|addrs| {
+            identity::Identity::from_target(&target).map(|identity| (addrs, identity))
+        }) {
+            Ok((addrs, identity)) => watch::range(
                 addrs,
                 watch::RangeArgs {
                     prefix,
@@ -340,6 +350,7 @@ pub fn run() -> i32 {
                     consistency,
                 },
                 target.json,
+                &identity,
             ),
             Err(message) => {
                 eprintln!("{message}");
@@ -350,8 +361,15 @@ pub fn run() -> i32 {
             prefix,
             from,
             target,
-        } => match client::addresses(&target) {
-            Ok(addrs) => watch::watch(addrs, watch::WatchArgs { prefix, from }, target.json),
+        } => match client::addresses(&target).and_then(|addrs| {
+            identity::Identity::from_target(&target).map(|identity| (addrs, identity))
+        }) {
+            Ok((addrs, identity)) => watch::watch(
+                addrs,
+                watch::WatchArgs { prefix, from },
+                target.json,
+                &identity,
+            ),
             Err(message) => {
                 eprintln!("{message}");
                 EXIT_USAGE
@@ -433,6 +451,7 @@ pub fn run() -> i32 {
         Command::Bench { args, target } => bench::run(target, args),
         Command::Completions { shell } => completions::completions(shell),
         Command::Manpage => completions::manpage(),
+        Command::Passwd => identity::passwd(),
         Command::Certs {
             action: CertsAction::Init { nodes, out },
         } => certs::init(nodes, &out),

@@ -251,6 +251,9 @@ fn api_options(config: &ClusterConfig, connections: ConnectionLimits) -> ApiOpti
         log_page_max_entries: config.log_page_max_entries(),
         snapshot_request_timeout: config.snapshot_request_timeout(),
         ready_max_lag_entries: config.ready_max_lag_entries(),
+        auth: config
+            .auth()
+            .map(|auth| std::sync::Arc::new(api::auth::Authenticator::new(auth))),
         connections,
         watch: api::watch::WatchOptions {
             watchers_max: config.watchers_max() as usize,

@@ -354,12 +354,13 @@ pub(super) async fn run(
     args: &BenchArgs,
     endpoints: Vec<String>,
     progress: bool,
+    identity: &crate::cli::identity::Identity,
 ) -> Result<Report, String> {
-    let requests = Arc::new(Requests::new(
-        args.system,
-        args.value_size,
-        args.consistency,
-    ));
+    let authorization = identity.authorization().cloned();
+    let requests = Arc::new(
+        Requests::new(args.system, args.value_size, args.consistency)
+            .with_authorization(authorization.clone()),
+    );
     let leader = leader_index(args.system, &endpoints)
         .await
         .map(|i| endpoints[i].clone());
@@ -393,7 +394,8 @@ pub(super) async fn run(
         Ordering::Relaxed,
     );
     let plan = Arc::new(Plan {
-        requests: Requests::new(args.system, args.value_size, args.consistency),
+        requests: Requests::new(args.system, args.value_size, args.consistency)
+            .with_authorization(authorization),
         op: args.op,
         read_ratio: args.read_ratio,
         key_space: args.key_space,

@@ -162,12 +162,19 @@ pub fn run(target: Target, args: BenchArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
+    let identity = match crate::cli::identity::Identity::from_target(&target) {
+        Ok(identity) => identity,
+        Err(message) => {
+            eprintln!("raftlog bench: {message}");
+            return EXIT_USAGE;
+        }
+    };
     let progress = !target.json
         && !args.no_progress
         && std::io::stdout().is_terminal()
         && std::io::stderr().is_terminal();
     runtime.block_on(async move {
-        match load::run(&args, endpoints, progress).await {
+        match load::run(&args, endpoints, progress, &identity).await {
             Ok(report) => {
                 if target.json {
                     println!("{}", report.to_json());

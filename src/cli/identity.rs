@@ -1,0 +1,158 @@
+//! Who a client command says it is (issue 16): `--user NAME` with a password from
+//! `RAFTLOG_PASSWORD` or typed at a prompt, sent as HTTP Basic on every request.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use axum::http::HeaderValue;
+use base64::Engine;
+
+use super::Target;
+
+/// The environment variable a client command reads the `--user` password from.
+pub const PASSWORD_ENV: &str = "RAFTLOG_PASSWORD";
+
+/// Credentials resolved once per command.
+#[derive(Clone, Debug, Default)]
+pub struct Identity {
+    /// `Authorization: Basic ...` for `--user`.
+    authorization: Option<HeaderValue>,
+}
+
+impl Identity {
+    /// Resolves `--user` (reading the password); an error says what to do.
+    pub fn from_target(target: &Target) -> Result<Identity, String> {
+        let Some(user) = &target.user else {
+            return Ok(Identity::default());
+        };
+        if user.is_empty() || user.contains(':') {
+            return Err(format!(
+                "--user {user:?}: a user name is non-empty and has no ':'"
+            ));
+        }
+        let password = password(user)?;
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+            .map_err(|e| format!("--user {user:?}: cannot make an Authorization header: {e}"))?;
+        value.set_sensitive(true);
+        Ok(Identity {
+            authorization: Some(value),
+        })
+    }
+
+    /// The `Authorization` header to send, if any.
+    pub fn authorization(&self) -> Option<&HeaderValue> {
+        self.authorization.as_ref()
+    }
+
+    /// `builder` with these credentials on every request.
+    pub fn apply(&self, builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(value) = &self.authorization {
+            headers.insert(reqwest::header::AUTHORIZATION, value.clone());
+        }
+        builder.default_headers(headers)
+    }
+}
+
+/// The password of `user`: `RAFTLOG_PASSWORD`, else a line read from stdin (with a prompt
+/// and echo off at a terminal).
+fn password(user: &str) -> Result<String, String> {
+    if let Ok(password) = std::env::var(PASSWORD_ENV) {
+        return Ok(password);
+    }
+    let stdin = std::io::stdin();
+    let terminal = stdin.is_terminal();
+    if terminal {
+        eprint!("Password for {user}: ");
+        let _ = std::io::stderr().flush();
+    }
+    let echo = terminal.then(EchoOff::new).flatten();
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    drop(echo);
+    if terminal {
+        eprintln!();
+    }
+    match read {
+        Ok(0) => Err(format!(
+            "--user {user}: no password: set {PASSWORD_ENV} or give it on stdin"
+        )),
+        Ok(_) => Ok(line.trim_end_matches(['\r', '\n']).to_string()),
+        Err(e) => Err(format!(
+            "--user {user}: cannot read the password from stdin: {e}"
+        )),
+    }
+}
+
+/// Terminal echo switched off until dropped, so a typed password is not shown.
+struct EchoOff(libc::termios);
+
+impl EchoOff {
+    fn new() -> Option<EchoOff> {
+        // SAFETY: tcgetattr/tcsetattr on stdin with a termios they fill in.
+        unsafe {
+            let mut saved: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(libc::STDIN_FILENO, &mut saved) != 0 {
+                return None;
+            }
+            let mut quiet = saved;
+            quiet.c_lflag &= !libc::ECHO;
+            if libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &quiet) != 0 {
+                return None;
+            }
+            Some(EchoOff(saved))
+        }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings read in `new`.
+        unsafe {
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.0);
+        }
+    }
+}
+
+/// `raftlog passwd`: reads a password (one line) on stdin and prints its Argon2id hash.
+pub fn passwd() -> i32 {
+    let stdin = std::io::stdin();
+    let terminal = stdin.is_terminal();
+    if terminal {
+        eprint!("Password: ");
+        let _ = std::io::stderr().flush();
+    }
+    let echo = terminal.then(EchoOff::new).flatten();
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    drop(echo);
+    if terminal {
+        eprintln!();
+    }
+    let password = match read {
+        Ok(0) => {
+            eprintln!("raftlog passwd: no password on stdin (give one line, e.g. `echo -n secret | raftlog passwd`)");
+            return super::EXIT_USAGE;
+        }
+        Ok(_) => line.trim_end_matches(['\r', '\n']).to_string(),
+        Err(e) => {
+            eprintln!("raftlog passwd: cannot read the password from stdin: {e}");
+            return super::EXIT_FAILED;
+        }
+    };
+    if password.is_empty() {
+        eprintln!("raftlog passwd: the password is empty; give a non-empty one");
+        return super::EXIT_USAGE;
+    }
+    match crate::security::password::hash(password.as_bytes()) {
+        Ok(hash) => {
+            println!("{hash}");
+            0
+        }
+        Err(e) => {
+            eprintln!("raftlog passwd: {e}");
+            super::EXIT_FAILED
+        }
+    }
+}
