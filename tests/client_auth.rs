@@ -259,3 +259,125 @@ fn a_password_hash_that_is_not_argon2id_is_refused_at_start() {
     assert!(log.contains("auth.users.\"ann\".password_hash"), "{log}");
     assert!(log.contains("raftlog passwd"), "{log}");
 }
+
+/// A client that trusts the cluster CA in `certs` and presents `client-<role>.pem`.
+fn https_client(certs: &std::path::Path, role: Option<&str>) -> reqwest::Client {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(certs.join("ca.pem")).unwrap() {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(
+            raftlog::security::tls::ClusterCaVerifier(verifier),
+        ));
+    let config = match role {
+        Some(role) => {
+            let chain = CertificateDer::pem_file_iter(certs.join(format!("client-{role}.pem")))
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key =
+                PrivateKeyDer::from_pem_file(certs.join(format!("client-{role}-key.pem"))).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn over_https_a_client_certificate_proves_its_role_through_any_node() {
+    runtime().block_on(async {
+        let cluster = Cluster::configure_with(
+            ClusterSpec::default(),
+            json!({
+                "tls": {"ca": "certs/ca.pem", "cert": "certs/node-{id}.pem", "key": "certs/node-{id}-key.pem"},
+                "auth": auth_section(),
+            }),
+        );
+        let certs = cluster.dir.path().join("certs");
+        let status = Command::new(raftlog_bin())
+            .args(["certs", "init", "--nodes", "3", "--out"])
+            .arg(&certs)
+            .stdout(Stdio::null())
+            .status()
+            .expect("certs init");
+        assert!(status.success());
+        for id in 1..=3 {
+            cluster.spawn(id);
+        }
+        let leader = cluster.wait_for_leader(Duration::from_secs(15)).await;
+        let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+        let reader = https_client(&certs, Some("read"));
+        let writer = https_client(&certs, Some("write"));
+        let anonymous = https_client(&certs, None);
+        let url = |id: u64, path: &str| format!("https://{}{path}", cluster.api(id));
+        for node in [leader, follower] {
+            let answer = reader.get(url(node, "/v1/kv/a")).send().await.expect("GET");
+            assert!(matches!(answer.status().as_u16(), 200 | 404), "{answer:?}");
+            let answer = reader.put(url(node, "/v1/kv/a")).body("x").send().await.expect("PUT");
+            assert_eq!(answer.status().as_u16(), 403, "read certificate PUT via node {node}");
+            // Through a follower the leader trusts the follower's node certificate to state
+            // the role its client proved: write, not more.
+            let answer = writer.put(url(node, "/v1/kv/a")).body("x").send().await.expect("PUT");
+            assert_eq!(answer.status().as_u16(), 200, "write certificate PUT via node {node}");
+            let answer = writer.post(url(node, "/v1/snapshot")).send().await.expect("POST");
+            assert_eq!(answer.status().as_u16(), 403, "write certificate snapshot via node {node}");
+            let answer = anonymous.get(url(node, "/v1/kv/a")).send().await.expect("GET");
+            assert_eq!(answer.status().as_u16(), 401);
+            // HTTP Basic works over HTTPS too.
+            let answer = anonymous
+                .put(url(node, "/v1/kv/b"))
+                .basic_auth("writer", Some("write-pw"))
+                .body("y")
+                .send()
+                .await
+                .expect("PUT");
+            assert_eq!(answer.status().as_u16(), 200);
+        }
+        // Plain HTTP to the HTTPS port fails at once, and the node keeps serving.
+        let plain = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+        let started = std::time::Instant::now();
+        let refused = plain.get(format!("http://{}/v1/kv/a", cluster.api(leader))).send().await;
+        assert!(refused.is_err() || refused.as_ref().is_ok_and(|r| !r.status().is_success()), "{refused:?}");
+        assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+        let answer = reader.get(url(leader, "/healthz")).send().await.expect("healthz");
+        assert_eq!(answer.status().as_u16(), 200);
+
+        // The CLI: --cacert/--cert/--key.
+        let cli = |role: &str| {
+            Command::new(raftlog_bin())
+                .args(["put", "cli-tls", "v", "--addr", cluster.api(follower), "--cacert"])
+                .arg(certs.join("ca.pem"))
+                .arg("--cert")
+                .arg(certs.join(format!("client-{role}.pem")))
+                .arg("--key")
+                .arg(certs.join(format!("client-{role}-key.pem")))
+                .stdin(Stdio::null())
+                .output()
+                .expect("run the CLI")
+        };
+        let out = cli("write");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = cli("read");
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden"), "{}", String::from_utf8_lossy(&out.stderr));
+    });
+}

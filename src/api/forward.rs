@@ -41,10 +41,10 @@ const LIVENESS_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 /// a node that is gone fails the forwarded request by itself.
 async fn wait_while_alive(state: &ApiState, api_addr: &str) {
     let deadline = tokio::time::Instant::now() + LEADER_CHANGE_WAIT_MAX;
-    let url = format!("http://{api_addr}/healthz");
+    let url = format!("{}://{api_addr}/healthz", state.scheme());
     while tokio::time::Instant::now() < deadline {
         let probe = state
-            .client
+            .client()
             .get(&url)
             .timeout(LIVENESS_PROBE_TIMEOUT)
             .send()
@@ -179,9 +179,9 @@ async fn send_to_leader(
         ))
         .into_response();
     };
-    let url = format!("http://{api_addr}{path_and_query}");
+    let url = format!("{}://{api_addr}{path_and_query}", state.scheme());
     let mut request = state
-        .client
+        .client()
         .request(method, &url)
         .header(FORWARDED_HEADER, state.node.id.to_string())
         .timeout(timeout)
@@ -286,6 +286,7 @@ mod tests {
             .local_addr()
             .expect("the stand-in leader's address");
         let server = tokio::spawn(async move { axum::serve(listener, leader).await });
+        crate::security::tls::install_crypto_provider();
         let client = reqwest::Client::new();
         for (n, (error, status, code)) in refusals.into_iter().enumerate() {
             let at_leader = ApiError::from(error.clone()).into_response();

@@ -197,7 +197,8 @@ pub(super) fn percent_encode(text: &str) -> String {
 }
 
 fn request(client: &reqwest::Client, addr: &str, op: &Op) -> reqwest::RequestBuilder {
-    let url = |path: &str| format!("http://{addr}{path}");
+    let scheme = super::identity::scheme();
+    let url = |path: &str| format!("{scheme}://{addr}{path}");
     match op {
         Op::Put { key, value } => client
             .put(url(&format!("/v1/kv/{}", percent_encode(key))))
@@ -450,7 +451,12 @@ async fn status(client: &reqwest::Client, addrs: &[String], as_json: bool) -> i3
     let mut rows = Vec::new();
     let mut reachable = 0;
     for addr in addrs {
-        let answer = match client.get(format!("http://{addr}/v1/status")).send().await {
+        let scheme = super::identity::scheme();
+        let answer = match client
+            .get(format!("{scheme}://{addr}/v1/status"))
+            .send()
+            .await
+        {
             Ok(response) if response.status().is_success() => response.json::<Value>().await.ok(),
             _ => None,
         };

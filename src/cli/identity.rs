@@ -1,5 +1,7 @@
 //! Who a client command says it is (issue 16): `--user NAME` with a password from
-//! `RAFTLOG_PASSWORD` or typed at a prompt, sent as HTTP Basic on every request.
+//! `RAFTLOG_PASSWORD` or typed at a prompt, sent as HTTP Basic on every request; with
+//! `--cacert` it speaks HTTPS, trusting that CA, and with `--cert/--key` it presents a client
+//! certificate.
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -16,13 +18,103 @@ pub const PASSWORD_ENV: &str = "RAFTLOG_PASSWORD";
 pub struct Identity {
     /// `Authorization: Basic ...` for `--user`.
     authorization: Option<HeaderValue>,
+    /// `--cacert` (and `--cert/--key`): HTTPS.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// `https` once a command was given `--cacert`: one command per process, and every request
+/// of it goes to the same cluster.
+static SCHEME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// The URL scheme of this command's requests.
+pub fn scheme() -> &'static str {
+    SCHEME.get().copied().unwrap_or("http")
+}
+
+/// The rustls client configuration of `--cacert`/`--cert`/`--key`.
+fn tls_config(target: &Target) -> Result<Option<rustls::ClientConfig>, String> {
+    let Some(cacert) = &target.cacert else {
+        if target.client_cert.is_some() {
+            return Err(
+                "--cert needs --cacert (the cluster CA the nodes' certificates chain to)".into(),
+            );
+        }
+        return Ok(None);
+    };
+    let cert = match (&target.client_cert, &target.client_key) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        _ => None,
+    };
+    https_config(cacert, cert).map(Some)
+}
+
+/// An HTTPS client configuration that trusts the cluster CA in `cacert` (by chain, not by
+/// name: nodes are reached by address) and presents `cert` (certificate, key) if given.
+pub fn https_config(
+    cacert: &std::path::Path,
+    cert: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let cas = CertificateDer::pem_file_iter(cacert)
+        .map_err(|e| format!("--cacert {}: {e}", cacert.display()))?;
+    for ca in cas {
+        let ca = ca.map_err(|e| format!("--cacert {}: {e}", cacert.display()))?;
+        roots.add(ca).map_err(|e| {
+            format!(
+                "--cacert {}: not a usable CA certificate: {e}",
+                cacert.display()
+            )
+        })?;
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        std::sync::Arc::clone(&provider),
+    )
+    .build()
+    .map_err(|e| format!("--cacert {}: {e}", cacert.display()))?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(
+            crate::security::tls::ClusterCaVerifier(verifier),
+        ));
+    let config = match cert {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("--cert {}: {e}", cert.display()))?;
+            let key_der = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("--key {}: {e}", key.display()))?;
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                format!(
+                    "--key {} does not fit --cert {}: {e}",
+                    key.display(),
+                    cert.display()
+                )
+            })?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(config)
 }
 
 impl Identity {
     /// Resolves `--user` (reading the password); an error says what to do.
     pub fn from_target(target: &Target) -> Result<Identity, String> {
+        let tls = tls_config(target)?.map(std::sync::Arc::new);
+        if tls.is_some() {
+            let _ = SCHEME.set("https");
+        }
         let Some(user) = &target.user else {
-            return Ok(Identity::default());
+            return Ok(Identity {
+                authorization: None,
+                tls,
+            });
         };
         if user.is_empty() || user.contains(':') {
             return Err(format!(
@@ -37,6 +129,7 @@ impl Identity {
         value.set_sensitive(true);
         Ok(Identity {
             authorization: Some(value),
+            tls,
         })
     }
 
@@ -51,7 +144,11 @@ impl Identity {
         if let Some(value) = &self.authorization {
             headers.insert(reqwest::header::AUTHORIZATION, value.clone());
         }
-        builder.default_headers(headers)
+        let builder = builder.default_headers(headers);
+        match &self.tls {
+            Some(tls) => builder.use_preconfigured_tls((**tls).clone()),
+            None => builder,
+        }
     }
 }
 

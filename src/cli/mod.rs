@@ -44,6 +44,27 @@ pub struct Target {
     /// comes from RAFTLOG_PASSWORD, else from stdin (a prompt at a terminal).
     #[arg(long, global = true, value_name = "NAME")]
     user: Option<String>,
+    /// Speak HTTPS, trusting the cluster CA in this PEM file (a cluster with `tls`).
+    #[arg(long, global = true, value_name = "PEM")]
+    cacert: Option<PathBuf>,
+    /// Present this client certificate (PEM; e.g. client-read.pem from `certs init`): it
+    /// proves the role it names. Needs --cacert and --key.
+    // Ids other than `cert`/`key`: `put KEY` has a positional of that name.
+    #[arg(
+        long = "cert",
+        global = true,
+        value_name = "PEM",
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(
+        long = "key",
+        global = true,
+        value_name = "PEM",
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -301,6 +322,7 @@ enum LeaderAction {
 
 /// Parses the command line, runs the command, and returns the process exit status.
 pub fn run() -> i32 {
+    crate::security::tls::install_crypto_provider();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

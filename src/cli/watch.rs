@@ -96,7 +96,10 @@ pub fn range(
             };
             for addr in candidates {
                 match client
-                    .get(format!("http://{addr}/v1/kv?{page_query}"))
+                    .get(format!(
+                        "{}://{addr}/v1/kv?{page_query}",
+                        super::identity::scheme()
+                    ))
                     .send()
                     .await
                 {
@@ -190,7 +193,11 @@ pub fn watch(
         loop {
             let addr = &addrs[attempt % addrs.len()];
             attempt += 1;
-            let mut url = format!("http://{addr}/v1/watch?prefix={}", percent_encode(&args.prefix));
+            let mut url = format!(
+                "{}://{addr}/v1/watch?prefix={}",
+                super::identity::scheme(),
+                percent_encode(&args.prefix)
+            );
             if let Some(from) = next_index {
                 url.push_str(&format!("&from_index={from}"));
             }

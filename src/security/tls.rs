@@ -349,6 +349,39 @@ impl rustls::client::danger::ServerCertVerifier for ClusterCaVerifier {
     }
 }
 
+/// Makes `ring` the process's default rustls provider, once. reqwest is built with
+/// `rustls-no-provider` (its default provider, aws-lc-rs, needs cmake) and panics when it
+/// builds any client, HTTPS or not, without a default: so the CLI installs it first thing
+/// and the API before it builds its forwarding client.
+pub fn install_crypto_provider() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        // Err: another provider is already the default, which serves as well.
+        let _ = Arc::try_unwrap(provider()).map(|p| p.install_default());
+    });
+}
+
+/// The URL scheme of the client API: `https` with `tls`, else `http`.
+pub fn api_scheme(tls: Option<&NodeTls>) -> &'static str {
+    if tls.is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// `builder` set up to reach other nodes' client APIs: over HTTPS with the node's
+/// certificate and the cluster CA when `tls` is given.
+pub fn api_client_builder(
+    builder: reqwest::ClientBuilder,
+    tls: Option<&NodeTls>,
+) -> reqwest::ClientBuilder {
+    match tls {
+        Some(tls) => builder.use_preconfigured_tls((*tls.api_client_config()).clone()),
+        None => builder,
+    }
+}
+
 /// The role a client certificate (already verified against the CA) proves: the strongest
 /// `raftlog-client-<role>` it names.
 pub fn client_role(cert: &CertificateDer<'_>) -> Option<crate::security::Role> {
