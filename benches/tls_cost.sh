@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The cost of mutual TLS between nodes, and of client users (HTTP Basic, Argon2id verified
-# once then cached), on the 64-client put benchmark (issue 16).
+# The cost of TLS (mutual TLS between nodes and HTTPS for clients), and of client users
+# (HTTP Basic, Argon2id verified once then cached), on the 64-client put benchmark (issue 16).
 # Starts a local 3-node cluster in plaintext, with `tls`, with `auth`, and with both,
 # alternating ROUNDS times, and runs `raftlog bench --clients 64` against each (as a `write`
 # user where `auth` is set); prints writes/s and latency per run.
@@ -18,10 +18,11 @@ export RAFTLOG_PASSWORD=bench-password
 HASH=$(printf '%s\n' "$RAFTLOG_PASSWORD" | "$BIN" passwd)
 
 run() { # mode: plain | tls | users | tls-users
-  local mode=$1 dir="$WORK/$1-$RANDOM" tls="" user=()
+  local mode=$1 dir="$WORK/$1-$RANDOM" tls="" user=() https=()
   mkdir -p "$dir"
   case "$mode" in tls|tls-users)
-    tls=", \"tls\": {\"ca\": \"$WORK/certs/ca.pem\", \"cert\": \"$WORK/certs/node-{id}.pem\", \"key\": \"$WORK/certs/node-{id}-key.pem\"}" ;;
+    tls=", \"tls\": {\"ca\": \"$WORK/certs/ca.pem\", \"cert\": \"$WORK/certs/node-{id}.pem\", \"key\": \"$WORK/certs/node-{id}-key.pem\"}"
+    https=(--cacert "$WORK/certs/ca.pem") ;;
   esac
   case "$mode" in users|tls-users)
     tls="$tls, \"auth\": {\"users\": {\"bench\": {\"password_hash\": \"$HASH\", \"role\": \"write\"}}}"
@@ -40,7 +41,7 @@ JSON
   done
   sleep 3
   echo -n "$mode: "
-  "$BIN" bench --clients 64 --duration "$DURATION" --config "$dir/config.json" --json "${user[@]}"
+  "$BIN" bench --clients 64 --duration "$DURATION" --config "$dir/config.json" --json "${user[@]}" "${https[@]}"
   for pid in "${pids[@]}"; do kill "$pid"; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
 }

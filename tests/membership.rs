@@ -465,6 +465,7 @@ fn cli_members_add_promote_remove_and_list() {
             let output = std::process::Command::new(support::raftlog_bin())
                 .args(args)
                 .args(["--addr", cluster.api(1)])
+                .args(cluster.cli_tls_args())
                 .output()
                 .unwrap();
             (

@@ -133,6 +133,11 @@ impl Identity {
         })
     }
 
+    /// The HTTPS configuration of `--cacert` (and `--cert/--key`), if given.
+    pub fn tls_config(&self) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+        self.tls.clone()
+    }
+
     /// The `Authorization` header to send, if any.
     pub fn authorization(&self) -> Option<&HeaderValue> {
         self.authorization.as_ref()

@@ -430,6 +430,17 @@ impl Cluster {
         &self.nodes[&id].api_addr
     }
 
+    /// The CLI flags that reach this cluster's API: `--cacert` under `tls` (the CA made by
+    /// `RAFTLOG_TEST_TLS=1` or a test, in `certs/` beside the cluster file).
+    pub fn cli_tls_args(&self) -> Vec<String> {
+        if self.scheme == "https" {
+            let ca = self.dir.path().join("certs").join("ca.pem");
+            vec!["--cacert".into(), ca.to_string_lossy().into_owned()]
+        } else {
+            Vec::new()
+        }
+    }
+
     /// The URL of `path` on node `id`'s client API (`https` under `tls`).
     pub fn url(&self, id: u64, path: &str) -> String {
         format!("{}://{}{path}", self.scheme, self.api(id))

@@ -162,13 +162,6 @@ pub fn run(target: Target, args: BenchArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
-    if target.cacert.is_some() {
-        eprintln!(
-            "raftlog bench: HTTPS (--cacert) is not supported by the bench yet; run it against \
-             a cluster without tls"
-        );
-        return EXIT_USAGE;
-    }
     let identity = match crate::cli::identity::Identity::from_target(&target) {
         Ok(identity) => identity,
         Err(message) => {
@@ -176,6 +169,13 @@ pub fn run(target: Target, args: BenchArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
+    if let Some(config) = identity.tls_config() {
+        if args.system == System::Etcd {
+            eprintln!("raftlog bench: --cacert works with --target raftlog only");
+            return EXIT_USAGE;
+        }
+        load::use_https(config);
+    }
     let progress = !target.json
         && !args.no_progress
         && std::io::stdout().is_terminal()
@@ -285,7 +285,7 @@ fn endpoints(target: &Target, given: &[String], system: System) -> Result<Vec<St
     };
     if let Some(bad) = endpoints.iter().find(|e| e.is_empty() || e.contains('/')) {
         return Err(format!(
-            "endpoint {bad:?} is not HOST:PORT (https is not supported by the bench yet)"
+            "endpoint {bad:?} is not HOST:PORT (for HTTPS give --cacert, not an https:// URL)"
         ));
     }
     Ok(endpoints)
