@@ -6,6 +6,7 @@
 # user where `auth` is set); prints writes/s and latency per run.
 # Usage: benches/tls_cost.sh [path/to/raftlog] [rounds] [duration_s] [modes]
 #   modes: space-separated among plain tls users tls-users (default: all four)
+#   BENCH_ARGS: extra `raftlog bench` arguments, e.g. BENCH_ARGS=--leader-only
 set -euo pipefail
 BIN=${1:-target/release/raftlog}
 ROUNDS=${2:-2}
@@ -41,7 +42,7 @@ JSON
   done
   sleep 3
   echo -n "$mode: "
-  "$BIN" bench --clients 64 --duration "$DURATION" --config "$dir/config.json" --json "${user[@]}" "${https[@]}"
+  "$BIN" bench --clients 64 --duration "$DURATION" --config "$dir/config.json" --json "${user[@]}" "${https[@]}" ${BENCH_ARGS:-}
   for pid in "${pids[@]}"; do kill "$pid"; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
 }
