@@ -155,11 +155,16 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "snapshot_min_interval_ms",
     // Issue 16.
     "tls",
+    "auth",
     // Issue 17.
     "ready_max_lag_entries",
 ];
 /// Fields of `tls`.
 const TLS_FIELDS: &[&str] = &["ca", "cert", "key"];
+/// Fields of `auth`.
+const AUTH_FIELDS: &[&str] = &["users"];
+/// Fields of one user of `auth.users`.
+const USER_FIELDS: &[&str] = &["password_hash", "role"];
 const NODE_FIELDS: &[&str] = &["raft_addr", "api_addr"];
 
 /// A configuration problem. `Display` is the single line to show the operator.
@@ -247,6 +252,8 @@ pub struct ClusterConfig {
     snapshot_min_interval_ms: u64,
     // Issue 16. Invariant: each path non-empty.
     tls: Option<TlsFiles>,
+    // Invariant: every hash is an Argon2id PHC string.
+    auth: Option<AuthConfig>,
     // Issue 17. Invariant: within READY_MAX_LAG_ENTRIES_RANGE.
     ready_max_lag_entries: u64,
 }
@@ -261,6 +268,22 @@ pub struct TlsFiles {
     pub cert: String,
     /// The node's private key.
     pub key: String,
+}
+
+/// The `auth` section (issue 16): the users allowed to use the client API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Users by name.
+    pub users: BTreeMap<String, UserEntry>,
+}
+
+/// One user of `auth.users`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserEntry {
+    /// The password's Argon2id hash as a PHC string (`raftlog passwd` prints one).
+    pub password_hash: String,
+    /// What the user may do.
+    pub role: crate::security::Role,
 }
 
 /// Bounds on the client API's connections (issue 12 "net"), so that idle or silent
@@ -523,6 +546,11 @@ impl ClusterConfig {
         })
     }
 
+    /// The `auth` section, if any (issue 16).
+    pub fn auth(&self) -> Option<&AuthConfig> {
+        self.auth.as_ref()
+    }
+
     /// Adds (or replaces) the `tls` section, e.g. for `raftlog cluster --tls`.
     pub fn with_tls(mut self, tls: TlsFiles) -> ClusterConfig {
         self.tls = Some(tls);
@@ -576,6 +604,22 @@ impl ClusterConfig {
         }
         if let Some(tls) = &self.tls {
             value["tls"] = serde_json::json!({"ca": tls.ca, "cert": tls.cert, "key": tls.key});
+        }
+        if let Some(auth) = &self.auth {
+            let users: serde_json::Map<String, serde_json::Value> = auth
+                .users
+                .iter()
+                .map(|(name, user)| {
+                    (
+                        name.clone(),
+                        serde_json::json!({
+                            "password_hash": user.password_hash,
+                            "role": user.role.as_str(),
+                        }),
+                    )
+                })
+                .collect();
+            value["auth"] = serde_json::json!({ "users": users });
         }
         // Serializing a `Value` cannot fail (string keys only).
         serde_json::to_string_pretty(&value).unwrap_or_default()
@@ -841,6 +885,10 @@ impl Parser<'_> {
             None | Some(Json::Null) => None,
             Some(v) => Some(self.tls(v)?),
         };
+        let auth = match get("auth") {
+            None | Some(Json::Null) => None,
+            Some(v) => Some(self.auth(v)?),
+        };
         let ready_max_lag_entries = match get("ready_max_lag_entries") {
             None => DEFAULT_READY_MAX_LAG_ENTRIES,
             Some(v) => self.within(v, "ready_max_lag_entries", READY_MAX_LAG_ENTRIES_RANGE)?,
@@ -869,6 +917,7 @@ impl Parser<'_> {
             snapshot_threshold_bytes,
             snapshot_min_interval_ms,
             tls,
+            auth,
             ready_max_lag_entries,
         })
     }
@@ -895,6 +944,74 @@ impl Parser<'_> {
             cert: path("cert")?,
             key: path("key")?,
         })
+    }
+
+    fn auth(&self, json: &Json) -> Result<AuthConfig, ConfigError> {
+        let fields = self.object(json, "auth", AUTH_FIELDS)?;
+        let Some((_, users_json)) = fields.iter().find(|(k, _)| k == "users") else {
+            return Err(self.err(
+                "auth.users",
+                "missing (required): auth needs users, e.g. {\"users\": {\"alice\": \
+                 {\"password_hash\": \"$argon2id$...\", \"role\": \"read\"}}}",
+            ));
+        };
+        let Json::Object(entries) = users_json else {
+            return Err(self.err(
+                "auth.users",
+                format!("expected an object, got {}", users_json.describe()),
+            ));
+        };
+        if entries.is_empty() {
+            return Err(self.err(
+                "auth.users",
+                "is empty: with no user nobody could use the API; add a user or remove auth",
+            ));
+        }
+        let mut users = BTreeMap::new();
+        for (name, user) in entries {
+            let at = format!("auth.users.{name:?}");
+            if name.is_empty() || name.contains(':') || name.chars().any(char::is_control) {
+                return Err(self.err(
+                    &at,
+                    "a user name must be non-empty, without ':' (HTTP Basic separates the \
+                     name from the password with it) and without control characters",
+                ));
+            }
+            let fields = self.object(user, &at, USER_FIELDS)?;
+            let field = |key: &str| {
+                fields
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v)
+                    .ok_or_else(|| {
+                        self.err(
+                            &format!("{at}.{key}"),
+                            "missing (required): each user needs password_hash and role",
+                        )
+                    })
+            };
+            let hash_at = format!("{at}.password_hash");
+            let password_hash = self.string(field("password_hash")?, &hash_at)?;
+            if let Err(why) = crate::security::password::check_hash(&password_hash) {
+                return Err(self.err(
+                    &hash_at,
+                    format!("{why}; make one with `raftlog passwd` (reads the password on stdin)"),
+                ));
+            }
+            let role_at = format!("{at}.role");
+            let role = self
+                .string(field("role")?, &role_at)?
+                .parse::<crate::security::Role>()
+                .map_err(|e| self.err(&role_at, e.to_string()))?;
+            users.insert(
+                name.clone(),
+                UserEntry {
+                    password_hash,
+                    role,
+                },
+            );
+        }
+        Ok(AuthConfig { users })
     }
 
     fn client_connection_limits<'j>(

@@ -124,7 +124,7 @@ fn three_nodes_elect_a_leader_and_serve_through_every_node() {
         // Every answer names the leader.
         let response = cluster
             .client
-            .get(format!("http://{}/v1/status", cluster.api(1)))
+            .get(cluster.url(1, "/v1/status"))
             .send()
             .await
             .unwrap();
@@ -176,7 +176,7 @@ fn bad_requests_get_clear_errors_and_the_node_keeps_serving() {
     runtime().block_on(async {
         let cluster = Cluster::start(ClusterSpec::default());
         let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-        let base = format!("http://{}", cluster.api(leader));
+        let base = cluster.url(leader, "");
         let client = &cluster.client;
 
         let bad_json = client

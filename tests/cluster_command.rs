@@ -133,3 +133,69 @@ fn cluster_command_prints_each_nodes_live_page() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Issue 16: `raftlog cluster --tls` makes certificates, serves the API over HTTPS, and its
+/// demo (a write through a follower, read back from another node) works over HTTPS.
+#[test]
+fn cluster_command_with_tls_serves_https_and_its_demo_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: serde_json::Map<String, serde_json::Value> = (1..=3)
+        .map(|id| {
+            (
+                id.to_string(),
+                json!({"raft_addr": format!("127.0.0.1:{}", free_port()),
+                       "api_addr": format!("127.0.0.1:{}", free_port())}),
+            )
+        })
+        .collect();
+    let config = json!({
+        "cluster_id": "cluster-command-tls-test",
+        "nodes": nodes,
+        "data_dir": dir.path().join("data"),
+        "heartbeat_interval_ms": 50,
+        "election_timeout_ms": [300, 600],
+    });
+    let config_path = dir.path().join("config.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let child = Command::new(raftlog_bin())
+        .args(["cluster", "--tls", "--config"])
+        .arg(&config_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("raftlog cluster starts");
+    let mut cluster = ClusterCommand { child };
+    let stdout = cluster.child.stdout.take().unwrap();
+    let mut printed = Vec::new();
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !printed
+        .last()
+        .is_some_and(|l: &String| l.contains("Ctrl-C"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => printed.push(line),
+            Err(e) => panic!(
+                "no 'Ctrl-C' line within 30 s ({e}):\n{}",
+                printed.join("\n")
+            ),
+        }
+    }
+    let output = printed.join("\n");
+    assert!(output.contains("live page https://"), "{output}");
+    let put = printed
+        .iter()
+        .find(|l| l.starts_with("PUT hello=world via node"));
+    assert!(put.is_some_and(|l| l.contains("\"index\"")), "{output}");
+    let get = printed.iter().find(|l| l.starts_with("GET hello via node"));
+    assert!(get.is_some_and(|l| l.ends_with(": world")), "{output}");
+}

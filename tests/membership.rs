@@ -24,10 +24,8 @@ impl WriteLoad {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
         let addrs: Vec<String> = cluster.nodes.values().map(|n| n.api_addr.clone()).collect();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(8))
-            .build()
-            .unwrap();
+        let client = cluster.client.clone();
+        let scheme = cluster.scheme;
         let (stop_flag, acked_list, name) = (stop.clone(), acked.clone(), name.to_string());
         let task = tokio::spawn(async move {
             let mut n = 0u64;
@@ -36,7 +34,8 @@ impl WriteLoad {
                 let value = format!("v{n}");
                 let addr = &addrs[n as usize % addrs.len()];
                 let sent = client
-                    .put(format!("http://{addr}/v1/kv/{key}"))
+                    .put(format!("{scheme}://{addr}/v1/kv/{key}"))
+                    .timeout(Duration::from_secs(8))
                     .body(value.clone())
                     .send()
                     .await;
@@ -78,7 +77,7 @@ impl WriteLoad {
 
 /// `GET /v1/members` of node `id`: `(voters, learners)`.
 async fn members(cluster: &Cluster, id: u64) -> Option<(BTreeSet<u64>, BTreeSet<u64>)> {
-    let url = format!("http://{}/v1/members", cluster.api(id));
+    let url = cluster.url(id, "/v1/members");
     let body = answer(cluster.client.get(url).send().await).await.ok()?;
     let mut voters = BTreeSet::new();
     let mut learners = BTreeSet::new();
@@ -129,7 +128,7 @@ async fn change(
 ) -> Result<Value, (u16, String)> {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let url = format!("http://{}{path}", cluster.api(via));
+        let url = cluster.url(via, path);
         let mut request = cluster
             .client
             .request(method.parse().unwrap(), url)
@@ -284,7 +283,7 @@ fn replaced_node_catches_up_by_install_snapshot_and_then_votes() {
         wait_for_voters(&cluster, &voters, &voters, Duration::from_secs(30)).await;
         let metrics = cluster
             .client
-            .get(format!("http://{}/metrics", cluster.api(4)))
+            .get(cluster.url(4, "/metrics"))
             .send()
             .await
             .unwrap()
@@ -466,6 +465,7 @@ fn cli_members_add_promote_remove_and_list() {
             let output = std::process::Command::new(support::raftlog_bin())
                 .args(args)
                 .args(["--addr", cluster.api(1)])
+                .args(cluster.cli_tls_args())
                 .output()
                 .unwrap();
             (

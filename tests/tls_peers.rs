@@ -189,7 +189,7 @@ fn forged_append_entries_from_a_tls_less_stranger_never_reaches_the_core() {
         let metrics = s
             .cluster
             .client
-            .get(format!("http://{}/metrics", s.cluster.api(s.follower)))
+            .get(s.cluster.url(s.follower, "/metrics"))
             .send()
             .await
             .unwrap()

@@ -12,7 +12,15 @@ use storage::NodeId;
 use super::{ApiError, ApiState, FORWARDED_HEADER};
 
 /// Headers worth carrying each way.
-const RELAYED_REQUEST_HEADERS: [&str; 2] = ["request-id", "content-type"];
+/// `authorization` goes on so the leader authenticates the client again (issue 16): a
+/// follower never vouches for a password-authenticated client. The forwarded role is
+/// trusted by the leader only from a member presenting its node certificate.
+const RELAYED_REQUEST_HEADERS: [&str; 4] = [
+    "request-id",
+    "content-type",
+    "authorization",
+    super::auth::FORWARDED_ROLE_HEADER,
+];
 const RELAYED_RESPONSE_HEADERS: [&str; 3] = ["content-type", "x-raft-index", "x-raft-leader"];
 
 /// How long a forwarded request may still wait for the old leader's answer after this node
@@ -33,10 +41,10 @@ const LIVENESS_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 /// a node that is gone fails the forwarded request by itself.
 async fn wait_while_alive(state: &ApiState, api_addr: &str) {
     let deadline = tokio::time::Instant::now() + LEADER_CHANGE_WAIT_MAX;
-    let url = format!("http://{api_addr}/healthz");
+    let url = format!("{}://{api_addr}/healthz", state.scheme());
     while tokio::time::Instant::now() < deadline {
         let probe = state
-            .client
+            .client()
             .get(&url)
             .timeout(LIVENESS_PROBE_TIMEOUT)
             .send()
@@ -171,9 +179,9 @@ async fn send_to_leader(
         ))
         .into_response();
     };
-    let url = format!("http://{api_addr}{path_and_query}");
+    let url = format!("{}://{api_addr}{path_and_query}", state.scheme());
     let mut request = state
-        .client
+        .client()
         .request(method, &url)
         .header(FORWARDED_HEADER, state.node.id.to_string())
         .timeout(timeout)
@@ -278,6 +286,7 @@ mod tests {
             .local_addr()
             .expect("the stand-in leader's address");
         let server = tokio::spawn(async move { axum::serve(listener, leader).await });
+        crate::security::tls::install_crypto_provider();
         let client = reqwest::Client::new();
         for (n, (error, status, code)) in refusals.into_iter().enumerate() {
             let at_leader = ApiError::from(error.clone()).into_response();

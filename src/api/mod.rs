@@ -3,6 +3,7 @@
 //! Any node accepts any request. A follower forwards writes and linearizable reads to the
 //! leader and relays the answer (`forward.rs`); `stale` reads are served locally.
 
+pub mod auth;
 mod background;
 mod debug;
 mod error;
@@ -55,6 +56,12 @@ pub struct ApiOptions {
     /// Issue 17: `/readyz` answers 503 while the node is more entries than this behind the
     /// commit index last heard from a leader (0: no lag check).
     pub ready_max_lag_entries: u64,
+    /// Issue 16: the users of the cluster file's `auth` section; `None`, every client is
+    /// `admin` as before.
+    pub auth: Option<Arc<auth::Authenticator>>,
+    /// Issue 16: with `tls`, the API is HTTPS and the node reaches other nodes' APIs over
+    /// HTTPS with its own certificate.
+    pub tls: Option<Arc<crate::security::tls::NodeTls>>,
 }
 
 impl Default for ApiOptions {
@@ -77,6 +84,8 @@ impl Default for ApiOptions {
             ),
             watch: watch::WatchOptions::default(),
             ready_max_lag_entries: crate::config::DEFAULT_READY_MAX_LAG_ENTRIES,
+            auth: None,
+            tls: None,
         }
     }
 }
@@ -89,13 +98,68 @@ pub struct ApiState {
     pub options: ApiOptions,
     /// The low-priority thread that reads and renders `GET /v1/log` pages.
     pub background: background::BackgroundReader,
-    /// Client for forwarding to the leader (keeps connections alive).
-    pub client: reqwest::Client,
+    /// Client for forwarding to the leader (keeps connections alive), and the TLS
+    /// configuration it was built with: rebuilt when SIGHUP reloads the certificates, so a
+    /// rotated CA or node certificate is used for new connections. Use [`ApiState::client`].
+    client: std::sync::RwLock<(Option<Arc<rustls::ClientConfig>>, reqwest::Client)>,
     /// One permit per forward in flight, so that a flood of requests to a follower
     /// opens at most `forward::CONNECTIONS_MAX` (64) connections to the leader.
     pub forward_slots: tokio::sync::Semaphore,
     /// What the API measures itself (request latency, connections) for `/metrics`.
     pub metrics: Arc<metrics::ApiMetrics>,
+}
+
+impl ApiState {
+    /// `http` or `https`: how this node reaches other nodes' APIs.
+    pub fn scheme(&self) -> &'static str {
+        crate::security::tls::api_scheme(self.options.tls.as_deref())
+    }
+
+    /// The client to reach other nodes' APIs with, rebuilt once after each certificate
+    /// reload (cheap to clone: it shares its connection pool).
+    pub fn client(&self) -> reqwest::Client {
+        let current = self.options.tls.as_ref().map(|tls| tls.api_client_config());
+        {
+            let held = self.client.read().unwrap_or_else(|e| e.into_inner());
+            let same = match (&held.0, &current) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if same {
+                return held.1.clone();
+            }
+        }
+        let pool_idle = forward_pool_idle(&self.options);
+        let client = forward_client(&self.options, current.clone(), pool_idle);
+        *self.client.write().unwrap_or_else(|e| e.into_inner()) = (current, client.clone());
+        client
+    }
+}
+
+/// How long an idle forwarding connection is kept; see [`router`].
+fn forward_pool_idle(options: &ApiOptions) -> Duration {
+    (options.connections.header_read_timeout / 2)
+        .min(options.connections.idle_timeout / 2)
+        .min(Duration::from_secs(20))
+}
+
+/// The forwarding client, over HTTPS with `tls` (the node certificate, the cluster CA).
+fn forward_client(
+    options: &ApiOptions,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    pool_idle: Duration,
+) -> reqwest::Client {
+    let builder = match tls {
+        Some(config) => reqwest::Client::builder().use_preconfigured_tls((*config).clone()),
+        None => reqwest::Client::builder(),
+    };
+    builder
+        .timeout(options.request_timeout + Duration::from_secs(1))
+        .pool_idle_timeout(pool_idle)
+        .pool_max_idle_per_host(forward::CONNECTIONS_MAX)
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
 }
 
 /// The header that names the leader on every answer.
@@ -105,25 +169,20 @@ pub const FORWARDED_HEADER: &str = "x-raftlog-forwarded-by";
 
 /// Builds the router.
 pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
+    crate::security::tls::install_crypto_provider();
     let test_faults = options.test_faults;
     // reqwest has no cap on connections, only on idle ones; `forward_slots` caps those
     // in use. Idle ones close well before the leader would close them for waiting too
     // long for a request head (the header-read timeout; the cluster file is shared, so
     // the leader's is this node's), so a request is never sent into one it is closing.
-    let pool_idle = (options.connections.header_read_timeout / 2)
-        .min(options.connections.idle_timeout / 2)
-        .min(Duration::from_secs(20));
-    let client = reqwest::Client::builder()
-        .timeout(options.request_timeout + Duration::from_secs(1))
-        .pool_idle_timeout(pool_idle)
-        .pool_max_idle_per_host(forward::CONNECTIONS_MAX)
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new());
+    let pool_idle = forward_pool_idle(&options);
+    let tls_config = options.tls.as_ref().map(|tls| tls.api_client_config());
+    let client = forward_client(&options, tls_config.clone(), pool_idle);
     let state = Arc::new(ApiState {
         node,
         options,
         background: background::BackgroundReader::start(),
-        client,
+        client: std::sync::RwLock::new((tls_config, client)),
         forward_slots: tokio::sync::Semaphore::new(forward::CONNECTIONS_MAX),
         metrics: Arc::default(),
     });
@@ -164,6 +223,8 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
         router
     };
     router
+        // After routing, so the rights table is looked up by the matched route pattern.
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require))
         .fallback(handlers::not_found)
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), leader_header))
@@ -221,5 +282,23 @@ pub async fn serve_until(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limits = options.connections;
-    server::serve(listener, router(node, options), limits, stop).await
+    let https = options.tls.clone().map(|tls| {
+        let membership_of = node.clone();
+        server::HttpsOptions {
+            tls,
+            identify: Arc::new(move |leaf| {
+                if let Some(role) = crate::security::tls::client_role(leaf) {
+                    return Some(auth::TlsIdentity::Client(role));
+                }
+                membership_of
+                    .membership()
+                    .members
+                    .keys()
+                    .copied()
+                    .find(|id| crate::security::tls::names(leaf, &crate::security::node_name(*id)))
+                    .map(auth::TlsIdentity::Node)
+            }),
+        }
+    });
+    server::serve_with(listener, router(node, options), limits, stop, https).await
 }

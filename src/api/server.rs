@@ -104,6 +104,33 @@ pub async fn serve(
     limits: ConnectionLimits,
     stop: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    serve_with(listener, router, limits, stop, None).await
+}
+
+/// HTTPS for the client API (issue 16): the node's TLS material (re-read on SIGHUP, so each
+/// connection takes the configuration of the moment) and how a verified certificate
+/// becomes an identity.
+#[derive(Clone)]
+pub struct HttpsOptions {
+    /// The node's certificates.
+    pub tls: Arc<crate::security::tls::NodeTls>,
+    /// The identity a verified client certificate proves, if any.
+    pub identify: Arc<Identify>,
+}
+
+/// Maps a verified client certificate to the identity it proves.
+pub type Identify = dyn Fn(&rustls::pki_types::CertificateDer<'_>) -> Option<super::auth::TlsIdentity>
+    + Send
+    + Sync;
+
+/// [`serve`], over HTTPS when `https` is given.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    stop: impl Future<Output = ()>,
+    https: Option<HttpsOptions>,
+) -> io::Result<()> {
     let local_addr = listener.local_addr()?;
     let slots = Arc::new(Semaphore::new(limits.connections_max as usize));
     let (closing_tx, closing_rx) = watch::channel(false);
@@ -141,8 +168,41 @@ pub async fn serve(
         accept_failures.succeeded(local_addr);
         let router = router.clone();
         let closing = closing_rx.clone();
+        let https = https.clone();
         tokio::spawn(async move {
-            serve_connection(stream, router, limits, closing).await;
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!("set_nodelay on a client connection failed: {e}");
+            }
+            let activity = Arc::new(Activity::new());
+            let tracked = TrackedStream {
+                inner: stream,
+                activity: Arc::clone(&activity),
+            };
+            match https {
+                None => serve_connection(tracked, activity, None, router, limits, closing).await,
+                Some(https) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(https.tls.api_server_config());
+                    // The handshake is bounded like a request head: a silent socket frees
+                    // its slot in time.
+                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tracked))
+                        .await
+                    {
+                        Ok(Ok(tls)) => {
+                            let identity = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .and_then(|leaf| (https.identify)(leaf));
+                            serve_connection(tls, activity, identity, router, limits, closing).await
+                        }
+                        // A plain-HTTP client, a certificate of another CA, a scanner:
+                        // routine, and the client sees the handshake fail.
+                        Ok(Err(e)) => tracing::debug!("client TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!("client TLS handshake timed out"),
+                    }
+                }
+            }
             drop(slot);
         });
     }
@@ -156,21 +216,26 @@ pub async fn serve(
 
 /// Serves one connection until the client closes it, a timeout closes it, or the server
 /// stops.
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
+    activity: Arc<Activity>,
+    identity: Option<super::auth::TlsIdentity>,
     router: Router,
     limits: ConnectionLimits,
     mut closing: watch::Receiver<bool>,
-) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!("set_nodelay on a client connection failed: {e}");
-    }
-    let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(TrackedStream {
-        inner: stream,
-        activity: Arc::clone(&activity),
-    });
-    let service = TowerToHyperService::new(router);
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(stream);
+    let inner = TowerToHyperService::new(router);
+    // What the connection's certificate proved rides on each request, for `auth::require`.
+    let service =
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            if let Some(identity) = identity {
+                request.extensions_mut().insert(identity);
+            }
+            hyper::service::Service::call(&inner, request)
+        });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())

@@ -56,13 +56,14 @@ pub async fn cluster_status(State(state): State<Arc<ApiState>>) -> Response {
         }
     };
     let asks = own.membership.members.iter().map(|(&id, member)| {
-        let client = state.client.clone();
+        let client = state.client();
         let api_addr = member.api_addr.clone();
+        let scheme = state.scheme();
         let served_by = state.node.id;
         async move {
             let started = Instant::now();
             let answer = client
-                .get(format!("http://{api_addr}/v1/status"))
+                .get(format!("{scheme}://{api_addr}/v1/status"))
                 // A status is always answered locally; the marker keeps it from ever
                 // being forwarded.
                 .header(FORWARDED_HEADER, served_by.to_string())

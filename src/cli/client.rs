@@ -124,8 +124,18 @@ pub fn run(target: Target, op: Op) -> i32 {
             return EXIT_USAGE;
         }
     };
+    let identity = match super::identity::Identity::from_target(&target) {
+        Ok(identity) => identity,
+        Err(message) => {
+            eprintln!("raftlog: {message}");
+            return EXIT_USAGE;
+        }
+    };
     runtime.block_on(async move {
-        let Some(client) = http_client(reqwest::Client::builder().timeout(REQUEST_TIMEOUT)) else {
+        let Some(client) = http_client(
+            reqwest::Client::builder().timeout(REQUEST_TIMEOUT),
+            &identity,
+        ) else {
             return EXIT_FAILED;
         };
         match op {
@@ -187,7 +197,8 @@ pub(super) fn percent_encode(text: &str) -> String {
 }
 
 fn request(client: &reqwest::Client, addr: &str, op: &Op) -> reqwest::RequestBuilder {
-    let url = |path: &str| format!("http://{addr}{path}");
+    let scheme = super::identity::scheme();
+    let url = |path: &str| format!("{scheme}://{addr}{path}");
     match op {
         Op::Put { key, value } => client
             .put(url(&format!("/v1/kv/{}", percent_encode(key))))
@@ -440,7 +451,12 @@ async fn status(client: &reqwest::Client, addrs: &[String], as_json: bool) -> i3
     let mut rows = Vec::new();
     let mut reachable = 0;
     for addr in addrs {
-        let answer = match client.get(format!("http://{addr}/v1/status")).send().await {
+        let scheme = super::identity::scheme();
+        let answer = match client
+            .get(format!("{scheme}://{addr}/v1/status"))
+            .send()
+            .await
+        {
             Ok(response) if response.status().is_success() => response.json::<Value>().await.ok(),
             _ => None,
         };
@@ -491,8 +507,12 @@ async fn status(client: &reqwest::Client, addrs: &[String], as_json: bool) -> i3
 pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds the commands' HTTP client, or says on stderr why it cannot.
-pub(super) fn http_client(builder: reqwest::ClientBuilder) -> Option<reqwest::Client> {
-    builder
+pub(super) fn http_client(
+    builder: reqwest::ClientBuilder,
+    identity: &super::identity::Identity,
+) -> Option<reqwest::Client> {
+    identity
+        .apply(builder)
         .build()
         .map_err(|e| eprintln!("raftlog: cannot build an HTTP client: {e}"))
         .ok()

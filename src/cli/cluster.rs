@@ -175,11 +175,16 @@ pub fn run(config_path: &Path, count: usize, tls: bool) -> i32 {
         nodes.len(),
         data_dir.display()
     );
+    let scheme = if config.tls().is_some() {
+        "https"
+    } else {
+        "http"
+    };
     for n in &nodes {
         // Issue 17: the live page's address on the first screen, so that the README's
         // second command is opening it.
         println!(
-            "  node {}: live page http://{}/ui  api http://{}  raft {}  log {}",
+            "  node {}: live page {scheme}://{}/ui  api {scheme}://{}  raft {}  log {}",
             n.id,
             n.api_addr,
             n.api_addr,
@@ -198,7 +203,29 @@ pub fn run(config_path: &Path, count: usize, tls: bool) -> i32 {
             return EXIT_FAILED;
         }
     };
-    let status = runtime.block_on(supervise(&nodes, &mut children, &cluster_file));
+    // Issue 16: with TLS the API is HTTPS; the demo trusts the cluster CA and presents the
+    // admin client certificate made beside it, when there is one.
+    let https = match config.tls().map(|files| data_dir.join(&files.ca)) {
+        None => None,
+        Some(ca) => {
+            let dir = ca.parent().unwrap_or(Path::new(".")).to_path_buf();
+            let (cert, key) = (
+                dir.join("client-admin.pem"),
+                dir.join("client-admin-key.pem"),
+            );
+            let client_cert =
+                (cert.exists() && key.exists()).then_some((cert.as_path(), key.as_path()));
+            match super::identity::https_config(&ca, client_cert) {
+                Ok(config) => Some(config),
+                Err(message) => {
+                    eprintln!("raftlog cluster: {message}");
+                    stop_all(&mut children);
+                    return EXIT_FAILED;
+                }
+            }
+        }
+    };
+    let status = runtime.block_on(supervise(&nodes, &mut children, &cluster_file, https));
     stop_all(&mut children);
     status
 }
@@ -269,14 +296,18 @@ async fn supervise(
     nodes: &[Planned],
     children: &mut BTreeMap<u64, Child>,
     cluster_file: &Path,
+    https: Option<rustls::ClientConfig>,
 ) -> i32 {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new());
+    let scheme = if https.is_some() { "https" } else { "http" };
+    let builder = reqwest::Client::builder().timeout(Duration::from_secs(2));
+    let builder = match https {
+        Some(config) => builder.use_preconfigured_tls(config),
+        None => builder,
+    };
+    let client = builder.build().unwrap_or_else(|_| reqwest::Client::new());
     let deadline = Instant::now() + Duration::from_secs(20);
     let leader = loop {
-        if let Some(leader) = find_leader(&client, nodes).await {
+        if let Some(leader) = find_leader(&client, scheme, nodes).await {
             break leader;
         }
         if let Some(message) = exited(children) {
@@ -290,7 +321,7 @@ async fn supervise(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     println!("node {leader} leads");
-    demo(&client, nodes, leader).await;
+    demo(&client, scheme, nodes, leader).await;
     println!();
     println!("Try it (in another terminal):");
     println!(
@@ -301,7 +332,7 @@ async fn supervise(
     println!("  raftlog status --config {}", cluster_file.display());
     // Issue 17: the live page, on any node.
     if let Some(first) = nodes.first() {
-        println!("Watch it live: http://{}/ui", first.api_addr);
+        println!("Watch it live: {scheme}://{}/ui", first.api_addr);
     }
     println!("Ctrl-C stops the cluster.");
     loop {
@@ -342,9 +373,9 @@ fn exited(children: &mut BTreeMap<u64, Child>) -> Option<String> {
     None
 }
 
-async fn find_leader(client: &reqwest::Client, nodes: &[Planned]) -> Option<u64> {
+async fn find_leader(client: &reqwest::Client, scheme: &str, nodes: &[Planned]) -> Option<u64> {
     for n in nodes {
-        let url = format!("http://{}/v1/status", n.api_addr);
+        let url = format!("{scheme}://{}/v1/status", n.api_addr);
         if let Ok(response) = client.get(url).send().await {
             if let Ok(status) = response.json::<Value>().await {
                 if status["role"] == "leader" {
@@ -357,7 +388,7 @@ async fn find_leader(client: &reqwest::Client, nodes: &[Planned]) -> Option<u64>
 }
 
 /// Shows replication at work: write through a follower, read back from another node.
-async fn demo(client: &reqwest::Client, nodes: &[Planned], leader: u64) {
+async fn demo(client: &reqwest::Client, scheme: &str, nodes: &[Planned], leader: u64) {
     let writer = nodes.iter().find(|n| n.id != leader).unwrap_or(&nodes[0]);
     let reader = nodes
         .iter()
@@ -365,7 +396,7 @@ async fn demo(client: &reqwest::Client, nodes: &[Planned], leader: u64) {
         .find(|n| n.id != writer.id)
         .unwrap_or(&nodes[0]);
     let put = client
-        .put(format!("http://{}/v1/kv/hello", writer.api_addr))
+        .put(format!("{scheme}://{}/v1/kv/hello", writer.api_addr))
         .body("world")
         .send()
         .await;
@@ -388,7 +419,7 @@ async fn demo(client: &reqwest::Client, nodes: &[Planned], leader: u64) {
         }
     }
     match client
-        .get(format!("http://{}/v1/kv/hello", reader.api_addr))
+        .get(format!("{scheme}://{}/v1/kv/hello", reader.api_addr))
         .send()
         .await
     {

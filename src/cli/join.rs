@@ -12,6 +12,9 @@
 //!    is idempotent: a node that is already a member is left as it is, and a node restarted
 //!    with `--join` after it joined just rejoins from its data directory (rqlite's rule).
 
+use std::sync::Arc;
+
+use crate::security::tls::NodeTls;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -44,8 +47,10 @@ pub fn parse_addrs(raw: &str) -> Result<Vec<String>, String> {
     Ok(addrs)
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+/// The client a joining node asks members with: over HTTPS with its node certificate when
+/// the cluster has `tls` (a node certificate is admin's, so the members accept the join).
+fn client(tls: Option<&NodeTls>) -> reqwest::Client {
+    crate::security::tls::api_client_builder(reqwest::Client::builder(), tls)
         .timeout(Duration::from_secs(40))
         .connect_timeout(Duration::from_secs(2))
         .build()
@@ -58,12 +63,17 @@ fn next_delay(delay: Duration) -> Duration {
 
 /// The cluster's live membership as a member reports it, without `id`; retries until some
 /// address in `addrs` answers.
-pub async fn fetch_membership(addrs: &[String], id: NodeId) -> Result<Membership, String> {
-    let client = client();
+pub async fn fetch_membership(
+    addrs: &[String],
+    id: NodeId,
+    tls: Option<Arc<NodeTls>>,
+) -> Result<Membership, String> {
+    let client = client(tls.as_deref());
+    let scheme = crate::security::tls::api_scheme(tls.as_deref());
     let mut delay = RETRY_DELAY_FIRST;
     loop {
         for addr in addrs {
-            match get_members(&client, addr).await {
+            match get_members(&client, scheme, addr).await {
                 Ok(mut membership) => {
                     if membership.members.get(&id).is_some_and(|m| m.voter) {
                         // A node with no data that the cluster still counts as a voter lost
@@ -93,9 +103,13 @@ fn wiped_voter_remedy(id: NodeId, addr: &str) -> String {
     )
 }
 
-async fn get_members(client: &reqwest::Client, addr: &str) -> Result<Membership, String> {
+async fn get_members(
+    client: &reqwest::Client,
+    scheme: &str,
+    addr: &str,
+) -> Result<Membership, String> {
     let response = client
-        .get(format!("http://{addr}/v1/members"))
+        .get(format!("{scheme}://{addr}/v1/members"))
         .send()
         .await
         .map_err(|e| e.to_string())?;
@@ -151,13 +165,15 @@ pub async fn request_membership(
     id: NodeId,
     raft_addr: &str,
     api_addr: &str,
+    tls: Option<Arc<NodeTls>>,
 ) -> Result<(), String> {
-    let client = client();
+    let client = client(tls.as_deref());
+    let scheme = crate::security::tls::api_scheme(tls.as_deref());
     let body = json!({"id": id, "raft_addr": raft_addr, "api_addr": api_addr, "voter": true});
     let mut delay = RETRY_DELAY_FIRST;
     loop {
         for addr in addrs {
-            match ask(&client, addr, &body).await {
+            match ask(&client, scheme, addr, &body).await {
                 Attempt::Added => {
                     tracing::info!(%addr, "joined the cluster as a voter");
                     return Ok(());
@@ -175,9 +191,9 @@ pub async fn request_membership(
     }
 }
 
-async fn ask(client: &reqwest::Client, addr: &str, body: &Value) -> Attempt {
+async fn ask(client: &reqwest::Client, scheme: &str, addr: &str, body: &Value) -> Attempt {
     let response = match client
-        .post(format!("http://{addr}/v1/members"))
+        .post(format!("{scheme}://{addr}/v1/members"))
         .json(body)
         .send()
         .await

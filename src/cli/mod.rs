@@ -6,6 +6,7 @@ mod certs;
 mod client;
 mod cluster;
 mod completions;
+mod identity;
 mod join;
 mod serve;
 mod watch;
@@ -39,6 +40,31 @@ pub struct Target {
     /// Machine-readable output.
     #[arg(long, global = true)]
     json: bool,
+    /// Authenticate as this user of the cluster's `auth` section (HTTP Basic); the password
+    /// comes from RAFTLOG_PASSWORD, else from stdin (a prompt at a terminal).
+    #[arg(long, global = true, value_name = "NAME")]
+    user: Option<String>,
+    /// Speak HTTPS, trusting the cluster CA in this PEM file (a cluster with `tls`).
+    #[arg(long, global = true, value_name = "PEM")]
+    cacert: Option<PathBuf>,
+    /// Present this client certificate (PEM; e.g. client-read.pem from `certs init`): it
+    /// proves the role it names. Needs --cacert and --key.
+    // Ids other than `cert`/`key`: `put KEY` has a positional of that name.
+    #[arg(
+        long = "cert",
+        global = true,
+        value_name = "PEM",
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(
+        long = "key",
+        global = true,
+        value_name = "PEM",
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -196,6 +222,9 @@ enum Command {
     },
     /// Print the man page (roff), e.g. `raftlog manpage > raftlog.1`.
     Manpage,
+    /// Read a password on stdin and print its Argon2id hash, for the cluster file's
+    /// `auth.users.NAME.password_hash`.
+    Passwd,
     /// TLS certificates (issue 16).
     Certs {
         #[command(subcommand)]
@@ -293,6 +322,7 @@ enum LeaderAction {
 
 /// Parses the command line, runs the command, and returns the process exit status.
 pub fn run() -> i32 {
+    crate::security::tls::install_crypto_provider();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -328,8 +358,10 @@ pub fn run() -> i32 {
             keys_only,
             target,
             ..
-        } => match client::addresses(&target) {
-            Ok(addrs) => watch::range(
+        } => match client::addresses(&target).and_then(|addrs| {
+            identity::Identity::from_target(&target).map(|identity| (addrs, identity))
+        }) {
+            Ok((addrs, identity)) => watch::range(
                 addrs,
                 watch::RangeArgs {
                     prefix,
@@ -340,6 +372,7 @@ pub fn run() -> i32 {
                     consistency,
                 },
                 target.json,
+                &identity,
             ),
             Err(message) => {
                 eprintln!("{message}");
@@ -350,8 +383,15 @@ pub fn run() -> i32 {
             prefix,
             from,
             target,
-        } => match client::addresses(&target) {
-            Ok(addrs) => watch::watch(addrs, watch::WatchArgs { prefix, from }, target.json),
+        } => match client::addresses(&target).and_then(|addrs| {
+            identity::Identity::from_target(&target).map(|identity| (addrs, identity))
+        }) {
+            Ok((addrs, identity)) => watch::watch(
+                addrs,
+                watch::WatchArgs { prefix, from },
+                target.json,
+                &identity,
+            ),
             Err(message) => {
                 eprintln!("{message}");
                 EXIT_USAGE
@@ -433,6 +473,7 @@ pub fn run() -> i32 {
         Command::Bench { args, target } => bench::run(target, args),
         Command::Completions { shell } => completions::completions(shell),
         Command::Manpage => completions::manpage(),
+        Command::Passwd => identity::passwd(),
         Command::Certs {
             action: CertsAction::Init { nodes, out },
         } => certs::init(nodes, &out),

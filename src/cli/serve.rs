@@ -251,6 +251,9 @@ fn api_options(config: &ClusterConfig, connections: ConnectionLimits) -> ApiOpti
         log_page_max_entries: config.log_page_max_entries(),
         snapshot_request_timeout: config.snapshot_request_timeout(),
         ready_max_lag_entries: config.ready_max_lag_entries(),
+        auth: config
+            .auth()
+            .map(|auth| std::sync::Arc::new(api::auth::Authenticator::new(auth))),
         connections,
         watch: api::watch::WatchOptions {
             watchers_max: config.watchers_max() as usize,
@@ -289,6 +292,11 @@ async fn serve(
     if let Some(tls) = options.tls.clone() {
         tokio::spawn(reload_tls_on_sighup(tls));
     }
+    let options_tls = options.tls.clone();
+    let api_options = ApiOptions {
+        tls: options.tls.clone(),
+        ..api_options
+    };
     let data_dir = options.data_dir.clone();
     let heartbeat_interval = options.heartbeat_interval;
     // The configured addresses stay what peers and clients are told (membership, join);
@@ -327,10 +335,16 @@ async fn serve(
     let (join_failed_tx, join_failed) = tokio::sync::oneshot::channel();
     if let Some(addrs) = join.filter(|_| !live.members.contains_key(&node.id)) {
         let id = node.id;
+        let tls = options_tls.clone();
         tokio::spawn(async move {
-            let asked =
-                join::request_membership(&addrs, id, &raft_addr.to_string(), &api_addr.to_string())
-                    .await;
+            let asked = join::request_membership(
+                &addrs,
+                id,
+                &raft_addr.to_string(),
+                &api_addr.to_string(),
+                tls,
+            )
+            .await;
             if let Err(message) = asked {
                 let _ = join_failed_tx.send(message);
             }
@@ -425,7 +439,7 @@ async fn join_bootstrap(options: &NodeOptions, addrs: &[String]) -> Result<Membe
         fallback.members.remove(&options.id);
         return Ok(fallback);
     }
-    join::fetch_membership(addrs, options.id).await
+    join::fetch_membership(addrs, options.id, options.tls.clone()).await
 }
 
 fn describe(membership: &Membership) -> String {

@@ -40,7 +40,12 @@ fn text_field(object: &Value, name: &str) -> Option<String> {
 
 /// Runs a range read against the first node of `addrs` that answers; every page, following
 /// `more` with `after=`. Returns the exit status.
-pub fn range(addrs: Vec<String>, args: RangeArgs, as_json: bool) -> i32 {
+pub fn range(
+    addrs: Vec<String>,
+    args: RangeArgs,
+    as_json: bool,
+    identity: &super::identity::Identity,
+) -> i32 {
     let mut query = match (&args.prefix, &args.from, &args.to) {
         (Some(prefix), None, None) => format!("prefix={}", percent_encode(prefix)),
         (None, from, to) if from.is_some() || to.is_some() => {
@@ -69,9 +74,10 @@ pub fn range(addrs: Vec<String>, args: RangeArgs, as_json: bool) -> i32 {
         return EXIT_FAILED;
     };
     runtime.block_on(async move {
-        let Some(client) =
-            super::client::http_client(reqwest::Client::builder().timeout(REQUEST_TIMEOUT))
-        else {
+        let Some(client) = super::client::http_client(
+            reqwest::Client::builder().timeout(REQUEST_TIMEOUT),
+            identity,
+        ) else {
             return EXIT_FAILED;
         };
         let mut printed = 0u64;
@@ -90,7 +96,10 @@ pub fn range(addrs: Vec<String>, args: RangeArgs, as_json: bool) -> i32 {
             };
             for addr in candidates {
                 match client
-                    .get(format!("http://{addr}/v1/kv?{page_query}"))
+                    .get(format!(
+                        "{}://{addr}/v1/kv?{page_query}",
+                        super::identity::scheme()
+                    ))
                     .send()
                     .await
                 {
@@ -161,7 +170,12 @@ pub struct WatchArgs {
 /// Follows a watch, printing events as they come. When a stream ends (the node stopped,
 /// the watcher was too slow, the connection broke) it reconnects, to the next node in
 /// turn, from the index after the last one it saw, so nothing is missed or printed twice.
-pub fn watch(addrs: Vec<String>, args: WatchArgs, as_json: bool) -> i32 {
+pub fn watch(
+    addrs: Vec<String>,
+    args: WatchArgs,
+    as_json: bool,
+    identity: &super::identity::Identity,
+) -> i32 {
     let Some(runtime) = runtime() else {
         return EXIT_FAILED;
     };
@@ -169,6 +183,7 @@ pub fn watch(addrs: Vec<String>, args: WatchArgs, as_json: bool) -> i32 {
         // No overall timeout: a watch stream stays open for as long as it is read.
         let Some(client) = super::client::http_client(
             reqwest::Client::builder().connect_timeout(Duration::from_secs(5)),
+            identity,
         ) else {
             return EXIT_FAILED;
         };
@@ -178,7 +193,11 @@ pub fn watch(addrs: Vec<String>, args: WatchArgs, as_json: bool) -> i32 {
         loop {
             let addr = &addrs[attempt % addrs.len()];
             attempt += 1;
-            let mut url = format!("http://{addr}/v1/watch?prefix={}", percent_encode(&args.prefix));
+            let mut url = format!(
+                "{}://{addr}/v1/watch?prefix={}",
+                super::identity::scheme(),
+                percent_encode(&args.prefix)
+            );
             if let Some(from) = next_index {
                 url.push_str(&format!("&from_index={from}"));
             }

@@ -117,6 +117,7 @@ pub(crate) async fn confirm_first_start(
     bootstrap: Membership,
     stable: Arc<StableStore>,
     events: mpsc::UnboundedSender<Event>,
+    tls: Option<Arc<crate::security::tls::NodeTls>>,
 ) {
     let others: Vec<(NodeId, String)> = bootstrap
         .members
@@ -127,16 +128,21 @@ pub(crate) async fn confirm_first_start(
     let voters = others.len() + 1;
     // A majority of all voters, found among the others (or all of them when that is fewer).
     let fresh_needed = (voters / 2 + 1).min(others.len());
-    let client = match reqwest::Client::builder().timeout(PROBE_TIMEOUT).build() {
-        Ok(client) => client,
-        Err(e) => {
-            let _ = events.send(Event::Fatal(NodeFailure::Environment {
-                what: "build the HTTP client that asks peers whether the cluster exists",
-                source: Box::new(e),
-            }));
-            return;
-        }
-    };
+    let scheme = crate::security::tls::api_scheme(tls.as_deref());
+    let client =
+        match crate::security::tls::api_client_builder(reqwest::Client::builder(), tls.as_deref())
+            .timeout(PROBE_TIMEOUT)
+            .build()
+        {
+            Ok(client) => client,
+            Err(e) => {
+                let _ = events.send(Event::Fatal(NodeFailure::Environment {
+                    what: "build the HTTP client that asks peers whether the cluster exists",
+                    source: Box::new(e),
+                }));
+                return;
+            }
+        };
     tracing::info!(
         fresh_needed,
         "empty data directory: voting for nobody until the other voters confirm this is the \
@@ -151,7 +157,7 @@ pub(crate) async fn confirm_first_start(
                 .filter(|(other, _)| !seen_fresh.contains(other))
                 .map(|(other, api_addr)| {
                     let client = &client;
-                    async move { (*other, api_addr, ask_peer(client, api_addr).await) }
+                    async move { (*other, api_addr, ask_peer(client, scheme, api_addr).await) }
                 }),
         )
         .await;
@@ -233,8 +239,14 @@ pub(crate) async fn confirm_removal(
     leader: watch::Receiver<Option<NodeId>>,
     watching: Arc<AtomicBool>,
     events: mpsc::UnboundedSender<Event>,
+    tls: Option<Arc<crate::security::tls::NodeTls>>,
 ) {
-    let Ok(client) = reqwest::Client::builder().timeout(PROBE_TIMEOUT).build() else {
+    let scheme = crate::security::tls::api_scheme(tls.as_deref());
+    let Ok(client) =
+        crate::security::tls::api_client_builder(reqwest::Client::builder(), tls.as_deref())
+            .timeout(PROBE_TIMEOUT)
+            .build()
+    else {
         watching.store(false, Ordering::Relaxed);
         return;
     };
@@ -250,11 +262,11 @@ pub(crate) async fn confirm_removal(
             return;
         }
         for (other, api_addr) in &others {
-            let Some(first) = leader_without(&client, api_addr, id).await else {
+            let Some(first) = leader_without(&client, scheme, api_addr, id).await else {
                 continue;
             };
             tokio::time::sleep(REMOVAL_CONFIRM_DELAY).await;
-            let Some(second) = leader_without(&client, api_addr, id).await else {
+            let Some(second) = leader_without(&client, scheme, api_addr, id).await else {
                 continue;
             };
             if second.term == first.term && second.commit_index >= first.last_log_index {
@@ -285,10 +297,11 @@ struct LeaderView {
 /// The status of the node at `api_addr` if it leads a configuration without `id`.
 async fn leader_without(
     client: &reqwest::Client,
+    scheme: &str,
     api_addr: &str,
     id: NodeId,
 ) -> Option<LeaderView> {
-    let url = format!("http://{api_addr}/v1/status");
+    let url = format!("{scheme}://{api_addr}/v1/status");
     let status: serde_json::Value = client.get(url).send().await.ok()?.json().await.ok()?;
     let names_me = status["members"]
         .as_array()?
@@ -304,8 +317,8 @@ async fn leader_without(
     })
 }
 
-async fn ask_peer(client: &reqwest::Client, api_addr: &str) -> PeerAnswer {
-    let url = format!("http://{api_addr}/v1/status");
+async fn ask_peer(client: &reqwest::Client, scheme: &str, api_addr: &str) -> PeerAnswer {
+    let url = format!("{scheme}://{api_addr}/v1/status");
     let response = match client.get(url).send().await {
         Ok(response) => response,
         Err(e) => return PeerAnswer::Unreachable(e.to_string()),

@@ -971,6 +971,7 @@ async fn spawn<S: StateMachine>(
             recovered.bootstrap.clone(),
             recovered.stable.clone(),
             events_tx.clone(),
+            options.tls.clone(),
         ));
     }
 
@@ -995,6 +996,7 @@ async fn spawn<S: StateMachine>(
         election_timeout_max: options.election_timeout.1,
         awaiting_first_start: recovered.standing == bootstrap::Standing::Fresh,
         watching_removal: Arc::default(),
+        api_tls: options.tls.clone(),
         events_tx: events_tx.clone(),
         stable: recovered.stable.clone(),
         data_dir: dir.clone(),
@@ -1162,6 +1164,8 @@ struct RaftLoop {
     awaiting_first_start: bool,
     /// Whether a task already asks the members whether this node's removal committed.
     watching_removal: Arc<std::sync::atomic::AtomicBool>,
+    /// Issue 16: how the removal check reaches other nodes' HTTPS APIs.
+    api_tls: Option<Arc<crate::security::tls::NodeTls>>,
     /// For tasks that report back to the loop.
     events_tx: mpsc::UnboundedSender<Event>,
     stable: Arc<StableStore>,
@@ -1555,6 +1559,7 @@ impl RaftLoop {
             self.leader.subscribe(),
             self.watching_removal.clone(),
             self.events_tx.clone(),
+            self.api_tls.clone(),
         ));
     }
 

@@ -6,6 +6,7 @@
 //! - [`certs`]: `raftlog certs init`, a CA and node and client certificates for trying TLS
 //!   out.
 //! - [`role`]: what a client may do, `read` ⊂ `write` ⊂ `admin`.
+//! - [`password`]: Argon2id password hashes for the `auth` section and `raftlog passwd`.
 //! - [`warn_if_exposed`]: the start-up warning for a node that listens beyond loopback
 //!   without TLS.
 //!
@@ -14,6 +15,7 @@
 //! ([`node_name`]), a client with a role is `raftlog-client-<role>` ([`client_name`]).
 
 pub mod certs;
+pub mod password;
 pub mod role;
 pub mod tls;
 

@@ -59,6 +59,12 @@ struct Configs {
     peer_server: Arc<ServerConfig>,
     /// Dials peers: presents this node's certificate, trusts only the CA.
     peer_client: Arc<ClientConfig>,
+    /// Issue 16, HTTPS for clients (not served yet): client certificates optional; one that
+    /// is presented must chain to the CA, and then names the client's role.
+    api_server: Arc<ServerConfig>,
+    /// Issue 16: a node's HTTPS client to other nodes' APIs (forwarding, bootstrap probes):
+    /// presents the node certificate, trusts only the CA ([`ClusterCaVerifier`]).
+    api_client: Arc<ClientConfig>,
     /// When this node's leaf certificate expires, in seconds since the Unix epoch.
     not_after_unix: Option<u64>,
 }
@@ -127,6 +133,16 @@ impl NodeTls {
     /// The connector for outbound peer connections, as of the last (re)load.
     pub fn peer_connector(&self) -> tokio_rustls::TlsConnector {
         tokio_rustls::TlsConnector::from(Arc::clone(&self.configs().peer_client))
+    }
+
+    /// The HTTPS server configuration for the client API, as of the last (re)load.
+    pub fn api_server_config(&self) -> Arc<ServerConfig> {
+        Arc::clone(&self.configs().api_server)
+    }
+
+    /// The HTTPS client configuration a node uses towards other nodes' client APIs.
+    pub fn api_client_config(&self) -> Arc<ClientConfig> {
+        Arc::clone(&self.configs().api_client)
     }
 
     /// When this node's certificate expires, in seconds since the Unix epoch.
@@ -249,17 +265,130 @@ fn build(id: NodeId, paths: &TlsPaths) -> Result<Configs, TlsError> {
         .with_client_cert_verifier(client_verifier)
         .with_single_cert(chain.clone(), key.clone_key())
         .map_err(|e| mismatch(format!("tls.key does not fit tls.cert: {e}")))?;
-    let peer_client = ClientConfig::builder_with_provider(provider)
+    let peer_client = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(versions)?
         .with_root_certificates(Arc::clone(&roots))
+        .with_client_auth_cert(chain.clone(), key.clone_key())
+        .map_err(|e| mismatch(format!("tls.key does not fit tls.cert: {e}")))?;
+    let optional_client_verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| mismatch(format!("cannot build a client verifier from tls.ca: {e}")))?;
+    let api_server = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(versions)?
+        .with_client_cert_verifier(optional_client_verifier)
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(|e| mismatch(format!("tls.key does not fit tls.cert: {e}")))?;
+    let api_client = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(versions)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ClusterCaVerifier(verifier)))
         .with_client_auth_cert(chain.clone(), key)
         .map_err(|e| mismatch(format!("tls.key does not fit tls.cert: {e}")))?;
     Ok(Configs {
         peer_server: Arc::new(peer_server),
         peer_client: Arc::new(peer_client),
+        api_server: Arc::new(api_server),
+        api_client: Arc::new(api_client),
         not_after_unix: not_after_unix(leaf),
     })
+}
+
+/// Verifies a server's chain against the cluster CA (and the serverAuth usage) but not its
+/// name. Clients reach nodes by IP address or a name the operator chose, while node
+/// certificates name `raftlog-node-<id>`; which id sits behind an address is not known to
+/// a client. The CA is the cluster's own, so any server certificate it signed is a member.
+#[derive(Debug)]
+pub struct ClusterCaVerifier(pub Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for ClusterCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                NotValidForName | NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// Makes `ring` the process's default rustls provider, once. reqwest is built with
+/// `rustls-no-provider` (its default provider, aws-lc-rs, needs cmake) and panics when it
+/// builds any client, HTTPS or not, without a default: so the CLI installs it first thing
+/// and the API before it builds its forwarding client.
+pub fn install_crypto_provider() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        // Err: another provider is already the default, which serves as well.
+        let _ = Arc::try_unwrap(provider()).map(|p| p.install_default());
+    });
+}
+
+/// The URL scheme of the client API: `https` with `tls`, else `http`.
+pub fn api_scheme(tls: Option<&NodeTls>) -> &'static str {
+    if tls.is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// `builder` set up to reach other nodes' client APIs: over HTTPS with the node's
+/// certificate and the cluster CA when `tls` is given.
+pub fn api_client_builder(
+    builder: reqwest::ClientBuilder,
+    tls: Option<&NodeTls>,
+) -> reqwest::ClientBuilder {
+    match tls {
+        Some(tls) => builder.use_preconfigured_tls((*tls.api_client_config()).clone()),
+        None => builder,
+    }
+}
+
+/// The role a client certificate (already verified against the CA) proves: the strongest
+/// `raftlog-client-<role>` it names.
+pub fn client_role(cert: &CertificateDer<'_>) -> Option<crate::security::Role> {
+    crate::security::Role::ALL
+        .into_iter()
+        .rev()
+        .find(|role| names(cert, &super::client_name(role.as_str())))
 }
 
 /// The leaf's notAfter, for the expiry gauge in `/metrics`: webpki checks it but does not
@@ -343,6 +472,108 @@ mod tests {
         let cert = params.self_signed(&key).unwrap();
         // 2031-07-09T00:00:00Z
         assert_eq!(not_after_unix(cert.der()), Some(1_941_321_600));
+    }
+
+    /// A TLS handshake over an in-memory pipe; the server's view of the client's leaf.
+    async fn handshake(
+        server: Arc<ServerConfig>,
+        client: Arc<ClientConfig>,
+    ) -> Result<Option<CertificateDer<'static>>, String> {
+        let (a, b) = tokio::io::duplex(64 << 10);
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        let connector = tokio_rustls::TlsConnector::from(client);
+        let name = ServerName::try_from("127.0.0.1").expect("name");
+        let (accepted, connected) = tokio::join!(acceptor.accept(a), connector.connect(name, b));
+        connected.map_err(|e| format!("client: {e}"))?;
+        let accepted = accepted.map_err(|e| format!("server: {e}"))?;
+        Ok(accepted
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.clone().into_owned()))
+    }
+
+    fn client_config(ca: &Path, cert: Option<(&Path, &Path)>) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        for c in read_certs("ca", ca).unwrap() {
+            roots.add(c).unwrap();
+        }
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .unwrap();
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ClusterCaVerifier(verifier)));
+        Arc::new(match cert {
+            Some((cert, key)) => builder
+                .with_client_auth_cert(read_certs("cert", cert).unwrap(), read_key(key).unwrap())
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        })
+    }
+
+    #[tokio::test]
+    async fn the_api_takes_clients_with_or_without_a_certificate_and_reads_the_role() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::security::certs::init(2, dir.path()).unwrap();
+        let file = |name: &str| dir.path().join(name);
+        let node = NodeTls::load(
+            1,
+            TlsPaths {
+                ca: file("ca.pem"),
+                cert: file("node-1.pem"),
+                key: file("node-1-key.pem"),
+            },
+        )
+        .unwrap();
+        // By IP address: the node certificate names raftlog-node-1, and the CA is enough.
+        let anonymous = handshake(
+            node.api_server_config(),
+            client_config(&file("ca.pem"), None),
+        )
+        .await
+        .unwrap();
+        assert_eq!(anonymous, None);
+        let read = client_config(
+            &file("ca.pem"),
+            Some((&file("client-read.pem"), &file("client-read-key.pem"))),
+        );
+        let leaf = handshake(node.api_server_config(), read)
+            .await
+            .unwrap()
+            .expect("a cert");
+        assert_eq!(client_role(&leaf), Some(crate::security::Role::Read));
+        // A node's own HTTPS client presents the node certificate, which names no role.
+        let leaf = handshake(node.api_server_config(), node.api_client_config())
+            .await
+            .unwrap()
+            .expect("a cert");
+        assert_eq!(client_role(&leaf), None);
+        assert!(names(&leaf, "raftlog-node-1"));
+        // A server from another CA is refused by the client.
+        let other = tempfile::tempdir().unwrap();
+        crate::security::certs::init(1, other.path()).unwrap();
+        let stranger = NodeTls::load(
+            1,
+            TlsPaths {
+                ca: other.path().join("ca.pem"),
+                cert: other.path().join("node-1.pem"),
+                key: other.path().join("node-1-key.pem"),
+            },
+        )
+        .unwrap();
+        let refused = handshake(
+            stranger.api_server_config(),
+            client_config(&file("ca.pem"), None),
+        )
+        .await;
+        assert!(refused.is_err(), "{refused:?}");
     }
 
     #[test]

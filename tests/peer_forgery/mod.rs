@@ -27,10 +27,7 @@ pub struct Observed {
 pub async fn observe(cluster: &Cluster, id: u64) -> Observed {
     let status = cluster.status(id).await.expect("follower answers status");
     let last_log_index = status["last_log_index"].as_u64().unwrap();
-    let url = format!(
-        "http://{}/v1/log?from={last_log_index}&limit=1",
-        cluster.api(id)
-    );
+    let url = cluster.url(id, &format!("/v1/log?from={last_log_index}&limit=1"));
     let log: Value = cluster
         .client
         .get(url)
@@ -119,7 +116,7 @@ pub async fn handshakes_refused(cluster: &Cluster, id: u64) -> u64 {
 
 /// A counter of node `id`'s `/metrics`.
 pub async fn metric(cluster: &Cluster, id: u64, name: &str) -> u64 {
-    let url = format!("http://{}/metrics", cluster.api(id));
+    let url = cluster.url(id, "/metrics");
     let text = cluster
         .client
         .get(url)
@@ -154,10 +151,9 @@ pub async fn assert_untouched(
         after.term,
         cluster.logs_tail()
     );
-    let url = format!(
-        "http://{}/v1/log?from={}&limit=1000",
-        cluster.api(follower),
-        before.last_log_index + 1
+    let url = cluster.url(
+        follower,
+        &format!("/v1/log?from={}&limit=1000", before.last_log_index + 1),
     );
     let log: Value = cluster
         .client

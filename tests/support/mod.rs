@@ -21,6 +21,78 @@ pub fn raftlog_bin() -> PathBuf {
     }
 }
 
+/// The harness's HTTP client: over HTTPS (`tls`) it checks no server certificate, since
+/// what these tests check is the cluster's behaviour, and a CA rotation
+/// (`tls_rotation.rs`) changes the certificates under a running load; the HTTPS rules
+/// themselves are checked by `tests/client_auth.rs` with a real verifier.
+pub fn test_client(tls: bool) -> reqwest::Client {
+    raftlog::security::tls::install_crypto_provider();
+    let builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    let builder = if tls {
+        #[allow(deprecated)]
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(AnyServer(provider)))
+            .with_no_client_auth();
+        builder.use_preconfigured_tls(config)
+    } else {
+        builder
+    };
+    builder.build().unwrap()
+}
+
+/// Accepts any server certificate (test harness only; see [`test_client`]).
+#[derive(Debug)]
+struct AnyServer(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// A port nobody listens on right now, never handed out twice by this test process.
 ///
 /// Asking the kernel for port 0 and releasing it is not enough: tests run in parallel, and
@@ -56,6 +128,8 @@ pub struct Cluster {
     pub config_path: PathBuf,
     pub nodes: BTreeMap<u64, NodeProc>,
     pub client: reqwest::Client,
+    /// `https` when the cluster file has `tls` (issue 16: the client API is HTTPS then).
+    pub scheme: &'static str,
 }
 
 /// Settings that tests change.
@@ -156,15 +230,14 @@ impl Cluster {
         }
         let config_path = dir.path().join("config.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
+        let tls = config.get("tls").is_some_and(|t| !t.is_null());
+        let client = test_client(tls);
         Cluster {
             dir,
             config_path,
             nodes,
             client,
+            scheme: if tls { "https" } else { "http" },
         }
     }
 
@@ -357,6 +430,22 @@ impl Cluster {
         &self.nodes[&id].api_addr
     }
 
+    /// The CLI flags that reach this cluster's API: `--cacert` under `tls` (the CA made by
+    /// `RAFTLOG_TEST_TLS=1` or a test, in `certs/` beside the cluster file).
+    pub fn cli_tls_args(&self) -> Vec<String> {
+        if self.scheme == "https" {
+            let ca = self.dir.path().join("certs").join("ca.pem");
+            vec!["--cacert".into(), ca.to_string_lossy().into_owned()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The URL of `path` on node `id`'s client API (`https` under `tls`).
+    pub fn url(&self, id: u64, path: &str) -> String {
+        format!("{}://{}{path}", self.scheme, self.api(id))
+    }
+
     pub fn running(&self) -> Vec<u64> {
         self.nodes
             .values()
@@ -368,7 +457,7 @@ impl Cluster {
     /// `GET path` on node `id`, if it answers within 500 ms (polling loops must not stall
     /// on a stopped node).
     pub async fn get_quick(&self, id: u64, path: &str) -> Option<reqwest::Response> {
-        let url = format!("http://{}{path}", self.api(id));
+        let url = self.url(id, path);
         self.client
             .get(url)
             .timeout(Duration::from_millis(500))
@@ -423,7 +512,7 @@ impl Cluster {
     }
 
     pub async fn put(&self, id: u64, key: &str, value: &str) -> Result<Value, (u16, String)> {
-        let url = format!("http://{}/v1/kv/{key}", self.api(id));
+        let url = self.url(id, &format!("/v1/kv/{key}"));
         answer(self.client.put(url).body(value.to_string()).send().await).await
     }
 
@@ -434,7 +523,7 @@ impl Cluster {
         value: &str,
         request_id: &str,
     ) -> Result<Value, (u16, String)> {
-        let url = format!("http://{}/v1/kv/{key}", self.api(id));
+        let url = self.url(id, &format!("/v1/kv/{key}"));
         answer(
             self.client
                 .put(url)
@@ -453,10 +542,7 @@ impl Cluster {
         key: &str,
         consistency: &str,
     ) -> Result<Option<String>, (u16, String)> {
-        let url = format!(
-            "http://{}/v1/kv/{key}?consistency={consistency}",
-            self.api(id)
-        );
+        let url = self.url(id, &format!("/v1/kv/{key}?consistency={consistency}"));
         let response = self
             .client
             .get(url)
@@ -473,7 +559,7 @@ impl Cluster {
     }
 
     pub async fn delete(&self, id: u64, key: &str) -> Result<Value, (u16, String)> {
-        let url = format!("http://{}/v1/kv/{key}", self.api(id));
+        let url = self.url(id, &format!("/v1/kv/{key}"));
         answer(self.client.delete(url).send().await).await
     }
 
@@ -484,7 +570,7 @@ impl Cluster {
         expected: Option<&str>,
         value: Option<&str>,
     ) -> Result<Value, (u16, String)> {
-        let url = format!("http://{}/v1/cas", self.api(id));
+        let url = self.url(id, "/v1/cas");
         let body = json!({"key": key, "expected": expected, "value": value});
         answer(self.client.post(url).json(&body).send().await).await
     }
@@ -512,7 +598,7 @@ impl Cluster {
     pub async fn make_leader(&self, to: u64) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.wait_for_leader(Duration::from_secs(10)).await != to {
-            let url = format!("http://{}/v1/leader/transfer", self.api(to));
+            let url = self.url(to, "/v1/leader/transfer");
             let _ = self
                 .client
                 .post(url)
@@ -532,7 +618,7 @@ impl Cluster {
     pub async fn take_snapshot(&self, id: u64) {
         let response = self
             .client
-            .post(format!("http://{}/v1/snapshot", self.api(id)))
+            .post(self.url(id, "/v1/snapshot"))
             .send()
             .await
             .expect("POST /v1/snapshot");
@@ -550,9 +636,9 @@ impl Cluster {
     /// `POST /v1/debug/failpoint`. Panics if the node refuses, e.g. a binary built without
     /// the `failpoints` feature.
     pub async fn set_failpoint(&self, id: u64, name: &str, actions: &str) {
-        let url = format!(
-            "http://{}/v1/debug/failpoint?name={name}&actions={actions}",
-            self.api(id)
+        let url = self.url(
+            id,
+            &format!("/v1/debug/failpoint?name={name}&actions={actions}"),
         );
         let answer = answer(self.client.post(url).send().await).await;
         assert!(
@@ -605,6 +691,7 @@ pub fn dir_size(dir: &Path) -> u64 {
 
 /// The async runtime process tests run on: two workers, like the machine's cores.
 pub fn runtime() -> tokio::runtime::Runtime {
+    raftlog::security::tls::install_crypto_provider();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -34,6 +34,8 @@ pub struct Requests {
     consistency: Consistency,
     value: Bytes,
     value_base64: String,
+    /// Issue 16: `--user`'s HTTP Basic header, on every request.
+    authorization: Option<hyper::header::HeaderValue>,
 }
 
 impl Requests {
@@ -46,11 +48,34 @@ impl Requests {
             consistency,
             value,
             value_base64,
+            authorization: None,
         }
+    }
+
+    /// These requests, each with `authorization` (`--user`).
+    pub fn with_authorization(
+        mut self,
+        authorization: Option<hyper::header::HeaderValue>,
+    ) -> Requests {
+        self.authorization = authorization;
+        self
+    }
+
+    fn authorized(&self, mut request: Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+        if let Some(value) = &self.authorization {
+            request
+                .headers_mut()
+                .insert(hyper::header::AUTHORIZATION, value.clone());
+        }
+        request
     }
 
     /// A write of key `bench-{key}`.
     pub fn put(&self, host: &str, key: u64) -> Request<Full<Bytes>> {
+        self.authorized(self.put_plain(host, key))
+    }
+
+    fn put_plain(&self, host: &str, key: u64) -> Request<Full<Bytes>> {
         match self.system {
             System::Raftlog => build(
                 Method::PUT,
@@ -73,6 +98,10 @@ impl Requests {
 
     /// A read of key `bench-{key}`.
     pub fn get(&self, host: &str, key: u64) -> Request<Full<Bytes>> {
+        self.authorized(self.get_plain(host, key))
+    }
+
+    fn get_plain(&self, host: &str, key: u64) -> Request<Full<Bytes>> {
         match self.system {
             System::Raftlog => build(
                 Method::GET,

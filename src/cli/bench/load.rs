@@ -28,6 +28,15 @@ pub(super) fn new_histogram() -> Histogram<u64> {
         .unwrap_or_else(|e| panic!("histogram bounds 1..600e6 µs, 3 digits are valid: {e}"))
 }
 
+/// Issue 16: `--cacert` (with `--cert/--key`): every connection is HTTPS. Set once, before
+/// the run; one bench per process.
+static HTTPS: std::sync::OnceLock<tokio_rustls::TlsConnector> = std::sync::OnceLock::new();
+
+/// Makes every connection of this process's bench HTTPS with `config`.
+pub(super) fn use_https(config: Arc<rustls::ClientConfig>) {
+    let _ = HTTPS.set(tokio_rustls::TlsConnector::from(config));
+}
+
 /// Opens one connection to `addr` (HOST:PORT); the error is its kind, for the report.
 pub(super) async fn connect(addr: &str, timeout: Duration) -> Result<Connection, String> {
     let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
@@ -40,6 +49,28 @@ pub(super) async fn connect(addr: &str, timeout: Duration) -> Result<Connection,
     };
     // One small request per round trip: Nagle would hold the next one back.
     let _ = stream.set_nodelay(true);
+    let Some(https) = HTTPS.get() else {
+        return http_handshake(stream).await;
+    };
+    // The verifier checks the chain to the cluster CA, not the name (nodes' certificates
+    // name raftlog-node-<id>); the name is only sent as SNI.
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .or_else(|_| rustls::pki_types::ServerName::try_from("raftlog-node".to_string()))
+        .map_err(|e| format!("tls name: {e}"))?;
+    let stream = match tokio::time::timeout(timeout, https.connect(name, stream)).await {
+        Err(_) => return Err("tls handshake timeout".into()),
+        Ok(Err(e)) => return Err(format!("tls handshake failed: {}", e.kind())),
+        Ok(Ok(stream)) => stream,
+    };
+    http_handshake(stream).await
+}
+
+/// HTTP/1.1 over `stream`, its connection driven by a task of its own.
+async fn http_handshake<S>(stream: S) -> Result<Connection, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake failed: {e}"))?;
@@ -354,12 +385,13 @@ pub(super) async fn run(
     args: &BenchArgs,
     endpoints: Vec<String>,
     progress: bool,
+    identity: &crate::cli::identity::Identity,
 ) -> Result<Report, String> {
-    let requests = Arc::new(Requests::new(
-        args.system,
-        args.value_size,
-        args.consistency,
-    ));
+    let authorization = identity.authorization().cloned();
+    let requests = Arc::new(
+        Requests::new(args.system, args.value_size, args.consistency)
+            .with_authorization(authorization.clone()),
+    );
     let leader = leader_index(args.system, &endpoints)
         .await
         .map(|i| endpoints[i].clone());
@@ -393,7 +425,8 @@ pub(super) async fn run(
         Ordering::Relaxed,
     );
     let plan = Arc::new(Plan {
-        requests: Requests::new(args.system, args.value_size, args.consistency),
+        requests: Requests::new(args.system, args.value_size, args.consistency)
+            .with_authorization(authorization),
         op: args.op,
         read_ratio: args.read_ratio,
         key_space: args.key_space,

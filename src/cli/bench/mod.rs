@@ -162,12 +162,26 @@ pub fn run(target: Target, args: BenchArgs) -> i32 {
             return EXIT_USAGE;
         }
     };
+    let identity = match crate::cli::identity::Identity::from_target(&target) {
+        Ok(identity) => identity,
+        Err(message) => {
+            eprintln!("raftlog bench: {message}");
+            return EXIT_USAGE;
+        }
+    };
+    if let Some(config) = identity.tls_config() {
+        if args.system == System::Etcd {
+            eprintln!("raftlog bench: --cacert works with --target raftlog only");
+            return EXIT_USAGE;
+        }
+        load::use_https(config);
+    }
     let progress = !target.json
         && !args.no_progress
         && std::io::stdout().is_terminal()
         && std::io::stderr().is_terminal();
     runtime.block_on(async move {
-        match load::run(&args, endpoints, progress).await {
+        match load::run(&args, endpoints, progress, &identity).await {
             Ok(report) => {
                 if target.json {
                     println!("{}", report.to_json());
@@ -271,7 +285,7 @@ fn endpoints(target: &Target, given: &[String], system: System) -> Result<Vec<St
     };
     if let Some(bad) = endpoints.iter().find(|e| e.is_empty() || e.contains('/')) {
         return Err(format!(
-            "endpoint {bad:?} is not HOST:PORT (https is not supported by the bench yet)"
+            "endpoint {bad:?} is not HOST:PORT (for HTTPS give --cacert, not an https:// URL)"
         ));
     }
     Ok(endpoints)
