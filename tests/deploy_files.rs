@@ -543,7 +543,13 @@ fn kubernetes_validate() -> Result<PathBuf, String> {
         cache.display()
     );
     let output = std::process::Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
         .arg("--target")
         .arg(&cache)
         .arg(KUBERNETES_VALIDATE)
@@ -567,7 +573,13 @@ fn validate_manifest(
 ) -> std::process::Output {
     std::process::Command::new("python3")
         .env("PYTHONPATH", module_dir)
-        .args(["-m", "kubernetes_validate", "--strict", "--quiet", "--no-warn"])
+        .args([
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "--quiet",
+            "--no-warn",
+        ])
         .args(["--kubernetes-version", version])
         .arg(manifest)
         .output()
