@@ -370,6 +370,23 @@ impl Authenticator {
     }
 }
 
+/// The role a request proved, as [`require`] left it in [`FORWARDED_ROLE_HEADER`], for a
+/// follower that passes the request on over the peer link. Without `auth` every client
+/// holds every right (`Admin`); with it, a request that reached a handler without a proved
+/// role gets the least (`Read`), so the leader's own check refuses a write rather than the
+/// follower granting one by mistake.
+pub fn proved_role(headers: &HeaderMap, auth_configured: bool) -> Role {
+    let stated = headers
+        .get(FORWARDED_ROLE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<Role>().ok());
+    match stated {
+        Some(role) => role,
+        None if auth_configured => Role::Read,
+        None => Role::Admin,
+    }
+}
+
 /// The middleware: answers 401/403 before the handler runs when auth is configured; after
 /// it, the request carries the role it proved in [`FORWARDED_ROLE_HEADER`] (any such
 /// header the client sent is dropped first), for a forwarding follower to pass on.
@@ -421,6 +438,17 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn a_forward_carries_the_role_the_request_proved_and_never_more() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(proved_role(&headers, false), Role::Admin);
+        assert_eq!(proved_role(&headers, true), Role::Read);
+        headers.insert(FORWARDED_ROLE_HEADER, HeaderValue::from_static("write"));
+        assert_eq!(proved_role(&headers, true), Role::Write);
+        headers.insert(FORWARDED_ROLE_HEADER, HeaderValue::from_static("root"));
+        assert_eq!(proved_role(&headers, true), Role::Read);
+    }
     use crate::config::UserEntry;
 
     /// Every `.route("PATH", get(..).post(..))` of the router's source, as (METHOD, PATH).

@@ -189,9 +189,8 @@ async fn over_peer_link(
     if forward::was_forwarded(headers) {
         return None;
     }
-    // Client authentication is not wired yet (issue 16): every client may write, as
-    // `Admin`; the leader re-checks whatever role it is given.
-    let role = crate::security::Role::Admin;
+    // The role the client proved here (issue 16); the leader re-checks it.
+    let role = super::auth::proved_role(headers, state.options.auth.is_some());
     let outcome = match state
         .node
         .forward_write(leader, command, role, state.options.request_timeout)
