@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -42,9 +42,12 @@ pub async fn page() -> Response {
 }
 
 /// `GET /v1/cluster/status`: this node's `/v1/status` and every member's, as this node
-/// reaches them: `{"served_by": ID, "nodes": [{"id", "api_addr", "reachable", "status" |
-/// "error", "elapsed_ms"}]}`. Members come from this node's own view of the membership.
-pub async fn cluster_status(State(state): State<Arc<ApiState>>) -> Response {
+/// reaches them: `{"served_by": ID, "viewer_role": ROLE, "nodes": [{"id", "api_addr",
+/// "reachable", "status" | "error", "elapsed_ms"}]}`. Members come from this node's own
+/// view of the membership. `viewer_role` is the role the request proved (issue 16), so the
+/// page offers membership and leadership buttons to `admin` only.
+pub async fn cluster_status(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    let viewer_role = super::auth::proved_role(&headers, state.options.auth.is_some());
     let own = match state.node.status().await {
         Ok(status) => status,
         Err(_) => {
@@ -92,5 +95,7 @@ pub async fn cluster_status(State(state): State<Arc<ApiState>>) -> Response {
         }
     });
     let nodes = futures_util::future::join_all(asks).await;
-    Json(json!({"served_by": state.node.id, "nodes": nodes})).into_response()
+    Json(json!({"served_by": state.node.id, "viewer_role": viewer_role.as_str(),
+                "nodes": nodes}))
+    .into_response()
 }
