@@ -182,7 +182,7 @@ pub(crate) async fn confirm_first_start(
                         peer_last_log_index: last_log_index,
                         peer_snapshot_index: snapshot_index,
                     };
-                    let _ = events.send(Event::Fatal(NodeFailure::Membership(loss)));
+                    let _ = events.send(Event::Fatal(loss.into()));
                     return;
                 }
                 PeerAnswer::Unreachable(why) => {

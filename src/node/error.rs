@@ -41,7 +41,7 @@ pub enum NodeFailure {
     /// The operator must act on the cluster's membership: this node's data was lost or it
     /// was removed; the message says the way back.
     #[error(transparent)]
-    Membership(#[from] MembershipLoss),
+    Membership(Box<MembershipLoss>),
     /// The operator must fix the machine: a resource the node needs could not be set up.
     #[error("cannot {what}: {source}; check the machine's resources (memory, file descriptors) and restart the node")]
     Environment {
@@ -191,6 +191,14 @@ pub enum MembershipLoss {
         /// That peer's snapshot index.
         peer_snapshot_index: u64,
     },
+}
+
+impl From<MembershipLoss> for NodeFailure {
+    /// Boxed: the facts of a membership loss would otherwise double the size of every
+    /// `Result<_, NodeFailure>` on the write path.
+    fn from(loss: MembershipLoss) -> NodeFailure {
+        NodeFailure::Membership(Box::new(loss))
+    }
 }
 
 impl MembershipLoss {

@@ -1475,7 +1475,7 @@ impl RaftLoop {
         let tombstone = storage::stable::Tombstone {
             removed_at_index: index,
         };
-        let failure = NodeFailure::Membership(match self.stable.save_tombstone(&tombstone) {
+        let failure = NodeFailure::from(match self.stable.save_tombstone(&tombstone) {
             Ok(()) => MembershipLoss::Removed(Removal {
                 id: status.id,
                 dir: self.data_dir.clone(),
