@@ -112,8 +112,15 @@ fn users_are_authenticated_and_held_to_their_roles_through_any_node() {
         // The live page offers membership and leadership buttons by the role the viewer
         // proved: `viewer_role` in the cluster status it polls.
         for (user, role) in [(reader, "read"), (writer, "write"), (root, "admin")] {
-            let (status, body, _) =
-                call(&cluster, follower, get.clone(), "/v1/cluster/status", user, None).await;
+            let (status, body, _) = call(
+                &cluster,
+                follower,
+                get.clone(),
+                "/v1/cluster/status",
+                user,
+                None,
+            )
+            .await;
             assert_eq!(status, 200, "{body}");
             assert_eq!(body["viewer_role"], role, "{body}");
         }

@@ -95,7 +95,9 @@ pub async fn cluster_status(State(state): State<Arc<ApiState>>, headers: HeaderM
         }
     });
     let nodes = futures_util::future::join_all(asks).await;
-    Json(json!({"served_by": state.node.id, "viewer_role": viewer_role.as_str(),
-                "nodes": nodes}))
+    Json(
+        json!({"served_by": state.node.id, "viewer_role": viewer_role.as_str(),
+                "nodes": nodes}),
+    )
     .into_response()
 }
