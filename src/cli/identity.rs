@@ -163,10 +163,24 @@ fn password(user: &str) -> Result<String, String> {
     if let Ok(password) = std::env::var(PASSWORD_ENV) {
         return Ok(password);
     }
+    match read_secret(&format!("Password for {user}: ")) {
+        Ok(Some(password)) => Ok(password),
+        Ok(None) => Err(format!(
+            "--user {user}: no password: set {PASSWORD_ENV} or give it on stdin"
+        )),
+        Err(e) => Err(format!(
+            "--user {user}: cannot read the password from stdin: {e}"
+        )),
+    }
+}
+
+/// One line from stdin without its line ending, `None` at end of input. At a terminal it
+/// shows `prompt` on stderr and switches echo off while the line is typed.
+fn read_secret(prompt: &str) -> std::io::Result<Option<String>> {
     let stdin = std::io::stdin();
     let terminal = stdin.is_terminal();
     if terminal {
-        eprint!("Password for {user}: ");
+        eprint!("{prompt}");
         let _ = std::io::stderr().flush();
     }
     let echo = terminal.then(EchoOff::new).flatten();
@@ -176,15 +190,7 @@ fn password(user: &str) -> Result<String, String> {
     if terminal {
         eprintln!();
     }
-    match read {
-        Ok(0) => Err(format!(
-            "--user {user}: no password: set {PASSWORD_ENV} or give it on stdin"
-        )),
-        Ok(_) => Ok(line.trim_end_matches(['\r', '\n']).to_string()),
-        Err(e) => Err(format!(
-            "--user {user}: cannot read the password from stdin: {e}"
-        )),
-    }
+    Ok((read? > 0).then(|| line.trim_end_matches(['\r', '\n']).to_string()))
 }
 
 /// Terminal echo switched off until dropped, so a typed password is not shown.
@@ -219,25 +225,12 @@ impl Drop for EchoOff {
 
 /// `raftlog passwd`: reads a password (one line) on stdin and prints its Argon2id hash.
 pub fn passwd() -> i32 {
-    let stdin = std::io::stdin();
-    let terminal = stdin.is_terminal();
-    if terminal {
-        eprint!("Password: ");
-        let _ = std::io::stderr().flush();
-    }
-    let echo = terminal.then(EchoOff::new).flatten();
-    let mut line = String::new();
-    let read = stdin.lock().read_line(&mut line);
-    drop(echo);
-    if terminal {
-        eprintln!();
-    }
-    let password = match read {
-        Ok(0) => {
+    let password = match read_secret("Password: ") {
+        Ok(None) => {
             eprintln!("raftlog passwd: no password on stdin (give one line, e.g. `echo -n secret | raftlog passwd`)");
             return super::EXIT_USAGE;
         }
-        Ok(_) => line.trim_end_matches(['\r', '\n']).to_string(),
+        Ok(Some(password)) => password,
         Err(e) => {
             eprintln!("raftlog passwd: cannot read the password from stdin: {e}");
             return super::EXIT_FAILED;

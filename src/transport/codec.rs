@@ -383,9 +383,19 @@ pub fn encode_frame(
     max_frame_bytes: u32,
     out: &mut Vec<u8>,
 ) -> Result<usize, EncodeFrameError> {
+    encode_framed(envelope, max_frame_bytes, out)
+}
+
+/// Appends `| len | crc | body |` with `body` the bincode of `value`; on error `out` is
+/// left as it was. The frame layout of every protocol version.
+fn encode_framed<T: serde::Serialize>(
+    value: &T,
+    max_frame_bytes: u32,
+    out: &mut Vec<u8>,
+) -> Result<usize, EncodeFrameError> {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
-    if let Err(e) = bincode::serde::encode_into_std_write(envelope, out, bincode_config()) {
+    if let Err(e) = bincode::serde::encode_into_std_write(value, out, bincode_config()) {
         out.truncate(start);
         return Err(EncodeFrameError::Encode(e.to_string()));
     }
@@ -563,24 +573,7 @@ pub fn encode_peer_frame(
             _ => Err(EncodeFrameError::NotInVersion { version }),
         };
     }
-    let start = out.len();
-    out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
-    if let Err(e) = bincode::serde::encode_into_std_write(frame, out, bincode_config()) {
-        out.truncate(start);
-        return Err(EncodeFrameError::Encode(e.to_string()));
-    }
-    let body_len = out.len() - start - FRAME_HEADER_BYTES;
-    if body_len > max_frame_bytes as usize {
-        out.truncate(start);
-        return Err(EncodeFrameError::TooLarge {
-            len: body_len,
-            max: max_frame_bytes,
-        });
-    }
-    let crc = crc32fast::hash(&out[start + FRAME_HEADER_BYTES..]);
-    out[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    Ok(out.len() - start)
+    encode_framed(frame, max_frame_bytes, out)
 }
 
 /// [`decode_body`] for a connection of protocol `version`.
