@@ -151,8 +151,10 @@ fn forward_client(
     pool_idle: Duration,
 ) -> reqwest::Client {
     let builder = match tls {
-        Some(config) => reqwest::Client::builder().use_preconfigured_tls((*config).clone()),
-        None => reqwest::Client::builder(),
+        Some(config) => {
+            crate::security::tls::http_client_builder().use_preconfigured_tls((*config).clone())
+        }
+        None => crate::security::tls::http_client_builder(),
     };
     builder
         .timeout(options.request_timeout + Duration::from_secs(1))

@@ -133,7 +133,7 @@ pub fn run(target: Target, op: Op) -> i32 {
     };
     runtime.block_on(async move {
         let Some(client) = http_client(
-            reqwest::Client::builder().timeout(REQUEST_TIMEOUT),
+            crate::security::tls::http_client_builder().timeout(REQUEST_TIMEOUT),
             &identity,
         ) else {
             return EXIT_FAILED;

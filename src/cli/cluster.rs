@@ -299,7 +299,7 @@ async fn supervise(
     https: Option<rustls::ClientConfig>,
 ) -> i32 {
     let scheme = if https.is_some() { "https" } else { "http" };
-    let builder = reqwest::Client::builder().timeout(Duration::from_secs(2));
+    let builder = crate::security::tls::http_client_builder().timeout(Duration::from_secs(2));
     let builder = match https {
         Some(config) => builder.use_preconfigured_tls(config),
         None => builder,

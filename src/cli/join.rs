@@ -50,7 +50,7 @@ pub fn parse_addrs(raw: &str) -> Result<Vec<String>, String> {
 /// The client a joining node asks members with: over HTTPS with its node certificate when
 /// the cluster has `tls` (a node certificate is admin's, so the members accept the join).
 fn client(tls: Option<&NodeTls>) -> reqwest::Client {
-    crate::security::tls::api_client_builder(reqwest::Client::builder(), tls)
+    crate::security::tls::api_client_builder(crate::security::tls::http_client_builder(), tls)
         .timeout(Duration::from_secs(40))
         .connect_timeout(Duration::from_secs(2))
         .build()

@@ -75,7 +75,7 @@ pub fn range(
     };
     runtime.block_on(async move {
         let Some(client) = super::client::http_client(
-            reqwest::Client::builder().timeout(REQUEST_TIMEOUT),
+            crate::security::tls::http_client_builder().timeout(REQUEST_TIMEOUT),
             identity,
         ) else {
             return EXIT_FAILED;
@@ -182,7 +182,7 @@ pub fn watch(
     runtime.block_on(async move {
         // No overall timeout: a watch stream stays open for as long as it is read.
         let Some(client) = super::client::http_client(
-            reqwest::Client::builder().connect_timeout(Duration::from_secs(5)),
+            crate::security::tls::http_client_builder().connect_timeout(Duration::from_secs(5)),
             identity,
         ) else {
             return EXIT_FAILED;

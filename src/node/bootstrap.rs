@@ -129,20 +129,22 @@ pub(crate) async fn confirm_first_start(
     // A majority of all voters, found among the others (or all of them when that is fewer).
     let fresh_needed = (voters / 2 + 1).min(others.len());
     let scheme = crate::security::tls::api_scheme(tls.as_deref());
-    let client =
-        match crate::security::tls::api_client_builder(reqwest::Client::builder(), tls.as_deref())
-            .timeout(PROBE_TIMEOUT)
-            .build()
-        {
-            Ok(client) => client,
-            Err(e) => {
-                let _ = events.send(Event::Fatal(NodeFailure::Environment {
-                    what: "build the HTTP client that asks peers whether the cluster exists",
-                    source: Box::new(e),
-                }));
-                return;
-            }
-        };
+    let client = match crate::security::tls::api_client_builder(
+        crate::security::tls::http_client_builder(),
+        tls.as_deref(),
+    )
+    .timeout(PROBE_TIMEOUT)
+    .build()
+    {
+        Ok(client) => client,
+        Err(e) => {
+            let _ = events.send(Event::Fatal(NodeFailure::Environment {
+                what: "build the HTTP client that asks peers whether the cluster exists",
+                source: Box::new(e),
+            }));
+            return;
+        }
+    };
     tracing::info!(
         fresh_needed,
         "empty data directory: voting for nobody until the other voters confirm this is the \
@@ -242,11 +244,12 @@ pub(crate) async fn confirm_removal(
     tls: Option<Arc<crate::security::tls::NodeTls>>,
 ) {
     let scheme = crate::security::tls::api_scheme(tls.as_deref());
-    let Ok(client) =
-        crate::security::tls::api_client_builder(reqwest::Client::builder(), tls.as_deref())
-            .timeout(PROBE_TIMEOUT)
-            .build()
-    else {
+    let Ok(client) = crate::security::tls::api_client_builder(
+        crate::security::tls::http_client_builder(),
+        tls.as_deref(),
+    )
+    .timeout(PROBE_TIMEOUT)
+    .build() else {
         watching.store(false, Ordering::Relaxed);
         return;
     };

@@ -351,14 +351,22 @@ impl rustls::client::danger::ServerCertVerifier for ClusterCaVerifier {
 
 /// Makes `ring` the process's default rustls provider, once. reqwest is built with
 /// `rustls-no-provider` (its default provider, aws-lc-rs, needs cmake) and panics when it
-/// builds any client, HTTPS or not, without a default: so the CLI installs it first thing
-/// and the API before it builds its forwarding client.
+/// builds any client, HTTPS or not, without a default: so the CLI installs it first thing,
+/// and [`http_client_builder`] before any client is built.
 pub fn install_crypto_provider() {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     INSTALLED.call_once(|| {
         // Err: another provider is already the default, which serves as well.
         let _ = Arc::try_unwrap(provider()).map(|p| p.install_default());
     });
+}
+
+/// `reqwest::Client::builder()`, after making sure a rustls crypto provider is installed:
+/// every HTTP client of the library and the CLI starts here, so that an embedder who never
+/// runs the CLI's `main` gets no panic from reqwest (tests/embedded_without_cli.rs).
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    install_crypto_provider();
+    reqwest::Client::builder()
 }
 
 /// The URL scheme of the client API: `https` with `tls`, else `http`.
