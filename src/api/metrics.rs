@@ -96,7 +96,7 @@ const COUNTERS: &[(&str, &str, CounterValue)] = &[
     ),
     (
         "snapshot_bytes_written",
-        "Snapshot bytes written locally",
+        "Snapshot bytes written locally, counted as they are written",
         |r| r.counters.snapshot_bytes_written.get(),
     ),
     (

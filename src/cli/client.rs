@@ -259,7 +259,12 @@ fn request(client: &reqwest::Client, addr: &str, op: &Op) -> reqwest::RequestBui
 async fn single(client: &reqwest::Client, addrs: &[String], op: Op, as_json: bool) -> i32 {
     let mut last_error = String::new();
     for addr in addrs {
-        let response = match request(client, addr, &op).send().await {
+        let sent = request(client, addr, &op).send();
+        let answer = match op {
+            Op::Snapshot => super::snapshot_progress::while_writing(client, addr, sent).await,
+            _ => sent.await,
+        };
+        let response = match answer {
             Ok(response) => response,
             Err(e) if e.is_connect() => {
                 last_error = format!("cannot connect to {addr}: {e}");

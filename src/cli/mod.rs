@@ -9,6 +9,7 @@ mod completions;
 mod identity;
 mod join;
 mod serve;
+mod snapshot_progress;
 mod watch;
 
 use std::path::PathBuf;

@@ -377,7 +377,7 @@ impl<S: StateMachine> Applier<S> {
         let metrics = self.metrics.clone();
         super::spawn_thread("snapshot", self.events.clone(), move || {
             let started = Instant::now();
-            let result = write_snapshot(&log, meta, &frozen);
+            let result = write_snapshot(&log, meta, &frozen, &metrics.snapshot_bytes_written);
             if let Ok((meta, bytes)) = &result {
                 metrics.record_snapshot(*bytes, started.elapsed());
                 tracing::info!(
@@ -439,10 +439,13 @@ impl<S: StateMachine> Applier<S> {
     }
 }
 
+/// Writes `frozen` as the snapshot `meta`; every byte is counted into `bytes_written` as it
+/// goes (not at the end), so `raftlog snapshot` can show a long write's progress.
 fn write_snapshot(
     log: &DurableLog,
     meta: SnapshotMeta,
     frozen: &crate::kv::ReplicatedSnapshot,
+    bytes_written: &super::Counter,
 ) -> Result<(SnapshotMeta, u64), String> {
     let index = meta.last_index;
     let fail = |e: &dyn std::fmt::Display| format!("cannot write snapshot {index}: {e}");
@@ -450,6 +453,7 @@ fn write_snapshot(
     let mut counting = CountingWriter {
         inner: &mut writer,
         bytes: 0,
+        total: bytes_written,
     };
     frozen.write_to(&mut counting).map_err(|e| fail(&e))?;
     let bytes = counting.bytes;
@@ -460,12 +464,15 @@ fn write_snapshot(
 struct CountingWriter<'a, W: std::io::Write> {
     inner: &'a mut W,
     bytes: u64,
+    /// The node's running total, shared with `/metrics`.
+    total: &'a super::Counter,
 }
 
 impl<W: std::io::Write> std::io::Write for CountingWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.bytes += n as u64;
+        self.total.add(n as u64);
         Ok(n)
     }
 
@@ -482,6 +489,24 @@ mod tests {
 
     use super::*;
     use crate::kv::KvStore;
+
+    /// `raftlog snapshot` shows a long write's progress from the node's running total, so
+    /// the total must move with every write, not once at the end.
+    #[test]
+    fn snapshot_bytes_are_counted_while_they_are_written() {
+        use std::io::Write;
+        let total = super::super::Counter::default();
+        let mut sink = Vec::new();
+        let mut counting = CountingWriter {
+            inner: &mut sink,
+            bytes: 0,
+            total: &total,
+        };
+        counting.write_all(&[1; 1000]).expect("write to a Vec");
+        assert_eq!(total.get(), 1000);
+        counting.write_all(&[2; 24]).expect("write to a Vec");
+        assert_eq!((counting.bytes, total.get()), (1024, 1024));
+    }
 
     fn noops(lo: u64, hi: u64) -> Vec<Entry> {
         (lo..=hi)
