@@ -101,7 +101,7 @@ pub use storage;
 
 pub use node::{
     start, Inconsistency, MembershipLoss, NoSpace, Node, NodeFailure, NodeOptions, NotApplied,
-    Overload, Refusal, Removal, RequestError, SkippedSnapshots, StartError,
+    Overload, Refusal, Removal, RequestError, SkippedSnapshots, SnapshotFailed, StartError,
 };
 pub use session::{Applied, Command, RequestId};
 pub use state_machine::{SnapshotSource, StateMachine};

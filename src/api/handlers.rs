@@ -815,7 +815,7 @@ pub async fn snapshot(State(state): State<Arc<ApiState>>) -> ApiResult {
     let limit = state.options.snapshot_request_timeout;
     match tokio::time::timeout(limit, state.node.snapshot()).await {
         Ok(Ok(index)) => Ok(Json(json!({ "snapshot_index": index })).into_response()),
-        Ok(Err(message)) => Err(ApiError::internal(format!("snapshot failed: {message}"))),
+        Ok(Err(failure)) => Err(ApiError::internal(format!("snapshot failed: {failure}"))),
         Err(_) => Err(ApiError::timeout(format!(
             "the snapshot did not finish within {} ms (snapshot_request_timeout_ms); it \
              carries on in the background: watch snapshot_index in GET /v1/status, or ask \

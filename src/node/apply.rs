@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::log_storage::DurableLog;
 use super::snapshot_policy::SnapshotPolicy;
-use super::{Event, Metrics, NodeFailure, StorageStep};
+use super::{Event, Metrics, NodeFailure, SnapshotFailed, StorageStep};
 use crate::kv::{Applied, Replicated, StateMachine};
 
 /// What a client waiting on a proposal learns.
@@ -48,11 +48,11 @@ pub enum ApplyJob {
     /// tell the core, then load it.
     Restore(SnapshotMeta),
     /// Take a snapshot now (`POST /v1/snapshot`); the reply carries its index.
-    TakeSnapshot(oneshot::Sender<Result<u64, String>>),
+    TakeSnapshot(oneshot::Sender<Result<u64, SnapshotFailed>>),
     /// The minimum interval that held back a due snapshot has passed: check again.
     SnapshotIntervalPassed,
     /// A background snapshot finished (or failed).
-    SnapshotDone(Result<SnapshotMeta, String>),
+    SnapshotDone(Result<SnapshotMeta, SnapshotFailed>),
 }
 
 pub(super) struct Applier<S: StateMachine> {
@@ -80,7 +80,7 @@ pub(super) struct Applier<S: StateMachine> {
     pub snapshot_in_progress: bool,
     /// `POST /v1/snapshot` requests, each with the applied index when it arrived: it must
     /// be answered with a snapshot at least that recent.
-    pub snapshot_waiters: Vec<(u64, oneshot::Sender<Result<u64, String>>)>,
+    pub snapshot_waiters: Vec<(u64, oneshot::Sender<Result<u64, SnapshotFailed>>)>,
     /// When the threshold may start a snapshot again after failures.
     pub snapshot_backoff: SnapshotBackoff,
     /// Issue 15: watchers are told of every applied batch.
@@ -391,7 +391,7 @@ impl<S: StateMachine> Applier<S> {
         });
     }
 
-    fn snapshot_done(&mut self, result: Result<SnapshotMeta, String>) {
+    fn snapshot_done(&mut self, result: Result<SnapshotMeta, SnapshotFailed>) {
         self.snapshot_in_progress = false;
         match result {
             Ok(meta) => {
@@ -416,19 +416,19 @@ impl<S: StateMachine> Applier<S> {
                     let _ = waiter.send(Ok(meta.last_index));
                 }
             }
-            Err(message) => {
+            Err(failure) => {
                 self.metrics.snapshot_failures.inc();
                 self.snapshot_policy.failed();
                 let retry_in = self.snapshot_backoff.failed(Instant::now());
                 tracing::error!(
                     failures_in_row = self.snapshot_backoff.failures_in_row(),
                     retry_in_ms = retry_in.as_millis() as u64,
-                    "{message}; the log keeps growing until a snapshot succeeds: the next \
+                    "{failure}; the log keeps growing until a snapshot succeeds: the next \
                      attempt comes after {retry_in:?} of applying (POST /v1/snapshot tries at \
-                     once); check the snapshot directory and free disk space"
+                     once)"
                 );
                 for (_, waiter) in self.snapshot_waiters.drain(..) {
-                    let _ = waiter.send(Err(message.clone()));
+                    let _ = waiter.send(Err(failure.clone()));
                 }
             }
         }
@@ -446,18 +446,21 @@ fn write_snapshot(
     meta: SnapshotMeta,
     frozen: &crate::kv::ReplicatedSnapshot,
     bytes_written: &super::Counter,
-) -> Result<(SnapshotMeta, u64), String> {
+) -> Result<(SnapshotMeta, u64), SnapshotFailed> {
     let index = meta.last_index;
-    let fail = |e: &dyn std::fmt::Display| format!("cannot write snapshot {index}: {e}");
-    let mut writer = log.snapshots.begin(meta).map_err(|e| fail(&e))?;
+    let fail = |e: Box<dyn std::error::Error + Send + Sync>| SnapshotFailed::Write {
+        index,
+        source: e.into(),
+    };
+    let mut writer = log.snapshots.begin(meta).map_err(|e| fail(e.into()))?;
     let mut counting = CountingWriter {
         inner: &mut writer,
         bytes: 0,
         total: bytes_written,
     };
-    frozen.write_to(&mut counting).map_err(|e| fail(&e))?;
+    frozen.write_to(&mut counting).map_err(|e| fail(e.into()))?;
     let bytes = counting.bytes;
-    let meta = writer.finish().map_err(|e| fail(&e))?;
+    let meta = writer.finish().map_err(|e| fail(e.into()))?;
     Ok((meta, bytes))
 }
 
@@ -716,10 +719,10 @@ mod tests {
             assert!(jobs_tx.send(job).is_ok());
         }
         std::thread::spawn(move || applier.run(jobs_rx));
-        assert_eq!(first_rx.blocking_recv().unwrap(), Ok(5));
+        assert_eq!(first_rx.blocking_recv().unwrap().ok(), Some(5));
         assert_eq!(
-            second_rx.blocking_recv().unwrap(),
-            Ok(9),
+            second_rx.blocking_recv().unwrap().ok(),
+            Some(9),
             "the second request was answered with a snapshot older than its writes"
         );
     }

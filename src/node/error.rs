@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use storage::space::{describe_free_bytes, human_bytes};
 use storage::NodeId;
@@ -133,6 +134,26 @@ impl NodeFailure {
             NodeFailure::StoppedWhileDiskFull | NodeFailure::Stopped => WhoActs::Nobody,
         }
     }
+}
+
+/// Why [`crate::node::Node::snapshot`] gave no snapshot. The node keeps running either way.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SnapshotFailed {
+    /// The operator must check the snapshot directory: writing the snapshot failed. The
+    /// log keeps growing until one succeeds; automatic attempts are retried with backoff.
+    #[error(
+        "cannot write snapshot {index}: {source}; check the snapshot directory and free disk space"
+    )]
+    Write {
+        /// The last index the snapshot was to cover.
+        index: u64,
+        /// What failed (shared by every request waiting for that snapshot).
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// The node is stopping: nobody needs to act.
+    #[error("the node is stopping")]
+    Stopping,
 }
 
 /// How this node lost its place in the cluster, with the commands that bring it back.

@@ -57,7 +57,7 @@ use crate::transport::{Transport, TransportConfig};
 
 pub use self::error::{
     Inconsistency, MembershipLoss, NoSpace, NodeFailure, NotApplied, Overload, Refusal, Removal,
-    RequestError, SkippedSnapshots, StartError, StorageStep, WhoActs,
+    RequestError, SkippedSnapshots, SnapshotFailed, StartError, StorageStep, WhoActs,
 };
 
 /// Everything a node needs to start. [`NodeOptions::new`] gives the defaults of
@@ -766,14 +766,12 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// Takes a snapshot now; returns its last index.
-    pub async fn snapshot(&self) -> Result<u64, String> {
+    pub async fn snapshot(&self) -> Result<u64, SnapshotFailed> {
         let (reply, answer) = oneshot::channel();
         self.apply_jobs
             .send(ApplyJob::TakeSnapshot(reply))
-            .map_err(|_| "the node is stopping".to_string())?;
-        answer
-            .await
-            .map_err(|_| "the node is stopping".to_string())?
+            .map_err(|_| SnapshotFailed::Stopping)?;
+        answer.await.map_err(|_| SnapshotFailed::Stopping)?
     }
 
     /// The leader this node last knew of (without asking the raft loop).
