@@ -530,6 +530,38 @@ pub fn decode_frame(
     Ok(Some((envelope, header.frame_len())))
 }
 
+/// The body's CRC against the one its header stored.
+fn check_crc(header: &FrameHeader, body: &[u8]) -> Result<(), FrameError> {
+    let computed = crc32fast::hash(body);
+    if computed != header.crc {
+        return Err(FrameError::BadCrc {
+            stored: header.crc,
+            computed,
+        });
+    }
+    Ok(())
+}
+
+/// A decoded value that must have used the whole body: bytes after it mean a sender that
+/// does not speak this protocol.
+fn whole_body<T>(
+    header: &FrameHeader,
+    body: &[u8],
+    decoded: Result<(T, usize), String>,
+) -> Result<T, FrameError> {
+    let (value, used) = decoded.map_err(|reason| FrameError::Undecodable {
+        len: header.len,
+        reason,
+    })?;
+    if used != body.len() {
+        return Err(FrameError::TrailingBytes {
+            len: header.len,
+            trailing: body.len() - used,
+        });
+    }
+    Ok(value)
+}
+
 /// Checks the CRC of a complete body and decodes the envelope in it.
 pub fn decode_body(header: &FrameHeader, body: &[u8]) -> Result<Envelope, FrameError> {
     assert!(
@@ -538,23 +570,9 @@ pub fn decode_body(header: &FrameHeader, body: &[u8]) -> Result<Envelope, FrameE
         body.len(),
         header.len
     );
-    let computed = crc32fast::hash(body);
-    if computed != header.crc {
-        return Err(FrameError::BadCrc {
-            stored: header.crc,
-            computed,
-        });
-    }
-    let (envelope, used) = decode_envelope(body).map_err(|e| FrameError::Undecodable {
-        len: header.len,
-        reason: e.to_string(),
-    })?;
-    if used != body.len() {
-        return Err(FrameError::TrailingBytes {
-            len: header.len,
-            trailing: body.len() - used,
-        });
-    }
+    check_crc(header, body)?;
+    let decoded = decode_envelope(body).map_err(|e| e.to_string());
+    let envelope = whole_body(header, body, decoded)?;
     Ok(envelope)
 }
 
@@ -595,23 +613,9 @@ pub fn decode_peer_body(
             ),
         });
     }
-    let computed = crc32fast::hash(body);
-    if computed != header.crc {
-        return Err(FrameError::BadCrc {
-            stored: header.crc,
-            computed,
-        });
-    }
-    let (frame, used) = decode_limited::<PeerFrame>(body).map_err(|e| FrameError::Undecodable {
-        len: header.len,
-        reason: e.to_string(),
-    })?;
-    if used != body.len() {
-        return Err(FrameError::TrailingBytes {
-            len: header.len,
-            trailing: body.len() - used,
-        });
-    }
+    check_crc(header, body)?;
+    let decoded = decode_limited::<PeerFrame>(body).map_err(|e| e.to_string());
+    let frame = whole_body(header, body, decoded)?;
     let message = match &frame {
         PeerFrame::ForwardReply(reply) => reply.outcome.message(),
         _ => None,
