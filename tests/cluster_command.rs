@@ -27,6 +27,24 @@ impl Drop for ClusterCommand {
     }
 }
 
+/// A cluster file in `dir` for `nodes`, with fast timers, its data under `dir/data`.
+fn write_config(
+    dir: &tempfile::TempDir,
+    cluster_id: &str,
+    nodes: serde_json::Map<String, serde_json::Value>,
+) -> std::path::PathBuf {
+    let config = json!({
+        "cluster_id": cluster_id,
+        "nodes": nodes,
+        "data_dir": dir.path().join("data"),
+        "heartbeat_interval_ms": 50,
+        "election_timeout_ms": [300, 600],
+    });
+    let config_path = dir.path().join("config.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    config_path
+}
+
 #[test]
 fn cluster_command_prints_each_nodes_live_page() {
     let dir = tempfile::tempdir().unwrap();
@@ -44,15 +62,7 @@ fn cluster_command_prints_each_nodes_live_page() {
             )
         })
         .collect();
-    let config = json!({
-        "cluster_id": "cluster-command-test",
-        "nodes": nodes,
-        "data_dir": dir.path().join("data"),
-        "heartbeat_interval_ms": 50,
-        "election_timeout_ms": [300, 600],
-    });
-    let config_path = dir.path().join("config.json");
-    std::fs::write(&config_path, config.to_string()).unwrap();
+    let config_path = write_config(&dir, "cluster-command-test", nodes);
     let child = Command::new(raftlog_bin())
         .arg("cluster")
         .arg("--config")
@@ -148,15 +158,7 @@ fn cluster_command_with_tls_serves_https_and_its_demo_works() {
             )
         })
         .collect();
-    let config = json!({
-        "cluster_id": "cluster-command-tls-test",
-        "nodes": nodes,
-        "data_dir": dir.path().join("data"),
-        "heartbeat_interval_ms": 50,
-        "election_timeout_ms": [300, 600],
-    });
-    let config_path = dir.path().join("config.json");
-    std::fs::write(&config_path, config.to_string()).unwrap();
+    let config_path = write_config(&dir, "cluster-command-tls-test", nodes);
     let child = Command::new(raftlog_bin())
         .args(["cluster", "--tls", "--config"])
         .arg(&config_path)
