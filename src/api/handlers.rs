@@ -848,7 +848,7 @@ pub async fn readyz(State(state): State<Arc<ApiState>>) -> ApiResult {
         Err(why) => Err(ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "not_ready",
-            message: why,
+            message: why.to_string(),
         }),
     }
 }

@@ -257,36 +257,25 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// Whether this node can serve linearizable requests now; if not, why (for `/readyz`).
-    pub fn readiness(&self) -> Result<NodeId, String> {
+    pub fn readiness(&self) -> Result<NodeId, NotReady> {
+        let node = self.id;
         if self.is_stopping() {
-            return Err(format!(
-                "node {} is stopping; send requests to another node",
-                self.id
-            ));
+            return Err(NotReady::Stopping { node });
         }
         let Some(leader) = self.leader_hint() else {
-            return Err(format!(
-                "node {} knows no leader (an election is under way or a quorum is unreachable)",
-                self.id
-            ));
+            return Err(NotReady::NoLeader { node });
         };
         match self.membership().members.get(&self.id) {
             Some(me) if me.voter => Ok(leader),
-            Some(_) => Err(format!(
-                "node {} is a learner still catching up; it is ready once promoted to voter",
-                self.id
-            )),
-            None => Err(format!(
-                "node {} is not a member of the cluster (yet); add it with `raftlog members add`",
-                self.id
-            )),
+            Some(_) => Err(NotReady::Learner { node }),
+            None => Err(NotReady::NotMember { node }),
         }
     }
 
     /// [`Node::readiness`], and also not ready while more than `max_lag_entries` behind the
     /// cluster's commit index as last heard from a leader (0: no lag check); see
     /// [`catching_up`].
-    pub async fn readiness_within_lag(&self, max_lag_entries: u64) -> Result<NodeId, String> {
+    pub async fn readiness_within_lag(&self, max_lag_entries: u64) -> Result<NodeId, NotReady> {
         let leader = self.readiness()?;
         if max_lag_entries == 0 {
             return Ok(leader);
@@ -294,7 +283,7 @@ impl<S: StateMachine> Node<S> {
         let status = self
             .status()
             .await
-            .map_err(|e| format!("node {}: {e}", self.id))?;
+            .map_err(|_| NotReady::Stopped { node: self.id })?;
         catching_up(
             self.id,
             status.commit_index_heard,
@@ -305,7 +294,61 @@ impl<S: StateMachine> Node<S> {
     }
 }
 
-/// Issue 17: `Err` saying by how much when a node that has applied up to `applied_index`
+/// Why a node is not ready to serve linearizable requests (`/readyz` answers 503 with it).
+/// Each case says what a load balancer or operator can expect: all of them pass on their
+/// own except [`NotReady::NotMember`], which waits for `raftlog members add`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// A graceful stop began.
+    #[error("node {node} is stopping; send requests to another node")]
+    Stopping {
+        /// This node.
+        node: NodeId,
+    },
+    /// The node's raft loop is gone.
+    #[error("node {node} stopped; see its log for why")]
+    Stopped {
+        /// This node.
+        node: NodeId,
+    },
+    /// No leader is known: an election is running or a quorum is unreachable.
+    #[error("node {node} knows no leader (an election is under way or a quorum is unreachable)")]
+    NoLeader {
+        /// This node.
+        node: NodeId,
+    },
+    /// The node is a learner; it becomes ready once promoted.
+    #[error("node {node} is a learner still catching up; it is ready once promoted to voter")]
+    Learner {
+        /// This node.
+        node: NodeId,
+    },
+    /// The node is not in the membership it knows (not added yet, or removed).
+    #[error("node {node} is not a member of the cluster (yet); add it with `raftlog members add`")]
+    NotMember {
+        /// This node.
+        node: NodeId,
+    },
+    /// The node is further behind the leader's announced commit than the configured limit.
+    #[error(
+        "node {node} is catching up: {} entries behind (applied index {applied_index}, \
+         commit index {commit_index_heard} as last heard from the leader; ready within \
+         ready_max_lag_entries = {max_lag_entries})",
+        commit_index_heard - applied_index
+    )]
+    CatchingUp {
+        /// This node.
+        node: NodeId,
+        /// The highest commit index a leader announced to this node.
+        commit_index_heard: u64,
+        /// The last index this node applied.
+        applied_index: u64,
+        /// The configured limit (`ready_max_lag_entries`).
+        max_lag_entries: u64,
+    },
+}
+
+/// Issue 17: [`NotReady::CatchingUp`] when a node that has applied up to `applied_index`
 /// is more than `max_lag_entries` (0: no limit) behind `commit_index_heard`, the highest
 /// commit index a leader announced to it ([`crate::raft::Status::commit_index_heard`]).
 ///
@@ -314,20 +357,21 @@ impl<S: StateMachine> Node<S> {
 /// lag (the leader may have committed more since), which errs toward "ready" only for a
 /// node that hears from no leader, and such a node is not ready anyway.
 pub fn catching_up(
-    id: NodeId,
+    node: NodeId,
     commit_index_heard: u64,
     applied_index: u64,
     max_lag_entries: u64,
-) -> Result<(), String> {
+) -> Result<(), NotReady> {
     let lag = commit_index_heard.saturating_sub(applied_index);
     if max_lag_entries == 0 || lag <= max_lag_entries {
         return Ok(());
     }
-    Err(format!(
-        "node {id} is catching up: {lag} entries behind (applied index {applied_index}, \
-         commit index {commit_index_heard} as last heard from the leader; ready within \
-         ready_max_lag_entries = {max_lag_entries})"
-    ))
+    Err(NotReady::CatchingUp {
+        node,
+        commit_index_heard,
+        applied_index,
+        max_lag_entries,
+    })
 }
 
 #[cfg(test)]
@@ -342,7 +386,9 @@ mod tests {
     /// limit, ahead (a stale heard commit after a restart) or with the check off, ready.
     #[test]
     fn readiness_waits_until_the_lag_is_within_the_limit() {
-        let err = super::catching_up(2, 12_000, 1_000, 10_000).unwrap_err();
+        let err = super::catching_up(2, 12_000, 1_000, 10_000)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("node 2 is catching up: 11000 entries behind"),
             "{err}"

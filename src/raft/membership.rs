@@ -20,15 +20,26 @@ pub fn encode_membership(membership: &Membership) -> Bytes {
 }
 
 /// Decodes the payload of a membership entry.
-pub fn decode_membership(payload: &[u8]) -> Result<Membership, String> {
+pub fn decode_membership(payload: &[u8]) -> Result<Membership, UndecodableMembership> {
     bincode::serde::decode_from_slice(payload, bincode::config::standard())
         .map(|(m, _)| m)
-        .map_err(|e| {
-            format!(
-                "undecodable membership entry ({} bytes): {e}",
-                payload.len()
-            )
+        .map_err(|source| UndecodableMembership {
+            len: payload.len(),
+            source,
         })
+}
+
+/// A membership entry's payload that is not an encoded [`Membership`]. Entries from the
+/// log never are (see `decode_membership_entry` in the core); a peer's can be, and
+/// `validate.rs` refuses the message that carries one.
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable membership entry ({len} bytes): {source}")]
+pub struct UndecodableMembership {
+    /// The payload's length.
+    pub len: usize,
+    /// What bincode found.
+    #[source]
+    pub source: bincode::error::DecodeError,
 }
 
 /// The configuration that results from `change`, if it is a valid single-server change.

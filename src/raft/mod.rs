@@ -38,7 +38,7 @@ pub mod validate;
 
 pub use self::core::RaftCore;
 pub use self::mem_storage::MemStorage;
-pub use self::membership::{decode_membership, encode_membership};
+pub use self::membership::{decode_membership, encode_membership, UndecodableMembership};
 pub use self::validate::{DropReason, DroppedMessages};
 
 use bytes::Bytes;
