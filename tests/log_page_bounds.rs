@@ -4,10 +4,11 @@
 //! in alternating windows: one without any log read, the next with a loop of
 //! `GET /v1/log?from=1&limit=10000` on the leader. A page must stay within
 //! `log_page_max_bytes` plus one entry, and the write p99 of the windows with reads must stay
-//! within `P99_RATIO_MAX` times that of the windows without (issue 12 asks for 2x; see the
-//! assertion for what this machine achieves). Windows alternate and the medians of their p99s
-//! are compared, so that a burst of load from elsewhere on a shared machine shifts both
-//! sides rather than one. Finally the whole log is walked page by page with `X-Next-Index`.
+//! within `P99_RATIO_MAX` times that of the windows without (issue 12 asks for 2x). Windows
+//! alternate and the medians of their p99s are compared, so that a burst of load from
+//! elsewhere on a shared machine shifts both sides rather than one. Finally the whole log is
+//! walked page by page with `X-Next-Index`, which must take at least as long as its bytes
+//! take at the default `log_read_max_bytes_per_second`.
 
 mod support;
 
@@ -28,7 +29,9 @@ const WRITERS: usize = 16;
 const WINDOW: Duration = Duration::from_millis(2_000);
 const ROUNDS: usize = 4;
 /// Largest accepted ratio of write p99 with log reads to without (see its assertion).
-const P99_RATIO_MAX: u32 = 4;
+const P99_RATIO_MAX: u32 = 2;
+/// The default `log_read_max_bytes_per_second`.
+const LOG_READ_BYTES_PER_SECOND: u64 = 64 << 20;
 
 fn p99(latencies: &mut [Duration]) -> Duration {
     assert!(!latencies.is_empty(), "a window acknowledged no write");
@@ -218,10 +221,10 @@ fn log_page_is_bounded_and_reading_it_keeps_write_p99() {
             "{} pages, largest {} bytes; median write p99 {quiet:?} quiet, {reading:?} reading",
             pages.pages, pages.largest_page_bytes
         );
-        // Issue 12 asks for at most 2x. Measured on the shared 2-core machine: 2.8x to 3.3x
-        // (medians of four windows, three runs); pages read on tokio's blocking pool at
-        // normal priority: 6.6x; the old handler stalled the raft loop for 7.6 s and writes
-        // failed with 504. 4x keeps those regressions caught.
+        // Issue 12 asks for at most 2x. Measured on the shared 2-core machine without the
+        // byte rate: 1.25x, 1.31x and 2.81x in three runs (the last reader got 245 MB/s);
+        // pages read on tokio's blocking pool at normal priority: 6.6x; the old handler
+        // stalled the raft loop for 7.6 s and writes failed with 504.
         assert!(
             reading <= quiet * P99_RATIO_MAX,
             "write p99 with log reads {reading:?} exceeds {P99_RATIO_MAX}x the p99 without \
@@ -231,12 +234,14 @@ fn log_page_is_bounded_and_reading_it_keeps_write_p99() {
     });
 }
 
-/// Following `X-Next-Index` from index 1 visits every entry exactly once, in order.
+/// Following `X-Next-Index` from index 1 visits every entry exactly once, in order, no
+/// faster than the node's byte rate allows.
 async fn walk_the_whole_log(cluster: &Cluster, leader: u64) {
     let last = cluster.status(leader).await.expect("status")["last_log_index"]
         .as_u64()
         .expect("last_log_index");
-    let mut from = 1;
+    let started = Instant::now();
+    let (mut from, mut bytes, mut largest) = (1, 0u64, 0u64);
     while from <= last {
         let url = format!(
             "http://{}/v1/log?from={from}&limit=10000",
@@ -249,7 +254,9 @@ async fn walk_the_whole_log(cluster: &Cluster, leader: u64) {
             .unwrap()
             .parse()
             .unwrap();
-        let page: Vec<serde_json::Value> = response.json().await.expect("a JSON array");
+        let body = response.bytes().await.expect("a log page");
+        (bytes, largest) = (bytes + body.len() as u64, largest.max(body.len() as u64));
+        let page: Vec<serde_json::Value> = serde_json::from_slice(&body).expect("a JSON array");
         assert!(!page.is_empty(), "an empty page from {from} (last {last})");
         for (offset, entry) in page.iter().enumerate() {
             assert_eq!(entry["index"].as_u64(), Some(from + offset as u64));
@@ -261,4 +268,14 @@ async fn walk_the_whole_log(cluster: &Cluster, leader: u64) {
         );
         from = next;
     }
+    // The node rests after each page for as long as it takes at the rate, so every page but
+    // the last was paid for before the walk ended.
+    let elapsed = started.elapsed();
+    let paid = Duration::from_secs_f64((bytes - largest) as f64 / LOG_READ_BYTES_PER_SECOND as f64);
+    eprintln!("walked {bytes} bytes of log in {elapsed:?} (at least {paid:?} at the byte rate)");
+    assert!(
+        elapsed >= paid,
+        "{bytes} bytes of log pages in {elapsed:?}: faster than log_read_max_bytes_per_second \
+         = {LOG_READ_BYTES_PER_SECOND} allows ({paid:?})"
+    );
 }

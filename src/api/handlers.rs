@@ -665,19 +665,22 @@ pub async fn log(State(state): State<Arc<ApiState>>, Query(params): Query<LogPar
         .background
         .run(move || {
             let from = params.from.unwrap_or(0).max(log.first_index());
-            render_log_page(&log, from, limit, bytes_max)
+            let page = render_log_page(&log, from, limit, bytes_max);
+            let bytes = page.as_ref().map_or(0, |p| p.body.len() as u64);
+            (page, bytes)
         })
         .await
         .ok_or_else(|| {
             ApiError::internal(
-                "reading the log page failed (the node's output shows the panic); retry, and                  report it if it repeats",
+                "reading the log page failed (the node's output shows the panic); retry, and \
+                 report it if it repeats",
             )
         })?
         .map_err(|e| {
-        ApiError::internal(format!(
-            "cannot read the log: {e}; the node's log names the damaged file, check the disk"
-        ))
-    })?;
+            ApiError::internal(format!(
+                "cannot read the log: {e}; the node's log names the damaged file, check the disk"
+            ))
+        })?;
     let mut response = (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -49,6 +49,9 @@ pub struct ApiOptions {
     pub log_page_max_bytes: u64,
     /// Most entries in one `GET /v1/log` page.
     pub log_page_max_entries: u64,
+    /// Bytes per second of `GET /v1/log` pages rendered at most, over all clients (0: no
+    /// limit); see `background.rs`.
+    pub log_read_max_bytes_per_second: u64,
     /// How long `POST /v1/snapshot` waits before answering `504 timeout`.
     pub snapshot_request_timeout: Duration,
     /// Issue 15: limits of watches.
@@ -79,6 +82,7 @@ impl Default for ApiOptions {
             },
             log_page_max_bytes: crate::config::DEFAULT_LOG_PAGE_MAX_BYTES,
             log_page_max_entries: crate::config::DEFAULT_LOG_PAGE_MAX_ENTRIES,
+            log_read_max_bytes_per_second: crate::config::DEFAULT_LOG_READ_MAX_BYTES_PER_SECOND,
             snapshot_request_timeout: Duration::from_millis(
                 crate::config::DEFAULT_SNAPSHOT_REQUEST_TIMEOUT_MS,
             ),
@@ -180,10 +184,11 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
     let pool_idle = forward_pool_idle(&options);
     let tls_config = options.tls.as_ref().map(|tls| tls.api_client_config());
     let client = forward_client(&options, tls_config.clone(), pool_idle);
+    let background = background::BackgroundReader::start(options.log_read_max_bytes_per_second);
     let state = Arc::new(ApiState {
         node,
         options,
-        background: background::BackgroundReader::start(),
+        background,
         client: std::sync::RwLock::new((tls_config, client)),
         forward_slots: tokio::sync::Semaphore::new(forward::CONNECTIONS_MAX),
         metrics: Arc::default(),

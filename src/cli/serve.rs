@@ -249,6 +249,7 @@ fn api_options(config: &ClusterConfig, connections: ConnectionLimits) -> ApiOpti
         test_faults: std::env::var("RAFTLOG_TEST_FAULTS").is_ok_and(|v| v == "1"),
         log_page_max_bytes: config.log_page_max_bytes(),
         log_page_max_entries: config.log_page_max_entries(),
+        log_read_max_bytes_per_second: config.log_read_max_bytes_per_second(),
         snapshot_request_timeout: config.snapshot_request_timeout(),
         ready_max_lag_entries: config.ready_max_lag_entries(),
         auth: config
