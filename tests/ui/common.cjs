@@ -54,6 +54,7 @@ const pageState = () => {
     state: tr.dataset.state,
     role: tr.dataset.role,
     commit: Number(tr.querySelector('[data-field="commit_index"]').textContent),
+    match: Number(tr.querySelector('[data-field="match_index"]').textContent),
     buttons: [...tr.querySelectorAll("button")].map((b) => b.dataset.action),
   }));
   return {
@@ -61,6 +62,7 @@ const pageState = () => {
     leader: document.getElementById("leader").dataset.leaderId,
     banner: document.getElementById("banner").innerText,
     ring: document.querySelectorAll("#ring .ring-node").length,
+    tolerance: document.getElementById("tolerance").innerText,
     viewer: (document.getElementById("viewer") || { innerText: "" }).innerText,
   };
 };
@@ -81,9 +83,9 @@ async function until(page, what, timeoutMs, check) {
   }
 }
 
-/// Three nodes up and exactly one leader, the one the cluster names.
+/// Three nodes up (in the table and on the ring) and exactly one leader, the one the cluster names.
 function healthy(leaderId) {
-  return (s) => s.rows.length === 3 && s.rows.every((r) => r.state === "up") &&
+  return (s) => s.rows.length === 3 && s.ring === 3 && s.rows.every((r) => r.state === "up") &&
     s.rows.filter((r) => r.role === "leader").length === 1 && s.leader !== "" &&
     (leaderId === undefined || Number(s.leader) === leaderId);
 }

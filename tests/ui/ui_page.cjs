@@ -47,6 +47,10 @@ run(async () => {
   const moved = await until(page, `every node's commit index reaching ${index}`, 5000,
     (s) => s.rows.every((r) => r.commit >= index));
   console.log(`ui_page: write at index ${index} shown on every node after ${moved.elapsedMs} ms`);
+  // The leader's view of each follower, and the failure tolerance.
+  const replicated = await until(page, `every follower's match index reaching ${index}`, 5000,
+    (s) => s.rows.filter((r) => r.role === "follower").every((r) => r.match >= index));
+  if (replicated.value.tolerance !== "can lose 1 of 3 voters") fail("the failure tolerance reads: " + replicated.value.tolerance);
   if (process.env.RAFTLOG_UI_SCREENSHOT) {
     await page.screenshot({ path: process.env.RAFTLOG_UI_SCREENSHOT });
     console.log("ui_page: screenshot saved to " + process.env.RAFTLOG_UI_SCREENSHOT);
