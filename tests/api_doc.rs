@@ -389,3 +389,78 @@ fn route_parser_reads_chained_and_qualified_method_routers() {
         ]
     );
 }
+
+/// Every error code the API answers with: the `code: "..."` of each `ApiError` built in
+/// `src/api/` (outside `#[cfg(test)]`) and the codes `error::code_for_status` gives the
+/// errors axum answers itself.
+fn error_codes_in_source(dir: &Path) -> BTreeSet<(String, String)> {
+    let mut codes = BTreeSet::new();
+    let mut files = vec![dir.to_path_buf()];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("src/api is readable") {
+                files.push(entry.expect("a directory entry").path());
+            }
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let source = std::fs::read_to_string(&path).expect("a source file is readable");
+        let code = source.split("#[cfg(test)]").next().unwrap_or_default();
+        let file = path
+            .strip_prefix(repo())
+            .unwrap_or(&path)
+            .display()
+            .to_string();
+        for (at, _) in code.match_indices("code: \"") {
+            let rest = &code[at + "code: \"".len()..];
+            if let Some(end) = rest.find('"') {
+                codes.insert((rest[..end].to_string(), file.clone()));
+            }
+        }
+        if let Some(at) = code.find("fn code_for_status(") {
+            let body = &code[at..];
+            let body = &body[..body.find("\n}").unwrap_or(body.len())];
+            for (at, _) in body.match_indices("=> \"") {
+                let rest = &body[at + "=> \"".len()..];
+                if let Some(end) = rest.find('"') {
+                    codes.insert((rest[..end].to_string(), file.clone()));
+                }
+            }
+        }
+    }
+    codes
+}
+
+#[test]
+fn every_error_code_is_documented() {
+    let doc = api_doc();
+    // Rows `| STATUS | `code` | meaning | retry |` of the Errors table.
+    let documented: BTreeSet<String> = chapter(&doc, "Errors")
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.trim().trim_matches('|').split(" | ").collect();
+            let status = cells.first()?.trim();
+            let code = unquote(cells.get(1)?).to_string();
+            (status.len() == 3 && status.chars().all(|c| c.is_ascii_digit())).then_some(code)
+        })
+        .collect();
+    let codes = error_codes_in_source(&repo().join("src/api"));
+    assert!(
+        codes.iter().any(|(code, _)| code == "no_leader"),
+        "the error-code scan found no `no_leader` in src/api: it no longer understands how \
+         errors are built; found {codes:?}"
+    );
+    let failures = codes
+        .iter()
+        .filter(|(code, _)| !documented.contains(code))
+        .map(|(code, file)| {
+            format!(
+                "the error code `{code}` (answered in {file}) is not in the table of \
+                 '## Errors': add a row `| STATUS | `{code}` | meaning | safe to retry? |`"
+            )
+        })
+        .collect();
+    assert_no_failures("the error codes of src/api", failures);
+}

@@ -3,7 +3,11 @@
 //! follower shows three nodes and one leader; a write moves every node's commit index;
 //! an InstallSnapshot the leader reports in progress shows as "installing snapshot NN%";
 //! after a SIGKILL of the leader it shows the leader down and a new leader within 2 s;
-//! a node cut off from its peers says so.
+//! a node cut off from its peers says so. On a cluster with `auth.users`
+//! (`tests/ui/ui_auth.cjs`): without credentials `/ui` answers 401 with the Basic challenge
+//! and the browser shows what is needed, and a page whose polls are refused says it is not
+//! authorised and what to do; a read user sees the cluster and no leadership or membership
+//! button; an admin user's transfer button, confirmed, moves leadership.
 //!
 //! What is missing is installed: chromium with apt-get, playwright-core with npm into
 //! `RAFTLOG_UI_CACHE` (default `target/ui-test-cache`). The test skips, saying why, only
@@ -13,12 +17,14 @@
 
 mod support;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use serde_json::json;
-use support::{runtime, Cluster, ClusterSpec};
+use serde_json::{json, Value};
+use support::{raftlog_bin, runtime, Cluster, ClusterSpec};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -102,9 +108,53 @@ fn playwright_core() -> Result<PathBuf, String> {
     Ok(module)
 }
 
+/// The browser tests run one at a time: two clusters and two browsers at once on a small
+/// CI machine would blur the failover timing the first one measures.
+static ONE_BROWSER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The browser and playwright-core, or why the test cannot have them.
+fn tools() -> Result<(PathBuf, PathBuf), String> {
+    let chromium = chromium()?;
+    Ok((chromium, playwright_core()?))
+}
+
+/// Runs `tests/ui/<script>` against `cluster` (started, with a leader) with `env`, and
+/// checks it reports every check passed.
+fn browse(script: &str, cluster: &Cluster, tools: &(PathBuf, PathBuf), env: &[(&str, String)]) {
+    let (chromium, playwright) = tools;
+    let nodes: Vec<_> = cluster
+        .nodes
+        .keys()
+        .map(|&id| {
+            json!({"id": id, "api": cluster.api(id), "pid": cluster.pid(id).expect("the node runs")})
+        })
+        .collect();
+    let output = Command::new("node")
+        .arg(repo().join("tests/ui").join(script))
+        .env("RAFTLOG_UI_NODES", Value::Array(nodes).to_string())
+        .env("PLAYWRIGHT_CORE", playwright)
+        .env("CHROMIUM", chromium)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "the browser test {script} failed ({}):\n{stdout}\n{stderr}\nnode logs:\n{}",
+        output.status,
+        cluster.logs_tail()
+    );
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+}
+
 #[test]
 fn live_page_shows_leader_failover_and_index_moves_in_a_real_browser() {
-    let (chromium, playwright) = match chromium().and_then(|c| Ok((c, playwright_core()?))) {
+    let _one = ONE_BROWSER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let tools = match tools() {
         Ok(found) => found,
         Err(why) => {
             eprintln!("ui_page: SKIPPED, cannot install the browser test's tools: {why}");
@@ -114,35 +164,76 @@ fn live_page_shows_leader_failover_and_index_moves_in_a_real_browser() {
     let rt = runtime();
     let cluster = Cluster::start(ClusterSpec::default());
     rt.block_on(cluster.wait_for_leader(Duration::from_secs(10)));
-    let nodes: Vec<_> = cluster
-        .nodes
-        .keys()
-        .map(|&id| {
-            json!({"id": id, "api": cluster.api(id), "pid": cluster.pid(id).expect("the node runs")})
-        })
-        .collect();
     let screenshot = std::env::var_os("RAFTLOG_UI_SCREENSHOT")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("target/ui-page.png"));
-    let output = Command::new("node")
-        .arg(repo().join("tests/ui/ui_page.cjs"))
-        .env(
-            "RAFTLOG_UI_NODES",
-            serde_json::Value::Array(nodes).to_string(),
-        )
-        .env("PLAYWRIGHT_CORE", &playwright)
-        .env("CHROMIUM", &chromium)
-        .env("RAFTLOG_UI_SCREENSHOT", &screenshot)
-        .output()
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
+    browse(
+        "ui_page.cjs",
+        &cluster,
+        &tools,
+        &[(
+            "RAFTLOG_UI_SCREENSHOT",
+            screenshot.to_string_lossy().into_owned(),
+        )],
+    );
+}
+
+/// `raftlog passwd` of `password`: the hash the cluster file holds.
+fn passwd(password: &str) -> String {
+    let mut child = Command::new(raftlog_bin())
+        .arg("passwd")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run raftlog passwd");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write the password");
+    let output = child.wait_with_output().expect("raftlog passwd");
     assert!(
         output.status.success(),
-        "the browser test failed ({}):\n{stdout}\n{stderr}\nnode logs:\n{}",
-        output.status,
-        cluster.logs_tail()
+        "raftlog passwd failed: {}",
+        String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("all checks passed"), "{stdout}");
+    String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn live_page_shows_buttons_to_admin_only_and_refuses_anonymous_viewers_in_a_real_browser() {
+    let _one = ONE_BROWSER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let tools = match tools() {
+        Ok(found) => found,
+        Err(why) => {
+            eprintln!("ui_page: SKIPPED, cannot install the browser test's tools: {why}");
+            return;
+        }
+    };
+    let rt = runtime();
+    let cluster = Cluster::start_with_config(
+        ClusterSpec::default(),
+        json!({"auth": {"users": {
+            "viewer": {"password_hash": passwd("viewer-pw"), "role": "read"},
+            "operator": {"password_hash": passwd("operator-pw"), "role": "admin"},
+        }}}),
+    );
+    rt.block_on(cluster.wait_for_leader(Duration::from_secs(10)));
+    let users = json!({
+        "read": {"username": "viewer", "password": "viewer-pw"},
+        "admin": {"username": "operator", "password": "operator-pw"},
+    });
+    browse(
+        "ui_auth.cjs",
+        &cluster,
+        &tools,
+        &[("RAFTLOG_UI_USERS", users.to_string())],
+    );
 }

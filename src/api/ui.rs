@@ -101,3 +101,38 @@ pub async fn cluster_status(State(state): State<Arc<ApiState>>, headers: HeaderM
     )
     .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PAGE;
+
+    /// Issue 17: one self-contained page, small, that works on a machine without internet:
+    /// it loads nothing from anywhere (no script, style sheet, font or image by URL), so the
+    /// only absolute URL it may hold is the SVG namespace, an identifier never fetched.
+    #[test]
+    fn page_is_self_contained_and_small() {
+        const PAGE_BYTES_MAX: usize = 32 * 1024;
+        assert!(
+            PAGE.len() <= PAGE_BYTES_MAX,
+            "src/api/ui/index.html is {} bytes, over {PAGE_BYTES_MAX}: keep the page small",
+            PAGE.len()
+        );
+        let lower = PAGE.to_ascii_lowercase();
+        for loads in ["<script src", "<link", "<img", "@import", "url(", "<iframe"] {
+            assert!(
+                !lower.contains(loads),
+                "src/api/ui/index.html loads something ({loads:?}): embed it instead"
+            );
+        }
+        let outside: Vec<&str> = lower
+            .match_indices("//")
+            .map(|(at, _)| &lower[at.saturating_sub(6)..(at + 40).min(lower.len())])
+            .filter(|around| around.contains("http:") || around.contains("https:"))
+            .filter(|around| !around.contains("http://www.w3.org/2000/svg"))
+            .collect();
+        assert!(
+            outside.is_empty(),
+            "src/api/ui/index.html names a URL outside the node: {outside:?}"
+        );
+    }
+}

@@ -1,91 +1,36 @@
-// The live page in a real browser (run by tests/ui_page.rs, which starts the cluster).
+// The live page in a real browser (run by tests/ui_page.rs, which starts the cluster,
+// without `auth`).
 //
 // Environment: RAFTLOG_UI_NODES = [{"id", "api", "pid"}] of a running 3-node cluster,
 // PLAYWRIGHT_CORE = the playwright-core module directory, CHROMIUM = the browser binary,
 // RAFTLOG_UI_SCREENSHOT = where to save a screenshot of the healthy cluster.
 // Exits 0 when every check holds, 1 with the reason otherwise.
 "use strict";
-const { chromium } = require(process.env.PLAYWRIGHT_CORE || "playwright-core");
+const { fail, launch, leaderAndFollower, put, pageState, until, healthy, run } = require("./common.cjs");
 
-const nodes = JSON.parse(process.env.RAFTLOG_UI_NODES);
 const FAILOVER_MS_MAX = 2000;
 
-function fail(message) {
-  console.error("ui_page: FAILED: " + message);
-  process.exit(1);
-}
-
-async function status(node) {
-  const response = await fetch(`http://${node.api}/v1/status`, { signal: AbortSignal.timeout(1000) });
-  return response.json();
-}
-
-async function put(node, key, value) {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    try {
-      const response = await fetch(`http://${node.api}/v1/kv/${key}`, { method: "PUT", body: value });
-      if (response.ok) return (await response.json()).index;
-    } catch (e) { /* retried: a leader change is under way */ }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  fail(`PUT ${key} via node ${node.id} never succeeded`);
-}
-
-/// Reads the page's state every 50 ms until `check(state)` holds; returns that state.
-async function until(page, what, timeoutMs, check) {
-  const started = Date.now();
-  for (;;) {
-    const state = await page.evaluate(pageState);
-    const value = check(state) && state;
-    if (value) return { value, elapsedMs: Date.now() - started };
-    if (Date.now() - started > timeoutMs) {
-      const rows = await page.evaluate(() => [...document.querySelectorAll("#nodes tr")].map((tr) => tr.innerText.replace(/\s+/g, " ")).join(" | "));
-      const banner = await page.evaluate(() => document.getElementById("banner").innerText);
-      fail(`${what}: not seen within ${timeoutMs} ms; the page shows: ${rows}; banner: ${banner}`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-const pageState = () => {
-  const rows = [...document.querySelectorAll("#nodes tr")].map((tr) => ({
-    id: Number(tr.dataset.nodeId),
-    state: tr.dataset.state,
-    role: tr.dataset.role,
-    commit: Number(tr.querySelector('[data-field="commit_index"]').textContent),
-  }));
-  return { rows, leader: document.getElementById("leader").dataset.leaderId, banner: document.getElementById("banner").innerText };
-};
-
-(async () => {
-  const statuses = await Promise.all(nodes.map(status));
-  const leaderId = statuses.find((s) => s.role === "leader").id;
-  const leader = nodes.find((n) => n.id === leaderId);
-  const follower = nodes.find((n) => n.id !== leaderId);
+run(async () => {
+  const { leader, follower } = await leaderAndFollower();
+  const leaderId = leader.id;
   console.log(`ui_page: node ${leaderId} leads; the page is served by follower ${follower.id}`);
 
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  const browser = await launch();
   const page = await browser.newPage({ viewport: { width: 1280, height: 640 } });
   page.on("pageerror", (e) => fail("a script error in the page: " + e.message));
   await page.goto(`http://${follower.api}/ui`);
 
   // Three nodes, all up, exactly one leader, and it is the real one.
-  await until(page, "three nodes up and one leader", 10000, (s) =>
-    s.rows.length === 3 && s.rows.every((r) => r.state === "up") &&
-      s.rows.filter((r) => r.role === "leader").length === 1 && s.leader !== "").then(({ value }) => {
-    if (Number(value.leader) !== leaderId) fail(`the page names node ${value.leader} as leader, the cluster says ${leaderId}`);
-  });
+  await until(page, `three nodes up and node ${leaderId} the one leader`, 10000, healthy(leaderId));
   const before = (await page.evaluate(pageState)).rows;
   console.log("ui_page: three nodes, one leader: " + JSON.stringify(before));
+  // Without `auth` every viewer is admin: the buttons are there.
+  if (!before.every((r) => r.buttons.includes("remove"))) fail("without auth the page offers no membership buttons: " + JSON.stringify(before));
 
   // An InstallSnapshot the leader reports in progress shows on the receiving node's row (a
   // real transfer is tests/snapshot_progress.rs; here, how the page draws one): the next
   // poll redraws the real state.
-  const receiver = nodes.find((n) => n.id !== leaderId).id;
+  const receiver = follower.id;
   const installing = await page.evaluate(async (id) => {
     const cluster = await (await fetch("/v1/cluster/status")).json();
     const lead = cluster.nodes.find((n) => n.reachable && n.status.role === "leader");
@@ -102,6 +47,10 @@ const pageState = () => {
   const moved = await until(page, `every node's commit index reaching ${index}`, 5000,
     (s) => s.rows.every((r) => r.commit >= index));
   console.log(`ui_page: write at index ${index} shown on every node after ${moved.elapsedMs} ms`);
+  // The leader's view of each follower, and the failure tolerance.
+  const replicated = await until(page, `every follower's match index reaching ${index}`, 5000,
+    (s) => s.rows.filter((r) => r.role === "follower").every((r) => r.match >= index));
+  if (replicated.value.tolerance !== "can lose 1 of 3 voters") fail("the failure tolerance reads: " + replicated.value.tolerance);
   if (process.env.RAFTLOG_UI_SCREENSHOT) {
     await page.screenshot({ path: process.env.RAFTLOG_UI_SCREENSHOT });
     console.log("ui_page: screenshot saved to " + process.env.RAFTLOG_UI_SCREENSHOT);
@@ -127,15 +76,10 @@ const pageState = () => {
 
   // Cut the serving node off from its peers: the page says so.
   const isolate = (on) => fetch(`http://${follower.api}/v1/debug/isolate?on=${on}`, { method: "POST" });
-  if ((await isolate(true)).ok) {
-    const cut = await until(page, "the banner saying the serving node is cut off", 5000,
-      (s) => s.banner.includes("cut off"));
-    console.log(`ui_page: isolated node ${follower.id} shown cut off after ${cut.elapsedMs} ms: ${cut.value.banner}`);
-    await isolate(false);
-  } else {
-    fail("POST /v1/debug/isolate was refused: the test cluster must run with RAFTLOG_TEST_FAULTS=1");
-  }
+  if (!(await isolate(true)).ok) fail("POST /v1/debug/isolate was refused: the test cluster must run with RAFTLOG_TEST_FAULTS=1");
+  const cut = await until(page, "the banner saying the serving node is cut off", 5000,
+    (s) => s.banner.includes("cut off"));
+  console.log(`ui_page: isolated node ${follower.id} shown cut off after ${cut.elapsedMs} ms: ${cut.value.banner}`);
+  await isolate(false);
   await browser.close();
-  console.log("ui_page: all checks passed");
-  process.exit(0);
-})().catch((e) => fail(e.stack || String(e)));
+});
