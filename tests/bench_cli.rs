@@ -136,3 +136,33 @@ fn bench_refuses_what_it_cannot_measure_as_usage_errors() {
         assert!(stderr.contains("raftlog bench"), "{args:?}: {stderr}");
     }
 }
+
+/// At a terminal (a pseudo-terminal from util-linux's `script`) `raftlog bench` draws a live
+/// line with the phase, ops/s and errors while it runs, and clears it before the report.
+#[test]
+fn bench_draws_live_progress_at_a_terminal() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("bench_cli: skipped the terminal check: `script` (util-linux) is missing");
+        return;
+    }
+    let cluster = Cluster::start(ClusterSpec::default());
+    runtime().block_on(cluster.wait_for_leader(Duration::from_secs(20)));
+    let command = format!(
+        "{} bench --config {} --clients 4 --warmup 1 --duration 2 --value-size 16",
+        raftlog_bin().display(),
+        cluster.config_path.display()
+    );
+    let output = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run raftlog bench under script");
+    let terminal = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "bench at a terminal: {terminal}");
+    for shown in ["warmup:", "measuring:", "ops/s", "errors"] {
+        assert!(
+            terminal.contains(shown),
+            "the live line never showed {shown:?}; the terminal saw:\n{terminal}"
+        );
+    }
+}
