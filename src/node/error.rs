@@ -306,8 +306,8 @@ pub enum StartError {
     /// Storage could not be opened or recovered.
     #[error("{0}")]
     Storage(#[from] storage::Error),
-    /// The peer transport could not start.
-    #[error("cannot listen for peers on {addr}: {source}")]
+    /// The peer transport could not start; its error names the address and what to check.
+    #[error("cannot start the peer transport: {source}")]
     Transport {
         /// The raft address.
         addr: SocketAddr,
@@ -542,6 +542,22 @@ pub struct Removal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node whose raft address is taken names the address once and says what to check
+    /// (the transport's error already carries both).
+    #[tokio::test]
+    async fn a_busy_peer_port_is_named_once() {
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+        let addr = busy.local_addr().expect("its address");
+        let config = crate::transport::TransportConfig::new(1, "c", addr, Default::default());
+        let source = crate::transport::Transport::start(config)
+            .await
+            .err()
+            .expect("the port is taken");
+        let message = StartError::Transport { addr, source }.to_string();
+        assert_eq!(message.matches(&addr.to_string()).count(), 1, "{message}");
+        assert!(message.contains("is another node running there?"), "{message}");
+    }
 
     fn io_error() -> storage::Error {
         storage::Error::io(
