@@ -108,6 +108,8 @@ pub struct RaftCore<S: LogStorage> {
     snapshot_chunk: Option<SnapshotChunk>,
     read_states: Vec<ReadState>,
     failed_reads: Vec<FailedRead>,
+    /// Followers seen to have a log that went backwards, counted over this core's life.
+    log_regressions: u64,
     prev_soft: SoftState,
     prev_hard: HardState,
 }
@@ -169,6 +171,7 @@ impl<S: LogStorage> RaftCore<S> {
             snapshot_chunk: None,
             read_states: Vec::new(),
             failed_reads: Vec::new(),
+            log_regressions: 0,
             prev_soft,
             prev_hard: hard_state,
         };
@@ -603,6 +606,7 @@ impl<S: LogStorage> RaftCore<S> {
                     match_index: self.log.last_index(),
                     ticks_since_contact: 0,
                     snapshot_sending: None,
+                    log_regressed: None,
                 },
                 Some(pr) => MemberProgress {
                     id,
@@ -616,15 +620,24 @@ impl<S: LogStorage> RaftCore<S> {
                         }),
                         _ => None,
                     },
+                    log_regressed: pr.log_regressed,
                 },
                 None => MemberProgress {
                     id,
                     match_index: 0,
                     ticks_since_contact: self.now,
                     snapshot_sending: None,
+                    log_regressed: None,
                 },
             })
             .collect()
+    }
+
+    /// How many times a follower was seen to have a log that went backwards (see
+    /// [`LogRegression`](super::LogRegression); which ones are in [`RaftCore::member_progress`]). A cheap counter
+    /// the node polls to warn once per regression.
+    pub fn log_regressions(&self) -> u64 {
+        self.log_regressions
     }
 
     /// Whether this node leads and has committed an entry of its own term (thesis §6.4):
@@ -1748,7 +1761,10 @@ impl<S: LogStorage> RaftCore<S> {
                 .progress
                 .get_mut(&from)
                 .expect("progress checked above");
-            pr.on_reject(hint);
+            // A rejection's `match_index` is the follower's last index.
+            if pr.on_reject(hint, match_index).is_some() {
+                self.log_regressions += 1;
+            }
             self.send_appends_to(from);
         }
         if read_ctx > 0 {

@@ -5,6 +5,8 @@
 //! when that assumption breaks.
 
 use super::*;
+use crate::raft::progress::LOG_REGRESSED_REJECTIONS;
+use crate::raft::LogRegression;
 
 /// A 3-node cluster led by 1 with entries 1..=5 on every disk, in which node 3 then comes
 /// back from its disk holding only entries 1..=2 (same hard state, so the same term).
@@ -67,15 +69,61 @@ fn heartbeat_and_deliver(c: &mut Cluster, budget: usize) -> usize {
     rejections
 }
 
-/// What the leader does today (etcd raft's `MaybeDecrTo` does the same): it treats every
-/// rejection below node 3's match index as stale, clamps its probe back to match + 1 = 6,
-/// and probes again at once. Node 3, which holds only 1..=2, rejects every probe: it never
-/// catches up, the leader never notices, and nothing in its reports says so.
+/// After [`LOG_REGRESSED_REJECTIONS`] rejections below node 3's match index with no success
+/// between, the leader stops taking them for stale: it reports node 3's regression (match 5,
+/// last index 2) in `member_progress`, lowers its match index to 0 and probes from the hint,
+/// and node 3 catches up (the §5.3 consistency check finds entry 2 in agreement). Before this
+/// rule (etcd raft's `MaybeDecrTo`), the leader clamped every probe back to match + 1 = 6:
+/// node 3 rejected more than 100 probes in 2,000 deliveries, stayed at last index 2, and no
+/// report said so.
 #[test]
-fn leader_stalls_silently_on_a_follower_whose_log_went_backwards() {
+fn leader_flags_and_repairs_a_follower_whose_log_went_backwards() {
     let mut c = cluster_with_regressed_follower();
+    assert_eq!(c.node(1).log_regressions(), 0);
     let rejections = heartbeat_and_deliver(&mut c, 2_000);
-    assert!(rejections > 100, "only {rejections} rejections");
-    assert_eq!(c.node(3).status().last_log_index, 2);
-    assert_eq!(progress_of(&c, 3).match_index, 5);
+    assert!(c.queue.is_empty(), "the leader still probes");
+    assert_eq!(rejections, LOG_REGRESSED_REJECTIONS as usize);
+    assert_eq!(c.node(1).log_regressions(), 1);
+    assert_eq!(c.node(3).status().last_log_index, 5);
+    let pr = progress_of(&c, 3);
+    assert_eq!(pr.match_index, 5);
+    // Caught up again: the flag is down, the counter remembers.
+    assert_eq!(pr.log_regressed, None);
+    assert_eq!(c.node(1).status().commit_index, 5);
+}
+
+/// The flag is up between the regression and the catch-up, naming what the leader had and
+/// what the follower reported.
+#[test]
+fn regressed_follower_is_reported_until_it_catches_up() {
+    let mut c = cluster_with_regressed_follower();
+    // Node 3 cannot answer: the leader's probes go unanswered, nothing is flagged.
+    c.cut.insert((1, 3));
+    heartbeat_and_deliver(&mut c, 2_000);
+    c.heal();
+    let mut seen = None;
+    for _ in 0..test_config(1).heartbeat_interval_ticks {
+        c.node_mut(1).tick();
+    }
+    for _ in 0..2_000 {
+        let ids: Vec<NodeId> = c.nodes.keys().copied().collect();
+        for id in ids {
+            c.process(id);
+        }
+        if let Some(r) = progress_of(&c, 3).log_regressed {
+            seen.get_or_insert(r);
+        }
+        let Some(m) = c.queue.pop_front() else {
+            break;
+        };
+        c.node_mut(m.to).step(m);
+    }
+    assert_eq!(
+        seen,
+        Some(LogRegression {
+            match_index: 5,
+            last_index: 2
+        })
+    );
+    assert_eq!(progress_of(&c, 3).log_regressed, None);
 }
