@@ -1762,7 +1762,7 @@ impl<S: LogStorage> RaftCore<S> {
                 .get_mut(&from)
                 .expect("progress checked above");
             // A rejection's `match_index` is the follower's last index.
-            if pr.on_reject(hint, match_index).is_some() {
+            if pr.on_reject(hint, match_index, read_ctx).is_some() {
                 self.log_regressions += 1;
             }
             self.send_appends_to(from);
@@ -1774,11 +1774,12 @@ impl<S: LogStorage> RaftCore<S> {
 
     fn on_append_success(&mut self, from: NodeId, match_index: u64) {
         let now = self.now;
+        let round = self.round;
         let last = self.log.last_index();
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
-        let advanced = pr.on_success(match_index, now);
+        let advanced = pr.on_success(match_index, now, round);
         match &pr.state {
             ProgressState::Probe if pr.next_index == pr.match_index + 1 => pr.become_replicate(now),
             ProgressState::Snapshot(t) if pr.match_index >= t.meta.last_index => {
@@ -2011,6 +2012,7 @@ impl<S: LogStorage> RaftCore<S> {
             self.term
         );
         let now = self.now;
+        let round = self.round;
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
@@ -2023,7 +2025,7 @@ impl<S: LogStorage> RaftCore<S> {
         }
         if success && t.done_sent && next_offset == t.sent_end {
             // Installed: the follower's log now starts after the snapshot.
-            pr.on_success(snapshot_last_index, now);
+            pr.on_success(snapshot_last_index, now, round);
             pr.become_replicate(now);
             if pr.match_index > 0 {
                 self.maybe_commit();
