@@ -1507,24 +1507,32 @@ impl RaftLoop {
             return;
         }
         self.log_regressions_warned = seen;
-        for p in self.core.member_progress() {
-            if let Some(r) = p.log_regressed {
-                tracing::warn!(
-                    follower = p.id,
-                    match_index = r.match_index,
-                    reported_last_index = r.last_index,
-                    "node {} lost log entries it had acknowledged: the leader had it matched \
-                     up to index {} but it reports its log ends at index {}. The leader is \
-                     re-replicating to it, but its disk lost data it promised to keep (a \
-                     lost tail, a restored backup) and it may have voted on that promise: \
-                     check its disk, then remove it (`raftlog members remove {}`) and start \
-                     it again with an empty data directory and --join to re-add it",
-                    p.id,
-                    r.match_index,
-                    r.last_index,
-                    p.id,
-                );
+        let mut regressed: Vec<_> = self
+            .core
+            .member_progress()
+            .into_iter()
+            .filter_map(|p| p.log_regressed.map(|r| (p.id, r)))
+            .collect();
+        // It may have caught up already (and be unflagged) within this loop iteration.
+        if let Some(last) = self.core.last_log_regression() {
+            if !regressed.iter().any(|(id, _)| *id == last.0) {
+                regressed.push(last);
             }
+        }
+        for (id, r) in regressed {
+            tracing::warn!(
+                follower = id,
+                match_index = r.match_index,
+                reported_last_index = r.last_index,
+                "node {id} lost log entries it had acknowledged: the leader had it matched up \
+                 to index {} but it reports its log ends at index {}. The leader is \
+                 re-replicating to it, but its disk lost data it promised to keep (a lost \
+                 tail, a restored backup) and it may have voted on that promise: check its \
+                 disk, then remove it (`raftlog members remove {id}`) and start it again with \
+                 an empty data directory and --join to re-add it",
+                r.match_index,
+                r.last_index,
+            );
         }
     }
 

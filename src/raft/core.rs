@@ -12,10 +12,10 @@ use super::quorum::{majority_value, VoteResult, VoteTally};
 use super::read_index::ReadQueue;
 use super::validate::{self, DropReason, DroppedMessages};
 use super::{
-    Config, Entry, EntryKind, Envelope, FailedRead, HardState, LogStorage, MemberProgress,
-    Membership, MembershipChange, Message, NodeId, PlantedBug, ProposeError, ReadMode, ReadState,
-    Ready, Role, SnapshotChunk, SnapshotMeta, SnapshotReceiving, SnapshotSending, SoftState,
-    Status, StorageError,
+    Config, Entry, EntryKind, Envelope, FailedRead, HardState, LogRegression, LogStorage,
+    MemberProgress, Membership, MembershipChange, Message, NodeId, PlantedBug, ProposeError,
+    ReadMode, ReadState, Ready, Role, SnapshotChunk, SnapshotMeta, SnapshotReceiving,
+    SnapshotSending, SoftState, Status, StorageError,
 };
 
 /// SplitMix64 (Steele, Lea, Flood 2014): a tiny, well-mixed generator, seeded from the
@@ -108,8 +108,10 @@ pub struct RaftCore<S: LogStorage> {
     snapshot_chunk: Option<SnapshotChunk>,
     read_states: Vec<ReadState>,
     failed_reads: Vec<FailedRead>,
-    /// Followers seen to have a log that went backwards, counted over this core's life.
+    /// Followers seen to have a log that went backwards, counted over this core's life,
+    /// and the latest one (it may have caught up, so be unflagged, before the node looks).
     log_regressions: u64,
+    last_log_regression: Option<(NodeId, LogRegression)>,
     prev_soft: SoftState,
     prev_hard: HardState,
 }
@@ -172,6 +174,7 @@ impl<S: LogStorage> RaftCore<S> {
             read_states: Vec::new(),
             failed_reads: Vec::new(),
             log_regressions: 0,
+            last_log_regression: None,
             prev_soft,
             prev_hard: hard_state,
         };
@@ -634,10 +637,15 @@ impl<S: LogStorage> RaftCore<S> {
     }
 
     /// How many times a follower was seen to have a log that went backwards (see
-    /// [`LogRegression`](super::LogRegression); which ones are in [`RaftCore::member_progress`]). A cheap counter
+    /// [`LogRegression`]; which ones are in [`RaftCore::member_progress`]). A cheap counter
     /// the node polls to warn once per regression.
     pub fn log_regressions(&self) -> u64 {
         self.log_regressions
+    }
+
+    /// The follower last seen to have a log that went backwards, and what was seen.
+    pub fn last_log_regression(&self) -> Option<(NodeId, LogRegression)> {
+        self.last_log_regression
     }
 
     /// Whether this node leads and has committed an entry of its own term (thesis §6.4):
@@ -1762,8 +1770,9 @@ impl<S: LogStorage> RaftCore<S> {
                 .get_mut(&from)
                 .expect("progress checked above");
             // A rejection's `match_index` is the follower's last index.
-            if pr.on_reject(hint, match_index, read_ctx).is_some() {
+            if let Some(regression) = pr.on_reject(hint, match_index, read_ctx) {
                 self.log_regressions += 1;
+                self.last_log_regression = Some((from, regression));
             }
             self.send_appends_to(from);
         }

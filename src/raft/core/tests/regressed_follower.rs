@@ -84,6 +84,11 @@ fn leader_flags_and_repairs_a_follower_whose_log_went_backwards() {
     assert!(c.queue.is_empty(), "the leader still probes");
     assert_eq!(rejections, LOG_REGRESSED_REJECTIONS as usize);
     assert_eq!(c.node(1).log_regressions(), 1);
+    let seen = LogRegression {
+        match_index: 5,
+        last_index: 2,
+    };
+    assert_eq!(c.node(1).last_log_regression(), Some((3, seen)));
     assert_eq!(c.node(3).status().last_log_index, 5);
     let pr = progress_of(&c, 3);
     assert_eq!(pr.match_index, 5);
