@@ -613,6 +613,12 @@ pub async fn status(State(state): State<Arc<ApiState>>) -> ApiResult {
                 if let Some(snapshot) = &r.snapshot {
                     member["snapshot_sending"] = snapshot_sending_json(snapshot);
                 }
+                if let Some(regressed) = &r.log_regressed {
+                    member["log_regressed"] = json!({
+                        "match_index": regressed.match_index,
+                        "last_index": regressed.last_index,
+                    });
+                }
             }
         }
         body["failure_tolerance"] = json!(report.failure_tolerance);

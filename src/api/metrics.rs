@@ -595,6 +595,7 @@ mod tests {
                     lag: 0,
                     last_contact_ms: 0,
                     snapshot: None,
+                    log_regressed: None,
                 },
                 MemberReplication {
                     id: 2,
@@ -602,6 +603,7 @@ mod tests {
                     lag: 6,
                     last_contact_ms: 30,
                     snapshot: None,
+                    log_regressed: None,
                 },
             ],
             failure_tolerance: 0,

@@ -235,6 +235,8 @@ pub struct MemberReplication {
     pub last_contact_ms: u64,
     /// The InstallSnapshot transfer to it in progress, if any (issue 17).
     pub snapshot: Option<SnapshotSendReport>,
+    /// Its log went backwards below what it acknowledged, until it caught up again.
+    pub log_regressed: Option<raft::LogRegression>,
 }
 
 /// An InstallSnapshot transfer from the leader to one member, for `/v1/status` and `/ui`.
@@ -1001,6 +1003,7 @@ async fn spawn<S: StateMachine>(
         data_dir: dir.clone(),
         membership_driver,
         tick: options.tick,
+        log_regressions_warned: 0,
     };
     let raft_loop = tokio::spawn(raft_loop.run(options.tick, inbound, requests_rx, events_rx));
     // A panicking raft loop must not leave a node that answers HTTP but never writes.
@@ -1171,6 +1174,8 @@ struct RaftLoop {
     data_dir: PathBuf,
     membership_driver: MembershipDriver,
     tick: Duration,
+    /// How many of the core's follower log regressions were already warned about.
+    log_regressions_warned: u64,
 }
 
 /// Most client requests taken per loop iteration: enough to batch, few enough that ticks
@@ -1247,6 +1252,7 @@ impl RaftLoop {
                 let ready = self.core.take_ready();
                 self.handle_ready(ready);
             }
+            self.warn_log_regressions();
             self.transfers
                 .check(&self.core, &self.metrics, self.election_timeout_max);
         }
@@ -1492,6 +1498,44 @@ impl RaftLoop {
         false
     }
 
+    /// One loud warning per follower the leader caught with a log that went backwards
+    /// below what it acknowledged (the core cannot log; it counts, and flags the follower
+    /// in `member_progress` until it caught up again).
+    fn warn_log_regressions(&mut self) {
+        let seen = self.core.log_regressions();
+        if seen == self.log_regressions_warned {
+            return;
+        }
+        self.log_regressions_warned = seen;
+        let mut regressed: Vec<_> = self
+            .core
+            .member_progress()
+            .into_iter()
+            .filter_map(|p| p.log_regressed.map(|r| (p.id, r)))
+            .collect();
+        // It may have caught up already (and be unflagged) within this loop iteration.
+        if let Some(last) = self.core.last_log_regression() {
+            if !regressed.iter().any(|(id, _)| *id == last.0) {
+                regressed.push(last);
+            }
+        }
+        for (id, r) in regressed {
+            tracing::warn!(
+                follower = id,
+                match_index = r.match_index,
+                reported_last_index = r.last_index,
+                "node {id} lost log entries it had acknowledged: the leader had it matched up \
+                 to index {} but it reports its log ends at index {}. The leader is \
+                 re-replicating to it, but its disk lost data it promised to keep (a lost \
+                 tail, a restored backup) and it may have voted on that promise: check its \
+                 disk, then remove it (`raftlog members remove {id}`) and start it again with \
+                 an empty data directory and --join to re-add it",
+                r.match_index,
+                r.last_index,
+            );
+        }
+    }
+
     fn replication_report(&self) -> Option<ReplicationReport> {
         let progress = self.core.member_progress();
         if progress.is_empty() {
@@ -1510,6 +1554,7 @@ impl RaftLoop {
                     match_index: p.match_index,
                     lag: status.last_log_index.saturating_sub(p.match_index),
                     last_contact_ms: p.ticks_since_contact.saturating_mul(tick_ms),
+                    log_regressed: p.log_regressed,
                     snapshot: p.snapshot_sending.map(|s| SnapshotSendReport {
                         last_index: s.last_index,
                         bytes_sent: s.bytes_sent,

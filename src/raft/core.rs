@@ -12,10 +12,10 @@ use super::quorum::{majority_value, VoteResult, VoteTally};
 use super::read_index::ReadQueue;
 use super::validate::{self, DropReason, DroppedMessages};
 use super::{
-    Config, Entry, EntryKind, Envelope, FailedRead, HardState, LogStorage, MemberProgress,
-    Membership, MembershipChange, Message, NodeId, PlantedBug, ProposeError, ReadMode, ReadState,
-    Ready, Role, SnapshotChunk, SnapshotMeta, SnapshotReceiving, SnapshotSending, SoftState,
-    Status, StorageError,
+    Config, Entry, EntryKind, Envelope, FailedRead, HardState, LogRegression, LogStorage,
+    MemberProgress, Membership, MembershipChange, Message, NodeId, PlantedBug, ProposeError,
+    ReadMode, ReadState, Ready, Role, SnapshotChunk, SnapshotMeta, SnapshotReceiving,
+    SnapshotSending, SoftState, Status, StorageError,
 };
 
 /// SplitMix64 (Steele, Lea, Flood 2014): a tiny, well-mixed generator, seeded from the
@@ -108,6 +108,10 @@ pub struct RaftCore<S: LogStorage> {
     snapshot_chunk: Option<SnapshotChunk>,
     read_states: Vec<ReadState>,
     failed_reads: Vec<FailedRead>,
+    /// Followers seen to have a log that went backwards, counted over this core's life,
+    /// and the latest one (it may have caught up, so be unflagged, before the node looks).
+    log_regressions: u64,
+    last_log_regression: Option<(NodeId, LogRegression)>,
     prev_soft: SoftState,
     prev_hard: HardState,
 }
@@ -169,6 +173,8 @@ impl<S: LogStorage> RaftCore<S> {
             snapshot_chunk: None,
             read_states: Vec::new(),
             failed_reads: Vec::new(),
+            log_regressions: 0,
+            last_log_regression: None,
             prev_soft,
             prev_hard: hard_state,
         };
@@ -603,6 +609,7 @@ impl<S: LogStorage> RaftCore<S> {
                     match_index: self.log.last_index(),
                     ticks_since_contact: 0,
                     snapshot_sending: None,
+                    log_regressed: None,
                 },
                 Some(pr) => MemberProgress {
                     id,
@@ -616,15 +623,29 @@ impl<S: LogStorage> RaftCore<S> {
                         }),
                         _ => None,
                     },
+                    log_regressed: pr.log_regressed,
                 },
                 None => MemberProgress {
                     id,
                     match_index: 0,
                     ticks_since_contact: self.now,
                     snapshot_sending: None,
+                    log_regressed: None,
                 },
             })
             .collect()
+    }
+
+    /// How many times a follower was seen to have a log that went backwards (see
+    /// [`LogRegression`]; which ones are in [`RaftCore::member_progress`]). A cheap counter
+    /// the node polls to warn once per regression.
+    pub fn log_regressions(&self) -> u64 {
+        self.log_regressions
+    }
+
+    /// The follower last seen to have a log that went backwards, and what was seen.
+    pub fn last_log_regression(&self) -> Option<(NodeId, LogRegression)> {
+        self.last_log_regression
     }
 
     /// Whether this node leads and has committed an entry of its own term (thesis §6.4):
@@ -1748,7 +1769,11 @@ impl<S: LogStorage> RaftCore<S> {
                 .progress
                 .get_mut(&from)
                 .expect("progress checked above");
-            pr.on_reject(hint);
+            // A rejection's `match_index` is the follower's last index.
+            if let Some(regression) = pr.on_reject(hint, match_index, read_ctx) {
+                self.log_regressions += 1;
+                self.last_log_regression = Some((from, regression));
+            }
             self.send_appends_to(from);
         }
         if read_ctx > 0 {
@@ -1758,11 +1783,12 @@ impl<S: LogStorage> RaftCore<S> {
 
     fn on_append_success(&mut self, from: NodeId, match_index: u64) {
         let now = self.now;
+        let round = self.round;
         let last = self.log.last_index();
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
-        let advanced = pr.on_success(match_index, now);
+        let advanced = pr.on_success(match_index, now, round);
         match &pr.state {
             ProgressState::Probe if pr.next_index == pr.match_index + 1 => pr.become_replicate(now),
             ProgressState::Snapshot(t) if pr.match_index >= t.meta.last_index => {
@@ -1995,6 +2021,7 @@ impl<S: LogStorage> RaftCore<S> {
             self.term
         );
         let now = self.now;
+        let round = self.round;
         let Some(pr) = self.progress.get_mut(&from) else {
             return;
         };
@@ -2007,7 +2034,7 @@ impl<S: LogStorage> RaftCore<S> {
         }
         if success && t.done_sent && next_offset == t.sent_end {
             // Installed: the follower's log now starts after the snapshot.
-            pr.on_success(snapshot_last_index, now);
+            pr.on_success(snapshot_last_index, now, round);
             pr.become_replicate(now);
             if pr.match_index > 0 {
                 self.maybe_commit();

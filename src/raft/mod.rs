@@ -537,6 +537,20 @@ pub struct MemberProgress {
     pub ticks_since_contact: u64,
     /// The snapshot being sent to it (InstallSnapshot, Raft §7), if any.
     pub snapshot_sending: Option<SnapshotSending>,
+    /// Its log went backwards below what it acknowledged (see [`LogRegression`]).
+    pub log_regressed: Option<LogRegression>,
+}
+
+/// A follower that rejected AppendEntries below its match index several times in a row: its
+/// durable log lost entries it had acknowledged (a disk that lost its tail, a restored
+/// backup, a persistence bug). The leader re-replicates from where the logs agree, but the
+/// follower may have voted without those entries; the operator should remove and re-add it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogRegression {
+    /// The leader's match index for the follower when the regression was seen.
+    pub match_index: u64,
+    /// The follower's last index as it reported it then.
+    pub last_index: u64,
 }
 
 /// An InstallSnapshot transfer as the leader sees it, for progress reports.

@@ -2,7 +2,13 @@
 
 use std::collections::VecDeque;
 
-use super::SnapshotMeta;
+use super::{LogRegression, SnapshotMeta};
+
+/// Consecutive fresh rejections below `match_index` (see [`Progress::on_reject`]), with no
+/// success between them, after which the leader holds the follower's log to have gone
+/// backwards. A regressed log rejects every probe and every heartbeat, so it gets there
+/// within a heartbeat; more than one only guards against a rule this count misses.
+pub(crate) const LOG_REGRESSED_REJECTIONS: u32 = 3;
 
 /// How the leader currently replicates to a follower.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +62,16 @@ pub(crate) struct Progress {
     pub(crate) acked_round_sent_tick: u64,
     /// Highest commit index sent to the follower.
     pub(crate) commit_sent: u64,
+    /// The ReadIndex round (`RaftCore::round`, carried by every AppendEntries as `read_ctx`
+    /// and echoed in its response) current when `match_index` last advanced. A response
+    /// echoing a later round answers a message sent after the leader learned `match_index`.
+    pub(crate) match_round: u64,
+    /// Fresh rejections in a row (no success between) that asked for an index at or below
+    /// `match_index`.
+    pub(crate) below_match_rejects: u32,
+    /// The follower's log went backwards below what it acknowledged; cleared once it
+    /// acknowledges again up to the `match_index` it had then.
+    pub(crate) log_regressed: Option<LogRegression>,
 }
 
 impl Progress {
@@ -71,6 +87,9 @@ impl Progress {
             acked_round: 0,
             acked_round_sent_tick: 0,
             commit_sent: 0,
+            match_round: 0,
+            below_match_rejects: 0,
+            log_regressed: None,
         }
     }
 
@@ -124,14 +143,25 @@ impl Progress {
         }
     }
 
-    /// A success acknowledging `index`: returns whether `match_index` advanced.
-    pub(crate) fn on_success(&mut self, index: u64, now: u64) -> bool {
+    /// A success acknowledging `index`, received in ReadIndex round `round`: returns whether
+    /// `match_index` advanced.
+    pub(crate) fn on_success(&mut self, index: u64, now: u64, round: u64) -> bool {
         let advanced = index > self.match_index;
         if advanced {
             self.match_index = index;
+            self.match_round = round;
             self.last_progress_tick = now;
         }
         self.next_index = self.next_index.max(index + 1);
+        // Any success shows the log holds what the leader last matched: the rejections
+        // counted so far were stale.
+        self.below_match_rejects = 0;
+        if self
+            .log_regressed
+            .is_some_and(|r| self.match_index >= r.match_index)
+        {
+            self.log_regressed = None;
+        }
         while self.inflight.front().is_some_and(|&last| last <= index) {
             self.inflight.pop_front();
         }
@@ -144,12 +174,70 @@ impl Progress {
 
     /// A rejection: back `next_index` off to `hint`, but always below the index that was
     /// rejected (so probing terminates) and above `match_index` (known to match).
-    pub(crate) fn on_reject(&mut self, hint: u64) {
+    /// `last_index` is the follower's last index as it reported it, `read_ctx` the round the
+    /// rejected message carried. Returns the regression when this rejection is the one that
+    /// makes the leader hold the follower's log to have gone backwards.
+    ///
+    /// A rejection asking for `hint <= match_index` contradicts an earlier acknowledgement.
+    /// It is stale if the follower wrote it before that acknowledgement: a pipeline of
+    /// AppendEntries rejected after a lost one, reordered or duplicated behind the probe that
+    /// succeeded (etcd raft's `MaybeDecrTo` ignores all of them; the simulator produces
+    /// bursts of them). Only a rejection of a message sent after `match_index` was learned,
+    /// in a later round (`read_ctx > match_round`), is fresh: the follower then held
+    /// `match_index` when it answered, unless its log went backwards (within one term only
+    /// this leader writes to it, and it acknowledges only what is durable).
+    /// [`LOG_REGRESSED_REJECTIONS`] fresh ones in a row mean it lost entries it acknowledged,
+    /// and clamping to `match_index + 1` would probe where it can never answer yes. The
+    /// leader then lowers `match_index` to 0 and probes again from the hint. Why that is
+    /// safe:
+    /// - `matchIndex` is only a lower bound (Raft Figure 2: "highest log entry known to be
+    ///   replicated", initialized to 0 by every new leader, §5.3), so any lower value is one
+    ///   the algorithm already copes with; the §5.3 consistency check then finds where the
+    ///   logs really agree, as after an election.
+    /// - The commit index never moves back (`RaftLog::commit_to` only raises it), so
+    ///   nothing committed is uncommitted. Keeping the stale match is the unsafe choice: the
+    ///   commit rule (§5.3, §5.4.2) would keep counting this follower as holding entries up
+    ///   to the old match that it lost, and could commit one held by less than a majority,
+    ///   breaking Leader Completeness (§5.4.3).
+    /// - ReadIndex and lease reads count `acked_round` (thesis §6.4: an acknowledgement of
+    ///   leadership in this term), not `match_index`; a regressed follower still knows the
+    ///   term, so reads are unaffected. Leadership transfer and learner promotion wait for
+    ///   `match_index`, so a lower one only makes them wait for the real catch-up.
+    /// - What the leader cannot repair: the follower may already have voted, or may vote,
+    ///   for a candidate missing entries it acknowledged (§5.4.1's election restriction
+    ///   relies on voters keeping them). That is the wiped-node rule's business (issue 11);
+    ///   the node tells the operator to remove and re-add the follower.
+    pub(crate) fn on_reject(
+        &mut self,
+        hint: u64,
+        last_index: u64,
+        read_ctx: u64,
+    ) -> Option<LogRegression> {
+        let mut regressed = None;
+        if self.match_index > 0 && hint <= self.match_index && read_ctx > self.match_round {
+            self.below_match_rejects += 1;
+            if self.below_match_rejects >= LOG_REGRESSED_REJECTIONS {
+                let regression = LogRegression {
+                    match_index: self.match_index,
+                    last_index,
+                };
+                if self.log_regressed.is_none() {
+                    regressed = Some(regression);
+                }
+                self.log_regressed.get_or_insert(regression);
+                self.below_match_rejects = 0;
+                self.match_index = 0;
+                // Heartbeats carry min(commit, match); the follower may have lost its
+                // commit knowledge too.
+                self.commit_sent = 0;
+            }
+        }
         let next = hint.min(self.next_index.saturating_sub(1));
         self.state = ProgressState::Probe;
         self.inflight.clear();
         self.probe_sent = false;
         self.next_index = next.max(self.match_index + 1);
+        regressed
     }
 }
 
@@ -165,7 +253,7 @@ mod tests {
         pr.on_sent(5);
         assert!(pr.is_paused(2));
         assert_eq!(pr.next_index, 6);
-        assert!(pr.on_success(3, 1));
+        assert!(pr.on_success(3, 1, 1));
         assert!(!pr.is_paused(2));
         assert_eq!((pr.match_index, pr.inflight.len()), (3, 1));
     }
@@ -176,7 +264,7 @@ mod tests {
         assert!(!pr.is_paused(8));
         pr.on_sent(9);
         assert!(pr.is_paused(8));
-        pr.on_reject(4);
+        pr.on_reject(4, 3, 1);
         assert!(!pr.is_paused(8));
         assert_eq!(pr.next_index, 4);
     }
@@ -184,11 +272,41 @@ mod tests {
     #[test]
     fn rejection_never_backs_off_below_match() {
         let mut pr = Progress::new(10, 0);
-        pr.on_success(6, 0);
-        pr.on_reject(2);
+        pr.on_success(6, 0, 1);
+        assert_eq!(pr.on_reject(2, 1, 1), None);
         assert_eq!(pr.next_index, 7);
         pr.next_index = 9;
-        pr.on_reject(100);
+        assert_eq!(pr.on_reject(100, 99, 2), None);
         assert_eq!(pr.next_index, 8);
+    }
+
+    #[test]
+    fn repeated_fresh_rejections_below_match_lower_it_and_flag_the_follower() {
+        let mut pr = Progress::new(10, 0);
+        pr.on_success(6, 0, 4);
+        // Answers to messages of the round in which match 6 was learned, or earlier: stale,
+        // however many.
+        for _ in 0..10 {
+            assert_eq!(pr.on_reject(3, 2, 4), None);
+        }
+        // Fresh ones, each followed by a success: never counted up to the threshold.
+        for _ in 0..5 {
+            assert_eq!(pr.on_reject(3, 2, 5), None);
+            pr.on_success(6, 0, 5);
+        }
+        assert_eq!(pr.on_reject(3, 2, 5), None);
+        assert_eq!(pr.on_reject(3, 2, 5), None);
+        let regression = LogRegression {
+            match_index: 6,
+            last_index: 2,
+        };
+        assert_eq!(pr.on_reject(3, 2, 6), Some(regression));
+        assert_eq!((pr.match_index, pr.next_index), (0, 3));
+        assert_eq!(pr.log_regressed, Some(regression));
+        // Caught up part way: still regressed; back to the old match: cleared.
+        pr.on_success(4, 1, 7);
+        assert_eq!(pr.log_regressed, Some(regression));
+        pr.on_success(6, 2, 7);
+        assert_eq!(pr.log_regressed, None);
     }
 }

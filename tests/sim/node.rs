@@ -135,7 +135,34 @@ impl Sim {
     /// Drains the core's outputs through the shared driver, which hands each `Ready` to
     /// `DrivenNode` in field order.
     pub(super) fn handle_ready(&mut self, i: usize) -> Check {
-        driver::drain(&mut self.driven(i)).map(|_| ())
+        driver::drain(&mut self.driven(i)).map(|_| ())?;
+        self.check_no_log_regression(i)
+    }
+
+    /// No simulated disk loses what it acknowledged (a crash loses only unacknowledged
+    /// writes), so a leader that flags a follower's log as gone backwards was fooled by
+    /// stale rejections: reordered or duplicated ones, arriving in a row with no success
+    /// between (see `LOG_REGRESSED_REJECTIONS` in src/raft/progress.rs).
+    fn check_no_log_regression(&self, i: usize) -> Check {
+        let node = &self.nodes[i];
+        let Some(core) = node.core.as_ref() else {
+            return Ok(());
+        };
+        if core.log_regressions() == 0 {
+            return Ok(());
+        }
+        let flagged: Vec<_> = core
+            .member_progress()
+            .into_iter()
+            .filter_map(|p| p.log_regressed.map(|r| (p.id, r)))
+            .collect();
+        Err(violation(
+            "no false log regression",
+            format!(
+                "leader {} flagged a follower's log as gone backwards though no disk loses acknowledged data: {flagged:?}",
+                node.id
+            ),
+        ))
     }
 
     /// The write of one `Ready`: checked against the node's log and hard state, which

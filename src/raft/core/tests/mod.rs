@@ -11,6 +11,7 @@ use crate::raft::MemStorage;
 mod election;
 mod membership;
 mod read;
+mod regressed_follower;
 mod replication;
 mod snapshot;
 mod storage_faults;
