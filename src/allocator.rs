@@ -123,7 +123,9 @@ mod tests {
                 let layout = Layout::from_size_align(size, 8).unwrap();
                 let ptr = a.alloc_zeroed(layout);
                 assert!(!ptr.is_null());
-                assert!(std::slice::from_raw_parts(ptr, size).iter().all(|&b| b == 0));
+                assert!(std::slice::from_raw_parts(ptr, size)
+                    .iter()
+                    .all(|&b| b == 0));
                 a.dealloc(ptr, layout);
             }
         }
