@@ -6,39 +6,11 @@
 
 mod support;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{raftlog_bin, runtime, Cluster, ClusterSpec};
-
-/// `raftlog passwd` with `password` on stdin; its stdout, trimmed.
-fn passwd(password: &str) -> String {
-    let mut child = Command::new(raftlog_bin())
-        .arg("passwd")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run raftlog passwd");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("write the password");
-    let output = child.wait_with_output().expect("raftlog passwd");
-    assert!(
-        output.status.success(),
-        "raftlog passwd failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_string()
-}
+use support::{passwd, raftlog_bin, runtime, Cluster, ClusterSpec};
 
 fn auth_section() -> Value {
     json!({"users": {

@@ -17,14 +17,13 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{raftlog_bin, runtime, Cluster, ClusterSpec};
+use support::{passwd, runtime, Cluster, ClusterSpec};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -176,33 +175,6 @@ fn live_page_shows_leader_failover_and_index_moves_in_a_real_browser() {
             screenshot.to_string_lossy().into_owned(),
         )],
     );
-}
-
-/// `raftlog passwd` of `password`: the hash the cluster file holds.
-fn passwd(password: &str) -> String {
-    let mut child = Command::new(raftlog_bin())
-        .arg("passwd")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run raftlog passwd");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("write the password");
-    let output = child.wait_with_output().expect("raftlog passwd");
-    assert!(
-        output.status.success(),
-        "raftlog passwd failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_string()
 }
 
 #[test]

@@ -912,3 +912,32 @@ pub fn rss(pid: u32) -> Option<Rss> {
         file_kib: field("RssFile:"),
     })
 }
+
+/// `raftlog passwd` with `password` on stdin: the Argon2id hash a cluster file's
+/// `auth.users` holds.
+pub fn passwd(password: &str) -> String {
+    let mut child = std::process::Command::new(raftlog_bin())
+        .arg("passwd")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run raftlog passwd");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write the password");
+    let output = child.wait_with_output().expect("raftlog passwd");
+    assert!(
+        output.status.success(),
+        "raftlog passwd failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}
