@@ -9,6 +9,7 @@
 #
 #   benches/follower-reads-ab.sh BASE_BINARY NEW_BINARY [ROUNDS] [DURATION_S] [CLIENTS]
 #
+# WORKLOADS="put-64 get-64 put-64" picks the workloads and their order.
 # The load generator is NEW_BINARY's `raftlog bench`, the same for both. Stops only the
 # processes it started.
 set -euo pipefail
@@ -19,6 +20,7 @@ ROUNDS="${3:-2}"
 DURATION="${4:-10}"
 CLIENTS="${5:-64}"
 WARMUP="${WARMUP:-3}"
+WORKLOADS="${WORKLOADS:-get-64 lease-get-64 put-64}"
 BASE_PORT="${BASE_PORT:-27300}"
 
 abs() { echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"; }
@@ -64,7 +66,7 @@ JSON
   done
   local csv; csv="$(IFS=,; echo "${pids[*]}")"
   local workload args
-  for workload in get-64 lease-get-64 put-64; do
+  for workload in $WORKLOADS; do
     case "$workload" in
       get-64) args="--op get --consistency linearizable --prefill" ;;
       lease-get-64) args="--op get --consistency lease --prefill" ;;

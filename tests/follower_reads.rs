@@ -204,7 +204,7 @@ fn concurrent_reads_through_followers_never_go_back_before_an_acknowledged_write
         for reader in readers {
             served += reader.await.expect("reader");
         }
-        let violations = violations.lock().unwrap();
+        let violations = violations.lock().unwrap().clone();
         assert!(
             violations.is_empty(),
             "{} stale reads:\n{}",
