@@ -228,6 +228,9 @@ struct Waiting {
     reply: oneshot::Sender<ForwardOutcome>,
 }
 
+/// A read waiting for the outcome of the next read index request.
+type ReadJoiner = oneshot::Sender<Result<u64, ReadIndexFailure>>;
+
 /// One read index request in flight.
 struct ReadWaiting {
     leader: NodeId,
@@ -242,7 +245,11 @@ pub struct Forwarder {
     next_id: AtomicU64,
     waiting: Mutex<HashMap<u64, Waiting>>,
     reads: Mutex<HashMap<u64, ReadWaiting>>,
-    /// Read index requests this node sent to a leader over the peer link.
+    /// Per leader and consistency, the queue of reads waiting to join the next read index
+    /// request ([`Node::drive_read_batches`]).
+    batches: Mutex<HashMap<(NodeId, ReadConsistency), mpsc::Sender<ReadJoiner>>>,
+    /// Read index requests this node sent to a leader over the peer link (each for every
+    /// read that waited for it).
     pub read_index_sent: AtomicU64,
     /// Read index requests this node answered as the leader.
     pub read_index_served: AtomicU64,
@@ -270,6 +277,7 @@ impl Forwarder {
             next_id: AtomicU64::new(0),
             waiting: Mutex::new(HashMap::new()),
             reads: Mutex::new(HashMap::new()),
+            batches: Mutex::new(HashMap::new()),
             read_index_sent: AtomicU64::new(0),
             read_index_served: AtomicU64::new(0),
             follower_reads: AtomicU64::new(0),
@@ -512,14 +520,133 @@ impl<S: StateMachine> Node<S> {
         mode: ReadMode,
         timeout: Duration,
     ) -> Result<u64, ReadIndexFailure> {
-        let transport = &self.transport;
         if leader == self.id
-            || transport
+            || self
+                .transport
                 .peer_protocol(leader)
                 .is_none_or(|version| version < PROTOCOL_VERSION_READ_INDEX)
         {
             return Err(ReadIndexFailure::Unsupported { leader });
         }
+        let node = self.id;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let consistency = match mode {
+            ReadMode::Linearizable => ReadConsistency::Linearizable,
+            ReadMode::Lease => ReadConsistency::Lease,
+        };
+        let overloaded = |in_flight| ReadIndexFailure::Overloaded {
+            node,
+            leader,
+            in_flight,
+        };
+        if self.forwarder.cap == 0 {
+            return Err(overloaded(0));
+        }
+        let lost = |cause| ReadIndexFailure::Lost {
+            node,
+            leader,
+            cause,
+        };
+        let (joiner, answer) = oneshot::channel();
+        match self
+            .read_batches(leader, consistency, timeout)
+            .try_send(joiner)
+        {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(overloaded(self.forwarder.cap)),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(lost(LostCause::Stopped)),
+        }
+        let index = match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(index)) => index?,
+            Ok(Err(_)) => return Err(lost(LostCause::Stopped)),
+            Err(_) => return Err(lost(LostCause::Timeout)),
+        };
+        let mut applied = self.applied.clone();
+        let reached = tokio::time::timeout_at(deadline, async move {
+            applied.wait_for(|applied| *applied >= index).await.is_ok()
+        })
+        .await;
+        match reached {
+            Ok(true) => {
+                self.forwarder
+                    .follower_reads
+                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.reads.inc();
+                Ok(index)
+            }
+            Ok(false) => Err(lost(LostCause::Stopped)),
+            Err(_) => Err(ReadIndexFailure::Behind {
+                node,
+                index,
+                applied: self.applied_index(),
+            }),
+        }
+    }
+
+    /// The queue of reads waiting for a read index from `leader` in `consistency`, and the
+    /// task that serves it, started on first use.
+    fn read_batches(
+        &self,
+        leader: NodeId,
+        consistency: ReadConsistency,
+        timeout: Duration,
+    ) -> mpsc::Sender<ReadJoiner> {
+        let mut batches = self
+            .forwarder
+            .batches
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(queue) = batches.get(&(leader, consistency)) {
+            if !queue.is_closed() {
+                return queue.clone();
+            }
+        }
+        let (queue, joiners) = mpsc::channel(self.forwarder.cap.max(1));
+        batches.insert((leader, consistency), queue.clone());
+        let node = self.clone();
+        tokio::spawn(async move {
+            node.drive_read_batches(leader, consistency, timeout, joiners)
+                .await
+        });
+        queue
+    }
+
+    /// Asks `leader` for one read index per batch of reads (as etcd's
+    /// `linearizableReadLoop` does): every read queued while a request is out goes in the
+    /// next one, so a follower sends one frame per round trip instead of one per read.
+    /// Sound because every read in a batch was queued before its request was sent, so the
+    /// leader's answer covers every write acknowledged before any of them started.
+    async fn drive_read_batches(
+        self,
+        leader: NodeId,
+        consistency: ReadConsistency,
+        timeout: Duration,
+        mut joiners: mpsc::Receiver<ReadJoiner>,
+    ) {
+        while let Some(first) = joiners.recv().await {
+            let mut batch = vec![first];
+            while let Ok(more) = joiners.try_recv() {
+                batch.push(more);
+            }
+            batch.retain(|joiner| !joiner.is_closed());
+            if batch.is_empty() {
+                continue;
+            }
+            let outcome = self.request_read_index(leader, consistency, timeout).await;
+            for joiner in batch {
+                let _ = joiner.send(outcome.clone());
+            }
+        }
+    }
+
+    /// Sends one read index request to `leader` and waits for its answer, within `timeout`.
+    async fn request_read_index(
+        &self,
+        leader: NodeId,
+        consistency: ReadConsistency,
+        timeout: Duration,
+    ) -> Result<u64, ReadIndexFailure> {
+        let transport = &self.transport;
         let node = self.id;
         let deadline = tokio::time::Instant::now() + timeout;
         let overloaded = |in_flight| ReadIndexFailure::Overloaded {
@@ -536,10 +663,7 @@ impl<S: StateMachine> Node<S> {
         let losses_before = transport.link_losses(leader);
         let frame = PeerFrame::ReadIndex(ReadIndexRequest {
             request_id,
-            consistency: match mode {
-                ReadMode::Linearizable => ReadConsistency::Linearizable,
-                ReadMode::Lease => ReadConsistency::Lease,
-            },
+            consistency,
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
         });
         match transport.send_forward(leader, frame) {
@@ -599,26 +723,7 @@ impl<S: StateMachine> Node<S> {
             }
             ReadIndexOutcome::Stopped => return Err(lost(LostCause::Stopped)),
         };
-        let mut applied = self.applied.clone();
-        let reached = tokio::time::timeout_at(deadline, async move {
-            applied.wait_for(|applied| *applied >= index).await.is_ok()
-        })
-        .await;
-        match reached {
-            Ok(true) => {
-                self.forwarder
-                    .follower_reads
-                    .fetch_add(1, Ordering::Relaxed);
-                self.metrics.reads.inc();
-                Ok(index)
-            }
-            Ok(false) => Err(lost(LostCause::Stopped)),
-            Err(_) => Err(ReadIndexFailure::Behind {
-                node,
-                index,
-                applied: self.applied_index(),
-            }),
-        }
+        Ok(index)
     }
 
     /// The leader's side of a follower read: runs the barrier `request` asks for and
