@@ -32,8 +32,9 @@ const FRAME_LIMITS: [u32; 4] = [0, 64, 4096, 64 << 20];
 ///   until it wants more bytes or refuses), under the frame limit of the second byte.
 /// - `3`: one frame body under a header computed for it, so mutations reach bincode
 ///   instead of stopping at the CRC.
-/// - `4`: the same for a protocol version 2 body (a [`PeerFrame`]: a Raft envelope, or a
-///   forwarded write or its answer, issue 14). Accepted ones survive a round trip.
+/// - `4`: the same for a protocol version 2 or later body (a [`PeerFrame`]: a Raft
+///   envelope, a forwarded write or its answer, or a read index request or its answer,
+///   issue 14). Accepted ones survive a round trip.
 ///
 /// Decoders answer `Ok` or their typed error, never panic; every envelope they return
 /// encodes back into a frame that decodes to the same envelope.
@@ -375,10 +376,13 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     out
 }
 
-/// One protocol version 2 frame of each kind issue 14 added, for the seed corpus.
+/// One protocol version 2 or 3 frame of each kind issue 14 added, for the seed corpus.
 fn forward_seed_frames() -> Vec<(&'static str, PeerFrame)> {
     use crate::raft::{Envelope, Message};
-    use crate::transport::codec::{Forward, ForwardOutcome, ForwardReply};
+    use crate::transport::codec::{
+        Forward, ForwardOutcome, ForwardReply, ReadConsistency, ReadIndexOutcome, ReadIndexReply,
+        ReadIndexRequest,
+    };
     use bytes::Bytes;
     let reply = |request_id, outcome| {
         PeerFrame::ForwardReply(ForwardReply {
@@ -435,6 +439,30 @@ fn forward_seed_frames() -> Vec<(&'static str, PeerFrame)> {
                     role: crate::security::Role::Read,
                 },
             ),
+        ),
+        (
+            "read-index",
+            PeerFrame::ReadIndex(ReadIndexRequest {
+                request_id: 5,
+                consistency: ReadConsistency::Lease,
+                timeout_ms: 5000,
+            }),
+        ),
+        (
+            "read-index-reply",
+            PeerFrame::ReadIndexReply(ReadIndexReply {
+                request_id: 5,
+                outcome: ReadIndexOutcome::Index { index: 42 },
+            }),
+        ),
+        (
+            "read-index-not-leader",
+            PeerFrame::ReadIndexReply(ReadIndexReply {
+                request_id: 6,
+                outcome: ReadIndexOutcome::NotLeader {
+                    leader_hint: Some(3),
+                },
+            }),
         ),
         (
             "raft",

@@ -480,19 +480,59 @@ pub(super) async fn read_barrier_or_forward(
         .await
     {
         Ok(_) => Ok(None),
-        Err(RequestError::NotLeader(leader)) => Ok(Some(
-            forward::to_leader(
-                state,
-                leader,
-                method,
-                &path_and_query(uri),
-                headers,
-                Bytes::new(),
-                true,
-            )
-            .await,
-        )),
+        Err(RequestError::NotLeader(leader)) => {
+            if let Some(served_here) = read_index_over_peer_link(state, leader, mode, headers).await
+            {
+                return served_here.map(|()| None);
+            }
+            Ok(Some(
+                forward::to_leader(
+                    state,
+                    leader,
+                    method,
+                    &path_and_query(uri),
+                    headers,
+                    Bytes::new(),
+                    true,
+                )
+                .await,
+            ))
+        }
         Err(e) => Err(ApiError::from_read(e)),
+    }
+}
+
+/// Issue 14: a follower's read barrier over the peer link (Raft thesis §6.4): asks
+/// `leader` for a read index and waits until this node has applied it, so that the read is
+/// served here, linearizably, from this node's own state machine (the argument is in
+/// `node::forwarding`). `None` when the link cannot carry it (no leader known, a leader
+/// older than protocol version 3, the link down, a request that already went through a
+/// follower): nothing was sent, so the caller forwards over HTTP as before. The client's
+/// read role was checked here already; the leader only gives an index, which reveals
+/// nothing.
+async fn read_index_over_peer_link(
+    state: &ApiState,
+    leader: Option<storage::NodeId>,
+    mode: ReadMode,
+    headers: &HeaderMap,
+) -> Option<Result<(), ApiError>> {
+    use crate::node::forwarding::ReadIndexFailure;
+    let leader = leader.filter(|l| *l != state.node.id)?;
+    if forward::was_forwarded(headers) {
+        return None;
+    }
+    match state
+        .node
+        .read_index_from_leader(leader, mode, state.options.request_timeout)
+        .await
+    {
+        Ok(_) => Some(Ok(())),
+        Err(ReadIndexFailure::Unsupported { .. }) => None,
+        Err(e @ ReadIndexFailure::Overloaded { .. }) => {
+            Some(Err(ApiError::overloaded(e.to_string())))
+        }
+        Err(e) if e.is_timeout() => Some(Err(ApiError::timeout(e.to_string()))),
+        Err(e) => Some(Err(ApiError::no_leader(e.to_string()))),
     }
 }
 
@@ -513,16 +553,21 @@ pub async fn get_key(
         {
             Ok(_) => {}
             Err(RequestError::NotLeader(leader)) => {
-                return Ok(forward::to_leader(
-                    &state,
-                    leader,
-                    Method::GET,
-                    &path_and_query(&uri),
-                    &headers,
-                    Bytes::new(),
-                    true,
-                )
-                .await)
+                match read_index_over_peer_link(&state, leader, mode, &headers).await {
+                    Some(served_here) => served_here?,
+                    None => {
+                        return Ok(forward::to_leader(
+                            &state,
+                            leader,
+                            Method::GET,
+                            &path_and_query(&uri),
+                            &headers,
+                            Bytes::new(),
+                            true,
+                        )
+                        .await)
+                    }
+                }
             }
             Err(e) => return Err(ApiError::from_read(e)),
         }

@@ -235,6 +235,21 @@ const COUNTERS: &[(&str, &str, CounterValue)] = &[
         |r| r.forwards_served,
     ),
     (
+        "transport_read_index_sent",
+        "Linearizable and lease reads for which this node, a follower, asked the leader for a read index over the peer link",
+        |r| r.read_index_sent,
+    ),
+    (
+        "transport_read_index_served",
+        "Read index requests peers sent this node that it answered as the leader",
+        |r| r.read_index_served,
+    ),
+    (
+        "follower_reads",
+        "Linearizable and lease reads this node served from its own state machine as a follower, at the leader's read index",
+        |r| r.follower_reads,
+    ),
+    (
         "membership_changes",
         "Membership changes this node proposed as leader (promotions included)",
         |r| r.counters.membership_changes.get(),
@@ -483,6 +498,9 @@ mod tests {
             forwards_dropped_lost: 2,
             forwards_in_flight: 3,
             forwards_served: 4,
+            read_index_sent: 5,
+            read_index_served: 6,
+            follower_reads: 7,
         }
     }
 

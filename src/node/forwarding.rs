@@ -16,6 +16,25 @@
 //! "failed". Nothing is ever sent twice, so a forward cannot be applied twice; and the
 //! command carries the client's `Request-Id` session, which the leader's state machine
 //! deduplicates exactly as for a write sent to it directly.
+//!
+//! Reads take the same link (Raft thesis §6.4, "followers can serve read-only queries";
+//! etcd's `MsgReadIndex`): a follower asks the leader for a read index with a
+//! [`ReadIndexRequest`] (protocol version 3), the leader runs its ordinary ReadIndex or
+//! lease barrier (the core confirms every read waiting in one heartbeat round at once) and
+//! answers the index, and the follower serves the read from its own state machine once it
+//! has applied that index. The leader does no work per key and no HTTP at all.
+//!
+//! Why that is linearizable (§6.4): the leader answers with its commit index after
+//! confirming, once the request reached it, that it still led (a quorum round, or a lease
+//! that no other leader can exist under). Every write acknowledged before the client sent
+//! its read was committed before the request reached the leader, and a confirmed leader's
+//! commit index covers everything committed in the cluster, so the index is at least that
+//! write's. A state machine that has applied the index therefore reflects every such write,
+//! and possibly later ones, which is allowed: the read takes effect at some instant between
+//! its start and its answer. A lease read is the same argument with the lease standing in
+//! for the quorum round (it covers the instant the leader chose the index). A follower that
+//! cannot reach the leader, or that does not apply far enough in time, answers an error,
+//! never its own possibly stale state.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,9 +46,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Node, RequestError, COMMAND_BYTES_MAX};
 use crate::raft::NodeId;
+use crate::raft::ReadMode;
 use crate::security::Role;
 use crate::state_machine::StateMachine;
-use crate::transport::codec::{bounded_message, PROTOCOL_VERSION_FORWARD};
+use crate::transport::codec::{
+    bounded_message, ReadConsistency, ReadIndexOutcome, ReadIndexReply, ReadIndexRequest,
+    PROTOCOL_VERSION_FORWARD, PROTOCOL_VERSION_READ_INDEX,
+};
 use crate::transport::{Forward, ForwardOutcome, ForwardReply, PeerFrame, SendError, Transport};
 
 /// Most forwards one follower keeps in flight. Far above what keeps a leader busy (its
@@ -108,18 +131,130 @@ pub enum LostCause {
     Stopped,
 }
 
+/// Why a follower could not get a read index from the leader over the peer link, or could
+/// not reach it. A read writes nothing, so every one of them is safe to retry.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReadIndexFailure {
+    /// The link to the leader is down or speaks a protocol version older than 3. Nothing
+    /// was sent: forward the read over HTTP instead.
+    #[error("the peer link to leader {leader} cannot carry read index requests; nothing was sent")]
+    Unsupported {
+        /// The leader.
+        leader: NodeId,
+    },
+    /// As many read index requests are in flight as this node keeps, or the link's queue
+    /// is full. Nothing was sent.
+    #[error(
+        "node {node} has {in_flight} reads waiting for a read index from leader {leader}, \
+         as many as it takes; retry with backoff or read from the leader"
+    )]
+    Overloaded {
+        /// This node.
+        node: NodeId,
+        /// The leader.
+        leader: NodeId,
+        /// Requests in flight when this one was refused.
+        in_flight: usize,
+    },
+    /// The node asked does not lead.
+    #[error(
+        "node {node} asked node {leader} for a read index, but it no longer leads (it knows of \
+         {}); leadership is changing, retry shortly",
+        .hint.map_or("no leader".to_string(), |l| format!("leader {l}"))
+    )]
+    NotLeader {
+        /// This node.
+        node: NodeId,
+        /// The node asked.
+        leader: NodeId,
+        /// The leader it knows of.
+        hint: Option<NodeId>,
+    },
+    /// The leader could not confirm its leadership in time.
+    #[error(
+        "leader {leader} could not confirm its leadership in time for a read through node \
+         {node}; retry"
+    )]
+    LeaderTimeout {
+        /// This node.
+        node: NodeId,
+        /// The leader.
+        leader: NodeId,
+    },
+    /// The request went out but no answer can come.
+    #[error("node {node} asked leader {leader} for a read index but {cause}; retry")]
+    Lost {
+        /// This node.
+        node: NodeId,
+        /// The leader.
+        leader: NodeId,
+        /// What cut the wait short.
+        cause: LostCause,
+    },
+    /// The leader answered, but this node did not apply that far within the timeout.
+    #[error(
+        "node {node} must apply index {index} to serve this read but has applied only \
+         {applied} within the request timeout (it is catching up); retry, or read from the \
+         leader"
+    )]
+    Behind {
+        /// This node.
+        node: NodeId,
+        /// The index the leader gave.
+        index: u64,
+        /// What this node had applied when it gave up.
+        applied: u64,
+    },
+}
+
+impl ReadIndexFailure {
+    /// Whether the client waited out its timeout (`504`) rather than being refused (`503`).
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            ReadIndexFailure::LeaderTimeout { .. }
+                | ReadIndexFailure::Behind { .. }
+                | ReadIndexFailure::Lost {
+                    cause: LostCause::Timeout,
+                    ..
+                }
+        )
+    }
+}
+
 /// One forward in flight.
 struct Waiting {
     leader: NodeId,
     reply: oneshot::Sender<ForwardOutcome>,
 }
 
+/// A read waiting for the outcome of the next read index request.
+type ReadJoiner = oneshot::Sender<Result<u64, ReadIndexFailure>>;
+
+/// One read index request in flight.
+struct ReadWaiting {
+    leader: NodeId,
+    reply: oneshot::Sender<ReadIndexOutcome>,
+}
+
 /// The follower's table of forwards in flight, and the counters `/metrics` shows.
 pub struct Forwarder {
-    /// Most forwards in flight: [`FORWARDS_IN_FLIGHT_MAX`] but in tests.
+    /// Most forwards in flight, and most read index requests in flight:
+    /// [`FORWARDS_IN_FLIGHT_MAX`] but in tests.
     cap: usize,
     next_id: AtomicU64,
     waiting: Mutex<HashMap<u64, Waiting>>,
+    reads: Mutex<HashMap<u64, ReadWaiting>>,
+    /// Per leader and consistency, the queue of reads waiting to join the next read index
+    /// request ([`Node::drive_read_batches`]).
+    batches: Mutex<HashMap<(NodeId, ReadConsistency), mpsc::Sender<ReadJoiner>>>,
+    /// Read index requests this node sent to a leader over the peer link (each for every
+    /// read that waited for it).
+    pub read_index_sent: AtomicU64,
+    /// Read index requests this node answered as the leader.
+    pub read_index_served: AtomicU64,
+    /// Reads this node served from its own state machine at a leader's read index.
+    pub follower_reads: AtomicU64,
     /// Forwards refused at the cap (nothing sent).
     pub dropped_overload: AtomicU64,
     /// Forwards sent whose answer was lost (link loss, leader change, timeout).
@@ -141,6 +276,11 @@ impl Forwarder {
             cap,
             next_id: AtomicU64::new(0),
             waiting: Mutex::new(HashMap::new()),
+            reads: Mutex::new(HashMap::new()),
+            batches: Mutex::new(HashMap::new()),
+            read_index_sent: AtomicU64::new(0),
+            read_index_served: AtomicU64::new(0),
+            follower_reads: AtomicU64::new(0),
             dropped_overload: AtomicU64::new(0),
             dropped_lost: AtomicU64::new(0),
             served: AtomicU64::new(0),
@@ -210,6 +350,62 @@ impl Forwarder {
 
     fn forget(&self, id: u64) {
         self.table().remove(&id);
+    }
+
+    fn read_table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ReadWaiting>> {
+        self.reads
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Read index requests waiting for an answer right now.
+    pub fn reads_in_flight(&self) -> usize {
+        self.read_table().len()
+    }
+
+    /// Takes a slot for a read index request to `leader`, or says how many are in flight.
+    fn reserve_read(
+        &self,
+        leader: NodeId,
+    ) -> Result<(u64, oneshot::Receiver<ReadIndexOutcome>), usize> {
+        let mut table = self.read_table();
+        if table.len() >= self.cap {
+            return Err(table.len());
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        table.insert(id, ReadWaiting { leader, reply });
+        Ok((id, answer))
+    }
+
+    /// Delivers a read index reply from `from`; one for a request not waiting, or from
+    /// another node than the one asked, is ignored.
+    pub(super) fn resolve_read(&self, from: NodeId, reply: ReadIndexReply) {
+        let mut table = self.read_table();
+        if table
+            .get(&reply.request_id)
+            .is_some_and(|waiting| waiting.leader == from)
+        {
+            if let Some(waiting) = table.remove(&reply.request_id) {
+                let _ = waiting.reply.send(reply.outcome);
+            }
+        }
+    }
+
+    fn forget_read(&self, id: u64) {
+        self.read_table().remove(&id);
+    }
+}
+
+/// Removes a read index request's entry however its wait ends.
+struct ReadSlot<'a> {
+    forwarder: &'a Forwarder,
+    id: u64,
+}
+
+impl Drop for ReadSlot<'_> {
+    fn drop(&mut self) {
+        self.forwarder.forget_read(self.id);
     }
 }
 
@@ -312,6 +508,273 @@ impl<S: StateMachine> Node<S> {
         Err(ForwardFailure::Unknown { leader, cause })
     }
 
+    /// A follower's read barrier (issue 14, thesis §6.4): asks `leader` for a read index
+    /// over the peer link and waits until this node has applied it, all within `timeout`.
+    /// Returns the index reached; the caller then reads its own state machine, which has
+    /// applied at least that much (see the module's comment for why that is
+    /// linearizable). [`ReadIndexFailure::Unsupported`] when the link cannot carry the
+    /// request: nothing was sent, forward the read over HTTP.
+    pub async fn read_index_from_leader(
+        &self,
+        leader: NodeId,
+        mode: ReadMode,
+        timeout: Duration,
+    ) -> Result<u64, ReadIndexFailure> {
+        if leader == self.id
+            || self
+                .transport
+                .peer_protocol(leader)
+                .is_none_or(|version| version < PROTOCOL_VERSION_READ_INDEX)
+        {
+            return Err(ReadIndexFailure::Unsupported { leader });
+        }
+        let node = self.id;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let consistency = match mode {
+            ReadMode::Linearizable => ReadConsistency::Linearizable,
+            ReadMode::Lease => ReadConsistency::Lease,
+        };
+        let overloaded = |in_flight| ReadIndexFailure::Overloaded {
+            node,
+            leader,
+            in_flight,
+        };
+        if self.forwarder.cap == 0 {
+            return Err(overloaded(0));
+        }
+        let lost = |cause| ReadIndexFailure::Lost {
+            node,
+            leader,
+            cause,
+        };
+        let (joiner, answer) = oneshot::channel();
+        match self
+            .read_batches(leader, consistency, timeout)
+            .try_send(joiner)
+        {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(overloaded(self.forwarder.cap)),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(lost(LostCause::Stopped)),
+        }
+        let index = match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(index)) => index?,
+            Ok(Err(_)) => return Err(lost(LostCause::Stopped)),
+            Err(_) => return Err(lost(LostCause::Timeout)),
+        };
+        let mut applied = self.applied.clone();
+        let reached = tokio::time::timeout_at(deadline, async move {
+            applied.wait_for(|applied| *applied >= index).await.is_ok()
+        })
+        .await;
+        match reached {
+            Ok(true) => {
+                self.forwarder
+                    .follower_reads
+                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.reads.inc();
+                Ok(index)
+            }
+            Ok(false) => Err(lost(LostCause::Stopped)),
+            Err(_) => Err(ReadIndexFailure::Behind {
+                node,
+                index,
+                applied: self.applied_index(),
+            }),
+        }
+    }
+
+    /// The queue of reads waiting for a read index from `leader` in `consistency`, and the
+    /// task that serves it, started on first use.
+    fn read_batches(
+        &self,
+        leader: NodeId,
+        consistency: ReadConsistency,
+        timeout: Duration,
+    ) -> mpsc::Sender<ReadJoiner> {
+        let mut batches = self
+            .forwarder
+            .batches
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(queue) = batches.get(&(leader, consistency)) {
+            if !queue.is_closed() {
+                return queue.clone();
+            }
+        }
+        let (queue, joiners) = mpsc::channel(self.forwarder.cap.max(1));
+        batches.insert((leader, consistency), queue.clone());
+        let node = self.clone();
+        tokio::spawn(async move {
+            node.drive_read_batches(leader, consistency, timeout, joiners)
+                .await
+        });
+        queue
+    }
+
+    /// Asks `leader` for one read index per batch of reads (as etcd's
+    /// `linearizableReadLoop` does): every read queued while a request is out goes in the
+    /// next one, so a follower sends one frame per round trip instead of one per read.
+    /// Sound because every read in a batch was queued before its request was sent, so the
+    /// leader's answer covers every write acknowledged before any of them started.
+    async fn drive_read_batches(
+        self,
+        leader: NodeId,
+        consistency: ReadConsistency,
+        timeout: Duration,
+        mut joiners: mpsc::Receiver<ReadJoiner>,
+    ) {
+        while let Some(first) = joiners.recv().await {
+            let mut batch = vec![first];
+            while let Ok(more) = joiners.try_recv() {
+                batch.push(more);
+            }
+            batch.retain(|joiner| !joiner.is_closed());
+            if batch.is_empty() {
+                continue;
+            }
+            let outcome = self.request_read_index(leader, consistency, timeout).await;
+            for joiner in batch {
+                let _ = joiner.send(outcome.clone());
+            }
+        }
+    }
+
+    /// Sends one read index request to `leader` and waits for its answer, within `timeout`.
+    async fn request_read_index(
+        &self,
+        leader: NodeId,
+        consistency: ReadConsistency,
+        timeout: Duration,
+    ) -> Result<u64, ReadIndexFailure> {
+        let transport = &self.transport;
+        let node = self.id;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let overloaded = |in_flight| ReadIndexFailure::Overloaded {
+            node,
+            leader,
+            in_flight,
+        };
+        let (request_id, answer) = self.forwarder.reserve_read(leader).map_err(overloaded)?;
+        let _slot = ReadSlot {
+            forwarder: &self.forwarder,
+            id: request_id,
+        };
+        let mut losses = transport.link_loss_events();
+        let losses_before = transport.link_losses(leader);
+        let frame = PeerFrame::ReadIndex(ReadIndexRequest {
+            request_id,
+            consistency,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        });
+        match transport.send_forward(leader, frame) {
+            Ok(()) => {}
+            Err(SendError::QueueFull { .. }) => {
+                return Err(overloaded(self.forwarder.reads_in_flight()))
+            }
+            Err(SendError::UnknownPeer { .. } | SendError::NotFromThisNode { .. }) => {
+                return Err(ReadIndexFailure::Unsupported { leader })
+            }
+            Err(SendError::Shutdown) => {
+                return Err(ReadIndexFailure::Lost {
+                    node,
+                    leader,
+                    cause: LostCause::Stopped,
+                })
+            }
+        }
+        self.forwarder
+            .read_index_sent
+            .fetch_add(1, Ordering::Relaxed);
+        let link_lost = async {
+            loop {
+                if transport.link_losses(leader) != losses_before {
+                    return;
+                }
+                if losses.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        };
+        let lost = |cause| ReadIndexFailure::Lost {
+            node,
+            leader,
+            cause,
+        };
+        // Unlike a write, a read has nothing to wait for once leadership moved: the old
+        // leader's answer would be sound but may never come, and the client can retry.
+        let outcome = tokio::select! {
+            biased;
+            outcome = answer => outcome.map_err(|_| lost(LostCause::Stopped))?,
+            () = link_lost => return Err(lost(LostCause::LinkLost)),
+            () = self.leader_changed_from(leader) => return Err(lost(LostCause::LeaderChanged)),
+            () = tokio::time::sleep_until(deadline) => return Err(lost(LostCause::Timeout)),
+        };
+        let index = match outcome {
+            ReadIndexOutcome::Index { index } => index,
+            ReadIndexOutcome::NotLeader { leader_hint } => {
+                return Err(ReadIndexFailure::NotLeader {
+                    node,
+                    leader,
+                    hint: leader_hint,
+                })
+            }
+            ReadIndexOutcome::Timeout => {
+                return Err(ReadIndexFailure::LeaderTimeout { node, leader })
+            }
+            ReadIndexOutcome::Stopped => return Err(lost(LostCause::Stopped)),
+        };
+        Ok(index)
+    }
+
+    /// The leader's side of a follower read: runs the barrier `request` asks for and
+    /// answers the index it may be served at. The leader's own state machine need not have
+    /// applied it: the follower waits for its own.
+    async fn serve_read_index(&self, from: NodeId, request: ReadIndexRequest) {
+        self.forwarder
+            .read_index_served
+            .fetch_add(1, Ordering::Relaxed);
+        let mode = match request.consistency {
+            ReadConsistency::Linearizable => ReadMode::Linearizable,
+            ReadConsistency::Lease => ReadMode::Lease,
+        };
+        let timeout = Duration::from_millis(request.timeout_ms)
+            .clamp(Duration::from_millis(1), LEADER_TIMEOUT_MAX);
+        let outcome = self.confirmed_read_index(mode, timeout).await;
+        let reply = PeerFrame::ReadIndexReply(ReadIndexReply {
+            request_id: request.request_id,
+            outcome,
+        });
+        if let Err(e) = self.transport.send_forward(from, reply) {
+            // The follower's wait ends on its own (timeout or link loss).
+            tracing::debug!(
+                id = self.id,
+                peer = from,
+                "cannot queue a read index reply: {e}"
+            );
+        }
+    }
+
+    /// The index a read in `mode` may be served at, once the core confirmed it (the core
+    /// batches every read waiting in one heartbeat round); unlike [`Node::read_barrier`]
+    /// it does not wait for this node's own state machine.
+    async fn confirmed_read_index(&self, mode: ReadMode, timeout: Duration) -> ReadIndexOutcome {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .requests
+            .send(super::Request::Read { mode, reply })
+            .await
+            .is_err()
+        {
+            return ReadIndexOutcome::Stopped;
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(Ok(index))) => ReadIndexOutcome::Index { index },
+            Ok(Ok(Err(leader_hint))) => ReadIndexOutcome::NotLeader { leader_hint },
+            Ok(Err(_)) => ReadIndexOutcome::Stopped,
+            Err(_) => ReadIndexOutcome::Timeout,
+        }
+    }
+
     /// Serves the forward frames peers send this node: answers to its own forwards, and
     /// forwards it must propose as the leader. Runs until the transport drops the sink.
     pub(super) async fn serve_forwards(self, mut frames: mpsc::Receiver<(NodeId, PeerFrame)>) {
@@ -321,6 +784,11 @@ impl<S: StateMachine> Node<S> {
                 PeerFrame::Forward(forward) => {
                     let node = self.clone();
                     tokio::spawn(async move { node.propose_forwarded(from, forward).await });
+                }
+                PeerFrame::ReadIndexReply(reply) => self.forwarder.resolve_read(from, reply),
+                PeerFrame::ReadIndex(request) => {
+                    let node = self.clone();
+                    tokio::spawn(async move { node.serve_read_index(from, request).await });
                 }
                 // The transport delivers Raft envelopes on their own channel.
                 PeerFrame::Raft(_) => {}

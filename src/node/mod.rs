@@ -407,6 +407,13 @@ pub struct MetricsReport {
     pub forwards_in_flight: u64,
     /// Issue 14: forwards this node proposed as the leader.
     pub forwards_served: u64,
+    /// Issue 14: read index requests this node sent to the leader over the peer link.
+    pub read_index_sent: u64,
+    /// Issue 14: read index requests this node answered as the leader.
+    pub read_index_served: u64,
+    /// Issue 14: linearizable or lease reads this node served as a follower, at a read
+    /// index the leader gave.
+    pub follower_reads: u64,
 }
 
 /// Space of the data directory, as [`StorageSpace`] last measured it.
@@ -719,6 +726,9 @@ impl<S: StateMachine> Node<S> {
             forwards_dropped_lost: self.forwarder.dropped_lost.load(Ordering::Relaxed),
             forwards_in_flight: self.forwarder.in_flight() as u64,
             forwards_served: self.forwarder.served.load(Ordering::Relaxed),
+            read_index_sent: self.forwarder.read_index_sent.load(Ordering::Relaxed),
+            read_index_served: self.forwarder.read_index_served.load(Ordering::Relaxed),
+            follower_reads: self.forwarder.follower_reads.load(Ordering::Relaxed),
         }
     }
 

@@ -18,6 +18,13 @@
 //! body is a bare envelope. The version of a connection is the dialer's, which the
 //! acceptor takes if it is one it speaks ([`PROTOCOL_VERSION_MIN`] up to its own), so
 //! nodes of both versions keep talking Raft during a rolling upgrade.
+//!
+//! Protocol version 3 adds a second pair (issue 14, Raft thesis §6.4): a follower asks the
+//! leader for a read index with a [`ReadIndexRequest`] and the leader answers with a
+//! [`ReadIndexReply`], so that the follower serves linearizable and lease reads from its
+//! own state machine. A version 2 peer does not know their tags (it would drop the
+//! connection as garbage), so they are sent only on connections of version 3; a dialer
+//! refused for version 3 redials in 2, and its follower forwards reads over HTTP as before.
 
 use bincode::error::DecodeError;
 use bytes::Bytes;
@@ -33,12 +40,14 @@ pub const HANDSHAKE_MAGIC: [u8; 4] = *b"RLPR";
 pub const HANDSHAKE_REPLY_MAGIC: [u8; 4] = *b"RLPA";
 /// Bumped whenever the handshake or frame layout, or the encoding of [`Envelope`],
 /// changes incompatibly. Nodes refuse a peer speaking another version.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The oldest version this node still speaks: a version 1 peer exchanges Raft envelopes
 /// only, and its clients' writes are forwarded over HTTP as before.
 pub const PROTOCOL_VERSION_MIN: u16 = 1;
 /// The first version with [`Forward`] and [`ForwardReply`] frames.
 pub const PROTOCOL_VERSION_FORWARD: u16 = 2;
+/// The first version with [`ReadIndexRequest`] and [`ReadIndexReply`] frames.
+pub const PROTOCOL_VERSION_READ_INDEX: u16 = 3;
 /// Longest error message a [`ForwardOutcome`] carries; longer ones are cut (on a char
 /// boundary) by the sender and refused by the receiver.
 pub const FORWARD_MESSAGE_BYTES_MAX: usize = 4096;
@@ -354,7 +363,59 @@ pub fn bounded_message(mut message: String) -> String {
     message
 }
 
-/// One frame of protocol version 2.
+/// How strong a barrier a follower asks the leader for (protocol version 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReadConsistency {
+    /// ReadIndex: the leader confirms it still leads with a quorum round.
+    Linearizable,
+    /// The leader skips the round while its CheckQuorum lease holds.
+    Lease,
+}
+
+/// A follower's request for a read index (protocol version 3): the index its state
+/// machine must reach before it serves a read that started before the request was sent.
+/// It carries no key and no role: the leader reveals only an index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadIndexRequest {
+    /// Chosen by the follower, unique among its requests in flight; the reply carries it.
+    pub request_id: u64,
+    /// The barrier to run.
+    pub consistency: ReadConsistency,
+    /// How long the leader may wait to confirm its leadership, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// The leader's answer to a [`ReadIndexRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadIndexReply {
+    /// The request's `request_id`.
+    pub request_id: u64,
+    /// What came of it.
+    pub outcome: ReadIndexOutcome,
+}
+
+/// What came of a read index request. Nothing is written either way, so every refusal
+/// is safe to retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadIndexOutcome {
+    /// Confirmed: a read served from a state machine that has applied `index` sees every
+    /// write acknowledged before the leader received the request.
+    Index {
+        /// The leader's commit index when it confirmed.
+        index: u64,
+    },
+    /// The receiver does not lead.
+    NotLeader {
+        /// The leader it knows of, if any.
+        leader_hint: Option<NodeId>,
+    },
+    /// The leader could not confirm its leadership within the timeout.
+    Timeout,
+    /// The leader is stopping.
+    Stopped,
+}
+
+/// One frame of protocol version 2 or later.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerFrame {
     /// A Raft message.
@@ -363,6 +424,21 @@ pub enum PeerFrame {
     Forward(Forward),
     /// The leader's answer to a forward.
     ForwardReply(ForwardReply),
+    /// A follower asks for a read index (version 3).
+    ReadIndex(ReadIndexRequest),
+    /// The leader's answer to a read index request (version 3).
+    ReadIndexReply(ReadIndexReply),
+}
+
+impl PeerFrame {
+    /// The oldest protocol version that has this frame.
+    pub fn since_version(&self) -> u16 {
+        match self {
+            PeerFrame::Raft(_) => PROTOCOL_VERSION_MIN,
+            PeerFrame::Forward(_) | PeerFrame::ForwardReply(_) => PROTOCOL_VERSION_FORWARD,
+            PeerFrame::ReadIndex(_) | PeerFrame::ReadIndexReply(_) => PROTOCOL_VERSION_READ_INDEX,
+        }
+    }
 }
 
 /// Bincode settings of frame bodies: variable-length integers, little-endian.
@@ -585,6 +661,9 @@ pub fn encode_peer_frame(
     max_frame_bytes: u32,
     out: &mut Vec<u8>,
 ) -> Result<usize, EncodeFrameError> {
+    if version < frame.since_version() {
+        return Err(EncodeFrameError::NotInVersion { version });
+    }
     if version < PROTOCOL_VERSION_FORWARD {
         return match frame {
             PeerFrame::Raft(envelope) => encode_frame(envelope, max_frame_bytes, out),
@@ -616,6 +695,17 @@ pub fn decode_peer_body(
     check_crc(header, body)?;
     let decoded = decode_limited::<PeerFrame>(body).map_err(|e| e.to_string());
     let frame = whole_body(header, body, decoded)?;
+    // A peer of an older version never sends a frame it does not have: one that does is
+    // garbage, not something to act on.
+    if frame.since_version() > version {
+        return Err(FrameError::Undecodable {
+            len: header.len,
+            reason: format!(
+                "a frame of protocol version {} on a connection of version {version}",
+                frame.since_version()
+            ),
+        });
+    }
     let message = match &frame {
         PeerFrame::ForwardReply(reply) => reply.outcome.message(),
         _ => None,
@@ -1084,8 +1174,83 @@ mod tests {
                 outcome,
             })
         }));
+        frames.extend(sample_read_index_frames());
         frames.extend(sample_envelopes(64).into_iter().map(PeerFrame::Raft));
         frames
+    }
+
+    /// One frame of each kind protocol version 3 adds, with every outcome.
+    fn sample_read_index_frames() -> Vec<PeerFrame> {
+        let mut frames = vec![
+            PeerFrame::ReadIndex(ReadIndexRequest {
+                request_id: 0,
+                consistency: ReadConsistency::Linearizable,
+                timeout_ms: 5000,
+            }),
+            PeerFrame::ReadIndex(ReadIndexRequest {
+                request_id: u64::MAX,
+                consistency: ReadConsistency::Lease,
+                timeout_ms: 0,
+            }),
+        ];
+        let outcomes = [
+            ReadIndexOutcome::Index { index: 0 },
+            ReadIndexOutcome::Index { index: u64::MAX },
+            ReadIndexOutcome::NotLeader {
+                leader_hint: Some(2),
+            },
+            ReadIndexOutcome::NotLeader { leader_hint: None },
+            ReadIndexOutcome::Timeout,
+            ReadIndexOutcome::Stopped,
+        ];
+        frames.extend(outcomes.into_iter().enumerate().map(|(i, outcome)| {
+            PeerFrame::ReadIndexReply(ReadIndexReply {
+                request_id: i as u64,
+                outcome,
+            })
+        }));
+        frames
+    }
+
+    #[test]
+    fn read_index_frames_exist_only_on_version_3_connections() {
+        for frame in sample_read_index_frames() {
+            let mut v3 = Vec::new();
+            encode_peer_frame(&frame, PROTOCOL_VERSION_READ_INDEX, MAX, &mut v3).expect("encodes");
+            assert_eq!(
+                decode_peer_frame(&v3, PROTOCOL_VERSION_READ_INDEX, MAX),
+                Ok(Some((frame.clone(), v3.len())))
+            );
+            for version in [1, 2] {
+                let mut buf = vec![7];
+                assert_eq!(
+                    encode_peer_frame(&frame, version, MAX, &mut buf),
+                    Err(EncodeFrameError::NotInVersion { version }),
+                    "{frame:?} encoded for version {version}"
+                );
+                assert_eq!(buf, [7], "a refused frame leaves the buffer alone");
+            }
+            // A version 2 peer never sends one: on its connection it is garbage.
+            let header = FrameHeader {
+                len: (v3.len() - FRAME_HEADER_BYTES) as u32,
+                crc: crc32fast::hash(&v3[FRAME_HEADER_BYTES..]),
+            };
+            assert!(matches!(
+                decode_peer_body(&header, &v3[FRAME_HEADER_BYTES..], 2),
+                Err(FrameError::Undecodable { .. })
+            ));
+        }
+        // Version 2's frames keep their tags, so a version 2 peer reads what it always read.
+        let forward = &sample_peer_frames()[0];
+        let mut v2 = Vec::new();
+        encode_peer_frame(forward, 2, MAX, &mut v2).expect("encodes");
+        let mut v3 = Vec::new();
+        encode_peer_frame(forward, PROTOCOL_VERSION, MAX, &mut v3).expect("encodes");
+        assert_eq!(v2, v3);
+        assert_eq!(
+            decode_peer_frame(&v2, 2, MAX),
+            Ok(Some((forward.clone(), v2.len())))
+        );
     }
 
     #[test]
@@ -1108,7 +1273,10 @@ mod tests {
 
     #[test]
     fn every_strict_prefix_of_a_forward_frame_is_incomplete_not_garbage() {
-        for frame in sample_peer_frames().iter().take(14) {
+        for frame in sample_peer_frames()
+            .iter()
+            .filter(|frame| !matches!(frame, PeerFrame::Raft(_)))
+        {
             let mut buf = Vec::new();
             encode_peer_frame(frame, PROTOCOL_VERSION, MAX, &mut buf).expect("encodes");
             for cut in 0..buf.len() {
@@ -1123,7 +1291,10 @@ mod tests {
 
     #[test]
     fn a_truncated_forward_body_with_a_matching_crc_is_undecodable() {
-        for frame in sample_peer_frames().iter().take(14) {
+        for frame in sample_peer_frames()
+            .iter()
+            .filter(|frame| !matches!(frame, PeerFrame::Raft(_)))
+        {
             let body = bincode::serde::encode_to_vec(frame, bincode_config()).expect("encodes");
             for cut in 0..body.len() {
                 let short = &body[..cut];
