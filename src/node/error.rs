@@ -556,7 +556,10 @@ mod tests {
             .expect("the port is taken");
         let message = StartError::Transport { addr, source }.to_string();
         assert_eq!(message.matches(&addr.to_string()).count(), 1, "{message}");
-        assert!(message.contains("is another node running there?"), "{message}");
+        assert!(
+            message.contains("is another node running there?"),
+            "{message}"
+        );
     }
 
     fn io_error() -> storage::Error {
