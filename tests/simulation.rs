@@ -384,6 +384,22 @@ fn retired_member_does_not_block_convergence_seed_3141054451() {
     replay_must_pass(3_141_054_451);
 }
 
+/// Core bugs in the regressed-follower rule (issue 12), found by the soak at base
+/// 6363000000: a follower that acknowledged 85 and held a longer log of an older term from
+/// 86 on rejected AppendEntries at 86 with the fast-backtracking hint 75 (the first index
+/// of that term); the leader counted hints below its match index as proof of a lost log
+/// and flagged it ("no false log regression"). Only a follower whose last index is below
+/// the match index counts now.
+#[test]
+fn a_longer_log_with_an_old_term_is_no_regression_seed_6363009367() {
+    replay_must_pass(6_363_009_367);
+}
+
+#[test]
+fn a_longer_log_with_an_old_term_is_no_regression_seed_6363054811() {
+    replay_must_pass(6_363_054_811);
+}
+
 fn replay_must_pass(seed: u64) {
     if replaying() {
         return;

@@ -178,8 +178,11 @@ impl Progress {
     /// rejected message carried. Returns the regression when this rejection is the one that
     /// makes the leader hold the follower's log to have gone backwards.
     ///
-    /// A rejection asking for `hint <= match_index` contradicts an earlier acknowledgement.
-    /// It is stale if the follower wrote it before that acknowledgement: a pipeline of
+    /// A rejection from a follower whose log ends below `match_index` contradicts an earlier
+    /// acknowledgement. (A hint below `match_index` alone does not: fast backtracking names
+    /// the first index of the conflicting term, which may lie far below the entry really
+    /// rejected, while the follower still holds everything up to `match_index`; the
+    /// simulator found that case.) It is stale if the follower wrote it before that acknowledgement: a pipeline of
     /// AppendEntries rejected after a lost one, reordered or duplicated behind the probe that
     /// succeeded (etcd raft's `MaybeDecrTo` ignores all of them; the simulator produces
     /// bursts of them). Only a rejection of a message sent after `match_index` was learned,
@@ -214,7 +217,7 @@ impl Progress {
         read_ctx: u64,
     ) -> Option<LogRegression> {
         let mut regressed = None;
-        if self.match_index > 0 && hint <= self.match_index && read_ctx > self.match_round {
+        if last_index < self.match_index && read_ctx > self.match_round {
             self.below_match_rejects += 1;
             if self.below_match_rejects >= LOG_REGRESSED_REJECTIONS {
                 let regression = LogRegression {
@@ -244,6 +247,21 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Simulation seed 6363009367: the follower holds 1..=105 with 86.. of an old term,
+    /// acknowledged 85, and rejects AppendEntries at 86 with the fast-backtracking hint
+    /// (term 38 starts at 75). Its log did not go backwards: never a regression.
+    #[test]
+    fn a_hint_below_match_from_a_longer_log_is_no_regression() {
+        let mut pr = Progress::new(80, 0);
+        assert!(pr.on_success(85, 0, 1));
+        for round in 2..10 {
+            assert_eq!(pr.on_reject(75, 105, round), None, "round {round}");
+            assert_eq!(pr.match_index, 85);
+            assert_eq!(pr.next_index, 86);
+        }
+        assert_eq!(pr.log_regressed, None);
+    }
 
     #[test]
     fn replicate_window_pauses_when_full_and_frees_on_ack() {
