@@ -222,29 +222,68 @@ impl ReadIndexFailure {
     }
 }
 
-/// One forward in flight.
-struct Waiting {
-    leader: NodeId,
-    reply: oneshot::Sender<ForwardOutcome>,
-}
-
 /// A read waiting for the outcome of the next read index request.
 type ReadJoiner = oneshot::Sender<Result<u64, ReadIndexFailure>>;
 
-/// One read index request in flight.
-struct ReadWaiting {
-    leader: NodeId,
-    reply: oneshot::Sender<ReadIndexOutcome>,
+/// Requests sent to a leader over the peer link and waiting for its answer (forwards, or
+/// read index requests), keyed by the id they went out with; at most `cap` at once.
+struct InFlight<T> {
+    cap: usize,
+    waiting: Mutex<HashMap<u64, (NodeId, oneshot::Sender<T>)>>,
+}
+
+impl<T> InFlight<T> {
+    fn new(cap: usize) -> Self {
+        InFlight {
+            cap,
+            waiting: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (NodeId, oneshot::Sender<T>)>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn len(&self) -> usize {
+        self.table().len()
+    }
+
+    /// Takes a slot for request `id` to `leader`, or says how many are in flight.
+    fn reserve(&self, id: u64, leader: NodeId) -> Result<oneshot::Receiver<T>, usize> {
+        let mut table = self.table();
+        if table.len() >= self.cap {
+            return Err(table.len());
+        }
+        let (reply, answer) = oneshot::channel();
+        table.insert(id, (leader, reply));
+        Ok(answer)
+    }
+
+    /// Delivers `outcome` from `from` to request `id`; ignored for a request not waiting
+    /// (answered already, given up on) or asked of another node.
+    fn resolve(&self, from: NodeId, id: u64, outcome: T) {
+        let mut table = self.table();
+        if table.get(&id).is_some_and(|(leader, _)| *leader == from) {
+            if let Some((_, reply)) = table.remove(&id) {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        self.table().remove(&id);
+    }
 }
 
 /// The follower's table of forwards in flight, and the counters `/metrics` shows.
 pub struct Forwarder {
-    /// Most forwards in flight, and most read index requests in flight:
-    /// [`FORWARDS_IN_FLIGHT_MAX`] but in tests.
-    cap: usize,
     next_id: AtomicU64,
-    waiting: Mutex<HashMap<u64, Waiting>>,
-    reads: Mutex<HashMap<u64, ReadWaiting>>,
+    /// Forwards in flight; at most [`FORWARDS_IN_FLIGHT_MAX`] but in tests.
+    waiting: InFlight<ForwardOutcome>,
+    /// Read index requests in flight; the same cap.
+    reads: InFlight<ReadIndexOutcome>,
     /// Per leader and consistency, the queue of reads waiting to join the next read index
     /// request ([`Node::drive_read_batches`]).
     batches: Mutex<HashMap<(NodeId, ReadConsistency), mpsc::Sender<ReadJoiner>>>,
@@ -273,10 +312,9 @@ impl Forwarder {
     /// A table that holds at most `cap` forwards in flight.
     pub fn new(cap: usize) -> Forwarder {
         Forwarder {
-            cap,
             next_id: AtomicU64::new(0),
-            waiting: Mutex::new(HashMap::new()),
-            reads: Mutex::new(HashMap::new()),
+            waiting: InFlight::new(cap),
+            reads: InFlight::new(cap),
             batches: Mutex::new(HashMap::new()),
             read_index_sent: AtomicU64::new(0),
             read_index_served: AtomicU64::new(0),
@@ -310,57 +348,33 @@ impl Forwarder {
         Forwarder::new(cap)
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiting>> {
-        self.waiting
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Forwards waiting for an answer right now.
     pub fn in_flight(&self) -> usize {
-        self.table().len()
+        self.waiting.len()
     }
 
     /// Takes a slot for a forward to `leader`, or says how many are in flight.
     fn reserve(&self, leader: NodeId) -> Result<(u64, oneshot::Receiver<ForwardOutcome>), usize> {
-        let mut table = self.table();
-        if table.len() >= self.cap {
-            self.dropped_overload.fetch_add(1, Ordering::Relaxed);
-            return Err(table.len());
-        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (reply, answer) = oneshot::channel();
-        table.insert(id, Waiting { leader, reply });
+        let answer = self.waiting.reserve(id, leader).inspect_err(|_| {
+            self.dropped_overload.fetch_add(1, Ordering::Relaxed);
+        })?;
         Ok((id, answer))
     }
 
     /// Delivers a reply from `from`. A reply for an id not waiting (answered already,
     /// given up on) or from another node than the one asked is ignored.
     pub(super) fn resolve(&self, from: NodeId, reply: ForwardReply) {
-        let mut table = self.table();
-        if table
-            .get(&reply.request_id)
-            .is_some_and(|waiting| waiting.leader == from)
-        {
-            if let Some(waiting) = table.remove(&reply.request_id) {
-                let _ = waiting.reply.send(reply.outcome);
-            }
-        }
+        self.waiting.resolve(from, reply.request_id, reply.outcome);
     }
 
     fn forget(&self, id: u64) {
-        self.table().remove(&id);
-    }
-
-    fn read_table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ReadWaiting>> {
-        self.reads
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.waiting.forget(id);
     }
 
     /// Read index requests waiting for an answer right now.
     pub fn reads_in_flight(&self) -> usize {
-        self.read_table().len()
+        self.reads.len()
     }
 
     /// Takes a slot for a read index request to `leader`, or says how many are in flight.
@@ -368,32 +382,18 @@ impl Forwarder {
         &self,
         leader: NodeId,
     ) -> Result<(u64, oneshot::Receiver<ReadIndexOutcome>), usize> {
-        let mut table = self.read_table();
-        if table.len() >= self.cap {
-            return Err(table.len());
-        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (reply, answer) = oneshot::channel();
-        table.insert(id, ReadWaiting { leader, reply });
-        Ok((id, answer))
+        Ok((id, self.reads.reserve(id, leader)?))
     }
 
     /// Delivers a read index reply from `from`; one for a request not waiting, or from
     /// another node than the one asked, is ignored.
     pub(super) fn resolve_read(&self, from: NodeId, reply: ReadIndexReply) {
-        let mut table = self.read_table();
-        if table
-            .get(&reply.request_id)
-            .is_some_and(|waiting| waiting.leader == from)
-        {
-            if let Some(waiting) = table.remove(&reply.request_id) {
-                let _ = waiting.reply.send(reply.outcome);
-            }
-        }
+        self.reads.resolve(from, reply.request_id, reply.outcome);
     }
 
     fn forget_read(&self, id: u64) {
-        self.read_table().remove(&id);
+        self.reads.forget(id);
     }
 }
 
@@ -539,7 +539,7 @@ impl<S: StateMachine> Node<S> {
             leader,
             in_flight,
         };
-        if self.forwarder.cap == 0 {
+        if self.forwarder.reads.cap == 0 {
             return Err(overloaded(0));
         }
         let lost = |cause| ReadIndexFailure::Lost {
@@ -553,7 +553,9 @@ impl<S: StateMachine> Node<S> {
             .try_send(joiner)
         {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => return Err(overloaded(self.forwarder.cap)),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                return Err(overloaded(self.forwarder.reads.cap))
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(lost(LostCause::Stopped)),
         }
         let index = match tokio::time::timeout_at(deadline, answer).await {
@@ -601,7 +603,7 @@ impl<S: StateMachine> Node<S> {
                 return queue.clone();
             }
         }
-        let (queue, joiners) = mpsc::channel(self.forwarder.cap.max(1));
+        let (queue, joiners) = mpsc::channel(self.forwarder.reads.cap.max(1));
         batches.insert((leader, consistency), queue.clone());
         let node = self.clone();
         tokio::spawn(async move {
