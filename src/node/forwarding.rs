@@ -251,14 +251,18 @@ impl<T> InFlight<T> {
     }
 
     /// Takes a slot for request `id` to `leader`, or says how many are in flight.
-    fn reserve(&self, id: u64, leader: NodeId) -> Result<oneshot::Receiver<T>, usize> {
+    fn reserve(&self, id: u64, leader: NodeId) -> Result<Slot<'_, T>, usize> {
         let mut table = self.table();
         if table.len() >= self.cap {
             return Err(table.len());
         }
         let (reply, answer) = oneshot::channel();
         table.insert(id, (leader, reply));
-        Ok(answer)
+        Ok(Slot {
+            table: self,
+            id,
+            answer,
+        })
     }
 
     /// Delivers `outcome` from `from` to request `id`; ignored for a request not waiting
@@ -274,6 +278,39 @@ impl<T> InFlight<T> {
 
     fn forget(&self, id: u64) {
         self.table().remove(&id);
+    }
+}
+
+/// A request's place in an [`InFlight`] table and the receiver of its answer. Dropping it
+/// removes the entry however the wait ends, including when the client goes away and the
+/// handler's future is dropped.
+struct Slot<'a, T> {
+    table: &'a InFlight<T>,
+    id: u64,
+    answer: oneshot::Receiver<T>,
+}
+
+impl<T> Drop for Slot<'_, T> {
+    fn drop(&mut self) {
+        self.table.forget(self.id);
+    }
+}
+
+/// Resolves once the peer link to `leader` is lost after this call (never once the
+/// transport stopped). Call it before sending: a loss after that may have cost the frame
+/// or its reply.
+fn link_lost(transport: &Transport, leader: NodeId) -> impl std::future::Future<Output = ()> + '_ {
+    let mut losses = transport.link_loss_events();
+    let losses_before = transport.link_losses(leader);
+    async move {
+        loop {
+            if transport.link_losses(leader) != losses_before {
+                return;
+            }
+            if losses.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 }
 
@@ -354,12 +391,11 @@ impl Forwarder {
     }
 
     /// Takes a slot for a forward to `leader`, or says how many are in flight.
-    fn reserve(&self, leader: NodeId) -> Result<(u64, oneshot::Receiver<ForwardOutcome>), usize> {
+    fn reserve(&self, leader: NodeId) -> Result<Slot<'_, ForwardOutcome>, usize> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let answer = self.waiting.reserve(id, leader).inspect_err(|_| {
+        self.waiting.reserve(id, leader).inspect_err(|_| {
             self.dropped_overload.fetch_add(1, Ordering::Relaxed);
-        })?;
-        Ok((id, answer))
+        })
     }
 
     /// Delivers a reply from `from`. A reply for an id not waiting (answered already,
@@ -368,57 +404,21 @@ impl Forwarder {
         self.waiting.resolve(from, reply.request_id, reply.outcome);
     }
 
-    fn forget(&self, id: u64) {
-        self.waiting.forget(id);
-    }
-
     /// Read index requests waiting for an answer right now.
     pub fn reads_in_flight(&self) -> usize {
         self.reads.len()
     }
 
     /// Takes a slot for a read index request to `leader`, or says how many are in flight.
-    fn reserve_read(
-        &self,
-        leader: NodeId,
-    ) -> Result<(u64, oneshot::Receiver<ReadIndexOutcome>), usize> {
+    fn reserve_read(&self, leader: NodeId) -> Result<Slot<'_, ReadIndexOutcome>, usize> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        Ok((id, self.reads.reserve(id, leader)?))
+        self.reads.reserve(id, leader)
     }
 
     /// Delivers a read index reply from `from`; one for a request not waiting, or from
     /// another node than the one asked, is ignored.
     pub(super) fn resolve_read(&self, from: NodeId, reply: ReadIndexReply) {
         self.reads.resolve(from, reply.request_id, reply.outcome);
-    }
-
-    fn forget_read(&self, id: u64) {
-        self.reads.forget(id);
-    }
-}
-
-/// Removes a read index request's entry however its wait ends.
-struct ReadSlot<'a> {
-    forwarder: &'a Forwarder,
-    id: u64,
-}
-
-impl Drop for ReadSlot<'_> {
-    fn drop(&mut self) {
-        self.forwarder.forget_read(self.id);
-    }
-}
-
-/// Removes a forward's entry however its wait ends, including when the client goes away
-/// and the handler's future is dropped.
-struct Slot<'a> {
-    forwarder: &'a Forwarder,
-    id: u64,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.forwarder.forget(self.id);
     }
 }
 
@@ -446,17 +446,10 @@ impl<S: StateMachine> Node<S> {
             leader,
             in_flight,
         };
-        let (request_id, answer) = self.forwarder.reserve(leader).map_err(overloaded)?;
-        let _slot = Slot {
-            forwarder: &self.forwarder,
-            id: request_id,
-        };
-        // Taken before sending: a loss after this point may have cost the frame or its
-        // reply.
-        let mut losses = transport.link_loss_events();
-        let losses_before = transport.link_losses(leader);
+        let mut slot = self.forwarder.reserve(leader).map_err(overloaded)?;
+        let link_lost = link_lost(transport, leader);
         let frame = PeerFrame::Forward(Forward {
-            request_id,
+            request_id: slot.id,
             role,
             command,
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
@@ -479,16 +472,6 @@ impl<S: StateMachine> Node<S> {
                 })
             }
         }
-        let link_lost = async {
-            loop {
-                if transport.link_losses(leader) != losses_before {
-                    return;
-                }
-                if losses.changed().await.is_err() {
-                    return std::future::pending().await;
-                }
-            }
-        };
         let leader_changed = async {
             self.leader_changed_from(leader).await;
             tokio::time::sleep(LEADER_CHANGE_WAIT).await;
@@ -496,7 +479,7 @@ impl<S: StateMachine> Node<S> {
         // Biased: an answer that arrived wins over giving up on it.
         let cause = tokio::select! {
             biased;
-            outcome = answer => match outcome {
+            outcome = &mut slot.answer => match outcome {
                 Ok(outcome) => return Ok(outcome),
                 Err(_) => LostCause::Stopped,
             },
@@ -656,15 +639,10 @@ impl<S: StateMachine> Node<S> {
             leader,
             in_flight,
         };
-        let (request_id, answer) = self.forwarder.reserve_read(leader).map_err(overloaded)?;
-        let _slot = ReadSlot {
-            forwarder: &self.forwarder,
-            id: request_id,
-        };
-        let mut losses = transport.link_loss_events();
-        let losses_before = transport.link_losses(leader);
+        let mut slot = self.forwarder.reserve_read(leader).map_err(overloaded)?;
+        let link_lost = link_lost(transport, leader);
         let frame = PeerFrame::ReadIndex(ReadIndexRequest {
-            request_id,
+            request_id: slot.id,
             consistency,
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
         });
@@ -687,16 +665,6 @@ impl<S: StateMachine> Node<S> {
         self.forwarder
             .read_index_sent
             .fetch_add(1, Ordering::Relaxed);
-        let link_lost = async {
-            loop {
-                if transport.link_losses(leader) != losses_before {
-                    return;
-                }
-                if losses.changed().await.is_err() {
-                    return std::future::pending().await;
-                }
-            }
-        };
         let lost = |cause| ReadIndexFailure::Lost {
             node,
             leader,
@@ -706,7 +674,7 @@ impl<S: StateMachine> Node<S> {
         // leader's answer would be sound but may never come, and the client can retry.
         let outcome = tokio::select! {
             biased;
-            outcome = answer => outcome.map_err(|_| lost(LostCause::Stopped))?,
+            outcome = &mut slot.answer => outcome.map_err(|_| lost(LostCause::Stopped))?,
             () = link_lost => return Err(lost(LostCause::LinkLost)),
             () = self.leader_changed_from(leader) => return Err(lost(LostCause::LeaderChanged)),
             () = tokio::time::sleep_until(deadline) => return Err(lost(LostCause::Timeout)),
@@ -895,8 +863,8 @@ mod tests {
         }
         assert_eq!(forwarder.reserve(2).err(), Some(FORWARDS_IN_FLIGHT_MAX));
         assert_eq!(forwarder.dropped_overload.load(Ordering::Relaxed), 1);
-        let (id, _) = &slots[0];
-        forwarder.forget(*id);
+        // The wait of the first one ends: its slot is dropped.
+        drop(slots.swap_remove(0));
         assert!(
             forwarder.reserve(2).is_ok(),
             "a finished wait frees its slot"
@@ -906,7 +874,8 @@ mod tests {
     #[test]
     fn a_reply_reaches_only_the_forward_it_answers_and_only_from_the_node_asked() {
         let forwarder = Forwarder::default();
-        let (id, mut answer) = forwarder.reserve(2).expect("a slot");
+        let mut slot = forwarder.reserve(2).expect("a slot");
+        let (id, answer) = (slot.id, &mut slot.answer);
         let reply = |request_id| ForwardReply {
             request_id,
             outcome: ForwardOutcome::Applied {
