@@ -453,14 +453,6 @@ fn leader_sigkill_under_load_loses_no_acknowledged_write() {
     });
 }
 
-async fn term_of(cluster: &Cluster, id: u64) -> u64 {
-    cluster
-        .status(id)
-        .await
-        .and_then(|s| s["term"].as_u64())
-        .unwrap_or(0)
-}
-
 #[test]
 fn sigstopped_follower_rejoins_without_an_election() {
     runtime().block_on(async {
@@ -469,7 +461,7 @@ fn sigstopped_follower_rejoins_without_an_election() {
         cluster
             .put_eventually("before", "1", Duration::from_secs(5))
             .await;
-        let term_before = term_of(&cluster, leader).await;
+        let term_before = cluster.status_u64(leader, "term").await;
         let follower = (1..=3).find(|id| *id != leader).unwrap();
         let other = (1..=3).find(|id| *id != leader && *id != follower).unwrap();
 
@@ -513,7 +505,7 @@ fn sigstopped_follower_rejoins_without_an_election() {
         );
         for id in 1..=3 {
             assert_eq!(
-                term_of(&cluster, id).await,
+                cluster.status_u64(id, "term").await,
                 term_before,
                 "node {id}'s term changed: the stopped follower forced an election\n{}",
                 cluster.logs_tail()

@@ -61,25 +61,6 @@ async fn http_gets(cluster: &Cluster, id: u64) -> u64 {
         .sum()
 }
 
-fn followers(cluster: &Cluster, leader: u64) -> Vec<u64> {
-    cluster
-        .running()
-        .into_iter()
-        .filter(|id| *id != leader)
-        .collect()
-}
-
-async fn isolate(cluster: &Cluster, id: u64, on: bool) {
-    let url = format!("http://{}/v1/debug/isolate?on={on}", cluster.api(id));
-    let response = cluster
-        .client
-        .post(url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("isolate node {id}: {e}"));
-    assert_eq!(response.status(), 200, "isolate node {id} (on={on})");
-}
-
 /// The number a register value `"<n>"` holds.
 fn number(value: &str) -> u64 {
     value
@@ -95,7 +76,7 @@ fn a_read_through_a_follower_sees_every_write_acknowledged_before_it_was_sent() 
         cluster
             .put_eventually("warm", "up", Duration::from_secs(10))
             .await;
-        let [a, b] = followers(&cluster, leader)[..] else {
+        let [a, b] = cluster.followers(leader)[..] else {
             panic!("three nodes");
         };
         for consistency in CONSISTENCIES {
@@ -149,7 +130,7 @@ fn concurrent_reads_through_followers_never_go_back_before_an_acknowledged_write
         cluster
             .put_eventually("register", "0", Duration::from_secs(10))
             .await;
-        let readers_at = followers(&cluster, leader);
+        let readers_at = cluster.followers(leader);
         let stop = Arc::new(AtomicBool::new(false));
         // Highest value acknowledged so far; values are written in increasing order by
         // one writer, so "acknowledged" is monotonic.
@@ -237,7 +218,7 @@ fn followers_of_a_leader_of_protocol_1_or_2_forward_their_reads_over_http() {
         for leader in [1, 2] {
             cluster.make_leader(leader).await;
             for consistency in CONSISTENCIES {
-                for follower in followers(&cluster, leader) {
+                for follower in cluster.followers(leader) {
                     let key = format!("old-{leader}-{follower}-{consistency}");
                     retry_unavailable(|| cluster.put(follower, &key, "v"))
                         .await
@@ -275,7 +256,7 @@ fn a_cut_off_follower_never_serves_a_stale_read() {
             cluster
                 .put_eventually("register", &old, Duration::from_secs(10))
                 .await;
-            let follower = followers(&cluster, leader)[0];
+            let follower = cluster.followers(leader)[0];
             // The follower has the old value and serves it while connected.
             let read = retry_unavailable(|| async {
                 match cluster.get(follower, "register", consistency).await {
@@ -287,7 +268,7 @@ fn a_cut_off_follower_never_serves_a_stale_read() {
             .await;
             assert_eq!(read, Ok(Some(old.clone())));
 
-            isolate(&cluster, follower, true).await;
+            cluster.isolate(follower, true).await;
             let new = format!("{round}-new");
             retry_unavailable(|| cluster.put(leader, "register", &new))
                 .await
@@ -312,7 +293,7 @@ fn a_cut_off_follower_never_serves_a_stale_read() {
                 }
             }
             assert!(refused > 0, "round {round}: no read was refused");
-            isolate(&cluster, follower, false).await;
+            cluster.isolate(follower, false).await;
             // Reconnected, it serves the fresh value again.
             let deadline = Instant::now() + Duration::from_secs(15);
             loop {
@@ -343,7 +324,7 @@ fn reads_through_followers_when_the_leader_dies_are_fresh_or_refused() {
         cluster
             .put_eventually("register", "1", Duration::from_secs(10))
             .await;
-        let readers_at = followers(&cluster, leader);
+        let readers_at = cluster.followers(leader);
         let stop = Arc::new(AtomicBool::new(false));
         let acknowledged = Arc::new(AtomicU64::new(1));
         let writer = {

@@ -36,14 +36,6 @@ const SENT: &str = "raftlog_transport_forwards_sent_total";
 const SERVED: &str = "raftlog_transport_forwards_served_total";
 const DROPPED: &str = "raftlog_transport_forwards_dropped_overload_total";
 
-fn followers(cluster: &Cluster, leader: u64) -> Vec<u64> {
-    cluster
-        .running()
-        .into_iter()
-        .filter(|id| *id != leader)
-        .collect()
-}
-
 #[test]
 fn writes_through_a_follower_travel_the_peer_link_and_answer_the_leaders_index() {
     let cluster = Cluster::start(ClusterSpec::default());
@@ -52,7 +44,7 @@ fn writes_through_a_follower_travel_the_peer_link_and_answer_the_leaders_index()
         cluster
             .put_eventually("warm", "up", Duration::from_secs(10))
             .await;
-        let follower = followers(&cluster, leader)[0];
+        let follower = cluster.followers(leader)[0];
         let at_leader = |v: serde_json::Value| v["index"].as_u64().expect("an index");
 
         // Each write through the follower lands right after the one before at the leader:
@@ -165,7 +157,7 @@ fn killing_the_leader_mid_forward_acknowledges_only_writes_that_committed() {
         cluster
             .put_eventually("warm", "up", Duration::from_secs(10))
             .await;
-        let targets = followers(&cluster, leader);
+        let targets = cluster.followers(leader);
         let stop = Arc::new(AtomicBool::new(false));
         let acknowledged = Arc::new(Mutex::new(BTreeMap::new()));
         let answers = Arc::new(Mutex::new(BTreeMap::<u16, u64>::new()));
@@ -238,7 +230,7 @@ fn past_the_forwards_in_flight_cap_a_follower_answers_503_overloaded_and_sends_n
         cluster
             .put_eventually("warm", "up", Duration::from_secs(10))
             .await;
-        let follower = followers(&cluster, leader)[0];
+        let follower = cluster.followers(leader)[0];
         let dropped = metric(&cluster, follower, DROPPED).await;
         let refused = cluster.put(follower, "capped", "v").await;
         let Err((503, body)) = &refused else {

@@ -48,14 +48,6 @@ async fn role_of(cluster: &Cluster, id: u64) -> String {
         .unwrap_or_default()
 }
 
-async fn term_of(cluster: &Cluster, id: u64) -> u64 {
-    cluster
-        .status(id)
-        .await
-        .and_then(|s| s["term"].as_u64())
-        .unwrap_or(0)
-}
-
 /// Waits until every running node answers `/readyz` 200.
 async fn wait_until_ready(cluster: &Cluster, within: Duration) {
     let deadline = Instant::now() + within;
@@ -295,7 +287,7 @@ fn sigterm_on_the_leader_hands_over_without_an_election_timeout() {
     runtime().block_on(async {
         let cluster = Arc::new(Cluster::start(ClusterSpec::default()));
         let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-        let term = term_of(&cluster, leader).await;
+        let term = cluster.status_u64(leader, "term").await;
         let load = RecordingLoad::start(&cluster, 3);
         tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -327,7 +319,7 @@ fn sigterm_on_the_leader_hands_over_without_an_election_timeout() {
         assert!(exit.success(), "SIGTERM exits 0: {exit}");
         // The new leader campaigned because it was told to (TimeoutNow), not because its
         // election timer fired: that is the election timeout the cluster did not wait.
-        let new_term = term_of(&cluster, new_leader).await;
+        let new_term = cluster.status_u64(new_leader, "term").await;
         assert_eq!(new_term, term + 1, "one election");
         let new_log = std::fs::read_to_string(&cluster.nodes[&new_leader].log_path).unwrap_or_default();
         let campaigned = format!("became candidate id={new_leader} term={new_term} transfer=true");

@@ -23,17 +23,6 @@ fn rounds() -> u64 {
         .unwrap_or(20)
 }
 
-async fn isolate(cluster: &Cluster, id: u64, on: bool) {
-    let url = format!("http://{}/v1/debug/isolate?on={on}", cluster.api(id));
-    let response = cluster
-        .client
-        .post(url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("isolate node {id}: {e}"));
-    assert_eq!(response.status(), 200, "isolate node {id} (on={on})");
-}
-
 /// Waits until a node other than `old` leads a term above `old_term`; returns it.
 async fn wait_for_new_leader(cluster: &Cluster, old: u64, old_term: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -72,7 +61,7 @@ fn stalled_leader_never_serves_an_overwritten_value_by_lease() {
                 .and_then(|s| s["term"].as_u64())
                 .unwrap_or(0);
 
-            isolate(&cluster, leader, true).await;
+            cluster.isolate(leader, true).await;
             cluster.signal(leader, libc::SIGSTOP);
             let new_leader = wait_for_new_leader(&cluster, leader, term).await;
             let new_value = format!("round-{round}-new");
@@ -106,7 +95,7 @@ fn stalled_leader_never_serves_an_overwritten_value_by_lease() {
                 }
             }
 
-            isolate(&cluster, leader, false).await;
+            cluster.isolate(leader, false).await;
             // Let the old leader rejoin before the next round isolates whoever leads.
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {

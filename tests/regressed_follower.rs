@@ -47,7 +47,7 @@ fn a_follower_restored_from_an_older_copy_is_flagged_and_caught_up() {
             last_index = answer["index"].as_u64().expect("the write's index");
         }
         let deadline = Instant::now() + Duration::from_secs(20);
-        while applied(&cluster, follower).await < last_index {
+        while cluster.status_u64(follower, "applied_index").await < last_index {
             assert!(
                 Instant::now() < deadline,
                 "the follower never caught up the first time"
@@ -69,11 +69,11 @@ fn a_follower_restored_from_an_older_copy_is_flagged_and_caught_up() {
         // Before the rule the leader kept probing at its old match index and the follower
         // stayed at its restored last index for good.
         let deadline = Instant::now() + Duration::from_secs(20);
-        while applied(&cluster, follower).await < last_index {
+        while cluster.status_u64(follower, "applied_index").await < last_index {
             assert!(
                 Instant::now() < deadline,
                 "the restored follower never caught up again (applied {}, needs {last_index})\n{}",
-                applied(&cluster, follower).await,
+                cluster.status_u64(follower, "applied_index").await,
                 cluster.logs_tail()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -113,12 +113,4 @@ fn a_follower_restored_from_an_older_copy_is_flagged_and_caught_up() {
             assert_eq!(response.status(), 200, "late-{i} on the restored follower");
         }
     });
-}
-
-async fn applied(cluster: &Cluster, id: u64) -> u64 {
-    cluster
-        .status(id)
-        .await
-        .and_then(|s| s["applied_index"].as_u64())
-        .unwrap_or(0)
 }

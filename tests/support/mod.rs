@@ -446,6 +446,36 @@ impl Cluster {
         format!("{}://{}{path}", self.scheme, self.api(id))
     }
 
+    /// The running nodes other than `leader`.
+    pub fn followers(&self, leader: u64) -> Vec<u64> {
+        self.running()
+            .into_iter()
+            .filter(|id| *id != leader)
+            .collect()
+    }
+
+    /// Cuts node `id` off from its peers or reconnects it (the test-only fault switch
+    /// `POST /v1/debug/isolate`, served under `RAFTLOG_TEST_FAULTS=1`).
+    pub async fn isolate(&self, id: u64, on: bool) {
+        let url = self.url(id, &format!("/v1/debug/isolate?on={on}"));
+        let response = self
+            .client
+            .post(url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("isolate node {id}: {e}"));
+        assert_eq!(response.status(), 200, "isolate node {id} (on={on})");
+    }
+
+    /// A number from node `id`'s `/v1/status` (`term`, `applied_index`, ...); 0 when the
+    /// node does not answer.
+    pub async fn status_u64(&self, id: u64, field: &str) -> u64 {
+        self.status(id)
+            .await
+            .and_then(|s| s[field].as_u64())
+            .unwrap_or(0)
+    }
+
     pub fn running(&self) -> Vec<u64> {
         self.nodes
             .values()
