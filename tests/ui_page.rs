@@ -117,6 +117,21 @@ fn tools() -> Result<(PathBuf, PathBuf), String> {
     Ok((chromium, playwright_core()?))
 }
 
+/// The browser to themselves (one browser test at a time) and its tools; `None`, saying
+/// why the test is skipped, when the tools cannot be installed.
+fn browser() -> Option<(std::sync::MutexGuard<'static, ()>, (PathBuf, PathBuf))> {
+    let one = ONE_BROWSER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    match tools() {
+        Ok(found) => Some((one, found)),
+        Err(why) => {
+            eprintln!("ui_page: SKIPPED, cannot install the browser test's tools: {why}");
+            None
+        }
+    }
+}
+
 /// Runs `tests/ui/<script>` against `cluster` (started, with a leader) with `env`, and
 /// checks it reports every check passed.
 fn browse(script: &str, cluster: &Cluster, tools: &(PathBuf, PathBuf), env: &[(&str, String)]) {
@@ -150,15 +165,8 @@ fn browse(script: &str, cluster: &Cluster, tools: &(PathBuf, PathBuf), env: &[(&
 
 #[test]
 fn live_page_shows_leader_failover_and_index_moves_in_a_real_browser() {
-    let _one = ONE_BROWSER_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let tools = match tools() {
-        Ok(found) => found,
-        Err(why) => {
-            eprintln!("ui_page: SKIPPED, cannot install the browser test's tools: {why}");
-            return;
-        }
+    let Some((_one, tools)) = browser() else {
+        return;
     };
     let rt = runtime();
     let cluster = Cluster::start(ClusterSpec::default());
@@ -179,15 +187,8 @@ fn live_page_shows_leader_failover_and_index_moves_in_a_real_browser() {
 
 #[test]
 fn live_page_shows_buttons_to_admin_only_and_refuses_anonymous_viewers_in_a_real_browser() {
-    let _one = ONE_BROWSER_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let tools = match tools() {
-        Ok(found) => found,
-        Err(why) => {
-            eprintln!("ui_page: SKIPPED, cannot install the browser test's tools: {why}");
-            return;
-        }
+    let Some((_one, tools)) = browser() else {
+        return;
     };
     let rt = runtime();
     let cluster = Cluster::start_with_config(
