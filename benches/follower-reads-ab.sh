@@ -27,7 +27,8 @@ abs() { echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"; }
 BASE="$(abs "$BASE")"
 NEW="$(abs "$NEW")"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/follower-reads-ab.XXXXXX")"
-STARTED=()
+# shellcheck source=local-cluster.sh
+source "$(dirname "$0")/local-cluster.sh"
 cleanup() {
   for pid in "${STARTED[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   rm -rf "$WORK"
@@ -35,36 +36,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port() { echo $((BASE_PORT + $1)); }
-ENDPOINTS="127.0.0.1:$(port 11),127.0.0.1:$(port 12),127.0.0.1:$(port 13)"
 field() { grep -o "\"$1\":[-0-9.e+]*" "$2" | head -1 | cut -d: -f2; }
 
 run() { # label binary
-  local label="$1" bin="$2" pids=() n tries
-  rm -rf "$WORK/cluster"; mkdir -p "$WORK/cluster"
-  cat >"$WORK/cluster/config.json" <<JSON
-{
-  "cluster_id": "follower-reads-ab",
-  "nodes": {
-    "1": { "raft_addr": "127.0.0.1:$(port 1)", "api_addr": "127.0.0.1:$(port 11)" },
-    "2": { "raft_addr": "127.0.0.1:$(port 2)", "api_addr": "127.0.0.1:$(port 12)" },
-    "3": { "raft_addr": "127.0.0.1:$(port 3)", "api_addr": "127.0.0.1:$(port 13)" }
-  },
-  "data_dir": "$WORK/cluster/data"
-}
-JSON
-  for n in 1 2 3; do
-    "$bin" serve --config "$WORK/cluster/config.json" --id "$n" >>"$WORK/cluster/node-$n.log" 2>&1 &
-    pids+=("$!"); STARTED+=("$!"); disown "$!"
-  done
-  for ep in ${ENDPOINTS//,/ }; do
-    tries=0
-    until "$NEW" bench --endpoints "$ep" --clients 1 --requests 1 --timeout-ms 1000 --json >/dev/null 2>&1; do
-      tries=$((tries + 1)); [ "$tries" -lt 150 ] || { echo "no write through $ep in 30 s" >&2; exit 1; }
-      sleep 0.2
-    done
-  done
-  local csv; csv="$(IFS=,; echo "${pids[*]}")"
+  local label="$1" bin="$2"
+  rm -rf "$WORK/cluster"
+  start_local_cluster "$bin" "$WORK/cluster" follower-reads-ab "$NEW"
+  local csv; csv="$(IFS=,; echo "${CLUSTER_PIDS[*]}")"
   local workload args
   for workload in $WORKLOADS; do
     case "$workload" in
@@ -81,12 +59,7 @@ JSON
       "$(field p99 "$WORK/result.json")" "$(field p999 "$WORK/result.json")" \
       "$(field cpu_us_per_op "$WORK/result.json")" "$(field errors "$WORK/result.json")"
   done
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do
-    tries=0
-    while kill -0 "$pid" 2>/dev/null && [ "$tries" -lt 200 ]; do sleep 0.05; tries=$((tries + 1)); done
-    kill -9 "$pid" 2>/dev/null || true
-  done
+  stop_local_cluster
 }
 
 echo "| run | workload | ops/s | p50 / p99 / p99.9 ms | CPU µs/op | errors |"

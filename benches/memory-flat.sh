@@ -24,44 +24,22 @@ BASE_PORT="${BASE_PORT:-27200}"
 [ -x "$BIN" ] || { echo "memory-flat.sh: no binary at $BIN (cargo build --release)" >&2; exit 2; }
 BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/memory-flat.XXXXXX")"
-PIDS=()
+# shellcheck source=local-cluster.sh
+source "$(dirname "$0")/local-cluster.sh"
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  for pid in "${STARTED[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port() { echo $((BASE_PORT + $1)); }
-ENDPOINTS="127.0.0.1:$(port 11),127.0.0.1:$(port 12),127.0.0.1:$(port 13)"
-cat >"$WORK/config.json" <<JSON
-{
-  "cluster_id": "memory-flat",
-  "nodes": {
-    "1": { "raft_addr": "127.0.0.1:$(port 1)", "api_addr": "127.0.0.1:$(port 11)" },
-    "2": { "raft_addr": "127.0.0.1:$(port 2)", "api_addr": "127.0.0.1:$(port 12)" },
-    "3": { "raft_addr": "127.0.0.1:$(port 3)", "api_addr": "127.0.0.1:$(port 13)" }
-  },
-  "data_dir": "$WORK/data"
-}
-JSON
-for n in 1 2 3; do
-  "$BIN" serve --config "$WORK/config.json" --id "$n" >>"$WORK/node-$n.log" 2>&1 &
-  PIDS+=("$!"); disown "$!"
-done
-for ep in ${ENDPOINTS//,/ }; do
-  tries=0
-  until "$BIN" bench --endpoints "$ep" --clients 1 --requests 1 --timeout-ms 1000 --json >/dev/null 2>&1; do
-    tries=$((tries + 1)); [ "$tries" -lt 150 ] || { echo "no write through $ep in 30 s" >&2; exit 1; }
-    sleep 0.2
-  done
-done
+start_local_cluster "$BIN" "$WORK" memory-flat
 
 kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$2/status"; }
 mib_on_disk() { du -sm "$1" 2>/dev/null | cut -f1; }
 report() { # puts-so-far
   for n in 1 2 3; do
-    local pid="${PIDS[$((n - 1))]}" first
+    local pid="${CLUSTER_PIDS[$((n - 1))]}" first
     first="$(curl -s "http://127.0.0.1:$(port $((10 + n)))/v1/status" \
       | grep -o '"first_log_index":[0-9]*' | cut -d: -f2)"
     printf '| %s | %s | %.1f | %.1f | %s | %s | %s |\n' "$1" "$n" \
