@@ -25,31 +25,9 @@ const SERVED: &str = "raftlog_transport_read_index_served_total";
 const FOLLOWER_READS: &str = "raftlog_follower_reads_total";
 const CONSISTENCIES: [&str; 2] = ["linearizable", "lease"];
 
-async fn metrics_text(cluster: &Cluster, id: u64) -> String {
-    cluster
-        .get_quick(id, "/metrics")
-        .await
-        .expect("/metrics answers")
-        .text()
-        .await
-        .expect("/metrics body")
-}
-
-/// One counter of node `id`'s `/metrics`.
-async fn metric(cluster: &Cluster, id: u64, name: &str) -> u64 {
-    let text = metrics_text(cluster, id).await;
-    text.lines()
-        .find_map(|line| {
-            let (metric, value) = line.split_once(' ')?;
-            (metric == name).then(|| value.trim().parse::<f64>().ok())?
-        })
-        .map(|v| v as u64)
-        .unwrap_or_else(|| panic!("/metrics of node {id} has no {name}:\n{text}"))
-}
-
 /// How many `GET /v1/kv/{key}` requests node `id` answered over HTTP.
 async fn http_gets(cluster: &Cluster, id: u64) -> u64 {
-    let text = metrics_text(cluster, id).await;
+    let text = cluster.metrics_text(id).await;
     text.lines()
         .filter(|line| {
             line.starts_with("raftlog_api_request_seconds_count{")
@@ -80,9 +58,9 @@ fn a_read_through_a_follower_sees_every_write_acknowledged_before_it_was_sent() 
             panic!("three nodes");
         };
         for consistency in CONSISTENCIES {
-            let sent = metric(&cluster, b, SENT).await;
-            let served = metric(&cluster, leader, SERVED).await;
-            let reads = metric(&cluster, b, FOLLOWER_READS).await;
+            let sent = cluster.metric(b, SENT).await;
+            let served = cluster.metric(leader, SERVED).await;
+            let reads = cluster.metric(b, FOLLOWER_READS).await;
             let leader_gets = http_gets(&cluster, leader).await;
             // Write through the leader or the other follower, read at once through b.
             let rounds = 100u64;
@@ -106,14 +84,14 @@ fn a_read_through_a_follower_sees_every_write_acknowledged_before_it_was_sent() 
                 leader_gets,
                 "{consistency} reads through follower {b} reached the leader over HTTP"
             );
-            let sent = metric(&cluster, b, SENT).await - sent;
+            let sent = cluster.metric(b, SENT).await - sent;
             assert!(
                 sent >= rounds,
                 "follower {b} sent {sent} read index requests"
             );
-            let served = metric(&cluster, leader, SERVED).await - served;
+            let served = cluster.metric(leader, SERVED).await - served;
             assert!(served >= sent, "the leader served {served} of {sent}");
-            let reads = metric(&cluster, b, FOLLOWER_READS).await - reads;
+            let reads = cluster.metric(b, FOLLOWER_READS).await - reads;
             assert!(reads >= rounds, "follower {b} served {reads} reads itself");
         }
     });
@@ -197,7 +175,7 @@ fn concurrent_reads_through_followers_never_go_back_before_an_acknowledged_write
         assert!(written > 20, "only {written} writes acknowledged");
         for node in readers_at {
             assert!(
-                metric(&cluster, node, FOLLOWER_READS).await > 0,
+                cluster.metric(node, FOLLOWER_READS).await > 0,
                 "node {node}"
             );
         }
@@ -234,7 +212,7 @@ fn followers_of_a_leader_of_protocol_1_or_2_forward_their_reads_over_http() {
             }
             for id in 1..=3 {
                 assert_eq!(
-                    metric(&cluster, id, SENT).await,
+                    cluster.metric(id, SENT).await,
                     0,
                     "node {id} sent a read index request"
                 );

@@ -14,24 +14,6 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::{check_acknowledged_readable, retry_unavailable, runtime, Cluster, ClusterSpec};
 
-/// One counter of node `id`'s `/metrics`.
-async fn metric(cluster: &Cluster, id: u64, name: &str) -> u64 {
-    let text = cluster
-        .get_quick(id, "/metrics")
-        .await
-        .expect("/metrics answers")
-        .text()
-        .await
-        .expect("/metrics body");
-    text.lines()
-        .find_map(|line| {
-            let (metric, value) = line.split_once(' ')?;
-            (metric == name).then(|| value.trim().parse::<f64>().ok())?
-        })
-        .map(|v| v as u64)
-        .unwrap_or_else(|| panic!("/metrics of node {id} has no {name}:\n{text}"))
-}
-
 const SENT: &str = "raftlog_transport_forwards_sent_total";
 const SERVED: &str = "raftlog_transport_forwards_served_total";
 const DROPPED: &str = "raftlog_transport_forwards_dropped_overload_total";
@@ -95,9 +77,9 @@ fn writes_through_a_follower_travel_the_peer_link_and_answer_the_leaders_index()
         );
 
         // They went over the peer link, and the leader proposed them.
-        let sent = metric(&cluster, follower, SENT).await;
+        let sent = cluster.metric(follower, SENT).await;
         assert!(sent >= 8, "the follower sent {sent} forwards");
-        let served = metric(&cluster, leader, SERVED).await;
+        let served = cluster.metric(leader, SERVED).await;
         assert!(served >= sent, "the leader served {served} of {sent}");
     });
 }
@@ -115,12 +97,12 @@ fn a_leader_that_speaks_version_1_gets_its_followers_writes_over_http() {
             let put = retry_unavailable(|| cluster.put(follower, &key, "v")).await;
             put.expect("put through a follower of a v1 leader");
             assert_eq!(
-                metric(&cluster, follower, SENT).await,
+                cluster.metric(follower, SENT).await,
                 0,
                 "sent over the peer link"
             );
         }
-        assert_eq!(metric(&cluster, 1, SERVED).await, 0);
+        assert_eq!(cluster.metric(1, SERVED).await, 0);
 
         // A v2 leader: its v2 follower uses the link, its v1 follower HTTP.
         cluster.make_leader(2).await;
@@ -128,14 +110,14 @@ fn a_leader_that_speaks_version_1_gets_its_followers_writes_over_http() {
             .await
             .expect("put through 3");
         assert!(
-            metric(&cluster, 3, SENT).await >= 1,
+            cluster.metric(3, SENT).await >= 1,
             "node 3 did not use the link"
         );
         retry_unavailable(|| cluster.put(1, "new1", "v"))
             .await
             .expect("put through 1");
         assert_eq!(
-            metric(&cluster, 1, SENT).await,
+            cluster.metric(1, SENT).await,
             0,
             "a v1 node sent a forward frame"
         );
@@ -231,7 +213,7 @@ fn past_the_forwards_in_flight_cap_a_follower_answers_503_overloaded_and_sends_n
             .put_eventually("warm", "up", Duration::from_secs(10))
             .await;
         let follower = cluster.followers(leader)[0];
-        let dropped = metric(&cluster, follower, DROPPED).await;
+        let dropped = cluster.metric(follower, DROPPED).await;
         let refused = cluster.put(follower, "capped", "v").await;
         let Err((503, body)) = &refused else {
             panic!("expected 503 overloaded, got {refused:?}");
@@ -240,8 +222,8 @@ fn past_the_forwards_in_flight_cap_a_follower_answers_503_overloaded_and_sends_n
         assert_eq!(body["error"]["code"], json!("overloaded"), "{body}");
         let message = body["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains("nothing was proposed"), "{message}");
-        assert_eq!(metric(&cluster, follower, SENT).await, 0);
-        assert_eq!(metric(&cluster, follower, DROPPED).await, dropped + 1);
+        assert_eq!(cluster.metric(follower, SENT).await, 0);
+        assert_eq!(cluster.metric(follower, DROPPED).await, dropped + 1);
         assert_eq!(
             cluster.get(leader, "capped", "linearizable").await,
             Ok(None)

@@ -13,19 +13,6 @@ use support::{retry_unavailable, runtime, Cluster, ClusterSpec};
 const VALUES: u64 = 200;
 const VALUE_BYTES: usize = 100 << 10;
 
-async fn counter(cluster: &Cluster, id: u64, name: &str) -> u64 {
-    let text = cluster
-        .get_quick(id, "/metrics")
-        .await
-        .expect("/metrics answers")
-        .text()
-        .await
-        .expect("/metrics body");
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("/metrics has no {name}"))
-}
-
 #[test]
 fn snapshot_request_times_out_with_504_and_is_not_started_twice() {
     runtime().block_on(async {
@@ -82,7 +69,7 @@ fn snapshot_request_times_out_with_504_and_is_not_started_twice() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(
-            counter(&cluster, id, "raftlog_snapshots_taken_total").await,
+            cluster.metric(id, "raftlog_snapshots_taken_total").await,
             1,
             "requests that arrived during a snapshot started another"
         );

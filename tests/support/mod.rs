@@ -446,6 +446,29 @@ impl Cluster {
         format!("{}://{}{path}", self.scheme, self.api(id))
     }
 
+    /// Node `id`'s `/metrics` exposition.
+    pub async fn metrics_text(&self, id: u64) -> String {
+        self.get_quick(id, "/metrics")
+            .await
+            .expect("/metrics answers")
+            .text()
+            .await
+            .expect("/metrics body")
+    }
+
+    /// One unlabelled counter or gauge of node `id`'s `/metrics`; panics, showing the
+    /// exposition, when it is missing.
+    pub async fn metric(&self, id: u64, name: &str) -> u64 {
+        let text = self.metrics_text(id).await;
+        text.lines()
+            .find_map(|line| {
+                let (metric, value) = line.split_once(' ')?;
+                (metric == name).then(|| value.trim().parse::<f64>().ok())?
+            })
+            .map(|v| v as u64)
+            .unwrap_or_else(|| panic!("/metrics of node {id} has no {name}:\n{text}"))
+    }
+
     /// The running nodes other than `leader`.
     pub fn followers(&self, leader: u64) -> Vec<u64> {
         self.running()
