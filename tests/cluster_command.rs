@@ -17,6 +17,55 @@ use support::{free_port, raftlog_bin, runtime};
 /// is SIGKILLed on drop, so that a failing test leaves no node running.
 struct ClusterCommand {
     child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl ClusterCommand {
+    /// `raftlog cluster ARGS --config CONFIG` in its own process group, its stdout read
+    /// line by line.
+    fn start(args: &[&str], config: &std::path::Path) -> ClusterCommand {
+        let mut child = Command::new(raftlog_bin())
+            .arg("cluster")
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("raftlog cluster starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (lines_tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        ClusterCommand { child, lines }
+    }
+
+    /// Everything it printed up to the line that says the cluster is up and how to stop
+    /// it (the one with "Ctrl-C"); panics after 30 s.
+    fn printed_until_up(&self) -> Vec<String> {
+        let mut printed = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !printed
+            .last()
+            .is_some_and(|l: &String| l.contains("Ctrl-C"))
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => printed.push(line),
+                Err(e) => panic!(
+                    "raftlog cluster did not say it was up within 30 s ({e}); it printed:\n{}",
+                    printed.join("\n")
+                ),
+            }
+        }
+        printed
+    }
 }
 
 impl Drop for ClusterCommand {
@@ -63,44 +112,8 @@ fn cluster_command_prints_each_nodes_live_page() {
         })
         .collect();
     let config_path = write_config(&dir, "cluster-command-test", nodes);
-    let child = Command::new(raftlog_bin())
-        .arg("cluster")
-        .arg("--config")
-        .arg(&config_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("raftlog cluster starts");
-    let mut cluster = ClusterCommand { child };
-    let stdout = cluster.child.stdout.take().unwrap();
-    let (lines_tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    // Everything up to the line that says the cluster is up and how to stop it.
-    let mut printed = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) => {
-                let done = line.contains("Ctrl-C");
-                printed.push(line);
-                if done {
-                    break;
-                }
-            }
-            Err(e) => panic!(
-                "raftlog cluster did not say it was up within 30 s ({e}); it printed:\n{}",
-                printed.join("\n")
-            ),
-        }
-    }
+    let mut cluster = ClusterCommand::start(&[], &config_path);
+    let printed = cluster.printed_until_up();
     let output = printed.join("\n");
     let pages: Vec<String> = api_addrs.iter().map(|a| format!("http://{a}/ui")).collect();
     for (i, page) in pages.iter().enumerate() {
@@ -159,39 +172,8 @@ fn cluster_command_with_tls_serves_https_and_its_demo_works() {
         })
         .collect();
     let config_path = write_config(&dir, "cluster-command-tls-test", nodes);
-    let child = Command::new(raftlog_bin())
-        .args(["cluster", "--tls", "--config"])
-        .arg(&config_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("raftlog cluster starts");
-    let mut cluster = ClusterCommand { child };
-    let stdout = cluster.child.stdout.take().unwrap();
-    let mut printed = Vec::new();
-    let (lines_tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !printed
-        .last()
-        .is_some_and(|l: &String| l.contains("Ctrl-C"))
-    {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) => printed.push(line),
-            Err(e) => panic!(
-                "no 'Ctrl-C' line within 30 s ({e}):\n{}",
-                printed.join("\n")
-            ),
-        }
-    }
+    let cluster = ClusterCommand::start(&["--tls"], &config_path);
+    let printed = cluster.printed_until_up();
     let output = printed.join("\n");
     assert!(output.contains("live page https://"), "{output}");
     let put = printed
