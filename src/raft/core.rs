@@ -58,6 +58,10 @@ pub struct RaftCore<S: LogStorage> {
     now: u64,
     election_elapsed: u32,
     randomized_election_timeout: u32,
+    /// Set from start until the election timer is next reset: this core may be a voter
+    /// restarted inside a lease it gave a leader before the restart, and counts itself
+    /// inside it (see `in_lease`).
+    lease_from_before_start: bool,
     heartbeat_elapsed: u32,
     votes: VoteTally,
 
@@ -149,6 +153,7 @@ impl<S: LogStorage> RaftCore<S> {
             now: 0,
             election_elapsed: 0,
             randomized_election_timeout: 0,
+            lease_from_before_start: false,
             heartbeat_elapsed: 0,
             votes: VoteTally::default(),
             progress: BTreeMap::new(),
@@ -180,6 +185,8 @@ impl<S: LogStorage> RaftCore<S> {
         };
         core.prev_soft = core.soft_state();
         core.reset_election_timer();
+        // A node that never saw a term never acknowledged a leader.
+        core.lease_from_before_start = hard_state.term > 0;
         core
     }
 
@@ -714,6 +721,7 @@ impl<S: LogStorage> RaftCore<S> {
 
     fn reset_election_timer(&mut self) {
         self.election_elapsed = 0;
+        self.lease_from_before_start = false;
         let (min, max) = (
             self.config.election_timeout_ticks_min,
             self.config.election_timeout_ticks_max,
@@ -903,14 +911,19 @@ impl<S: LogStorage> RaftCore<S> {
     /// on (simulator seeds 8888000178, 5555022801, 5555089955 had both off).
     ///
     /// A follower is in the lease for a minimum election timeout after hearing from its
-    /// leader; a leader for as long as it has heard from a quorum within an election
-    /// timeout (the CheckQuorum condition, evaluated even when CheckQuorum is off), so
-    /// a leader cut off from the majority stays deposable and cannot hold up elections.
+    /// leader, and so is a node for a minimum election timeout after it starts: a voter
+    /// that acknowledged a leader just before a crash has forgotten it, and the leader's
+    /// lease reads count on its refusal all the same (thesis §6.4.1; simulator seed
+    /// 6565037337 voted at once after a quick restart and a removed member was elected
+    /// under the lease). A leader is in it for as long as it has heard from a quorum
+    /// within an election timeout (the CheckQuorum condition, evaluated even when
+    /// CheckQuorum is off), so a leader cut off from the majority stays deposable and
+    /// cannot hold up elections.
     fn in_lease(&self) -> bool {
         match self.role {
             Role::Leader => self.quorum_recently_active(),
             _ => {
-                self.leader_id.is_some()
+                (self.leader_id.is_some() || self.lease_from_before_start)
                     && self.election_elapsed < self.config.election_timeout_ticks_min
             }
         }

@@ -375,3 +375,37 @@ fn check_quorum_leader_steps_down() {
     }
     assert_eq!(c.node(1).status().role, Role::Follower);
 }
+
+/// Thesis §6.4.1 with §4.2.3: a leader's lease rests on every voter that acknowledged it
+/// refusing votes for a minimum election timeout afterwards. A voter that crashes and
+/// restarts has forgotten whom it heard from, so it must assume it is still inside such a
+/// lease for a minimum election timeout from its start; else a quick restart lets another
+/// candidate win while the old leader still serves lease reads (simulator seed 6565037337:
+/// a leader removing a member held its lease on the one other voter, which restarted and
+/// voted for the member being removed at once).
+#[test]
+fn restarted_voter_ignores_votes_for_a_minimum_election_timeout() {
+    let mut c = Cluster::new(&[1, 2, 3], |_| {});
+    c.elect(1);
+    let term = c.node(1).status().term;
+    c.restart(2, voters(&[1, 2, 3]));
+    let vote = Message::RequestVote {
+        term: term + 1,
+        last_log_index: 100,
+        last_log_term: term,
+        leadership_transfer: false,
+    };
+    let min = test_config(2).election_timeout_ticks_min;
+    for _ in 1..min {
+        c.node_mut(2).step(env(3, 2, vote.clone()));
+        assert_eq!(
+            c.node(2).status().term,
+            term,
+            "voted inside the lease it may have given"
+        );
+        c.node_mut(2).tick();
+    }
+    c.node_mut(2).tick();
+    c.node_mut(2).step(env(3, 2, vote));
+    assert_eq!(c.node(2).hard_state().voted_for, Some(3));
+}

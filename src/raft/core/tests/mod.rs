@@ -36,7 +36,12 @@ fn core_with(
         term,
         voted_for: None,
     };
-    RaftCore::new(config, storage, hs, voters(peers))
+    let mut core = RaftCore::new(config, storage, hs, voters(peers));
+    // A node that has been running a while, not one that just restarted (whose lease from
+    // before the restart `restarted_voter_ignores_votes_for_a_minimum_election_timeout`
+    // covers).
+    core.lease_from_before_start = false;
+    core
 }
 
 /// Takes a Ready and stores its entries (without reporting them durable).
