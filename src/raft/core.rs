@@ -216,6 +216,66 @@ impl<S: LogStorage> RaftCore<S> {
         }
     }
 
+    /// The driver saw its connection to or from `peer` end (the peer's process exited, or
+    /// something reset the connection). If `peer` is this follower's leader it is probably
+    /// gone, and waiting out a randomized election timeout of up to
+    /// `election_timeout_ticks_max` only delays the next election: the follower brings its
+    /// deadline forward to shortly after `election_timeout_ticks_min`, to a point set by
+    /// its rank among the other voters so that two followers told at once do not split
+    /// the vote.
+    ///
+    /// This is a hint, not evidence, and it is harmless when wrong: the new deadline is one
+    /// the random draw could have produced (thesis §3.4 allows any timeout in the range),
+    /// the lease is untouched (no vote and no campaign before `election_timeout_ticks_min`
+    /// since the leader was last heard from, so lease reads stay safe, thesis §6.4.1, and
+    /// the leader is not disrupted, §4.2.3), and the next message from a live leader
+    /// draws a fresh timeout. A connection that dies silently (a partition, a paused
+    /// process) gives no hint and the normal timeout applies.
+    pub fn on_link_lost(&mut self, peer: NodeId) {
+        if self.fatal().is_some()
+            || self.role != Role::Follower
+            || self.leader_id != Some(peer)
+            || !self.promotable()
+        {
+            return;
+        }
+        if self.config.planted_bug == Some(PlantedBug::LinkLostEndsLease) {
+            self.leader_id = None;
+            self.randomized_election_timeout = 0;
+            return;
+        }
+        let (min, max) = (
+            self.config.election_timeout_ticks_min,
+            self.config.election_timeout_ticks_max,
+        );
+        // Two ticks past the minimum, so a follower whose last message from the leader
+        // came a little later than ours has left its lease too and grants the pre-vote;
+        // two ticks between ranks, so tick phases that differ between nodes cannot make
+        // two followers campaign in the same tick.
+        let rank = self
+            .voters
+            .iter()
+            .filter(|id| **id != peer && **id < self.id)
+            .count();
+        let Some(deadline) = u32::try_from(rank)
+            .ok()
+            .and_then(|rank| rank.checked_mul(2))
+            .and_then(|stagger| min.checked_add(2 + stagger))
+        else {
+            return;
+        };
+        if deadline < max && deadline < self.randomized_election_timeout {
+            tracing::debug!(
+                id = self.id,
+                leader = peer,
+                deadline_ticks = deadline,
+                elapsed_ticks = self.election_elapsed,
+                "link to the leader lost: campaigning at the deadline unless it is heard from"
+            );
+            self.randomized_election_timeout = deadline;
+        }
+    }
+
     /// Handles a message from a peer. A message no correct peer could send is dropped and
     /// counted (see [`validate`]): nothing a peer sends reaches an assert.
     pub fn step(&mut self, envelope: Envelope) {

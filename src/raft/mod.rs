@@ -139,6 +139,10 @@ pub enum PlantedBug {
     /// corrected). A change an earlier leader appended on a minority may still win later,
     /// and the two configurations' majorities need not overlap.
     MembershipChangeBeforeOwnTermCommit,
+    /// Take a lost link to the leader as proof that it is gone: forget the leader and
+    /// campaign at once, inside the lease (breaks thesis §6.4.1's lease reads: a leader cut
+    /// off by a connection reset still serves them while another is elected).
+    LinkLostEndsLease,
 }
 
 /// A message between cores. The transport wraps it in an [`Envelope`].

@@ -60,6 +60,13 @@ impl Sim {
             lost_writes: lost,
         });
         self.schedule(down_for.max(1), Event::Restart { node: i, life });
+        // The dead process's sockets close: its peers' drivers usually see the
+        // connections end (not always: a power cut sends no FIN).
+        for j in 0..self.nodes.len() {
+            if j != i && self.link_rng.below(4) != 0 {
+                self.report_link_lost(j, id);
+            }
+        }
     }
 
     /// Queues a write (one `Ready`'s) behind node `i`'s earlier ones.

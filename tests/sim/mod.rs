@@ -163,6 +163,7 @@ pub fn parse_planted(name: &str) -> Option<PlantedBug> {
         "MembershipChangeBeforeOwnTermCommit" => {
             Some(PlantedBug::MembershipChangeBeforeOwnTermCommit)
         }
+        "LinkLostEndsLease" => Some(PlantedBug::LinkLostEndsLease),
         _ => None,
     }
 }

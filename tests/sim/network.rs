@@ -170,6 +170,7 @@ impl Sim {
             }
         }
         self.blocked = blocked;
+        self.maybe_reset_blocked_links();
         self.partition_generation += 1;
         self.stats.partitions += 1;
         let list = self.blocked_links();
@@ -192,6 +193,7 @@ impl Sim {
                 self.blocked[j][i] = true;
             }
         }
+        self.maybe_reset_blocked_links();
         self.partition_generation += 1;
         self.stats.partitions += 1;
         let list = self.blocked_links();
@@ -199,6 +201,66 @@ impl Sim {
         let duration = self.fault_rng.range(20, self.params.partition_max);
         let generation = self.partition_generation;
         self.schedule(duration, Event::HealPartition { generation });
+    }
+
+    /// Some partitions reset the connections they cut (a firewall that rejects, a
+    /// restarted switch): both ends then see each cut link end, although the peer on the
+    /// other side is alive and, if it leads, still holds its lease. Others drop packets
+    /// silently and nobody is told.
+    fn maybe_reset_blocked_links(&mut self) {
+        if self.link_rng.below(2) == 0 {
+            return;
+        }
+        let n = self.nodes.len();
+        for a in 0..n {
+            for b in 0..n {
+                if a != b && (self.blocked[a][b] || self.blocked[b][a]) {
+                    let peer = self.nodes[b].id;
+                    self.report_link_lost(a, peer);
+                }
+            }
+        }
+    }
+
+    /// Tells node `i`'s driver, a moment from now, that its connection to or from `peer`
+    /// ended; the driver hands that to the core (`RaftCore::on_link_lost`).
+    pub(super) fn report_link_lost(&mut self, i: usize, peer: NodeId) {
+        if !self.nodes[i].up() {
+            return;
+        }
+        let delay = self.link_rng.range(1, self.params.delay_max + 1);
+        let life = self.nodes[i].life;
+        self.schedule(
+            delay,
+            Event::LinkLost {
+                node: i,
+                life,
+                peer,
+            },
+        );
+    }
+
+    pub(super) fn link_lost(&mut self, i: usize, life: u64, peer: NodeId) -> Check {
+        if self.nodes[i].life != life || !self.nodes[i].up() {
+            return Ok(());
+        }
+        if let Some(wait) = self.paused_for(i) {
+            // The process reads the end of the connection when it runs again.
+            self.schedule(
+                wait,
+                Event::LinkLost {
+                    node: i,
+                    life,
+                    peer,
+                },
+            );
+            return Ok(());
+        }
+        self.catch_up_ticks(i)?;
+        let node = self.nodes[i].id;
+        self.record(Ev::LinkLost { node, peer });
+        self.core(i).on_link_lost(peer);
+        self.handle_ready(i)
     }
 
     pub(super) fn blocked_links(&self) -> Vec<(NodeId, NodeId)> {

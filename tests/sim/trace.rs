@@ -271,6 +271,11 @@ pub enum Ev {
     Partition {
         blocked: Vec<(NodeId, NodeId)>,
     },
+    /// `node`'s driver reported its connection to or from `peer` lost.
+    LinkLost {
+        node: NodeId,
+        peer: NodeId,
+    },
     Heal,
     NetStorm {
         drop_ppm: u64,

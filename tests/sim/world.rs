@@ -57,6 +57,12 @@ pub(super) enum Event {
         node: usize,
         life: u64,
     },
+    /// Node `node`'s driver saw its connection to or from `peer` end.
+    LinkLost {
+        node: usize,
+        life: u64,
+        peer: NodeId,
+    },
     /// A crash aimed at an interesting moment (just after a node answered a vote or an
     /// append, or a leader sent entries).
     Crash {
@@ -103,6 +109,9 @@ pub(super) struct Sim {
     pub(super) fault_rng: Rng,
     pub(super) client_rng: Rng,
     pub(super) core_seed_rng: Rng,
+    /// Draws which connection losses a node's driver notices (see `report_link_lost`): a
+    /// stream of its own, so that seeds keep the fault and network schedules they had.
+    pub(super) link_rng: Rng,
     pub(super) now: u64,
     pub(super) seq: u64,
     pub(super) steps: u64,
@@ -197,6 +206,7 @@ impl Sim {
             fault_rng: root.fork(),
             client_rng: root.fork(),
             core_seed_rng: root.fork(),
+            link_rng: root.fork(),
             params,
             now: 0,
             seq: 0,
@@ -318,6 +328,7 @@ impl Sim {
                 Ok(())
             }
             Event::Deliver { env } => self.deliver(env),
+            Event::LinkLost { node, life, peer } => self.link_lost(node, life, peer),
             Event::DiskDone { node, life } => {
                 if self.nodes[node].life != life || !self.nodes[node].up() {
                     return Ok(());

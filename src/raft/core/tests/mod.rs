@@ -9,6 +9,7 @@ use crate::raft::test_cluster::{ent, member, storage_with, test_config, voters, 
 use crate::raft::MemStorage;
 
 mod election;
+mod link_lost;
 mod membership;
 mod read;
 mod regressed_follower;
