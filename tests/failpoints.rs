@@ -493,14 +493,16 @@ fn snapshot_faults_are_reported_and_lose_no_acknowledged_write() {
 
 /// Raft Figure 2 ("updated on stable storage before responding to RPCs"): a node whose save
 /// of term and vote fails sends no vote. Of a 3-node cluster, follower `armed` fails every
-/// stable-store save and the leader is killed; the other follower, `candidate`, campaigns
+/// stable-store save and the leader is stopped; the other follower, `candidate`, campaigns
 /// and needs `armed`'s vote. `armed` must fail-stop without answering, so `candidate`
 /// cannot become leader until the old leader is back. A vote sent before (or despite) the
 /// failed save would make it leader at once.
 ///
 /// `armed` runs with a long election timeout, so that `candidate` (default timeout)
 /// campaigns first: were `armed` to campaign itself, its save of its own vote would fail
-/// first and nobody would ask for its vote.
+/// first and nobody would ask for its vote. The leader is stopped (SIGSTOP), not killed: a
+/// killed leader's connections end, and `armed` would bring its election forward to just
+/// past its minimum timeout (`RaftCore::on_link_lost`) and campaign itself.
 #[test]
 fn a_vote_whose_save_failed_never_leaves_the_node() {
     runtime().block_on(async {
@@ -526,7 +528,7 @@ fn a_vote_whose_save_failed_never_leaves_the_node() {
         cluster.set_failpoint(armed, "stable::save", "return").await;
         let armed_log_before = cluster.log_text(armed).len();
         let candidate_log_before = cluster.log_text(candidate).len();
-        cluster.kill(leader);
+        cluster.signal(leader, libc::SIGSTOP);
 
         let exit = cluster
             .wait_exit(armed, Duration::from_secs(20))
@@ -578,6 +580,7 @@ fn a_vote_whose_save_failed_never_leaves_the_node() {
 
         // Back to a majority: the old leader and then the stopped node (failpoints live in
         // the process, so it starts unarmed) rejoin, and nothing acknowledged is lost.
+        cluster.kill(leader);
         cluster.spawn(leader);
         cluster.wait_for_leader(Duration::from_secs(10)).await;
         for i in 0..20 {

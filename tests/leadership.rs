@@ -337,6 +337,61 @@ fn sigterm_on_the_leader_hands_over_without_an_election_timeout() {
     });
 }
 
+/// A leader killed outright (SIGKILL: no handover) takes its connections with it, and the
+/// followers' drivers see them end: each hands that to its core, which brings its election
+/// forward to just past the minimum election timeout (`RaftCore::on_link_lost`), instead of
+/// a random point up to the maximum. Nothing acknowledged is lost.
+#[test]
+fn sigkill_of_the_leader_is_seen_by_its_followers_and_loses_nothing() {
+    runtime().block_on(async {
+        let cluster = Arc::new(Cluster::start(ClusterSpec::default()));
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+        let followers = cluster.followers(leader);
+        let load = RecordingLoad::start(&cluster, 3);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for id in &followers {
+            let lost = cluster.metric(*id, "raftlog_leader_links_lost_total").await;
+            assert_eq!(lost, 0, "node {id} lost its link to a live leader");
+        }
+
+        let killed_at = Instant::now();
+        cluster.kill(leader);
+        let (new_leader, gap) = loop {
+            let mut found = None;
+            for id in &followers {
+                if role_of(&cluster, *id).await == "leader" {
+                    found = Some(*id);
+                }
+            }
+            if let Some(id) = found {
+                break (id, killed_at.elapsed());
+            }
+            assert!(
+                killed_at.elapsed() < Duration::from_secs(5),
+                "no new leader\n{}",
+                cluster.logs_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        eprintln!("SIGKILL on leader {leader}: node {new_leader} leads after {gap:?}");
+        for id in &followers {
+            let lost = cluster.metric(*id, "raftlog_leader_links_lost_total").await;
+            assert!(
+                lost >= 1,
+                "node {id} did not see the connection to leader {leader} end\n{}",
+                cluster.log_text(*id)
+            );
+        }
+        // The bound only catches an election that hangs; the figures are in
+        // docs/BENCHMARKS.md (`raftlog bench failover`).
+        assert!(gap < Duration::from_secs(3), "failover took {gap:?}");
+
+        cluster.spawn(leader);
+        let record = load.finish().await;
+        check_acknowledged_readable(&cluster, &record.acknowledged).await;
+    });
+}
+
 #[test]
 fn readyz_answers_503_while_stopping_and_without_leader() {
     runtime().block_on(async {

@@ -135,6 +135,11 @@ const COUNTERS: &[(&str, &str, CounterValue)] = &[
         |r| r.counters.elections.get(),
     ),
     (
+        "leader_links_lost",
+        "Connections to or from the leader seen to end while following it; each brings the next election forward to just past the minimum election timeout",
+        |r| r.counters.leader_links_lost.get(),
+    ),
+    (
         "leader_transfers_started",
         "Leadership transfers this node started as leader",
         |r| r.counters.transfers_started.get(),

@@ -323,6 +323,9 @@ pub struct Metrics {
     pub reads: Counter,
     /// Elections this node started.
     pub elections: Counter,
+    /// Connections to or from the leader seen to end while following it; each brings the
+    /// next election forward (`RaftCore::on_link_lost`).
+    pub leader_links_lost: Counter,
     /// Peer messages the core dropped at its door as malformed or hostile.
     pub raft_messages_dropped: Counter,
     /// Leadership transfers this node started as leader.
@@ -1014,6 +1017,7 @@ async fn spawn<S: StateMachine>(
         membership_driver,
         tick: options.tick,
         log_regressions_warned: 0,
+        link_losses_seen: BTreeMap::new(),
     };
     let raft_loop = tokio::spawn(raft_loop.run(options.tick, inbound, requests_rx, events_rx));
     // A panicking raft loop must not leave a node that answers HTTP but never writes.
@@ -1186,6 +1190,8 @@ struct RaftLoop {
     tick: Duration,
     /// How many of the core's follower log regressions were already warned about.
     log_regressions_warned: u64,
+    /// Each peer's count of ended connections as last handed to the core.
+    link_losses_seen: BTreeMap<NodeId, u64>,
 }
 
 /// Most client requests taken per loop iteration: enough to batch, few enough that ticks
@@ -1203,6 +1209,7 @@ impl RaftLoop {
         // The timer only wakes the loop; `catch_up_ticks` decides how many ticks passed.
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut link_losses = self.transport.link_loss_events();
         loop {
             tokio::select! {
                 biased;
@@ -1220,6 +1227,10 @@ impl RaftLoop {
                 _ = ticker.tick() => {
                     self.catch_up_ticks();
                     self.membership_driver.on_tick(&mut self.core, &self.pending, &self.metrics);
+                }
+                Ok(()) = link_losses.changed() => {
+                    self.catch_up_ticks();
+                    self.on_link_losses();
                 }
                 Some(envelope) = inbound.recv() => {
                     if self.awaiting_first_start {
@@ -1278,6 +1289,32 @@ impl RaftLoop {
         }
         for _ in 0..due {
             self.core.tick();
+        }
+    }
+
+    /// Hands the core every peer connection that ended since the last look. A follower whose
+    /// leader's process died hears it from the kernel (the connection's FIN or RST) long
+    /// before an election timeout would tell it; the core decides what the hint is worth.
+    fn on_link_losses(&mut self) {
+        if self.awaiting_first_start {
+            return;
+        }
+        for peer in self.transport.peers().into_keys() {
+            let losses = self.transport.link_losses(peer);
+            let seen = self.link_losses_seen.insert(peer, losses).unwrap_or(0);
+            if losses <= seen {
+                continue;
+            }
+            let soft = self.core.soft_state();
+            if soft.role == Role::Follower && soft.leader_id == Some(peer) {
+                self.metrics.leader_links_lost.inc();
+                tracing::info!(
+                    id = self.transport.id(),
+                    leader = peer,
+                    "connection to the leader lost; the next election comes early unless it is heard from"
+                );
+            }
+            self.core.on_link_lost(peer);
         }
     }
 
