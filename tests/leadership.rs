@@ -48,6 +48,27 @@ async fn role_of(cluster: &Cluster, id: u64) -> String {
         .unwrap_or_default()
 }
 
+/// Polls `candidates` every 5 ms until one leads; returns it and the time since `since`.
+async fn wait_for_new_leader(
+    cluster: &Cluster,
+    candidates: &[u64],
+    since: Instant,
+) -> (u64, Duration) {
+    loop {
+        for id in candidates {
+            if role_of(cluster, *id).await == "leader" {
+                return (*id, since.elapsed());
+            }
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "none of nodes {candidates:?} leads 5 s after the leader stopped\n{}",
+            cluster.logs_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Waits until every running node answers `/readyz` 200.
 async fn wait_until_ready(cluster: &Cluster, within: Duration) {
     let deadline = Instant::now() + within;
@@ -296,21 +317,8 @@ fn sigterm_on_the_leader_hands_over_without_an_election_timeout() {
             let cluster = cluster.clone();
             tokio::task::spawn_blocking(move || cluster.terminate(leader))
         };
-        // Poll the survivors for the new leader.
         let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
-        let (new_leader, gap) = loop {
-            let mut found = None;
-            for id in &others {
-                if role_of(&cluster, *id).await == "leader" {
-                    found = Some(*id);
-                }
-            }
-            if let Some(id) = found {
-                break (id, stopped_at.elapsed());
-            }
-            assert!(stopped_at.elapsed() < Duration::from_secs(5), "no new leader\n{}", cluster.logs_tail());
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
+        let (new_leader, gap) = wait_for_new_leader(&cluster, &others, stopped_at).await;
         let exit = terminating.await.unwrap();
         let exited_after = stopped_at.elapsed();
         eprintln!(
@@ -356,23 +364,7 @@ fn sigkill_of_the_leader_is_seen_by_its_followers_and_loses_nothing() {
 
         let killed_at = Instant::now();
         cluster.kill(leader);
-        let (new_leader, gap) = loop {
-            let mut found = None;
-            for id in &followers {
-                if role_of(&cluster, *id).await == "leader" {
-                    found = Some(*id);
-                }
-            }
-            if let Some(id) = found {
-                break (id, killed_at.elapsed());
-            }
-            assert!(
-                killed_at.elapsed() < Duration::from_secs(5),
-                "no new leader\n{}",
-                cluster.logs_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
+        let (new_leader, gap) = wait_for_new_leader(&cluster, &followers, killed_at).await;
         eprintln!("SIGKILL on leader {leader}: node {new_leader} leads after {gap:?}");
         for id in &followers {
             let lost = cluster.metric(*id, "raftlog_leader_links_lost_total").await;
