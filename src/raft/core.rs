@@ -257,13 +257,8 @@ impl<S: LogStorage> RaftCore<S> {
             .iter()
             .filter(|id| **id != peer && **id < self.id)
             .count();
-        let Some(deadline) = u32::try_from(rank)
-            .ok()
-            .and_then(|rank| rank.checked_mul(2))
-            .and_then(|stagger| min.checked_add(2 + stagger))
-        else {
-            return;
-        };
+        let stagger = u32::try_from(rank).unwrap_or(u32::MAX).saturating_mul(2);
+        let deadline = min.saturating_add(2).saturating_add(stagger);
         if deadline < max && deadline < self.randomized_election_timeout {
             tracing::debug!(
                 id = self.id,
