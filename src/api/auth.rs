@@ -28,9 +28,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use blake2::digest::{KeyInit, Mac};
@@ -370,7 +369,7 @@ impl Authenticator {
     }
 }
 
-/// The role a request proved, as [`require`] left it in [`FORWARDED_ROLE_HEADER`], for a
+/// The role a request proved, as [`admit`] left it in [`FORWARDED_ROLE_HEADER`], for a
 /// follower that passes the request on over the peer link. Without `auth` every client
 /// holds every right (`Admin`); with it, a request that reached a handler without a proved
 /// role gets the least (`Read`), so the leader's own check refuses a write rather than the
@@ -387,50 +386,42 @@ pub fn proved_role(headers: &HeaderMap, auth_configured: bool) -> Role {
     }
 }
 
-/// The middleware: answers 401/403 before the handler runs when auth is configured; after
-/// it, the request carries the role it proved in [`FORWARDED_ROLE_HEADER`] (any such
-/// header the client sent is dropped first), for a forwarding follower to pass on.
-pub async fn require(
-    State(state): State<Arc<ApiState>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// Admits `request` to the handler of `route` (the route pattern the router matched), or
+/// answers 401/403 when auth is configured and the request lacks the right. An admitted
+/// request carries the role it proved in [`FORWARDED_ROLE_HEADER`] (any such header the
+/// client sent is dropped first), for a forwarding follower to pass on.
+pub async fn admit(state: &ApiState, request: &mut Request, route: &str) -> Result<(), Response> {
     // Only a member may state a forwarded role, and only the one that proved it here.
     let tls = request.extensions().get::<TlsIdentity>().copied();
     if !matches!(tls, Some(TlsIdentity::Node(_))) {
         request.headers_mut().remove(FORWARDED_ROLE_HEADER);
     }
     let Some(auth) = state.options.auth.as_ref() else {
-        return next.run(request).await;
+        return Ok(());
     };
-    let path = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
-    let needed_role = match needed(request.method(), &path) {
-        Access::Open => return next.run(request).await,
+    let needed_role = match needed(request.method(), route) {
+        Access::Open => return Ok(()),
         Access::Needs(role) => role,
     };
-    let (held, who) = match auth.authenticate(request.headers(), tls).await {
-        Ok(proved) => proved,
-        Err(refused) => return refused.into_response(),
-    };
+    let (held, who) = auth
+        .authenticate(request.headers(), tls)
+        .await
+        .map_err(IntoResponse::into_response)?;
     if !held.permits(needed_role) {
-        return Refused::Forbidden {
+        return Err(Refused::Forbidden {
             method: request.method().to_string(),
             path: request.uri().path().to_string(),
             needed: needed_role,
             held,
             who,
         }
-        .into_response();
+        .into_response());
     }
     request.headers_mut().insert(
         FORWARDED_ROLE_HEADER,
         HeaderValue::from_static(held.as_str()),
     );
-    next.run(request).await
+    Ok(())
 }
 
 #[cfg(test)]

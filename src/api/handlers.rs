@@ -961,6 +961,9 @@ fn transfer_error(error: TransferError) -> ApiError {
 }
 
 /// Unknown paths.
-pub async fn not_found(uri: Uri) -> ApiError {
-    ApiError::not_found(format!("no such endpoint: {}", uri.path()))
+pub async fn not_found(State(state): State<Arc<ApiState>>, uri: Uri) -> Response {
+    let mut response =
+        ApiError::not_found(format!("no such endpoint: {}", uri.path())).into_response();
+    super::every_request::add_leader_header(&state, &mut response);
+    response
 }

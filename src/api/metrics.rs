@@ -6,12 +6,13 @@
 //! registered without its `_total` suffix, which the encoder appends; a help text without
 //! its final period, which the registry appends.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
+use axum::extract::State;
+use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::ConstCounter;
@@ -270,6 +271,10 @@ type EndpointLabels = [(&'static str, String); 2];
 pub struct ApiMetrics {
     /// Time from a request's arrival to its answer, by endpoint and method.
     request_seconds: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    /// The family's histograms by method and route, so that timing a request builds no
+    /// label strings (the family is keyed by owned labels). Bounded like the family: the
+    /// routes are the router's, the methods HTTP's own (any other is counted as `other`).
+    request_histograms: RwLock<HashMap<&'static str, HashMap<Box<str>, Histogram>>>,
 }
 
 impl Default for ApiMetrics {
@@ -278,40 +283,59 @@ impl Default for ApiMetrics {
             request_seconds: Family::new_with_constructor(|| {
                 LatencyHistogram::default().histogram()
             }),
+            request_histograms: RwLock::default(),
         }
     }
 }
 
 impl ApiMetrics {
-    fn observe_request(&self, endpoint: &str, method: &str, elapsed: Duration) {
+    /// Times one request to `endpoint` (the matched route pattern).
+    pub(super) fn observe_request(&self, endpoint: &str, method: &Method, elapsed: Duration) {
+        let method = method_label(method);
+        let seconds = elapsed.as_secs_f64();
+        if let Some(histogram) = self
+            .request_histograms
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(method)
+            .and_then(|routes| routes.get(endpoint))
+        {
+            histogram.observe(seconds);
+            return;
+        }
         let labels = [
             ("endpoint", endpoint.to_string()),
             ("method", method.to_string()),
         ];
-        self.request_seconds
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64());
+        let histogram = self.request_seconds.get_or_create(&labels).clone();
+        histogram.observe(seconds);
+        self.request_histograms
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(method)
+            .or_default()
+            .insert(endpoint.into(), histogram);
     }
 }
 
-/// Middleware: times every request into `raftlog_api_request_seconds`.
-pub(super) async fn time_requests(
-    State(state): State<Arc<ApiState>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let endpoint = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let method = request.method().as_str().to_string();
-    let response = next.run(request).await;
-    state
-        .metrics
-        .observe_request(&endpoint, &method, started.elapsed());
-    response
+/// A request method as a metric label: HTTP's own methods by name, any other as `other`,
+/// so that a client cannot grow the label set.
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::PUT, "PUT"),
+        (Method::POST, "POST"),
+        (Method::DELETE, "DELETE"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::PATCH, "PATCH"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(known, _)| known == method)
+        .map_or("other", |(_, name)| name)
 }
 
 /// `GET /metrics` in the Prometheus text format.
@@ -511,7 +535,7 @@ mod tests {
 
     fn render(replication: Option<&(Membership, ReplicationReport)>) -> String {
         let api = ApiMetrics::default();
-        api.observe_request("/v1/kv/{*key}", "PUT", Duration::from_millis(3));
+        api.observe_request("/v1/kv/{*key}", &Method::PUT, Duration::from_millis(3));
         let mut out = String::new();
         prometheus_text::encode(&mut out, &registry(&report(), replication, &api)).unwrap();
         out

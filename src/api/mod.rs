@@ -7,6 +7,7 @@ pub mod auth;
 mod background;
 mod debug;
 mod error;
+mod every_request;
 mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -21,10 +22,7 @@ pub mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::http::HeaderValue;
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::middleware;
 use axum::routing::{get, post, put};
 use axum::Router;
 
@@ -230,44 +228,14 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
         router
     };
     router
-        // After routing, so the rights table is looked up by the matched route pattern.
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require))
-        .fallback(handlers::not_found)
-        .layer(middleware::from_fn(json_errors))
-        .layer(middleware::from_fn_with_state(state.clone(), leader_header))
+        // After routing, so the rights table and the request timings are looked up by the
+        // matched route pattern. A path no route matches gets `not_found`'s JSON answer.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            metrics::time_requests,
+            every_request::around,
         ))
+        .fallback(handlers::not_found)
         .with_state(state)
-}
-
-/// API.md: every error, including a malformed query string or an unsupported method, has
-/// the JSON error body. Handlers answer [`ApiError`]s; this catches the rest in one place
-/// (axum's extractor rejections, 405s, body limits) rather than in every handler.
-async fn json_errors(request: Request, next: Next) -> Response {
-    let method = request.method().to_string();
-    let path = request.uri().path().to_string();
-    let response = next.run(request).await;
-    error::into_json_error(&method, &path, response).await
-}
-
-/// Adds `X-Raft-Leader` to every answer when a leader is known (a forwarded answer
-/// already carries the leader's own view).
-async fn leader_header(
-    State(state): State<Arc<ApiState>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let mut response = next.run(request).await;
-    if !response.headers().contains_key(LEADER_HEADER) {
-        if let Some(leader) = state.node.leader_hint() {
-            if let Ok(value) = HeaderValue::from_str(&leader.to_string()) {
-                response.headers_mut().insert(LEADER_HEADER, value);
-            }
-        }
-    }
-    response
 }
 
 /// Serves the API on `listener` until the process exits.

@@ -228,7 +228,7 @@ async fn serve_connection<S>(
 {
     let io = TokioIo::new(stream);
     let inner = TowerToHyperService::new(router);
-    // What the connection's certificate proved rides on each request, for `auth::require`.
+    // What the connection's certificate proved rides on each request, for `auth::admit`.
     let service =
         hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             if let Some(identity) = identity {
