@@ -131,7 +131,10 @@ fn replay_seed() {
     };
     let planted = std::env::var("RAFTLOG_SIM_PLANTED").ok().map(|name| {
         parse_planted(&name).unwrap_or_else(|| {
-            panic!("RAFTLOG_SIM_PLANTED={name:?} is not a PlantedBug variant (CommitOldTermByCount, VoteWithoutLogCheck, VoteBeforePersist, ReadIndexWithoutQuorum, MembershipChangeBeforeOwnTermCommit, LinkLostEndsLease)")
+            panic!(
+                "RAFTLOG_SIM_PLANTED={name:?} is not a PlantedBug variant; use one of {:?}",
+                PlantedBug::ALL
+            )
         })
     });
     let mut options = options(seed);
@@ -304,14 +307,7 @@ fn planted_link_lost_ends_lease() {
 fn planted_detection_rates() {
     let seeds = env_u64("RAFTLOG_SIM_SEEDS").unwrap_or(200);
     let only = std::env::var("RAFTLOG_SIM_PLANTED").ok();
-    for bug in [
-        PlantedBug::CommitOldTermByCount,
-        PlantedBug::VoteWithoutLogCheck,
-        PlantedBug::VoteBeforePersist,
-        PlantedBug::ReadIndexWithoutQuorum,
-        PlantedBug::MembershipChangeBeforeOwnTermCommit,
-        PlantedBug::LinkLostEndsLease,
-    ] {
+    for bug in PlantedBug::ALL {
         if only
             .as_deref()
             .is_some_and(|name| parse_planted(name) != Some(bug))
@@ -452,14 +448,6 @@ fn voter_with_uncommitted_demotion_still_stands_seed_2718034740() {
 #[ignore]
 fn trace_fingerprints() {
     let seeds = env_u64("RAFTLOG_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
-    let planted_bugs = [
-        PlantedBug::CommitOldTermByCount,
-        PlantedBug::VoteWithoutLogCheck,
-        PlantedBug::VoteBeforePersist,
-        PlantedBug::ReadIndexWithoutQuorum,
-        PlantedBug::MembershipChangeBeforeOwnTermCommit,
-        PlantedBug::LinkLostEndsLease,
-    ];
     let mut runs: Vec<SimOptions> = (0..seeds)
         .chain(1_000_000..1_000_200)
         .chain([
@@ -477,7 +465,7 @@ fn trace_fingerprints() {
         old_schedule.clock_stalls = false;
         runs.push(old_schedule);
     }
-    for bug in planted_bugs {
+    for bug in PlantedBug::ALL {
         for seed in 1_000_000..1_000_100 {
             let mut planted = options(seed);
             planted.planted_bug = Some(bug);

@@ -145,6 +145,18 @@ pub enum PlantedBug {
     LinkLostEndsLease,
 }
 
+impl PlantedBug {
+    /// Every planted bug, for the tests that try each one (a new variant goes here too).
+    pub const ALL: [PlantedBug; 6] = [
+        PlantedBug::CommitOldTermByCount,
+        PlantedBug::VoteWithoutLogCheck,
+        PlantedBug::VoteBeforePersist,
+        PlantedBug::ReadIndexWithoutQuorum,
+        PlantedBug::MembershipChangeBeforeOwnTermCommit,
+        PlantedBug::LinkLostEndsLease,
+    ];
+}
+
 /// A message between cores. The transport wraps it in an [`Envelope`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {

@@ -155,17 +155,9 @@ pub fn replay_command(seed: u64, planted_bug: Option<PlantedBug>) -> String {
 }
 
 pub fn parse_planted(name: &str) -> Option<PlantedBug> {
-    match name {
-        "CommitOldTermByCount" => Some(PlantedBug::CommitOldTermByCount),
-        "VoteWithoutLogCheck" => Some(PlantedBug::VoteWithoutLogCheck),
-        "VoteBeforePersist" => Some(PlantedBug::VoteBeforePersist),
-        "ReadIndexWithoutQuorum" => Some(PlantedBug::ReadIndexWithoutQuorum),
-        "MembershipChangeBeforeOwnTermCommit" => {
-            Some(PlantedBug::MembershipChangeBeforeOwnTermCommit)
-        }
-        "LinkLostEndsLease" => Some(PlantedBug::LinkLostEndsLease),
-        _ => None,
-    }
+    PlantedBug::ALL
+        .into_iter()
+        .find(|bug| format!("{bug:?}") == name)
 }
 
 /// Runs one seed to the end: faulty phase, heal, liveness phase, final convergence checks.
