@@ -551,7 +551,8 @@ fn a_vote_whose_save_failed_never_leaves_the_node() {
         assert!(
             !last_words.contains("became candidate"),
             "node {armed} campaigned itself instead of being asked for its vote (its long \
-             election timeout fired first); the scenario did not happen:\n{last_words}"
+             election timeout fired first); the scenario did not happen:\n{last_words}\n{}",
+            cluster.logs_tail()
         );
         // `candidate` asked for the vote; give it many election timeouts to (wrongly) win.
         let deadline = Instant::now() + Duration::from_secs(3);

@@ -301,7 +301,12 @@ impl Cluster {
             .arg(&self.config_path)
             .args(["--id", &id.to_string()])
             .args(extra)
-            .env("RUST_LOG", "info")
+            // Tests read the info lines; RAFTLOG_TEST_LOG (a RUST_LOG filter) adds more when
+            // a failure needs it, e.g. `info,raftlog::raft=debug`.
+            .env(
+                "RUST_LOG",
+                std::env::var("RAFTLOG_TEST_LOG").unwrap_or_else(|_| "info".to_string()),
+            )
             .env("RAFTLOG_TEST_FAULTS", "1")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
