@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use storage::{EntryKind, Membership};
 
@@ -278,26 +278,30 @@ async fn discard_body(body: Body, limit: usize) {
 }
 
 /// `PUT /v1/kv/{key}`.
-pub async fn put_key(
-    State(state): State<Arc<ApiState>>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
-    let key = key_from_uri(&uri)?;
-    let (_permit, value) = admit_body(&state, &headers, key.len(), body).await?;
+pub async fn put_key(State(state): State<Arc<ApiState>>, request: Request) -> ApiResult {
+    // The request whole rather than the `Uri` and `HeaderMap` extractors, which clone theirs
+    // (an allocation and a copy of every header per request).
+    let (parts, body) = request.into_parts();
+    let key = key_from_uri(&parts.uri)?;
+    let (_permit, value) = admit_body(&state, &parts.headers, key.len(), body).await?;
     let origin = ClientWrite {
         method: Method::PUT,
-        uri: &uri,
-        headers: &headers,
+        uri: &parts.uri,
+        headers: &parts.headers,
         body: value.clone(),
     };
     Ok(
         match write(&state, KvCommand::Put { key, value }, origin).await? {
-            Ok((index, _)) => Json(json!({ "index": index })).into_response(),
+            Ok((index, _)) => Json(Written { index }).into_response(),
             Err(forwarded) => forwarded,
         },
     )
+}
+
+/// The answer to a write: `{"index": N}`.
+#[derive(Serialize)]
+struct Written {
+    index: u64,
 }
 
 /// `DELETE /v1/kv/{key}`.
@@ -537,13 +541,16 @@ async fn read_index_over_peer_link(
 }
 
 /// `GET /v1/kv/{key}?consistency=linearizable|lease|stale`.
-pub async fn get_key(
-    State(state): State<Arc<ApiState>>,
-    uri: Uri,
-    headers: HeaderMap,
-    Query(params): Query<ReadParams>,
-) -> ApiResult {
-    let key = key_from_uri(&uri)?;
+pub async fn get_key(State(state): State<Arc<ApiState>>, request: Request) -> ApiResult {
+    // As in `put_key`: the parts are read, not cloned. The query is checked first, as its
+    // extractor did.
+    let (parts, _) = request.into_parts();
+    let (uri, headers) = (&parts.uri, &parts.headers);
+    let params = match Query::<ReadParams>::try_from_uri(uri) {
+        Ok(Query(params)) => params,
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
+    let key = key_from_uri(uri)?;
     let mode = read_mode(&params)?;
     if let Some(mode) = mode {
         match state
@@ -553,15 +560,15 @@ pub async fn get_key(
         {
             Ok(_) => {}
             Err(RequestError::NotLeader(leader)) => {
-                match read_index_over_peer_link(&state, leader, mode, &headers).await {
+                match read_index_over_peer_link(&state, leader, mode, headers).await {
                     Some(served_here) => served_here?,
                     None => {
                         return Ok(forward::to_leader(
                             &state,
                             leader,
                             Method::GET,
-                            &path_and_query(&uri),
-                            &headers,
+                            &path_and_query(uri),
+                            headers,
                             Bytes::new(),
                             true,
                         )
