@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::Request;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use blake2::digest::{KeyInit, Mac};
@@ -119,6 +119,8 @@ pub enum TlsIdentity {
 /// The role a forwarding node authenticated its client with; trusted only from a
 /// connection that presented a node certificate.
 pub const FORWARDED_ROLE_HEADER: &str = "x-raftlog-forwarded-role";
+/// [`FORWARDED_ROLE_HEADER`] parsed once, for the look-ups of every request.
+const FORWARDED_ROLE_HEADER_NAME: HeaderName = HeaderName::from_static(FORWARDED_ROLE_HEADER);
 
 /// Checks credentials against `auth.users`.
 pub struct Authenticator {
@@ -376,7 +378,7 @@ impl Authenticator {
 /// follower granting one by mistake.
 pub fn proved_role(headers: &HeaderMap, auth_configured: bool) -> Role {
     let stated = headers
-        .get(FORWARDED_ROLE_HEADER)
+        .get(FORWARDED_ROLE_HEADER_NAME)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<Role>().ok());
     match stated {
@@ -394,7 +396,7 @@ pub async fn admit(state: &ApiState, request: &mut Request, route: &str) -> Resu
     // Only a member may state a forwarded role, and only the one that proved it here.
     let tls = request.extensions().get::<TlsIdentity>().copied();
     if !matches!(tls, Some(TlsIdentity::Node(_))) {
-        request.headers_mut().remove(FORWARDED_ROLE_HEADER);
+        request.headers_mut().remove(FORWARDED_ROLE_HEADER_NAME);
     }
     let Some(auth) = state.options.auth.as_ref() else {
         return Ok(());
@@ -418,7 +420,7 @@ pub async fn admit(state: &ApiState, request: &mut Request, route: &str) -> Resu
         .into_response());
     }
     request.headers_mut().insert(
-        FORWARDED_ROLE_HEADER,
+        FORWARDED_ROLE_HEADER_NAME,
         HeaderValue::from_static(held.as_str()),
     );
     Ok(())

@@ -20,7 +20,7 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::{auth, error, ApiState, LEADER_HEADER};
+use super::{auth, error, ApiState, LEADER_HEADER_NAME};
 use crate::raft::NodeId;
 
 /// The middleware of every route (`Router::route_layer`, so the route is known).
@@ -50,13 +50,13 @@ pub(super) async fn around(
 /// Adds `X-Raft-Leader` when a leader is known (a forwarded answer already carries the
 /// leader's own view).
 pub(super) fn add_leader_header(state: &ApiState, response: &mut Response) {
-    if response.headers().contains_key(LEADER_HEADER) {
+    if response.headers().contains_key(LEADER_HEADER_NAME) {
         return;
     }
     if let Some(leader) = state.node.leader_hint() {
         response
             .headers_mut()
-            .insert(LEADER_HEADER, leader_header_value(leader));
+            .insert(LEADER_HEADER_NAME, leader_header_value(leader));
     }
 }
 

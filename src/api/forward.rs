@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use storage::NodeId;
 
-use super::{ApiError, ApiState, FORWARDED_HEADER};
+use super::{ApiError, ApiState, FORWARDED_HEADER, FORWARDED_HEADER_NAME};
 
 /// Headers worth carrying each way.
 /// `authorization` goes on so the leader authenticates the client again (issue 16): a
@@ -58,7 +58,7 @@ async fn wait_while_alive(state: &ApiState, api_addr: &str) {
 
 /// Whether the request already went through a forwarding node.
 pub fn was_forwarded(headers: &HeaderMap) -> bool {
-    headers.contains_key(FORWARDED_HEADER)
+    headers.contains_key(FORWARDED_HEADER_NAME)
 }
 
 /// Sends the request to `leader`. `idempotent` tells how to read a failure after the

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
@@ -64,7 +64,8 @@ fn percent_decode(raw: &str) -> Result<Vec<u8>, ApiError> {
 }
 
 pub(super) fn request_id(headers: &HeaderMap) -> Result<Option<RequestId>, ApiError> {
-    let Some(value) = headers.get("request-id") else {
+    const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
+    let Some(value) = headers.get(REQUEST_ID) else {
         return Ok(None);
     };
     let parsed = value.to_str().ok().and_then(RequestId::parse);

@@ -22,6 +22,7 @@ pub mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::HeaderName;
 use axum::middleware;
 use axum::routing::{get, post, put};
 use axum::Router;
@@ -170,6 +171,10 @@ fn forward_client(
 pub const LEADER_HEADER: &str = "x-raft-leader";
 /// The header a forwarded request carries, so it is never forwarded twice.
 pub const FORWARDED_HEADER: &str = "x-raftlog-forwarded-by";
+// The request path's header names, parsed once: a look-up by `&str` checks and lower-cases
+// the name first, ~400 instructions a time and five per write (callgrind).
+const LEADER_HEADER_NAME: HeaderName = HeaderName::from_static(LEADER_HEADER);
+const FORWARDED_HEADER_NAME: HeaderName = HeaderName::from_static(FORWARDED_HEADER);
 
 /// Builds the router.
 pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
