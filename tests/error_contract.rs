@@ -76,6 +76,17 @@ fn every_error_answer_is_the_json_error_object() {
         let (status, code, _) = json_error(client.get(format!("{base}/no/such/path"))).await;
         assert_eq!((status, code.as_str()), (404, "not_found"));
 
+        // GET and PUT of a key are answered before the router (issue 14); their errors
+        // are the same objects, and what is not a key still goes to the router.
+        let (status, code, message) =
+            json_error(client.get(format!("{base}/v1/kv/k?consistency=bogus"))).await;
+        assert_eq!((status, code.as_str()), (400, "bad_request"), "{message}");
+        assert!(message.contains("bogus"), "names what failed: {message}");
+        let (status, code, _) = json_error(client.put(format!("{base}/v1/kv/%zz")).body("v")).await;
+        assert_eq!((status, code.as_str()), (400, "bad_request"));
+        let (status, code, _) = json_error(client.put(format!("{base}/v1/kv/")).body("v")).await;
+        assert_eq!((status, code.as_str()), (404, "not_found"));
+
         let (status, code, _) = json_error(
             client
                 .put(format!("{base}/v1/kv/big"))

@@ -487,6 +487,16 @@ mod tests {
     fn every_route_of_the_router_has_an_entry_in_the_rights_table() {
         let routes = routes_in_source();
         assert!(routes.len() >= 20, "parsed too few routes: {routes:?}");
+        // The key routes' shortcut answers under this route's name and rights.
+        for method in ["GET", "PUT"] {
+            assert!(
+                routes
+                    .iter()
+                    .any(|(m, p)| m == method && p == super::super::every_request::KV_ROUTE),
+                "the router has no {method} {}",
+                super::super::every_request::KV_ROUTE
+            );
+        }
         for (method, path) in &routes {
             assert!(
                 RIGHTS.iter().any(|(m, p, _)| m == method && p == path),

@@ -178,6 +178,11 @@ const FORWARDED_HEADER_NAME: HeaderName = HeaderName::from_static(FORWARDED_HEAD
 
 /// Builds the router.
 pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
+    app(node, options).0
+}
+
+/// The router and the state its handlers share.
+fn app(node: Node<KvStore>, options: ApiOptions) -> (Router, Arc<ApiState>) {
     crate::security::tls::install_crypto_provider();
     let test_faults = options.test_faults;
     // reqwest has no cap on connections, only on idle ones; `forward_slots` caps those
@@ -232,7 +237,7 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
     } else {
         router
     };
-    router
+    let router = router
         // After routing, so the rights table and the request timings are looked up by the
         // matched route pattern. A path no route matches gets `not_found`'s JSON answer.
         .route_layer(middleware::from_fn_with_state(
@@ -240,7 +245,8 @@ pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {
             every_request::around,
         ))
         .fallback(handlers::not_found)
-        .with_state(state)
+        .with_state(state.clone());
+    (router, state)
 }
 
 /// Serves the API on `listener` until the process exits.
@@ -280,5 +286,7 @@ pub async fn serve_until(
             }),
         }
     });
-    server::serve_with(listener, router(node, options), limits, stop, https).await
+    let (router, state) = app(node, options);
+    let routes = server::Routes::with_shortcut(router, every_request::kv_shortcut(state));
+    server::serve_with(listener, routes, limits, stop, https).await
 }

@@ -28,6 +28,7 @@
 //! An `accept` failure (EMFILE, ENFILE, ENOBUFS) is logged once per burst and retried with
 //! a short, growing pause instead of spinning.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
@@ -36,7 +37,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
 use axum::Router;
+use futures_util::future::Either;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -95,16 +100,56 @@ pub fn default_connections_max(fd_limit: u64) -> u32 {
     u32::try_from(derived).unwrap_or(u32::MAX)
 }
 
-/// Serves `router` on `listener` within `limits` until `stop` resolves; then stops
+/// Serves `routes` on `listener` within `limits` until `stop` resolves; then stops
 /// accepting, asks every open connection to close once its answer in progress is sent,
 /// and returns when all have closed (the caller bounds that wait).
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    routes: impl Into<Routes>,
     limits: ConnectionLimits,
     stop: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    serve_with(listener, router, limits, stop, None).await
+    serve_with(listener, routes, limits, stop, None).await
+}
+
+/// What answers a connection's requests: the router, and optionally a shortcut that answers
+/// some requests itself before the router sees them (issue 14: the key-value reads and
+/// writes, `every_request::kv_shortcut`).
+#[derive(Clone)]
+pub struct Routes {
+    router: Router,
+    shortcut: Option<Arc<Shortcut>>,
+}
+
+/// Requests answered without the router.
+pub struct Shortcut {
+    /// Whether the shortcut answers `request`.
+    pub takes: fn(&Request) -> bool,
+    /// Answers a request it takes.
+    pub answer: Box<ShortcutAnswer>,
+}
+
+/// How a [`Shortcut`] answers.
+pub type ShortcutAnswer =
+    dyn Fn(Request) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync;
+
+impl Routes {
+    /// `router`, with `shortcut` asked first.
+    pub fn with_shortcut(router: Router, shortcut: Arc<Shortcut>) -> Routes {
+        Routes {
+            router,
+            shortcut: Some(shortcut),
+        }
+    }
+}
+
+impl From<Router> for Routes {
+    fn from(router: Router) -> Routes {
+        Routes {
+            router,
+            shortcut: None,
+        }
+    }
 }
 
 /// HTTPS for the client API (issue 16): the node's TLS material (re-read on SIGHUP, so each
@@ -126,11 +171,12 @@ pub type Identify = dyn Fn(&rustls::pki_types::CertificateDer<'_>) -> Option<sup
 /// [`serve`], over HTTPS when `https` is given.
 pub async fn serve_with(
     listener: TcpListener,
-    router: Router,
+    routes: impl Into<Routes>,
     limits: ConnectionLimits,
     stop: impl Future<Output = ()>,
     https: Option<HttpsOptions>,
 ) -> io::Result<()> {
+    let routes = routes.into();
     let local_addr = listener.local_addr()?;
     let slots = Arc::new(Semaphore::new(limits.connections_max as usize));
     let (closing_tx, closing_rx) = watch::channel(false);
@@ -166,7 +212,7 @@ pub async fn serve_with(
             () = &mut stop => break,
         };
         accept_failures.succeeded(local_addr);
-        let router = router.clone();
+        let routes = routes.clone();
         let closing = closing_rx.clone();
         let https = https.clone();
         tokio::spawn(async move {
@@ -179,7 +225,7 @@ pub async fn serve_with(
                 activity: Arc::clone(&activity),
             };
             match https {
-                None => serve_connection(tracked, activity, None, router, limits, closing).await,
+                None => serve_connection(tracked, activity, None, routes, limits, closing).await,
                 Some(https) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(https.tls.api_server_config());
                     // The handshake is bounded like a request head: a silent socket frees
@@ -194,7 +240,7 @@ pub async fn serve_with(
                                 .peer_certificates()
                                 .and_then(|chain| chain.first())
                                 .and_then(|leaf| (https.identify)(leaf));
-                            serve_connection(tls, activity, identity, router, limits, closing).await
+                            serve_connection(tls, activity, identity, routes, limits, closing).await
                         }
                         // A plain-HTTP client, a certificate of another CA, a scanner:
                         // routine, and the client sees the handshake fail.
@@ -220,21 +266,30 @@ async fn serve_connection<S>(
     stream: S,
     activity: Arc<Activity>,
     identity: Option<super::auth::TlsIdentity>,
-    router: Router,
+    routes: Routes,
     limits: ConnectionLimits,
     mut closing: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let io = TokioIo::new(stream);
+    let Routes { router, shortcut } = routes;
     let inner = TowerToHyperService::new(router);
-    // What the connection's certificate proved rides on each request, for `auth::admit`.
     let service =
         hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            // What the connection's certificate proved rides on each request, for
+            // `auth::admit`.
             if let Some(identity) = identity {
                 request.extensions_mut().insert(identity);
             }
-            hyper::service::Service::call(&inner, request)
+            let request = request.map(Body::new);
+            match &shortcut {
+                Some(shortcut) if (shortcut.takes)(&request) => {
+                    let answer = (shortcut.answer)(request);
+                    Either::Left(async move { Ok::<_, Infallible>(answer.await) })
+                }
+                _ => Either::Right(hyper::service::Service::call(&inner, request)),
+            }
         });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
