@@ -1,4 +1,5 @@
-//! What happens around every routed request, in one middleware: it is timed into
+//! What happens around every request, in one function ([`answer`], reached from the
+//! router's one route layer or from the key routes' shortcut): it is timed into
 //! `raftlog_api_request_seconds`, let through only with the role its route needs, its
 //! error answers get the JSON body and every answer the `X-Raft-Leader` header.
 //!
@@ -67,7 +68,7 @@ pub(super) const KV_ROUTE: &str = "/v1/kv/{*key}";
 /// carry the load) answered without the router, through [`answer`] like every routed
 /// request: the same access check, timing, error bodies and leader header, and the same
 /// handlers. The router's path match and the boxed services and futures of its route
-/// layers cost ~5,500 instructions per request, a seventh of a put's HTTP serving
+/// layers cost ~5,500 instructions per request, a sixth of a put's HTTP serving
 /// (callgrind, docs/BENCHMARKS.md "The router's layers and the allocator"). Every other
 /// request, `HEAD` and `DELETE` included, goes to the router.
 pub(super) fn kv_shortcut(state: Arc<ApiState>) -> Arc<Shortcut> {
