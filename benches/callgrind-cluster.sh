@@ -19,9 +19,12 @@
 # a slow heartbeat from starting an election in the middle. Installs Debian's valgrind when
 # missing. Ports 28201–28213. Stops only the processes it started.
 set -euo pipefail
+BASE_PORT=28200 # node N: peers on 28200+N, clients on 28210+N
+# shellcheck source=local-cluster.sh
+source "$(dirname "$0")/local-cluster.sh"
 
 BIN="$1" OUT="$2" REQUESTS="${3:-6000}" CLIENTS="${4:-64}" OP="${5:-put}" CONSISTENCY="${6:-linearizable}"
-EP=127.0.0.1:28211,127.0.0.1:28212,127.0.0.1:28213
+EP="$ENDPOINTS"
 
 if ! command -v valgrind >/dev/null; then
   echo "callgrind-cluster.sh: valgrind is missing: installing Debian's valgrind" >&2
@@ -34,9 +37,9 @@ cat >"$OUT/config.json" <<JSON
 {
   "cluster_id": "callgrind-cluster",
   "nodes": {
-    "1": { "raft_addr": "127.0.0.1:28201", "api_addr": "127.0.0.1:28211" },
-    "2": { "raft_addr": "127.0.0.1:28202", "api_addr": "127.0.0.1:28212" },
-    "3": { "raft_addr": "127.0.0.1:28203", "api_addr": "127.0.0.1:28213" }
+    "1": { "raft_addr": "127.0.0.1:$(port 1)", "api_addr": "127.0.0.1:$(port 11)" },
+    "2": { "raft_addr": "127.0.0.1:$(port 2)", "api_addr": "127.0.0.1:$(port 12)" },
+    "3": { "raft_addr": "127.0.0.1:$(port 3)", "api_addr": "127.0.0.1:$(port 13)" }
   },
   "election_timeout_ms": [2000, 4000],
   "data_dir": "$OUT/data"
@@ -51,13 +54,8 @@ for n in 1 2 3; do
     "$BIN" serve --config "$OUT/config.json" --id "$n" >"$OUT/node-$n.log" 2>&1 &
   PIDS+=("$!")
 done
-for ep in ${EP//,/ }; do
-  tries=0
-  until "$BIN" bench --endpoints "$ep" --clients 1 --requests 1 --timeout-ms 5000 --json >/dev/null 2>&1; do
-    tries=$((tries + 1)); [ "$tries" -lt 120 ] || { echo "callgrind-cluster.sh: no write through $ep in 2 minutes; see $OUT/node-*.log" >&2; exit 1; }
-    sleep 1
-  done
-done
+# Nodes under valgrind start slowly: up to two minutes each.
+wait_writable "$BIN" "$EP" 5000 120 1
 # Warm-up: every key written once, connections and caches settled.
 "$BIN" bench --endpoints "$EP" --clients "$CLIENTS" --requests 1000 --warmup 0 --timeout-ms 30000 \
   --key-space 1000 --op put --prefill --json >/dev/null

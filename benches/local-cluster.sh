@@ -14,7 +14,7 @@ ENDPOINTS="127.0.0.1:$(port 11),127.0.0.1:$(port 12),127.0.0.1:$(port 13)"
 # and waits until each one takes a write, sent with LOADGEN's `raftlog bench` (default
 # BINARY).
 start_local_cluster() {
-  local bin="$1" dir="$2" id="$3" loadgen="${4:-$1}" n ep tries
+  local bin="$1" dir="$2" id="$3" loadgen="${4:-$1}" n
   mkdir -p "$dir"
   cat >"$dir/config.json" <<JSON
 {
@@ -32,11 +32,20 @@ JSON
     "$bin" serve --config "$dir/config.json" --id "$n" >>"$dir/node-$n.log" 2>&1 &
     CLUSTER_PIDS+=("$!"); STARTED+=("$!"); disown "$!"
   done
-  for ep in ${ENDPOINTS//,/ }; do
+  wait_writable "$loadgen" "$ENDPOINTS" 1000 150 0.2
+}
+
+# wait_writable LOADGEN ENDPOINTS TIMEOUT_MS TRIES PAUSE_S: until each of the
+# comma-separated ENDPOINTS takes a write (sent with LOADGEN's `raftlog bench`), trying
+# each at most TRIES times PAUSE_S apart; exits the script when one never does.
+wait_writable() {
+  local loadgen="$1" endpoints="$2" timeout_ms="$3" most="$4" pause="$5" ep tries
+  for ep in ${endpoints//,/ }; do
     tries=0
-    until "$loadgen" bench --endpoints "$ep" --clients 1 --requests 1 --timeout-ms 1000 --json >/dev/null 2>&1; do
-      tries=$((tries + 1)); [ "$tries" -lt 150 ] || { echo "no write through $ep in 30 s" >&2; exit 1; }
-      sleep 0.2
+    until "$loadgen" bench --endpoints "$ep" --clients 1 --requests 1 --timeout-ms "$timeout_ms" --json >/dev/null 2>&1; do
+      tries=$((tries + 1))
+      [ "$tries" -lt "$most" ] || { echo "no write through $ep after $most tries, $pause s apart" >&2; exit 1; }
+      sleep "$pause"
     done
   done
 }
