@@ -76,7 +76,7 @@ fn every_error_answer_is_the_json_error_object() {
         let (status, code, _) = json_error(client.get(format!("{base}/no/such/path"))).await;
         assert_eq!((status, code.as_str()), (404, "not_found"));
 
-        // GET and PUT of a key are answered before the router (issue 14); their errors
+        // GET, PUT and DELETE of a key are answered before the router (issue 14); their errors
         // are the same objects, and what is not a key still goes to the router.
         let (status, code, message) =
             json_error(client.get(format!("{base}/v1/kv/k?consistency=bogus"))).await;
@@ -86,6 +86,8 @@ fn every_error_answer_is_the_json_error_object() {
         assert_eq!((status, code.as_str()), (400, "bad_request"));
         let (status, code, _) = json_error(client.put(format!("{base}/v1/kv/")).body("v")).await;
         assert_eq!((status, code.as_str()), (404, "not_found"));
+        let (status, code, _) = json_error(client.delete(format!("{base}/v1/kv/%zz"))).await;
+        assert_eq!((status, code.as_str()), (400, "bad_request"));
 
         let (status, code, _) = json_error(
             client

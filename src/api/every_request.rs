@@ -64,13 +64,13 @@ async fn answer<F: Future<Output = Response>>(
 /// The route of one key, as `super::router` names it (a test in `auth` checks that it does).
 pub(super) const KV_ROUTE: &str = "/v1/kv/{*key}";
 
-/// Issue 14: reads and writes of one key (`GET` and `PUT /v1/kv/{key}`, the requests that
-/// carry the load) answered without the router, through [`answer`] like every routed
+/// Issue 14: reads and writes of one key (`GET`, `PUT` and `DELETE /v1/kv/{key}`, the
+/// requests that carry the load) answered without the router, through [`answer`] like every routed
 /// request: the same access check, timing, error bodies and leader header, and the same
 /// handlers. The router's path match and the boxed services and futures of its route
 /// layers cost ~5,500 instructions per request, a sixth of a put's HTTP serving
 /// (callgrind, docs/BENCHMARKS.md "The router's layers and the allocator"). Every other
-/// request, `HEAD` and `DELETE` included, goes to the router.
+/// request, `HEAD` included, goes to the router.
 pub(super) fn kv_shortcut(state: Arc<ApiState>) -> Arc<Shortcut> {
     Arc::new(Shortcut {
         takes: is_kv_read_or_write,
@@ -79,10 +79,10 @@ pub(super) fn kv_shortcut(state: Arc<ApiState>) -> Arc<Shortcut> {
             Box::pin(async move {
                 let handler_state = Arc::clone(&state);
                 answer(&state, KV_ROUTE, request, |request| async move {
-                    let answered = if request.method() == Method::PUT {
-                        handlers::put_key(State(handler_state), request).await
-                    } else {
-                        handlers::get_key(State(handler_state), request).await
+                    let answered = match *request.method() {
+                        Method::PUT => handlers::put_key(State(handler_state), request).await,
+                        Method::DELETE => handlers::delete_key(State(handler_state), request).await,
+                        _ => handlers::get_key(State(handler_state), request).await,
                     };
                     answered.into_response()
                 })
@@ -92,15 +92,17 @@ pub(super) fn kv_shortcut(state: Arc<ApiState>) -> Arc<Shortcut> {
     })
 }
 
-/// `GET` or `PUT` of a path the route [`KV_ROUTE`] matches: its catch-all takes one
-/// character or more.
+/// `GET`, `PUT` or `DELETE` of a path the route [`KV_ROUTE`] matches: its catch-all takes
+/// one character or more.
 fn is_kv_read_or_write(request: &Request) -> bool {
-    matches!(*request.method(), Method::GET | Method::PUT)
-        && request
-            .uri()
-            .path()
-            .strip_prefix("/v1/kv/")
-            .is_some_and(|key| !key.is_empty())
+    matches!(
+        *request.method(),
+        Method::GET | Method::PUT | Method::DELETE
+    ) && request
+        .uri()
+        .path()
+        .strip_prefix("/v1/kv/")
+        .is_some_and(|key| !key.is_empty())
 }
 
 /// Adds `X-Raft-Leader` when a leader is known (a forwarded answer already carries the

@@ -305,27 +305,32 @@ struct Written {
     index: u64,
 }
 
+/// The answer to a delete: `{"deleted": true|false, "index": N}` (the order `json!` gave it).
+#[derive(Serialize)]
+struct Deleted {
+    deleted: bool,
+    index: u64,
+}
+
 /// `DELETE /v1/kv/{key}`.
-pub async fn delete_key(
-    State(state): State<Arc<ApiState>>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> ApiResult {
-    let key = key_from_uri(&uri)?;
+pub async fn delete_key(State(state): State<Arc<ApiState>>, request: Request) -> ApiResult {
+    // As in `put_key`: the parts are read, not cloned.
+    let (parts, _) = request.into_parts();
+    let key = key_from_uri(&parts.uri)?;
     let _permit = state
         .node
         .admit_write(key.len() as u64)
         .map_err(ApiError::from)?;
     let origin = ClientWrite {
         method: Method::DELETE,
-        uri: &uri,
-        headers: &headers,
+        uri: &parts.uri,
+        headers: &parts.headers,
         body: Bytes::new(),
     };
     Ok(
         match write(&state, KvCommand::Delete { key }, origin).await? {
             Ok((index, KvResponse::Delete { deleted })) => {
-                Json(json!({ "index": index, "deleted": deleted })).into_response()
+                Json(Deleted { deleted, index }).into_response()
             }
             Ok((_, other)) => {
                 return Err(ApiError::internal(format!(
