@@ -607,6 +607,31 @@ mod tests {
         assert!(text.contains("raftlog_applied_index 42\n"));
     }
 
+    /// A client's own method names cannot grow the label set; repeated requests land in
+    /// the same series as the first.
+    #[test]
+    fn request_timings_are_labelled_by_route_and_http_method() {
+        let api = ApiMetrics::default();
+        let made_up = Method::from_bytes(b"FROB").unwrap();
+        for method in [
+            &Method::GET,
+            &Method::GET,
+            &made_up,
+            &Method::from_bytes(b"ZAP").unwrap(),
+        ] {
+            api.observe_request("/v1/kv/{*key}", method, Duration::from_millis(1));
+        }
+        let mut out = String::new();
+        prometheus_text::encode(&mut out, &registry(&report(), None, &api)).unwrap();
+        assert!(out.contains(
+            "raftlog_api_request_seconds_count{endpoint=\"/v1/kv/{*key}\",method=\"GET\"} 2\n"
+        ));
+        assert!(out.contains(
+            "raftlog_api_request_seconds_count{endpoint=\"/v1/kv/{*key}\",method=\"other\"} 2\n"
+        ));
+        assert!(!out.contains("FROB") && !out.contains("ZAP"), "{out}");
+    }
+
     #[test]
     fn latency_histograms_are_exported_with_buckets() {
         let text = render(None);
