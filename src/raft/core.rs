@@ -228,9 +228,11 @@ impl<S: LogStorage> RaftCore<S> {
     /// the random draw could have produced (thesis §3.4 allows any timeout in the range),
     /// the lease is untouched (no vote and no campaign before `election_timeout_ticks_min`
     /// since the leader was last heard from, so lease reads stay safe, thesis §6.4.1, and
-    /// the leader is not disrupted, §4.2.3), and the next message from a live leader
-    /// draws a fresh timeout. A connection that dies silently (a partition, a paused
-    /// process) gives no hint and the normal timeout applies.
+    /// the leader is not disrupted, §4.2.3), and a live leader's heartbeats keep resetting
+    /// the elapsed time, which never reaches even the shortened deadline between two of
+    /// them (a heartbeat does not redraw the timeout: the shortened one stays until the
+    /// next election or change of leader). A connection that dies silently (a partition,
+    /// a paused process) gives no hint and the normal timeout applies.
     pub fn on_link_lost(&mut self, peer: NodeId) {
         if self.fatal().is_some()
             || self.role != Role::Follower

@@ -111,7 +111,8 @@ fn lost_leader_link_keeps_the_lease() {
 }
 
 /// A false alarm (the connection was reset, the leader lives and reconnects) costs nothing:
-/// the leader's next message draws a fresh timeout, so its heartbeats keep it in office.
+/// the leader's heartbeats reset the follower's elapsed time well inside even the shortened
+/// deadline, so they keep it in office.
 #[test]
 fn lost_link_to_a_live_leader_is_forgotten_at_its_next_heartbeat() {
     let mut c = Cluster::new(&[1, 2, 3], |_| {});
