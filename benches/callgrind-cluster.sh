@@ -32,19 +32,8 @@ if ! command -v valgrind >/dev/null; then
     || { echo "callgrind-cluster.sh: cannot install valgrind with apt-get; install it and retry" >&2; exit 1; }
 fi
 
-rm -rf "$OUT"; mkdir -p "$OUT/data"
-cat >"$OUT/config.json" <<JSON
-{
-  "cluster_id": "callgrind-cluster",
-  "nodes": {
-    "1": { "raft_addr": "127.0.0.1:$(port 1)", "api_addr": "127.0.0.1:$(port 11)" },
-    "2": { "raft_addr": "127.0.0.1:$(port 2)", "api_addr": "127.0.0.1:$(port 12)" },
-    "3": { "raft_addr": "127.0.0.1:$(port 3)", "api_addr": "127.0.0.1:$(port 13)" }
-  },
-  "election_timeout_ms": [2000, 4000],
-  "data_dir": "$OUT/data"
-}
-JSON
+rm -rf "$OUT"
+write_local_config "$OUT" callgrind-cluster '"election_timeout_ms": [2000, 4000],'
 
 PIDS=()
 stop() { for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }

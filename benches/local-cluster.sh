@@ -15,6 +15,20 @@ ENDPOINTS="127.0.0.1:$(port 11),127.0.0.1:$(port 12),127.0.0.1:$(port 13)"
 # BINARY).
 start_local_cluster() {
   local bin="$1" dir="$2" id="$3" loadgen="${4:-$1}" n
+  write_local_config "$dir" "$id"
+  CLUSTER_PIDS=()
+  for n in 1 2 3; do
+    "$bin" serve --config "$dir/config.json" --id "$n" >>"$dir/node-$n.log" 2>&1 &
+    CLUSTER_PIDS+=("$!"); STARTED+=("$!"); disown "$!"
+  done
+  wait_writable "$loadgen" "$ENDPOINTS" 1000 150 0.2
+}
+
+# write_local_config DIR CLUSTER_ID [SETTINGS]: DIR/config.json for the three nodes, data
+# in DIR/data; SETTINGS are more top-level members, each ending with a comma (e.g.
+# '"election_timeout_ms": [2000, 4000],').
+write_local_config() {
+  local dir="$1" id="$2" settings="${3:-}"
   mkdir -p "$dir"
   cat >"$dir/config.json" <<JSON
 {
@@ -24,15 +38,10 @@ start_local_cluster() {
     "2": { "raft_addr": "127.0.0.1:$(port 2)", "api_addr": "127.0.0.1:$(port 12)" },
     "3": { "raft_addr": "127.0.0.1:$(port 3)", "api_addr": "127.0.0.1:$(port 13)" }
   },
+  $settings
   "data_dir": "$dir/data"
 }
 JSON
-  CLUSTER_PIDS=()
-  for n in 1 2 3; do
-    "$bin" serve --config "$dir/config.json" --id "$n" >>"$dir/node-$n.log" 2>&1 &
-    CLUSTER_PIDS+=("$!"); STARTED+=("$!"); disown "$!"
-  done
-  wait_writable "$loadgen" "$ENDPOINTS" 1000 150 0.2
 }
 
 # wait_writable LOADGEN ENDPOINTS TIMEOUT_MS TRIES PAUSE_S: until each of the
