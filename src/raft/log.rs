@@ -5,14 +5,26 @@
 //! ```text
 //!   first_index-1 .. applied <= applying <= commit          (commit <= last_index)
 //!   storage: [first_index, unstable_offset)   unstable: [unstable_offset, last_index]
+//!   kept (a copy of storage): [unstable_offset - kept.len(), unstable_offset)
 //!   taken_to: last index handed out in a Ready;  persisted: last index reported durable
 //! ```
 //! Entries from `unstable_offset` on are always read from memory: the driver may hold older,
 //! conflicting entries there until it processes the `Ready` that truncates them.
+//!
+//! Durable entries not yet handed out to apply stay in memory too (`kept`), so that applying
+//! them, moments after they became durable, does not read back what was just written: a
+//! read of the driver's log decodes, checks and copies every entry (issue 14: about a
+//! thirtieth of a put's instructions over the cluster).
 
+use std::collections::VecDeque;
 use std::sync::OnceLock;
 
 use super::{Entry, LogStorage, SnapshotMeta, StorageError};
+
+/// The most payload [`RaftLog`] keeps of durable entries not yet applied; past it, applying
+/// reads them from storage. Entries are handed out to apply at most `max_apply_bytes` (4 MiB
+/// by default) per `Ready`, so this is reached only when applying falls far behind.
+const KEPT_BYTES_MAX: u64 = 16 << 20;
 
 /// Log state of one core.
 pub(crate) struct RaftLog<S: LogStorage> {
@@ -20,6 +32,11 @@ pub(crate) struct RaftLog<S: LogStorage> {
     /// Entries not yet reported durable, starting at `unstable_offset`.
     unstable: Vec<Entry>,
     unstable_offset: u64,
+    /// Durable entries not yet handed out to apply, ending at `unstable_offset - 1`: the
+    /// same entries storage holds (the ones this log handed out to persist), read from
+    /// here instead. At most [`KEPT_BYTES_MAX`] of payload; the oldest go first.
+    kept: VecDeque<Entry>,
+    kept_bytes: u64,
     /// A snapshot received from the leader that the driver has not yet reported installed;
     /// while set, the log (as seen by the core) starts right after it.
     pending_snapshot: Option<SnapshotMeta>,
@@ -54,6 +71,8 @@ impl<S: LogStorage> RaftLog<S> {
             storage,
             unstable: Vec::new(),
             unstable_offset: last + 1,
+            kept: VecDeque::new(),
+            kept_bytes: 0,
             pending_snapshot: None,
             pending_snapshot_taken: false,
             taken_to: last,
@@ -122,6 +141,9 @@ impl<S: LogStorage> RaftLog<S> {
                 .get((index - self.unstable_offset) as usize)
                 .map(|e| e.term);
         }
+        if index >= self.kept_offset() {
+            return Some(self.kept[(index - self.kept_offset()) as usize].term);
+        }
         if let Some(meta) = &self.pending_snapshot {
             return match index.cmp(&meta.last_index) {
                 std::cmp::Ordering::Less => None,
@@ -163,8 +185,9 @@ impl<S: LogStorage> RaftLog<S> {
         }
         let mut out = Vec::new();
         let mut size = 0u64;
-        if lo < self.unstable_offset {
-            let stored_hi = hi.min(self.unstable_offset);
+        let in_memory = self.kept_offset();
+        if lo < in_memory {
+            let stored_hi = hi.min(in_memory);
             out = self.stored(self.storage.entries(lo, stored_hi, max_bytes))?;
             size = out.iter().map(Entry::size_bytes).sum();
             let complete = out.last().map(|e| e.index + 1) == Some(stored_hi);
@@ -172,10 +195,18 @@ impl<S: LogStorage> RaftLog<S> {
                 return Some(out);
             }
         }
-        let start = lo.max(self.unstable_offset);
-        let from = (start - self.unstable_offset) as usize;
-        let to = (hi - self.unstable_offset) as usize;
-        for entry in &self.unstable[from..to] {
+        let start = lo.max(in_memory);
+        let kept_lo = start.min(self.unstable_offset);
+        let kept_hi = hi.clamp(kept_lo, self.unstable_offset);
+        let kept = self
+            .kept
+            .range((kept_lo - in_memory) as usize..(kept_hi - in_memory) as usize);
+        let unstable_lo = start.max(self.unstable_offset);
+        let unstable_hi = hi.max(unstable_lo);
+        let unstable = self.unstable[(unstable_lo - self.unstable_offset) as usize
+            ..(unstable_hi - self.unstable_offset) as usize]
+            .iter();
+        for entry in kept.chain(unstable) {
             size += entry.size_bytes();
             if !out.is_empty() && size > max_bytes {
                 break;
@@ -183,6 +214,22 @@ impl<S: LogStorage> RaftLog<S> {
             out.push(entry.clone());
         }
         Some(out)
+    }
+
+    /// The first index held in memory (`kept`, then `unstable`).
+    fn kept_offset(&self) -> u64 {
+        self.unstable_offset - self.kept.len() as u64
+    }
+
+    fn drop_oldest_kept(&mut self) {
+        if let Some(entry) = self.kept.pop_front() {
+            self.kept_bytes -= entry.size_bytes();
+        }
+    }
+
+    fn clear_kept(&mut self) {
+        self.kept.clear();
+        self.kept_bytes = 0;
     }
 
     /// Appends entries the leader created (no truncation).
@@ -220,6 +267,11 @@ impl<S: LogStorage> RaftLog<S> {
             self.unstable.truncate((at - self.unstable_offset) as usize);
         } else {
             self.unstable.clear();
+            while self.kept.back().is_some_and(|e| e.index >= at) {
+                if let Some(entry) = self.kept.pop_back() {
+                    self.kept_bytes -= entry.size_bytes();
+                }
+            }
             self.unstable_offset = at;
         }
         self.taken_to = self.taken_to.min(at - 1);
@@ -241,6 +293,7 @@ impl<S: LogStorage> RaftLog<S> {
         // that when it accepted the snapshot, and the driver's storage, which this log
         // reads, already holds the snapshot by now.
         self.unstable.clear();
+        self.clear_kept();
         self.unstable_offset = meta.last_index + 1;
         // Durable entries beyond the old commit index may conflict with the snapshot;
         // until the install is reported only the committed prefix is known to match.
@@ -313,8 +366,14 @@ impl<S: LogStorage> RaftLog<S> {
         let upto = index.min(self.taken_to);
         self.persisted = self.persisted.max(upto);
         if upto >= self.unstable_offset {
-            let drop = (upto + 1 - self.unstable_offset) as usize;
-            self.unstable.drain(..drop);
+            let durable = (upto + 1 - self.unstable_offset) as usize;
+            for entry in self.unstable.drain(..durable) {
+                self.kept_bytes += entry.size_bytes();
+                self.kept.push_back(entry);
+            }
+            while self.kept_bytes > KEPT_BYTES_MAX {
+                self.drop_oldest_kept();
+            }
             self.unstable_offset = upto + 1;
         }
     }
@@ -368,6 +427,9 @@ impl<S: LogStorage> RaftLog<S> {
         });
         if let Some(last) = out.last() {
             self.applying = last.index;
+        }
+        while self.kept.front().is_some_and(|e| e.index <= self.applying) {
+            self.drop_oldest_kept();
         }
         out
     }
@@ -433,6 +495,7 @@ mod tests {
     use super::*;
     use crate::raft::test_cluster::{ent, storage_with};
     use crate::raft::MemStorage;
+    use bytes::Bytes;
 
     fn log_with(terms: &[u64]) -> RaftLog<MemStorage> {
         RaftLog::new(storage_with(terms))
@@ -531,5 +594,108 @@ mod tests {
         assert_eq!(got.len(), 3);
         log.commit_to(4);
         assert_eq!(log.take_entries_to_apply(u64::MAX).len(), 3);
+    }
+    /// Applying reads entries made durable moments ago from memory: storage here lacks
+    /// them (as if the driver's log could not be read), and they are still handed out.
+    #[test]
+    fn durable_entries_are_applied_from_memory_not_read_back() {
+        let mut log = log_with(&[1, 1]);
+        log.commit_to(2);
+        assert_eq!(log.take_entries_to_apply(u64::MAX).len(), 2);
+        log.append_local(ent(3, 1));
+        log.append_local(ent(4, 1));
+        assert_eq!(log.take_entries_to_persist().len(), 2);
+        log.on_persisted(4, 1);
+        assert_eq!(log.term(3), Some(1));
+        assert_eq!(
+            log.entries(3, 5, u64::MAX),
+            Some(vec![ent(3, 1), ent(4, 1)])
+        );
+        log.commit_to(4);
+        assert_eq!(
+            log.take_entries_to_apply(u64::MAX),
+            vec![ent(3, 1), ent(4, 1)]
+        );
+        assert!(
+            log.kept.is_empty(),
+            "entries handed out to apply are not kept"
+        );
+    }
+
+    /// Any range of the in-memory part reads right: inside the kept entries, across them
+    /// into the unstable ones, and inside the unstable ones alone.
+    #[test]
+    fn every_range_of_kept_and_unstable_entries_reads_right() {
+        let mut log = log_with(&[1]);
+        for index in 2..=3 {
+            log.append_local(ent(index, 1));
+        }
+        log.take_entries_to_persist();
+        log.on_persisted(3, 1);
+        for index in 4..=5 {
+            log.append_local(ent(index, 2));
+        }
+        let terms = [0, 1, 1, 1, 2, 2];
+        for lo in 1..=6 {
+            for hi in lo..=6 {
+                let got = log.entries(lo, hi, u64::MAX);
+                let want: Vec<Entry> = (lo..hi).map(|i| ent(i, terms[i as usize])).collect();
+                assert_eq!(got, Some(want), "entries [{lo}, {hi})");
+            }
+        }
+    }
+
+    /// Kept entries are a copy of storage: a leader's conflicting entries replace them as
+    /// they replace the stored ones (Raft §5.3).
+    #[test]
+    fn a_conflicting_append_drops_kept_entries_from_the_conflict_on() {
+        let mut log = log_with(&[1]);
+        for index in 2..=4 {
+            log.append_local(ent(index, 1));
+        }
+        let new = log.take_entries_to_persist();
+        log.storage.append(&new);
+        log.on_persisted(4, 1);
+        assert_eq!(log.kept.len(), 3);
+        log.append_new(vec![ent(3, 2)]);
+        assert_eq!(
+            (log.kept.len(), log.kept_bytes),
+            (1, ent(2, 1).size_bytes())
+        );
+        assert_eq!(log.last_index(), 3);
+        assert_eq!(log.term(2), Some(1));
+        assert_eq!(log.term(3), Some(2));
+        assert_eq!(
+            log.entries(2, 4, u64::MAX),
+            Some(vec![ent(2, 1), ent(3, 2)])
+        );
+    }
+
+    /// Memory stays bounded when applying falls behind: past the cap the oldest kept entries
+    /// are read from storage again.
+    #[test]
+    fn kept_entries_are_capped_and_the_rest_read_from_storage() {
+        let mut log = log_with(&[]);
+        let entry = |index| Entry {
+            payload: Bytes::from(vec![7u8; 1 << 20]),
+            ..ent(index, 1)
+        };
+        let count = KEPT_BYTES_MAX / (1 << 20) + 4;
+        for index in 1..=count {
+            log.append_local(entry(index));
+        }
+        let new = log.take_entries_to_persist();
+        log.storage.append(&new);
+        log.on_persisted(count, 1);
+        assert!(log.kept_bytes <= KEPT_BYTES_MAX);
+        assert_eq!(log.kept.back().map(|e| e.index), Some(count));
+        assert!(log.kept_offset() > 1);
+        log.commit_to(count);
+        let applied = log.take_entries_to_apply(u64::MAX);
+        assert_eq!(applied.len() as u64, count);
+        assert!(applied
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.index == i as u64 + 1));
     }
 }
