@@ -10,7 +10,7 @@ use axum::extract::Query;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 
 use super::debug::IsolateQuery;
-use super::handlers::{key_from_uri, read_mode, request_id, LogParams, ReadParams};
+use super::handlers::{key_from_uri, read_mode, read_params, request_id, LogParams, ReadParams};
 use super::members::{change_params, parse_add, parse_id};
 use super::ApiError;
 use crate::kv::RequestId;
@@ -62,14 +62,28 @@ fn target(uri: &Uri) {
         }
         Err(e) => bad_request(&e, "key"),
     }
+    let read = read_params(uri);
     match Query::<ReadParams>::try_from_uri(uri) {
         Ok(Query(params)) => {
+            assert_eq!(
+                read.as_ref().ok(),
+                Some(&params),
+                "read_params and the Query extractor disagree on {uri}"
+            );
             if let Err(e) = read_mode(&params) {
                 bad_request(&e, "consistency");
             }
         }
         // axum answers these itself (400, its own text).
-        Err(rejection) => assert_eq!(rejection_status(rejection), StatusCode::BAD_REQUEST),
+        Err(rejection) => {
+            let fast = read.err().map(|e| e.body_text());
+            assert_eq!(
+                fast.as_deref(),
+                Some(rejection.body_text().as_str()),
+                "read_params and the Query extractor disagree on {uri}"
+            );
+            assert_eq!(rejection_status(rejection), StatusCode::BAD_REQUEST)
+        }
     }
     if let Err(rejection) = Query::<LogParams>::try_from_uri(uri) {
         assert_eq!(rejection_status(rejection), StatusCode::BAD_REQUEST);
