@@ -4,9 +4,8 @@
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Method, Request};
 
+use super::wire::Call;
 use super::Consistency;
 
 /// The system under load.
@@ -61,31 +60,21 @@ impl Requests {
         self
     }
 
-    fn authorized(&self, mut request: Request<Full<Bytes>>) -> Request<Full<Bytes>> {
-        if let Some(value) = &self.authorization {
-            request
-                .headers_mut()
-                .insert(hyper::header::AUTHORIZATION, value.clone());
-        }
-        request
+    fn authorized(&self, mut call: Call) -> Call {
+        call.authorization = self.authorization.clone();
+        call
     }
 
     /// A write of key `bench-{key}`.
-    pub fn put(&self, host: &str, key: u64) -> Request<Full<Bytes>> {
-        self.authorized(self.put_plain(host, key))
+    pub fn put(&self, key: u64) -> Call {
+        self.authorized(self.put_plain(key))
     }
 
-    fn put_plain(&self, host: &str, key: u64) -> Request<Full<Bytes>> {
+    fn put_plain(&self, key: u64) -> Call {
         match self.system {
-            System::Raftlog => build(
-                Method::PUT,
-                host,
-                format!("/v1/kv/bench-{key}"),
-                self.value.clone(),
-            ),
+            System::Raftlog => build("PUT", format!("/v1/kv/bench-{key}"), self.value.clone()),
             System::Etcd => build(
-                Method::POST,
-                host,
+                "POST",
                 "/v3/kv/put".to_string(),
                 Bytes::from(format!(
                     r#"{{"key":"{}","value":"{}"}}"#,
@@ -97,15 +86,14 @@ impl Requests {
     }
 
     /// A read of key `bench-{key}`.
-    pub fn get(&self, host: &str, key: u64) -> Request<Full<Bytes>> {
-        self.authorized(self.get_plain(host, key))
+    pub fn get(&self, key: u64) -> Call {
+        self.authorized(self.get_plain(key))
     }
 
-    fn get_plain(&self, host: &str, key: u64) -> Request<Full<Bytes>> {
+    fn get_plain(&self, key: u64) -> Call {
         match self.system {
             System::Raftlog => build(
-                Method::GET,
-                host,
+                "GET",
                 format!("/v1/kv/bench-{key}?consistency={}", self.consistency.name()),
                 Bytes::new(),
             ),
@@ -118,8 +106,7 @@ impl Requests {
                     ""
                 };
                 build(
-                    Method::POST,
-                    host,
+                    "POST",
                     "/v3/kv/range".to_string(),
                     Bytes::from(format!(r#"{{"key":"{}"{serializable}}}"#, etcd_key(key))),
                 )
@@ -138,66 +125,64 @@ fn etcd_key(key: u64) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("bench-{key}"))
 }
 
-fn build(method: Method, host: &str, path: String, body: Bytes) -> Request<Full<Bytes>> {
-    let mut request = Request::new(Full::new(body));
-    *request.method_mut() = method.clone();
-    // A path is always a valid URI here: `bench-`, digits and a fixed query.
-    *request.uri_mut() = path.parse().unwrap_or_default();
-    if let Ok(host) = host.parse() {
-        request.headers_mut().insert(hyper::header::HOST, host);
-    }
-    if method == Method::POST {
+fn build(method: &'static str, path: String, body: Bytes) -> Call {
+    Call {
+        method,
+        path,
+        body,
         // Only etcd's gateway gets POSTs; raftlog's values are raw bytes, no JSON.
-        request.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static("application/json"),
-        );
+        json: method == "POST",
+        authorization: None,
     }
-    request
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
 
-    async fn body(request: Request<Full<Bytes>>) -> String {
-        let bytes = request.into_body().collect().await.map(|b| b.to_bytes());
-        String::from_utf8(bytes.unwrap_or_default().to_vec()).unwrap_or_default()
+    fn body(call: &Call) -> &str {
+        std::str::from_utf8(&call.body).unwrap_or_default()
     }
 
-    #[tokio::test]
-    async fn etcd_requests_speak_the_v3_gateway_in_base64() {
+    #[test]
+    fn etcd_requests_speak_the_v3_gateway_in_base64() {
         let requests = Requests::new(System::Etcd, 3, Consistency::Stale);
-        let put = requests.put("127.0.0.1:2379", 7);
-        assert_eq!(put.method(), Method::POST);
-        assert_eq!(put.uri().path(), "/v3/kv/put");
+        let put = requests.put(7);
+        assert_eq!(
+            (put.method, put.path.as_str(), put.json),
+            ("POST", "/v3/kv/put", true)
+        );
         // base64("bench-7") = YmVuY2gtNw==, base64("xxx") = eHh4
-        assert_eq!(body(put).await, r#"{"key":"YmVuY2gtNw==","value":"eHh4"}"#);
-        let get = requests.get("127.0.0.1:2379", 7);
-        assert_eq!(get.uri().path(), "/v3/kv/range");
-        assert_eq!(
-            body(get).await,
-            r#"{"key":"YmVuY2gtNw==","serializable":true}"#
-        );
+        assert_eq!(body(&put), r#"{"key":"YmVuY2gtNw==","value":"eHh4"}"#);
+        let get = requests.get(7);
+        assert_eq!(get.path, "/v3/kv/range");
+        assert_eq!(body(&get), r#"{"key":"YmVuY2gtNw==","serializable":true}"#);
         let linearizable = Requests::new(System::Etcd, 3, Consistency::Linearizable);
-        assert_eq!(
-            body(linearizable.get("h", 7)).await,
-            r#"{"key":"YmVuY2gtNw=="}"#
-        );
+        assert_eq!(body(&linearizable.get(7)), r#"{"key":"YmVuY2gtNw=="}"#);
     }
 
-    #[tokio::test]
-    async fn raftlog_requests_use_the_kv_endpoint_with_the_consistency_asked() {
+    #[test]
+    fn raftlog_requests_use_the_kv_endpoint_with_the_consistency_asked() {
         let requests = Requests::new(System::Raftlog, 4, Consistency::Lease);
-        let put = requests.put("127.0.0.1:8001", 42);
-        assert_eq!(put.method(), Method::PUT);
-        assert_eq!(put.uri().path(), "/v1/kv/bench-42");
-        assert_eq!(body(put).await, "xxxx");
-        let get = requests.get("127.0.0.1:8001", 42);
-        assert_eq!(get.method(), Method::GET);
-        assert_eq!(get.uri().to_string(), "/v1/kv/bench-42?consistency=lease");
+        let put = requests.put(42);
+        assert_eq!(
+            (put.method, put.path.as_str(), put.json),
+            ("PUT", "/v1/kv/bench-42", false)
+        );
+        assert_eq!(body(&put), "xxxx");
+        let get = requests.get(42);
+        assert_eq!(get.method, "GET");
+        assert_eq!(get.path, "/v1/kv/bench-42?consistency=lease");
         assert!(requests.read_answered(404));
         assert!(!Requests::new(System::Etcd, 1, Consistency::Stale).read_answered(404));
+    }
+
+    #[test]
+    fn every_request_carries_the_users_authorization() {
+        let value = hyper::header::HeaderValue::from_static("Basic dTpw");
+        let requests = Requests::new(System::Raftlog, 1, Consistency::Linearizable)
+            .with_authorization(Some(value.clone()));
+        assert_eq!(requests.put(1).authorization, Some(value.clone()));
+        assert_eq!(requests.get(1).authorization, Some(value));
     }
 }

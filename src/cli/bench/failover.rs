@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::etcd::{Requests, System};
-use super::load::{connect, exchange, leader_index, Connection};
+use super::load::{connect, exchange, leader_index};
+use super::wire::Connection;
 use super::Consistency;
 use super::{EXIT_FAILED, EXIT_USAGE};
 
@@ -181,11 +182,11 @@ async fn put_loop(
                 Some(open) => open,
                 None => connections[i].insert(connect(&endpoints[i], timeout).await?),
             };
-            exchange(connection, requests.put(&endpoints[i], key), timeout).await
+            exchange(connection, requests.put(key), timeout).await
         })
         .await;
         let ok = matches!(attempt, Ok(Ok((status, _))) if (200..300).contains(&status));
-        if !ok {
+        if !ok || connections[i].as_ref().is_some_and(|c| !c.is_reusable()) {
             connections[i] = None;
         }
         let done = Instant::now();

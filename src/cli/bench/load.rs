@@ -1,6 +1,6 @@
-//! The clients: one keep-alive HTTP/1.1 connection each (hyper's client connection, no
-//! pool in between), one request in flight, a private histogram and error counts merged at
-//! the end. Shared state is a few atomics for the progress line and the request budget.
+//! The clients: one keep-alive HTTP/1.1 connection each (`wire.rs`, no pool in between),
+//! one request in flight, a private histogram and error counts merged at the end. Shared
+//! state is a few atomics for the progress line and the request budget.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -9,18 +9,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::Request;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 use super::etcd::{Requests, System};
 use super::report::{self, Report};
+use super::wire::{Call, Connection};
 use super::{BenchArgs, OpKind};
-
-/// A client's connection: requests go out one at a time.
-pub(super) type Connection = SendRequest<Full<Bytes>>;
 
 /// Latencies are kept in microseconds, 3 significant digits, up to 10 minutes.
 pub(super) fn new_histogram() -> Histogram<u64> {
@@ -50,7 +44,7 @@ pub(super) async fn connect(addr: &str, timeout: Duration) -> Result<Connection,
     // One small request per round trip: Nagle would hold the next one back.
     let _ = stream.set_nodelay(true);
     let Some(https) = HTTPS.get() else {
-        return http_handshake(stream).await;
+        return Ok(Connection::new(stream, addr));
     };
     // The verifier checks the chain to the cluster CA, not the name (nodes' certificates
     // name raftlog-node-<id>); the name is only sent as SNI.
@@ -63,55 +57,16 @@ pub(super) async fn connect(addr: &str, timeout: Duration) -> Result<Connection,
         Ok(Err(e)) => return Err(format!("tls handshake failed: {}", e.kind())),
         Ok(Ok(stream)) => stream,
     };
-    http_handshake(stream).await
-}
-
-/// HTTP/1.1 over `stream`, its connection driven by a task of its own.
-async fn http_handshake<S>(stream: S) -> Result<Connection, String>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake failed: {e}"))?;
-    tokio::spawn(async move {
-        // Ends when the sender is dropped or the peer closes: either is reported by the
-        // next request on it.
-        let _ = connection.await;
-    });
-    Ok(sender)
+    Ok(Connection::new(stream, addr))
 }
 
 /// Sends one request and reads the whole answer; the error is its kind.
 pub(super) async fn exchange(
     connection: &mut Connection,
-    request: Request<Full<Bytes>>,
+    call: Call,
     timeout: Duration,
 ) -> Result<(u16, Bytes), String> {
-    let answer = async {
-        connection
-            .ready()
-            .await
-            .map_err(|_| "connection closed".to_string())?;
-        let response = connection.send_request(request).await.map_err(|e| {
-            if e.is_canceled() || e.is_closed() || e.is_incomplete_message() {
-                "connection closed".to_string()
-            } else {
-                format!("http error: {e}")
-            }
-        })?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|_| "connection closed".to_string())?
-            .to_bytes();
-        Ok((status, body))
-    };
-    tokio::time::timeout(timeout, answer)
-        .await
-        .unwrap_or_else(|_| Err("timeout".into()))
+    connection.exchange(&call, timeout).await
 }
 
 /// An error answer's kind: `http 503 overloaded` from raftlog's `{"error": {"code"}}`,
@@ -127,7 +82,7 @@ fn status_kind(status: u16, body: &[u8]) -> String {
 }
 
 /// One request and its JSON answer, on a connection of its own (status and leader look-ups).
-pub(super) async fn call_json(addr: &str, request: Request<Full<Bytes>>) -> Option<Value> {
+pub(super) async fn call_json(addr: &str, request: Call) -> Option<Value> {
     let timeout = Duration::from_secs(2);
     let mut connection = connect(addr, timeout).await.ok()?;
     let (status, body) = exchange(&mut connection, request, timeout).await.ok()?;
@@ -137,19 +92,14 @@ pub(super) async fn call_json(addr: &str, request: Request<Full<Bytes>>) -> Opti
     serde_json::from_slice(&body).ok()
 }
 
-fn request(
-    method: hyper::Method,
-    addr: &str,
-    path: &'static str,
-    body: &'static str,
-) -> Request<Full<Bytes>> {
-    let mut request = Request::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *request.method_mut() = method;
-    *request.uri_mut() = hyper::Uri::from_static(path);
-    if let Ok(host) = addr.parse() {
-        request.headers_mut().insert(hyper::header::HOST, host);
+fn request(method: &'static str, path: &'static str, body: &'static str) -> Call {
+    Call {
+        method,
+        path: path.to_string(),
+        body: Bytes::from_static(body.as_bytes()),
+        json: false,
+        authorization: None,
     }
-    request
 }
 
 /// The index in `endpoints` of the current leader, if one answers.
@@ -157,9 +107,7 @@ pub(super) async fn leader_index(system: System, endpoints: &[String]) -> Option
     match system {
         System::Raftlog => {
             for addr in endpoints {
-                let Some(status) =
-                    call_json(addr, request(hyper::Method::GET, addr, "/v1/status", "")).await
-                else {
+                let Some(status) = call_json(addr, request("GET", "/v1/status", "")).await else {
                     continue;
                 };
                 let leader = status["leader_id"].as_u64()?;
@@ -176,11 +124,7 @@ pub(super) async fn leader_index(system: System, endpoints: &[String]) -> Option
             // Each member's status names itself (header.member_id) and the leader; the
             // gateway prints uint64s as strings.
             for (i, addr) in endpoints.iter().enumerate() {
-                let status = call_json(
-                    addr,
-                    request(hyper::Method::POST, addr, "/v3/maintenance/status", "{}"),
-                )
-                .await;
+                let status = call_json(addr, request("POST", "/v3/maintenance/status", "{}")).await;
                 if let Some(status) = status {
                     if status["leader"].is_string()
                         && status["leader"] == status["header"]["member_id"]
@@ -280,15 +224,19 @@ async fn client(
         let outcome = match outcome {
             Ok(open) => {
                 let request = if is_read {
-                    plan.requests.get(&endpoint, key)
+                    plan.requests.get(key)
                 } else {
-                    plan.requests.put(&endpoint, key)
+                    plan.requests.put(key)
                 };
                 exchange(open, request, plan.timeout).await
             }
             Err(kind) => Err(kind),
         };
         let done = Instant::now();
+        if connection.as_ref().is_some_and(|open| !open.is_reusable()) {
+            // The server closed it after this answer, or the request failed on it.
+            connection = None;
+        }
         let counts = sent >= plan.measure_start && plan.measure_end.is_none_or(|end| done <= end);
         let error = match outcome {
             Ok((status, _)) if is_read && plan.requests.read_answered(status) => {
@@ -356,7 +304,12 @@ async fn prefill(
                 if key >= key_space {
                     return Ok(());
                 }
-                match exchange(&mut connection, requests.put(&endpoint, key), timeout).await {
+                if !connection.is_reusable() {
+                    connection = connect(&endpoint, timeout)
+                        .await
+                        .map_err(|kind| format!("prefill: {endpoint}: {kind}"))?;
+                }
+                match exchange(&mut connection, requests.put(key), timeout).await {
                     Ok((status, _)) if (200..300).contains(&status) => {}
                     Ok((status, body)) => {
                         return Err(format!(

@@ -15,6 +15,7 @@ mod etcd;
 mod failover;
 mod load;
 mod report;
+mod wire;
 
 use std::io::IsTerminal;
 use std::time::Duration;
