@@ -217,3 +217,49 @@ fn lease_reads_stop_once_timeout_now_is_sent() {
     c.node_mut(1).read_index(77, ReadMode::Lease).unwrap();
     assert!(c.node_mut(1).take_ready().read_states.is_empty());
 }
+
+/// Thesis §6.4 under load, as etcd's server batches ReadIndex: while a heartbeat round is in
+/// flight, reads that arrive wait for the next round, which starts only when a quorum has
+/// answered the first; so one round confirms every read that arrived during the one before
+/// (two rounds here for three reads, where each read used to start its own).
+#[test]
+fn reads_arriving_during_a_round_share_the_next_one() {
+    let mut c = Cluster::new(&[1, 2, 3], |_| {});
+    c.elect(1);
+    c.propose(1, b"x");
+    let commit = c.node(1).status().commit_index;
+    let rounds_sent = |c: &Cluster, from: usize| -> std::collections::BTreeSet<u64> {
+        c.sent[from..]
+            .iter()
+            .filter_map(|m| match &m.message {
+                Message::AppendEntries { read_ctx, .. } if m.from == 1 => Some(*read_ctx),
+                _ => None,
+            })
+            .collect()
+    };
+    let before = c.sent.len();
+    c.node_mut(1).read_index(1, ReadMode::Linearizable).unwrap();
+    c.process(1);
+    assert_eq!(
+        rounds_sent(&c, before).len(),
+        1,
+        "the first read starts a round"
+    );
+    let in_flight = c.sent.len();
+    for ctx in [2, 3] {
+        c.node_mut(1)
+            .read_index(ctx, ReadMode::Linearizable)
+            .unwrap();
+        c.process(1);
+    }
+    assert!(
+        rounds_sent(&c, in_flight).is_empty(),
+        "no round starts while one is unanswered"
+    );
+    c.settle();
+    assert_eq!(rounds_sent(&c, before).len(), 2);
+    let released: Vec<ReadState> = (1..=3)
+        .map(|ctx| ReadState { ctx, index: commit })
+        .collect();
+    assert_eq!(c.read_states[&1], released);
+}
