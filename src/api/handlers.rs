@@ -658,13 +658,14 @@ pub async fn get_key(State(state): State<Arc<ApiState>>, request: Request) -> Ap
     let index_header = HeaderValue::from(index);
     match value {
         Some(value) => {
+            // The headers in the order the `(status, headers, body)` answer gave them.
             let mut response = Response::new(Body::from(value));
             let headers = response.headers_mut();
-            headers.insert(RAFT_INDEX_HEADER_NAME, index_header);
             headers.insert(
                 axum::http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
             );
+            headers.insert(RAFT_INDEX_HEADER_NAME, index_header);
             Ok(response)
         }
         None => {
