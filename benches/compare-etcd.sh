@@ -14,8 +14,11 @@
 #
 # Usage: benches/compare-etcd.sh [--quick] [--duration S] [--warmup S] [--trials N]
 #          [--workloads put-1,put-64,...] [--no-failover] [--raftlog BIN] [--out DIR]
-#          [--base-port P] [--keep]
+#          [--base-port P] [--keep] [--threads-per-node N]
 #   --quick: 2 s after 1 s warmup, 3 failover trials (a smoke run, not a measurement).
+#   --threads-per-node N: each node of both systems runs N threads of its runtime
+#   (TOKIO_WORKER_THREADS for raftlog, GOMAXPROCS for etcd): the three nodes share one
+#   machine, and by default each runtime sizes itself for all of its cores.
 #   Defaults: 10 s after 3 s warmup, 7 trials, every workload; BIN target/release/raftlog
 #   (built if missing); results (one JSON per run, table.md) in DIR (default: a temp dir).
 #
@@ -25,7 +28,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=10 WARMUP=3 TRIALS=7 KEY_SPACE=10000 VALUE_SIZE=100 BASE_PORT=27100
-RAFTLOG=target/release/raftlog OUT="" KEEP=0 FAILOVER=1
+RAFTLOG=target/release/raftlog OUT="" KEEP=0 FAILOVER=1 THREADS_PER_NODE=
 WORKLOADS="put-1,put-16,put-64,put-256,get-64,lease-get-64,mixed-64"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -39,7 +42,8 @@ while [ $# -gt 0 ]; do
     --out) OUT="$2"; shift 2 ;;
     --base-port) BASE_PORT="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    --threads-per-node) THREADS_PER_NODE="$2"; shift 2 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "compare-etcd.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -86,12 +90,14 @@ start_node() { # system index(0..2)
   local system="$1" i="$2" n=$(($2 + 1))
   case "$system" in
     raftlog)
-      "$RAFTLOG" serve --config "$WORK/raftlog/config.json" --id "$n" \
+      env ${THREADS_PER_NODE:+TOKIO_WORKER_THREADS="$THREADS_PER_NODE"} \
+        "$RAFTLOG" serve --config "$WORK/raftlog/config.json" --id "$n" \
         >>"$WORK/raftlog/node-$n.log" 2>&1 &
       ;;
     etcd)
       local cluster="n1=http://127.0.0.1:$(port 31),n2=http://127.0.0.1:$(port 32),n3=http://127.0.0.1:$(port 33)"
-      "$ETCD" --name "n$n" --data-dir "$WORK/etcd/n$n" \
+      env ${THREADS_PER_NODE:+GOMAXPROCS="$THREADS_PER_NODE"} \
+        "$ETCD" --name "n$n" --data-dir "$WORK/etcd/n$n" \
         --listen-client-urls "http://127.0.0.1:$(port $((20 + n)))" \
         --advertise-client-urls "http://127.0.0.1:$(port $((20 + n)))" \
         --listen-peer-urls "http://127.0.0.1:$(port $((30 + n)))" \
