@@ -488,7 +488,7 @@ mod tests {
         let routes = routes_in_source();
         assert!(routes.len() >= 20, "parsed too few routes: {routes:?}");
         // The key routes' shortcut answers under this route's name and rights.
-        for method in ["GET", "PUT"] {
+        for method in ["GET", "PUT", "DELETE"] {
             assert!(
                 routes
                     .iter()

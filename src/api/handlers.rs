@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use storage::{EntryKind, Membership};
 
-use super::{forward, ApiError, ApiState};
+use super::{forward, ApiError, ApiState, RAFT_INDEX_HEADER_NAME};
 use crate::kv::{Applied, Command, KvCommand, KvResponse, RequestId};
 use crate::node::transfer::TransferError;
 use crate::node::{RequestError, WritePermit};
@@ -93,8 +93,8 @@ async fn read_body_within(limit: usize, body: Body) -> Result<Bytes, ApiError> {
     // of `axum::body::to_bytes`' collecting layers (~0.8 k instructions per put, callgrind).
     // Only a body of several frames is copied into one buffer.
     let mut body = body;
-    let mut first: Option<Bytes> = None;
-    let mut joined: Vec<u8> = Vec::new();
+    let mut value = Bytes::new();
+    let mut joined: Option<Vec<u8>> = None;
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
@@ -107,20 +107,13 @@ async fn read_body_within(limit: usize, body: Body) -> Result<Bytes, ApiError> {
         if total > limit {
             return Err(too_large());
         }
-        match first.take() {
-            None if joined.is_empty() => first = Some(data),
-            earlier => {
-                if let Some(earlier) = earlier {
-                    joined.extend_from_slice(&earlier);
-                }
-                joined.extend_from_slice(&data);
-            }
+        match &mut joined {
+            Some(joined) => joined.extend_from_slice(&data),
+            None if value.is_empty() => value = data,
+            None => joined = Some([&value[..], &data[..]].concat()),
         }
     }
-    Ok(match first {
-        Some(only) => only,
-        None => Bytes::from(joined),
-    })
+    Ok(joined.map_or(value, Bytes::from))
 }
 
 fn path_and_query(uri: &Uri) -> String {
@@ -521,9 +514,6 @@ pub(super) fn read_params(uri: &Uri) -> Result<ReadParams, QueryRejection> {
         None => Query::<ReadParams>::try_from_uri(uri).map(|Query(params)| params),
     }
 }
-
-/// `X-Raft-Index`, parsed once (see `LEADER_HEADER_NAME`).
-pub(super) const RAFT_INDEX_HEADER_NAME: HeaderName = HeaderName::from_static("x-raft-index");
 
 /// The read barrier `?consistency=` asks for; `None` for a stale (local) read.
 pub(super) fn read_mode(params: &ReadParams) -> Result<Option<ReadMode>, ApiError> {

@@ -175,6 +175,8 @@ pub const FORWARDED_HEADER: &str = "x-raftlog-forwarded-by";
 // the name first, ~400 instructions a time and five per write (callgrind).
 const LEADER_HEADER_NAME: HeaderName = HeaderName::from_static(LEADER_HEADER);
 const FORWARDED_HEADER_NAME: HeaderName = HeaderName::from_static(FORWARDED_HEADER);
+/// `X-Raft-Index`: the index an answer's state was read at.
+const RAFT_INDEX_HEADER_NAME: HeaderName = HeaderName::from_static("x-raft-index");
 
 /// Builds the router.
 pub fn router(node: Node<KvStore>, options: ApiOptions) -> Router {

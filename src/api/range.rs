@@ -241,7 +241,7 @@ async fn range_inner(
     let mut response = axum::Json(body).into_response();
     response
         .headers_mut()
-        .insert("x-raft-index", HeaderValue::from(index));
+        .insert(super::RAFT_INDEX_HEADER_NAME, HeaderValue::from(index));
     Ok(response)
 }
 

@@ -319,7 +319,8 @@ async fn serve_connection<S>(
                 return;
             }
             _ = &mut told_to_close, if !closing_asked => {
-                // Closes at once when idle; an answer still being sent finishes first.
+                // The server stops or the connection is idle: it closes at once, but an
+                // answer still being sent finishes first.
                 connection.as_mut().graceful_shutdown();
                 closing_asked = true;
             }

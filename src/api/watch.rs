@@ -219,7 +219,10 @@ fn start(
         HeaderValue::from_static("no-cache"),
     );
     headers.insert(SERVED_BY_HEADER, HeaderValue::from(node.id));
-    headers.insert("x-raft-index", HeaderValue::from(subscribed_at));
+    headers.insert(
+        super::RAFT_INDEX_HEADER_NAME,
+        HeaderValue::from(subscribed_at),
+    );
     Ok(response)
 }
 
