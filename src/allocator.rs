@@ -24,8 +24,8 @@
 //! of two, whatever the alignment asked: HTTP futures boxed by the router (1–3 KiB),
 //! hyper's read buffer and the WAL's batch vectors paid that on every request. Counted by
 //! callgrind on a one-node cluster taking 2,000 puts: 16 such calls per request, ~200
-//! instructions each against ~30 for `mi_malloc` (docs/BENCHMARKS.md, "The allocator's
-//! aligned path").
+//! instructions each against ~30 for `mi_malloc` (docs/BENCHMARKS.md, "The router's
+//! layers and the allocator").
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ffi::c_void;
