@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::etcd::{Requests, System};
-use super::load::{connect, exchange, leader_index};
+use super::load::{connect, leader_index};
 use super::wire::Connection;
 use super::Consistency;
 use super::{EXIT_FAILED, EXIT_USAGE};
@@ -182,7 +182,7 @@ async fn put_loop(
                 Some(open) => open,
                 None => connections[i].insert(connect(&endpoints[i], timeout).await?),
             };
-            exchange(connection, requests.put(key), timeout).await
+            connection.exchange(&requests.put(key), timeout).await
         })
         .await;
         let ok = matches!(attempt, Ok(Ok((status, _))) if (200..300).contains(&status));

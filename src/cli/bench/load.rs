@@ -60,15 +60,6 @@ pub(super) async fn connect(addr: &str, timeout: Duration) -> Result<Connection,
     Ok(Connection::new(stream, addr))
 }
 
-/// Sends one request and reads the whole answer; the error is its kind.
-pub(super) async fn exchange(
-    connection: &mut Connection,
-    call: Call,
-    timeout: Duration,
-) -> Result<(u16, Bytes), String> {
-    connection.exchange(&call, timeout).await
-}
-
 /// An error answer's kind: `http 503 overloaded` from raftlog's `{"error": {"code"}}`,
 /// `http 503` otherwise.
 fn status_kind(status: u16, body: &[u8]) -> String {
@@ -85,7 +76,7 @@ fn status_kind(status: u16, body: &[u8]) -> String {
 pub(super) async fn call_json(addr: &str, request: Call) -> Option<Value> {
     let timeout = Duration::from_secs(2);
     let mut connection = connect(addr, timeout).await.ok()?;
-    let (status, body) = exchange(&mut connection, request, timeout).await.ok()?;
+    let (status, body) = connection.exchange(&request, timeout).await.ok()?;
     if !(200..300).contains(&status) {
         return None;
     }
@@ -228,7 +219,7 @@ async fn client(
                 } else {
                     plan.requests.put(key)
                 };
-                exchange(open, request, plan.timeout).await
+                open.exchange(&request, plan.timeout).await
             }
             Err(kind) => Err(kind),
         };
@@ -309,7 +300,7 @@ async fn prefill(
                         .await
                         .map_err(|kind| format!("prefill: {endpoint}: {kind}"))?;
                 }
-                match exchange(&mut connection, requests.put(key), timeout).await {
+                match connection.exchange(&requests.put(key), timeout).await {
                     Ok((status, _)) if (200..300).contains(&status) => {}
                     Ok((status, body)) => {
                         return Err(format!(

@@ -126,7 +126,7 @@ impl Connection {
         let mut at_eof = false;
         loop {
             match parse_answer(&self.read, at_eof)? {
-                Parsed::Answer(answer) => {
+                Some(answer) => {
                     let mut message = self.read.split_to(answer.len);
                     if !answer.keep_alive {
                         self.reusable = false;
@@ -141,8 +141,8 @@ impl Connection {
                     };
                     return Ok((answer.status, body));
                 }
-                Parsed::Incomplete if at_eof => return Err("connection closed".into()),
-                Parsed::Incomplete => {}
+                None if at_eof => return Err("connection closed".into()),
+                None => {}
             }
             if self.read.capacity() - self.read.len() < 4 << 10 {
                 self.read.reserve(16 << 10);
@@ -170,15 +170,9 @@ enum Body {
     Chunked(Bytes),
 }
 
-#[derive(Debug, PartialEq)]
-enum Parsed {
-    Answer(Answer),
-    Incomplete,
-}
-
-/// Finds a whole answer at the start of `buf`; `at_eof` when the server has closed its side,
-/// which ends a body framed by the connection's close.
-fn parse_answer(buf: &[u8], at_eof: bool) -> Result<Parsed, String> {
+/// Finds a whole answer at the start of `buf` (`None` while it is incomplete); `at_eof` when
+/// the server has closed its side, which ends a body framed by the connection's close.
+fn parse_answer(buf: &[u8], at_eof: bool) -> Result<Option<Answer>, String> {
     let mut start = 0;
     loop {
         let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
@@ -190,7 +184,7 @@ fn parse_answer(buf: &[u8], at_eof: bool) -> Result<Parsed, String> {
                     "http error: an answer head over {HEAD_BYTES_MAX} bytes"
                 ))
             }
-            Ok(httparse::Status::Partial) => return Ok(Parsed::Incomplete),
+            Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(format!("http error: {e}")),
         };
         let status = response.code.unwrap_or(0);
@@ -204,7 +198,7 @@ fn parse_answer(buf: &[u8], at_eof: bool) -> Result<Parsed, String> {
         let keep_alive = framing.keep_alive;
         let bodiless = status == 204 || status == 304;
         let answer = |len, body, keep_alive| {
-            Parsed::Answer(Answer {
+            Some(Answer {
                 status,
                 len,
                 body,
@@ -221,7 +215,7 @@ fn parse_answer(buf: &[u8], at_eof: bool) -> Result<Parsed, String> {
         if framing.chunked {
             return Ok(match dechunk(&buf[body_start..])? {
                 Some((body, used)) => answer(body_start + used, Body::Chunked(body), keep_alive),
-                None => Parsed::Incomplete,
+                None => None,
             });
         }
         if let Some(length) = framing.content_length {
@@ -232,7 +226,7 @@ fn parse_answer(buf: &[u8], at_eof: bool) -> Result<Parsed, String> {
             return Ok(if buf.len() >= end {
                 answer(end, Body::Within(body_start..end), keep_alive)
             } else {
-                Parsed::Incomplete
+                None
             });
         }
         // No length: the body runs to the connection's close.
@@ -242,7 +236,7 @@ fn parse_answer(buf: &[u8], at_eof: bool) -> Result<Parsed, String> {
         return Ok(if at_eof {
             answer(buf.len(), Body::Within(body_start..buf.len()), false)
         } else {
-            Parsed::Incomplete
+            None
         });
     }
 }
@@ -370,14 +364,14 @@ mod tests {
 
     fn whole(buf: &[u8], at_eof: bool) -> (u16, Vec<u8>, usize, bool) {
         match parse_answer(buf, at_eof).expect("parses") {
-            Parsed::Answer(answer) => {
+            Some(answer) => {
                 let body = match answer.body {
                     Body::Within(range) => buf[range].to_vec(),
                     Body::Chunked(body) => body.to_vec(),
                 };
                 (answer.status, body, answer.len, answer.keep_alive)
             }
-            Parsed::Incomplete => panic!("incomplete: {:?}", String::from_utf8_lossy(buf)),
+            None => panic!("incomplete: {:?}", String::from_utf8_lossy(buf)),
         }
     }
 
@@ -392,10 +386,7 @@ mod tests {
             (404, b"abcde".to_vec(), chunked.len() - 4, true)
         );
         let by_close = b"HTTP/1.1 200 OK\r\n\r\nall of it";
-        assert!(matches!(
-            parse_answer(by_close, false),
-            Ok(Parsed::Incomplete)
-        ));
+        assert!(matches!(parse_answer(by_close, false), Ok(None)));
         assert_eq!(
             whole(by_close, true),
             (200, b"all of it".to_vec(), by_close.len(), false)
@@ -422,12 +413,12 @@ mod tests {
             for end in 0..answer.len() {
                 assert_eq!(
                     parse_answer(&answer[..end], false),
-                    Ok(Parsed::Incomplete),
+                    Ok(None),
                     "{:?}",
                     String::from_utf8_lossy(&answer[..end])
                 );
             }
-            assert!(matches!(parse_answer(answer, false), Ok(Parsed::Answer(_))));
+            assert!(matches!(parse_answer(answer, false), Ok(Some(_))));
         }
     }
 
