@@ -15,7 +15,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use super::log_storage::DurableLog;
 use super::{apply::ApplyJob, Event, NodeFailure, StorageStep};
-use crate::raft::{Envelope, SnapshotChunk};
+use crate::raft::{Envelope, Message, NodeId, SnapshotChunk};
 use crate::transport::Transport;
 
 /// One `Ready`'s worth of work for the persistence thread, in the order it must happen.
@@ -68,6 +68,50 @@ struct Round {
     hard_state: Option<HardState>,
     messages: Vec<Envelope>,
     persisted: Option<(u64, u64)>,
+}
+
+/// Drops each successful AppendEntries response that a later one in `messages`, to the same
+/// leader in the same term, makes redundant: one that acknowledges at least as far
+/// (`match_index`) and echoes at least as late a ReadIndex round (`read_ctx`). A group commit
+/// makes the entries of every AppendEntries it covers durable at once, so the core answers
+/// each of them; the leader would only step the earlier answers to reach the state the last
+/// one gives it (match and round acknowledgements only move forward, §5.3 and thesis
+/// §6.4), and each costs a frame on both sides and a round of the leader's loop.
+/// Rejections and every other message go out untouched, in their order.
+fn drop_superseded_acks(messages: &mut Vec<Envelope>) {
+    fn ack(envelope: &Envelope) -> Option<(NodeId, u64, u64, u64)> {
+        match envelope.message {
+            Message::AppendEntriesResponse {
+                term,
+                success: true,
+                match_index,
+                read_ctx,
+                ..
+            } => Some((envelope.to, term, match_index, read_ctx)),
+            _ => None,
+        }
+    }
+    if messages.len() < 2 {
+        return;
+    }
+    // Walking backwards, the latest ack kept per leader covers an earlier one when it is
+    // at least as far along in both respects.
+    let mut latest: Vec<(NodeId, u64, u64, u64)> = Vec::new();
+    let mut keep = vec![true; messages.len()];
+    for (i, envelope) in messages.iter().enumerate().rev() {
+        let Some((to, term, match_index, read_ctx)) = ack(envelope) else {
+            continue;
+        };
+        match latest.iter_mut().find(|kept| kept.0 == to) {
+            Some(kept) if kept.1 == term && kept.2 >= match_index && kept.3 >= read_ctx => {
+                keep[i] = false;
+            }
+            Some(kept) => *kept = (to, term, match_index, read_ctx),
+            None => latest.push((to, term, match_index, read_ctx)),
+        }
+    }
+    let mut flags = keep.into_iter();
+    messages.retain(|_| flags.next().unwrap_or(true));
 }
 
 impl Writer {
@@ -150,6 +194,7 @@ impl Writer {
                 .save_hard_state(&hard_state)
                 .map_err(NodeFailure::storage(StorageStep::SaveHardState))?;
         }
+        drop_superseded_acks(&mut round.messages);
         for envelope in round.messages.drain(..) {
             let _ = self.transport.send(envelope);
         }
@@ -426,5 +471,98 @@ mod tests {
         reconcile_log_with_snapshot(&log, &snapshot_at(30, 3)).expect("reconcile");
         assert_eq!(log.wal.first_index(), 31);
         assert!(log.wal.last_index() < log.wal.first_index());
+    }
+
+    mod superseded_acks {
+        use super::super::drop_superseded_acks;
+        use crate::raft::{Envelope, Message};
+
+        fn ack(to: u64, term: u64, success: bool, match_index: u64, read_ctx: u64) -> Envelope {
+            Envelope {
+                from: 2,
+                to,
+                message: Message::AppendEntriesResponse {
+                    term,
+                    success,
+                    match_index,
+                    conflict_term: 0,
+                    conflict_index: 0,
+                    read_ctx,
+                },
+            }
+        }
+
+        fn summary(messages: &[Envelope]) -> Vec<(u64, u64, bool, u64, u64)> {
+            messages
+                .iter()
+                .map(|e| match e.message {
+                    Message::AppendEntriesResponse {
+                        term,
+                        success,
+                        match_index,
+                        read_ctx,
+                        ..
+                    } => (e.to, term, success, match_index, read_ctx),
+                    _ => (e.to, 0, false, 0, 0),
+                })
+                .collect()
+        }
+
+        #[test]
+        fn a_later_ack_that_reaches_as_far_replaces_the_earlier_ones() {
+            let mut messages = vec![
+                ack(1, 3, true, 10, 4),
+                ack(1, 3, true, 12, 4),
+                ack(1, 3, true, 15, 5),
+            ];
+            drop_superseded_acks(&mut messages);
+            assert_eq!(summary(&messages), [(1, 3, true, 15, 5)]);
+        }
+
+        #[test]
+        fn an_earlier_ack_of_a_later_read_round_is_kept() {
+            // The entries' answer echoes no round (0): the heartbeat's answer before it
+            // confirms round 7 and must reach the leader.
+            let mut messages = vec![ack(1, 3, true, 10, 7), ack(1, 3, true, 12, 0)];
+            drop_superseded_acks(&mut messages);
+            assert_eq!(
+                summary(&messages),
+                [(1, 3, true, 10, 7), (1, 3, true, 12, 0)]
+            );
+        }
+
+        #[test]
+        fn rejections_other_terms_and_other_leaders_are_untouched() {
+            let mut messages = vec![
+                ack(1, 3, false, 9, 0),
+                ack(1, 2, true, 10, 0),
+                ack(4, 3, true, 10, 0),
+                ack(1, 3, true, 11, 0),
+                ack(1, 3, false, 9, 0),
+            ];
+            let before = summary(&messages);
+            drop_superseded_acks(&mut messages);
+            assert_eq!(summary(&messages), before);
+        }
+
+        #[test]
+        fn other_messages_keep_their_order_around_the_dropped_acks() {
+            let vote = Envelope {
+                from: 2,
+                to: 1,
+                message: Message::RequestVoteResponse {
+                    term: 3,
+                    granted: false,
+                },
+            };
+            let mut messages = vec![ack(1, 3, true, 10, 0), vote.clone(), ack(1, 3, true, 11, 0)];
+            drop_superseded_acks(&mut messages);
+            assert_eq!(messages.len(), 2);
+            assert!(matches!(
+                messages[0].message,
+                Message::RequestVoteResponse { .. }
+            ));
+            assert_eq!(summary(&messages[1..]), [(1, 3, true, 11, 0)]);
+        }
     }
 }
