@@ -17,6 +17,7 @@ use support::{check_acknowledged_readable, retry_unavailable, runtime, Cluster, 
 const SENT: &str = "raftlog_transport_forwards_sent_total";
 const SERVED: &str = "raftlog_transport_forwards_served_total";
 const DROPPED: &str = "raftlog_transport_forwards_dropped_overload_total";
+const REFUSED: &str = "raftlog_proposals_refused_total";
 
 #[test]
 fn writes_through_a_follower_travel_the_peer_link_and_answer_the_leaders_index() {
@@ -28,6 +29,7 @@ fn writes_through_a_follower_travel_the_peer_link_and_answer_the_leaders_index()
             .await;
         let follower = cluster.followers(leader)[0];
         let at_leader = |v: serde_json::Value| v["index"].as_u64().expect("an index");
+        let refused_before = cluster.metric(follower, REFUSED).await;
 
         // Each write through the follower lands right after the one before at the leader:
         // the index it answers is the leader's.
@@ -81,6 +83,13 @@ fn writes_through_a_follower_travel_the_peer_link_and_answer_the_leaders_index()
         assert!(sent >= 8, "the follower sent {sent} forwards");
         let served = cluster.metric(leader, SERVED).await;
         assert!(served >= sent, "the leader served {served} of {sent}");
+        // Straight there: a follower that knows its leader does not first offer the write
+        // to its own raft loop, which would refuse it (issue 14).
+        let refused = cluster.metric(follower, REFUSED).await - refused_before;
+        assert_eq!(
+            refused, 0,
+            "the follower's own core refused {refused} of its writes"
+        );
     });
 }
 

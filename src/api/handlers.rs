@@ -141,18 +141,30 @@ async fn write(
         body: command.encode().into(),
     };
     let encoded = Bytes::from(command.encode());
-    let written = match state
-        .node
-        .write(encoded.clone(), state.options.request_timeout)
-        .await
-    {
-        Err(RequestError::NotLeader(leader)) => {
-            match over_peer_link(state, leader, encoded, origin.headers).await {
-                Some(answer) => answer?,
-                None => Err(RequestError::NotLeader(leader)),
+    // A follower that knows its leader forwards at once: offering the write to its own raft
+    // loop first only earns a refusal, a wake-up of the loop and an answer back per write.
+    let forwarded = match state.node.forward_target() {
+        Some(leader) => match state.node.space_refusal(encoded.len() as u64) {
+            Err(refusal) => Some(Ok(Err(refusal))),
+            Ok(()) => over_peer_link(state, Some(leader), encoded.clone(), origin.headers).await,
+        },
+        None => None,
+    };
+    let written = match forwarded {
+        Some(answer) => answer?,
+        None => match state
+            .node
+            .write(encoded.clone(), state.options.request_timeout)
+            .await
+        {
+            Err(RequestError::NotLeader(leader)) => {
+                match over_peer_link(state, leader, encoded, origin.headers).await {
+                    Some(answer) => answer?,
+                    None => Err(RequestError::NotLeader(leader)),
+                }
             }
-        }
-        other => other,
+            other => other,
+        },
     };
     match written {
         Ok((index, applied)) => {

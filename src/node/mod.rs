@@ -562,11 +562,7 @@ impl<S: StateMachine> Node<S> {
         command: Bytes,
         timeout: Duration,
     ) -> Result<(u64, crate::kv::Applied), RequestError> {
-        // Issue 12, diskfull: refused before it is proposed (`space.rs`).
-        if let Some(refusal) = self.space.refusal(command.len() as u64) {
-            self.metrics.proposals_refused.inc();
-            return Err(RequestError::NoSpace(refusal));
-        }
+        self.space_refusal(command.len() as u64)?;
         let (reply, answer) = oneshot::channel();
         match self.requests.try_send(Request::Propose { command, reply }) {
             Ok(()) => {}
@@ -792,6 +788,25 @@ impl<S: StateMachine> Node<S> {
     /// The leader this node last knew of (without asking the raft loop).
     pub fn leader_hint(&self) -> Option<NodeId> {
         *self.leader.borrow()
+    }
+
+    /// Another node this node last knew to lead: where a client write goes without first
+    /// being offered to this node's raft loop, which would only refuse it. `None` when this
+    /// node leads or knows of no leader; [`Node::write`] then decides.
+    pub fn forward_target(&self) -> Option<NodeId> {
+        self.leader_hint().filter(|leader| *leader != self.id)
+    }
+
+    /// Issue 12, diskfull: a write of `bytes` is refused before it is proposed or forwarded
+    /// while this node's disk is full or its quota would be passed (`space.rs`).
+    pub fn space_refusal(&self, bytes: u64) -> Result<(), RequestError> {
+        match self.space.refusal(bytes) {
+            Some(refusal) => {
+                self.metrics.proposals_refused.inc();
+                Err(RequestError::NoSpace(refusal))
+            }
+            None => Ok(()),
+        }
     }
 
     /// Resolves once this node knows of a leader other than `leader` (or of none).
