@@ -551,29 +551,59 @@ pub(super) async fn read_barrier_or_forward(
     let Some(mode) = read_mode(params)? else {
         return Ok(None);
     };
+    match read_barrier(state, mode, headers).await? {
+        Barrier::Passed => Ok(None),
+        Barrier::ForwardTo(leader) => Ok(Some(
+            forward::to_leader(
+                state,
+                leader,
+                method,
+                &path_and_query(uri),
+                headers,
+                Bytes::new(),
+                true,
+            )
+            .await,
+        )),
+    }
+}
+
+/// What came of a read barrier.
+enum Barrier {
+    /// This node may serve the read from its own state machine.
+    Passed,
+    /// This node does not lead and cannot get a read index over the peer link: forward
+    /// the read over HTTP to this leader, if one is known.
+    ForwardTo(Option<storage::NodeId>),
+}
+
+/// The read barrier of `mode` for a read served here: the node's own when it leads; a
+/// read index from the leader over the peer link when it follows. A follower that knows
+/// its leader asks it at once: offering the read to its own raft loop first only earns a
+/// refusal, a wake-up of the loop and an answer back per read.
+async fn read_barrier(
+    state: &ApiState,
+    mode: ReadMode,
+    headers: &HeaderMap,
+) -> Result<Barrier, ApiError> {
+    if let Some(leader) = state.node.forward_target() {
+        if let Some(served_here) =
+            read_index_over_peer_link(state, Some(leader), mode, headers).await
+        {
+            return served_here.map(|()| Barrier::Passed);
+        }
+    }
     match state
         .node
         .read_barrier(mode, state.options.request_timeout)
         .await
     {
-        Ok(_) => Ok(None),
+        Ok(_) => Ok(Barrier::Passed),
         Err(RequestError::NotLeader(leader)) => {
-            if let Some(served_here) = read_index_over_peer_link(state, leader, mode, headers).await
-            {
-                return served_here.map(|()| None);
+            match read_index_over_peer_link(state, leader, mode, headers).await {
+                Some(served_here) => served_here.map(|()| Barrier::Passed),
+                None => Ok(Barrier::ForwardTo(leader)),
             }
-            Ok(Some(
-                forward::to_leader(
-                    state,
-                    leader,
-                    method,
-                    &path_and_query(uri),
-                    headers,
-                    Bytes::new(),
-                    true,
-                )
-                .await,
-            ))
         }
         Err(e) => Err(ApiError::from_read(e)),
     }
@@ -626,30 +656,17 @@ pub async fn get_key(State(state): State<Arc<ApiState>>, request: Request) -> Ap
     let key = key_from_uri(uri)?;
     let mode = read_mode(&params)?;
     if let Some(mode) = mode {
-        match state
-            .node
-            .read_barrier(mode, state.options.request_timeout)
-            .await
-        {
-            Ok(_) => {}
-            Err(RequestError::NotLeader(leader)) => {
-                match read_index_over_peer_link(&state, leader, mode, headers).await {
-                    Some(served_here) => served_here?,
-                    None => {
-                        return Ok(forward::to_leader(
-                            &state,
-                            leader,
-                            Method::GET,
-                            &path_and_query(uri),
-                            headers,
-                            Bytes::new(),
-                            true,
-                        )
-                        .await)
-                    }
-                }
-            }
-            Err(e) => return Err(ApiError::from_read(e)),
+        if let Barrier::ForwardTo(leader) = read_barrier(&state, mode, headers).await? {
+            return Ok(forward::to_leader(
+                &state,
+                leader,
+                Method::GET,
+                &path_and_query(uri),
+                headers,
+                Bytes::new(),
+                true,
+            )
+            .await);
         }
     }
     // Read the value and the applied index under one lock so the index names the state
