@@ -77,20 +77,10 @@ struct Round {
 /// each of them; the leader would only step the earlier answers to reach the state the last
 /// one gives it (match and round acknowledgements only move forward, §5.3 and thesis
 /// §6.4), and each costs a frame on both sides and a round of the leader's loop.
-/// Rejections and every other message go out untouched, in their order.
+/// Rejections and every other message go out untouched, in their order, and no ack is
+/// dropped across a rejection to the same leader (the leader judges a rejection by how far
+/// it knows the follower to match).
 fn drop_superseded_acks(messages: &mut Vec<Envelope>) {
-    fn ack(envelope: &Envelope) -> Option<(NodeId, u64, u64, u64)> {
-        match envelope.message {
-            Message::AppendEntriesResponse {
-                term,
-                success: true,
-                match_index,
-                read_ctx,
-                ..
-            } => Some((envelope.to, term, match_index, read_ctx)),
-            _ => None,
-        }
-    }
     if messages.len() < 2 {
         return;
     }
@@ -99,9 +89,21 @@ fn drop_superseded_acks(messages: &mut Vec<Envelope>) {
     let mut latest: Vec<(NodeId, u64, u64, u64)> = Vec::new();
     let mut keep = vec![true; messages.len()];
     for (i, envelope) in messages.iter().enumerate().rev() {
-        let Some((to, term, match_index, read_ctx)) = ack(envelope) else {
+        let Message::AppendEntriesResponse {
+            term,
+            success,
+            match_index,
+            read_ctx,
+            ..
+        } = envelope.message
+        else {
             continue;
         };
+        let to = envelope.to;
+        if !success {
+            latest.retain(|kept| kept.0 != to);
+            continue;
+        }
         match latest.iter_mut().find(|kept| kept.0 == to) {
             Some(kept) if kept.1 == term && kept.2 >= match_index && kept.3 >= read_ctx => {
                 keep[i] = false;
@@ -539,6 +541,18 @@ mod tests {
                 ack(4, 3, true, 10, 0),
                 ack(1, 3, true, 11, 0),
                 ack(1, 3, false, 9, 0),
+            ];
+            let before = summary(&messages);
+            drop_superseded_acks(&mut messages);
+            assert_eq!(summary(&messages), before);
+        }
+
+        #[test]
+        fn no_ack_is_dropped_across_a_rejection_to_the_same_leader() {
+            let mut messages = vec![
+                ack(1, 3, true, 10, 0),
+                ack(1, 3, false, 9, 0),
+                ack(1, 3, true, 12, 0),
             ];
             let before = summary(&messages);
             drop_superseded_acks(&mut messages);
