@@ -338,13 +338,21 @@ impl Cluster {
         slot.as_ref().map(|child| child.id())
     }
 
-    /// Sends `signal` to node `id`'s process.
+    /// Sends `signal` to node `id`'s process. For SIGSTOP, returns only once every thread
+    /// of it has stopped: kill(2) returns as soon as the signal is queued, and the stop
+    /// spreads to the other threads only when the one thread chosen to take it next runs,
+    /// which on a loaded machine can be milliseconds later, while the others go on serving
+    /// (a test once saw the "stopped" leader commit a write 0.9 ms after kill returned).
     pub fn signal(&self, id: u64, signal: i32) {
         let slot = self.nodes[&id].child.lock().unwrap();
         let child = slot.as_ref().expect("node is running");
+        let pid = child.id();
         // SAFETY: kill(2) on a child we spawned and have not reaped.
-        let rc = unsafe { libc::kill(child.id() as i32, signal) };
-        assert_eq!(rc, 0, "kill({}, {signal}) failed", child.id());
+        let rc = unsafe { libc::kill(pid as i32, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
+        if signal == libc::SIGSTOP {
+            wait_until_stopped(pid);
+        }
     }
 
     /// SIGKILLs node `id` and reaps it.
@@ -998,4 +1006,35 @@ pub fn passwd(password: &str) -> String {
         .expect("utf-8")
         .trim()
         .to_string()
+}
+
+/// Waits until every thread of process `pid` is in the stopped state (`T` in
+/// /proc/PID/task/TID/stat), for at most 10 s.
+fn wait_until_stopped(pid: u32) {
+    let stopped = || -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|task| {
+            std::fs::read_to_string(task.path().join("stat"))
+                .ok()
+                .and_then(|stat| {
+                    // The state follows the command name, which is in parentheses.
+                    let after_name = &stat[stat.rfind(')')? + 1..];
+                    after_name
+                        .split_whitespace()
+                        .next()
+                        .map(|state| state == "T")
+                })
+                .unwrap_or(true) // a thread that just exited cannot run either
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stopped() {
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} was sent SIGSTOP but some of its threads still run after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
