@@ -16,6 +16,7 @@
 #          [--workloads put-1,put-64,...] [--no-failover] [--raftlog BIN] [--out DIR]
 #          [--base-port P] [--keep] [--threads-per-node N]
 #   --quick: 2 s after 1 s warmup, 3 failover trials (a smoke run, not a measurement).
+#   --keep: keep every cluster's data and logs (WORK/SYSTEM.N, one per cluster started).
 #   --threads-per-node N: each node of both systems runs N threads of its runtime
 #   (TOKIO_WORKER_THREADS for raftlog, GOMAXPROCS for etcd): the three nodes share one
 #   machine, and by default each runtime sizes itself for all of its cores.
@@ -70,6 +71,7 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/compare-etcd.XXXXXX")"
 mkdir -p "$OUT"
 STARTED=()   # every process this script started, and only those, is stopped on exit
 PIDS=()      # the running cluster's node processes, by node index 0..2
+CLUSTERS_KEPT=0
 cleanup() {
   for pid in "${STARTED[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   if [ "$KEEP" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK/raftlog" "$WORK/etcd"; fi
@@ -169,7 +171,12 @@ stop_cluster() {
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do gone "$pid"; done
   PIDS=()
-  rm -rf "${WORK:?}/$1"
+  if [ "$KEEP" = 1 ]; then
+    CLUSTERS_KEPT=$((CLUSTERS_KEPT + 1))
+    mv "$WORK/$1" "$WORK/$1.$CLUSTERS_KEPT"
+  else
+    rm -rf "${WORK:?}/$1"
+  fi
 }
 
 # One JSON number from a bench report: `field KEY FILE` (keys are unique in the report).
