@@ -9,9 +9,10 @@
 #   benches/put-timeline.sh BINARY [leader|follower] [SECONDS]
 #
 # One client puts 100-byte values through the leader's or a follower's API; `perf record
-# -a` takes the scheduler's switch and wake-up events and the socket, WAL and fdatasync
-# system calls of the three nodes for SECONDS (default 0.5), and the script pairs them
-# into one timeline per put. Tracing costs a little: the puts' p50 under it is printed
+# -a` takes the socket, WAL and fdatasync system calls of the three nodes for SECONDS
+# (default 0.5), and the script pairs them into one timeline per put. (To see the thread
+# hand-offs between those steps, add sched:sched_switch and sched:sched_wakeup to the
+# events and read `perf script` around one put.) Tracing costs a little: the puts' p50 under it is printed
 # beside the timeline. Installs Debian's linux-perf when perf is missing. Ports
 # 28401-28413. Stops only what it started.
 set -euo pipefail
@@ -52,7 +53,6 @@ done >"$WORK/threads"
 bench=$!
 sleep 1
 perf record -a -q -o "$WORK/perf.data" \
-  -e sched:sched_switch,sched:sched_wakeup \
   -e syscalls:sys_enter_recvfrom,syscalls:sys_exit_recvfrom,syscalls:sys_enter_sendto \
   -e syscalls:sys_enter_writev,syscalls:sys_enter_pwritev,syscalls:sys_exit_fdatasync \
   -- sleep "$SECONDS_TRACED" 2>/dev/null
