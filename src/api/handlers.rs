@@ -141,30 +141,18 @@ async fn write(
         body: command.encode().into(),
     };
     let encoded = Bytes::from(command.encode());
-    // A follower that knows its leader forwards at once: offering the write to its own raft
-    // loop first only earns a refusal, a wake-up of the loop and an answer back per write.
-    let forwarded = match state.node.forward_target() {
-        Some(leader) => match state.node.space_refusal(encoded.len() as u64) {
-            Err(refusal) => Some(Ok(Err(refusal))),
-            Ok(()) => over_peer_link(state, Some(leader), encoded.clone(), origin.headers).await,
-        },
-        None => None,
-    };
-    let written = match forwarded {
-        Some(answer) => answer?,
-        None => match state
-            .node
-            .write(encoded.clone(), state.options.request_timeout)
-            .await
-        {
-            Err(RequestError::NotLeader(leader)) => {
-                match over_peer_link(state, leader, encoded, origin.headers).await {
-                    Some(answer) => answer?,
-                    None => Err(RequestError::NotLeader(leader)),
-                }
+    let written = match state
+        .node
+        .write(encoded.clone(), state.options.request_timeout)
+        .await
+    {
+        Err(RequestError::NotLeader(leader)) => {
+            match over_peer_link(state, leader, encoded, origin.headers).await {
+                Some(answer) => answer?,
+                None => Err(RequestError::NotLeader(leader)),
             }
-            other => other,
-        },
+        }
+        other => other,
     };
     match written {
         Ok((index, applied)) => {
@@ -578,21 +566,12 @@ enum Barrier {
 }
 
 /// The read barrier of `mode` for a read served here: the node's own when it leads; a
-/// read index from the leader over the peer link when it follows. A follower that knows
-/// its leader asks it at once: offering the read to its own raft loop first only earns a
-/// refusal, a wake-up of the loop and an answer back per read.
+/// read index from the leader over the peer link when it follows.
 async fn read_barrier(
     state: &ApiState,
     mode: ReadMode,
     headers: &HeaderMap,
 ) -> Result<Barrier, ApiError> {
-    if let Some(leader) = state.node.forward_target() {
-        if let Some(served_here) =
-            read_index_over_peer_link(state, Some(leader), mode, headers).await
-        {
-            return served_here.map(|()| Barrier::Passed);
-        }
-    }
     match state
         .node
         .read_barrier(mode, state.options.request_timeout)

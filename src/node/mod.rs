@@ -562,7 +562,14 @@ impl<S: StateMachine> Node<S> {
         command: Bytes,
         timeout: Duration,
     ) -> Result<(u64, crate::kv::Applied), RequestError> {
-        self.space_refusal(command.len() as u64)?;
+        // Issue 12, diskfull: refused before it is proposed (`space.rs`).
+        if let Some(refusal) = self.space.refusal(command.len() as u64) {
+            self.metrics.proposals_refused.inc();
+            return Err(RequestError::NoSpace(refusal));
+        }
+        if let Some(leader) = self.leader_elsewhere() {
+            return Err(RequestError::NotLeader(Some(leader)));
+        }
         let (reply, answer) = oneshot::channel();
         match self.requests.try_send(Request::Propose { command, reply }) {
             Ok(()) => {}
@@ -664,6 +671,9 @@ impl<S: StateMachine> Node<S> {
         mode: ReadMode,
         timeout: Duration,
     ) -> Result<u64, RequestError> {
+        if let Some(leader) = self.leader_elsewhere() {
+            return Err(RequestError::NotLeader(Some(leader)));
+        }
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::Read { mode, reply })
@@ -790,23 +800,13 @@ impl<S: StateMachine> Node<S> {
         *self.leader.borrow()
     }
 
-    /// Another node this node last knew to lead: where a client write goes without first
-    /// being offered to this node's raft loop, which would only refuse it. `None` when this
-    /// node leads or knows of no leader; [`Node::write`] then decides.
-    pub fn forward_target(&self) -> Option<NodeId> {
+    /// Another node this node last knew to lead. A write or a read barrier asked of a
+    /// follower that knows its leader is refused with it at once (issue 14): its raft loop
+    /// would only refuse it too, after a wake-up of the loop and an answer back, and the
+    /// caller forwards to the leader either way. `None` when this node leads or knows of no
+    /// leader: the raft loop decides.
+    fn leader_elsewhere(&self) -> Option<NodeId> {
         self.leader_hint().filter(|leader| *leader != self.id)
-    }
-
-    /// Issue 12, diskfull: a write of `bytes` is refused before it is proposed or forwarded
-    /// while this node's disk is full or its quota would be passed (`space.rs`).
-    pub fn space_refusal(&self, bytes: u64) -> Result<(), RequestError> {
-        match self.space.refusal(bytes) {
-            Some(refusal) => {
-                self.metrics.proposals_refused.inc();
-                Err(RequestError::NoSpace(refusal))
-            }
-            None => Ok(()),
-        }
     }
 
     /// Resolves once this node knows of a leader other than `leader` (or of none).
