@@ -7,16 +7,14 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{runtime, Cluster, ClusterSpec};
+use support::{retry_unavailable, runtime, Cluster, ClusterSpec};
 
-/// A range read at node `id`. A `503` (no leader known, or one being elected: the contract
-/// says nothing was done and it is safe to retry) is tried again for up to ten seconds, as
-/// a client would: on a loaded machine an election can fall between two requests of a
-/// test, and the node then answers `503 no_leader` until it knows the new leader.
+/// A range read at node `id`, retried while it answers `503` (`retry_unavailable`): on a
+/// loaded machine an election can fall between two requests of a test, and the node then
+/// answers `503 no_leader` until it knows the new leader.
 async fn range(c: &Cluster, id: u64, query: &str) -> (u16, Value, Option<u64>) {
     let url = format!("http://{}/v1/kv?{query}", c.api(id));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    let answer = retry_unavailable(|| async {
         let response = c.client.get(&url).send().await.expect("range read sent");
         let status = response.status().as_u16();
         let index = response
@@ -25,11 +23,19 @@ async fn range(c: &Cluster, id: u64, query: &str) -> (u16, Value, Option<u64>) {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         let body = response.json().await.unwrap_or(Value::Null);
-        if status != 503 || std::time::Instant::now() >= deadline {
-            return (status, body, index);
+        match status {
+            503 => Err((status, body.to_string())),
+            _ => Ok((status, body, index)),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    answer.unwrap_or_else(|(status, body)| {
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(Value::Null),
+            None,
+        )
+    })
 }
 
 fn keys(body: &Value) -> Vec<String> {
@@ -104,8 +110,7 @@ fn range_read_gives_bytes_that_are_not_utf8_as_base64_and_refuses_bad_queries() 
         let leader = c.wait_for_leader(Duration::from_secs(10)).await;
         let url = format!("http://{}/v1/kv/bin%FFkey", c.api(leader));
         // Retried on 503 like the reads below: an election may come first.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
+        let put = retry_unavailable(|| async {
             let put = c
                 .client
                 .put(&url)
@@ -113,16 +118,13 @@ fn range_read_gives_bytes_that_are_not_utf8_as_base64_and_refuses_bad_queries() 
                 .send()
                 .await
                 .expect("put sent");
-            let status = put.status().as_u16();
-            if status == 200 {
-                break;
+            match put.status().as_u16() {
+                200 => Ok(()),
+                status => Err((status, put.text().await.unwrap_or_default())),
             }
-            assert!(
-                status == 503 && std::time::Instant::now() < deadline,
-                "put of a key that is not UTF-8 answered {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
+        assert_eq!(put, Ok(()), "put of a key that is not UTF-8");
         let (status, body, _) = range(&c, leader, "prefix=bin%FF").await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["kvs"][0]["key_base64"], "Ymlu/2tleQ==");
