@@ -44,7 +44,7 @@ while [ $# -gt 0 ]; do
     --base-port) BASE_PORT="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
     --threads-per-node) THREADS_PER_NODE="$2"; shift 2 ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "compare-etcd.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
