@@ -86,6 +86,7 @@
 #![deny(missing_docs)]
 pub mod api;
 pub mod cli;
+mod coalesce;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -51,6 +51,7 @@ use self::recovery::Recovered;
 use self::space::StorageSpace;
 use self::transfer::{TransferReply, TransferWaiters};
 use self::writer::{WriteJob, Writer};
+use crate::coalesce::Coalescer;
 use crate::kv::{Replicated, StateMachine};
 use crate::raft::{self, Envelope, ProposeError, RaftCore, ReadMode, Ready, Role};
 use crate::transport::{Transport, TransportConfig};
@@ -1225,6 +1226,7 @@ impl RaftLoop {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut link_losses = self.transport.link_loss_events();
+        let mut request_batches = Coalescer::default();
         loop {
             tokio::select! {
                 biased;
@@ -1266,6 +1268,7 @@ impl RaftLoop {
                 Some(request) = requests.recv() => {
                     self.catch_up_ticks();
                     self.on_request(request);
+                    request_batches.before_draining(!requests.is_empty()).await;
                     let mut taken = 1;
                     while taken < REQUESTS_PER_ROUND_MAX {
                         match requests.try_recv() {
@@ -1274,6 +1277,7 @@ impl RaftLoop {
                         }
                         taken += 1;
                     }
+                    request_batches.drained(taken);
                 }
                 else => return,
             }

@@ -16,6 +16,7 @@ use super::codec::{
 };
 use super::stream::PeerStream;
 use super::{bump, Shared};
+use crate::coalesce::Coalescer;
 use crate::raft::NodeId;
 
 /// Why a dial did not produce a usable connection.
@@ -319,7 +320,8 @@ async fn dial(source: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
 /// Each round waits for one envelope, then takes whatever else is already queued (up
 /// to `batch_bytes_max`), encodes it all into `buf` and writes it with one `write_all`:
 /// under load, many messages share a syscall and a TCP segment; when idle, a lone
-/// heartbeat goes out at once.
+/// heartbeat goes out at once. While the link is busy the round first lets the tasks
+/// already runnable queue theirs (`crate::coalesce`).
 async fn pump(
     shared: &Shared,
     peer: NodeId,
@@ -335,6 +337,7 @@ async fn pump(
     // closed (EOF) or broke: noticing that here reports the loss at once instead of at
     // the next write, which may be long after on an idle link.
     let mut probe = [0u8; 1];
+    let mut coalescer = Coalescer::default();
     loop {
         let first = tokio::select! {
             env = queue.recv() => env,
@@ -354,6 +357,7 @@ async fn pump(
         buf.clear();
         let mut frames = 0u64;
         let mut next = Some(first);
+        coalescer.before_draining(!queue.is_empty()).await;
         while let Some(frame) = next.take() {
             match codec::encode_peer_frame(&frame, version, shared.max_frame_bytes, buf) {
                 Ok(_) => frames += 1,
@@ -366,6 +370,7 @@ async fn pump(
                 next = queue.try_recv().ok();
             }
         }
+        coalescer.drained(frames as usize);
         if frames == 0 {
             continue;
         }

@@ -209,6 +209,44 @@ async fn round_trip_many_messages_both_ways_with_a_large_snapshot_chunk() {
     b.shutdown().await;
 }
 
+/// Tasks that one event makes runnable together (the HTTP tasks of the connections one
+/// `epoll_wait` reported) each queue a frame; the pump, woken by the first, must not take
+/// that frame alone. One worker, so the woken pump would run next (tokio's LIFO slot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn frames_from_tasks_woken_together_share_a_write() {
+    let ((a, _a_rx), (b, mut b_rx)) = pair(|_| {}).await;
+    let a = std::sync::Arc::new(a);
+    const SENDERS: u64 = 64;
+    let mut batches_per_round = Vec::new();
+    for round in 0..3u64 {
+        let (go, _) = tokio::sync::watch::channel(false);
+        let senders: Vec<_> = (0..SENDERS)
+            .map(|i| {
+                let (a, mut go) = (std::sync::Arc::clone(&a), go.subscribe());
+                tokio::spawn(async move {
+                    go.wait_for(|go| *go).await.expect("sender kept");
+                    a.send(numbered(1, 2, round * SENDERS + i, Bytes::new()))
+                        .expect("queue has room");
+                })
+            })
+            .collect();
+        let before = a.metrics().write_batches;
+        go.send_replace(true);
+        for sender in senders {
+            sender.await.expect("sender task");
+        }
+        recv_n(&mut b_rx, SENDERS as usize).await;
+        batches_per_round.push(a.metrics().write_batches - before);
+    }
+    // The first round may find the pump idle; after it the link counts as busy.
+    assert!(
+        batches_per_round[1..].iter().all(|&batches| batches <= 4),
+        "{SENDERS} frames queued by tasks woken together took {batches_per_round:?} writes per round"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_sends_are_coalesced_into_few_writes_and_arrive_in_order() {
     let ((a, _a_rx), (b, mut b_rx)) = pair(|c| c.queue_len = 60_000).await;
