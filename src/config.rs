@@ -134,6 +134,10 @@ pub const DEFAULT_WATCH_BUFFER_BYTES_MAX: u64 = 4 << 20;
 /// Accepted range of `watch_buffer_bytes_max`: at least a few events, at most 1 GiB.
 pub const WATCH_BUFFER_BYTES_MAX_RANGE: std::ops::RangeInclusive<u64> = (4 << 10)..=(1 << 30);
 
+// Issue 14: the async runtime's size.
+/// Accepted range of `worker_threads`.
+pub const WORKER_THREADS_RANGE: std::ops::RangeInclusive<u64> = 1..=1024;
+
 const TOP_LEVEL_FIELDS: &[&str] = &[
     "cluster_id",
     "nodes",
@@ -167,6 +171,8 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "auth",
     // Issue 17.
     "ready_max_lag_entries",
+    // Issue 14.
+    "worker_threads",
 ];
 /// Fields of `tls`.
 const TLS_FIELDS: &[&str] = &["ca", "cert", "key"];
@@ -267,6 +273,8 @@ pub struct ClusterConfig {
     auth: Option<AuthConfig>,
     // Issue 17. Invariant: within READY_MAX_LAG_ENTRIES_RANGE.
     ready_max_lag_entries: u64,
+    // Issue 14. Invariant: None, or within WORKER_THREADS_RANGE.
+    worker_threads: Option<u64>,
 }
 
 /// The `tls` section as written: PEM file paths, relative to the config file's directory,
@@ -545,6 +553,12 @@ impl ClusterConfig {
         self.ready_max_lag_entries
     }
 
+    /// Issue 14: the async runtime's worker threads, if the file sets them (`None`: the
+    /// node derives them from the machine, see `cli::serve`).
+    pub fn worker_threads(&self) -> Option<u64> {
+        self.worker_threads
+    }
+
     /// The `tls` section, if any (issue 16).
     pub fn tls(&self) -> Option<&TlsFiles> {
         self.tls.as_ref()
@@ -615,6 +629,7 @@ impl ClusterConfig {
             "snapshot_threshold_bytes": self.snapshot_threshold_bytes,
             "snapshot_min_interval_ms": self.snapshot_min_interval_ms,
             "ready_max_lag_entries": self.ready_max_lag_entries,
+            "worker_threads": self.worker_threads,
         });
         let mut value = value;
         if let Some(max) = self.client_connections.connections_max {
@@ -920,6 +935,10 @@ impl Parser<'_> {
             None => DEFAULT_READY_MAX_LAG_ENTRIES,
             Some(v) => self.within(v, "ready_max_lag_entries", READY_MAX_LAG_ENTRIES_RANGE)?,
         };
+        let worker_threads = match get("worker_threads") {
+            None | Some(Json::Null) => None,
+            Some(v) => Some(self.within(v, "worker_threads", WORKER_THREADS_RANGE)?),
+        };
         Ok(ClusterConfig {
             path: self.path.to_path_buf(),
             cluster_id,
@@ -947,6 +966,7 @@ impl Parser<'_> {
             tls,
             auth,
             ready_max_lag_entries,
+            worker_threads,
         })
     }
 
@@ -1840,6 +1860,29 @@ mod tests {
             (
                 r#""ready_max_lag_entries": -5"#,
                 "config.json: ready_max_lag_entries: expected a non-negative integer, got -5",
+            ),
+        ];
+        for (extra, expect) in cases {
+            assert_eq!(error(&with(extra)), expect, "{extra}");
+        }
+    }
+
+    #[test]
+    fn worker_threads_is_optional_and_bounded() {
+        let cfg = parse(MINIMAL).unwrap();
+        assert_eq!(cfg.worker_threads(), None);
+        assert_eq!(parse(&cfg.to_json()).unwrap(), cfg);
+        let cfg = parse(&with(r#""worker_threads": 3"#)).unwrap();
+        assert_eq!(cfg.worker_threads(), Some(3));
+        assert_eq!(parse(&cfg.to_json()).unwrap(), cfg);
+        let cases = [
+            (
+                r#""worker_threads": 0"#,
+                "config.json: worker_threads: 0 is outside 1..=1024",
+            ),
+            (
+                r#""worker_threads": "four""#,
+                r#"config.json: worker_threads: expected a non-negative integer, got the string "four""#,
             ),
         ];
         for (extra, expect) in cases {
