@@ -8,11 +8,15 @@
 # CPU per operation and its context switches per operation (from /proc), the generator's
 # user and system CPU per operation, and p99.
 #
-#   benches/cpu-split.sh OP CLIENTS DURATION_S ROUNDS BINARY...
+#   benches/cpu-split.sh [--threads] OP CLIENTS DURATION_S ROUNDS BINARY...
 #
 # e.g. benches/cpu-split.sh put 64 8 3 /tmp/raftlog-base target/release/raftlog
 # OP is put, get (linearizable) or mixed. Ports 28301-28313. Stops only what it started.
+# --threads also splits the cluster's figures by node and thread name (tokio workers,
+# persistence, apply...), leaving out threads under 0.3 µs per operation.
 set -euo pipefail
+THREADS=0
+if [ "${1:-}" = --threads ]; then THREADS=1; shift; fi
 OP="$1" CLIENTS="$2" DUR="$3" ROUNDS="$4"
 shift 4
 BASE_PORT=28300
@@ -29,6 +33,19 @@ cpu_ticks() {
     user=$((user + u)) sys=$((sys + s))
   done
   echo "$user $sys"
+}
+# One line per thread of the nodes: node number, thread name, tid, user and system ticks,
+# context switches.
+thread_ticks() {
+  local n=0 pid task name
+  for pid in "${CLUSTER_PIDS[@]}"; do
+    n=$((n + 1))
+    for task in /proc/"$pid"/task/*; do
+      name=$(cat "$task/comm" 2>/dev/null || echo gone)
+      { awk -v n="$n" -v name="${name// /_}" -v tid="${task##*/}" '{print n, name, tid, $14, $15}' "$task/stat" \
+          | tr '\n' ' '; awk '/ctxt_switches/ {s += $2} END {print s + 0}' "$task/status"; } 2>/dev/null || true
+    done
+  done
 }
 # Voluntary and involuntary context switches of every thread of the nodes.
 switches() {
@@ -51,16 +68,18 @@ for round in $(seq 1 "$ROUNDS"); do
     sleep 1
     read -r user0 sys0 < <(cpu_ticks)
     switches0=$(switches)
+    thread_ticks >"$dir/threads-before"
     # bash's own `time` (TIMEFORMAT): the generator's user and system seconds.
     { TIMEFORMAT='%U %S'; time "$bin" bench --endpoints "$ENDPOINTS" --clients "$CLIENTS" \
       --duration "$DUR" --warmup 0 --key-space 1000 --op "$OP" --json >"$dir/bench.json"; } \
       2>"$dir/generator-cpu"
     read -r user1 sys1 < <(cpu_ticks)
     switches1=$(switches)
+    thread_ticks >"$dir/threads-after"
     python3 - "$dir" "$bin" "$((user1 - user0))" "$((sys1 - sys0))" \
-      "$((switches1 - switches0))" "$(getconf CLK_TCK)" <<'PY'
-import json, sys
-path, binary, user, sys_, switches, hz = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+      "$((switches1 - switches0))" "$(getconf CLK_TCK)" "$THREADS" <<'PY'
+import collections, json, sys
+path, binary, user, sys_, switches, hz, by_thread = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
 report = json.load(open(f"{path}/bench.json"))
 gen_user, gen_sys = map(float, open(f"{path}/generator-cpu").read().split()[-2:])
 ops = max(report["ops"], 1)
@@ -69,6 +88,25 @@ print(f"{binary}: {report['ops_per_second']:,.0f} {report['op']}/s, cluster user
       f"sys {us(sys_):.1f} us/op, {switches / ops:.2f} switches/op; generator user "
       f"{gen_user * 1e6 / ops:.1f} sys {gen_sys * 1e6 / ops:.1f} us/op; "
       f"p99 {report['latency_ms']['p99']} ms; errors {report['errors']}")
+if by_thread:
+    def load(name):
+        rows = {}
+        for line in open(f"{path}/{name}"):
+            fields = line.split()
+            if len(fields) == 6:
+                rows[tuple(fields[:3])] = tuple(map(int, fields[3:]))
+        return rows
+    before, after = load("threads-before"), load("threads-after")
+    split = collections.defaultdict(lambda: [0, 0, 0])
+    for key, (u, s, c) in after.items():
+        u0, s0, c0 = before.get(key, (0, 0, 0))
+        totals = split[f"node {key[0]} {key[1]}"]
+        totals[0] += u - u0
+        totals[1] += s - s0
+        totals[2] += c - c0
+    for name, (u, s, c) in sorted(split.items()):
+        if us(u + s) >= 0.3:
+            print(f"  {name:<28} user {us(u):5.1f} sys {us(s):5.1f} us/op, {c / ops:.2f} switches/op")
 PY
     stop_local_cluster
   done
