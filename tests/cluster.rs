@@ -343,6 +343,35 @@ fn malformed_config_exits_2_with_one_line_and_writes_nothing() {
     }
 }
 
+#[test]
+fn a_bad_worker_thread_count_in_the_environment_exits_2_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let path = dir.path().join("config.json");
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"cluster_id":"c","nodes":{{"1":{{"raft_addr":"127.0.0.1:1","api_addr":"127.0.0.1:2"}}}},"data_dir":{data:?}}}"#
+        ),
+    )
+    .unwrap();
+    for bad in ["abc", "0"] {
+        let output = std::process::Command::new(support::raftlog_bin())
+            .args(["serve", "--config"])
+            .arg(&path)
+            .args(["--id", "1"])
+            .env("TOKIO_WORKER_THREADS", bad)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        // tokio itself panicked on these (exit 101).
+        assert_eq!(output.status.code(), Some(2), "{bad}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{bad}: {stderr}");
+        assert!(stderr.contains("TOKIO_WORKER_THREADS"), "{bad}: {stderr}");
+        assert!(!data.exists(), "{bad}: nothing may be written to disk");
+    }
+}
+
 /// Writers that record every acknowledged write, for the crash tests. Each write goes to
 /// a running node chosen round-robin (followers forward to the leader).
 struct Load {

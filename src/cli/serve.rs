@@ -99,12 +99,19 @@ pub fn run(
         return EXIT_USAGE;
     }
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let env_set = std::env::var_os("TOKIO_WORKER_THREADS").is_some();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = worker_threads(config.worker_threads(), env_set, cores) {
-        builder.worker_threads(threads);
-    }
-    let runtime = match builder.enable_all().build() {
+    let from_env = std::env::var_os("TOKIO_WORKER_THREADS");
+    let threads = match worker_threads(config.worker_threads(), from_env.as_deref(), cores) {
+        Ok(threads) => threads,
+        Err(message) => {
+            eprintln!("raftlog serve: {message}");
+            return EXIT_USAGE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("raftlog serve: cannot start the async runtime: {e}");
@@ -122,20 +129,34 @@ pub fn run(
     runtime.block_on(serve(options, api_addr, api_options, join, bind_all))
 }
 
-/// How many async workers the node runs, or `None` to leave it to tokio, which reads
-/// `TOKIO_WORKER_THREADS`: that variable when set, else the config's `worker_threads`,
-/// else one fewer than the machine's cores (at least one). The node's persistence and
-/// apply threads work outside the runtime, and a runtime as wide as the machine competed
-/// with them: on 2 cores (three nodes and the load generator) one worker per node gave
-/// +9–14% puts and +16–21% linearizable gets at 64 clients over two (docs/BENCHMARKS.md,
-/// "One async worker fewer than the cores").
-fn worker_threads(configured: Option<u64>, env_set: bool, cores: usize) -> Option<usize> {
-    if env_set {
-        return None;
+/// How many async workers the node runs: `TOKIO_WORKER_THREADS` when set (tokio's own
+/// variable, read here so that a bad value is a clear error rather than tokio's panic),
+/// else the config's `worker_threads`, else one fewer than the machine's cores (at least
+/// one). The node's persistence and apply threads work outside the runtime, and a runtime
+/// as wide as the machine competed with them: on 2 cores (three nodes and the load
+/// generator) one worker per node gave +9–14% puts and +16–21% linearizable gets at 64
+/// clients over two (docs/BENCHMARKS.md, "One async worker fewer than the cores").
+fn worker_threads(
+    configured: Option<u64>,
+    from_env: Option<&std::ffi::OsStr>,
+    cores: usize,
+) -> Result<usize, String> {
+    if let Some(value) = from_env {
+        return value
+            .to_str()
+            .and_then(|text| text.trim().parse::<usize>().ok())
+            .filter(|threads| (1..=1024).contains(threads))
+            .ok_or_else(|| {
+                format!(
+                    "TOKIO_WORKER_THREADS is {value:?}, not a number of worker threads from 1 \
+                     to 1024; set it to one, or unset it to use `worker_threads` in the \
+                     cluster file"
+                )
+            });
     }
     // The config bounds it to 1..=1024.
     let configured = configured.and_then(|threads| usize::try_from(threads).ok());
-    Some(configured.unwrap_or(cores.saturating_sub(1).max(1)))
+    Ok(configured.unwrap_or(cores.saturating_sub(1).max(1)))
 }
 
 /// The address to bind for `configured`: itself, or with `--bind-all` the same port on
@@ -526,16 +547,30 @@ async fn shutdown_signal() -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsStr;
+
     use super::worker_threads;
 
     #[test]
     fn a_node_leaves_a_core_to_its_own_threads_unless_told_otherwise() {
-        assert_eq!(worker_threads(None, false, 2), Some(1));
-        assert_eq!(worker_threads(None, false, 16), Some(15));
-        assert_eq!(worker_threads(None, false, 1), Some(1));
-        assert_eq!(worker_threads(Some(4), false, 2), Some(4));
-        // TOKIO_WORKER_THREADS wins over the file: tokio reads it when not told a number.
-        assert_eq!(worker_threads(Some(4), true, 2), None);
-        assert_eq!(worker_threads(None, true, 16), None);
+        assert_eq!(worker_threads(None, None, 2), Ok(1));
+        assert_eq!(worker_threads(None, None, 16), Ok(15));
+        assert_eq!(worker_threads(None, None, 1), Ok(1));
+        assert_eq!(worker_threads(Some(4), None, 2), Ok(4));
+        // TOKIO_WORKER_THREADS wins over the file.
+        assert_eq!(worker_threads(Some(4), Some(OsStr::new("2")), 2), Ok(2));
+        assert_eq!(worker_threads(None, Some(OsStr::new(" 3 ")), 16), Ok(3));
+    }
+
+    #[test]
+    fn a_bad_tokio_worker_threads_is_refused_with_what_to_do() {
+        for bad in ["0", "two", "", "-1", "1025"] {
+            let message = worker_threads(None, Some(OsStr::new(bad)), 2).unwrap_err();
+            assert!(
+                message.starts_with(&format!("TOKIO_WORKER_THREADS is {bad:?}, not a number"))
+                    && message.contains("unset it"),
+                "{message}"
+            );
+        }
     }
 }
