@@ -11,7 +11,7 @@ use axum::Json;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use storage::{EntryKind, Membership};
+use storage::Membership;
 
 use super::{forward, ApiError, ApiState, RAFT_INDEX_HEADER_NAME};
 use crate::kv::{Applied, Command, KvCommand, KvResponse, RequestId};
@@ -769,10 +769,6 @@ pub struct LogParams {
     limit: Option<u64>,
 }
 
-/// Entries are copied out of the WAL this many bytes at a time, each chunk under its own
-/// short hold of the WAL's view lock (see `DurableLog::visit_entries`).
-const LOG_READ_CHUNK_BYTES: u64 = 256 << 10;
-
 /// The header naming the index to ask for next (`from=`): the first entry this page left
 /// out because of `limit` or the byte budget, or one past the last entry in the log.
 pub const NEXT_INDEX_HEADER: &str = "x-next-index";
@@ -793,7 +789,7 @@ pub async fn log(State(state): State<Arc<ApiState>>, Query(params): Query<LogPar
         .background
         .run(move || {
             let from = params.from.unwrap_or(0).max(log.first_index());
-            let page = render_log_page(&log, from, limit, bytes_max);
+            let page = super::log_page::render(&log, from, limit, bytes_max);
             let bytes = page.as_ref().map_or(0, |p| p.body.len() as u64);
             (page, bytes)
         })
@@ -821,122 +817,6 @@ pub async fn log(State(state): State<Arc<ApiState>>, Query(params): Query<LogPar
         .headers_mut()
         .insert(NEXT_INDEX_HEADER, HeaderValue::from(page.next_index));
     Ok(response)
-}
-
-/// A rendered `GET /v1/log` answer.
-struct LogPage {
-    /// The JSON array.
-    body: Vec<u8>,
-    /// The index to ask for next.
-    next_index: u64,
-}
-
-/// Renders up to `limit` entries from `from` as a JSON array of at most `bytes_max` bytes
-/// (a first entry larger than that is still sent, so the client always makes progress).
-fn render_log_page(
-    log: &crate::node::LogReader,
-    from: u64,
-    limit: u64,
-    bytes_max: u64,
-) -> Result<LogPage, storage::Error> {
-    let mut body = Vec::with_capacity(4096);
-    body.push(b'[');
-    let mut taken = 0u64;
-    let mut rendered = Vec::new();
-    let hi = from.saturating_add(limit);
-    let next_index = log.visit_entries(from, hi, LOG_READ_CHUNK_BYTES, |entry| {
-        rendered.clear();
-        let json = json!({
-            "index": entry.index,
-            "term": entry.term,
-            "kind": match entry.kind {
-                EntryKind::Normal => "normal",
-                EntryKind::Noop => "noop",
-                EntryKind::Membership => "membership",
-            },
-            "data": describe_entry(entry.kind, &entry.payload),
-        });
-        // Writing a `Value` into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut rendered, &json);
-        // The separator and the closing bracket count too.
-        let page_bytes = body.len() + 1 + rendered.len() + 1;
-        if taken > 0 && page_bytes as u64 > bytes_max {
-            return std::ops::ControlFlow::Break(());
-        }
-        if taken > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(&rendered);
-        taken += 1;
-        std::ops::ControlFlow::Continue(())
-    })?;
-    body.push(b']');
-    Ok(LogPage { body, next_index })
-}
-
-/// Sets `name` to `bytes` as text when they are UTF-8, else `name_base64` (API.md's rule for
-/// keys and values), so the log page never alters a value it shows.
-fn insert_bytes(object: &mut Value, name: &str, bytes: Option<&[u8]>) {
-    use base64::Engine as _;
-    let Some(map) = object.as_object_mut() else {
-        return;
-    };
-    match bytes.map(std::str::from_utf8) {
-        None => {
-            map.insert(name.to_string(), Value::Null);
-        }
-        Some(Ok(text)) => {
-            map.insert(name.to_string(), Value::String(text.to_string()));
-        }
-        Some(Err(_)) => {
-            let encoded = base64::engine::general_purpose::STANDARD.encode(bytes.unwrap_or(&[]));
-            map.insert(format!("{name}_base64"), Value::String(encoded));
-        }
-    }
-}
-
-fn describe_entry(kind: EntryKind, payload: &[u8]) -> Value {
-    match kind {
-        EntryKind::Noop => Value::Null,
-        EntryKind::Membership => match crate::raft::membership::decode_membership(payload) {
-            Ok(membership) => members_json(&membership),
-            Err(_) => Value::String(format!("<{} undecodable bytes>", payload.len())),
-        },
-        EntryKind::Normal => {
-            let Some(command) = Command::decode(payload) else {
-                return Value::String(format!("<{} undecodable bytes>", payload.len()));
-            };
-            let request_id = command
-                .request_id
-                .as_ref()
-                .map(|r| format!("{}:{}", r.client, r.sequence));
-            match KvCommand::decode(&command.body) {
-                Some(KvCommand::Put { key, value }) => {
-                    let mut entry = json!({"op": "put", "request_id": request_id});
-                    insert_bytes(&mut entry, "key", Some(&key));
-                    insert_bytes(&mut entry, "value", Some(&value));
-                    entry
-                }
-                Some(KvCommand::Delete { key }) => {
-                    let mut entry = json!({"op": "delete", "request_id": request_id});
-                    insert_bytes(&mut entry, "key", Some(&key));
-                    entry
-                }
-                Some(KvCommand::Cas {
-                    key,
-                    expected,
-                    value,
-                }) => {
-                    let mut entry = json!({"op": "cas", "request_id": request_id});
-                    insert_bytes(&mut entry, "key", Some(&key));
-                    insert_bytes(&mut entry, "expected", expected.as_deref());
-                    insert_bytes(&mut entry, "value", value.as_deref());
-                    entry
-                }
-                None => Value::String(format!("<{} undecodable bytes>", command.body.len())),
-            }
-        }
-    }
 }
 
 /// `POST /v1/snapshot`: waits at most `snapshot_request_timeout` (`504 timeout` after it;
