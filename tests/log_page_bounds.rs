@@ -81,17 +81,27 @@ async fn window(
             }
         }));
     }
-    // The reader runs on its own thread and runtime, at the lowest CPU priority: receiving
-    // megabytes per page on the writers' runtime, or at their priority on this 2-core
-    // machine, would delay their answers here in the test client, not in the node.
+    // The reader runs on its own thread and runtime, at the lowest CPU priority
+    // (`SCHED_IDLE`, preempted at once by any normal thread that wakes, as the node's page
+    // thread is): receiving megabytes per page on the writers' runtime, or at their priority
+    // on this 2-core machine, would delay their answers here in the test client, not in the
+    // node.
     let reader = read_log.then(|| {
         let (cluster, stop, pages) = (cluster.clone(), stop.clone(), pages.clone());
         std::thread::spawn(move || {
-            // SAFETY: gettid and setpriority take and return plain integers.
-            unsafe {
-                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                libc::setpriority(libc::PRIO_PROCESS, tid, 19);
-            }
+            // SAFETY: gettid and sched_setscheduler take plain integers and a pointer to a
+            // parameter that lives across the call.
+            let rc = unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
+                let param = libc::sched_param { sched_priority: 0 };
+                libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param)
+            };
+            assert_eq!(
+                rc,
+                0,
+                "cannot move the test's log reader to SCHED_IDLE: {}",
+                std::io::Error::last_os_error()
+            );
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
