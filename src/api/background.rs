@@ -11,9 +11,9 @@
 //! what the write path leaves over, and one read at a time, so concurrent readers queue
 //! instead of multiplying the memory and CPU they take.
 //!
-//! Priority alone is not enough on a small machine: the thread renders at low priority, but the
-//! bytes it renders are then sent by the async workers and copied by the kernel at normal
-//! priority. Measured on 2 cores with 16 writers (`tests/log_page_bounds.rs`): a client
+//! Priority alone is not enough on a small machine: the thread renders at low priority,
+//! but the bytes it renders are then sent by the async workers and copied by the kernel at
+//! normal priority. Measured on 2 cores with 16 writers (`tests/log_page_bounds.rs`): a client
 //! pulling pages at 57 MB/s raised the write p99 1.25x, one pulling 245 MB/s 2.8x. So the
 //! thread also keeps to a byte rate (`log_read_max_bytes_per_second`): after each job it
 //! rests for as long as the bytes it produced take at that rate, after handing them over.
