@@ -27,8 +27,9 @@ use crate::kv::{Command, KvCommand};
 /// short hold of the WAL's view lock (see `DurableLog::visit_entries`).
 const LOG_READ_CHUNK_BYTES: u64 = 256 << 10;
 
-/// The most capacity a page's buffer starts with; a page that needs more grows it.
-const PAGE_CAPACITY_MAX: u64 = 4 << 20;
+/// The largest byte budget a page's buffer is sized for up front; a page that needs more
+/// grows it.
+const PAGE_BUDGET_PREALLOCATED_MAX: u64 = 4 << 20;
 
 /// A rendered `GET /v1/log` answer.
 pub struct LogPage {
@@ -46,7 +47,11 @@ pub fn render(
     limit: u64,
     bytes_max: u64,
 ) -> Result<LogPage, storage::Error> {
-    let mut body = Vec::with_capacity(bytes_max.min(PAGE_CAPACITY_MAX) as usize + 2);
+    // Twice the budget: the entry that does not fit is written in place before it is taken
+    // back, and must not make the buffer grow, which would copy the whole page. Capacity
+    // never written costs address space only (and a small page is shrunk below).
+    let budget = bytes_max.min(PAGE_BUDGET_PREALLOCATED_MAX) as usize;
+    let mut body = Vec::with_capacity(2 * budget + 2);
     body.push(b'[');
     let mut taken = 0u64;
     let hi = from.saturating_add(limit);
