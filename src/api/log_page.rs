@@ -82,17 +82,23 @@ pub fn render(
 fn write_entry(out: &mut Vec<u8>, entry: &Entry) {
     out.extend_from_slice(b"{\"data\":");
     write_data(out, entry.kind, &entry.payload);
-    let kind = match entry.kind {
-        EntryKind::Normal => "normal",
-        EntryKind::Noop => "noop",
-        EntryKind::Membership => "membership",
-    };
     // Writing into a Vec cannot fail.
     let _ = write!(
         out,
-        ",\"index\":{},\"kind\":\"{kind}\",\"term\":{}}}",
-        entry.index, entry.term
+        ",\"index\":{},\"kind\":\"{}\",\"term\":{}}}",
+        entry.index,
+        kind_name(entry.kind),
+        entry.term
     );
+}
+
+/// The `kind` a page shows for an entry.
+fn kind_name(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::Normal => "normal",
+        EntryKind::Noop => "noop",
+        EntryKind::Membership => "membership",
+    }
 }
 
 /// What an entry holds: null for a no-op, the members for a membership change, the command
@@ -289,16 +295,15 @@ mod tests {
     /// What the page showed before it was written directly: serde_json's rendering of a
     /// `Value`, the reference the direct writer must match byte for byte.
     fn value_form(entry: &Entry) -> String {
+        // The field rule the CAS answer and watch events use; null when absent.
         fn bytes_field(object: &mut Value, name: &str, bytes: Option<&[u8]>) {
             let map = object.as_object_mut().unwrap();
-            match bytes.map(std::str::from_utf8) {
-                None => map.insert(name.to_string(), Value::Null),
-                Some(Ok(text)) => map.insert(name.to_string(), Value::String(text.to_string())),
-                Some(Err(_)) => map.insert(
-                    format!("{name}_base64"),
-                    Value::String(base64::engine::general_purpose::STANDARD.encode(bytes.unwrap())),
-                ),
-            };
+            match bytes {
+                Some(bytes) => super::super::handlers::put_bytes_field(map, name, bytes),
+                None => {
+                    map.insert(name.to_string(), Value::Null);
+                }
+            }
         }
         let undecodable = |len: usize| Value::String(format!("<{len} undecodable bytes>"));
         let data = match entry.kind {
@@ -344,11 +349,7 @@ mod tests {
                 }
             },
         };
-        let kind = match entry.kind {
-            EntryKind::Normal => "normal",
-            EntryKind::Noop => "noop",
-            EntryKind::Membership => "membership",
-        };
+        let kind = kind_name(entry.kind);
         json!({"index": entry.index, "term": entry.term, "kind": kind, "data": data}).to_string()
     }
 
