@@ -349,36 +349,68 @@ fn sigterm_on_the_leader_hands_over_without_an_election_timeout() {
 /// followers' drivers see them end: each hands that to its core, which brings its election
 /// forward to just past the minimum election timeout (`RaftCore::on_link_lost`), instead of
 /// a random point up to the maximum. Nothing acknowledged is lost.
+///
+/// The connections end only when the process has exited, and the kernel can hold a killed
+/// process for hundreds of milliseconds while a thread of it finishes a disk write (seen
+/// once in a full `cargo test --release`: 650 ms, with the other tests of this file loading
+/// the disk; the followers rightly elected by their timers first). A kill whose exit takes
+/// longer than the minimum election timeout cannot show the rule, so it is tried again on
+/// the next leader, up to `KILLS_MAX` times.
 #[test]
 fn sigkill_of_the_leader_is_seen_by_its_followers_and_loses_nothing() {
+    /// The default `election_timeout_ms` minimum, which the cluster runs with.
+    const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(150);
+    const KILLS_MAX: usize = 3;
     runtime().block_on(async {
         let cluster = Arc::new(Cluster::start(ClusterSpec::default()));
-        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-        let followers = cluster.followers(leader);
         let load = RecordingLoad::start(&cluster, 3);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        for id in &followers {
-            let lost = cluster.metric(*id, "raftlog_leader_links_lost_total").await;
-            assert_eq!(lost, 0, "node {id} lost its link to a live leader");
-        }
+        let mut slow_exits = Vec::new();
+        loop {
+            let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+            let followers = cluster.followers(leader);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut lost_before = Vec::new();
+            for id in &followers {
+                let lost = cluster.metric(*id, "raftlog_leader_links_lost_total").await;
+                if slow_exits.is_empty() {
+                    assert_eq!(lost, 0, "node {id} lost its link to a live leader");
+                }
+                lost_before.push(lost);
+            }
 
-        let killed_at = Instant::now();
-        cluster.kill(leader);
-        let (new_leader, gap) = wait_for_new_leader(&cluster, &followers, killed_at).await;
-        eprintln!("SIGKILL on leader {leader}: node {new_leader} leads after {gap:?}");
-        for id in &followers {
-            let lost = cluster.metric(*id, "raftlog_leader_links_lost_total").await;
-            assert!(
-                lost >= 1,
-                "node {id} did not see the connection to leader {leader} end\n{}",
-                cluster.log_text(*id)
+            let killed_at = Instant::now();
+            cluster.kill(leader);
+            let exit_took = killed_at.elapsed();
+            let (new_leader, gap) = wait_for_new_leader(&cluster, &followers, killed_at).await;
+            eprintln!(
+                "SIGKILL on leader {leader}: exited after {exit_took:?}, node {new_leader} leads \
+                 after {gap:?}"
             );
+            // The bound only catches an election that hangs; the figures are in
+            // docs/BENCHMARKS.md (`raftlog bench failover`).
+            assert!(gap < Duration::from_secs(3), "failover took {gap:?}");
+            if exit_took >= ELECTION_TIMEOUT_MIN {
+                slow_exits.push(exit_took);
+                assert!(
+                    slow_exits.len() < KILLS_MAX,
+                    "{KILLS_MAX} killed leaders each took longer than the minimum election \
+                     timeout to exit ({slow_exits:?}), so no kill could show the followers \
+                     seeing the connection end; is the machine's disk saturated?"
+                );
+                cluster.spawn(leader);
+                continue;
+            }
+            for (id, before) in followers.iter().zip(lost_before) {
+                let lost = cluster.metric(*id, "raftlog_leader_links_lost_total").await;
+                assert!(
+                    lost > before,
+                    "node {id} did not see the connection to leader {leader} end\n{}",
+                    cluster.log_text(*id)
+                );
+            }
+            cluster.spawn(leader);
+            break;
         }
-        // The bound only catches an election that hangs; the figures are in
-        // docs/BENCHMARKS.md (`raftlog bench failover`).
-        assert!(gap < Duration::from_secs(3), "failover took {gap:?}");
-
-        cluster.spawn(leader);
         let record = load.finish().await;
         check_acknowledged_readable(&cluster, &record.acknowledged).await;
     });
