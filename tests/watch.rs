@@ -445,9 +445,21 @@ fn watcher_behind_a_compaction_gets_410_and_recovers_by_range_read_and_watch() {
                 c.put(node, &key, &format!("v{i}")).await.unwrap();
             }
         }
-        let status = c.status(node).await.unwrap();
-        let first_log_index = status["first_log_index"].as_u64().unwrap();
-        assert!(first_log_index > 1, "nothing was compacted: {status}");
+        // A snapshot is written, and the log compacted, in the background after the apply
+        // that crosses the threshold: wait for it rather than expect it at once.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (status, first_log_index) = loop {
+            let status = c.status(node).await.unwrap();
+            let first_log_index = status["first_log_index"].as_u64().unwrap();
+            if first_log_index > 1 {
+                break (status, first_log_index);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nothing was compacted 10 s after 150 writes: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         let url = format!("http://{}/v1/watch?prefix=c/&from_index=1", c.api(node));
         let refused = c.client.get(url).send().await.unwrap();
         assert_eq!(refused.status().as_u16(), 410);
