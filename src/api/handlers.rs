@@ -257,8 +257,8 @@ async fn over_peer_link(
 /// the body's bytes are charged (`Content-Length`, or the largest value when the length
 /// is not announced), so the bodies a node buffers never exceed its budget. A body over
 /// the value limit is `413`; a write past the budget is `503 overloaded`. The body of a
-/// refused request is read and discarded a frame at a time, so the client, still
-/// uploading, reads the answer instead of a connection reset.
+/// refused request is drained (`refused_bodies`), so the client, still uploading, reads
+/// the answer instead of a connection reset.
 async fn admit_body(
     state: &ApiState,
     headers: &HeaderMap,
@@ -284,21 +284,8 @@ async fn admit_body(
     match admitted {
         Ok(permit) => Ok((permit, read_body(state, body).await?)),
         Err(refusal) => {
-            discard_body(body, limit).await;
+            state.refused_bodies.drain(body, limit).await;
             Err(refusal)
-        }
-    }
-}
-
-/// Reads and drops up to a little more than `limit` bytes of `body`, one frame at a time.
-async fn discard_body(body: Body, limit: usize) {
-    use http_body_util::BodyExt as _;
-    let mut body = body;
-    let mut seen = 0usize;
-    while seen <= limit {
-        match body.frame().await {
-            Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len()),
-            _ => return,
         }
     }
 }

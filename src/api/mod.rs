@@ -16,6 +16,7 @@ mod log_page;
 mod members;
 mod metrics;
 mod range;
+mod refused_bodies;
 pub mod server;
 mod ui;
 pub mod watch;
@@ -109,6 +110,8 @@ pub struct ApiState {
     /// One permit per forward in flight, so that a flood of requests to a follower
     /// opens at most `forward::CONNECTIONS_MAX` (64) connections to the leader.
     pub forward_slots: tokio::sync::Semaphore,
+    /// The bodies of refused writes, drained a few at a time.
+    pub refused_bodies: refused_bodies::RefusedBodies,
     /// What the API measures itself (request latency, connections) for `/metrics`.
     pub metrics: Arc<metrics::ApiMetrics>,
 }
@@ -202,6 +205,7 @@ fn app(node: Node<KvStore>, options: ApiOptions) -> (Router, Arc<ApiState>) {
         background,
         client: std::sync::RwLock::new((tls_config, client)),
         forward_slots: tokio::sync::Semaphore::new(forward::CONNECTIONS_MAX),
+        refused_bodies: refused_bodies::RefusedBodies::default(),
         metrics: Arc::default(),
     });
     let router = Router::new()
