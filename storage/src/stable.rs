@@ -52,7 +52,8 @@
 //! and a default hard state in the same atomic batch, so every non-empty store has both keys:
 //! a non-empty store missing either is damaged and reported as [`Error::StableCorrupt`], never
 //! papered over with defaults. A directory holding sled's `conf` or `snap.*` files but no `db`
-//! file is likewise refused (sled itself would quietly create a new, empty `db`).
+//! file is likewise refused (sled itself would quietly create a new, empty `db`), except for
+//! `conf` alone, which is what a first open killed inside sled leaves.
 //!
 //! # Rollback detection: the witness file
 //! sled cannot tell a damaged `db` from a write torn by a crash, and recovers from both by
@@ -731,6 +732,14 @@ impl StableStore {
 
 /// sled silently creates an empty `db` when it is missing; a directory that has sled's other
 /// files but no `db` has lost its data, so refuse it.
+///
+/// The one exception is `conf` alone. sled's first open creates `blobs`, writes `conf`,
+/// then creates `db` (sled 0.34, `Config::open_file`), so a process killed between the two
+/// leaves exactly that; nothing was stored yet (a store that ever held data has `db`, and
+/// from its first write on the witness). That `conf` is removed, as possibly torn, and the
+/// store opens fresh. Were a used store ever to lose `db` and its witness and snapshots
+/// together, it would open fresh too, and the node's first-start check (the other voters
+/// must confirm that the cluster has never run) keeps it from voting on an empty log.
 fn refuse_partial_sled_dir(path: &Path) -> Result<()> {
     let entries =
         std::fs::read_dir(path).map_err(|e| Error::io("list stable store directory", path, e))?;
@@ -745,17 +754,29 @@ fn refuse_partial_sled_dir(path: &Path) -> Result<()> {
             leftovers.push(name);
         }
     }
-    if !has_db && !leftovers.is_empty() {
-        return Err(Error::StableCorrupt {
-            path: path.to_path_buf(),
-            key: "db".to_string(),
-            reason: format!(
-                "sled's data file `db` is missing but {} remain(s)",
-                leftovers.join(", ")
-            ),
-        });
+    if has_db || leftovers.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    if leftovers == ["conf"] {
+        let conf = path.join("conf");
+        tracing::warn!(
+            path = %conf.display(),
+            "stable store holds only sled's conf: its first open was interrupted before any \
+             data was stored; removing it and starting the store fresh"
+        );
+        std::fs::remove_file(&conf).map_err(|e| Error::io("remove sled conf file", &conf, e))?;
+        return File::open(path)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io("fsync directory", path, e));
+    }
+    Err(Error::StableCorrupt {
+        path: path.to_path_buf(),
+        key: "db".to_string(),
+        reason: format!(
+            "sled's data file `db` is missing but {} remain(s)",
+            leftovers.join(", ")
+        ),
+    })
 }
 
 fn witness_slot(generation: u64) -> [u8; WITNESS_SLOT_LEN] {
@@ -1184,6 +1205,56 @@ mod tests {
             "{err}"
         );
         assert!(!path.join("db").exists(), "open must not recreate db");
+    }
+
+    /// What sled's first open leaves when the process dies inside it: sled creates `blobs`,
+    /// then writes `conf`, then creates `db`.
+    fn interrupted_first_open(path: &Path, with_db: bool) {
+        let scratch = tempfile::tempdir().unwrap();
+        drop(StableStore::open(scratch.path().join("s")).unwrap());
+        std::fs::create_dir_all(path.join("blobs")).unwrap();
+        std::fs::copy(scratch.path().join("s/conf"), path.join("conf")).unwrap();
+        if with_db {
+            std::fs::write(path.join("db"), b"").unwrap();
+        }
+    }
+
+    #[test]
+    fn first_open_killed_before_sled_created_db_opens_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        interrupted_first_open(&path, false);
+        let store = StableStore::open(&path).unwrap();
+        assert!(store.is_fresh());
+        store.bind_identity("c", 1).unwrap();
+        drop(store);
+        assert_eq!(
+            StableStore::open(&path).unwrap().identity().unwrap(),
+            Some(("c".to_string(), 1))
+        );
+    }
+
+    #[test]
+    fn first_open_killed_after_sled_created_db_opens_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        interrupted_first_open(&path, true);
+        assert!(StableStore::open(&path).unwrap().is_fresh());
+    }
+
+    #[test]
+    fn a_lone_conf_beside_a_witness_or_snapshot_is_still_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for extra in [WITNESS_FILE, "snap.0000000000000001"] {
+            let path = dir.path().join(extra);
+            interrupted_first_open(&path, false);
+            std::fs::write(path.join(extra), b"x").unwrap();
+            let err = StableStore::open(&path).unwrap_err();
+            assert!(
+                matches!(&err, Error::StableCorrupt { key, .. } if key == "db"),
+                "{extra}: {err}"
+            );
+        }
     }
 
     #[test]
