@@ -112,6 +112,8 @@ pub struct ApiState {
     pub forward_slots: tokio::sync::Semaphore,
     /// The bodies of refused writes, drained a few at a time.
     pub refused_bodies: refused_bodies::RefusedBodies,
+    /// One permit per large range page being built (`range::RANGE_RENDERS_MAX`).
+    pub range_renders: tokio::sync::Semaphore,
     /// What the API measures itself (request latency, connections) for `/metrics`.
     pub metrics: Arc<metrics::ApiMetrics>,
 }
@@ -206,6 +208,7 @@ fn app(node: Node<KvStore>, options: ApiOptions) -> (Router, Arc<ApiState>) {
         client: std::sync::RwLock::new((tls_config, client)),
         forward_slots: tokio::sync::Semaphore::new(forward::CONNECTIONS_MAX),
         refused_bodies: refused_bodies::RefusedBodies::default(),
+        range_renders: tokio::sync::Semaphore::new(range::RANGE_RENDERS_MAX),
         metrics: Arc::default(),
     });
     let router = Router::new()

@@ -8,14 +8,14 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::handlers::{put_bytes_field, read_barrier_or_forward, ReadParams};
 use super::{ApiError, ApiState};
-use crate::kv::{KeyRange, KvStore};
+use crate::kv::{KeyRange, KvStore, RangePage};
 
 /// `limit` when none is given.
 pub const RANGE_LIMIT_DEFAULT: usize = 1000;
@@ -24,6 +24,16 @@ pub const RANGE_LIMIT_MAX: usize = 10_000;
 /// A page stops before its JSON passes this many bytes of keys and values (one pair larger
 /// than that is still sent alone, so a client always makes progress); `more` says so.
 pub const RANGE_PAGE_BYTES_MAX: usize = 4 << 20;
+/// Pages with more bytes of keys and values than this are built on the blocking pool, at
+/// most [`RANGE_RENDERS_MAX`] at once per node, not on the runtime that serves clients.
+/// The raft loop and the peer links are tasks on that runtime, which runs ready tasks in
+/// turn: a 4 MiB page takes milliseconds to build, and 96 clients reading such pages
+/// (tests/range_read_storm.rs) held back heartbeats long enough to lose the leader, with
+/// every write failing meanwhile. Below this a page builds in well under a millisecond,
+/// cheaper than the hand-off.
+pub const RANGE_INLINE_BYTES_MAX: usize = 64 << 10;
+/// Large pages built at once on a node.
+pub const RANGE_RENDERS_MAX: usize = 1;
 
 /// The query string as (name, raw bytes) pairs.
 pub(super) fn query_pairs(uri: &Uri) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
@@ -225,24 +235,53 @@ async fn range_inner(
             .read_local(|store, _| (store.clone(), state.node.watch().published_index()))
     };
     let page = store.range(&range, limit, RANGE_PAGE_BYTES_MAX);
+    let keys_only = query.keys_only;
+    let page_bytes: usize = page
+        .pairs
+        .iter()
+        .map(|(key, value)| key.len() + if keys_only { 0 } else { value.len() })
+        .sum();
+    let body = if page_bytes <= RANGE_INLINE_BYTES_MAX {
+        render_page(index, &page, keys_only)
+    } else {
+        // The semaphore is never closed; if it were, rendering without a slot is the
+        // unbounded behaviour, not a failure.
+        let _slot = state.range_renders.acquire().await;
+        tokio::task::spawn_blocking(move || render_page(index, &page, keys_only))
+            .await
+            .map_err(|e| ApiError::internal(format!("building a range page failed: {e}")))?
+    };
+    let mut response = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(super::RAFT_INDEX_HEADER_NAME, HeaderValue::from(index));
+    Ok(response)
+}
+
+/// A range read's answer: `{"index", "kvs": [{"key", "value"}...], "more"}`.
+fn render_page(index: u64, page: &RangePage, keys_only: bool) -> Vec<u8> {
     let kvs: Vec<Value> = page
         .pairs
         .iter()
         .map(|(key, value)| {
             let mut object = serde_json::Map::new();
             put_bytes_field(&mut object, "key", key);
-            if !query.keys_only {
+            if !keys_only {
                 put_bytes_field(&mut object, "value", value);
             }
             Value::Object(object)
         })
         .collect();
-    let body = json!({ "index": index, "kvs": kvs, "more": page.more });
-    let mut response = axum::Json(body).into_response();
-    response
-        .headers_mut()
-        .insert(super::RAFT_INDEX_HEADER_NAME, HeaderValue::from(index));
-    Ok(response)
+    json!({ "index": index, "kvs": kvs, "more": page.more })
+        .to_string()
+        .into_bytes()
 }
 
 #[cfg(test)]
