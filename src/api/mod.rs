@@ -12,6 +12,7 @@ mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handlers;
+mod json_writer;
 mod log_page;
 mod members;
 mod metrics;
