@@ -237,12 +237,7 @@ async fn range_inner(
     };
     let page = store.range(&range, limit, RANGE_PAGE_BYTES_MAX);
     let keys_only = query.keys_only;
-    let page_bytes: usize = page
-        .pairs
-        .iter()
-        .map(|(key, value)| key.len() + if keys_only { 0 } else { value.len() })
-        .sum();
-    let body = if page_bytes <= RANGE_INLINE_BYTES_MAX {
+    let body = if payload_bytes(&page, keys_only) <= RANGE_INLINE_BYTES_MAX {
         render_page(index, &page, keys_only)
     } else {
         // The semaphore is never closed; if it were, rendering without a slot is the
@@ -266,15 +261,19 @@ async fn range_inner(
     Ok(response)
 }
 
+/// The bytes of keys (and values, unless `keys_only`) a page answers with.
+fn payload_bytes(page: &RangePage, keys_only: bool) -> usize {
+    page.pairs
+        .iter()
+        .map(|(key, value)| key.len() + if keys_only { 0 } else { value.len() })
+        .sum()
+}
+
 /// A range read's answer, `{"index":…,"kvs":[{"key":…,"value":…},…],"more":…}`, written
 /// directly (`json_writer`): the bytes serde_json wrote for the same `Value`, in about a
 /// third of the time for pages of large values.
 fn render_page(index: u64, page: &RangePage, keys_only: bool) -> Vec<u8> {
-    let payload: usize = page
-        .pairs
-        .iter()
-        .map(|(key, value)| key.len() + if keys_only { 0 } else { value.len() })
-        .sum();
+    let payload = payload_bytes(page, keys_only);
     let mut out = Vec::with_capacity(payload + 32 * page.pairs.len() + 64);
     let _ = write!(out, "{{\"index\":{index},\"kvs\":[");
     for (i, (key, value)) in page.pairs.iter().enumerate() {

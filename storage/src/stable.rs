@@ -765,9 +765,7 @@ fn refuse_partial_sled_dir(path: &Path) -> Result<()> {
              data was stored; removing it and starting the store fresh"
         );
         std::fs::remove_file(&conf).map_err(|e| Error::io("remove sled conf file", &conf, e))?;
-        return File::open(path)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io("fsync directory", path, e));
+        return crate::dir::sync_path(path).map_err(|e| Error::io("fsync directory", path, e));
     }
     Err(Error::StableCorrupt {
         path: path.to_path_buf(),
