@@ -182,6 +182,32 @@ pub struct StableStore {
     syncs: SyncCounters,
 }
 
+/// How long `open` waits for sled's lock on the directory before giving up.
+///
+/// sled 0.34 releases its `flock` when the last handle to its file closes, and its flusher
+/// thread holds one until it notices the store was dropped: an instance closed a moment ago
+/// in this process can still hold the lock after `drop` returned (seen as a reopen failing
+/// with `WouldBlock` in a test). An embedder that restarts a node in-process hits the same.
+/// Two seconds is far past that hand-over, and short enough that a directory another live
+/// process holds is still reported promptly.
+const SLED_LOCK_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens sled at `path`, waiting up to [`SLED_LOCK_WAIT_MAX`] while its lock is held.
+fn open_sled(path: &Path) -> std::result::Result<sled::Db, sled::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < SLED_LOCK_WAIT_MAX =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            opened => return opened,
+        }
+    }
+}
+
 impl std::fmt::Debug for StableStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StableStore")
@@ -202,13 +228,10 @@ impl StableStore {
         if existed {
             refuse_partial_sled_dir(&path)?;
         }
-        let db = sled::Config::new()
-            .path(&path)
-            .open()
-            .map_err(|source| Error::Stable {
-                path: path.clone(),
-                source,
-            })?;
+        let db = open_sled(&path).map_err(|source| Error::Stable {
+            path: path.clone(),
+            source,
+        })?;
         let data_file_path = path.join("db");
         let data_file = File::open(&data_file_path)
             .map_err(|e| Error::io("open sled data file to fsync it", &data_file_path, e))?;
@@ -900,6 +923,38 @@ mod tests {
         assert_eq!(store.hard_state().unwrap(), HardState::default());
         assert_eq!(store.membership().unwrap(), None);
         assert_eq!(store.identity().unwrap(), None);
+    }
+
+    /// A store dropped a moment ago may still hold sled's lock (its flusher thread lets go
+    /// later): a reopen waits for it rather than failing with `WouldBlock`.
+    #[test]
+    fn reopen_waits_for_the_lock_of_a_store_closing_in_this_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stable");
+        let closing = StableStore::open(&path).unwrap();
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(closing);
+        });
+        let reopened = StableStore::open(&path);
+        closer.join().unwrap();
+        assert!(reopened.is_ok(), "{:?}", reopened.err());
+    }
+
+    /// A lock held past the wait (another process on the same directory) is still refused.
+    #[test]
+    fn open_refuses_a_directory_whose_lock_stays_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stable");
+        let _holder = StableStore::open(&path).unwrap();
+        let started = std::time::Instant::now();
+        let err = StableStore::open(&path).unwrap_err();
+        assert!(
+            started.elapsed() >= SLED_LOCK_WAIT_MAX,
+            "gave up after {:?}",
+            started.elapsed()
+        );
+        assert!(err.to_string().contains("could not acquire lock"), "{err}");
     }
 
     #[test]
