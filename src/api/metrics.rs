@@ -141,6 +141,11 @@ const COUNTERS: &[(&str, &str, CounterValue)] = &[
         |r| r.counters.leader_links_lost.get(),
     ),
     (
+        "raft_loop_stalls",
+        "Times the raft loop went two heartbeat intervals or more without running (a CPU-starved or blocked node); each delays heartbeats and acks",
+        |r| r.counters.raft_loop_stalls.get(),
+    ),
+    (
         "leader_transfers_started",
         "Leadership transfers this node started as leader",
         |r| r.counters.transfers_started.get(),

@@ -25,36 +25,104 @@ pub(super) struct TickClock {
     start: Duration,
     /// Ticks accounted for since `start` (fed, or skipped beyond the cap).
     counted: u64,
+    /// A gap between two looks at the clock this long is a stall worth reporting.
+    stall_after: Duration,
+    /// When the clock was last looked at (the loop's last run); none before the first.
+    last_look: Option<Duration>,
+    stalls: StallLog,
+}
+
+/// What a look at the clock found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Due {
+    /// Ticks to feed the core now.
+    pub ticks: u64,
+    /// The loop did not run for at least `stall_after` before this look.
+    pub stalled: bool,
+    /// Stalls to report now: rate-limited, see [`StallLog`].
+    pub report: Option<StallReport>,
+}
+
+/// Stalls since the last report.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct StallReport {
+    pub count: u64,
+    pub longest: Duration,
+}
+
+/// At most one stall warning per this long: an overloaded node stalls many times a second,
+/// and a line for each would bury everything else in its log.
+const STALL_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Counts stalls between reports; the first stall is reported at once.
+#[derive(Default)]
+struct StallLog {
+    unreported: u64,
+    longest: Duration,
+    last_report: Option<Duration>,
+}
+
+impl StallLog {
+    fn record(&mut self, gap: Duration, now: Duration) -> Option<StallReport> {
+        self.unreported += 1;
+        self.longest = self.longest.max(gap);
+        let due = self
+            .last_report
+            .is_none_or(|at| now.saturating_sub(at) >= STALL_REPORT_INTERVAL);
+        if !due {
+            return None;
+        }
+        self.last_report = Some(now);
+        let report = StallReport {
+            count: self.unreported,
+            longest: self.longest,
+        };
+        self.unreported = 0;
+        self.longest = Duration::ZERO;
+        Some(report)
+    }
 }
 
 impl TickClock {
-    pub(super) fn new(tick: Duration, catch_up_ticks_max: u64) -> TickClock {
+    /// A clock feeding ticks of `tick`, at most `catch_up_ticks_max` at a time, that
+    /// reports a gap of `stall_after` or more between two looks as a stall.
+    pub(super) fn new(tick: Duration, catch_up_ticks_max: u64, stall_after: Duration) -> TickClock {
+        let start = now();
         TickClock {
             tick: tick.max(Duration::from_micros(1)),
             catch_up_ticks_max: catch_up_ticks_max.max(1),
-            start: now(),
+            start,
             counted: 0,
+            stall_after,
+            last_look: None,
+            stalls: StallLog::default(),
         }
     }
 
-    /// Ticks to feed the core now.
-    pub(super) fn due(&mut self) -> u64 {
+    /// What is due to the core now.
+    pub(super) fn due(&mut self) -> Due {
         self.due_at(now())
     }
 
-    fn due_at(&mut self, now: Duration) -> u64 {
+    fn due_at(&mut self, now: Duration) -> Due {
         let elapsed = now.saturating_sub(self.start);
         let total = (elapsed.as_nanos() / self.tick.as_nanos()) as u64;
         let due = total.saturating_sub(self.counted);
         self.counted = total.max(self.counted);
-        if due > self.catch_up_ticks_max {
-            tracing::warn!(
-                missed_ticks = due,
-                stall_ms = due * self.tick.as_millis() as u64,
-                "the raft loop was stalled; catching the core's clock up"
-            );
+        let gap = self
+            .last_look
+            .map_or(Duration::ZERO, |last| now.saturating_sub(last));
+        self.last_look = Some(self.last_look.map_or(now, |last| last.max(now)));
+        let stalled = gap >= self.stall_after;
+        Due {
+            ticks: due.min(self.catch_up_ticks_max),
+            stalled,
+            report: if stalled {
+                self.stalls.record(gap, now)
+            } else {
+                None
+            },
         }
-        due.min(self.catch_up_ticks_max)
     }
 }
 
@@ -92,18 +160,75 @@ mod tests {
             catch_up_ticks_max: 120,
             start,
             counted: 0,
+            stall_after: Duration::from_millis(100),
+            last_look: None,
+            stalls: StallLog::default(),
         }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn gap_past_the_threshold_is_a_stall_reported_at_once() {
+        let start = Duration::from_secs(5);
+        let mut clock = clock_at(start);
+        // However late the loop first looks, that is its start, not a stall.
+        let first = clock.due_at(start + ms(500));
+        assert!(!first.stalled && first.report.is_none(), "{first:?}");
+        let calm = clock.due_at(start + ms(599));
+        assert!(!calm.stalled && calm.report.is_none(), "{calm:?}");
+        let stalled = clock.due_at(start + ms(599 + 850));
+        assert_eq!(stalled.ticks, 85);
+        assert!(stalled.stalled);
+        assert_eq!(
+            stalled.report,
+            Some(StallReport {
+                count: 1,
+                longest: ms(850)
+            })
+        );
+    }
+
+    #[test]
+    fn stalls_between_reports_are_counted_into_the_next() {
+        let start = Duration::from_secs(5);
+        let mut clock = clock_at(start);
+        let mut at = start;
+        clock.due_at(at);
+        let mut look = |gap: u64| {
+            at += ms(gap);
+            clock.due_at(at)
+        };
+        assert!(look(200).report.is_some());
+        // Three stalls within the interval: counted, not reported.
+        for gap in [150, 400, 120] {
+            let due = look(gap);
+            assert!(due.stalled && due.report.is_none(), "{due:?}");
+        }
+        // Calm looks until the interval has passed; then the next stall reports all four.
+        for _ in 0..100 {
+            assert!(!look(95).stalled);
+        }
+        assert_eq!(
+            look(300).report,
+            Some(StallReport {
+                count: 4,
+                longest: ms(400)
+            })
+        );
     }
 
     #[test]
     fn stall_is_fed_as_the_ticks_it_lasted() {
         let start = Duration::from_secs(50);
         let mut clock = clock_at(start);
-        assert_eq!(clock.due_at(start + Duration::from_millis(9)), 0);
-        assert_eq!(clock.due_at(start + Duration::from_millis(10)), 1);
+        assert_eq!(clock.due_at(start + Duration::from_millis(9)).ticks, 0);
+        assert_eq!(clock.due_at(start + Duration::from_millis(10)).ticks, 1);
         // A 850 ms stall: one wake-up owes 85 ticks, not 1.
-        assert_eq!(clock.due_at(start + Duration::from_millis(860)), 85);
-        assert_eq!(clock.due_at(start + Duration::from_millis(865)), 0);
+        assert_eq!(clock.due_at(start + Duration::from_millis(860)).ticks, 85);
+        assert_eq!(clock.due_at(start + Duration::from_millis(865)).ticks, 0);
     }
 
     #[test]
@@ -113,7 +238,7 @@ mod tests {
         let mut fed = 0;
         // Wake-ups 13 ms apart: a counting timer would owe 1 tick each (100 after 1.3 s).
         for i in 1..=100u64 {
-            fed += clock.due_at(start + Duration::from_millis(13 * i));
+            fed += clock.due_at(start + Duration::from_millis(13 * i)).ticks;
         }
         assert_eq!(fed, 130);
     }
@@ -122,16 +247,16 @@ mod tests {
     fn long_stall_is_capped_but_never_refed() {
         let start = Duration::from_secs(1);
         let mut clock = clock_at(start);
-        assert_eq!(clock.due_at(start + Duration::from_secs(60)), 120);
-        assert_eq!(clock.due_at(start + Duration::from_millis(60_010)), 1);
+        assert_eq!(clock.due_at(start + Duration::from_secs(60)).ticks, 120);
+        assert_eq!(clock.due_at(start + Duration::from_millis(60_010)).ticks, 1);
     }
 
     #[test]
     fn clock_going_backwards_owes_nothing() {
         let start = Duration::from_secs(10);
         let mut clock = clock_at(start);
-        assert_eq!(clock.due_at(start + Duration::from_millis(100)), 10);
-        assert_eq!(clock.due_at(start + Duration::from_millis(50)), 0);
-        assert_eq!(clock.due_at(start + Duration::from_millis(110)), 1);
+        assert_eq!(clock.due_at(start + Duration::from_millis(100)).ticks, 10);
+        assert_eq!(clock.due_at(start + Duration::from_millis(50)).ticks, 0);
+        assert_eq!(clock.due_at(start + Duration::from_millis(110)).ticks, 1);
     }
 }

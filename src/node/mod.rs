@@ -327,6 +327,8 @@ pub struct Metrics {
     /// Connections to or from the leader seen to end while following it; each brings the
     /// next election forward (`RaftCore::on_link_lost`).
     pub leader_links_lost: Counter,
+    /// Times the raft loop went two heartbeat intervals or more without running.
+    pub raft_loop_stalls: Counter,
     /// Peer messages the core dropped at its door as malformed or hostile.
     pub raft_messages_dropped: Counter,
     /// Leadership transfers this node started as leader.
@@ -1021,7 +1023,11 @@ async fn spawn<S: StateMachine>(
         metrics: metrics.clone(),
         fatal: fatal_tx.clone(),
         last_role: None,
-        clock: TickClock::new(options.tick, catch_up_ticks_max(&options)),
+        clock: TickClock::new(
+            options.tick,
+            catch_up_ticks_max(&options),
+            2 * options.heartbeat_interval,
+        ),
         transfers: TransferWaiters::default(),
         election_timeout_max: options.election_timeout.1,
         awaiting_first_start: recovered.standing == bootstrap::Standing::Fresh,
@@ -1302,11 +1308,26 @@ impl RaftLoop {
     /// through in a stall, before it handles anything else (see `clock.rs`).
     fn catch_up_ticks(&mut self) {
         let due = self.clock.due();
+        if due.stalled {
+            self.metrics.raft_loop_stalls.inc();
+        }
+        if let Some(report) = due.report {
+            // etcd's "leader failed to send out heartbeat on time" for every role: a stall
+            // this long delays a leader's heartbeats and a follower's acks alike.
+            tracing::warn!(
+                stalls = report.count,
+                longest_ms = report.longest.as_millis() as u64,
+                role = ?self.core.soft_state().role,
+                "the raft loop did not run for over two heartbeat intervals; heartbeats, \
+                 acks and elections wait on it. The node is short of CPU or its runtime \
+                 worker was blocked (see raftlog_raft_loop_stalls_total); elections may follow"
+            );
+        }
         if self.awaiting_first_start {
             // A fresh node must not campaign before its peers confirm a first start.
             return;
         }
-        for _ in 0..due {
+        for _ in 0..due.ticks {
             self.core.tick();
         }
     }
