@@ -107,6 +107,29 @@ unsafe impl GlobalAlloc for SplitAllocator {
     }
 }
 
+/// Turns transparent huge pages off for the whole process (`PR_SET_THP_DISABLE`, kept
+/// across `fork` and `exec`), which is what mimalloc itself does when its `allow_thp`
+/// option is off. Call it first thing in `main`: the flag applies to mappings made before
+/// it as well, at their next page fault.
+///
+/// mimalloc 3 advises its 1 GiB arena `MADV_HUGEPAGE` and, a second after memory is freed,
+/// gives it back with `MADV_DONTNEED`; the next allocation there faults a whole 2 MiB page
+/// in, which the kernel zeroes on the faulting thread, with preemption points inside the
+/// zeroing. Under a storm of 1 MiB writes beside other CPU load (tests/overload_bounds.rs
+/// with two busy loops and a disk writer, `perf sched timehist`), each node's single
+/// runtime worker was switched out inside `folio_zero_user` 690 times in 12 s, for 40–60
+/// ms each time, and the raft loop on that worker went without running long enough for
+/// followers to time out (2–4 s election timeouts) and for forwarded writes to answer 504.
+/// With the flag set, none (docs/BENCHMARKS.md, "Huge pages off").
+pub fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl with plain integer arguments; nothing is read or written through them.
+    // A kernel without the option refuses it (EINVAL), which leaves things as they were.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

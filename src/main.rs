@@ -4,5 +4,6 @@ mod allocator;
 static ALLOCATOR: allocator::SplitAllocator = allocator::SplitAllocator;
 
 fn main() {
+    allocator::disable_transparent_huge_pages();
     std::process::exit(raftlog::cli::run());
 }

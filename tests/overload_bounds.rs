@@ -77,6 +77,14 @@ struct Answer {
     body: String,
 }
 
+/// Whether transparent huge pages are on for process `pid` (`THP_enabled` in its status,
+/// Linux 5.0 and later); `None` where the kernel does not say.
+fn huge_pages_enabled(pid: u32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("THP_enabled:"))?;
+    Some(line.split_whitespace().nth(1)? == "1")
+}
+
 /// Samples every node's RSS until stopped; keeps the peak of each figure per node.
 fn sample_rss(
     pids: BTreeMap<u64, u32>,
@@ -119,6 +127,15 @@ fn write_storm_gets_ok_or_overloaded_within_memory_bound() {
         let pids: BTreeMap<u64, u32> = (1..=3)
             .map(|id| (id, cluster.pid(id).expect("node runs")))
             .collect();
+        for (id, pid) in &pids {
+            assert_ne!(
+                huge_pages_enabled(*pid),
+                Some(true),
+                "node {id} (pid {pid}) runs with transparent huge pages on (THP_enabled: 1 in \
+                 /proc/{pid}/status): under this storm its runtime worker stalls zeroing 2 MiB \
+                 pages (src/allocator.rs); the binary's main must turn them off first"
+            );
+        }
         let baseline: BTreeMap<u64, Rss> = pids
             .iter()
             .map(|(id, pid)| (*id, rss(*pid).expect("node runs")))
