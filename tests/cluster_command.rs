@@ -7,7 +7,7 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -18,6 +18,8 @@ use support::{free_port, raftlog_bin, runtime};
 struct ClusterCommand {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// Everything it wrote to stderr so far (why it stopped, if it did).
+    errors: Arc<Mutex<String>>,
 }
 
 impl ClusterCommand {
@@ -30,11 +32,21 @@ impl ClusterCommand {
             .arg("--config")
             .arg(config)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .process_group(0)
             .spawn()
             .expect("raftlog cluster starts");
         let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let errors = Arc::new(Mutex::new(String::new()));
+        let errors_in = Arc::clone(&errors);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut errors = errors_in.lock().unwrap_or_else(|p| p.into_inner());
+                errors.push_str(&line);
+                errors.push('\n');
+            }
+        });
         let (lines_tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -43,7 +55,11 @@ impl ClusterCommand {
                 }
             }
         });
-        ClusterCommand { child, lines }
+        ClusterCommand {
+            child,
+            lines,
+            errors,
+        }
     }
 
     /// Everything it printed up to the line that says the cluster is up and how to stop
@@ -59,13 +75,29 @@ impl ClusterCommand {
             match self.lines.recv_timeout(left) {
                 Ok(line) => printed.push(line),
                 Err(e) => panic!(
-                    "raftlog cluster did not say it was up within 30 s ({e}); it printed:\n{}",
-                    printed.join("\n")
+                    "raftlog cluster did not say it was up within 30 s ({e}); it printed:\n{}\n\
+                     on stderr:\n{}\n{}",
+                    printed.join("\n"),
+                    self.errors.lock().unwrap_or_else(|p| p.into_inner()),
+                    node_logs(&printed)
                 ),
             }
         }
         printed
     }
+}
+
+/// The last lines of every node log the command named (`log PATH` on each node's line).
+fn node_logs(printed: &[String]) -> String {
+    let mut out = String::new();
+    for path in printed.iter().filter_map(|l| l.split(" log ").nth(1)) {
+        let text = std::fs::read_to_string(path.trim()).unwrap_or_else(|e| format!("({e})"));
+        let lines: Vec<&str> = text.lines().collect();
+        out.push_str(&format!("--- {path} ---\n"));
+        out.push_str(&lines[lines.len().saturating_sub(30)..].join("\n"));
+        out.push('\n');
+    }
+    out
 }
 
 impl Drop for ClusterCommand {
