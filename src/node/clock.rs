@@ -170,6 +170,13 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    fn report(count: u64, longest_ms: u64) -> Option<StallReport> {
+        Some(StallReport {
+            count,
+            longest: ms(longest_ms),
+        })
+    }
+
     #[test]
     fn gap_past_the_threshold_is_a_stall_reported_at_once() {
         let start = Duration::from_secs(5);
@@ -182,13 +189,7 @@ mod tests {
         let stalled = clock.due_at(start + ms(599 + 850));
         assert_eq!(stalled.ticks, 85);
         assert!(stalled.stalled);
-        assert_eq!(
-            stalled.report,
-            Some(StallReport {
-                count: 1,
-                longest: ms(850)
-            })
-        );
+        assert_eq!(stalled.report, report(1, 850));
     }
 
     #[test]
@@ -211,13 +212,7 @@ mod tests {
         for _ in 0..100 {
             assert!(!look(95).stalled);
         }
-        assert_eq!(
-            look(300).report,
-            Some(StallReport {
-                count: 4,
-                longest: ms(400)
-            })
-        );
+        assert_eq!(look(300).report, report(4, 400));
     }
 
     #[test]
