@@ -237,13 +237,14 @@ async fn range_inner(
     };
     let page = store.range(&range, limit, RANGE_PAGE_BYTES_MAX);
     let keys_only = query.keys_only;
-    let body = if payload_bytes(&page, keys_only) <= RANGE_INLINE_BYTES_MAX {
-        render_page(index, &page, keys_only)
+    let payload = payload_bytes(&page, keys_only);
+    let body = if payload <= RANGE_INLINE_BYTES_MAX {
+        render_page(index, &page, keys_only, payload)
     } else {
         // The semaphore is never closed; if it were, rendering without a slot is the
         // unbounded behaviour, not a failure.
         let _slot = state.range_renders.acquire().await;
-        tokio::task::spawn_blocking(move || render_page(index, &page, keys_only))
+        tokio::task::spawn_blocking(move || render_page(index, &page, keys_only, payload))
             .await
             .map_err(|e| ApiError::internal(format!("building a range page failed: {e}")))?
     };
@@ -272,8 +273,8 @@ fn payload_bytes(page: &RangePage, keys_only: bool) -> usize {
 /// A range read's answer, `{"index":…,"kvs":[{"key":…,"value":…},…],"more":…}`, written
 /// directly (`json_writer`): the bytes serde_json wrote for the same `Value`, in about a
 /// third of the time for pages of large values.
-fn render_page(index: u64, page: &RangePage, keys_only: bool) -> Vec<u8> {
-    let payload = payload_bytes(page, keys_only);
+/// `payload` is [`payload_bytes`] of the page, counted once by the caller, which also needs it.
+fn render_page(index: u64, page: &RangePage, keys_only: bool, payload: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload + 32 * page.pairs.len() + 64);
     let _ = write!(out, "{{\"index\":{index},\"kvs\":[");
     for (i, (key, value)) in page.pairs.iter().enumerate() {
@@ -335,7 +336,12 @@ mod tests {
                         pairs: pairs[..count].to_vec(),
                         more,
                     };
-                    let direct = render_page(u64::MAX - 1, &page, keys_only);
+                    let direct = render_page(
+                        u64::MAX - 1,
+                        &page,
+                        keys_only,
+                        payload_bytes(&page, keys_only),
+                    );
                     let reference = value_form(u64::MAX - 1, &page, keys_only);
                     assert_eq!(
                         String::from_utf8_lossy(&direct),
