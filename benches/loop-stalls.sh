@@ -12,6 +12,13 @@
 # e.g. benches/loop-stalls.sh 256 15 3 /tmp/raftlog-base target/release/raftlog
 # Ports 28701-28713. Stops only what it started (the busy loops are killed by their own
 # `timeout` as well). Binaries older than the stall counter print an empty count.
+#
+# The busy loops and the writer stay in this script's session: with the kernel's
+# autogroups (CONFIG_SCHED_AUTOGROUP, on here and in most desktop kernels) a process in a
+# session of its own (setsid) is weighed as a group against the session that runs the
+# nodes, whatever the nodes' threads' nice values, which is not how a node competes with
+# its own client work or with the other processes of a service's cgroup. (An earlier
+# version used setsid: its figures are for that harsher sharing.)
 set -euo pipefail
 CLIENTS="$1" DUR="$2" ROUNDS="$3"
 shift 3
@@ -33,10 +40,10 @@ one_run() {
   rm -rf "$run" && mkdir -p "$run"
   start_local_cluster "$bin" "$run" loop-stalls >/dev/null 2>&1
   for _ in 1 2; do
-    setsid timeout $((DUR + 30)) sh -c 'while :; do :; done' &
+    timeout $((DUR + 30)) sh -c 'while :; do :; done' &
     LOAD_PIDS+=($!)
   done
-  setsid timeout $((DUR + 30)) sh -c "while :; do dd if=/dev/zero of='$WORK/ddfile' bs=1M count=1500 conv=fdatasync status=none; done" &
+  timeout $((DUR + 30)) sh -c "while :; do dd if=/dev/zero of='$WORK/ddfile' bs=1M count=1500 conv=fdatasync status=none; done" &
   LOAD_PIDS+=($!)
   "$bin" bench --config "$run/config.json" --clients "$CLIENTS" --duration "$DUR" \
     --value-size 1048576 --op put --key-space 16 --json >"$run/bench.json" 2>/dev/null || true
