@@ -137,6 +137,11 @@ pub const WATCH_BUFFER_BYTES_MAX_RANGE: std::ops::RangeInclusive<u64> = (4 << 10
 // Issue 14: the async runtime's size.
 /// Accepted range of `worker_threads`.
 pub const WORKER_THREADS_RANGE: std::ops::RangeInclusive<u64> = 1..=1024;
+/// Default of `raft_thread_nice`: the raft loop's thread ahead of default threads, about
+/// nine times their share of a busy CPU (src/node/raft_thread.rs).
+pub const DEFAULT_RAFT_THREAD_NICE: i32 = -10;
+/// Accepted range of `raft_thread_nice`: Linux's nice values.
+pub const RAFT_THREAD_NICE_RANGE: std::ops::RangeInclusive<i64> = -20..=19;
 
 const TOP_LEVEL_FIELDS: &[&str] = &[
     "cluster_id",
@@ -173,6 +178,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "ready_max_lag_entries",
     // Issue 14.
     "worker_threads",
+    "raft_thread_nice",
 ];
 /// Fields of `tls`.
 const TLS_FIELDS: &[&str] = &["ca", "cert", "key"];
@@ -275,6 +281,8 @@ pub struct ClusterConfig {
     ready_max_lag_entries: u64,
     // Issue 14. Invariant: None, or within WORKER_THREADS_RANGE.
     worker_threads: Option<u64>,
+    // Issue 14. Invariant: within RAFT_THREAD_NICE_RANGE.
+    raft_thread_nice: i32,
 }
 
 /// The `tls` section as written: PEM file paths, relative to the config file's directory,
@@ -559,6 +567,11 @@ impl ClusterConfig {
         self.worker_threads
     }
 
+    /// Issue 14: the nice value of the raft loop's thread (0: the node's own).
+    pub fn raft_thread_nice(&self) -> i32 {
+        self.raft_thread_nice
+    }
+
     /// The `tls` section, if any (issue 16).
     pub fn tls(&self) -> Option<&TlsFiles> {
         self.tls.as_ref()
@@ -630,6 +643,7 @@ impl ClusterConfig {
             "snapshot_min_interval_ms": self.snapshot_min_interval_ms,
             "ready_max_lag_entries": self.ready_max_lag_entries,
             "worker_threads": self.worker_threads,
+            "raft_thread_nice": self.raft_thread_nice,
         });
         let mut value = value;
         if let Some(max) = self.client_connections.connections_max {
@@ -939,6 +953,10 @@ impl Parser<'_> {
             None | Some(Json::Null) => None,
             Some(v) => Some(self.within(v, "worker_threads", WORKER_THREADS_RANGE)?),
         };
+        let raft_thread_nice = match get("raft_thread_nice") {
+            None => DEFAULT_RAFT_THREAD_NICE,
+            Some(v) => self.signed_within(v, "raft_thread_nice", RAFT_THREAD_NICE_RANGE)?,
+        };
         Ok(ClusterConfig {
             path: self.path.to_path_buf(),
             cluster_id,
@@ -967,6 +985,7 @@ impl Parser<'_> {
             auth,
             ready_max_lag_entries,
             worker_threads,
+            raft_thread_nice,
         })
     }
 
@@ -1191,6 +1210,38 @@ impl Parser<'_> {
             ));
         }
         Ok(value)
+    }
+
+    /// An integer, negative or not, within `range` (which lies within `i32`).
+    fn signed_within(
+        &self,
+        json: &Json,
+        field: &str,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Result<i32, ConfigError> {
+        let outside = |value: &dyn std::fmt::Display| {
+            self.err(
+                field,
+                format!("{value} is outside {}..={}", range.start(), range.end()),
+            )
+        };
+        let value = match json {
+            Json::Number(n) if n.as_i64().is_none() && n.as_u64().is_some() => {
+                return Err(outside(n));
+            }
+            Json::Number(n) => n.as_i64(),
+            _ => None,
+        };
+        let Some(value) = value else {
+            return Err(self.err(
+                field,
+                format!("expected an integer, got {}", json.describe()),
+            ));
+        };
+        match i32::try_from(value) {
+            Ok(small) if range.contains(&value) => Ok(small),
+            _ => Err(outside(&value)),
+        }
     }
 
     fn election_timeout(&self, json: &Json) -> Result<(u64, u64), ConfigError> {
@@ -1860,6 +1911,43 @@ mod tests {
             (
                 r#""ready_max_lag_entries": -5"#,
                 "config.json: ready_max_lag_entries: expected a non-negative integer, got -5",
+            ),
+        ];
+        for (extra, expect) in cases {
+            assert_eq!(error(&with(extra)), expect, "{extra}");
+        }
+    }
+
+    #[test]
+    fn raft_thread_nice_defaults_to_minus_ten_and_is_a_nice_value() {
+        let cfg = parse(MINIMAL).unwrap();
+        assert_eq!(cfg.raft_thread_nice(), -10);
+        assert_eq!(parse(&cfg.to_json()).unwrap(), cfg);
+        for nice in [-20, 0, 19] {
+            let cfg = parse(&with(&format!(r#""raft_thread_nice": {nice}"#))).unwrap();
+            assert_eq!(cfg.raft_thread_nice(), nice);
+            assert_eq!(parse(&cfg.to_json()).unwrap(), cfg);
+        }
+        let cases = [
+            (
+                r#""raft_thread_nice": -21"#,
+                "config.json: raft_thread_nice: -21 is outside -20..=19",
+            ),
+            (
+                r#""raft_thread_nice": 20"#,
+                "config.json: raft_thread_nice: 20 is outside -20..=19",
+            ),
+            (
+                r#""raft_thread_nice": 18446744073709551615"#,
+                "config.json: raft_thread_nice: 18446744073709551615 is outside -20..=19",
+            ),
+            (
+                r#""raft_thread_nice": 1.5"#,
+                "config.json: raft_thread_nice: expected an integer, got 1.5",
+            ),
+            (
+                r#""raft_thread_nice": "high""#,
+                r#"config.json: raft_thread_nice: expected an integer, got the string "high""#,
             ),
         ];
         for (extra, expect) in cases {

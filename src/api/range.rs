@@ -27,10 +27,11 @@ pub const RANGE_LIMIT_MAX: usize = 10_000;
 pub const RANGE_PAGE_BYTES_MAX: usize = 4 << 20;
 /// Pages with more bytes of keys and values than this are built on the blocking pool, at
 /// most [`RANGE_RENDERS_MAX`] at once per node, not on the runtime that serves clients.
-/// The raft loop and the peer links are tasks on that runtime, which runs ready tasks in
-/// turn: a 4 MiB page takes milliseconds to build, and 96 clients reading such pages
-/// (tests/range_read_storm.rs) held back heartbeats long enough to lose the leader, with
-/// every write failing meanwhile. Below this a page builds in well under a millisecond,
+/// That runtime runs ready tasks in turn: a 4 MiB page takes milliseconds to build, and 96
+/// clients reading such pages (tests/range_read_storm.rs) held back heartbeats long enough
+/// to lose the leader, with every write failing meanwhile, when the raft loop and the peer
+/// links were tasks on it (they have a thread of their own now, `node/raft_thread.rs`);
+/// the other clients' requests still wait behind every page built inline. Below this a page builds in well under a millisecond,
 /// cheaper than the hand-off.
 pub const RANGE_INLINE_BYTES_MAX: usize = 64 << 10;
 /// Large pages built at once on a node.

@@ -5,9 +5,11 @@
 //! has sent everything, see the answer instead of a connection reset. But draining costs
 //! a worker what reading does, and every refused request drained at once: in a storm of
 //! 2,000 concurrent 1 MiB writes (tests/overload_bounds.rs) some 600 connections per node
-//! were draining together. The raft loop and the peer links are tasks on the same runtime,
-//! which runs ready tasks in turn, so each hop of a replication round (peer reader, raft
-//! loop, peer writer, on both ends) waited for a turn of all those connections. On a
+//! were draining together. The raft loop and the peer links were then tasks on the same
+//! runtime, which runs ready tasks in turn, so each hop of a replication round (peer
+//! reader, raft loop, peer writer, on both ends) waited for a turn of all those
+//! connections. (They have a thread of their own now, `node/raft_thread.rs`; the bound
+//! still keeps draining from taking the client runtime from the clients.) On a
 //! loaded 2-core machine that took seconds: proposed writes timed out (`504`), and
 //! followers that did not hear the leader within the election timeout replaced it (a CI
 //! run on 2026-12-07; 5 of 6 runs with two CPU-bound processes alongside).

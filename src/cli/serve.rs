@@ -61,6 +61,7 @@ pub fn node_options(
             .map(|paths| crate::security::tls::NodeTls::load(id, paths))
             .transpose()
             .map_err(|e| format!("{}: {e}", config.path().display()))?,
+        raft_thread_nice: config.raft_thread_nice(),
     })
 }
 

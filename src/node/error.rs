@@ -315,6 +315,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The raft loop's thread could not start (the process is out of threads or memory).
+    #[error("cannot start the raft thread: {0}; check the limits on threads and memory (ulimit -u, ulimit -v)")]
+    RaftThread(#[source] std::io::Error),
     /// The durable state is inconsistent: the operator must restore the data directory
     /// from a backup, or remove it and re-add this node as a new member.
     #[error("{}: {problem}. Restore the data directory from a backup, or remove it and re-add this node as a new member", dir.display())]

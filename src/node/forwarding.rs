@@ -843,10 +843,14 @@ fn refusal(error: RequestError) -> ForwardOutcome {
 }
 
 /// The transport's sink for forward frames, and the task that serves it.
-pub(super) fn start<S: StateMachine>(node: &Node<S>, transport: &Transport) {
+pub(super) fn start<S: StateMachine>(
+    node: &Node<S>,
+    transport: &Transport,
+    runtime: &tokio::runtime::Handle,
+) {
     let (sink, frames) = mpsc::channel(SINK_QUEUE_LEN);
     transport.set_forward_sink(sink);
-    tokio::spawn(node.clone().serve_forwards(frames));
+    runtime.spawn(node.clone().serve_forwards(frames));
 }
 
 #[cfg(test)]

@@ -22,14 +22,17 @@ mod error;
 pub mod forwarding;
 pub mod log_storage;
 pub mod membership;
+mod raft_thread;
 mod recovery;
 pub mod snapshot_policy;
 pub mod space;
+mod thread_priority;
 pub mod transfer;
 pub mod watch_hub;
 pub mod writer;
 
 use std::collections::{BTreeMap, HashMap};
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -103,6 +106,9 @@ pub struct NodeOptions {
     pub snapshot_min_interval: Duration,
     /// Issue 16: mutual TLS between peers; `None`: plaintext, with the source-address check.
     pub tls: Option<Arc<crate::security::tls::NodeTls>>,
+    /// The nice value of the thread the raft loop and the peer links run on (see
+    /// `raft_thread.rs`); 0 leaves it at the process's.
+    pub raft_thread_nice: i32,
 }
 
 impl NodeOptions {
@@ -139,6 +145,7 @@ impl NodeOptions {
                 defaults::DEFAULT_SNAPSHOT_MIN_INTERVAL_MS,
             ),
             tls: None,
+            raft_thread_nice: defaults::DEFAULT_RAFT_THREAD_NICE,
         }
     }
 }
@@ -935,13 +942,19 @@ async fn spawn<S: StateMachine>(
     transport_config.max_frame_bytes = max_frame_bytes;
     transport_config.tls = options.tls.clone();
     transport_config.protocol_version = test_peer_protocol();
-    let (transport, inbound) =
-        Transport::start(transport_config)
-            .await
-            .map_err(|source| StartError::Transport {
-                addr: options.raft_addr,
-                source,
-            })?;
+    let raft_thread = raft_thread::RaftThread::start(options.id, options.raft_thread_nice)
+        .map_err(StartError::RaftThread)?;
+    // The transport spawns its tasks on the runtime it starts on: the raft thread's.
+    let (transport, inbound) = raft_thread
+        .handle()
+        .spawn(Transport::start(transport_config))
+        .await
+        .map_err(|e| io::Error::other(format!("the transport's start task failed: {e}")))
+        .and_then(|started| started)
+        .map_err(|source| StartError::Transport {
+            addr: options.raft_addr,
+            source,
+        })?;
 
     let state = Arc::new(RwLock::new(recovered.replicated));
     let (applied_tx, applied_rx) = watch::channel(recovered.snapshot_meta.last_index);
@@ -1041,20 +1054,10 @@ async fn spawn<S: StateMachine>(
         log_regressions_warned: 0,
         link_losses_seen: BTreeMap::new(),
     };
-    let raft_loop = tokio::spawn(raft_loop.run(options.tick, inbound, requests_rx, events_rx));
-    // A panicking raft loop must not leave a node that answers HTTP but never writes.
-    tokio::spawn(async move {
-        if let Err(e) = raft_loop.await {
-            if e.is_panic() {
-                let failure = NodeFailure::Panicked {
-                    thread: "raft loop",
-                    message: panic_message(&*e.into_panic()),
-                };
-                tracing::error!("{failure}");
-                let _ = fatal_tx.send(Some(Arc::new(failure)));
-            }
-        }
-    });
+    let raft_loop =
+        raft_thread
+            .handle()
+            .spawn(raft_loop.run(options.tick, inbound, requests_rx, events_rx));
 
     let node = Node {
         id: options.id,
@@ -1076,7 +1079,23 @@ async fn spawn<S: StateMachine>(
         watch: watch_hub,
         forwarder: Arc::new(forwarding::Forwarder::from_env()),
     };
-    forwarding::start(&node, &node.transport);
+    forwarding::start(&node, &node.transport, raft_thread.handle());
+    // A panicking raft loop must not leave a node that answers HTTP but never writes.
+    // This task owns the raft thread: the thread ends when the raft loop does, or when the
+    // embedder's runtime drops this task, as every task of the node ends with that runtime.
+    tokio::spawn(async move {
+        let _raft_thread = raft_thread;
+        if let Err(e) = raft_loop.await {
+            if e.is_panic() {
+                let failure = NodeFailure::Panicked {
+                    thread: "raft loop",
+                    message: panic_message(&*e.into_panic()),
+                };
+                tracing::error!("{failure}");
+                let _ = fatal_tx.send(Some(Arc::new(failure)));
+            }
+        }
+    });
     Ok(node)
 }
 
