@@ -207,6 +207,14 @@ fn compose_file_runs_five_nodes_whose_flags_addresses_and_paths_match_the_binary
         "deploy/compose/docker-compose.yml: expected five nodes"
     );
     let config = compose_config();
+    for node in ["node1", "node2", "node3", "node4", "node5"] {
+        // RLIMIT_NICE r allows nice values down to 20 - r (setrlimit(2)).
+        assert_eq!(
+            compose["services"][node]["ulimits"]["nice"].as_i64(),
+            Some(20 - i64::from(config.raft_thread_nice())),
+            "{node}: ulimits.nice must let the non-root user take raft_thread_nice"
+        );
+    }
     let subnet = compose["networks"]["raftlog"]["ipam"]["config"][0]["subnet"]
         .as_str()
         .expect("the raftlog network has a subnet");
@@ -308,6 +316,16 @@ fn systemd_unit_starts_the_node_named_by_its_instance() {
     assert!(
         unit.contains("RestartPreventExitStatus=2"),
         "a configuration error (exit 2) must not be restarted in a loop"
+    );
+    // The unit runs as a plain user: RLIMIT_NICE is what lets it raise the raft thread.
+    let nice = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("LimitNICE="))
+        .expect("LimitNICE, so that the service user may raise the raft thread's priority");
+    assert_eq!(
+        nice,
+        raftlog::config::DEFAULT_RAFT_THREAD_NICE.to_string(),
+        "LimitNICE must allow the default raft_thread_nice"
     );
 }
 
