@@ -171,3 +171,68 @@ fn status_watch_redraws_in_place_at_a_terminal() {
         "expected the table redrawn in place at least twice in 1.2 s, saw {redraws}:\n{output:?}"
     );
 }
+
+/// Ctrl-C while a round waits for a slow node stops the watch at once. (The interrupt was
+/// listened for only between rounds, and tokio forgets a signal nobody listens for, so a
+/// Ctrl-C in the middle of a round was lost and the watch ran on: a CI failure at f474467.)
+#[test]
+fn status_watch_stops_on_ctrl_c_in_the_middle_of_a_round() {
+    // A node that refuses the first round's connection (the round ends at once, and the
+    // watch then listens for Ctrl-C while it sleeps) and holds every later one unanswered.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let api_addr = listener.local_addr().expect("local addr");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { break };
+            if n > 0 {
+                held.push(stream);
+            }
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.json");
+    let raft_addr = format!("127.0.0.1:{}", support::free_port());
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "cluster_id": "status-watch-slow",
+            "nodes": {"1": {"raft_addr": raft_addr, "api_addr": api_addr.to_string()}},
+            "data_dir": dir.path().join("data"),
+        })
+        .to_string(),
+    )
+    .expect("write config");
+
+    let mut child = Command::new(raftlog_bin())
+        .args(["status", "--watch", "--interval-ms", "200", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start raftlog status --watch");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (titles_tx, titles_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with(TITLE) {
+                let _ = titles_tx.send(());
+            }
+        }
+    });
+    for round in 1..=2 {
+        titles_rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("status --watch never started round {round}"));
+    }
+    // Round 2 now waits on the held connection (for up to the 10 s request timeout).
+    std::thread::sleep(Duration::from_millis(300));
+    interrupt(&child);
+    let status = exit_within(&mut child, Duration::from_secs(3));
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let status = status.expect("status --watch did not exit within 3 s of Ctrl-C mid-round");
+    assert!(status.success(), "status --watch after Ctrl-C: {status}");
+}

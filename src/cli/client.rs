@@ -428,6 +428,11 @@ async fn status_watch(
 ) -> i32 {
     use std::io::{IsTerminal, Write};
     let at_terminal = std::io::stdout().is_terminal();
+    // One listener for the whole watch, polled during rounds as well as between them:
+    // tokio delivers a signal only to listeners that exist when it arrives, so one made
+    // afresh for each sleep missed a Ctrl-C that came while a round waited for a node.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         if at_terminal && !as_json {
             print!("\x1b[H\x1b[J");
@@ -442,11 +447,14 @@ async fn status_watch(
                 interval.as_millis()
             );
         }
-        status(client, addrs, as_json).await;
+        tokio::select! {
+            _ = status(client, addrs, as_json) => {}
+            _ = &mut interrupted => return 0,
+        }
         let _ = std::io::stdout().flush();
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = tokio::signal::ctrl_c() => return 0,
+            _ = &mut interrupted => return 0,
         }
     }
 }

@@ -335,10 +335,15 @@ async fn supervise(
         println!("Watch it live: {scheme}://{}/ui", first.api_addr);
     }
     println!("Ctrl-C stops the cluster.");
+    // Listeners made once: tokio delivers a signal only to listeners that exist when it
+    // arrives, and ones made afresh each turn leave a gap between turns.
+    let interrupted = tokio::signal::ctrl_c();
+    let terminated = sigterm();
+    tokio::pin!(interrupted, terminated);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm() => break,
+            _ = &mut interrupted => break,
+            _ = &mut terminated => break,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 if let Some(message) = exited(children) {
                     eprintln!("raftlog cluster: {message}; stopping the others");
