@@ -1225,22 +1225,20 @@ impl Parser<'_> {
                 format!("{value} is outside {}..={}", range.start(), range.end()),
             )
         };
-        let value = match json {
-            Json::Number(n) if n.as_i64().is_none() && n.as_u64().is_some() => {
-                return Err(outside(n));
-            }
-            Json::Number(n) => n.as_i64(),
-            _ => None,
-        };
-        let Some(value) = value else {
-            return Err(self.err(
+        match json {
+            Json::Number(n) => match n.as_i64() {
+                Some(value) => match i32::try_from(value) {
+                    Ok(small) if range.contains(&value) => Ok(small),
+                    _ => Err(outside(&value)),
+                },
+                // Past i64::MAX: an integer, far outside.
+                None if n.as_u64().is_some() => Err(outside(n)),
+                None => Err(self.err(field, format!("expected an integer, got {n}"))),
+            },
+            other => Err(self.err(
                 field,
-                format!("expected an integer, got {}", json.describe()),
-            ));
-        };
-        match i32::try_from(value) {
-            Ok(small) if range.contains(&value) => Ok(small),
-            _ => Err(outside(&value)),
+                format!("expected an integer, got {}", other.describe()),
+            )),
         }
     }
 

@@ -31,8 +31,8 @@ pub const RANGE_PAGE_BYTES_MAX: usize = 4 << 20;
 /// clients reading such pages (tests/range_read_storm.rs) held back heartbeats long enough
 /// to lose the leader, with every write failing meanwhile, when the raft loop and the peer
 /// links were tasks on it (they have a thread of their own now, `node/raft_thread.rs`);
-/// the other clients' requests still wait behind every page built inline. Below this a page builds in well under a millisecond,
-/// cheaper than the hand-off.
+/// the other clients' requests still wait behind every page built inline. Below this a
+/// page builds in well under a millisecond, cheaper than the hand-off.
 pub const RANGE_INLINE_BYTES_MAX: usize = 64 << 10;
 /// Large pages built at once on a node.
 pub const RANGE_RENDERS_MAX: usize = 1;

@@ -19,15 +19,15 @@
 //! (`renice -n -19`); raising only the consensus thread keeps the node's client work from
 //! taking that priority too. The thread also runs under `SCHED_BATCH`, so that a wake-up
 //! does not preempt the client worker: with the priority alone it ran at every request,
-//! one at a time, and cost 44% of the reads and 33% of the puts at 64 clients; under
+//! one at a time, and cost 45% of the reads and 34% of the puts at 64 clients; under
 //! `SCHED_BATCH` it finds a batch waiting, as it did on the shared runtime. Raising a
 //! priority needs `CAP_SYS_NICE` (or an `RLIMIT_NICE` that allows it); without it the node
 //! says so once and runs the thread at the default priority and policy.
 //!
 //! The forward server (writes and reads that followers forward to the leader) runs here
 //! too: a forwarded write is one proposal to the raft loop on the same thread, where on the
-//! client runtime it was two more thread wake-ups (measured: −14% 1-client puts with it on
-//! the client runtime, −2% with it here).
+//! client runtime it was two more thread wake-ups (measured: −14% to −17% 1-client puts
+//! with it on the client runtime, −2% with it here).
 
 use std::io;
 
@@ -76,10 +76,8 @@ impl RaftThread {
 fn take_priority(id: NodeId, nice: i32) {
     match thread_priority::set_current_thread_nice(nice) {
         Ok(()) => {
-            // A raised priority alone made the thread preempt the client worker on every
-            // wake-up, one request at a time, instead of finding a batch when it ran: −44%
-            // linearizable reads and −33% puts at 64 clients. Under SCHED_BATCH it keeps its
-            // share of a busy CPU but waits for the worker's turn to end (or the next tick).
+            // Without SCHED_BATCH a raised priority preempts the client worker at every
+            // wake-up (the module's doc says what that cost).
             if nice < 0 {
                 if let Err(e) = thread_priority::set_current_thread_batch() {
                     tracing::warn!(id, "cannot put the raft thread under SCHED_BATCH: {e}");

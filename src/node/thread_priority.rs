@@ -1,9 +1,10 @@
-//! The scheduling priority (nice value) of one thread.
+//! The scheduling of one thread: its nice value and its policy.
 //!
 //! POSIX makes the nice value a property of the process, but on Linux it belongs to each
 //! thread: `setpriority(PRIO_PROCESS, tid, …)` with a thread id changes that thread alone
-//! (setpriority(2), "Notes"; sched(7), "The nice value"). The raft loop's thread uses this
-//! to get ahead of the node's own client work and of other processes (see `raft_thread`).
+//! (setpriority(2), "Notes"; sched(7), "The nice value"), as `sched_setscheduler` with pid 0
+//! changes the calling thread's policy. The raft loop's thread uses both to get ahead of
+//! the node's own client work and of other processes (see `raft_thread`).
 
 use std::io;
 
@@ -15,12 +16,7 @@ pub fn set_current_thread_nice(nice: i32) -> io::Result<()> {
     // SAFETY: gettid takes no arguments and cannot fail.
     let tid = unsafe { libc::gettid() };
     // SAFETY: plain integer arguments; `tid` is this thread's own id, so it exists.
-    let status = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
-    if status == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    succeeded(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) })
 }
 
 /// Puts the calling thread under `SCHED_BATCH`: scheduled by its nice value like a normal
@@ -32,7 +28,12 @@ pub fn set_current_thread_nice(nice: i32) -> io::Result<()> {
 pub fn set_current_thread_batch() -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 is the calling thread; `param` outlives the call.
-    let status = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    succeeded(unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) })
+}
+
+/// A libc call's status: 0 is success, anything else an error in errno.
+#[cfg(target_os = "linux")]
+fn succeeded(status: libc::c_int) -> io::Result<()> {
     if status == 0 {
         Ok(())
     } else {
@@ -92,6 +93,17 @@ mod tests {
         set.unwrap();
         assert_eq!(seen.unwrap(), 7);
         assert_eq!(current_thread_nice().unwrap(), before);
+    }
+
+    #[test]
+    fn a_thread_puts_itself_under_sched_batch_without_privilege() {
+        // SAFETY: pid 0 is the calling thread; sched_getscheduler only reads.
+        let policy = || unsafe { libc::sched_getscheduler(0) };
+        let before = policy();
+        let (set, seen) = on_new_thread(move || (set_current_thread_batch(), policy()));
+        set.unwrap();
+        assert_eq!(seen, libc::SCHED_BATCH);
+        assert_eq!(policy(), before);
     }
 
     #[test]
