@@ -66,9 +66,6 @@ pub const FORWARDS_IN_FLIGHT_MAX: usize = 4096;
 /// that is frozen never answers; waiting longer only delays the client's retry.
 const LEADER_CHANGE_WAIT: Duration = Duration::from_secs(1);
 
-/// Frames received from peers that the node's forwarding task has not handled yet.
-pub(super) const SINK_QUEUE_LEN: usize = 8192;
-
 /// How much longer than the leader's own wait the follower waits for its answer: the hop
 /// and back, as for a forward over HTTP.
 const HOP_SLACK: Duration = Duration::from_secs(1);
@@ -842,15 +839,23 @@ fn refusal(error: RequestError) -> ForwardOutcome {
     }
 }
 
-/// The transport's sink for forward frames, and the task that serves it.
+/// Starts the task that serves the forward frames `transport` received, those that came
+/// before it included.
 pub(super) fn start<S: StateMachine>(
     node: &Node<S>,
     transport: &Transport,
     runtime: &tokio::runtime::Handle,
 ) {
-    let (sink, frames) = mpsc::channel(SINK_QUEUE_LEN);
-    transport.set_forward_sink(sink);
-    runtime.spawn(node.clone().serve_forwards(frames));
+    match transport.take_forward_frames() {
+        Some(frames) => {
+            runtime.spawn(node.clone().serve_forwards(frames));
+        }
+        // Only if something else took them; forwards then go unanswered (counted).
+        None => tracing::error!(
+            id = node.id,
+            "the transport's forward frames were taken already; forwarded writes and reads will not be served"
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 //! - **Frames.** `| len u32 | crc32 u32 | body |` ([`codec`]); the body is
 //!   `bincode(Envelope)` in version 1 and `bincode(PeerFrame)` from version 2, which adds
 //!   the client writes a follower forwards to the leader and their answers (issue 14;
-//!   delivered to the node's [`ForwardSink`], not the envelope channel). An oversize
+//!   delivered to [`Transport::take_forward_frames`], not the envelope channel). An oversize
 //!   length, a bad CRC or an undecodable body is garbage: the acceptor logs it naming the
 //!   peer address, counts it and drops the connection. Nothing a peer sends can make a
 //!   node panic or allocate more than the frame size limit allows; the limit is derived
@@ -79,10 +79,10 @@ use crate::raft::{Envelope, Message, NodeId};
 
 pub use codec::{Forward, ForwardOutcome, ForwardReply, PeerFrame};
 
-/// Where forward frames received from peers go (`(sender, frame)`); set by the node with
-/// [`Transport::set_forward_sink`]. Only [`PeerFrame::Forward`] and
-/// [`PeerFrame::ForwardReply`] are delivered here; Raft envelopes keep their own channel.
-pub type ForwardSink = mpsc::Sender<(NodeId, PeerFrame)>;
+/// The forward frames received from peers (`(sender, frame)`), for the node to take with
+/// [`Transport::take_forward_frames`]: every frame but Raft envelopes, which keep their
+/// own channel.
+pub type ForwardFrames = mpsc::Receiver<(NodeId, PeerFrame)>;
 
 /// Settings of one node's transport.
 #[derive(Clone, Debug)]
@@ -106,6 +106,10 @@ pub struct TransportConfig {
     /// Capacity of the inbound channel returned by [`Transport::start`]. When it is full,
     /// reading from the connections pauses (TCP back-pressure), nothing is dropped.
     pub inbound_queue_len: usize,
+    /// Capacity of the channel of [`Transport::take_forward_frames`]. When it is full,
+    /// further forward frames are dropped and counted, rather than Raft's messages
+    /// waiting behind client writes.
+    pub forward_queue_len: usize,
     /// A write batch stops taking queued messages once it holds this many bytes.
     pub batch_bytes_max: usize,
     /// How long a dial may take before it counts as failed.
@@ -193,6 +197,7 @@ impl TransportConfig {
             ),
             queue_len: 4096,
             inbound_queue_len: 4096,
+            forward_queue_len: 8192,
             batch_bytes_max: 1 << 20,
             connect_timeout: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(5),
@@ -229,8 +234,10 @@ impl TransportConfig {
                 self.max_frame_bytes
             ));
         }
-        if self.queue_len == 0 || self.inbound_queue_len == 0 {
-            return invalid("queue_len and inbound_queue_len must be positive".into());
+        if self.queue_len == 0 || self.inbound_queue_len == 0 || self.forward_queue_len == 0 {
+            return invalid(
+                "queue_len, inbound_queue_len and forward_queue_len must be positive".into(),
+            );
         }
         if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
             return invalid(format!(
@@ -489,8 +496,9 @@ struct Shared {
     isolated: AtomicBool,
     /// The version this node speaks (see [`TransportConfig::protocol_version`]).
     protocol_version: u16,
-    /// Where received forward frames go.
-    forward_sink: RwLock<Option<ForwardSink>>,
+    /// Where received forward frames go: a channel made at start, so that frames that
+    /// arrive before the node takes its end wait for it instead of being dropped.
+    forward_sink: mpsc::Sender<(NodeId, PeerFrame)>,
     /// Per peer, how many times a connection to or from it ended. A follower waiting for a
     /// forward's reply compares it with the count when it sent: a change means the
     /// forward or its reply may be lost, so the outcome is unknown.
@@ -574,6 +582,8 @@ struct Inner {
     outbound: RwLock<BTreeMap<NodeId, Outbound>>,
     listener: Mutex<Option<JoinHandle<()>>>,
     shut_down: AtomicBool,
+    /// The receiving end of the forward frames, until the node takes it.
+    forward_frames: Mutex<Option<ForwardFrames>>,
 }
 
 impl Drop for Inner {
@@ -629,6 +639,7 @@ impl Transport {
             )
         })?;
         let local_addr = listener.local_addr()?;
+        let (forward_sink, forward_frames) = mpsc::channel(config.forward_queue_len);
         let shared = Arc::new(Shared {
             id: config.id,
             cluster_id: config.cluster_id.clone(),
@@ -654,7 +665,7 @@ impl Transport {
             refusals: server::RefusalLog::default(),
             isolated: AtomicBool::new(false),
             protocol_version: config.protocol_version,
-            forward_sink: RwLock::new(None),
+            forward_sink,
             link_losses: Mutex::new(BTreeMap::new()),
             link_loss_events: tokio::sync::watch::Sender::new(0),
         });
@@ -674,6 +685,7 @@ impl Transport {
                 outbound: RwLock::new(BTreeMap::new()),
                 listener: Mutex::new(Some(listener_task)),
                 shut_down: AtomicBool::new(false),
+                forward_frames: Mutex::new(Some(forward_frames)),
             }),
         };
         transport.set_peers(config.peers);
@@ -760,10 +772,11 @@ impl Transport {
         (version != 0).then_some(version)
     }
 
-    /// Where to deliver forward frames received from peers from now on. Without a sink
-    /// they are dropped and counted.
-    pub fn set_forward_sink(&self, sink: ForwardSink) {
-        *write_lock(&self.inner.shared.forward_sink) = Some(sink);
+    /// The forward frames received from peers, for the node's forward server; those that
+    /// arrived before this call (the listener accepts from the start) wait in it. `None`
+    /// once taken: there is one receiver.
+    pub fn take_forward_frames(&self) -> Option<ForwardFrames> {
+        lock(&self.inner.forward_frames).take()
     }
 
     /// How many times a connection to or from `peer` has ended so far.

@@ -420,11 +420,7 @@ async fn read_frames(
 /// and the follower waiting on it answers "unknown outcome" at its timeout, rather than
 /// Raft's messages waiting behind client writes.
 fn deliver_forward(shared: &Shared, peer: NodeId, frame: PeerFrame) {
-    let sink = super::read_lock(&shared.forward_sink);
-    let delivered = sink
-        .as_ref()
-        .is_some_and(|sink| sink.try_send((peer, frame)).is_ok());
-    if !delivered {
+    if shared.forward_sink.try_send((peer, frame)).is_err() {
         bump(&shared.counters.forwards_undelivered, 1);
     }
 }

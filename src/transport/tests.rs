@@ -1058,8 +1058,8 @@ async fn connected_version(transport: &Transport, peer: NodeId) -> u16 {
 #[tokio::test]
 async fn forward_frames_reach_the_sink_of_a_version_2_peer() {
     let ((a, _a_in), (b, _b_in)) = pair(|_| {}).await;
-    let (sink, mut frames) = mpsc::channel(8);
-    b.set_forward_sink(sink);
+    let mut frames = b.take_forward_frames().expect("not taken yet");
+    assert!(b.take_forward_frames().is_none(), "one receiver");
     assert_eq!(connected_version(&a, 2).await, PROTOCOL_VERSION);
     let forward = PeerFrame::Forward(Forward {
         request_id: 5,
@@ -1118,4 +1118,34 @@ async fn a_lost_connection_is_counted_for_its_peer() {
     })
     .await
     .expect("the loss is noticed");
+}
+
+/// A node sets up its forward server only after its transport accepts connections; a
+/// follower may forward a write in between (it still takes a just-restarted node for the
+/// leader). Such a forward must wait for the server, not vanish: a dropped forward is
+/// answered "outcome unknown" only at the follower's timeout.
+#[tokio::test]
+async fn forwards_received_before_the_node_takes_them_wait_for_it() {
+    let ((a, _a_in), (b, _b_in)) = pair(|_| {}).await;
+    assert_eq!(connected_version(&a, 2).await, PROTOCOL_VERSION);
+    let forward = PeerFrame::Forward(Forward {
+        request_id: 9,
+        role: crate::security::Role::Write,
+        command: Bytes::from_static(b"cmd"),
+        timeout_ms: 100,
+    });
+    a.send_forward(2, forward.clone()).expect("queued");
+    tokio::time::timeout(WAIT, async {
+        while b.metrics().frames_received == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("b read the forward");
+    let mut frames = b.take_forward_frames().expect("not taken yet");
+    let got = tokio::time::timeout(WAIT, frames.recv())
+        .await
+        .expect("delivered in time");
+    assert_eq!(got, Some((1, forward)));
+    assert_eq!(b.metrics().forwards_undelivered, 0);
 }
