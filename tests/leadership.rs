@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::{
-    check_acknowledged_readable, raftlog_bin, retry_unavailable, runtime, Cluster, ClusterSpec,
-    RecordingLoad,
+    answer, check_acknowledged_readable, raftlog_bin, retry_unavailable, runtime, Cluster,
+    ClusterSpec, RecordingLoad,
 };
 
 /// `POST /v1/leader/transfer` through node `via`: status, body, and `X-Raft-Leader`.
@@ -537,6 +537,57 @@ fn rolling_sigterm_restart_under_load_sees_only_503_and_loses_nothing() {
         assert_only_unavailable(&record, &cluster);
         assert!(record.acknowledged.len() > 100, "too little progress: {}", record.acknowledged.len());
         assert!(gap < Duration::from_secs(3), "longest write gap {gap:?}");
+        check_acknowledged_readable(&cluster, &record.acknowledged).await;
+    });
+}
+
+/// A SIGTERMed leader that cannot hand over (the only voter; its follower is a learner)
+/// still answers every write a follower forwarded to it before it exits: a forward that
+/// arrives once the stop began is refused (503, nothing proposed), one already proposed is
+/// answered once it commits, and the answers reach the follower before the links close.
+/// Before, the node exited with forwards in flight and the follower answered 504.
+#[test]
+fn a_stopping_leader_that_cannot_hand_over_answers_every_forwarded_write() {
+    runtime().block_on(async {
+        let cluster = Arc::new(Cluster::start(ClusterSpec {
+            nodes: 2,
+            ..ClusterSpec::default()
+        }));
+        cluster.make_leader(1).await;
+        let demote = retry_unavailable(|| {
+            let url = cluster.url(1, "/v1/members/2/demote");
+            let request = cluster.client.post(url).send();
+            async move { answer(request.await).await }
+        })
+        .await;
+        assert!(demote.is_ok(), "demoting node 2: {demote:?}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while role_of(&cluster, 2).await != "learner" {
+            assert!(Instant::now() < deadline, "node 2 never became a learner\n{}", cluster.logs_tail());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let load = RecordingLoad::start_on(&cluster, 8, Some(&[2]));
+        for round in 1..=3 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let exit = cluster.terminate(1);
+            assert!(exit.success(), "node 1 exited with {exit} on SIGTERM (round {round})");
+            let stops = cluster
+                .log_text(1)
+                .matches("stopping without handing leadership over")
+                .count();
+            assert_eq!(stops, round, "node 1 should have had nobody to hand over to\n{}", cluster.log_text(1));
+            cluster.spawn(1);
+            assert_eq!(cluster.wait_for_leader(Duration::from_secs(10)).await, 1);
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let record = load.finish().await;
+        eprintln!(
+            "3 stops of a leader with nobody to hand over to: {} writes through the learner acknowledged, {} answered 503",
+            record.acknowledged.len(),
+            record.unavailable
+        );
+        assert_only_unavailable(&record, &cluster);
+        assert!(record.acknowledged.len() > 100, "too little progress: {}", record.acknowledged.len());
         check_acknowledged_readable(&cluster, &record.acknowledged).await;
     });
 }

@@ -246,7 +246,11 @@ async fn over_peer_link(
         ForwardOutcome::Overloaded { message } => Err(ApiError::overloaded(message)),
         ForwardOutcome::Unknown { message } => Err(ApiError::timeout(message)),
         ForwardOutcome::NotCommitted => Ok(Err(RequestError::NotCommitted)),
-        ForwardOutcome::Stopped => Ok(Err(RequestError::Stopped)),
+        ForwardOutcome::Stopped => Err(ApiError::no_leader(format!(
+            "node {} forwarded the write to leader {leader}, which is stopping; nothing was \
+             proposed; retry shortly (another node takes over within an election timeout)",
+            state.node.id
+        ))),
         ForwardOutcome::TransferInProgress => Ok(Err(RequestError::TransferInProgress)),
         ForwardOutcome::NoSpace { message } => Err(ApiError::no_space(message)),
         ForwardOutcome::Invalid { message } => Err(ApiError::internal(message)),

@@ -439,7 +439,15 @@ async fn serve(
         }
     }
     let _ = stop_serving.send(());
-    match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    let drained = tokio::time::timeout_at(deadline, &mut server).await;
+    // Writes followers forwarded here are requests in progress too, on the peer links.
+    if !node.finish_stop(deadline, heartbeat_interval).await {
+        tracing::warn!(
+            "writes forwarded by followers still unanswered after {DRAIN_TIMEOUT:?}; stopping anyway (their clients see 504, outcome unknown)"
+        );
+    }
+    match drained {
         Ok(result) => server_exit(result),
         Err(_) => {
             tracing::warn!(

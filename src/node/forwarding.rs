@@ -37,12 +37,12 @@
 //! never its own possibly stale state.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::{Node, RequestError, COMMAND_BYTES_MAX};
 use crate::raft::NodeId;
@@ -334,6 +334,29 @@ pub struct Forwarder {
     pub dropped_lost: AtomicU64,
     /// Forwards this node served as the leader.
     pub served: AtomicU64,
+    /// Forwards this node is serving as the leader whose answer is not queued yet: a
+    /// stopping node waits for them ([`Node::forwards_quiesced`]).
+    answering: AtomicUsize,
+    /// Notified when `answering` falls to zero.
+    all_answered: Notify,
+    /// A leader that refused a forward because it is stopping, and how many connections
+    /// this node had made to it then: forwards to it are refused here without sending
+    /// until this node connects to it again (it restarted), so that none is in flight when
+    /// it exits. Not until a link loss: the loss of its connection to this node may be
+    /// seen before that of this node's connection to it, and a forward sent in between
+    /// would be lost.
+    stopping_leader: Mutex<Option<(NodeId, u64)>>,
+}
+
+/// A forward the leader is serving; counted in [`Forwarder::answering`] until dropped.
+struct Answering<'a>(&'a Forwarder);
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        if self.0.answering.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.all_answered.notify_waiters();
+        }
+    }
 }
 
 impl Default for Forwarder {
@@ -356,6 +379,9 @@ impl Forwarder {
             dropped_overload: AtomicU64::new(0),
             dropped_lost: AtomicU64::new(0),
             served: AtomicU64::new(0),
+            answering: AtomicUsize::new(0),
+            all_answered: Notify::new(),
+            stopping_leader: Mutex::new(None),
         }
     }
 
@@ -385,6 +411,43 @@ impl Forwarder {
     /// Forwards waiting for an answer right now.
     pub fn in_flight(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// Counts a forward this node serves as the leader until the guard drops.
+    fn begin_answering(&self) -> Answering<'_> {
+        self.answering.fetch_add(1, Ordering::SeqCst);
+        Answering(self)
+    }
+
+    /// Resolves once no forward is being served (at once if none is).
+    async fn all_answered(&self) {
+        loop {
+            let notified = self.all_answered.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a drop to zero after it still wakes us.
+            notified.as_mut().enable();
+            if self.answering.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether `leader` said it is stopping, and this node has not connected to it again
+    /// since (`connects` is this node's count of connections made to it now).
+    fn leader_is_stopping(&self, leader: NodeId, connects: u64) -> bool {
+        *self
+            .stopping_leader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            == Some((leader, connects))
+    }
+
+    fn mark_leader_stopping(&self, leader: NodeId, connects: u64) {
+        *self
+            .stopping_leader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((leader, connects));
     }
 
     /// Takes a slot for a forward to `leader`, or says how many are in flight.
@@ -423,6 +486,11 @@ impl<S: StateMachine> Node<S> {
     /// Sends `command` (an encoded `kv::Command`) to `leader` over the peer link and waits
     /// for its outcome: the leader waits at most `timeout` for the write to apply, this node
     /// a second more for the answer. `role` is the client's, for the leader to check.
+    ///
+    /// Once `leader` has answered [`ForwardOutcome::Stopped`], later writes get that answer
+    /// here without being sent, until this node connects to it anew: a stopping leader waits for
+    /// the forwards it receives to stop ([`Node::forwards_quiesced`]) before it exits, and
+    /// one sent as it exits would have no known outcome (a `504`).
     pub async fn forward_write(
         &self,
         leader: NodeId,
@@ -437,6 +505,10 @@ impl<S: StateMachine> Node<S> {
                 .is_none_or(|version| version < PROTOCOL_VERSION_FORWARD)
         {
             return Err(ForwardFailure::Unsupported { leader });
+        }
+        let connects = transport.peer_connects(leader);
+        if self.forwarder.leader_is_stopping(leader, connects) {
+            return Ok(ForwardOutcome::Stopped);
         }
         let overloaded = |in_flight| ForwardFailure::Overloaded {
             node: self.id,
@@ -477,6 +549,10 @@ impl<S: StateMachine> Node<S> {
         let cause = tokio::select! {
             biased;
             outcome = &mut slot.answer => match outcome {
+                Ok(ForwardOutcome::Stopped) => {
+                    self.forwarder.mark_leader_stopping(leader, connects);
+                    return Ok(ForwardOutcome::Stopped);
+                }
                 Ok(outcome) => return Ok(outcome),
                 Err(_) => LostCause::Stopped,
             },
@@ -764,10 +840,22 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// Proposes a write `from` forwarded, as the API would a client's, and answers it.
+    ///
+    /// A stopping node proposes no forward (the follower answers 503, nothing proposed)
+    /// and exits only once every forward it did propose has its answer queued
+    /// ([`Node::forwards_quiesced`]): the follower's client would otherwise see
+    /// the link close with its write's outcome unknown. The count is taken before the
+    /// check, and `begin_stop` sets the flag before the stop waits on the count, so each
+    /// forward is either refused or waited for.
     async fn propose_forwarded(&self, from: NodeId, forward: Forward) {
         self.forwarder.served.fetch_add(1, Ordering::Relaxed);
+        let _answering = self.forwarder.begin_answering();
         let request_id = forward.request_id;
-        let outcome = self.forwarded_outcome(forward).await;
+        let outcome = if self.is_stopping() {
+            ForwardOutcome::Stopped
+        } else {
+            self.forwarded_outcome(forward).await
+        };
         let reply = PeerFrame::ForwardReply(ForwardReply {
             request_id,
             outcome,
@@ -779,6 +867,25 @@ impl<S: StateMachine> Node<S> {
                 peer = from,
                 "cannot queue a forward reply: {e}"
             );
+        }
+    }
+
+    /// Resolves once every forward this node proposed as the leader has its answer
+    /// queued on the peer link, and no forward has arrived for `quiet`. Forwards that
+    /// arrive after [`Node::begin_stop`] are refused at once, and a follower refused so
+    /// sends this node no more ([`Node::forward_write`]): `quiet`, a heartbeat interval,
+    /// covers those it sent before the refusal reached it. A stopping node waits for this,
+    /// then for the links to write the answers ([`Node::finish_stop`]).
+    pub async fn forwards_quiesced(&self, quiet: Duration) {
+        loop {
+            self.forwarder.all_answered().await;
+            let served = self.forwarder.served.load(Ordering::SeqCst);
+            tokio::time::sleep(quiet).await;
+            if self.forwarder.served.load(Ordering::SeqCst) == served
+                && self.forwarder.answering.load(Ordering::SeqCst) == 0
+            {
+                return;
+            }
         }
     }
 
@@ -877,6 +984,49 @@ mod tests {
         assert!(
             forwarder.reserve(2).is_ok(),
             "a finished wait frees its slot"
+        );
+    }
+
+    #[tokio::test]
+    async fn all_answered_waits_for_every_forward_being_served() {
+        let forwarder = Forwarder::default();
+        let wait = Duration::from_secs(5);
+        tokio::time::timeout(wait, forwarder.all_answered())
+            .await
+            .expect("none served: at once");
+        let first = forwarder.begin_answering();
+        let second = forwarder.begin_answering();
+        let waiting = forwarder.all_answered();
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), waiting.as_mut())
+                .await
+                .is_err(),
+            "two are being served"
+        );
+        drop(first);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), waiting.as_mut())
+                .await
+                .is_err(),
+            "one is still being served"
+        );
+        drop(second);
+        tokio::time::timeout(wait, waiting)
+            .await
+            .expect("the last one's answer wakes the wait");
+    }
+
+    #[test]
+    fn a_leader_that_said_it_is_stopping_is_not_sent_to_until_reconnected() {
+        let forwarder = Forwarder::default();
+        assert!(!forwarder.leader_is_stopping(1, 3));
+        forwarder.mark_leader_stopping(1, 3);
+        assert!(forwarder.leader_is_stopping(1, 3));
+        assert!(!forwarder.leader_is_stopping(2, 3), "another leader");
+        assert!(
+            !forwarder.leader_is_stopping(1, 4),
+            "connected to it again: it may have restarted"
         );
     }
 

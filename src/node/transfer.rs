@@ -26,6 +26,11 @@ use super::{Metrics, Node, Request};
 use crate::kv::StateMachine;
 use crate::raft::{LogStorage, ProposeError, RaftCore, Role};
 
+/// Longest a stopping node waits for its peer links to write what they hold: a batch is
+/// written in well under a millisecond to a live peer; this bounds the wait on one that is
+/// slow to take it.
+pub const LINK_FLUSH_MAX: Duration = Duration::from_millis(500);
+
 /// The answer the raft loop gives a transfer request: the node that leads at the end.
 pub(super) type TransferReply = oneshot::Sender<Result<NodeId, TransferError>>;
 
@@ -249,6 +254,25 @@ impl<S: StateMachine> Node<S> {
             Err(TransferError::NotLeader(_)) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Ends a graceful stop, once the client API has drained: waits until `deadline` at
+    /// most for every write a follower forwarded here to be answered (committed, or
+    /// refused because the stop began) and for followers to stop forwarding
+    /// ([`Node::forwards_quiesced`] with `quiet`, a heartbeat interval), then waits for
+    /// the peer links to write what they hold (those answers among it) for at most
+    /// [`LINK_FLUSH_MAX`]. Without this a leader that could not hand over would exit with
+    /// forwards in flight, and their clients would see `504` (outcome unknown) for writes
+    /// that may commit. Returns whether the forwards ended and the answers left in time.
+    pub async fn finish_stop(&self, deadline: tokio::time::Instant, quiet: Duration) -> bool {
+        debug_assert!(self.is_stopping(), "finish_stop before begin_stop");
+        let answered = tokio::time::timeout_at(deadline, self.forwards_quiesced(quiet))
+            .await
+            .is_ok();
+        // The links stay up until the process exits: a follower that saw one close would
+        // take this node for restarted and forward to it again.
+        let flushed = self.transport.flush(LINK_FLUSH_MAX).await;
+        answered && flushed
     }
 
     /// Whether a graceful stop began.

@@ -571,6 +571,12 @@ struct Outbound {
     connected: Arc<AtomicBool>,
     /// The protocol version of the live connection; 0 while there is none.
     version: Arc<AtomicU16>,
+    /// Frames queued so far, and those the link has written or dropped
+    /// ([`Transport::flush`]).
+    queued: AtomicU64,
+    settled: Arc<AtomicU64>,
+    /// Connections to the peer established so far.
+    connects: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -753,7 +759,10 @@ impl Transport {
             return Err(SendError::UnknownPeer { to });
         };
         match peer.queue.try_send(frame) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                peer.queued.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
             Err(mpsc::error::TrySendError::Full(frame)) => {
                 counters.dropped(&counters.dropped_queue_full, &frame, "peer queue full");
                 Err(SendError::QueueFull { to })
@@ -777,6 +786,15 @@ impl Transport {
     /// once taken: there is one receiver.
     pub fn take_forward_frames(&self) -> Option<ForwardFrames> {
         lock(&self.inner.forward_frames).take()
+    }
+
+    /// How many connections to `peer` this node has established so far (not counting
+    /// those `peer` made to this node). A change means the link now reaches a peer that
+    /// may have restarted.
+    pub fn peer_connects(&self, peer: NodeId) -> u64 {
+        read_lock(&self.inner.outbound)
+            .get(&peer)
+            .map_or(0, |peer| peer.connects.load(Ordering::SeqCst))
     }
 
     /// How many times a connection to or from `peer` has ended so far.
@@ -842,6 +860,8 @@ impl Transport {
             let connected = Arc::new(AtomicBool::new(false));
             let version = Arc::new(AtomicU16::new(0));
             let poke = Arc::new(Notify::new());
+            let settled = Arc::new(AtomicU64::new(0));
+            let connects = Arc::new(AtomicU64::new(0));
             redial.insert(id, Arc::clone(&poke));
             let task = self.inner.runtime.spawn(peer::run(
                 Arc::clone(shared),
@@ -851,6 +871,8 @@ impl Transport {
                     connected: Arc::clone(&connected),
                     version: Arc::clone(&version),
                     redial: poke,
+                    settled: Arc::clone(&settled),
+                    connects: Arc::clone(&connects),
                 },
                 rx,
             ));
@@ -861,6 +883,9 @@ impl Transport {
                     queue,
                     connected,
                     version,
+                    queued: AtomicU64::new(0),
+                    settled,
+                    connects,
                     task,
                 },
             );
@@ -899,6 +924,39 @@ impl Transport {
             .as_ref()
             .and_then(|tls| tls.not_after_unix());
         metrics
+    }
+
+    /// Waits, for at most `within`, until every frame queued before the call to a peer
+    /// that is connected has been written to its connection (or dropped, if the connection
+    /// fails meanwhile); the links stay up. A stopping leader calls this before it exits so that its last answers to
+    /// forwarded writes leave, while the followers, which see no link close yet, send it
+    /// nothing new. Returns whether everything was written in time.
+    pub async fn flush(&self, within: std::time::Duration) -> bool {
+        // A peer that is down gets nothing anyway: its link drops what it is queued.
+        let pending: Vec<(u64, Arc<AtomicU64>)> = read_lock(&self.inner.outbound)
+            .values()
+            .filter(|peer| peer.connected.load(Ordering::Relaxed))
+            .map(|peer| {
+                (
+                    peer.queued.load(Ordering::SeqCst),
+                    Arc::clone(&peer.settled),
+                )
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if pending
+                .iter()
+                .all(|(queued, settled)| settled.load(Ordering::SeqCst) >= *queued)
+            {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            // A batch to a live peer is written within a tick; nothing to wake us sooner.
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     /// Stops accepting, closes every connection and ends every task; returns once they

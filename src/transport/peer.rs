@@ -2,7 +2,7 @@
 //! peer's queue onto the connection in coalesced batches.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,18 +83,25 @@ pub(super) struct Link {
     pub version: Arc<AtomicU16>,
     /// Notified when the peer dialed us: cut the backoff short.
     pub redial: Arc<Notify>,
+    /// Frames taken from the queue and written or dropped ([`super::Transport::flush`]).
+    pub settled: Arc<AtomicU64>,
+    /// Connections to the peer established so far ([`super::Transport::peer_connects`]).
+    pub connects: Arc<AtomicU64>,
 }
 
 /// Runs until the peer's queue closes (transport dropped) or the task is aborted
 /// (shutdown, peer removed or moved).
-pub(super) async fn run(shared: Arc<Shared>, link: Link, mut queue: mpsc::Receiver<PeerFrame>) {
+pub(super) async fn run(shared: Arc<Shared>, link: Link, queue: mpsc::Receiver<PeerFrame>) {
     let Link {
         peer,
         addr,
         connected,
         version,
         redial,
+        settled,
+        connects,
     } = link;
+    let mut queue = Outgoing { queue, settled };
     let mut backoff = shared.backoff_min;
     // The last failure logged, so a peer that stays down is reported once.
     let mut last_logged: Option<String> = None;
@@ -104,6 +111,7 @@ pub(super) async fn run(shared: Arc<Shared>, link: Link, mut queue: mpsc::Receiv
         match connect_negotiating(&shared, peer, addr).await {
             Ok((stream, spoken)) => {
                 bump(&shared.counters.connects, 1);
+                connects.fetch_add(1, Ordering::SeqCst);
                 version.store(spoken, Ordering::Relaxed);
                 connected.store(true, Ordering::Relaxed);
                 tracing::info!(id = shared.id, peer, %addr, version = spoken, "peer connected");
@@ -167,11 +175,37 @@ enum Backoff {
     QueueClosed,
 }
 
+/// A peer's outbound queue, and the count of frames taken from it that have been written
+/// or dropped, which [`super::Transport::flush`] waits on.
+struct Outgoing {
+    queue: mpsc::Receiver<PeerFrame>,
+    settled: Arc<AtomicU64>,
+}
+
+impl Outgoing {
+    async fn recv(&mut self) -> Option<PeerFrame> {
+        self.queue.recv().await
+    }
+
+    fn try_recv(&mut self) -> Option<PeerFrame> {
+        self.queue.try_recv().ok()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// `frames` taken earlier were written or dropped.
+    fn settle(&self, frames: u64) {
+        self.settled.fetch_add(frames, Ordering::SeqCst);
+    }
+}
+
 /// Sleeps for `backoff`, dropping (and counting) whatever is queued meanwhile, so the
 /// peer gets fresh messages when it comes back rather than a stale backlog.
 async fn drop_during(
     shared: &Shared,
-    queue: &mut mpsc::Receiver<PeerFrame>,
+    queue: &mut Outgoing,
     redial: &Notify,
     backoff: Duration,
 ) -> Backoff {
@@ -182,7 +216,10 @@ async fn drop_during(
             _ = &mut sleep => return Backoff::Elapsed,
             _ = redial.notified() => return Backoff::Poked,
             env = queue.recv() => match env {
-                Some(env) => shared.counters.dropped(&shared.counters.dropped_disconnected, &env, "peer unreachable"),
+                Some(env) => {
+                    shared.counters.dropped(&shared.counters.dropped_disconnected, &env, "peer unreachable");
+                    queue.settle(1);
+                }
                 None => return Backoff::QueueClosed,
             },
         }
@@ -328,7 +365,7 @@ async fn pump(
     addr: SocketAddr,
     stream: PeerStream,
     version: u16,
-    queue: &mut mpsc::Receiver<PeerFrame>,
+    queue: &mut Outgoing,
     buf: &mut Vec<u8>,
 ) -> Ended {
     let counters = &shared.counters;
@@ -356,9 +393,11 @@ async fn pump(
         };
         buf.clear();
         let mut frames = 0u64;
+        let mut taken = 0u64;
         let mut next = Some(first);
         coalescer.before_draining(!queue.is_empty()).await;
         while let Some(frame) = next.take() {
+            taken += 1;
             match codec::encode_peer_frame(&frame, version, shared.max_frame_bytes, buf) {
                 Ok(_) => frames += 1,
                 Err(e) => {
@@ -367,11 +406,12 @@ async fn pump(
                 }
             }
             if buf.len() < shared.batch_bytes_max {
-                next = queue.try_recv().ok();
+                next = queue.try_recv();
             }
         }
         coalescer.drained(frames as usize);
         if frames == 0 {
+            queue.settle(taken);
             continue;
         }
         let write = async {
@@ -383,10 +423,12 @@ async fn pump(
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 bump(&counters.dropped_write_failed, frames);
+                queue.settle(taken);
                 return Ended::Lost(format!("write failed: {e}"));
             }
             Err(_) => {
                 bump(&counters.dropped_write_failed, frames);
+                queue.settle(taken);
                 return Ended::Lost(format!(
                     "a write of {} bytes made no headway for {:?}",
                     buf.len(),
@@ -397,6 +439,7 @@ async fn pump(
         bump(&counters.frames_sent, frames);
         bump(&counters.sent_bytes, buf.len() as u64);
         bump(&counters.write_batches, 1);
+        queue.settle(taken);
         // One InstallSnapshot batch may have grown the buffer to many MiB; do not keep
         // that per peer forever.
         if buf.capacity() > 4 * shared.batch_bytes_max.max(1 << 20) {

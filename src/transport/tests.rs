@@ -1149,3 +1149,41 @@ async fn forwards_received_before_the_node_takes_them_wait_for_it() {
     assert_eq!(got, Some((1, forward)));
     assert_eq!(b.metrics().forwards_undelivered, 0);
 }
+
+/// A stopping leader waits with `flush` for its last answers to leave before it exits.
+#[tokio::test]
+async fn flush_returns_once_everything_queued_to_a_connected_peer_is_written() {
+    let ((a, _a_in), (b, mut b_in)) = pair(|_| {}).await;
+    assert_eq!(connected_version(&a, 2).await, PROTOCOL_VERSION);
+    assert_eq!(a.peer_connects(2), 1);
+    for seq in 1..=200 {
+        a.send(numbered(1, 2, seq, Bytes::from(vec![7u8; 4096])))
+            .expect("queued");
+    }
+    assert!(a.flush(WAIT).await, "written within {WAIT:?}");
+    let metrics = a.metrics();
+    assert_eq!(metrics.frames_sent, 200, "flush returned before the writes");
+    for seq in 1..=200 {
+        let got = tokio::time::timeout(WAIT, b_in.recv())
+            .await
+            .expect("in time");
+        assert_eq!(got.map(|e| seq_of(&e)), Some(seq));
+    }
+    // A peer that is down is not waited for: its link drops what is queued to it.
+    b.shutdown().await;
+    tokio::time::timeout(WAIT, async {
+        while a.peer_protocol(2).is_some() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("a saw the link go down");
+    let _ = a.send(numbered(1, 2, 201, Bytes::new()));
+    let started = std::time::Instant::now();
+    assert!(a.flush(WAIT).await);
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
+}

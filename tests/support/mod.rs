@@ -823,7 +823,18 @@ impl LoadRecord {
 
 impl RecordingLoad {
     pub fn start(cluster: &std::sync::Arc<Cluster>, writers: usize) -> RecordingLoad {
+        RecordingLoad::start_on(cluster, writers, None)
+    }
+
+    /// As [`RecordingLoad::start`], with writes sent only to the nodes in `only` (while
+    /// they run), e.g. to a follower so that every write is forwarded.
+    pub fn start_on(
+        cluster: &std::sync::Arc<Cluster>,
+        writers: usize,
+        only: Option<&[u64]>,
+    ) -> RecordingLoad {
         use std::sync::atomic::{AtomicBool, Ordering};
+        let only: Option<Vec<u64>> = only.map(<[u64]>::to_vec);
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let record = std::sync::Arc::new(Mutex::new(LoadRecord::default()));
         let mut tasks = Vec::new();
@@ -831,6 +842,7 @@ impl RecordingLoad {
             let cluster = cluster.clone();
             let stop = stop.clone();
             let record = record.clone();
+            let only = only.clone();
             tasks.push(tokio::spawn(async move {
                 let mut n = 0u64;
                 let mut turn = w;
@@ -841,7 +853,10 @@ impl RecordingLoad {
                     let request_id = format!("load{w}:{n}");
                     // Retry this write until acknowledged (or the load stops).
                     while !stop.load(Ordering::Relaxed) {
-                        let ids = cluster.running();
+                        let mut ids = cluster.running();
+                        if let Some(only) = &only {
+                            ids.retain(|id| only.contains(id));
+                        }
                         if ids.is_empty() {
                             tokio::time::sleep(Duration::from_millis(10)).await;
                             continue;
