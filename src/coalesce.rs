@@ -1,10 +1,12 @@
 //! Letting a queue fill before draining it, when it is busy.
 //!
 //! A task that another task on the same tokio worker wakes runs next (the worker's LIFO
-//! slot), so a consumer woken by the first of a burst of producers (the HTTP tasks of the
+//! slot), so a consumer woken by the first of a burst of producers (the tasks of the
 //! connections one `epoll_wait` reported ready) takes that one item alone: the peer link's
-//! pump wrote one frame per forwarded write, the raft loop made one `Ready` and one
-//! AppendEntries per proposal. Yielding once before draining lets every task already
+//! pump wrote one frame per forwarded write. (The raft loop, which made one `Ready` per
+//! proposal the same way, did this too until it moved to a thread of its own, where its
+//! producers are on other threads and the yield no longer paid: docs/BENCHMARKS.md, "The
+//! raft loop's yield, on its own thread".) Yielding once before draining lets every task already
 //! runnable on the worker enqueue first ([`tokio::task::yield_now`] defers the consumer
 //! until the worker has nothing else to run, or at most one maintenance interval of 61
 //! polls). Measured at 64-client puts on this 2-core machine: +8–43% puts per second over

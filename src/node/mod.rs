@@ -54,7 +54,6 @@ use self::recovery::Recovered;
 use self::space::StorageSpace;
 use self::transfer::{TransferReply, TransferWaiters};
 use self::writer::{WriteJob, Writer};
-use crate::coalesce::Coalescer;
 use crate::kv::{Replicated, StateMachine};
 use crate::raft::{self, Envelope, ProposeError, RaftCore, ReadMode, Ready, Role};
 use crate::transport::{Transport, TransportConfig};
@@ -1251,7 +1250,6 @@ impl RaftLoop {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut link_losses = self.transport.link_loss_events();
-        let mut request_batches = Coalescer::default();
         loop {
             tokio::select! {
                 biased;
@@ -1293,7 +1291,10 @@ impl RaftLoop {
                 Some(request) = requests.recv() => {
                     self.catch_up_ticks();
                     self.on_request(request);
-                    request_batches.before_draining(!requests.is_empty()).await;
+                    // No yield to let the queue fill first (`crate::coalesce`): the
+                    // producers run on other threads, so a yield only polled the I/O
+                    // driver (docs/BENCHMARKS.md, "The raft loop's yield, on its own
+                    // thread").
                     let mut taken = 1;
                     while taken < REQUESTS_PER_ROUND_MAX {
                         match requests.try_recv() {
@@ -1302,7 +1303,6 @@ impl RaftLoop {
                         }
                         taken += 1;
                     }
-                    request_batches.drained(taken);
                 }
                 else => return,
             }
