@@ -6,7 +6,7 @@
 # up, runs one workload with the binary's own `raftlog bench` (clients spread over the
 # nodes, 100-byte values over 1,000 keys) and prints ops/s, the cluster's user and system
 # CPU per operation and its context switches per operation (from /proc), the generator's
-# user and system CPU per operation, and p99.
+# user and system CPU per operation, and p50 and p99.
 #
 #   benches/cpu-split.sh [--threads] OP CLIENTS DURATION_S ROUNDS BINARY...
 #
@@ -87,7 +87,7 @@ us = lambda ticks: ticks * 1e6 / hz / ops
 print(f"{binary}: {report['ops_per_second']:,.0f} {report['op']}/s, cluster user {us(user):.1f} "
       f"sys {us(sys_):.1f} us/op, {switches / ops:.2f} switches/op; generator user "
       f"{gen_user * 1e6 / ops:.1f} sys {gen_sys * 1e6 / ops:.1f} us/op; "
-      f"p99 {report['latency_ms']['p99']} ms; errors {report['errors']}")
+      f"p50 {report['latency_ms']['p50']} p99 {report['latency_ms']['p99']} ms; errors {report['errors']}")
 if by_thread:
     def load(name):
         rows = {}
