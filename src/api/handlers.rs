@@ -247,7 +247,7 @@ async fn over_peer_link(
         ForwardOutcome::Unknown { message } => Err(ApiError::timeout(message)),
         ForwardOutcome::NotCommitted => Ok(Err(RequestError::NotCommitted)),
         ForwardOutcome::Stopped => Err(ApiError::no_leader(format!(
-            "node {} forwarded the write to leader {leader}, which is stopping; nothing was \
+            "node {} cannot forward the write: leader {leader} is stopping; nothing was \
              proposed; retry shortly (another node takes over within an election timeout)",
             state.node.id
         ))),

@@ -488,9 +488,9 @@ impl<S: StateMachine> Node<S> {
     /// a second more for the answer. `role` is the client's, for the leader to check.
     ///
     /// Once `leader` has answered [`ForwardOutcome::Stopped`], later writes get that answer
-    /// here without being sent, until this node connects to it anew: a stopping leader waits for
-    /// the forwards it receives to stop ([`Node::forwards_quiesced`]) before it exits, and
-    /// one sent as it exits would have no known outcome (a `504`).
+    /// here without being sent, until this node connects to it anew: a stopping leader
+    /// waits for the forwards it receives to stop ([`Node::forwards_quiesced`]) before it
+    /// exits, and one sent as it exits would have no known outcome (a `504`).
     pub async fn forward_write(
         &self,
         leader: NodeId,

@@ -928,11 +928,12 @@ impl Transport {
 
     /// Waits, for at most `within`, until every frame queued before the call to a peer
     /// that is connected has been written to its connection (or dropped, if the connection
-    /// fails meanwhile); the links stay up. A stopping leader calls this before it exits so that its last answers to
-    /// forwarded writes leave, while the followers, which see no link close yet, send it
-    /// nothing new. Returns whether everything was written in time.
+    /// fails meanwhile); the links stay up. A stopping leader calls this before it exits,
+    /// so that its last answers to forwarded writes leave while the followers, which see
+    /// no link close yet, send it nothing new. Returns whether everything was written in
+    /// time.
     pub async fn flush(&self, within: std::time::Duration) -> bool {
-        // A peer that is down gets nothing anyway: its link drops what it is queued.
+        // A peer that is down gets nothing anyway: its link drops what is queued to it.
         let pending: Vec<(u64, Arc<AtomicU64>)> = read_lock(&self.inner.outbound)
             .values()
             .filter(|peer| peer.connected.load(Ordering::Relaxed))
