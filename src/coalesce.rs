@@ -6,19 +6,19 @@
 //! pump wrote one frame per forwarded write. (The raft loop, which made one `Ready` per
 //! proposal the same way, did this too until it moved to a thread of its own, where its
 //! producers are on other threads and the yield no longer paid: docs/BENCHMARKS.md, "The
-//! raft loop's yield, on its own thread".) Yielding once before draining lets every task already
-//! runnable on the worker enqueue first ([`tokio::task::yield_now`] defers the consumer
-//! until the worker has nothing else to run, or at most one maintenance interval of 61
-//! polls). Measured at 64-client puts on this 2-core machine: +8–43% puts per second over
-//! six rounds, 0.68–0.89× the cluster's CPU per put (docs/BENCHMARKS.md, "One frame per
-//! forwarded write").
+//! raft loop's yield, on its own thread".) Yielding once before draining lets every task
+//! already runnable on the worker enqueue first ([`tokio::task::yield_now`] defers the
+//! consumer until the worker has nothing else to run, or at most one maintenance interval
+//! of 61 polls). Measured at 64-client puts on this 2-core machine: +8–43% puts per second
+//! over six rounds, 0.68–0.89× the cluster's CPU per put (docs/BENCHMARKS.md, "One frame
+//! per forwarded write").
 //!
 //! When the queue is quiet the yield buys nothing and costs a zero-timeout poll of the
 //! I/O driver and often a wake-up of another worker on the latency path (+2–12% on a
-//! 1-client put's p50 with two workers per node), so it is taken only while the queue is busy: the previous batch
-//! held more than one item, or began less than [`BUSY_GAP`] before this one. The gap alone
-//! is not enough: once batches coalesce they come further apart, and a run at 64 clients
-//! flipped between coalescing and not.
+//! 1-client put's p50 with two workers per node), so it is taken only while the queue is
+//! busy: the previous batch held more than one item, or began less than [`BUSY_GAP`]
+//! before this one. The gap alone is not enough: once batches coalesce they come further
+//! apart, and a run at 64 clients flipped between coalescing and not.
 
 use std::time::{Duration, Instant};
 
